@@ -1,0 +1,1 @@
+"""flopex worker: the provider daemon that runs verified jobs on its devices."""
