@@ -1,0 +1,915 @@
+# pragma version ~=0.4.3
+# pragma nonreentrancy off
+"""
+@title flopex job market and escrow
+@custom:contract-name JobMarket
+@license GNU Affero General Public License v3.0 only
+@notice Requesters post jobs and lock `redundancy x max_price x max_gpu_hours`
+        in escrow; staked providers win them in a sealed reverse-Vickrey
+        auction (commit, reveal; the k lowest asks win and are paid the
+        (k+1)-th lowest ask, never above the requester's max) or take them
+        instantly at their posted price. Winners commit a result root and the
+        GPU-seconds they claim; verifiers attest (accept with verified
+        GPU-seconds, reject, or void); requesters may accept or dispute within
+        the challenge window. Settlement pays verified GPU-seconds at the
+        lease price, a fee to the treasury and the rest back to the requester;
+        a provider that misses its deadline or is rejected is slashed and the
+        requester refunded. Every payment is a credit withdrawn by its owner.
+@dev To keep gas low a job's immutable terms (`JobSpec`) are stored as one
+     hash; every call that needs them takes the spec as an argument and it is
+     checked against the hash. The spec is in the `JobPosted` event.
+     Invariant: `token.balanceOf(self) == sum(job.escrow) + sum(credits) + sum(open dispute bonds)`.
+"""
+
+from ethereum.ercs import IERC20
+from snekmate.auth import ownable
+
+initializes: ownable
+
+exports: (ownable.owner, ownable.transfer_ownership)
+
+
+interface IProviderRegistry:
+    def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_mb: uint32) -> bool: view
+    def price_floor(provider: address) -> uint256: view
+    def is_active_verifier(account: address) -> bool: view
+    def lock(provider: address): nonpayable
+    def release(provider: address, completed: bool): nonpayable
+    def slash(provider: address, amount: uint256) -> uint256: nonpayable
+
+
+interface IERC20Permit:
+    def permit(
+        owner: address, spender: address, amount: uint256, deadline: uint256, v: uint8, r: bytes32, s: bytes32
+    ): nonpayable
+
+
+# @dev Verification policies.
+POLICY_NONE: public(constant(uint8)) = 0
+POLICY_REDUNDANT: public(constant(uint8)) = 1
+POLICY_REPLAY: public(constant(uint8)) = 2
+POLICY_FREIVALDS: public(constant(uint8)) = 3
+POLICY_OPTIMISTIC: public(constant(uint8)) = 4
+
+# @dev Auction modes.
+AUCTION_SEALED: public(constant(uint8)) = 0
+AUCTION_INSTANT: public(constant(uint8)) = 1
+
+# @dev Attestation outcomes.
+OUTCOME_ACCEPT: public(constant(uint8)) = 0
+OUTCOME_REJECT: public(constant(uint8)) = 1
+OUTCOME_VOID: public(constant(uint8)) = 2
+
+# @dev Most providers one job may lease at once.
+MAX_REDUNDANCY: public(constant(uint8)) = 5
+MAX_SLOTS: constant(uint256) = 5
+# @dev Seconds in an hour: prices are per GPU-hour, work is in GPU-seconds.
+SECONDS_PER_HOUR: constant(uint256) = 3_600
+# @dev Basis points in one.
+BPS: constant(uint256) = 10_000
+# @dev Asks are packed as `price << 160 | provider`; prices must fit in 96 bits.
+MAX_PRICE: public(constant(uint256)) = 2**96 - 1
+
+
+flag JobStatus:
+    OPEN  # taking bids
+    LEASED  # every slot has a provider; work under way or settling
+    CLOSED  # every slot settled
+    EXPIRED  # too few bids: escrow refunded
+    CANCELLED  # withdrawn by the requester before its bid deadline
+
+
+flag SlotStatus:
+    ASSIGNED  # leased to a provider, no result yet
+    COMMITTED  # result root and claimed GPU-seconds on chain
+    DISPUTED  # a staked challenger disputed the result; awaits a verifier
+    ACCEPTED  # accepted by the requester or a verifier; awaits settlement
+    REJECTED  # rejected by a verifier; awaits settlement (refund and slash)
+    VOIDED  # voided by a verifier (no fault shown); awaits settlement (refund)
+    PAID  # settled: provider paid
+    SLASHED  # settled: requester refunded, provider slashed
+    REFUNDED  # settled: requester refunded, nobody slashed
+    RELEASED  # the job was cancelled or expired before the slot started
+
+
+struct JobSpec:
+    requester: address  # who posts and pays
+    bundle_hash: bytes32  # sha256 of the job bundle
+    device_kind: uint8  # 0 cpu, 1 cuda
+    gpus: uint16  # devices the job needs on one provider
+    min_memory_mb: uint32  # memory per device
+    policy: uint8  # POLICY_*
+    auction: uint8  # AUCTION_*
+    redundancy: uint8  # k providers run it
+    max_price: uint256  # token units per GPU-hour the requester pays at most
+    max_gpu_seconds: uint64  # GPU-seconds paid at most, per provider
+    bid_deadline: uint64  # sealed: end of commits; instant: end of takes
+    reveal_deadline: uint64  # sealed: end of reveals (ignored for instant)
+    run_duration: uint64  # seconds from the lease to the result commit deadline
+    challenge_window: uint64  # seconds after a commit for accepting, disputing or attesting
+
+
+struct Job:
+    spec_hash: bytes32  # keccak256 of the ABI-encoded JobSpec
+    status: JobStatus  # where the job stands
+    escrow: uint256  # tokens held for this job
+    count: uint8  # OPEN: asks kept or slots taken; LEASED: slots not yet settled
+    lease_start: uint64  # when the last slot was leased
+
+
+struct Slot:
+    provider: address  # who runs it
+    status: SlotStatus  # where it stands
+    price: uint256  # token units per GPU-hour it is paid
+    result_root: bytes32  # Merkle root of the outputs
+    gpu_seconds: uint64  # claimed, then as verified
+    committed_at: uint64  # when the result was committed
+    disputer: address  # who disputed, holding a bond here
+
+
+# @dev The token jobs are paid in.
+token: public(immutable(IERC20))
+# @dev The provider registry: eligibility, stakes, slashing.
+registry: public(immutable(IProviderRegistry))
+# @dev Who receives the protocol fee and the rest of slashes.
+treasury: public(address)
+# @dev Protocol fee on each payment, in basis points.
+fee_bps: public(uint256)
+# @dev Bond a challenger puts up to dispute a result.
+dispute_bond: public(uint256)
+# @dev Slashed on top of the slot's value when a provider fails.
+base_slash: public(uint256)
+# @dev Share of a slash credited to the requester, in basis points.
+slash_requester_bps: public(uint256)
+
+# @dev Number of jobs posted; job ids start at 1.
+job_count: public(uint256)
+# @dev Jobs by id.
+jobs: public(HashMap[uint256, Job])
+# @dev Slots of each job: job id -> slot index -> slot.
+slots: public(HashMap[uint256, HashMap[uint256, Slot]])
+# @dev Sealed-bid commitments: job id -> provider -> keccak256(abi_encode(job_id, provider, price, salt)).
+commitments: public(HashMap[uint256, HashMap[address, bytes32]])
+# @dev Lowest revealed asks, ascending: job id -> rank -> price << 160 | provider.
+asks: public(HashMap[uint256, HashMap[uint256, uint256]])
+# @dev Tokens each account can withdraw.
+credits: public(HashMap[address, uint256])
+# @dev Sum of all credits, for the solvency invariant.
+total_credits: public(uint256)
+
+
+event JobPosted:
+    job_id: indexed(uint256)
+    requester: indexed(address)
+    spec: JobSpec
+    escrow: uint256
+
+
+event JobCancelled:
+    job_id: indexed(uint256)
+    refunded: uint256
+
+
+event JobExpired:
+    job_id: indexed(uint256)
+    asks: uint8
+    refunded: uint256
+
+
+event JobLeased:
+    job_id: indexed(uint256)
+    clearing_price: uint256
+    refunded: uint256
+
+
+event JobClosed:
+    job_id: indexed(uint256)
+
+
+event BidCommitted:
+    job_id: indexed(uint256)
+    provider: indexed(address)
+
+
+event BidRevealed:
+    job_id: indexed(uint256)
+    provider: indexed(address)
+    price: uint256
+    rank: uint8
+
+
+event SlotLeased:
+    job_id: indexed(uint256)
+    slot: uint8
+    provider: indexed(address)
+    price: uint256
+
+
+event ResultCommitted:
+    job_id: indexed(uint256)
+    slot: uint8
+    provider: indexed(address)
+    result_root: bytes32
+    gpu_seconds: uint64
+
+
+event ResultAccepted:
+    job_id: indexed(uint256)
+    slot: uint8
+    gpu_seconds: uint64
+
+
+event ResultDisputed:
+    job_id: indexed(uint256)
+    slot: uint8
+    disputer: indexed(address)
+    bond: uint256
+
+
+event ResultAttested:
+    job_id: indexed(uint256)
+    slot: uint8
+    verifier: indexed(address)
+    outcome: uint8
+    claimed_gpu_seconds: uint64
+    verified_gpu_seconds: uint64
+
+
+event SlotSettled:
+    job_id: indexed(uint256)
+    slot: uint8
+    provider: indexed(address)
+    status: SlotStatus
+    gpu_seconds: uint64
+    paid: uint256
+    fee: uint256
+    refunded: uint256
+    slashed: uint256
+
+
+event Withdrawn:
+    account: indexed(address)
+    amount: uint256
+
+
+event ParametersChanged:
+    treasury: address
+    fee_bps: uint256
+    dispute_bond: uint256
+    base_slash: uint256
+    slash_requester_bps: uint256
+
+
+@deploy
+def __init__(
+    token_: IERC20,
+    registry_: IProviderRegistry,
+    treasury_: address,
+    fee_bps_: uint256,
+    dispute_bond_: uint256,
+    base_slash_: uint256,
+    slash_requester_bps_: uint256,
+):
+    """
+    @notice Deploys the market; the deployer owns it.
+    @param token_ The token jobs are paid in.
+    @param registry_ The provider registry.
+    @param treasury_ Who receives fees and the rest of slashes.
+    @param fee_bps_ Protocol fee in basis points.
+    @param dispute_bond_ Bond to dispute a result.
+    @param base_slash_ Slashed on top of a failed slot's value.
+    @param slash_requester_bps_ Share of a slash that goes to the requester.
+    """
+    ownable.__init__()
+    token = token_
+    registry = registry_
+    self._set_parameters(treasury_, fee_bps_, dispute_bond_, base_slash_, slash_requester_bps_)
+
+
+@external
+def set_parameters(
+    treasury_: address, fee_bps_: uint256, dispute_bond_: uint256, base_slash_: uint256, slash_requester_bps_: uint256
+):
+    """
+    @notice Changes the treasury, fee, dispute bond and slashing terms.
+    @param treasury_ Who receives fees and the rest of slashes.
+    @param fee_bps_ Protocol fee in basis points.
+    @param dispute_bond_ Bond to dispute a result.
+    @param base_slash_ Slashed on top of a failed slot's value.
+    @param slash_requester_bps_ Share of a slash that goes to the requester.
+    """
+    ownable._check_owner()
+    self._set_parameters(treasury_, fee_bps_, dispute_bond_, base_slash_, slash_requester_bps_)
+
+
+# ---------------------------------------------------------------- post
+
+
+@external
+@nonreentrant
+def post_job(spec: JobSpec) -> uint256:
+    """
+    @notice Posts a job and locks `redundancy x max_price x max_gpu_seconds / 3600`
+            tokens in escrow (approve the market first).
+    @dev Non-reentrant: pulls tokens in.
+    @param spec The job's terms; `spec.requester` must be the caller.
+    @return The new job's id.
+    """
+    return self._post(spec)
+
+
+@external
+@nonreentrant
+def post_job_with_permit(spec: JobSpec, permit_deadline: uint256, v: uint8, r: bytes32, s: bytes32) -> uint256:
+    """
+    @notice Posts a job with an EIP-2612 permit instead of a prior approval.
+    @dev Non-reentrant: pulls tokens in.
+    @param spec The job's terms; `spec.requester` must be the caller.
+    @param permit_deadline The permit's deadline.
+    @param v The permit signature's v.
+    @param r The permit signature's r.
+    @param s The permit signature's s.
+    @return The new job's id.
+    """
+    extcall IERC20Permit(token.address).permit(
+        msg.sender, self, self._escrow_for(spec), permit_deadline, v, r, s
+    )
+    return self._post(spec)
+
+
+@external
+@nonreentrant
+def cancel_job(job_id: uint256, spec: JobSpec):
+    """
+    @notice Withdraws an open job before its bid deadline and refunds its escrow;
+            providers that already took a slot are released unharmed.
+    @dev Non-reentrant: credits a refund.
+    @param job_id The job.
+    @param spec Its terms.
+    """
+    job: Job = self._load(job_id, spec)
+    assert msg.sender == spec.requester, "market: caller is not the requester"
+    assert job.status == JobStatus.OPEN, "market: job is not open"
+    assert block.timestamp < convert(spec.bid_deadline, uint256), "market: bid deadline passed"
+    refund: uint256 = job.escrow
+    self._release_taken(job_id, spec, job.count)
+    self.jobs[job_id].status = JobStatus.CANCELLED
+    self.jobs[job_id].escrow = 0
+    self._credit(spec.requester, refund)
+    log JobCancelled(job_id=job_id, refunded=refund)
+
+
+# ---------------------------------------------------------------- sealed auction
+
+
+@external
+def commit_bid(job_id: uint256, spec: JobSpec, commitment: bytes32):
+    """
+    @notice Commits a sealed ask: `keccak256(abi_encode(job_id, provider, price, salt))`.
+    @param job_id The job.
+    @param spec Its terms.
+    @param commitment The sealed ask.
+    """
+    job: Job = self._load(job_id, spec)
+    assert spec.auction == AUCTION_SEALED, "market: not a sealed auction"
+    assert job.status == JobStatus.OPEN, "market: job is not open"
+    assert block.timestamp < convert(spec.bid_deadline, uint256), "market: bidding closed"
+    assert commitment != empty(bytes32), "market: empty commitment"
+    assert self.commitments[job_id][msg.sender] == empty(bytes32), "market: bid already committed"
+    self._check_eligible(msg.sender, spec)
+    self.commitments[job_id][msg.sender] = commitment
+    log BidCommitted(job_id=job_id, provider=msg.sender)
+
+
+@external
+def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32):
+    """
+    @notice Reveals a committed ask after the bid deadline; the lowest
+            `redundancy + 1` asks are kept, earlier reveals first among equals.
+    @param job_id The job.
+    @param spec Its terms.
+    @param price The ask, token units per GPU-hour.
+    @param salt The salt the commitment was made with.
+    """
+    job: Job = self._load(job_id, spec)
+    assert spec.auction == AUCTION_SEALED, "market: not a sealed auction"
+    assert job.status == JobStatus.OPEN, "market: job is not open"
+    assert block.timestamp >= convert(spec.bid_deadline, uint256), "market: bidding still open"
+    assert block.timestamp < convert(spec.reveal_deadline, uint256), "market: reveal closed"
+    commitment: bytes32 = self.commitments[job_id][msg.sender]
+    assert commitment != empty(bytes32), "market: no committed bid"
+    assert keccak256(abi_encode(job_id, msg.sender, price, salt)) == commitment, "market: reveal does not match commitment"
+    assert price > 0, "market: zero ask"
+    assert price <= spec.max_price, "market: ask above max price"
+    self._check_eligible(msg.sender, spec)
+    self.commitments[job_id][msg.sender] = empty(bytes32)
+
+    # Insertion into the sorted list of the lowest `redundancy + 1` asks.
+    keep: uint256 = convert(spec.redundancy, uint256) + 1
+    n: uint256 = convert(job.count, uint256)
+    packed: uint256 = (price << 160) | convert(msg.sender, uint256)
+    rank: uint256 = n
+    for i: uint256 in range(n, bound=MAX_SLOTS + 1):
+        if price < self.asks[job_id][i] >> 160:
+            rank = i
+            break
+    if rank < keep:
+        last: uint256 = min(n, keep - 1)
+        for j: uint256 in range(last - rank, bound=MAX_SLOTS + 1):
+            k: uint256 = last - j
+            self.asks[job_id][k] = self.asks[job_id][k - 1]
+        self.asks[job_id][rank] = packed
+        if n < keep:
+            self.jobs[job_id].count = convert(n + 1, uint8)
+    log BidRevealed(job_id=job_id, provider=msg.sender, price=price, rank=convert(min(rank, keep), uint8))
+
+
+@external
+@nonreentrant
+def finalize_auction(job_id: uint256, spec: JobSpec):
+    """
+    @notice Ends bidding. Sealed: after the reveal deadline the k lowest asks win
+            at the (k+1)-th lowest ask (the max price if there is none). Instant:
+            after the bid deadline an unfilled job expires. Too few asks: the
+            escrow is refunded. Anyone may call.
+    @dev Non-reentrant: credits refunds and calls the registry.
+    @param job_id The job.
+    @param spec Its terms.
+    """
+    job: Job = self._load(job_id, spec)
+    assert job.status == JobStatus.OPEN, "market: job is not open"
+    k: uint256 = convert(spec.redundancy, uint256)
+    n: uint256 = convert(job.count, uint256)
+    if spec.auction == AUCTION_SEALED:
+        assert block.timestamp >= convert(spec.reveal_deadline, uint256), "market: reveal still open"
+    else:
+        assert block.timestamp >= convert(spec.bid_deadline, uint256), "market: bidding still open"
+
+    if n < k:
+        # Too few asks: no lease, everything back to the requester.
+        refund: uint256 = job.escrow
+        if spec.auction == AUCTION_INSTANT:
+            self._release_taken(job_id, spec, job.count)
+        self.jobs[job_id].status = JobStatus.EXPIRED
+        self.jobs[job_id].escrow = 0
+        self._credit(spec.requester, refund)
+        log JobExpired(job_id=job_id, asks=job.count, refunded=refund)
+        return
+
+    # Sealed with k winners: uniform price at the (k+1)-th ask, capped by the max.
+    clearing: uint256 = spec.max_price
+    if n > k:
+        clearing = self.asks[job_id][k] >> 160
+    slot_value: uint256 = self._value(clearing, spec.max_gpu_seconds)
+    for i: uint256 in range(k, bound=MAX_SLOTS):
+        provider: address = convert(self.asks[job_id][i] & (2**160 - 1), address)
+        self.slots[job_id][i] = Slot(
+            provider=provider,
+            status=SlotStatus.ASSIGNED,
+            price=clearing,
+            result_root=empty(bytes32),
+            gpu_seconds=0,
+            committed_at=0,
+            disputer=empty(address),
+        )
+        extcall registry.lock(provider)
+        log SlotLeased(job_id=job_id, slot=convert(i, uint8), provider=provider, price=clearing)
+    refund: uint256 = job.escrow - slot_value * k
+    self._start_lease(job_id, job, spec, refund, clearing)
+
+
+# ---------------------------------------------------------------- instant auction
+
+
+@external
+@nonreentrant
+def take_job(job_id: uint256, spec: JobSpec) -> uint8:
+    """
+    @notice Takes a slot of an instant job at the caller's posted price floor,
+            which must be at or below the job's max price. The job is leased
+            when its last slot is taken.
+    @dev Non-reentrant: credits a refund and calls the registry.
+    @param job_id The job.
+    @param spec Its terms.
+    @return The slot taken.
+    """
+    job: Job = self._load(job_id, spec)
+    assert spec.auction == AUCTION_INSTANT, "market: not an instant auction"
+    assert job.status == JobStatus.OPEN, "market: job is not open"
+    assert block.timestamp < convert(spec.bid_deadline, uint256), "market: bidding closed"
+    assert msg.sender != spec.requester, "market: requester cannot take its own job"
+    self._check_eligible(msg.sender, spec)
+    price: uint256 = staticcall registry.price_floor(msg.sender)
+    assert price <= spec.max_price, "market: price floor above max price"
+    n: uint256 = convert(job.count, uint256)
+    for i: uint256 in range(n, bound=MAX_SLOTS):
+        assert self.slots[job_id][i].provider != msg.sender, "market: provider already holds a slot"
+    self.slots[job_id][n] = Slot(
+        provider=msg.sender,
+        status=SlotStatus.ASSIGNED,
+        price=price,
+        result_root=empty(bytes32),
+        gpu_seconds=0,
+        committed_at=0,
+        disputer=empty(address),
+    )
+    extcall registry.lock(msg.sender)
+    log SlotLeased(job_id=job_id, slot=convert(n, uint8), provider=msg.sender, price=price)
+    # Escrow above this provider's price is refunded at once.
+    refund: uint256 = self._value(spec.max_price - price, spec.max_gpu_seconds)
+    job.count += 1
+    if job.count == spec.redundancy:
+        self._start_lease(job_id, job, spec, refund, price)
+    else:
+        self.jobs[job_id].count = job.count
+        self.jobs[job_id].escrow = job.escrow - refund
+        self._credit(spec.requester, refund)
+    return convert(n, uint8)
+
+
+# ---------------------------------------------------------------- results
+
+
+@external
+def commit_result(job_id: uint256, spec: JobSpec, slot: uint8, result_root: bytes32, gpu_seconds: uint64):
+    """
+    @notice Commits the result of a leased slot before the run deadline: the
+            Merkle root of its outputs and the GPU-seconds it claims, which can
+            be no more than the job's max nor the devices' time since the lease.
+    @param job_id The job.
+    @param spec Its terms.
+    @param slot The caller's slot.
+    @param result_root Merkle root of the outputs.
+    @param gpu_seconds GPU-seconds claimed.
+    """
+    job: Job = self._load(job_id, spec)
+    s: Slot = self.slots[job_id][convert(slot, uint256)]
+    assert msg.sender == s.provider, "market: caller is not the slot's provider"
+    assert job.status == JobStatus.LEASED, "market: job is not leased"
+    assert s.status == SlotStatus.ASSIGNED, "market: result already committed"
+    assert block.timestamp <= convert(job.lease_start + spec.run_duration, uint256), "market: run deadline passed"
+    assert gpu_seconds <= spec.max_gpu_seconds, "market: claim above max GPU-seconds"
+    held: uint256 = (block.timestamp - convert(job.lease_start, uint256)) * convert(spec.gpus, uint256)
+    assert convert(gpu_seconds, uint256) <= held, "market: claim above device time held"
+    self.slots[job_id][convert(slot, uint256)].status = SlotStatus.COMMITTED
+    self.slots[job_id][convert(slot, uint256)].result_root = result_root
+    self.slots[job_id][convert(slot, uint256)].gpu_seconds = gpu_seconds
+    self.slots[job_id][convert(slot, uint256)].committed_at = convert(block.timestamp, uint64)
+    log ResultCommitted(
+        job_id=job_id, slot=slot, provider=msg.sender, result_root=result_root, gpu_seconds=gpu_seconds
+    )
+
+
+@external
+def accept_result(job_id: uint256, spec: JobSpec, slot: uint8):
+    """
+    @notice The requester accepts a committed result with its claimed GPU-seconds.
+    @param job_id The job.
+    @param spec Its terms.
+    @param slot The slot.
+    """
+    self._load(job_id, spec)
+    assert msg.sender == spec.requester, "market: caller is not the requester"
+    s: Slot = self.slots[job_id][convert(slot, uint256)]
+    assert s.status == SlotStatus.COMMITTED, "market: result is not committed"
+    self.slots[job_id][convert(slot, uint256)].status = SlotStatus.ACCEPTED
+    log ResultAccepted(job_id=job_id, slot=slot, gpu_seconds=s.gpu_seconds)
+
+
+@external
+@nonreentrant
+def dispute_result(job_id: uint256, spec: JobSpec, slot: uint8):
+    """
+    @notice Disputes a committed result within the challenge window, putting up
+            the dispute bond. Only the requester or a staked verifier may dispute.
+            A verifier then rules: a rejection returns the bond and pays the
+            challenger the non-requester share of the slash; an acceptance gives
+            the bond to the provider; no ruling within a second window voids it.
+    @dev Non-reentrant: pulls the bond in.
+    @param job_id The job.
+    @param spec Its terms.
+    @param slot The slot.
+    """
+    self._load(job_id, spec)
+    s: Slot = self.slots[job_id][convert(slot, uint256)]
+    assert s.status == SlotStatus.COMMITTED, "market: result is not committed"
+    assert block.timestamp < convert(s.committed_at + spec.challenge_window, uint256), "market: challenge window closed"
+    assert msg.sender == spec.requester or staticcall registry.is_active_verifier(msg.sender), "market: caller may not dispute"
+    assert msg.sender != s.provider, "market: provider cannot dispute itself"
+    bond: uint256 = self.dispute_bond
+    self.slots[job_id][convert(slot, uint256)].status = SlotStatus.DISPUTED
+    self.slots[job_id][convert(slot, uint256)].disputer = msg.sender
+    self.jobs[job_id].escrow += bond
+    log ResultDisputed(job_id=job_id, slot=slot, disputer=msg.sender, bond=bond)
+    if bond > 0:
+        assert extcall token.transferFrom(msg.sender, self, bond, default_return_value=True), "market: transfer failed"
+
+
+@external
+def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified_gpu_seconds: uint64):
+    """
+    @notice A staked verifier rules on a committed or disputed result: accept
+            with the verified GPU-seconds (never above the claim), reject
+            (refund and slash at settlement) or void (refund, nobody at fault).
+            A verifier may not rule on a job it requested or a slot it runs.
+    @param job_id The job.
+    @param spec Its terms.
+    @param slot The slot.
+    @param outcome OUTCOME_ACCEPT, OUTCOME_REJECT or OUTCOME_VOID.
+    @param verified_gpu_seconds GPU-seconds the verification supports (accept only).
+    """
+    self._load(job_id, spec)
+    assert staticcall registry.is_active_verifier(msg.sender), "market: caller is not a verifier"
+    s: Slot = self.slots[job_id][convert(slot, uint256)]
+    assert msg.sender != s.provider and msg.sender != spec.requester, "market: verifier is a party to the job"
+    assert outcome <= OUTCOME_VOID, "market: unknown outcome"
+    window_end: uint64 = s.committed_at + spec.challenge_window
+    if s.status == SlotStatus.DISPUTED:
+        window_end += spec.challenge_window
+    else:
+        assert s.status == SlotStatus.COMMITTED, "market: result is not committed"
+    assert block.timestamp < convert(window_end, uint256), "market: attestation window closed"
+    verified: uint64 = 0
+    status: SlotStatus = SlotStatus.VOIDED
+    if outcome == OUTCOME_ACCEPT:
+        verified = min(verified_gpu_seconds, s.gpu_seconds)
+        status = SlotStatus.ACCEPTED
+        self.slots[job_id][convert(slot, uint256)].gpu_seconds = verified
+    elif outcome == OUTCOME_REJECT:
+        status = SlotStatus.REJECTED
+    self.slots[job_id][convert(slot, uint256)].status = status
+    log ResultAttested(
+        job_id=job_id,
+        slot=slot,
+        verifier=msg.sender,
+        outcome=outcome,
+        claimed_gpu_seconds=s.gpu_seconds,
+        verified_gpu_seconds=verified,
+    )
+
+
+# ---------------------------------------------------------------- settlement
+
+
+@external
+@nonreentrant
+def settle(job_id: uint256, spec: JobSpec, slot: uint8):
+    """
+    @notice Settles a slot; anyone may call once the slot can end:
+            accepted → the provider is paid verified GPU-seconds x price (less the
+            fee), the rest is refunded; committed and unchallenged past the window
+            → paid on its claim; rejected, or no result by the run deadline →
+            refunded and the provider slashed; voided, or disputed with no ruling
+            by the end of the second window → refunded, nobody slashed.
+    @dev Non-reentrant: credits payments and calls the registry.
+    @param job_id The job.
+    @param spec Its terms.
+    @param slot The slot.
+    """
+    job: Job = self._load(job_id, spec)
+    assert job.status == JobStatus.LEASED, "market: job is not leased"
+    index: uint256 = convert(slot, uint256)
+    assert index < convert(spec.redundancy, uint256), "market: no such slot"
+    s: Slot = self.slots[job_id][index]
+    assert not s.status in (SlotStatus.PAID | SlotStatus.SLASHED | SlotStatus.REFUNDED), "market: slot already settled"
+    now: uint256 = block.timestamp
+    window_end: uint256 = convert(s.committed_at + spec.challenge_window, uint256)
+    slot_value: uint256 = self._value(s.price, spec.max_gpu_seconds)
+
+    paid: uint256 = 0
+    fee: uint256 = 0
+    slashed: uint256 = 0
+    refunded: uint256 = slot_value
+    final: SlotStatus = SlotStatus.REFUNDED
+    bond: uint256 = 0
+    if s.disputer != empty(address):
+        bond = self.dispute_bond
+
+    if s.status == SlotStatus.ACCEPTED or (s.status == SlotStatus.COMMITTED and now >= window_end):
+        # Pay for the verified (or unchallenged) GPU-seconds, capped by the slot's escrow.
+        final = SlotStatus.PAID
+        paid = min(self._value(s.price, s.gpu_seconds), slot_value)
+        fee = paid * self.fee_bps // BPS
+        refunded = slot_value - paid
+        self._credit(s.provider, paid - fee)
+        self._credit(self.treasury, fee)
+        if bond > 0:
+            # The dispute failed: its bond compensates the provider.
+            self._credit(s.provider, bond)
+    elif s.status == SlotStatus.REJECTED or (
+        s.status == SlotStatus.ASSIGNED and now > convert(job.lease_start + spec.run_duration, uint256)
+    ):
+        final = SlotStatus.SLASHED
+    elif s.status == SlotStatus.VOIDED or (
+        s.status == SlotStatus.DISPUTED and now >= window_end + convert(spec.challenge_window, uint256)
+    ):
+        final = SlotStatus.REFUNDED
+        if bond > 0:
+            self._credit(s.disputer, bond)
+    else:
+        raise "market: slot cannot settle yet"
+
+    # Effects: the slot is final and the job's escrow shrinks before any external call.
+    self.slots[job_id][index].status = final
+    job.count -= 1
+    self.jobs[job_id].count = job.count
+    self.jobs[job_id].escrow = job.escrow - slot_value - bond
+    if job.count == 0:
+        self.jobs[job_id].status = JobStatus.CLOSED
+    self._credit(spec.requester, refunded)
+
+    if final == SlotStatus.SLASHED:
+        # Interactions: take the stake, then share it out.
+        slashed = extcall registry.slash(s.provider, slot_value + self.base_slash)
+        to_requester: uint256 = slashed * self.slash_requester_bps // BPS
+        self._credit(spec.requester, to_requester)
+        rest: uint256 = slashed - to_requester
+        if bond > 0:
+            # A successful dispute: bond back, and the challenger earns the rest.
+            self._credit(s.disputer, bond + rest)
+        else:
+            self._credit(self.treasury, rest)
+    extcall registry.release(s.provider, final == SlotStatus.PAID)
+
+    log SlotSettled(
+        job_id=job_id,
+        slot=slot,
+        provider=s.provider,
+        status=final,
+        gpu_seconds=s.gpu_seconds if final == SlotStatus.PAID else 0,
+        paid=paid,
+        fee=fee,
+        refunded=refunded,
+        slashed=slashed,
+    )
+    if job.count == 0:
+        log JobClosed(job_id=job_id)
+
+
+@external
+@nonreentrant
+def withdraw() -> uint256:
+    """
+    @notice Withdraws all of the caller's credit.
+    @dev Non-reentrant: moves tokens out. The credit is zeroed before the transfer.
+    @return The amount withdrawn.
+    """
+    amount: uint256 = self.credits[msg.sender]
+    assert amount > 0, "market: nothing to withdraw"
+    # First zero the credit, then send the tokens.
+    self.credits[msg.sender] = 0
+    self.total_credits -= amount
+    log Withdrawn(account=msg.sender, amount=amount)
+    assert extcall token.transfer(msg.sender, amount, default_return_value=True), "market: transfer failed"
+    return amount
+
+
+# ---------------------------------------------------------------- views
+
+
+@external
+@pure
+def spec_hash(spec: JobSpec) -> bytes32:
+    """
+    @notice The hash a job's terms are stored as.
+    @param spec The terms.
+    @return keccak256 of their ABI encoding.
+    """
+    return keccak256(abi_encode(spec))
+
+
+@external
+@pure
+def escrow_for(spec: JobSpec) -> uint256:
+    """
+    @notice Tokens a job with these terms locks when posted.
+    @param spec The terms.
+    @return redundancy x max_price x max_gpu_seconds / 3600.
+    """
+    return self._escrow_for(spec)
+
+
+@external
+@pure
+def bid_commitment(job_id: uint256, provider: address, price: uint256, salt: bytes32) -> bytes32:
+    """
+    @notice The commitment a sealed ask is made with.
+    @param job_id The job.
+    @param provider The bidder.
+    @param price The ask.
+    @param salt A secret random value.
+    @return keccak256(abi_encode(job_id, provider, price, salt)).
+    """
+    return keccak256(abi_encode(job_id, provider, price, salt))
+
+
+# ---------------------------------------------------------------- internal
+
+
+@internal
+def _post(spec: JobSpec) -> uint256:
+    assert spec.requester == msg.sender, "market: requester is not the caller"
+    assert spec.redundancy >= 1 and spec.redundancy <= MAX_REDUNDANCY, "market: bad redundancy"
+    assert spec.policy <= POLICY_OPTIMISTIC, "market: unknown policy"
+    assert spec.policy != POLICY_REDUNDANT or spec.redundancy >= 2, "market: redundant policy needs redundancy >= 2"
+    assert spec.auction <= AUCTION_INSTANT, "market: unknown auction"
+    assert spec.device_kind <= 1, "market: unknown device kind"
+    assert spec.gpus >= 1, "market: no devices"
+    assert spec.max_price > 0 and spec.max_price <= MAX_PRICE, "market: bad max price"
+    assert spec.max_gpu_seconds > 0, "market: no GPU-seconds"
+    assert convert(spec.bid_deadline, uint256) > block.timestamp, "market: bid deadline passed"
+    if spec.auction == AUCTION_SEALED:
+        assert spec.reveal_deadline > spec.bid_deadline, "market: reveal deadline before bid deadline"
+    assert spec.run_duration > 0, "market: no run time"
+    assert spec.challenge_window > 0, "market: no challenge window"
+    escrow: uint256 = self._escrow_for(spec)
+    assert escrow > 0, "market: escrow rounds to zero"
+
+    job_id: uint256 = self.job_count + 1
+    self.job_count = job_id
+    self.jobs[job_id] = Job(
+        spec_hash=keccak256(abi_encode(spec)), status=JobStatus.OPEN, escrow=escrow, count=0, lease_start=0
+    )
+    log JobPosted(job_id=job_id, requester=msg.sender, spec=spec, escrow=escrow)
+    # Effects first, then pull the escrow.
+    assert extcall token.transferFrom(msg.sender, self, escrow, default_return_value=True), "market: transfer failed"
+    return job_id
+
+
+@internal
+def _start_lease(job_id: uint256, job: Job, spec: JobSpec, refund: uint256, clearing: uint256):
+    # Every slot has its provider: the run clock starts and the escrow above the price goes back.
+    self.jobs[job_id].status = JobStatus.LEASED
+    self.jobs[job_id].count = spec.redundancy
+    self.jobs[job_id].lease_start = convert(block.timestamp, uint64)
+    self.jobs[job_id].escrow = job.escrow - refund
+    self._credit(spec.requester, refund)
+    log JobLeased(job_id=job_id, clearing_price=clearing, refunded=refund)
+
+
+@internal
+def _release_taken(job_id: uint256, spec: JobSpec, taken: uint8):
+    # Instant slots already taken go back to their providers unharmed.
+    if spec.auction != AUCTION_INSTANT:
+        return
+    for i: uint256 in range(convert(taken, uint256), bound=MAX_SLOTS):
+        self.slots[job_id][i].status = SlotStatus.RELEASED
+        extcall registry.release(self.slots[job_id][i].provider, False)
+
+
+@internal
+@view
+def _load(job_id: uint256, spec: JobSpec) -> Job:
+    job: Job = self.jobs[job_id]
+    assert job.spec_hash != empty(bytes32), "market: unknown job"
+    assert job.spec_hash == keccak256(abi_encode(spec)), "market: spec does not match job"
+    return job
+
+
+@internal
+@view
+def _check_eligible(provider: address, spec: JobSpec):
+    assert staticcall registry.is_eligible(
+        provider, spec.device_kind, spec.gpus, spec.min_memory_mb
+    ), "market: provider not eligible"
+
+
+@internal
+def _credit(account: address, amount: uint256):
+    if amount == 0:
+        return
+    self.credits[account] += amount
+    self.total_credits += amount
+
+
+@internal
+@pure
+def _value(price: uint256, gpu_seconds: uint64) -> uint256:
+    return price * convert(gpu_seconds, uint256) // SECONDS_PER_HOUR
+
+
+@internal
+@pure
+def _escrow_for(spec: JobSpec) -> uint256:
+    return convert(spec.redundancy, uint256) * self._value(spec.max_price, spec.max_gpu_seconds)
+
+
+@internal
+def _set_parameters(
+    treasury_: address, fee_bps_: uint256, dispute_bond_: uint256, base_slash_: uint256, slash_requester_bps_: uint256
+):
+    assert treasury_ != empty(address), "market: treasury is the zero address"
+    assert fee_bps_ <= 1_000, "market: fee above 10%"
+    assert slash_requester_bps_ <= BPS, "market: share above 100%"
+    self.treasury = treasury_
+    self.fee_bps = fee_bps_
+    self.dispute_bond = dispute_bond_
+    self.base_slash = base_slash_
+    self.slash_requester_bps = slash_requester_bps_
+    log ParametersChanged(
+        treasury=treasury_,
+        fee_bps=fee_bps_,
+        dispute_bond=dispute_bond_,
+        base_slash=base_slash_,
+        slash_requester_bps=slash_requester_bps_,
+    )

@@ -1,0 +1,469 @@
+# pragma version ~=0.4.3
+# pragma nonreentrancy off
+"""
+@title flopex provider registry
+@custom:contract-name ProviderRegistry
+@license GNU Affero General Public License v3.0 only
+@notice Holds the stakes of providers and verifiers, the offers providers
+        publish (devices, price floor, gRPC endpoint, receipt-signing key),
+        their reputation counters and the throughput verifiers attested for
+        them. Stake leaves only after an unbonding delay and never while the
+        provider holds a lease; only the market may lock, release and slash.
+@dev Every token this contract holds is someone's stake:
+     `token.balanceOf(self) == sum(active + unbonding)` over all accounts.
+"""
+
+from ethereum.ercs import IERC20
+from snekmate.auth import ownable
+
+initializes: ownable
+
+exports: (ownable.owner, ownable.transfer_ownership)
+
+
+# @dev Device kinds a provider can offer and a job can ask for.
+DEVICE_CPU: public(constant(uint8)) = 0
+DEVICE_CUDA: public(constant(uint8)) = 1
+
+# @dev A provider is flagged when its claimed throughput exceeds the attested one
+# by more than this factor (in basis points: 20_000 = 2x).
+CAPACITY_FLAG_BPS: public(constant(uint256)) = 20_000
+
+
+struct Offer:
+    device_model: String[64]  # e.g. "NVIDIA H100 80GB HBM3" or the CPU model
+    device_kind: uint8  # DEVICE_CPU or DEVICE_CUDA
+    gpu_count: uint16  # devices offered as one unit
+    memory_mb: uint32  # memory per device
+    claimed_gflops: uint64  # throughput the provider claims, per device
+    price_floor: uint256  # token units per GPU-hour it asks in instant auctions
+    endpoint: String[128]  # gRPC endpoint, host:port
+    signer: address  # key that signs the worker's usage receipts
+
+
+struct Stake:
+    active: uint256  # stake that backs bids and verifier duties
+    unbonding: uint256  # stake on its way out, still slashable
+    unbond_at: uint256  # when `unbonding` may be withdrawn
+    active_jobs: uint256  # leases the market holds against this stake
+
+
+struct Reputation:
+    completed: uint32  # leases settled with pay
+    failed: uint32  # leases that ended in a refund by the provider's fault or no fault
+    slashed: uint32  # times the stake was slashed
+
+
+struct Attestation:
+    gflops: uint64  # throughput a verifier measured, per device
+    verifier: address  # who measured it
+    attested_at: uint64  # when
+    flagged: bool  # claimed throughput is beyond CAPACITY_FLAG_BPS of the measured one
+
+
+# @dev The token stakes are held in.
+token: public(immutable(IERC20))
+# @dev The job market: the only account allowed to lock, release and slash.
+market: public(address)
+# @dev Least active stake a provider needs to register and bid.
+min_provider_stake: public(uint256)
+# @dev Least active stake a verifier needs to attest.
+min_verifier_stake: public(uint256)
+# @dev Seconds between asking to unbond and being able to withdraw.
+unbonding_period: public(uint256)
+
+# @dev Stakes of every account.
+stakes: public(HashMap[address, Stake])
+# @dev Offers of registered providers.
+offers: public(HashMap[address, Offer])
+# @dev Whether an account has a registered offer.
+is_provider: public(HashMap[address, bool])
+# @dev Whether an account has registered as a verifier.
+is_verifier: public(HashMap[address, bool])
+# @dev Reputation counters of providers.
+reputation: public(HashMap[address, Reputation])
+# @dev Latest capacity attestation of each provider.
+attestations: public(HashMap[address, Attestation])
+
+
+event Staked:
+    account: indexed(address)
+    amount: uint256
+    active: uint256
+
+
+event UnbondRequested:
+    account: indexed(address)
+    amount: uint256
+    unbond_at: uint256
+
+
+event StakeWithdrawn:
+    account: indexed(address)
+    amount: uint256
+
+
+event ProviderRegistered:
+    provider: indexed(address)
+    device_kind: uint8
+    gpu_count: uint16
+    memory_mb: uint32
+    price_floor: uint256
+    endpoint: String[128]
+    signer: address
+
+
+event ProviderDeregistered:
+    provider: indexed(address)
+
+
+event VerifierRegistered:
+    verifier: indexed(address)
+
+
+event VerifierDeregistered:
+    verifier: indexed(address)
+
+
+event ThroughputAttested:
+    provider: indexed(address)
+    verifier: indexed(address)
+    gflops: uint64
+    claimed_gflops: uint64
+    flagged: bool
+
+
+event StakeLocked:
+    provider: indexed(address)
+    active_jobs: uint256
+
+
+event StakeReleased:
+    provider: indexed(address)
+    completed: bool
+    active_jobs: uint256
+
+
+event StakeSlashed:
+    provider: indexed(address)
+    amount: uint256
+
+
+event MarketSet:
+    market: indexed(address)
+
+
+event ParametersChanged:
+    min_provider_stake: uint256
+    min_verifier_stake: uint256
+    unbonding_period: uint256
+
+
+@deploy
+def __init__(token_: IERC20, min_provider_stake_: uint256, min_verifier_stake_: uint256, unbonding_period_: uint256):
+    """
+    @notice Deploys the registry; the deployer owns it and sets the market once.
+    @param token_ The token stakes are held in.
+    @param min_provider_stake_ Least active stake to register and bid.
+    @param min_verifier_stake_ Least active stake to attest.
+    @param unbonding_period_ Seconds a withdrawal waits.
+    """
+    ownable.__init__()
+    token = token_
+    self.min_provider_stake = min_provider_stake_
+    self.min_verifier_stake = min_verifier_stake_
+    self.unbonding_period = unbonding_period_
+
+
+# ---------------------------------------------------------------- owner
+
+
+@external
+def set_market(market_: address):
+    """
+    @notice Names the market contract; it can be set only once.
+    @param market_ The job market's address.
+    """
+    ownable._check_owner()
+    assert self.market == empty(address), "registry: market already set"
+    assert market_ != empty(address), "registry: market is the zero address"
+    self.market = market_
+    log MarketSet(market=market_)
+
+
+@external
+def set_parameters(min_provider_stake_: uint256, min_verifier_stake_: uint256, unbonding_period_: uint256):
+    """
+    @notice Changes the minimum stakes and the unbonding period.
+    @param min_provider_stake_ Least active stake to register and bid.
+    @param min_verifier_stake_ Least active stake to attest.
+    @param unbonding_period_ Seconds a withdrawal waits.
+    """
+    ownable._check_owner()
+    self.min_provider_stake = min_provider_stake_
+    self.min_verifier_stake = min_verifier_stake_
+    self.unbonding_period = unbonding_period_
+    log ParametersChanged(
+        min_provider_stake=min_provider_stake_,
+        min_verifier_stake=min_verifier_stake_,
+        unbonding_period=unbonding_period_,
+    )
+
+
+# ---------------------------------------------------------------- stake
+
+
+@external
+@nonreentrant
+def stake(amount: uint256):
+    """
+    @notice Adds `amount` tokens to the caller's active stake (approve first).
+    @dev Non-reentrant: moves tokens in.
+    @param amount Token units to stake.
+    """
+    assert amount > 0, "registry: zero stake"
+    self.stakes[msg.sender].active += amount
+    log Staked(account=msg.sender, amount=amount, active=self.stakes[msg.sender].active)
+    # Effects first, then pull the tokens.
+    assert extcall token.transferFrom(msg.sender, self, amount, default_return_value=True), "registry: transfer failed"
+
+
+@external
+def request_unbond(amount: uint256):
+    """
+    @notice Moves `amount` of the caller's active stake to unbonding; it stays
+            slashable and can be withdrawn after the unbonding period, once the
+            caller holds no lease. A new request restarts the period.
+    @param amount Token units to unbond.
+    """
+    assert amount > 0, "registry: zero amount"
+    s: Stake = self.stakes[msg.sender]
+    assert s.active >= amount, "registry: amount exceeds active stake"
+    s.active -= amount
+    s.unbonding += amount
+    s.unbond_at = block.timestamp + self.unbonding_period
+    self.stakes[msg.sender] = s
+    log UnbondRequested(account=msg.sender, amount=amount, unbond_at=s.unbond_at)
+
+
+@external
+@nonreentrant
+def withdraw_unbonded():
+    """
+    @notice Withdraws the caller's unbonded stake after the unbonding period.
+    @dev Non-reentrant: moves tokens out. The stake is zeroed before the transfer.
+    """
+    s: Stake = self.stakes[msg.sender]
+    assert s.unbonding > 0, "registry: nothing unbonding"
+    assert block.timestamp >= s.unbond_at, "registry: still unbonding"
+    assert s.active_jobs == 0, "registry: provider holds leases"
+    amount: uint256 = s.unbonding
+    self.stakes[msg.sender].unbonding = 0
+    log StakeWithdrawn(account=msg.sender, amount=amount)
+    assert extcall token.transfer(msg.sender, amount, default_return_value=True), "registry: transfer failed"
+
+
+# ---------------------------------------------------------------- roles
+
+
+@external
+def register_provider(offer: Offer):
+    """
+    @notice Registers the caller as a provider with `offer`, or replaces its offer.
+    @param offer Devices, price floor, endpoint and receipt signer.
+    """
+    assert self.stakes[msg.sender].active >= self.min_provider_stake, "registry: stake below minimum"
+    assert offer.device_kind <= DEVICE_CUDA, "registry: unknown device kind"
+    assert offer.gpu_count > 0, "registry: no devices"
+    assert offer.memory_mb > 0, "registry: no device memory"
+    assert offer.price_floor > 0, "registry: zero price floor"
+    assert offer.signer != empty(address), "registry: no signer"
+    assert len(offer.endpoint) > 0, "registry: no endpoint"
+    self.offers[msg.sender] = offer
+    self.is_provider[msg.sender] = True
+    log ProviderRegistered(
+        provider=msg.sender,
+        device_kind=offer.device_kind,
+        gpu_count=offer.gpu_count,
+        memory_mb=offer.memory_mb,
+        price_floor=offer.price_floor,
+        endpoint=offer.endpoint,
+        signer=offer.signer,
+    )
+
+
+@external
+def deregister_provider():
+    """
+    @notice Withdraws the caller's offer: it can no longer bid. Running leases go on.
+    """
+    assert self.is_provider[msg.sender], "registry: not a provider"
+    self.is_provider[msg.sender] = False
+    log ProviderDeregistered(provider=msg.sender)
+
+
+@external
+def register_verifier():
+    """
+    @notice Registers the caller as a verifier; it needs the minimum verifier stake.
+    """
+    assert self.stakes[msg.sender].active >= self.min_verifier_stake, "registry: stake below minimum"
+    self.is_verifier[msg.sender] = True
+    log VerifierRegistered(verifier=msg.sender)
+
+
+@external
+def deregister_verifier():
+    """
+    @notice Removes the caller from the verifiers.
+    """
+    assert self.is_verifier[msg.sender], "registry: not a verifier"
+    self.is_verifier[msg.sender] = False
+    log VerifierDeregistered(verifier=msg.sender)
+
+
+@external
+def attest_throughput(provider: address, gflops: uint64):
+    """
+    @notice Records the throughput a verifier measured for `provider` with a
+            capacity challenge; flags the provider when its claim is beyond
+            CAPACITY_FLAG_BPS of the measurement.
+    @param provider The provider measured.
+    @param gflops Measured throughput per device, in GFLOP/s.
+    """
+    assert self._is_active_verifier(msg.sender), "registry: caller is not a verifier"
+    assert msg.sender != provider, "registry: verifier cannot attest itself"
+    assert self.is_provider[provider], "registry: not a provider"
+    claimed: uint64 = self.offers[provider].claimed_gflops
+    flagged: bool = convert(claimed, uint256) * 10_000 > convert(gflops, uint256) * CAPACITY_FLAG_BPS
+    self.attestations[provider] = Attestation(
+        gflops=gflops, verifier=msg.sender, attested_at=convert(block.timestamp, uint64), flagged=flagged
+    )
+    log ThroughputAttested(
+        provider=provider, verifier=msg.sender, gflops=gflops, claimed_gflops=claimed, flagged=flagged
+    )
+
+
+# ---------------------------------------------------------------- market only
+
+
+@external
+def lock(provider: address):
+    """
+    @notice Counts a new lease against `provider`'s stake; while it holds any,
+            its unbonding stake cannot leave.
+    @param provider The leased provider.
+    """
+    self._check_market()
+    active_jobs: uint256 = self.stakes[provider].active_jobs + 1
+    self.stakes[provider].active_jobs = active_jobs
+    log StakeLocked(provider=provider, active_jobs=active_jobs)
+
+
+@external
+def release(provider: address, completed: bool):
+    """
+    @notice Ends a lease of `provider` and counts how it ended.
+    @param provider The provider whose lease ended.
+    @param completed True when the provider was paid, False otherwise.
+    """
+    self._check_market()
+    active_jobs: uint256 = self.stakes[provider].active_jobs - 1
+    self.stakes[provider].active_jobs = active_jobs
+    if completed:
+        self.reputation[provider].completed += 1
+    else:
+        self.reputation[provider].failed += 1
+    log StakeReleased(provider=provider, completed=completed, active_jobs=active_jobs)
+
+
+@external
+@nonreentrant
+def slash(provider: address, amount: uint256) -> uint256:
+    """
+    @notice Takes up to `amount` of `provider`'s stake, active stake first,
+            and sends it to the market, which shares it out.
+    @dev Non-reentrant: moves tokens out. The stake is reduced before the transfer.
+    @param provider The provider to slash.
+    @param amount Token units to take at most.
+    @return The amount actually taken.
+    """
+    self._check_market()
+    s: Stake = self.stakes[provider]
+    taken: uint256 = min(amount, s.active + s.unbonding)
+    from_active: uint256 = min(taken, s.active)
+    s.active -= from_active
+    s.unbonding -= taken - from_active
+    self.stakes[provider] = s
+    self.reputation[provider].slashed += 1
+    log StakeSlashed(provider=provider, amount=taken)
+    if taken > 0:
+        assert extcall token.transfer(msg.sender, taken, default_return_value=True), "registry: transfer failed"
+    return taken
+
+
+# ---------------------------------------------------------------- views
+
+
+@external
+@view
+def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_mb: uint32) -> bool:
+    """
+    @notice Whether `provider` may bid for a job with these requirements.
+    @param provider The provider.
+    @param device_kind Device kind the job needs.
+    @param gpus Devices the job needs.
+    @param min_memory_mb Memory per device the job needs.
+    @return True when registered, staked and its devices meet the requirements.
+    """
+    if not self.is_provider[provider]:
+        return False
+    if self.stakes[provider].active < self.min_provider_stake:
+        return False
+    offer: Offer = self.offers[provider]
+    return offer.device_kind == device_kind and offer.gpu_count >= gpus and offer.memory_mb >= min_memory_mb
+
+
+@external
+@view
+def price_floor(provider: address) -> uint256:
+    """
+    @notice The price per GPU-hour `provider` asks in instant auctions.
+    @param provider The provider.
+    @return Token units per GPU-hour.
+    """
+    return self.offers[provider].price_floor
+
+
+@external
+@view
+def is_active_verifier(account: address) -> bool:
+    """
+    @notice Whether `account` is a registered verifier with enough stake.
+    @param account The account.
+    @return True when it may attest.
+    """
+    return self._is_active_verifier(account)
+
+
+@external
+@view
+def total_stake(account: address) -> uint256:
+    """
+    @notice All of `account`'s stake that can still be slashed.
+    @param account The account.
+    @return Active plus unbonding stake.
+    """
+    return self.stakes[account].active + self.stakes[account].unbonding
+
+
+@internal
+@view
+def _is_active_verifier(account: address) -> bool:
+    return self.is_verifier[account] and self.stakes[account].active >= self.min_verifier_stake
+
+
+@internal
+@view
+def _check_market():
+    assert msg.sender == self.market, "registry: caller is not the market"
