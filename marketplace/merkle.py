@@ -1,0 +1,170 @@
+"""Merkle trees over job results, compatible with on-chain proof verification.
+
+A job's *result root* commits to every byte it produced. Each result file is cut into
+1 MiB chunks (an empty file still has one, empty, chunk); files are taken in sorted order of
+their relative POSIX paths. The leaf of chunk ``i`` of file ``path`` is::
+
+    keccak256(0x00 ‖ keccak256(path) ‖ uint64_be(i) ‖ keccak256(chunk))
+
+(73 bytes hashed, so a leaf can never be mistaken for an internal node, which hashes 64).
+Internal nodes hash the *sorted* pair of their children, ``keccak256(min(a, b) ‖ max(a, b))``,
+exactly as OpenZeppelin's ``MerkleProof`` and snekmate's ``merkle_proof_verification``
+expect, so a proof made here verifies on chain unchanged. A level with an odd number of
+nodes promotes its last node to the next level as it is. An empty result set has the root
+:data:`EMPTY_ROOT` (``keccak256(b"")``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_hash.auto import keccak
+
+__all__ = [
+    "CHUNK_SIZE",
+    "EMPTY_ROOT",
+    "FileEntry",
+    "ResultManifest",
+    "chunk_leaf",
+    "file_leaves",
+    "list_files",
+    "manifest_of",
+    "merkle_root",
+    "node_hash",
+    "proof_for",
+    "verify_proof",
+]
+
+CHUNK_SIZE = 1 << 20
+"""Size of a result chunk: 1 MiB."""
+
+EMPTY_ROOT = keccak(b"")
+"""Root of an empty result set: keccak256 of the empty string."""
+
+
+def chunk_leaf(path: str, index: int, chunk: bytes) -> bytes:
+    """Return the leaf hash of chunk ``index`` (0-based) of the file at relative ``path``."""
+    if index < 0 or index >= 1 << 64:
+        raise ValueError(f"merkle: chunk index out of range: {index}")
+    return keccak(b"\x00" + keccak(path.encode("utf-8")) + index.to_bytes(8, "big") + keccak(chunk))
+
+
+def node_hash(a: bytes, b: bytes) -> bytes:
+    """Hash two sibling nodes as OpenZeppelin does: keccak256 of the sorted pair."""
+    return keccak(a + b) if a <= b else keccak(b + a)
+
+
+def _next_level(level: Sequence[bytes]) -> list[bytes]:
+    nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+    if len(level) % 2:
+        nxt.append(level[-1])
+    return nxt
+
+
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """Return the root over ``leaves`` in order; :data:`EMPTY_ROOT` for none."""
+    if not leaves:
+        return EMPTY_ROOT
+    level = list(leaves)
+    while len(level) > 1:
+        level = _next_level(level)
+    return level[0]
+
+
+def proof_for(leaves: Sequence[bytes], index: int) -> list[bytes]:
+    """Return the sibling path proving ``leaves[index]`` against :func:`merkle_root` of ``leaves``."""
+    if not 0 <= index < len(leaves):
+        raise IndexError(f"merkle: no leaf {index} among {len(leaves)}")
+    proof: list[bytes] = []
+    level = list(leaves)
+    while len(level) > 1:
+        sibling = index ^ 1
+        if sibling < len(level):
+            proof.append(level[sibling])
+        level = _next_level(level)
+        index //= 2
+    return proof
+
+
+def verify_proof(proof: Iterable[bytes], root: bytes, leaf: bytes) -> bool:
+    """Return whether ``proof`` leads from ``leaf`` to ``root`` (the on-chain algorithm)."""
+    computed = leaf
+    for sibling in proof:
+        computed = node_hash(computed, sibling)
+    return computed == root
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One result file: its relative POSIX path, size, sha256 and number of Merkle chunks."""
+
+    path: str
+    size: int
+    sha256: bytes
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResultManifest:
+    """Every result file with its hashes, and the Merkle root over all their chunks."""
+
+    files: tuple[FileEntry, ...]
+    root: bytes
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the sizes of all files."""
+        return sum(f.size for f in self.files)
+
+
+def list_files(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """Return ``(relative POSIX path, absolute path)`` of each regular file under ``directory``, sorted.
+
+    Symbolic links are never followed and never listed.
+    """
+    base = Path(directory)
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames.sort()
+        for name in filenames:
+            full = Path(dirpath) / name
+            if full.is_symlink() or not full.is_file():
+                continue
+            found.append((full.relative_to(base).as_posix(), full))
+    found.sort(key=lambda item: item[0].encode("utf-8"))
+    return found
+
+
+def file_leaves(rel_path: str, path: str | os.PathLike[str]) -> Iterator[tuple[bytes, bytes]]:
+    """Yield ``(leaf, chunk)`` for each 1 MiB chunk of the file (one empty chunk for an empty file)."""
+    with open(path, "rb") as fh:
+        index = 0
+        while True:
+            chunk = fh.read(CHUNK_SIZE)
+            if not chunk and index > 0:
+                return
+            yield chunk_leaf(rel_path, index, chunk), chunk
+            index += 1
+            if len(chunk) < CHUNK_SIZE:
+                return
+
+
+def manifest_of(directory: str | os.PathLike[str]) -> tuple[ResultManifest, list[bytes]]:
+    """Hash every file under ``directory``; return the manifest and the ordered leaves."""
+    leaves: list[bytes] = []
+    entries: list[FileEntry] = []
+    for rel, full in list_files(directory):
+        sha = hashlib.sha256()
+        size = 0
+        count = 0
+        for leaf, chunk in file_leaves(rel, full):
+            sha.update(chunk)
+            size += len(chunk)
+            count += 1
+            leaves.append(leaf)
+        entries.append(FileEntry(rel, size, sha.digest(), count))
+    return ResultManifest(tuple(entries), merkle_root(leaves)), leaves

@@ -1,0 +1,176 @@
+"""job.toml parsing, bundle hashing, packing and hostile archives."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from marketplace.bundle import (
+    bundle_hash,
+    load_bundle,
+    pack_bundle,
+    parse_job_toml,
+    parse_price,
+    unpack_bundle,
+)
+from marketplace.errors import BundleError
+
+GOOD = """
+[job]
+entrypoint = "train.py"
+args = ["--epochs", "3"]
+inputs = ["data.bin"]
+
+[resources]
+device = "cpu"
+gpus = 1
+timeout_s = 60
+
+[verification]
+policy = "replay"
+
+[market]
+max_price = "2.5"
+"""
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "bundle"
+    root.mkdir()
+    (root / "job.toml").write_text(GOOD)
+    (root / "train.py").write_text("print('hi')\n")
+    (root / "data.bin").write_bytes(b"\x00\x01" * 100)
+    return root
+
+
+def test_a_good_job_toml__parses_into_the_spec() -> None:
+    spec = parse_job_toml(GOOD)
+    assert spec.job.entrypoint == "train.py"
+    assert spec.job.args == ("--epochs", "3")
+    assert spec.resources.device == "cpu"
+    assert spec.verification.policy == "replay"
+    assert spec.market.max_price == 2_500_000_000_000_000_000
+    assert spec.market.auction == "sealed"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[job]\nargs = []\n[market]\nmax_price = \"1\"", "entrypoint: required"),
+        ("[job]\nentrypoint = \"a.py\"\ncolour = 1\n[market]\nmax_price = \"1\"", "unknown key"),
+        ("[job]\nentrypoint = \"a.py\"\n[resources]\ndevice = \"tpu\"\n[market]\nmax_price = \"1\"",
+         "resources.device"),
+        ("[job]\nentrypoint = \"a.py\"\n[resources]\ngpus = \"2\"\n[market]\nmax_price = \"1\"", "integer"),
+        ("[job]\nentrypoint = \"a.py\"\n[resources]\ngpus = true\n[market]\nmax_price = \"1\"", "integer"),
+        ("[job]\nentrypoint = \"../a.py\"\n[market]\nmax_price = \"1\"", "escapes"),
+        ("[job]\nentrypoint = \"/etc/a.py\"\n[market]\nmax_price = \"1\"", "absolute"),
+        ("[job]\nentrypoint = \"a.py\"\ninputs = [\"x/../../y\"]\n[market]\nmax_price = \"1\"", "escapes"),
+        ("[job]\nentrypoint = \"a.py\"\n[market]\nmax_price = 2.5", "decimal string"),
+        ("[job]\nentrypoint = \"a.py\"\n[market]\nmax_price = \"-1\"", "positive"),
+        ("[job]\nentrypoint = \"a.py\"\n", "missing [market]"),
+        ("[job]\nentrypoint = \"a.py\"\n[verification]\npolicy = \"magic\"\n[market]\nmax_price = \"1\"",
+         "verification.policy"),
+        ("[job\n", "not valid TOML"),
+        ("[extra]\n[job]\nentrypoint = \"a.py\"\n[market]\nmax_price = \"1\"", "unknown key"),
+    ],
+)
+def test_a_bad_job_toml__raises_a_clear_bundle_error(text: str, message: str) -> None:
+    with pytest.raises(BundleError, match=message.replace("[", r"\[")):
+        parse_job_toml(text)
+
+
+def test_prices__convert_to_18_decimal_token_units() -> None:
+    assert parse_price("1") == 10**18
+    assert parse_price("0.000000000000000001") == 1
+    with pytest.raises(BundleError, match="decimals"):
+        parse_price("0.0000000000000000001")
+    with pytest.raises(BundleError):
+        parse_price("NaN")
+
+
+def test_the_bundle_hash__depends_on_paths_and_bytes_only(bundle_dir: Path, tmp_path: Path) -> None:
+    first = bundle_hash(bundle_dir)
+    (bundle_dir / "data.bin").touch()
+    assert bundle_hash(bundle_dir) == first
+    (bundle_dir / "data.bin").write_bytes(b"changed")
+    assert bundle_hash(bundle_dir) != first
+
+
+def test_a_bundle__round_trips_through_its_canonical_archive(bundle_dir: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "b.tar.gz"
+    data = pack_bundle(bundle_dir, archive)
+    assert pack_bundle(bundle_dir) == data
+    bundle = unpack_bundle(archive, tmp_path / "out", max_bytes=1 << 20)
+    assert bundle.hash == load_bundle(bundle_dir).hash
+    assert bundle.spec.job.entrypoint == "train.py"
+
+
+def test_a_bundle_with_a_symlink__is_refused(bundle_dir: Path) -> None:
+    (bundle_dir / "link").symlink_to("/etc/passwd")
+    with pytest.raises(BundleError, match="symbolic links"):
+        load_bundle(bundle_dir)
+
+
+def test_a_bundle_without_its_entrypoint__is_refused(bundle_dir: Path) -> None:
+    (bundle_dir / "train.py").unlink()
+    with pytest.raises(BundleError, match="not a file in the bundle"):
+        load_bundle(bundle_dir)
+
+
+def _archive(tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    path = tmp_path / "hostile.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("symlink", "not a regular file"), ("hardlink", "not a regular file"), ("device", "not a regular file"),
+     ("absolute", "absolute"), ("dotdot", "escapes"), ("fifo", "not a regular file")],
+)
+def test_hostile_archive_members__are_refused(tmp_path: Path, kind: str, message: str) -> None:
+    members = [_file("job.toml", GOOD.encode()), _file("train.py", b""), _file("data.bin", b"")]
+    if kind in ("symlink", "hardlink"):
+        info = tarfile.TarInfo("evil")
+        info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+        info.linkname = "/etc/shadow"
+        members.append((info, None))
+    elif kind in ("device", "fifo"):
+        info = tarfile.TarInfo("dev")
+        info.type = tarfile.CHRTYPE if kind == "device" else tarfile.FIFOTYPE
+        members.append((info, None))
+    elif kind == "absolute":
+        members.append(_file("/tmp/evil", b"x"))
+    else:
+        members.append(_file("../evil", b"x"))
+    with pytest.raises(BundleError, match=message):
+        unpack_bundle(_archive(tmp_path, members), tmp_path / "out", max_bytes=1 << 20)
+    assert not (tmp_path / "evil").exists()
+
+
+def test_an_archive_beyond_the_size_limit__is_refused_while_extracting(tmp_path: Path) -> None:
+    big = b"\x00" * (3 << 20)  # compresses to a few KiB: the limit must count extracted bytes
+    members = [_file("job.toml", GOOD.encode()), _file("train.py", b""), _file("data.bin", big)]
+    archive = _archive(tmp_path, members)
+    assert archive.stat().st_size < 1 << 20
+    with pytest.raises(BundleError, match="exceeds the limit"):
+        unpack_bundle(archive, tmp_path / "out", max_bytes=1 << 20)
+
+
+def test_a_corrupt_archive__is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "junk.tar.gz"
+    path.write_bytes(b"\x1f\x8b\x08garbage" * 10)
+    with pytest.raises(BundleError):
+        unpack_bundle(path, tmp_path / "out", max_bytes=1 << 20)
