@@ -1,0 +1,263 @@
+"""The chain client: one connection to an EVM chain, signed transactions, one revert error.
+
+A :class:`Chain` talks either to the embedded chain (eth-tester on py-evm, in this process, no
+set-up) or to any Ethereum JSON-RPC node (``--rpc-url``: anvil, a ``flopex chain up`` node, a
+testnet). Transactions are signed locally with the sender's key and sent raw, so both behave the
+same. A revert surfaces as :class:`~marketplace.errors.ContractRevert` with the contract's reason,
+whether the node is eth-tester (``TransactionFailed``) or a JSON-RPC node (``ContractLogicError``).
+
+All access to the connection goes through one lock: the embedded chain is not thread-safe, and a
+single lock keeps each account's nonces in order when several threads share a client.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+from web3 import Web3
+from web3.exceptions import ContractLogicError, TimeExhausted
+
+from marketplace.errors import ChainError, ConfigError, ContractRevert
+
+__all__ = ["DEFAULT_GAS_PRICE_CAP", "Chain", "dev_account", "map_revert"]
+
+T = TypeVar("T")
+
+#: Ether given to each development account on a dev chain.
+DEV_ETHER = 1_000 * 10**18
+#: Highest fee per gas the client will offer on any chain (a guard against runaway fees).
+DEFAULT_GAS_PRICE_CAP = 500 * 10**9
+
+_REASON = re.compile(r"execution reverted:?\s*(.*)", re.DOTALL)
+
+
+def dev_account(index: int) -> LocalAccount:
+    """The ``index``-th development account: a key derived from a public seed.
+
+    Every process derives the same keys, so ``flopex chain up``, providers and requesters on a dev
+    chain agree on who is who without sharing files. Never hold real value with these keys.
+    """
+    if index < 0:
+        raise ConfigError(f"dev account index must be >= 0, got {index}")
+    return Account.from_key(keccak(text=f"flopex-dev-account-{index}"))
+
+
+def _reason_of(exc: BaseException) -> str | None:
+    """The revert reason carried by an eth-tester or web3 exception, or None if it is no revert."""
+    name = type(exc).__name__
+    text = str(getattr(exc, "message", None) or (exc.args[0] if exc.args else "") or exc)
+    if isinstance(exc, ContractLogicError) or name == "TransactionFailed":
+        match = _REASON.search(text)
+        reason = match.group(1) if match else text
+        return reason.strip().strip("'\"") or "reverted without a reason"
+    if "execution reverted" in text:
+        match = _REASON.search(text)
+        return (match.group(1) if match else text).strip().strip("'\"") or "reverted without a reason"
+    return None
+
+
+def map_revert(exc: BaseException, function: str | None = None) -> ChainError:
+    """Turn a node's exception into :class:`ContractRevert` (a revert) or :class:`ChainError`."""
+    reason = _reason_of(exc)
+    if reason is not None:
+        return ContractRevert(reason, function=function)
+    return ChainError(f"{function + ': ' if function else ''}{type(exc).__name__}: {exc}")
+
+
+class Chain:
+    """A connection to one chain, with locally signed transactions and mapped reverts."""
+
+    def __init__(self, w3: Web3, *, embedded_tester: Any | None = None, url: str | None = None) -> None:
+        self.w3 = w3
+        self.url = url
+        self._tester = embedded_tester
+        self._lock = threading.RLock()
+        self._nonces: dict[str, int] = {}
+        self.chain_id: int = w3.eth.chain_id
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def embedded(cls) -> Chain:
+        """A fresh in-process chain (eth-tester on py-evm)."""
+        from eth_tester import EthereumTester, PyEVMBackend
+        from web3 import EthereumTesterProvider
+
+        tester = EthereumTester(PyEVMBackend())
+        return cls(Web3(EthereumTesterProvider(tester)), embedded_tester=tester)
+
+    @classmethod
+    def connect(cls, rpc_url: str, *, timeout: float = 10.0) -> Chain:
+        """Connect to a JSON-RPC node; raises :class:`ChainError` if nothing answers there."""
+        if not re.match(r"^(https?|wss?)://", rpc_url):
+            raise ConfigError(f"not an RPC URL: {rpc_url!r} (expected http://host:port)")
+        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+        try:
+            w3.eth.chain_id  # noqa: B018 - a round trip proves the node answers
+        except Exception as exc:
+            raise ChainError(f"no chain answers at {rpc_url}: {type(exc).__name__}") from exc
+        return cls(w3, url=rpc_url)
+
+    @property
+    def is_embedded(self) -> bool:
+        """True for the in-process eth-tester chain."""
+        return self._tester is not None
+
+    # ------------------------------------------------------------------ locking and time
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the client's lock across several calls that must not interleave."""
+        with self._lock:
+            yield
+
+    def now(self) -> int:
+        """The latest block's timestamp."""
+        with self._lock:
+            return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def block_number(self) -> int:
+        """The latest block's number."""
+        with self._lock:
+            return int(self.w3.eth.block_number)
+
+    def time_travel(self, seconds: int) -> int:
+        """Move a dev chain's clock forward and mine a block; returns the new timestamp."""
+        if seconds < 0:
+            raise ConfigError("time only moves forward")
+        with self._lock:
+            target = self.now() + seconds
+            if self._tester is not None:
+                self._tester.time_travel(target)
+            else:
+                try:
+                    self.w3.provider.make_request("evm_setNextBlockTimestamp", [target])  # type: ignore[arg-type]
+                    self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+                except Exception as exc:
+                    raise ChainError(f"this chain does not let its clock be moved: {exc}") from exc
+            return self.now()
+
+    def mine(self) -> None:
+        """Mine an empty block (dev chains), so the chain's clock catches up with wall time."""
+        with self._lock:
+            if self._tester is not None:
+                self._tester.mine_blocks(1)
+            else:
+                self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ accounts
+
+    def fund_ether(self, address: str, amount: int = DEV_ETHER) -> None:
+        """Give ``address`` ether for gas on a dev chain (eth-tester or anvil)."""
+        with self._lock:
+            if self._tester is not None:
+                source = self.w3.eth.accounts[0]
+                self._tester.send_transaction(
+                    {"from": source, "to": address, "value": amount, "gas": 21_000}
+                )
+                return
+            try:
+                self.w3.provider.make_request("anvil_setBalance", [address, hex(amount)])  # type: ignore[arg-type]
+            except Exception as exc:
+                raise ChainError(f"cannot fund {address} on this chain: {exc}") from exc
+            balance = self.w3.eth.get_balance(address)  # type: ignore[arg-type]
+            if balance < amount:
+                raise ChainError(f"this chain did not fund {address}; fund it with ether yourself")
+
+    def balance_of_ether(self, address: str) -> int:
+        """Ether balance of ``address`` in wei."""
+        with self._lock:
+            return int(self.w3.eth.get_balance(address))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ calls and transactions
+
+    def call(self, fn: Any, *, sender: str | None = None, function: str | None = None) -> Any:
+        """Run a contract function as a call; reverts become :class:`ContractRevert`."""
+        with self._lock:
+            try:
+                return fn.call({"from": sender} if sender else {})
+            except Exception as exc:
+                raise map_revert(exc, function or getattr(fn, "fn_name", None)) from exc
+
+    def transact(self, account: LocalAccount, fn: Any, *, value: int = 0, function: str | None = None) -> Any:
+        """Sign and send a contract transaction from ``account`` and wait for its receipt.
+
+        Gas is estimated first, so a transaction that would revert raises :class:`ContractRevert`
+        with its reason and is never sent.
+        """
+        name = function or getattr(fn, "fn_name", "transaction")
+        with self._lock:
+            try:
+                tx = fn.build_transaction(
+                    {"from": account.address, "nonce": self._next_nonce(account.address), "value": value}
+                )
+            except Exception as exc:
+                raise map_revert(exc, name) from exc
+            return self._send(account, tx, name)
+
+    def deploy(self, account: LocalAccount, abi: list[dict[str, Any]], bytecode: str, *args: Any) -> Any:
+        """Deploy a contract and return its receipt (``contractAddress`` is set)."""
+        with self._lock:
+            factory = self.w3.eth.contract(abi=abi, bytecode=bytecode)
+            try:
+                tx = factory.constructor(*args).build_transaction(
+                    {"from": account.address, "nonce": self._next_nonce(account.address)}
+                )
+            except Exception as exc:
+                raise map_revert(exc, "constructor") from exc
+            receipt = self._send(account, tx, "constructor")
+            if not self.w3.eth.get_code(receipt["contractAddress"]):
+                raise ChainError("deployment left no code at its address")
+            return receipt
+
+    def _next_nonce(self, address: str) -> int:
+        on_chain = int(self.w3.eth.get_transaction_count(address, "pending"))  # type: ignore[arg-type]
+        nonce = max(on_chain, self._nonces.get(address, 0))
+        return nonce
+
+    def _send(self, account: LocalAccount, tx: dict[str, Any], name: str) -> Any:
+        if "maxFeePerGas" in tx and tx["maxFeePerGas"] > DEFAULT_GAS_PRICE_CAP:
+            raise ChainError(f"{name}: fee per gas {tx['maxFeePerGas']} above the cap {DEFAULT_GAS_PRICE_CAP}")
+        signed = account.sign_transaction(tx)
+        try:
+            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        except Exception as exc:
+            raise map_revert(exc, name) from exc
+        self._nonces[account.address] = int(tx["nonce"]) + 1
+        try:
+            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.05)
+        except TimeExhausted as exc:
+            raise ChainError(f"{name}: no receipt for {tx_hash.hex()} after 120 s") from exc
+        if receipt["status"] != 1:
+            raise ContractRevert(self._replay_reason(tx, receipt), function=name)
+        return receipt
+
+    def _replay_reason(self, tx: dict[str, Any], receipt: Any) -> str:
+        """Find why a mined transaction failed by replaying it as a call at its block."""
+        call = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
+        try:
+            self.w3.eth.call(call, receipt["blockNumber"] - 1)  # type: ignore[arg-type]
+        except Exception as exc:
+            return _reason_of(exc) or str(exc)
+        return "reverted without a reason"
+
+    # ------------------------------------------------------------------ helpers
+
+    def wait_until(self, predicate: Callable[[], T], *, timeout: float, poll: float = 0.2) -> T:
+        """Poll ``predicate`` until it returns a truthy value or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise ChainError(f"condition not met within {timeout:.0f} s")
+            time.sleep(poll)
