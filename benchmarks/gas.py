@@ -1,0 +1,203 @@
+"""Gas of each step of a job's lifecycle, for one bidder and for three.
+
+``python -m benchmarks.gas`` deploys flopex on the embedded chain, runs a sealed-auction job with
+replay verification from post to withdrawal with 1 and with 3 bidders, and an instant job, and
+prints one JSON document: the gas of every step, the total per job, the cost of each extra bidder,
+and the goals (at most 500,000 gas for a one-provider job with verification and settlement, at
+most 80,000 per extra bidder; iExec's minimal workflow is about 1.98 million gas as reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from benchmarks._env import environment
+from marketplace.bindings import Contracts
+from marketplace.chain import Chain, dev_account
+from marketplace.devchain import setup_dev_market
+from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Offer, Outcome, Policy
+
+GOAL_ONE_PROVIDER = 500_000
+GOAL_PER_EXTRA_BIDDER = 80_000
+IEXEC_REFERENCE = 1_980_000
+REQUESTER, VERIFIER, FIRST_PROVIDER = 2, 3, 4
+
+
+def _gas(receipt: Any) -> int:
+    return int(receipt["gasUsed"])
+
+
+def _setup(bidders: int) -> tuple[Contracts, dict[str, int]]:
+    contracts = setup_dev_market(Chain.embedded(), accounts=FIRST_PROVIDER + bidders)
+    one_off: dict[str, int] = {}
+    for i in range(bidders):
+        provider = dev_account(FIRST_PROVIDER + i)
+        contracts.token.approve(provider, contracts.registry.address, 500 * ONE_TOKEN)
+        staked = contracts.registry.stake(provider, 500 * ONE_TOKEN)
+        offer = Offer(
+            "NVIDIA H100 80GB HBM3",
+            DeviceKind.CUDA,
+            8,
+            81_559,
+            60_000,
+            (2 + i) * ONE_TOKEN,
+            f"10.0.0.{i + 1}:7070",
+            provider.address,
+        )
+        registered = contracts.registry.register_provider(provider, offer)
+        if i == 0:
+            one_off = {"provider_stake": _gas(staked), "provider_register": _gas(registered)}
+    verifier = dev_account(VERIFIER)
+    contracts.token.approve(verifier, contracts.registry.address, 500 * ONE_TOKEN)
+    contracts.registry.stake(verifier, 500 * ONE_TOKEN)
+    one_off["verifier_register"] = _gas(contracts.registry.register_verifier(verifier))
+    return contracts, one_off
+
+
+def _spec(contracts: Contracts, auction: Auction) -> JobSpec:
+    now = contracts.chain.now()
+    return JobSpec(
+        requester=dev_account(REQUESTER).address,
+        bundle_hash=b"\x5a" * 32,
+        device_kind=DeviceKind.CUDA,
+        gpus=1,
+        min_memory_mb=16_000,
+        policy=Policy.REPLAY,
+        auction=auction,
+        redundancy=1,
+        max_price=5 * ONE_TOKEN,
+        max_gpu_seconds=1_800,
+        bid_deadline=now + 300,
+        reveal_deadline=now + 600,
+        run_duration=3_600,
+        challenge_window=900,
+    )
+
+
+def _finish(contracts: Contracts, job_id: int, steps: dict[str, int]) -> None:
+    """Commit, attest, settle and withdraw for slot 0 of a leased job."""
+    market, chain = contracts.market, contracts.chain
+    requester, verifier = dev_account(REQUESTER), dev_account(VERIFIER)
+    winner = dev_account(FIRST_PROVIDER)
+    chain.time_travel(600)
+    steps["commit_result"] = _gas(market.commit_result(winner, job_id, 0, b"\x77" * 32, 500))
+    steps["attest"] = _gas(market.attest(verifier, job_id, 0, Outcome.ACCEPT, 480))
+    steps["settle"] = _gas(market.settle(requester, job_id, 0))
+    steps["withdraw_provider"] = _gas(contracts.chain.transact(winner, market.contract.functions.withdraw()))
+    steps["withdraw_requester"] = _gas(
+        contracts.chain.transact(requester, market.contract.functions.withdraw())
+    )
+
+
+def sealed_job(bidders: int) -> dict[str, Any]:
+    """Gas of every step of a sealed-auction job with ``bidders`` bidders: the actors' first job
+    (storage they touch for the first time costs 20,000 gas a slot) and their second (steady state)."""
+    contracts, one_off = _setup(bidders)
+    first = _sealed_steps(contracts, bidders)
+    second = _sealed_steps(contracts, bidders)
+    return {
+        "bidders": bidders,
+        "steps": second,
+        "total": sum(second.values()),
+        "first_job_steps": first,
+        "first_job_total": sum(first.values()),
+        "one_off": one_off,
+    }
+
+
+def _sealed_steps(contracts: Contracts, bidders: int) -> dict[str, int]:
+    market, chain, token = contracts.market, contracts.chain, contracts.token
+    requester = dev_account(REQUESTER)
+    spec = _spec(contracts, Auction.SEALED)
+    steps: dict[str, int] = {"approve": _gas(token.approve(requester, market.address, spec.escrow))}
+    receipt = chain.transact(requester, market.contract.functions.post_job(spec.as_tuple()))
+    steps["post_job"] = _gas(receipt)
+    job_id = market.job_count()
+    market._specs[job_id] = spec
+    salts = []
+    for i in range(bidders):
+        provider = dev_account(FIRST_PROVIDER + i)
+        price = (2 + i) * ONE_TOKEN
+        salt = bytes([i + 1]) * 32
+        commitment = market.bid_commitment(job_id, provider.address, price, salt)
+        r = chain.transact(
+            provider, market.contract.functions.commit_bid(job_id, spec.as_tuple(), commitment)
+        )
+        steps[f"commit_bid_{i + 1}"] = _gas(r)
+        salts.append((provider, price, salt))
+    chain.time_travel(300)
+    for i, (provider, price, salt) in enumerate(salts):
+        steps[f"reveal_bid_{i + 1}"] = _gas(market.reveal_bid(provider, job_id, price, salt))
+    chain.time_travel(300)
+    steps["finalize_auction"] = _gas(market.finalize_auction(requester, job_id))
+    _finish(contracts, job_id, steps)
+    return steps
+
+
+def instant_job() -> dict[str, Any]:
+    """Gas of every step of an instant job posted with a permit (second job: steady state)."""
+    contracts, _ = _setup(1)
+    first = _instant_steps(contracts)
+    second = _instant_steps(contracts)
+    return {
+        "bidders": 1,
+        "steps": second,
+        "total": sum(second.values()),
+        "first_job_total": sum(first.values()),
+    }
+
+
+def _instant_steps(contracts: Contracts) -> dict[str, int]:
+    market, chain = contracts.market, contracts.chain
+    requester = dev_account(REQUESTER)
+    spec = _spec(contracts, Auction.INSTANT)
+    v, r, s = contracts.token.sign_permit(requester, market.address, spec.escrow, chain.now() + 600)
+    fn = market.contract.functions.post_job_with_permit(spec.as_tuple(), chain.now() + 600, v, r, s)
+    steps = {"post_job_with_permit": _gas(chain.transact(requester, fn))}
+    job_id = market.job_count()
+    market._specs[job_id] = spec
+    steps["take_job"] = _gas(market.take_job(dev_account(FIRST_PROVIDER), job_id))
+    _finish(contracts, job_id, steps)
+    return steps
+
+
+def run() -> dict[str, Any]:
+    """Measure everything and compare with the goals."""
+    one = sealed_job(1)
+    three = sealed_job(3)
+    instant = instant_job()
+    per_extra = (three["total"] - one["total"]) // 2
+    return {
+        "benchmark": "gas",
+        "unit": "gas",
+        "sealed_one_bidder": one,
+        "sealed_three_bidders": three,
+        "instant_with_permit": instant,
+        "per_extra_bidder": per_extra,
+        "goals": {
+            "one_provider_job_max": GOAL_ONE_PROVIDER,
+            "per_extra_bidder_max": GOAL_PER_EXTRA_BIDDER,
+            "iexec_minimal_workflow_reference": IEXEC_REFERENCE,
+        },
+        "meets_goals": {
+            "sealed_one_provider_job": one["total"] <= GOAL_ONE_PROVIDER,
+            "instant_one_provider_job": instant["total"] <= GOAL_ONE_PROVIDER,
+            "per_extra_bidder": per_extra <= GOAL_PER_EXTRA_BIDDER,
+        },
+        "environment": environment(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gas", description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    json.dump(run(), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
