@@ -85,6 +85,7 @@ class Deployment:
     deployer: str
     start_block: int
     parameters: MarketParameters = field(default_factory=MarketParameters)
+    rpc_url: str | None = None
     format: int = DEPLOYMENT_FORMAT
 
     def save(self, path: str | Path) -> Path:
@@ -138,7 +139,7 @@ class _Bound:
             for event in self.contract.events:
                 try:
                     decoded = event().process_log(log)
-                except Exception:  # noqa: S112 - not this event's signature
+                except Exception:
                     continue
                 item = ev.decode(decoded)
                 if item is not None:
