@@ -219,6 +219,17 @@ def sign_permit(
     return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
 
 
+def assert_solvent(market: Any, token: Any, job_ids: list[int]) -> None:
+    """The market holds exactly what it owes: the escrow of ``job_ids`` (all jobs posted in the
+    test) plus every credit; a job that reached a terminal state holds nothing."""
+    assert market.job_count() == len(job_ids)
+    escrows = [market.jobs(j).escrow for j in job_ids]
+    assert token.balanceOf(market.address) == sum(escrows) + market.total_credits()
+    for j, escrow in zip(job_ids, escrows, strict=True):
+        if market.jobs(j).status in (JOB_CLOSED, JOB_EXPIRED, JOB_CANCELLED):
+            assert escrow == 0, f"job {j} ended with {escrow} left in escrow"
+
+
 @dataclass
 class Deployment:
     """The three contracts and who deployed them."""
