@@ -46,6 +46,7 @@ import numpy as np
 
 from benchmarks._env import environment
 from marketplace.auction import Ask, instant_take, sealed_vickrey, settle
+from marketplace.errors import ConfigError
 from marketplace.pricing import FixedFloor, PricingContext, PricingStrategy, strategy_from_spec
 
 __all__ = [
@@ -112,7 +113,7 @@ class SimulationParams:
     providers: int = 1_000
     jobs: int = 10_000
     seed: int = 1
-    loads: tuple[float, ...] = (0.5, 0.9, 1.2)
+    loads: tuple[float, ...] = (0.5, 0.9, 1.2, 1.5)
     policies: tuple[Policy, ...] = POLICIES
     requesters: int = 200
     quota_share: float = 0.03
@@ -121,6 +122,11 @@ class SimulationParams:
     """Commit + reveal time of a sealed auction; the won devices are held, idle, meanwhile."""
     max_bidders: int = 8
     """Best-fitting eligible providers asked to bid in one sealed auction."""
+    strategies: tuple[tuple[str, float], ...] = PROVIDER_STRATEGIES
+    """Pricing strategy specs the providers run in the market policies, and their shares."""
+    best_fit: Literal["memory", "devices", "none"] = "memory"
+    """Order of the auction's shortlist: smallest devices first then fullest provider
+    (``memory``), fullest provider first then smallest devices (``devices``), or random."""
     tick_s: int = 600
     """How often providers re-price jobs that no ask cleared (idle prices decay)."""
     warmup_share: float = 0.1
@@ -211,10 +217,9 @@ def make_workload(providers: int, jobs: int, seed: int, load: float, params: Sim
     p_memory = np.array([DEVICE_CLASSES[c].memory_gb for c in p_class], dtype=np.int64)
     noise = rng.lognormal(0.0, 0.12, size=providers)
     p_floor = [
-        _to_milli(DEVICE_CLASSES[c].reference_price * Fraction(float(z)))
-        for c, z in zip(p_class, noise, strict=True)
+        _to_milli(DEVICE_CLASSES[c].reference_price * Fraction(float(z))) for c, z in zip(p_class, noise, strict=True)
     ]
-    p_strategy = [str(s) for s in _choice(rng, PROVIDER_STRATEGIES, providers)]
+    p_strategy = [str(s) for s in _choice(rng, params.strategies, providers)]
 
     # Jobs target a device class in proportion to its devices, so no class is starved by design.
     class_devices = np.array([p_devices[p_class == c].sum() for c in range(n_classes)], dtype=float)
@@ -231,8 +236,7 @@ def make_workload(providers: int, jobs: int, seed: int, load: float, params: Sim
     duration = np.clip(rng.lognormal(math.log(40 * 60), 1.0, size=jobs), 5 * 60, 8 * 3600).astype(np.int64)
     markup = np.maximum(rng.lognormal(math.log(1.6), 0.35, size=jobs), 1.05)
     max_price = [
-        _to_milli(DEVICE_CLASSES[t].reference_price * Fraction(float(m)))
-        for t, m in zip(target, markup, strict=True)
+        _to_milli(DEVICE_CLASSES[t].reference_price * Fraction(float(m))) for t, m in zip(target, markup, strict=True)
     ]
 
     # Make every job runnable somewhere: a provider with enough devices and memory at or below its max.
@@ -348,9 +352,7 @@ class RunResult:
             "utilization": round(sum(self.window_busy_by_class) / (w.capacity * span), 4),
             "utilization_by_class": {
                 cls.name: round(busy / max(1, devs * span), 4)
-                for cls, busy, devs in zip(
-                    DEVICE_CLASSES, self.window_busy_by_class, class_devices, strict=True
-                )
+                for cls, busy, devs in zip(DEVICE_CLASSES, self.window_busy_by_class, class_devices, strict=True)
             },
             "wait_mean_s": round(float(waits.mean()), 1) if len(done) else None,
             "wait_p99_s": round(float(np.percentile(waits, 99)), 1) if len(done) else None,
@@ -372,9 +374,7 @@ class RunResult:
 class _Market:
     """The event loop of one run: one policy, one workload."""
 
-    def __init__(
-        self, w: Workload, policy: Policy, params: SimulationParams, rng: np.random.Generator
-    ) -> None:
+    def __init__(self, w: Workload, policy: Policy, params: SimulationParams, rng: np.random.Generator) -> None:
         self.w, self.policy, self.params, self.rng = w, policy, params, rng
         n, m = len(w.arrival), len(w.p_floor)
         self.state = [WAITING] * n
@@ -427,11 +427,7 @@ class _Market:
 
     def eligible(self, j: int) -> np.ndarray:
         w = self.w
-        mask = (
-            (self.free >= w.gpus[j])
-            & (w.p_memory >= w.memory_gb[j])
-            & (self.floor_milli <= self.max_milli[j])
-        )
+        mask = (self.free >= w.gpus[j]) & (w.p_memory >= w.memory_gb[j]) & (self.floor_milli <= self.max_milli[j])
         return np.flatnonzero(mask)
 
     def context(self, j: int, p: int) -> PricingContext:
@@ -460,9 +456,7 @@ class _Market:
         self.state[j] = RUNNING
         self.provider[j], self.price[j] = p, price
         self.start[j], self.end[j] = run_at, run_at + d
-        self.payout[j] = settle(
-            price, g * d, max_gpu_seconds=w.max_gpu_seconds[j], max_price=w.max_price[j]
-        ).payout
+        self.payout[j] = settle(price, g * d, max_gpu_seconds=w.max_gpu_seconds[j], max_price=w.max_price[j]).payout
         self.busy_device_seconds[p] += g * d
         lo, hi = self.window
         overlap = min(hi, run_at + d) - max(lo, run_at)
@@ -516,7 +510,13 @@ class _Market:
             # Providers reveal in that order; the first `max_bidders` that bid are the auction.
             leftover = self.free[fits] - w.gpus[j]
             spare_memory = w.p_memory[fits] - w.memory_gb[j]
-            order = fits[np.lexsort((self.rank[fits], leftover, spare_memory))]
+            if self.params.best_fit == "memory":
+                keys = (self.rank[fits], leftover, spare_memory)
+            elif self.params.best_fit == "devices":
+                keys = (self.rank[fits], spare_memory, leftover)
+            else:  # "none": providers reveal in a random order
+                keys = (self.rng.random(len(fits)),)
+            order = fits[np.lexsort(keys)]
             asks = [Ask(p, a) for p, a in islice(self._asks(j, order), self.params.max_bidders)]
             clearing = sealed_vickrey(asks, max_price=w.max_price[j])
             run_at = self.now + self.params.bid_window_s
@@ -625,9 +625,7 @@ class _Market:
             self.push(self.now + self.params.tick_s, TICK, -1)
 
 
-def simulate(
-    w: Workload, policy: Policy, params: SimulationParams, *, load: float, rng_seed: int
-) -> RunResult:
+def simulate(w: Workload, policy: Policy, params: SimulationParams, *, load: float, rng_seed: int) -> RunResult:
     """Runs one policy over a workload and checks the books: no device used twice, payments exact."""
     if policy not in POLICIES:
         raise ValueError(f"allocation: unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
@@ -686,7 +684,7 @@ def _market_summary(params: SimulationParams) -> dict[str, Any]:
         "providers": params.providers,
         "devices": w.capacity,
         "by_class": classes,
-        "pricing_strategies": dict(PROVIDER_STRATEGIES),
+        "pricing_strategies": dict(params.strategies),
         "jobs": params.jobs,
         "requesters": params.requesters,
         "job_fixups": w.fixups,
@@ -716,6 +714,7 @@ def run_benchmark(params: SimulationParams, *, workers: int = 1) -> dict[str, An
             "bid_window_s": params.bid_window_s,
             "max_bidders": params.max_bidders,
             "tick_s": params.tick_s,
+            "best_fit": params.best_fit,
             "warmup_share": params.warmup_share,
         },
         "market": _market_summary(params),
@@ -768,16 +767,18 @@ def draw_chart(doc: dict[str, Any], path: str) -> None:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.allocation", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--providers", type=int, default=None, help="providers (default 1000; 100 with --quick)"
-    )
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.allocation", description=__doc__.splitlines()[0])
+    parser.add_argument("--providers", type=int, default=None, help="providers (default 1000; 100 with --quick)")
     parser.add_argument("--jobs", type=int, default=None, help="jobs (default 10000; 1000 with --quick)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--loads", default="0.5,0.9,1.2", help="offered loads, comma-separated")
+    parser.add_argument("--loads", default="0.5,0.9,1.2,1.5", help="offered loads, comma-separated")
     parser.add_argument("--policies", default=",".join(POLICIES), help="policies, comma-separated")
+    parser.add_argument(
+        "--pricing", default=None, help="one strategy spec for every provider (default: a mix), e.g. fixed"
+    )
+    parser.add_argument(
+        "--best-fit", default="memory", choices=("memory", "devices", "none"), help="auction shortlist order"
+    )
     parser.add_argument("--quick", action="store_true", help="a small market, for tests: seconds")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: usable cores, max 8)")
     parser.add_argument("--chart", default=None, help="write the comparison chart (PNG) here")
@@ -796,7 +797,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unknown = [p for p in policies if p not in POLICIES]
     if unknown or not all(load > 0 for load in loads):
         raise SystemExit(f"allocation: unknown policy {unknown} or non-positive load in {loads}")
+    strategies = PROVIDER_STRATEGIES
+    if args.pricing:
+        try:
+            strategies = ((strategy_from_spec(args.pricing).spec, 1.0),)
+        except ConfigError as exc:
+            raise SystemExit(f"allocation: {exc}") from None
     params = SimulationParams(
+        strategies=strategies,
+        best_fit=args.best_fit,
         providers=args.providers or (100 if args.quick else 1_000),
         jobs=args.jobs or (1_000 if args.quick else 10_000),
         seed=args.seed,
