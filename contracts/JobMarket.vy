@@ -370,9 +370,9 @@ def commit_bid(job_id: uint256, spec: JobSpec, commitment: bytes32):
     @param spec Its terms.
     @param commitment The sealed ask.
     """
-    job: Job = self._load(job_id, spec)
+    self._check_spec(job_id, spec)
     assert spec.auction == AUCTION_SEALED, "market: not a sealed auction"
-    assert job.status == JobStatus.OPEN, "market: job is not open"
+    assert self.jobs[job_id].status == JobStatus.OPEN, "market: job is not open"
     assert block.timestamp < convert(spec.bid_deadline, uint256), "market: bidding closed"
     assert commitment != empty(bytes32), "market: empty commitment"
     assert self.commitments[job_id][msg.sender] == empty(bytes32), "market: bid already committed"
@@ -391,9 +391,9 @@ def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32):
     @param price The ask, token units per GPU-hour.
     @param salt The salt the commitment was made with.
     """
-    job: Job = self._load(job_id, spec)
+    self._check_spec(job_id, spec)
     assert spec.auction == AUCTION_SEALED, "market: not a sealed auction"
-    assert job.status == JobStatus.OPEN, "market: job is not open"
+    assert self.jobs[job_id].status == JobStatus.OPEN, "market: job is not open"
     assert block.timestamp >= convert(spec.bid_deadline, uint256), "market: bidding still open"
     assert block.timestamp < convert(spec.reveal_deadline, uint256), "market: reveal closed"
     commitment: bytes32 = self.commitments[job_id][msg.sender]
@@ -406,7 +406,7 @@ def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32):
 
     # Insertion into the sorted list of the lowest `redundancy + 1` asks.
     keep: uint256 = convert(spec.redundancy, uint256) + 1
-    n: uint256 = convert(job.count, uint256)
+    n: uint256 = convert(self.jobs[job_id].count, uint256)
     packed: uint256 = (price << 160) | convert(msg.sender, uint256)
     rank: uint256 = n
     for i: uint256 in range(n, bound=MAX_SLOTS + 1):
@@ -463,15 +463,7 @@ def finalize_auction(job_id: uint256, spec: JobSpec):
     slot_value: uint256 = self._value(clearing, spec.max_gpu_seconds)
     for i: uint256 in range(k, bound=MAX_SLOTS):
         provider: address = convert(self.asks[job_id][i] & (2**160 - 1), address)
-        self.slots[job_id][i] = Slot(
-            provider=provider,
-            status=SlotStatus.ASSIGNED,
-            price=clearing,
-            result_root=empty(bytes32),
-            gpu_seconds=0,
-            committed_at=0,
-            disputer=empty(address),
-        )
+        self._assign(job_id, i, provider, clearing)
         extcall registry.lock(provider)
         log SlotLeased(job_id=job_id, slot=convert(i, uint8), provider=provider, price=clearing)
     refund: uint256 = job.escrow - slot_value * k
@@ -504,15 +496,7 @@ def take_job(job_id: uint256, spec: JobSpec) -> uint8:
     n: uint256 = convert(job.count, uint256)
     for i: uint256 in range(n, bound=MAX_SLOTS):
         assert self.slots[job_id][i].provider != msg.sender, "market: provider already holds a slot"
-    self.slots[job_id][n] = Slot(
-        provider=msg.sender,
-        status=SlotStatus.ASSIGNED,
-        price=price,
-        result_root=empty(bytes32),
-        gpu_seconds=0,
-        committed_at=0,
-        disputer=empty(address),
-    )
+    self._assign(job_id, n, msg.sender, price)
     extcall registry.lock(msg.sender)
     log SlotLeased(job_id=job_id, slot=convert(n, uint8), provider=msg.sender, price=price)
     # Escrow above this provider's price is refunded at once.
@@ -542,19 +526,20 @@ def commit_result(job_id: uint256, spec: JobSpec, slot: uint8, result_root: byte
     @param result_root Merkle root of the outputs.
     @param gpu_seconds GPU-seconds claimed.
     """
-    job: Job = self._load(job_id, spec)
-    s: Slot = self.slots[job_id][convert(slot, uint256)]
-    assert msg.sender == s.provider, "market: caller is not the slot's provider"
-    assert job.status == JobStatus.LEASED, "market: job is not leased"
-    assert s.status == SlotStatus.ASSIGNED, "market: result already committed"
-    assert block.timestamp <= convert(job.lease_start + spec.run_duration, uint256), "market: run deadline passed"
+    self._check_spec(job_id, spec)
+    index: uint256 = convert(slot, uint256)
+    assert msg.sender == self.slots[job_id][index].provider, "market: caller is not the slot's provider"
+    assert self.jobs[job_id].status == JobStatus.LEASED, "market: job is not leased"
+    assert self.slots[job_id][index].status == SlotStatus.ASSIGNED, "market: result already committed"
+    lease_start: uint64 = self.jobs[job_id].lease_start
+    assert block.timestamp <= convert(lease_start + spec.run_duration, uint256), "market: run deadline passed"
     assert gpu_seconds <= spec.max_gpu_seconds, "market: claim above max GPU-seconds"
-    held: uint256 = (block.timestamp - convert(job.lease_start, uint256)) * convert(spec.gpus, uint256)
+    held: uint256 = (block.timestamp - convert(lease_start, uint256)) * convert(spec.gpus, uint256)
     assert convert(gpu_seconds, uint256) <= held, "market: claim above device time held"
-    self.slots[job_id][convert(slot, uint256)].status = SlotStatus.COMMITTED
-    self.slots[job_id][convert(slot, uint256)].result_root = result_root
-    self.slots[job_id][convert(slot, uint256)].gpu_seconds = gpu_seconds
-    self.slots[job_id][convert(slot, uint256)].committed_at = convert(block.timestamp, uint64)
+    self.slots[job_id][index].status = SlotStatus.COMMITTED
+    self.slots[job_id][index].result_root = result_root
+    self.slots[job_id][index].gpu_seconds = gpu_seconds
+    self.slots[job_id][index].committed_at = convert(block.timestamp, uint64)
     log ResultCommitted(
         job_id=job_id, slot=slot, provider=msg.sender, result_root=result_root, gpu_seconds=gpu_seconds
     )
@@ -568,12 +553,12 @@ def accept_result(job_id: uint256, spec: JobSpec, slot: uint8):
     @param spec Its terms.
     @param slot The slot.
     """
-    self._load(job_id, spec)
+    self._check_spec(job_id, spec)
     assert msg.sender == spec.requester, "market: caller is not the requester"
-    s: Slot = self.slots[job_id][convert(slot, uint256)]
-    assert s.status == SlotStatus.COMMITTED, "market: result is not committed"
-    self.slots[job_id][convert(slot, uint256)].status = SlotStatus.ACCEPTED
-    log ResultAccepted(job_id=job_id, slot=slot, gpu_seconds=s.gpu_seconds)
+    index: uint256 = convert(slot, uint256)
+    assert self.slots[job_id][index].status == SlotStatus.COMMITTED, "market: result is not committed"
+    self.slots[job_id][index].status = SlotStatus.ACCEPTED
+    log ResultAccepted(job_id=job_id, slot=slot, gpu_seconds=self.slots[job_id][index].gpu_seconds)
 
 
 @external
@@ -590,7 +575,7 @@ def dispute_result(job_id: uint256, spec: JobSpec, slot: uint8):
     @param spec Its terms.
     @param slot The slot.
     """
-    self._load(job_id, spec)
+    self._check_spec(job_id, spec)
     s: Slot = self.slots[job_id][convert(slot, uint256)]
     assert s.status == SlotStatus.COMMITTED, "market: result is not committed"
     assert block.timestamp < convert(s.committed_at + spec.challenge_window, uint256), "market: challenge window closed"
@@ -618,7 +603,7 @@ def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified
     @param outcome OUTCOME_ACCEPT, OUTCOME_REJECT or OUTCOME_VOID.
     @param verified_gpu_seconds GPU-seconds the verification supports (accept only).
     """
-    self._load(job_id, spec)
+    self._check_spec(job_id, spec)
     assert staticcall registry.is_active_verifier(msg.sender), "market: caller is not a verifier"
     s: Slot = self.slots[job_id][convert(slot, uint256)]
     assert msg.sender != s.provider and msg.sender != spec.requester, "market: verifier is a party to the job"
@@ -855,6 +840,22 @@ def _release_taken(job_id: uint256, spec: JobSpec, taken: uint8):
     for i: uint256 in range(convert(taken, uint256), bound=MAX_SLOTS):
         self.slots[job_id][i].status = SlotStatus.RELEASED
         extcall registry.release(self.slots[job_id][i].provider, False)
+
+
+@internal
+def _assign(job_id: uint256, index: uint256, provider: address, price: uint256):
+    # Only the non-zero fields are written: a fresh slot's other fields are already empty.
+    self.slots[job_id][index].provider = provider
+    self.slots[job_id][index].status = SlotStatus.ASSIGNED
+    self.slots[job_id][index].price = price
+
+
+@internal
+@view
+def _check_spec(job_id: uint256, spec: JobSpec):
+    stored: bytes32 = self.jobs[job_id].spec_hash
+    assert stored != empty(bytes32), "market: unknown job"
+    assert stored == keccak256(abi_encode(spec)), "market: spec does not match job"
 
 
 @internal
