@@ -200,9 +200,7 @@ class IdleDecay:
                 f"pricing: decay min must be at least 1 (the floor is a hard floor), got {_fmt(self.minimum)}"
             )
         if self.start < self.minimum:
-            raise ConfigError(
-                f"pricing: decay start ({_fmt(self.start)}) must be at least min ({_fmt(self.minimum)})"
-            )
+            raise ConfigError(f"pricing: decay start ({_fmt(self.start)}) must be at least min ({_fmt(self.minimum)})")
         if self.half_life_s <= 0:
             raise ConfigError(f"pricing: decay half_life must be positive seconds, got {self.half_life_s}")
 

@@ -45,9 +45,7 @@ def test_quick_cli__prints_one_json_document(capsys: pytest.CaptureFixture[str],
 
 def test_json__has_every_policy_at_every_load(doc: dict[str, Any]) -> None:
     assert doc["benchmark"] == "allocation"
-    assert {(r["policy"], r["load"]) for r in doc["results"]} == {
-        (p, x) for p in POLICIES for x in QUICK.loads
-    }
+    assert {(r["policy"], r["load"]) for r in doc["results"]} == {(p, x) for p in POLICIES for x in QUICK.loads}
     for key in ("python", "numpy", "cpu", "cores", "platform", "git_commit"):
         assert key in doc["environment"]
     assert doc["market"]["devices"] > 0

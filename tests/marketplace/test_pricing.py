@@ -70,9 +70,7 @@ def test_ramp__above_the_job_max__does_not_bid() -> None:
 
 
 def test_ramp__rounds_up_to_a_whole_unit() -> None:
-    ask = UtilizationRamp(slope=Fraction(1, 3)).ask(
-        context(floor=10, max_price=100, utilization=Fraction(1, 7))
-    )
+    ask = UtilizationRamp(slope=Fraction(1, 3)).ask(context(floor=10, max_price=100, utilization=Fraction(1, 7)))
     assert ask == ceil_fraction(10 * (1 + Fraction(1, 21))) == 11
 
 
@@ -257,9 +255,7 @@ def test_property__ramp_is_monotone_in_utilization(
         assert ask_low <= ask_high
 
 
-@given(
-    multipliers, multipliers, st.integers(1, 10**5), contexts(), st.integers(0, 10**7), st.integers(0, 10**7)
-)
+@given(multipliers, multipliers, st.integers(1, 10**5), contexts(), st.integers(0, 10**7), st.integers(0, 10**7))
 def test_property__decay_never_rises_with_idleness(
     minimum: Fraction, extra: Fraction, half_life: int, ctx: PricingContext, t1: int, t2: int
 ) -> None:
