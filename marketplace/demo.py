@@ -35,6 +35,7 @@ from marketplace.types import (
     Policy,
     format_tokens,
     parse_tokens,
+    slot_value,
 )
 
 __all__ = ["DemoReport", "run_demo"]
@@ -269,6 +270,7 @@ def _instant_job_provider_vanishes(
         "winner": "provider-c",
         "clearing_price": price,
         "escrow": spec.escrow,
+        "refunded_at_lease": spec.escrow - slot_value(price, spec.max_gpu_seconds),
         "paid": settled.paid,
         "fee": settled.fee,
         "refunded": settled.refunded,

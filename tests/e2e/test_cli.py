@@ -1,0 +1,133 @@
+"""The command line as users meet it: the demo's story, the local chain, deploys, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from marketplace.bindings import Deployment, load_contracts
+from marketplace.chain import Chain, dev_account
+from marketplace.cli import cli
+from marketplace.devchain import free_port, wait_for_port
+from marketplace.types import ONE_TOKEN, slot_value
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+@pytest.fixture(scope="module")
+def demo_json() -> dict:
+    result = CliRunner().invoke(cli, ["demo", "--json"], obj={})
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_demo__sealed_auction__lowest_ask_wins_at_the_second_lowest(demo_json: dict) -> None:
+    job = demo_json["jobs"][0]
+    asks = sorted(job["bids"].values())
+    assert job["auction"] == "sealed"
+    assert job["winner"] == min(job["bids"], key=job["bids"].get)
+    assert job["clearing_price"] == asks[1]
+    assert job["refunded_at_lease"] == job["escrow"] - slot_value(asks[1], 1_800)
+
+
+def test_demo__verified_job__is_paid_verified_seconds_times_the_clearing_price(demo_json: dict) -> None:
+    job = demo_json["jobs"][0]
+    assert job["verified"] is True and job["status"] == "paid"
+    assert job["paid"] == slot_value(job["clearing_price"], job["gpu_seconds"])
+    assert job["fee"] == job["paid"] * 100 // 10_000
+    assert job["paid"] + job["refunded"] + job["refunded_at_lease"] == job["escrow"]
+
+
+def test_demo__provider_that_never_delivers__is_slashed_and_the_requester_refunded(demo_json: dict) -> None:
+    job = demo_json["jobs"][1]
+    assert job["status"] == "slashed" and job["paid"] == 0
+    slot = slot_value(job["clearing_price"], 1_800)
+    assert job["refunded_at_lease"] + job["refunded"] == job["escrow"]
+    assert job["refunded"] == slot
+    assert job["slashed"] == slot + 50 * ONE_TOKEN
+    assert demo_json["balances"]["provider-c"]["change"] == -job["slashed"]
+
+
+def test_demo__balances__are_conserved(demo_json: dict) -> None:
+    changes = [b["change"] for b in demo_json["balances"].values()]
+    assert sum(changes) == 0
+    assert demo_json["conserved"] is True
+
+
+def test_demo__human_output__tells_the_story() -> None:
+    result = CliRunner().invoke(cli, ["demo"], obj={})
+    assert result.exit_code == 0, result.output
+    for phrase in ("sealed bids committed", "wins at the second-lowest ask", "Freivalds", "slashed", "conserved: yes"):
+        assert phrase in result.output
+
+
+def test_unknown_flag__exits_non_zero_with_a_usage_line() -> None:
+    result = CliRunner().invoke(cli, ["demo", "--frobnicate"], obj={})
+    assert result.exit_code == 2
+    assert "No such option '--frobnicate'" in result.output
+
+
+def test_deploy__with_no_chain_at_the_url__prints_one_line_and_fails() -> None:
+    result = CliRunner().invoke(cli, ["deploy", "--rpc-url", f"http://127.0.0.1:{free_port()}", "--dev", "0"], obj={})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: no chain answers at http://127.0.0.1:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_deploy__without_a_key__explains_how_to_give_one(anvil_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FLOPEX_DEPLOYER_KEY"}
+    result = CliRunner(env=env).invoke(cli, ["deploy", "--rpc-url", anvil_url], obj={})
+    assert result.exit_code == 1
+    assert "set FLOPEX_DEPLOYER_KEY" in result.stderr
+
+
+def test_deploy__to_anvil__writes_a_deployment_that_binds(anvil_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "deployment.json"
+    result = CliRunner().invoke(
+        cli, ["deploy", "--rpc-url", anvil_url, "--dev", "0", "--deployment", str(path), "--json"], obj={}
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["market"] == Deployment.load(path).market
+    contracts = load_contracts(Chain.connect(anvil_url), Deployment.load(path))
+    assert contracts.token.balance_of(dev_account(3).address) == 100_000 * ONE_TOKEN
+
+
+def test_chain_up__serves_a_chain_other_processes_share(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "deployment.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "marketplace.cli", "chain", "up", "--port", str(port), "--deployment", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for_port(port, timeout=60)
+        for _ in range(100):
+            if path.exists():
+                break
+            wait_for_port(port, timeout=1)
+        deployment = Deployment.load(path)
+        assert deployment.rpc_url == f"http://127.0.0.1:{port}"
+        contracts = load_contracts(Chain.connect(deployment.rpc_url), deployment)
+        requester, provider = dev_account(2), dev_account(3)
+        contracts.token.transfer(requester, provider.address, ONE_TOKEN)
+        assert contracts.token.balance_of(provider.address) == 100_001 * ONE_TOKEN
+        # A second client process sees the same state.
+        code = (
+            "from marketplace.bindings import Deployment, load_contracts; from marketplace.chain import Chain;"
+            f"d = Deployment.load({str(path)!r}); c = load_contracts(Chain.connect(d.rpc_url), d);"
+            f"print(c.token.balance_of({provider.address!r}))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+        assert int(out.stdout) == 100_001 * ONE_TOKEN
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert "chain stopped" in proc.stdout.read()
