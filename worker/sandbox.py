@@ -153,7 +153,7 @@ class Sandbox:
     def _probe(self) -> bool:
         if self._bwrap is None:
             return False
-        argv = [self._bwrap, *self._base_args(), "--", "/bin/true"]
+        argv = [self._bwrap, *self._base_args(), "--remount-ro", "/", "--", "/bin/true"]
         try:
             done = subprocess.run(argv, capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -205,7 +205,7 @@ class Sandbox:
         env = self._job_env(req, WORK, INPUT, OUTPUT, CHECKPOINTS, SDK_ROOT)
         for key, value in env.items():
             args += ["--setenv", key, value]
-        args += ["--chdir", WORK, "--", sys.executable, "-u", f"{WORK}/{req.entrypoint}", *req.args]
+        args += ["--remount-ro", "/", "--chdir", WORK, "--", sys.executable, "-u", f"{WORK}/{req.entrypoint}", *req.args]
         return args
 
     @staticmethod
