@@ -18,7 +18,8 @@
 @dev To keep gas low a job's immutable terms (`JobSpec`) are stored as one
      hash; every call that needs them takes the spec as an argument and it is
      checked against the hash. The spec is in the `JobPosted` event.
-     Invariant: `token.balanceOf(self) == sum(job.escrow) + sum(credits) + sum(open dispute bonds)`.
+     Invariant: `token.balanceOf(self) == sum(job.escrow) + sum(credits)`; an open dispute's
+     bond is held in its job's escrow.
 """
 
 from ethereum.ercs import IERC20
@@ -152,6 +153,9 @@ slots: public(HashMap[uint256, HashMap[uint256, Slot]])
 commitments: public(HashMap[uint256, HashMap[address, bytes32]])
 # @dev Lowest revealed asks, ascending: job id -> rank -> price << 160 | provider.
 asks: public(HashMap[uint256, HashMap[uint256, uint256]])
+# @dev Bond each disputed slot holds: job id -> slot index -> tokens, as paid at the dispute
+# (the `dispute_bond` parameter may change before the slot settles).
+dispute_bonds: public(HashMap[uint256, HashMap[uint256, uint256]])
 # @dev Tokens each account can withdraw.
 credits: public(HashMap[address, uint256])
 # @dev Sum of all credits, for the solvency invariant.
@@ -500,7 +504,8 @@ def take_job(job_id: uint256, spec: JobSpec) -> uint8:
     extcall registry.lock(msg.sender)
     log SlotLeased(job_id=job_id, slot=convert(n, uint8), provider=msg.sender, price=price)
     # Escrow above this provider's price is refunded at once.
-    refund: uint256 = self._value(spec.max_price - price, spec.max_gpu_seconds)
+    # A difference of slot values, so that no rounding dust is left in escrow.
+    refund: uint256 = self._value(spec.max_price, spec.max_gpu_seconds) - self._value(price, spec.max_gpu_seconds)
     job.count += 1
     if job.count == spec.redundancy:
         self._start_lease(job_id, job, spec, refund, price)
@@ -532,7 +537,9 @@ def commit_result(job_id: uint256, spec: JobSpec, slot: uint8, result_root: byte
     assert self.jobs[job_id].status == JobStatus.LEASED, "market: job is not leased"
     assert self.slots[job_id][index].status == SlotStatus.ASSIGNED, "market: result already committed"
     lease_start: uint64 = self.jobs[job_id].lease_start
-    assert block.timestamp <= convert(lease_start + spec.run_duration, uint256), "market: run deadline passed"
+    # Deadlines are summed in uint256: a uint64 sum of a time and a long window could overflow
+    # and leave the slot unable to commit or settle.
+    assert block.timestamp <= convert(lease_start, uint256) + convert(spec.run_duration, uint256), "market: run deadline passed"
     assert gpu_seconds <= spec.max_gpu_seconds, "market: claim above max GPU-seconds"
     held: uint256 = (block.timestamp - convert(lease_start, uint256)) * convert(spec.gpus, uint256)
     assert convert(gpu_seconds, uint256) <= held, "market: claim above device time held"
@@ -578,12 +585,13 @@ def dispute_result(job_id: uint256, spec: JobSpec, slot: uint8):
     self._check_spec(job_id, spec)
     s: Slot = self.slots[job_id][convert(slot, uint256)]
     assert s.status == SlotStatus.COMMITTED, "market: result is not committed"
-    assert block.timestamp < convert(s.committed_at + spec.challenge_window, uint256), "market: challenge window closed"
+    assert block.timestamp < self._window_end(s, spec), "market: challenge window closed"
     assert msg.sender == spec.requester or staticcall registry.is_active_verifier(msg.sender), "market: caller may not dispute"
     assert msg.sender != s.provider, "market: provider cannot dispute itself"
     bond: uint256 = self.dispute_bond
     self.slots[job_id][convert(slot, uint256)].status = SlotStatus.DISPUTED
     self.slots[job_id][convert(slot, uint256)].disputer = msg.sender
+    self.dispute_bonds[job_id][convert(slot, uint256)] = bond
     self.jobs[job_id].escrow += bond
     log ResultDisputed(job_id=job_id, slot=slot, disputer=msg.sender, bond=bond)
     if bond > 0:
@@ -596,7 +604,8 @@ def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified
     @notice A staked verifier rules on a committed or disputed result: accept
             with the verified GPU-seconds (never above the claim), reject
             (refund and slash at settlement) or void (refund, nobody at fault).
-            A verifier may not rule on a job it requested or a slot it runs.
+            A verifier may not rule on a job it requested, a slot it runs or a
+            dispute it raised.
     @param job_id The job.
     @param spec Its terms.
     @param slot The slot.
@@ -606,14 +615,17 @@ def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified
     self._check_spec(job_id, spec)
     assert staticcall registry.is_active_verifier(msg.sender), "market: caller is not a verifier"
     s: Slot = self.slots[job_id][convert(slot, uint256)]
-    assert msg.sender != s.provider and msg.sender != spec.requester, "market: verifier is a party to the job"
+    # The provider, the requester and a dispute's challenger are parties: none may rule.
+    assert (
+        msg.sender != s.provider and msg.sender != spec.requester and msg.sender != s.disputer
+    ), "market: verifier is a party to the job"
     assert outcome <= OUTCOME_VOID, "market: unknown outcome"
-    window_end: uint64 = s.committed_at + spec.challenge_window
+    window_end: uint256 = self._window_end(s, spec)
     if s.status == SlotStatus.DISPUTED:
-        window_end += spec.challenge_window
+        window_end += convert(spec.challenge_window, uint256)
     else:
         assert s.status == SlotStatus.COMMITTED, "market: result is not committed"
-    assert block.timestamp < convert(window_end, uint256), "market: attestation window closed"
+    assert block.timestamp < window_end, "market: attestation window closed"
     verified: uint64 = 0
     status: SlotStatus = SlotStatus.VOIDED
     if outcome == OUTCOME_ACCEPT:
@@ -658,7 +670,7 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     s: Slot = self.slots[job_id][index]
     assert not s.status in (SlotStatus.PAID | SlotStatus.SLASHED | SlotStatus.REFUNDED), "market: slot already settled"
     now: uint256 = block.timestamp
-    window_end: uint256 = convert(s.committed_at + spec.challenge_window, uint256)
+    window_end: uint256 = self._window_end(s, spec)
     slot_value: uint256 = self._value(s.price, spec.max_gpu_seconds)
 
     paid: uint256 = 0
@@ -666,9 +678,8 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     slashed: uint256 = 0
     refunded: uint256 = slot_value
     final: SlotStatus = SlotStatus.REFUNDED
-    bond: uint256 = 0
-    if s.disputer != empty(address):
-        bond = self.dispute_bond
+    # The bond this slot's dispute paid, not the current parameter.
+    bond: uint256 = self.dispute_bonds[job_id][index]
 
     if s.status == SlotStatus.ACCEPTED or (s.status == SlotStatus.COMMITTED and now >= window_end):
         # Pay for the verified (or unchallenged) GPU-seconds, capped by the slot's escrow.
@@ -682,7 +693,7 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
             # The dispute failed: its bond compensates the provider.
             self._credit(s.provider, bond)
     elif s.status == SlotStatus.REJECTED or (
-        s.status == SlotStatus.ASSIGNED and now > convert(job.lease_start + spec.run_duration, uint256)
+        s.status == SlotStatus.ASSIGNED and now > convert(job.lease_start, uint256) + convert(spec.run_duration, uint256)
     ):
         final = SlotStatus.SLASHED
     elif s.status == SlotStatus.VOIDED or (
@@ -848,6 +859,13 @@ def _assign(job_id: uint256, index: uint256, provider: address, price: uint256):
     self.slots[job_id][index].provider = provider
     self.slots[job_id][index].status = SlotStatus.ASSIGNED
     self.slots[job_id][index].price = price
+
+
+@internal
+@pure
+def _window_end(s: Slot, spec: JobSpec) -> uint256:
+    # End of a committed slot's challenge window, summed in uint256 so that it cannot overflow.
+    return convert(s.committed_at, uint256) + convert(spec.challenge_window, uint256)
 
 
 @internal
