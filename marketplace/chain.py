@@ -124,6 +124,15 @@ class Chain:
         with self._lock:
             return int(self.w3.eth.get_block("latest")["timestamp"])
 
+    def next_timestamp(self) -> int:
+        """The earliest timestamp the next block can have: what deadlines are judged against now.
+
+        Block times strictly increase, so a busy dev chain runs ahead of the wall clock (eth-tester
+        mines a block per transaction, each at least a second after the last); an idle chain's
+        next block takes the wall clock.
+        """
+        return max(self.now() + 1, int(time.time()))
+
     def block_number(self) -> int:
         """The latest block's number."""
         with self._lock:

@@ -1,0 +1,273 @@
+"""The requester's day: post a bundle, see it leased, upload it, follow it, fetch and check results, pay.
+
+:class:`Requester` drives one requester account. :meth:`~Requester.submit` validates the bundle,
+posts its terms with a permit (one transaction: approval and escrow), and returns the job id.
+:meth:`~Requester.follow` waits for the lease (ending the auction itself when its deadline
+passes), uploads the bundle to each winner's worker over gRPC with signed requests, streams the
+job's events, downloads the results, checks them against the worker's manifest, its signed receipt
+and the result root it committed on chain, accepts them (when the job has no verifier) and settles.
+The outcome is a :class:`JobOutcome` with the bill.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from marketplace.auth import Domain
+from marketplace.bindings import Contracts
+from marketplace.bundle import Bundle, load_bundle, pack_bundle
+from marketplace.client import WorkerClient
+from marketplace.errors import ChainError, ConfigError, ContractRevert, VerificationError
+from marketplace.events import SlotSettled
+from marketplace.types import (
+    Auction,
+    DeviceKind,
+    JobSpec,
+    JobStatus,
+    Policy,
+    SlotStatus,
+)
+
+__all__ = ["JobOptions", "JobOutcome", "Requester", "spec_for_bundle"]
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Choices a requester makes at submission; None keeps the bundle's own."""
+
+    max_price: int | None = None
+    auction: Auction | None = None
+    policy: Policy | None = None
+    redundancy: int | None = None
+    bid_window_s: int = 20
+    reveal_window_s: int = 20
+    challenge_window_s: int = 60
+    run_slack_s: int = 120
+
+
+@dataclass
+class JobOutcome:
+    """What a job came to: per slot, its provider, price, seconds and money."""
+
+    job_id: int
+    results: list[Path] = field(default_factory=list)
+    slots: list[dict[str, Any]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def paid(self) -> int:
+        """Tokens paid to providers (fees included)."""
+        return sum(int(s.get("paid", 0)) for s in self.slots)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {"job_id": self.job_id, "results": [str(p) for p in self.results], "slots": self.slots}
+
+
+def spec_for_bundle(
+    bundle: Bundle, requester: str, now: int, options: JobOptions = JobOptions()
+) -> JobSpec:
+    """The on-chain terms of ``bundle`` with ``options`` applied."""
+    res, ver, mkt = bundle.spec.resources, bundle.spec.verification, bundle.spec.market
+    auction = options.auction if options.auction is not None else Auction[mkt.auction.upper()]
+    policy = options.policy if options.policy is not None else Policy[ver.policy.upper()]
+    redundancy = options.redundancy if options.redundancy is not None else ver.redundancy
+    if policy == Policy.REDUNDANT and redundancy < 2:
+        redundancy = 2
+    max_gpu_seconds = int(Fraction(str(res.max_gpu_hours)) * 3600)
+    if max_gpu_seconds < 1:
+        raise ConfigError("resources.max_gpu_hours is below one GPU-second")
+    bid_deadline = now + options.bid_window_s
+    reveal_deadline = bid_deadline + (options.reveal_window_s if auction == Auction.SEALED else 0)
+    return JobSpec(
+        requester=requester,
+        bundle_hash=bundle.hash,
+        device_kind=DeviceKind.CUDA if res.device == "cuda" else DeviceKind.CPU,
+        gpus=res.gpus,
+        min_memory_mb=int(Fraction(str(res.min_memory_gb)) * 1024),
+        policy=policy,
+        auction=auction,
+        redundancy=redundancy,
+        max_price=options.max_price if options.max_price is not None else mkt.max_price,
+        max_gpu_seconds=max_gpu_seconds,
+        bid_deadline=bid_deadline,
+        reveal_deadline=reveal_deadline,
+        run_duration=res.timeout_s + options.run_slack_s,
+        challenge_window=options.challenge_window_s,
+    )
+
+
+class Requester:
+    """One requester account: submits jobs and follows them to the end."""
+
+    def __init__(self, contracts: Contracts, account: LocalAccount, *, say: Callable[[str], None] | None = None):
+        self.contracts = contracts
+        self.account = account
+        self.say = say or (lambda _line: None)
+        self.domain = Domain(contracts.chain.chain_id, contracts.market.address)
+        self._archives: dict[int, bytes] = {}
+
+    def now(self) -> int:
+        """The time deadlines are judged by."""
+        return self.contracts.chain.next_timestamp()
+
+    def submit(self, bundle_dir: str | Path, options: JobOptions = JobOptions()) -> int:
+        """Validate the bundle and post its job with a permit; returns the job id."""
+        bundle = load_bundle(bundle_dir)
+        archive = pack_bundle(bundle_dir)
+        spec = spec_for_bundle(bundle, self.account.address, self.now(), options)
+        balance = self.contracts.token.balance_of(self.account.address)
+        if balance < spec.escrow:
+            raise ConfigError(f"the escrow needs {spec.escrow} token units; the account holds {balance}")
+        job_id = self.contracts.market.post_job_with_permit(
+            self.account, spec, self.contracts.token, deadline=self.now() + 3600
+        )
+        self._archives[job_id] = archive
+        self.say(f"job {job_id} posted: escrow {spec.escrow} units, {spec.auction.name.lower()} auction")
+        return job_id
+
+    def wait_for_lease(self, job_id: int, *, timeout_s: float = 600.0) -> JobStatus:
+        """Wait for the auction to end, ending it once its deadline passes; returns the job status."""
+        market = self.contracts.market
+        spec = market.spec(job_id)
+        end = spec.reveal_deadline if spec.auction == Auction.SEALED else spec.bid_deadline
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = market.job(job_id).status
+            if status != JobStatus.OPEN:
+                return status
+            if self.now() >= end:
+                try:
+                    market.finalize_auction(self.account, job_id)
+                except ContractRevert as exc:
+                    if "not open" not in exc.reason:
+                        raise
+                continue
+            time.sleep(0.2)
+        raise ChainError(f"job {job_id} was not leased within {timeout_s:.0f} s")
+
+    def follow(
+        self, job_id: int, out_dir: str | Path, *, timeout_s: float = 3600.0, archive: bytes | None = None
+    ) -> JobOutcome:
+        """Run a posted job to its end: lease, upload, events, results, checks, acceptance, settlement."""
+        market, registry = self.contracts.market, self.contracts.registry
+        spec = market.spec(job_id)
+        outcome = JobOutcome(job_id)
+        status = self.wait_for_lease(job_id, timeout_s=timeout_s)
+        if status != JobStatus.LEASED:
+            self.say(f"job {job_id} {status.name.lower()}: escrow refunded")
+            return outcome
+        archive = archive or self._archives.get(job_id)
+        if archive is None:
+            raise ConfigError(f"job {job_id}: no bundle archive to upload")
+        for slot in market.slots_of(job_id):
+            offer = registry.offer(slot.provider)
+            self.say(f"job {job_id} slot {slot.slot}: leased to {slot.provider} at {slot.price} units/GPU-h")
+            with WorkerClient(offer.endpoint, requester_key=self.account.key, domain=self.domain) as client:
+                client.upload_bundle(job_id, archive)
+                client.start_job(job_id, seed=job_id)
+                for event in client.watch(job_id, timeout_s=timeout_s):
+                    line = _describe(event)
+                    if line:
+                        outcome.events.append(line)
+                        self.say(f"job {job_id}: {line}")
+                dest = Path(out_dir) / f"slot-{slot.slot}"
+                results = client.download_results(job_id, dest, provider=offer.signer)
+                outcome.results.append(dest)
+                committed = self._wait_commit(job_id, slot.slot, timeout_s)
+                if committed.result_root != results.manifest.root:
+                    raise VerificationError(
+                        f"job {job_id}: the results do not match the root the provider committed on chain"
+                    )
+                self.say(f"job {job_id}: results verified against the on-chain root {committed.result_root.hex()[:16]}…")
+        if spec.policy == Policy.NONE:
+            for slot in market.slots_of(job_id):
+                if slot.status == SlotStatus.COMMITTED:
+                    market.accept_result(self.account, job_id, slot.slot)
+        outcome.slots = self.settle(job_id, timeout_s=timeout_s)
+        return outcome
+
+    def _wait_commit(self, job_id: int, slot: int, timeout_s: float) -> Any:
+        market = self.contracts.market
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = market.slot(job_id, slot)
+            if state.status not in (SlotStatus.ASSIGNED, SlotStatus.NONE):
+                return state
+            time.sleep(0.2)
+        raise ChainError(f"job {job_id}: the provider did not commit a result within {timeout_s:.0f} s")
+
+    def settle(self, job_id: int, *, timeout_s: float = 3600.0) -> list[dict[str, Any]]:
+        """Settle every slot once it can end (waiting for verifiers or windows); returns the bill."""
+        market = self.contracts.market
+        spec = market.spec(job_id)
+        deadline = time.monotonic() + timeout_s
+        bills: dict[int, dict[str, Any]] = {}
+        while len(bills) < spec.redundancy and time.monotonic() < deadline:
+            for slot in market.slots_of(job_id):
+                if slot.slot in bills:
+                    continue
+                if slot.status.terminal:
+                    bills[slot.slot] = self._bill(job_id, slot.slot)
+                    continue
+                try:
+                    market.settle(self.account, job_id, slot.slot)
+                except ContractRevert as exc:
+                    if exc.reason != "market: slot cannot settle yet":
+                        raise
+                    continue
+                bills[slot.slot] = self._bill(job_id, slot.slot)
+            if len(bills) < spec.redundancy:
+                time.sleep(0.3)
+        for bill in bills.values():
+            self.say(
+                f"job {job_id} slot {bill['slot']}: {bill['status']}: {bill['gpu_seconds']} GPU-s, "
+                f"paid {bill['paid']}, fee {bill['fee']}, refunded {bill['refunded']}, slashed {bill['slashed']}"
+            )
+        return [bills[k] for k in sorted(bills)]
+
+    def _bill(self, job_id: int, slot: int) -> dict[str, Any]:
+        for event in self.contracts.market.get_events("SlotSettled", self.contracts.market.start_block, job_id=job_id):
+            if isinstance(event, SlotSettled) and event.slot == slot:
+                return {
+                    "slot": slot,
+                    "provider": event.provider,
+                    "status": event.status.name.lower(),
+                    "gpu_seconds": event.gpu_seconds,
+                    "price": self.contracts.market.slot(job_id, slot).price,
+                    "paid": event.paid,
+                    "fee": event.fee,
+                    "refunded": event.refunded,
+                    "slashed": event.slashed,
+                }
+        raise ChainError(f"job {job_id} slot {slot} has no settlement event")
+
+
+def _describe(event: Any) -> str:
+    """One line for a worker event, or '' for those not worth a line."""
+    kind = event.WhichOneof("kind")
+    if kind == "queued":
+        return "queued"
+    if kind == "started":
+        return "started"
+    if kind == "progress":
+        p = event.progress
+        head = f"progress {p.fraction:.0%}" if p.HasField("fraction") else "progress"
+        return f"{head} {p.message}".rstrip()
+    if kind == "log":
+        return f"{event.log.stream}: {event.log.text.rstrip()}"
+    if kind == "finished":
+        m = event.finished.metering
+        return f"finished: {m.device_millis / 1000:.1f} device-s, {m.cpu_millis / 1000:.1f} CPU-s"
+    if kind == "failed":
+        return f"failed: {event.failed.reason}"
+    return ""

@@ -1,0 +1,345 @@
+"""The provider daemon: stake and register, watch the market, bid, run, commit, settle, withdraw.
+
+A :class:`ProviderDaemon` drives one provider account on the market for one worker (the gRPC
+server that runs the jobs). Each :meth:`~ProviderDaemon.step`:
+
+1. reads new ``JobPosted`` events and keeps the open jobs its devices can run;
+2. bids by its pricing strategy: sealed jobs get a commitment before the bid deadline and a reveal
+   after it (salts are kept on disk, so a restarted daemon still reveals); instant jobs are taken
+   at the registered price floor while the worker has a free device;
+3. ends auctions it bid in once the reveal deadline passes (anyone may; the first call wins);
+4. for each slot it holds, commits the worker's result root and metered device-seconds once the
+   job has ended (capped by the job's max and by the device time since the lease); a job whose
+   requester never uploaded is committed empty, with zero seconds, before the run deadline so the
+   provider is not slashed for the requester's absence;
+5. settles its slots once they can end and withdraws its credit.
+
+Its memory (last block read, bids, slots) lives in a JSON file in the worker's data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from marketplace.bindings import Contracts
+from marketplace.errors import ContractRevert, FlopexError, WorkerError
+from marketplace.events import BidRevealed, JobPosted
+from marketplace.merkle import EMPTY_ROOT
+from marketplace.pricing import PricingContext, PricingStrategy
+from marketplace.types import Auction, DeviceKind, JobSpec, JobStatus, Offer, SlotStatus
+from worker.service import WorkerServer
+
+__all__ = ["ProviderDaemon", "ProviderSettings"]
+
+log = logging.getLogger("flopex.provider")
+
+#: Fraction of the run window after which a lease with no upload is committed empty.
+NO_UPLOAD_COMMIT_AT = Fraction(3, 4)
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """How a provider presents itself and bids."""
+
+    endpoint: str
+    price_floor: int
+    strategy: PricingStrategy
+    stake: int
+    device_model: str
+    device_kind: DeviceKind
+    gpu_count: int
+    memory_mb: int
+    claimed_gflops: int = 0
+    poll_interval_s: float = 0.5
+    withdraw: bool = True
+
+
+@dataclass
+class _Memory:
+    """What the daemon must not forget across restarts."""
+
+    last_block: int = -1
+    bids: dict[int, dict[str, Any]] = field(default_factory=dict)  # job -> price, salt, revealed
+    slots: dict[int, int] = field(default_factory=dict)  # job -> slot index
+    done: set[int] = field(default_factory=set)  # jobs whose slot is settled
+    ignored: set[int] = field(default_factory=set)  # jobs it will not bid for
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "last_block": self.last_block,
+            "bids": {str(k): v for k, v in self.bids.items()},
+            "slots": {str(k): v for k, v in self.slots.items()},
+            "done": sorted(self.done),
+            "ignored": sorted(self.ignored),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Memory:
+        return cls(
+            last_block=int(data.get("last_block", -1)),
+            bids={int(k): v for k, v in data.get("bids", {}).items()},
+            slots={int(k): int(v) for k, v in data.get("slots", {}).items()},
+            done=set(map(int, data.get("done", []))),
+            ignored=set(map(int, data.get("ignored", []))),
+        )
+
+
+class ProviderDaemon:
+    """One provider account on the market, serving jobs through ``worker``."""
+
+    def __init__(
+        self,
+        contracts: Contracts,
+        account: LocalAccount,
+        worker: WorkerServer,
+        settings: ProviderSettings,
+        state_path: Path,
+    ) -> None:
+        self.contracts = contracts
+        self.account = account
+        self.worker = worker
+        self.settings = settings
+        self.state_path = state_path
+        self.memory = self._load()
+        self.open_jobs: dict[int, JobSpec] = {}
+        self.recent_prices: list[int] = []
+        self.last_busy = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def address(self) -> str:
+        """The provider's account on chain."""
+        return self.account.address
+
+    def ensure_registered(self) -> None:
+        """Stake up to the configured amount and register (or refresh) the offer."""
+        registry, token = self.contracts.registry, self.contracts.token
+        stake = registry.stakes(self.address).active
+        if stake < self.settings.stake:
+            missing = self.settings.stake - stake
+            token.approve(self.account, registry.address, missing)
+            registry.stake(self.account, missing)
+        offer = Offer(
+            device_model=self.settings.device_model,
+            device_kind=self.settings.device_kind,
+            gpu_count=self.settings.gpu_count,
+            memory_mb=self.settings.memory_mb,
+            claimed_gflops=self.settings.claimed_gflops,
+            price_floor=self.settings.price_floor,
+            endpoint=self.settings.endpoint,
+            signer=self.worker.provider_address,
+        )
+        if not registry.is_provider(self.address) or registry.offer(self.address) != offer:
+            registry.register_provider(self.account, offer)
+
+    def start(self) -> None:
+        """Run :meth:`step` in a background thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self.run, name=f"provider-{self.address[:8]}", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        """Step until stopped; errors of one step are logged and the next step tries again."""
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except FlopexError as exc:
+                log.warning("provider %s: %s", self.address, exc)
+            self._stop.wait(self.settings.poll_interval_s)
+
+    def stop(self) -> None:
+        """Stop the loop (the worker is stopped by its owner) and save the memory."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._save()
+
+    # ------------------------------------------------------------------ one pass
+
+    def now(self) -> int:
+        """The time deadlines are judged by: the chain's, or the wall clock if the chain is idle."""
+        return self.contracts.chain.next_timestamp()
+
+    def step(self) -> None:
+        """Do everything that can be done now."""
+        self._read_new_jobs()
+        now = self.now()
+        for job_id, spec in list(self.open_jobs.items()):
+            self._bid(job_id, spec, now)
+        for job_id in list(self.memory.slots):
+            if job_id not in self.memory.done:
+                self._serve(job_id, now)
+        if self.settings.withdraw and self.contracts.market.credits(self.address) > 0:
+            self.contracts.market.withdraw(self.account)
+        self._save()
+
+    def _read_new_jobs(self) -> None:
+        market = self.contracts.market
+        latest = self.contracts.chain.block_number()
+        start = max(self.memory.last_block + 1, market.start_block)
+        if start > latest:
+            return
+        for event in market.get_events("JobPosted", start):
+            assert isinstance(event, JobPosted)
+            if event.job_id in self.memory.ignored or event.job_id in self.memory.slots:
+                continue
+            if self._can_run(event.spec):
+                self.open_jobs[event.job_id] = event.spec
+            else:
+                self.memory.ignored.add(event.job_id)
+        for revealed in market.get_events("BidRevealed", start):
+            assert isinstance(revealed, BidRevealed)
+            self.recent_prices = [*self.recent_prices, revealed.price][-32:]
+        self.memory.last_block = latest
+
+    def _can_run(self, spec: JobSpec) -> bool:
+        s = self.settings
+        return (
+            spec.requester != self.address
+            and spec.device_kind == s.device_kind
+            and spec.gpus <= s.gpu_count
+            and spec.min_memory_mb <= s.memory_mb
+        )
+
+    def _utilization(self) -> Fraction:
+        devices = max(1, len(self.worker.manager.devices))
+        busy = len(self.worker.manager.busy_devices())
+        if busy:
+            self.last_busy = time.time()
+        return Fraction(min(busy, devices), devices)
+
+    def _ask(self, spec: JobSpec) -> int | None:
+        ctx = PricingContext(
+            max_price=spec.max_price,
+            gpus=spec.gpus,
+            max_gpu_seconds=spec.max_gpu_seconds,
+            floor=self.settings.price_floor,
+            utilization=self._utilization(),
+            idle_seconds=int(time.time() - self.last_busy),
+            recent_prices=tuple(self.recent_prices),
+        )
+        return self.settings.strategy.ask(ctx)
+
+    def _bid(self, job_id: int, spec: JobSpec, now: int) -> None:
+        market = self.contracts.market
+        bid = self.memory.bids.get(job_id)
+        try:
+            if spec.auction == Auction.INSTANT:
+                if now < spec.bid_deadline and self.settings.price_floor <= spec.max_price and self._has_room():
+                    market.take_job(self.account, job_id)
+                    self._track_slots(job_id)
+                self.open_jobs.pop(job_id, None)
+                return
+            if bid is None:
+                if now < spec.bid_deadline:
+                    price = self._ask(spec)
+                    if price is None:
+                        self.memory.ignored.add(job_id)
+                        self.open_jobs.pop(job_id, None)
+                        return
+                    salt = market.commit_bid(self.account, job_id, price)
+                    self.memory.bids[job_id] = {"price": price, "salt": salt.hex(), "revealed": False}
+                    log.info("provider %s: committed a sealed bid for job %d", self.address, job_id)
+                else:
+                    self.open_jobs.pop(job_id, None)
+                return
+            if not bid["revealed"] and spec.bid_deadline <= now < spec.reveal_deadline:
+                market.reveal_bid(self.account, job_id, int(bid["price"]), bytes.fromhex(bid["salt"]))
+                bid["revealed"] = True
+                return
+            if now >= spec.reveal_deadline:
+                if market.job(job_id).status == JobStatus.OPEN:
+                    market.finalize_auction(self.account, job_id)
+                self._track_slots(job_id)
+                self.open_jobs.pop(job_id, None)
+        except ContractRevert as exc:
+            log.info("provider %s: job %d: %s", self.address, job_id, exc.reason)
+            if spec.auction == Auction.INSTANT or exc.reason in ("market: job is not open", "market: bidding closed"):
+                self._track_slots(job_id)
+                self.open_jobs.pop(job_id, None)
+
+    def _has_room(self) -> bool:
+        active = sum(1 for j in self.memory.slots if j not in self.memory.done)
+        return active < max(1, len(self.worker.manager.devices))
+
+    def _track_slots(self, job_id: int) -> None:
+        for slot in self.contracts.market.slots_of(job_id):
+            if slot.provider == self.address and slot.status != SlotStatus.RELEASED:
+                self.memory.slots[job_id] = slot.slot
+
+    # ------------------------------------------------------------------ serving a slot
+
+    def _serve(self, job_id: int, now: int) -> None:
+        market = self.contracts.market
+        index = self.memory.slots[job_id]
+        slot = market.slot(job_id, index)
+        spec = market.spec(job_id)
+        try:
+            if slot.status == SlotStatus.ASSIGNED:
+                self._maybe_commit(job_id, index, spec, now)
+            elif slot.status.terminal:
+                self.memory.done.add(job_id)
+            elif self._can_settle(slot.status, slot.committed_at, spec, now):
+                market.settle(self.account, job_id, index)
+                self.memory.done.add(job_id)
+                log.info("provider %s: settled job %d", self.address, job_id)
+        except ContractRevert as exc:
+            log.info("provider %s: job %d: %s", self.address, job_id, exc.reason)
+
+    @staticmethod
+    def _can_settle(status: SlotStatus, committed_at: int, spec: JobSpec, now: int) -> bool:
+        if status in (SlotStatus.ACCEPTED, SlotStatus.REJECTED, SlotStatus.VOIDED):
+            return True
+        if status == SlotStatus.COMMITTED:
+            return now >= committed_at + spec.challenge_window
+        if status == SlotStatus.DISPUTED:
+            return now >= committed_at + 2 * spec.challenge_window
+        return False
+
+    def _maybe_commit(self, job_id: int, index: int, spec: JobSpec, now: int) -> None:
+        market = self.contracts.market
+        lease_start = market.job(job_id).lease_start
+        try:
+            record = self.worker.manager.get(job_id)
+        except WorkerError:
+            record = None
+        if record is not None and record.terminal:
+            root = record.result_root or EMPTY_ROOT
+            claimed = int((record.metering or {}).get("device_millis", 0) + 999) // 1000
+        elif record is None and now - lease_start >= spec.run_duration * NO_UPLOAD_COMMIT_AT:
+            # The requester never uploaded: commit nothing done rather than be slashed.
+            root, claimed = EMPTY_ROOT, 0
+        else:
+            return
+        held = max(0, (now - lease_start)) * spec.gpus
+        claimed = min(claimed, spec.max_gpu_seconds, held)
+        market.commit_result(self.account, job_id, index, root, claimed)
+        log.info("provider %s: committed job %d: %d GPU-s, root %s", self.address, job_id, claimed, root.hex()[:16])
+
+    # ------------------------------------------------------------------ memory
+
+    def _load(self) -> _Memory:
+        try:
+            return _Memory.from_json(json.loads(self.state_path.read_text()))
+        except FileNotFoundError:
+            return _Memory()
+        except (json.JSONDecodeError, ValueError, TypeError) as exc:
+            raise WorkerError(f"provider state {self.state_path} is corrupt: {exc}") from exc
+
+    def _save(self) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.memory.to_json()))
+        os.replace(tmp, self.state_path)
