@@ -188,7 +188,8 @@ class Requester:
                     raise VerificationError(
                         f"job {job_id}: the results do not match the root the provider committed on chain"
                     )
-                self.say(f"job {job_id}: results verified against the on-chain root {committed.result_root.hex()[:16]}…")
+                root = committed.result_root.hex()[:16]
+                self.say(f"job {job_id}: results verified against the on-chain root {root}…")
         if spec.policy == Policy.NONE:
             for slot in market.slots_of(job_id):
                 if slot.status == SlotStatus.COMMITTED:
