@@ -41,17 +41,24 @@ def _usable_cores() -> int:
 
 
 def environment() -> dict[str, object]:
-    """Returns python, numpy, cpu model, cores, platform and git commit of this run."""
+    """Returns python, numpy, torch, cpu model, cores, platform and git commit of this run."""
     try:
         import numpy
 
         numpy_version: str | None = numpy.__version__
     except ImportError:
         numpy_version = None
+    from importlib import metadata
+
+    try:
+        torch_version: str | None = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
     return {
         "python": platform.python_version(),
         "implementation": sys.implementation.name,
         "numpy": numpy_version,
+        "torch": torch_version,
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": _usable_cores(),

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from marketplace.auth import Domain, payload_digest, sign_request
 from marketplace.bundle import safe_relpath
 from marketplace.capacity import verify_rows
 from marketplace.errors import BundleError, VerificationError, WorkerError
-from marketplace.merkle import ResultManifest, manifest_of
+from marketplace.merkle import CHUNK_SIZE, FileEntry, ResultManifest, chunk_leaf, merkle_root
 from marketplace.receipts import SignedReceipt, UsageReceipt, verify_receipt
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.rpc import worker_pb2_grpc as pb_grpc
@@ -61,6 +63,58 @@ def _error(exc: grpc.RpcError) -> WorkerError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return WorkerError(details or code.name, code=code.name)
+
+
+class _StreamVerifier:
+    """Hashes result files as they arrive, in a thread (hashlib and keccak release the GIL).
+
+    Files must arrive in manifest order; gives each file's sha256 and the Merkle root.
+    """
+
+    def __init__(self, order: list[str]) -> None:
+        self._order = order
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=64)
+        self._sha = {name: hashlib.sha256() for name in order}
+        self._leaves: dict[str, list[bytes]] = {name: [] for name in order}
+        self._pending = {name: b"" for name in order}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="result-verifier", daemon=True)
+        self._thread.start()
+
+    def feed(self, name: str, data: bytes) -> None:
+        """Queue the next bytes of file ``name``."""
+        self._queue.put((name, data))
+
+    def _run(self) -> None:
+        try:
+            while (item := self._queue.get()) is not None:
+                name, data = item
+                self._sha[name].update(data)
+                buf = self._pending[name] + data if self._pending[name] else data
+                pos = 0
+                leaves = self._leaves[name]
+                while len(buf) - pos >= CHUNK_SIZE:
+                    leaves.append(chunk_leaf(name, len(leaves), buf[pos:pos + CHUNK_SIZE]))
+                    pos += CHUNK_SIZE
+                self._pending[name] = buf[pos:]
+        except BaseException as exc:  # reported by finish()
+            self._error = exc
+            while self._queue.get() is not None:
+                pass
+
+    def finish(self) -> tuple[dict[str, bytes], bytes]:
+        """Wait for the hashing to end; return the files' sha256 and the Merkle root."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        leaves: list[bytes] = []
+        for name in self._order:
+            mine = self._leaves[name]
+            if self._pending[name] or not mine:
+                mine.append(chunk_leaf(name, len(mine), self._pending[name]))
+            leaves.extend(mine)
+        return {n: h.digest() for n, h in self._sha.items()}, merkle_root(leaves)
 
 
 def _sha256_file(path: Path) -> bytes:
@@ -281,29 +335,30 @@ class WorkerClient:
                     safe_relpath("result path", name)
                 except BundleError as exc:
                     raise VerificationError(f"results: unsafe path in manifest: {exc}") from None
-            hashes: dict[str, Any] = {}
+            verifier = _StreamVerifier(list(expected))
             handles: dict[str, Any] = {}
             try:
                 for name in expected:
                     target = out / name
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    handles[name] = open(target, "wb")  # noqa: SIM115 - closed below
-                    hashes[name] = hashlib.sha256()
+                    handles[name] = open(target, "wb")
                 for message in stream:
                     chunk = message.chunk
                     if chunk.path not in handles:
                         raise VerificationError(f"results: unexpected file {chunk.path!r}")
                     handles[chunk.path].write(chunk.data)
-                    hashes[chunk.path].update(chunk.data)
+                    verifier.feed(chunk.path, chunk.data)
             finally:
                 for fh in handles.values():
                     fh.close()
+                digests, root = verifier.finish()
             for name, entry in expected.items():
-                if hashes[name].digest() != entry.sha256 or (out / name).stat().st_size != entry.size:
+                if digests[name] != entry.sha256 or (out / name).stat().st_size != entry.size:
                     raise VerificationError(f"results: {name} does not match its sha256 in the manifest")
-            manifest, _ = manifest_of(out)
-            if manifest.root != m.result_root:
+            if root != m.result_root:
                 raise VerificationError("results: the files do not give the manifest's Merkle root")
+            manifest = ResultManifest(
+                tuple(FileEntry(f.path, f.size, f.sha256, f.chunks) for f in m.files), root)
             receipt = receipt_from_proto(m.receipt) if m.HasField("receipt") else None
             if provider is not None:
                 if receipt is None:

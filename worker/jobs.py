@@ -27,7 +27,7 @@ from eth_account.signers.local import LocalAccount
 from marketplace.auth import Domain
 from marketplace.bundle import Bundle, load_bundle, unpack_bundle
 from marketplace.errors import BundleError, SandboxError, VerificationError, WorkerError
-from marketplace.merkle import EMPTY_ROOT, ResultManifest, manifest_of
+from marketplace.merkle import EMPTY_ROOT, FileEntry, ResultManifest, manifest_of
 from marketplace.receipts import UsageReceipt, sign_receipt
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.sdk import PROGRESS_PREFIX
@@ -425,6 +425,7 @@ class JobManager:
         utilization = sampler.stop()
         shutil.rmtree(work, ignore_errors=True)
         manifest, _ = manifest_of(self.job_dir(job_id) / "result")
+        self._save_manifest(job_id, manifest)
         wall_ms = int(outcome.wall_s * 1000)
         metering = {
             "wall_millis": wall_ms, "device_count": len(devices), "device_millis": wall_ms * len(devices),
@@ -503,17 +504,34 @@ class JobManager:
                     return [], False
                 self._cond.wait(min(remaining, 1.0))
 
+    def _save_manifest(self, job_id: int, manifest: ResultManifest) -> None:
+        data = {"root": manifest.root.hex(),
+                "files": [[f.path, f.size, f.sha256.hex(), f.chunks] for f in manifest.files]}
+        (self.job_dir(job_id) / "manifest.json").write_text(json.dumps(data))
+
+    def _load_manifest(self, job_id: int) -> ResultManifest | None:
+        path = self.job_dir(job_id) / "manifest.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        files = tuple(FileEntry(p, size, bytes.fromhex(sha), chunks) for p, size, sha, chunks in data["files"])
+        return ResultManifest(files, bytes.fromhex(data["root"]))
+
     def results(self, job_id: int) -> tuple[JobRecord, ResultManifest, Path]:
-        """The manifest of an ended job's results and their directory."""
+        """The manifest of an ended job's results (computed when it ended) and their directory.
+
+        Every file's size is checked against the manifest; requesters verify hashes and the root.
+        """
         job = self.get(job_id)
         if not job.terminal:
             raise WorkerError(f"job {job_id} has not ended (it is {job.state})", code="FAILED_PRECONDITION")
         folder = self.job_dir(job_id) / "result"
-        if not folder.is_dir():
+        manifest = self._load_manifest(job_id)
+        if not folder.is_dir() or manifest is None:
             raise WorkerError(f"job {job_id} ended without running; it has no results", code="FAILED_PRECONDITION")
-        manifest, _ = manifest_of(folder)
-        expected = job.result_root or EMPTY_ROOT
-        if manifest.root != expected:
+        if manifest.root != (job.result_root or EMPTY_ROOT) or any(
+            (folder / f.path).stat().st_size != f.size for f in manifest.files
+        ):
             raise VerificationError(f"job {job_id}: results on disk no longer match the committed root")
         return job, manifest, folder
 

@@ -252,6 +252,8 @@ class RunningJob:
         self.req = req
         self._reason: str | None = None
         self._done = threading.Event()
+        self._sampled_cpu_ms = 0
+        self._sampled_rss = 0
         limits = req.limits
         is_root = os.geteuid() == 0
         cgroup = None
@@ -335,10 +337,51 @@ class RunningJob:
                         total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
         return total
 
+    def _sample_tree(self) -> None:
+        """Sample CPU time and resident memory of the process tree (used when there is no cgroup).
+
+        Reaped descendants count through their ancestors' ``cutime``/``cstime``; the tree's
+        totals only grow, so the largest sample is kept. The last interval before exit is lost.
+        """
+        tick = os.sysconf("SC_CLK_TCK")
+        page = os.sysconf("SC_PAGE_SIZE")
+        parents: dict[int, int] = {}
+        stats: dict[int, list[str]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = int(fields[1])
+            stats[int(entry)] = fields
+        tree = {self.proc.pid}
+        grew = True
+        while grew:
+            grew = False
+            for pid, ppid in parents.items():
+                if ppid in tree and pid not in tree:
+                    tree.add(pid)
+                    grew = True
+        cpu = rss = 0
+        for pid in tree:
+            fields = stats.get(pid)
+            if fields is None:
+                continue
+            cpu += sum(int(fields[i]) for i in (11, 12, 13, 14))
+            rss += int(fields[21]) * page
+        self._sampled_cpu_ms = max(self._sampled_cpu_ms, cpu * 1000 // tick)
+        self._sampled_rss = max(self._sampled_rss, rss)
+
     def _watch(self) -> None:
         limits = self.req.limits
         deadline = self.started + limits.timeout_s
         while not self._done.wait(0.25):
+            if self.cgroup is None:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    self._sample_tree()
             if time.monotonic() > deadline:
                 self.kill(f"timeout: the job ran longer than {limits.timeout_s:g} s")
                 return
@@ -352,6 +395,7 @@ class RunningJob:
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - self.started
         self._done.set()
+        self._watchdog.join(timeout=2)
         code = self.proc.returncode
         peak = int(usage.ru_maxrss) * 1024
         cpu_ms = int((usage.ru_utime + usage.ru_stime) * 1000)
@@ -364,6 +408,8 @@ class RunningJob:
             if oom and reason is None:
                 reason = f"memory limit: the job used more than {self.req.limits.memory_bytes} bytes"
         else:
+            cpu_ms = max(cpu_ms, self._sampled_cpu_ms)
+            peak = max(peak, self._sampled_rss)
             # The tree may have left orphans outside a pid namespace (unsandboxed mode).
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
