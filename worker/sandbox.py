@@ -404,7 +404,8 @@ class RunningJob:
             oom = self.cgroup.oom_killed()
             cpu_ms = self.cgroup.cpu_millis() or cpu_ms
             peak = self.cgroup.peak_memory() or peak
-            self.cgroup.remove()
+            # Dying tasks can keep the cgroup busy for a few ms: remove it off the critical path.
+            threading.Thread(target=self.cgroup.remove, name=f"cgroup-rm-{self.req.name}", daemon=True).start()
             if oom and reason is None:
                 reason = f"memory limit: the job used more than {self.req.limits.memory_bytes} bytes"
         else:
