@@ -27,7 +27,7 @@ from web3.exceptions import ContractLogicError, TimeExhausted
 
 from marketplace.errors import ChainError, ConfigError, ContractRevert
 
-__all__ = ["DEFAULT_GAS_PRICE_CAP", "Chain", "dev_account", "map_revert"]
+__all__ = ["DEFAULT_GAS_PRICE_CAP", "Chain", "dev_account", "map_revert", "sync_tester_clock"]
 
 T = TypeVar("T")
 
@@ -37,6 +37,18 @@ DEV_ETHER = 1_000 * 10**18
 DEFAULT_GAS_PRICE_CAP = 500 * 10**9
 
 _REASON = re.compile(r"execution reverted:?\s*(.*)", re.DOTALL)
+
+
+def sync_tester_clock(tester: Any) -> None:
+    """Bring an eth-tester chain's clock up to the wall clock.
+
+    eth-tester stamps its pending block when the previous block is mined, so on an idle chain the
+    next transaction would see an old time and a deadline that has passed would not have, for it.
+    When the pending block is behind the wall clock, an empty block is mined at the wall clock.
+    """
+    now = int(time.time())
+    if tester.get_block_by_number("pending")["timestamp"] < now:
+        tester.time_travel(now)
 
 
 def dev_account(index: int) -> LocalAccount:
@@ -122,14 +134,20 @@ class Chain:
     def now(self) -> int:
         """The latest block's timestamp."""
         with self._lock:
+            self._sync_clock()
             return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def _sync_clock(self) -> None:
+        if self._tester is not None:
+            sync_tester_clock(self._tester)
 
     def next_timestamp(self) -> int:
         """The earliest timestamp the next block can have: what deadlines are judged against now.
 
         Block times strictly increase, so a busy dev chain runs ahead of the wall clock (eth-tester
         mines a block per transaction, each at least a second after the last); an idle chain's
-        next block takes the wall clock.
+        next block takes the wall clock (the embedded chain and ``flopex chain up`` keep their
+        pending block's time up with it).
         """
         return max(self.now() + 1, int(time.time()))
 
@@ -191,6 +209,7 @@ class Chain:
     def call(self, fn: Any, *, sender: str | None = None, function: str | None = None) -> Any:
         """Run a contract function as a call; reverts become :class:`ContractRevert`."""
         with self._lock:
+            self._sync_clock()
             try:
                 return fn.call({"from": sender} if sender else {})
             except Exception as exc:
@@ -204,6 +223,7 @@ class Chain:
         """
         name = function or getattr(fn, "fn_name", "transaction")
         with self._lock:
+            self._sync_clock()
             try:
                 tx = fn.build_transaction(
                     {"from": account.address, "nonce": self._next_nonce(account.address), "value": value}

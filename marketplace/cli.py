@@ -182,6 +182,377 @@ def deploy(rpc_url: str, deployment_path: Path, dev_index: int | None, key_env: 
         click.echo(f"deployment written to {deployment_path}")
 
 
+# ---------------------------------------------------------------------- shared options
+
+
+def _chain_options(fn: Any) -> Any:
+    """--rpc-url and --deployment, for every command that talks to a chain."""
+    fn = click.option("--deployment", "deployment_path", type=click.Path(dir_okay=False, path_type=Path),
+                      default=DEFAULT_DEPLOYMENT, show_default=True,
+                      help="Deployment file (written by `flopex chain up` or `flopex deploy`).")(fn)
+    fn = click.option("--rpc-url", default=None,
+                      help="JSON-RPC URL of the chain [default: the one in the deployment file].")(fn)
+    return fn
+
+
+def _account_options(fn: Any) -> Any:
+    """--account/--dev and the password sources, for commands that sign."""
+    fn = click.option("--password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                      default=None, help="File whose first line is the keystore password.")(fn)
+    fn = click.option("--dev", "dev_index", type=click.IntRange(0, 1000), default=None,
+                      help="Use dev account N (dev chains only; its key is public).")(fn)
+    fn = click.option("--account", "account_address", default=None,
+                      help="Address of a key in the keystore (see `flopex account list`).")(fn)
+    return fn
+
+
+def _contracts(rpc_url: str | None, deployment_path: Path) -> Any:
+    from marketplace.bindings import Deployment, load_contracts
+    from marketplace.chain import Chain
+
+    deployment = Deployment.load(deployment_path)
+    url = rpc_url or deployment.rpc_url
+    if url is None:
+        from marketplace.errors import ConfigError
+
+        raise ConfigError(f"{deployment_path} names no chain; give --rpc-url")
+    return load_contracts(Chain.connect(url), deployment)
+
+
+def _signer(account_address: str | None, dev_index: int | None, password_file: Path | None) -> Any:
+    from marketplace.accounts import Keystore, read_password
+    from marketplace.chain import dev_account
+    from marketplace.errors import ConfigError
+
+    if dev_index is not None:
+        if account_address is not None:
+            raise ConfigError("give --account or --dev, not both")
+        return dev_account(dev_index)
+    if account_address is None:
+        raise ConfigError("no account: give --account ADDRESS (a keystore key) or --dev N on a dev chain")
+    password = read_password(password_file)
+    if password is None:
+        password = click.prompt(f"password for {account_address}", hide_input=True)
+    return Keystore(DEFAULT_HOME / "keystore").unlock(account_address, password)
+
+
+# ---------------------------------------------------------------------- accounts
+
+
+@cli.group()
+def account() -> None:
+    """Encrypted keys (geth/Foundry keystore files)."""
+
+
+def _new_password(password_file: Path | None) -> str:
+    from marketplace.accounts import read_password
+
+    password = read_password(password_file)
+    if password is None:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@account.command("new")
+@click.option("--password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True)
+def account_new(password_file: Path | None, as_json: bool) -> None:
+    """Create a key and store it encrypted."""
+    from marketplace.accounts import Keystore
+
+    created = Keystore(DEFAULT_HOME / "keystore").new(_new_password(password_file))
+    _emit_json({"address": created.address}) if as_json else click.echo(created.address)
+
+
+@account.command("import")
+@click.argument("source", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--private-key", is_flag=True, help="SOURCE holds a hex private key rather than a keystore file.")
+@click.option("--password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+def account_import(source: Path, private_key: bool, password_file: Path | None) -> None:
+    """Import a geth/Foundry keystore file, or a hex private key from a file."""
+    from marketplace.accounts import Keystore
+
+    store = Keystore(DEFAULT_HOME / "keystore")
+    password = _new_password(password_file)
+    if private_key:
+        imported = store.import_key(source.read_text(), password)
+    else:
+        imported = store.import_file(source, password)
+    click.echo(imported.address)
+
+
+@account.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def account_list(as_json: bool) -> None:
+    """List the keystore's addresses."""
+    from marketplace.accounts import Keystore
+
+    addresses = Keystore(DEFAULT_HOME / "keystore").addresses()
+    if as_json:
+        _emit_json(addresses)
+    else:
+        for address in addresses:
+            click.echo(address)
+
+
+# ---------------------------------------------------------------------- provider
+
+
+@cli.group()
+def provider() -> None:
+    """Run a provider."""
+
+
+@provider.command("start")
+@_chain_options
+@_account_options
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_HOME / "provider",
+              show_default=True, help="Worker state, uploads, jobs and its receipt key.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the worker binds.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any).")
+@click.option("--price", "price_text", default="1", show_default=True, help="Price floor, tokens per GPU-hour.")
+@click.option("--strategy", default="fixed", show_default=True,
+              help="Pricing strategy: fixed | ramp:slope=S | decay:start=A,min=B,half_life=T | follow:undercut=U.")
+@click.option("--stake", "stake_text", default="200", show_default=True, help="Tokens to keep staked.")
+@click.option("--cpu-slots", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="CPU devices to offer when there is no GPU.")
+@click.option("--unsafe-no-sandbox", is_flag=True, help="Run jobs without bubblewrap (only for code you trust).")
+@click.option("--memory-limit-mb", type=click.IntRange(64), default=4096, show_default=True)
+def provider_start(rpc_url: str | None, deployment_path: Path, account_address: str | None, dev_index: int | None,
+                   password_file: Path | None, data_dir: Path, host: str, port: int, price_text: str,
+                   strategy: str, stake_text: str, cpu_slots: int, unsafe_no_sandbox: bool,
+                   memory_limit_mb: int) -> None:
+    """The provider daemon: stake, register, serve gRPC, bid, run, commit, settle, withdraw.
+
+    SIGTERM or Ctrl-C stop it cleanly: running jobs are marked failed, state is kept.
+    """
+    import logging
+
+    from marketplace.pricing import strategy_from_spec
+    from marketplace.types import DeviceKind, parse_tokens
+    from worker.chain_leases import ChainLeases
+    from worker.config import WorkerConfig
+    from worker.provider import ProviderDaemon, ProviderSettings
+    from worker.sandbox import Limits
+    from worker.service import create_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    contracts = _contracts(rpc_url, deployment_path)
+    signer = _signer(account_address, dev_index, password_file)
+    config = WorkerConfig(
+        data_dir=data_dir, leases=ChainLeases(contracts), chain_id=contracts.chain.chain_id,
+        market_address=contracts.market.address, allow_unsandboxed=unsafe_no_sandbox, cpu_slots=cpu_slots,
+        limits=Limits(memory_bytes=memory_limit_mb << 20),
+    )
+    server, bound = create_server(config, f"{host}:{port}")
+    devices = server.manager.devices
+    kind = DeviceKind.CUDA if devices[0].kind == "cuda" else DeviceKind.CPU
+    settings = ProviderSettings(
+        endpoint=f"{host}:{bound}", price_floor=parse_tokens(price_text), strategy=strategy_from_spec(strategy),
+        stake=parse_tokens(stake_text), device_model=devices[0].model[:64], device_kind=kind,
+        gpu_count=len(devices), memory_mb=min(d.memory_bytes for d in devices) >> 20,
+    )
+    daemon = ProviderDaemon(contracts, signer, server, settings, data_dir / "provider-state.json")
+    daemon.ensure_registered()
+    server.start()
+    click.echo(f"provider {signer.address} serving {len(devices)} {kind.name.lower()} device(s) on {host}:{bound}")
+    sys.stdout.flush()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    daemon.start()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        daemon.stop()
+        server.stop()
+        click.echo("provider stopped")
+
+
+# ---------------------------------------------------------------------- jobs
+
+
+@cli.group()
+def job() -> None:
+    """Submit and follow jobs."""
+
+
+@job.command("submit")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_chain_options
+@_account_options
+@click.option("--max-price", "max_price_text", default=None, help="Tokens per GPU-hour at most [default: job.toml].")
+@click.option("--auction", type=click.Choice(["sealed", "instant"]), default=None)
+@click.option("--verify", "policy", type=click.Choice(["none", "redundant", "replay", "freivalds", "optimistic"]),
+              default=None, help="Verification policy [default: job.toml].")
+@click.option("--redundancy", type=click.IntRange(1, 5), default=None)
+@click.option("--bid-window", type=click.IntRange(1), default=20, show_default=True, help="Seconds of bidding.")
+@click.option("--challenge-window", type=click.IntRange(1), default=60, show_default=True)
+@click.option("--wait/--no-wait", default=False, help="Follow the job to its end and download the results.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where results go (with --wait) [default: ./results-JOB].")
+@click.option("--json", "as_json", is_flag=True)
+def job_submit(bundle: Path, rpc_url: str | None, deployment_path: Path, account_address: str | None,
+               dev_index: int | None, password_file: Path | None, max_price_text: str | None, auction: str | None,
+               policy: str | None, redundancy: int | None, bid_window: int, challenge_window: int, wait: bool,
+               output: Path | None, as_json: bool) -> None:
+    """Post BUNDLE's job; with --wait, follow it to results and a bill."""
+    from marketplace.requester import JobOptions, Requester
+    from marketplace.types import Auction, Policy, parse_tokens
+
+    contracts = _contracts(rpc_url, deployment_path)
+    signer = _signer(account_address, dev_index, password_file)
+    say = (lambda _line: None) if as_json else click.echo
+    requester = Requester(contracts, signer, say=say)
+    options = JobOptions(
+        max_price=parse_tokens(max_price_text) if max_price_text else None,
+        auction=Auction[auction.upper()] if auction else None,
+        policy=Policy[policy.upper()] if policy else None,
+        redundancy=redundancy, bid_window_s=bid_window, reveal_window_s=bid_window,
+        challenge_window_s=challenge_window,
+    )
+    job_id = requester.submit(bundle, options)
+    if not wait:
+        _emit_json({"job_id": job_id}) if as_json else None
+        return
+    outcome = requester.follow(job_id, output or Path(f"results-{job_id}"))
+    if as_json:
+        _emit_json(outcome.to_json())
+
+
+def _job_summary(contracts: Any, job_id: int) -> dict[str, Any]:
+    market = contracts.market
+    spec = market.spec(job_id)
+    state = market.job(job_id)
+    return {
+        "job_id": job_id,
+        "status": state.status.name.lower(),
+        "requester": spec.requester,
+        "auction": spec.auction.name.lower(),
+        "policy": spec.policy.name.lower(),
+        "redundancy": spec.redundancy,
+        "max_price": spec.max_price,
+        "max_gpu_seconds": spec.max_gpu_seconds,
+        "escrow": state.escrow,
+        "slots": [
+            {"slot": s.slot, "provider": s.provider, "status": s.status.name.lower(), "price": s.price,
+             "gpu_seconds": s.gpu_seconds, "result_root": "0x" + s.result_root.hex()}
+            for s in market.slots_of(job_id)
+        ],
+    }
+
+
+@job.command("status")
+@click.argument("job_id", type=click.IntRange(1))
+@_chain_options
+@click.option("--json", "as_json", is_flag=True)
+def job_status(job_id: int, rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
+    """Where a job stands on chain."""
+    summary = _job_summary(_contracts(rpc_url, deployment_path), job_id)
+    if as_json:
+        _emit_json(summary)
+        return
+    click.echo(f"job {job_id}: {summary['status']} ({summary['auction']} auction, {summary['policy']} verification)")
+    for s in summary["slots"]:
+        click.echo(f"  slot {s['slot']}: {s['provider']} {s['status']} at {s['price']} units/GPU-h")
+
+
+@job.command("list")
+@_chain_options
+@click.option("--json", "as_json", is_flag=True)
+def job_list(rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
+    """Every job on the market."""
+    contracts = _contracts(rpc_url, deployment_path)
+    jobs = [_job_summary(contracts, i) for i in range(1, contracts.market.job_count() + 1)]
+    if as_json:
+        _emit_json(jobs)
+        return
+    for j in jobs:
+        click.echo(f"{j['job_id']:>5}  {j['status']:<9} {j['auction']:<8} {j['policy']:<11} {j['requester']}")
+
+
+@job.command("cancel")
+@click.argument("job_id", type=click.IntRange(1))
+@_chain_options
+@_account_options
+def job_cancel(job_id: int, rpc_url: str | None, deployment_path: Path, account_address: str | None,
+               dev_index: int | None, password_file: Path | None) -> None:
+    """Withdraw an open job before its bid deadline; its escrow becomes withdrawable credit."""
+    contracts = _contracts(rpc_url, deployment_path)
+    signer = _signer(account_address, dev_index, password_file)
+    contracts.market.cancel_job(signer, job_id)
+    click.echo(f"job {job_id} cancelled; {contracts.market.credits(signer.address)} units to withdraw")
+
+
+@job.command("result")
+@click.argument("job_id", type=click.IntRange(1))
+@_chain_options
+@_account_options
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True)
+def job_result(job_id: int, rpc_url: str | None, deployment_path: Path, account_address: str | None,
+               dev_index: int | None, password_file: Path | None, output: Path) -> None:
+    """Download a job's results from its provider(s) and check them against the on-chain root."""
+    from marketplace.auth import Domain
+    from marketplace.client import WorkerClient
+    from marketplace.errors import VerificationError
+
+    contracts = _contracts(rpc_url, deployment_path)
+    signer = _signer(account_address, dev_index, password_file)
+    domain = Domain(contracts.chain.chain_id, contracts.market.address)
+    for slot in contracts.market.slots_of(job_id):
+        offer = contracts.registry.offer(slot.provider)
+        with WorkerClient(offer.endpoint, requester_key=signer.key, domain=domain) as client:
+            results = client.download_results(job_id, output / f"slot-{slot.slot}", provider=offer.signer)
+        if slot.result_root != results.manifest.root:
+            raise VerificationError(f"job {job_id} slot {slot.slot}: results differ from the root committed on chain")
+        click.echo(f"slot {slot.slot}: {len(results.manifest.files)} file(s) in {output / f'slot-{slot.slot}'}, "
+                   f"root {results.manifest.root.hex()[:16]}… matches the chain")
+
+
+# ---------------------------------------------------------------------- market
+
+
+@cli.command()
+@_chain_options
+@click.option("--json", "as_json", is_flag=True)
+def market(rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
+    """Open jobs, providers, and recent clearing prices per device class."""
+    from marketplace.types import DeviceKind, JobStatus, format_tokens
+
+    contracts = _contracts(rpc_url, deployment_path)
+    m, registry = contracts.market, contracts.registry
+    start = contracts.deployment.start_block
+    open_jobs = [_job_summary(contracts, i) for i in range(1, m.job_count() + 1)
+                 if m.job(i).status == JobStatus.OPEN]
+    providers = {}
+    for event in registry.get_events("ProviderRegistered", start):
+        providers[event.provider] = {
+            "provider": event.provider, "device_kind": DeviceKind(event.device_kind).name.lower(),
+            "gpus": event.gpu_count, "memory_mb": event.memory_mb, "price_floor": event.price_floor,
+            "endpoint": event.endpoint,
+        }
+    prices: dict[str, list[int]] = {}
+    for event in m.get_events("SlotLeased", start):
+        kind = m.spec(event.job_id).device_kind.name.lower()
+        prices.setdefault(kind, []).append(event.price)
+    document = {
+        "open_jobs": open_jobs,
+        "providers": list(providers.values()),
+        "clearing_prices": {k: v[-20:] for k, v in prices.items()},
+    }
+    if as_json:
+        _emit_json(document)
+        return
+    click.echo(f"{len(open_jobs)} open job(s), {len(providers)} provider(s)")
+    for p in providers.values():
+        click.echo(f"  {p['provider']}  {p['gpus']}x {p['device_kind']}  floor {format_tokens(p['price_floor'])}"
+                   f"  {p['endpoint']}")
+    for kind, values in prices.items():
+        recent = ", ".join(format_tokens(v) for v in values[-5:])
+        click.echo(f"  recent {kind} clearing prices: {recent}")
+
+
 def main() -> None:
     """Entry point of the ``flopex`` console script."""
     cli(obj={})

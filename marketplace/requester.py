@@ -33,6 +33,7 @@ from marketplace.types import (
     JobStatus,
     Policy,
     SlotStatus,
+    format_tokens,
 )
 
 __all__ = ["JobOptions", "JobOutcome", "Requester", "spec_for_bundle"]
@@ -132,7 +133,10 @@ class Requester:
             self.account, spec, self.contracts.token, deadline=self.now() + 3600
         )
         self._archives[job_id] = archive
-        self.say(f"job {job_id} posted: escrow {spec.escrow} units, {spec.auction.name.lower()} auction")
+        self.say(
+            f"job {job_id} posted: {spec.auction.name.lower()} auction, max {format_tokens(spec.max_price)} "
+            f"FLOP/GPU-h, escrow {format_tokens(spec.escrow)} FLOP"
+        )
         return job_id
 
     def wait_for_lease(self, job_id: int, *, timeout_s: float = 600.0) -> JobStatus:
@@ -171,7 +175,8 @@ class Requester:
             raise ConfigError(f"job {job_id}: no bundle archive to upload")
         for slot in market.slots_of(job_id):
             offer = registry.offer(slot.provider)
-            self.say(f"job {job_id} slot {slot.slot}: leased to {slot.provider} at {slot.price} units/GPU-h")
+            price = format_tokens(slot.price)
+            self.say(f"job {job_id} slot {slot.slot}: leased to {slot.provider} at {price} FLOP/GPU-h")
             with WorkerClient(offer.endpoint, requester_key=self.account.key, domain=self.domain) as client:
                 client.upload_bundle(job_id, archive)
                 client.start_job(job_id, seed=job_id)
@@ -232,7 +237,8 @@ class Requester:
         for bill in bills.values():
             self.say(
                 f"job {job_id} slot {bill['slot']}: {bill['status']}: {bill['gpu_seconds']} GPU-s, "
-                f"paid {bill['paid']}, fee {bill['fee']}, refunded {bill['refunded']}, slashed {bill['slashed']}"
+                f"paid {format_tokens(bill['paid'])} FLOP (fee {format_tokens(bill['fee'])}), "
+                f"refunded {format_tokens(bill['refunded'])}, slashed {format_tokens(bill['slashed'])}"
             )
         return [bills[k] for k in sorted(bills)]
 

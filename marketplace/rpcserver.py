@@ -17,10 +17,15 @@ from eth_abi import encode
 from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
 
+from marketplace.chain import sync_tester_clock
+
 __all__ = ["JsonRpcChainServer"]
 
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 REVERT_PREFIX = "execution reverted: "
+#: Methods whose answer depends on the time: the chain's clock is brought up to the wall clock first.
+CLOCKED = frozenset({"eth_sendRawTransaction", "eth_sendTransaction", "eth_estimateGas", "eth_call",
+                     "eth_getBlockByNumber", "eth_blockNumber"})
 ERROR_SELECTOR = bytes.fromhex("08c379a0")
 
 
@@ -104,6 +109,8 @@ class JsonRpcChainServer:
         params = request.get("params") or []
         with self._lock:
             try:
+                if method in CLOCKED:
+                    sync_tester_clock(self.tester)
                 if method == "evm_mine":
                     self.tester.mine_blocks(1)
                     return {"jsonrpc": "2.0", "id": rid, "result": "0x0"}
