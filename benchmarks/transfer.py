@@ -91,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.transfer")
     parser.add_argument("--mib", type=int, default=256, help="bundle and output size in MiB")
+    parser.add_argument("--chunk-kib", type=int, default=1024, help="upload chunk size (both streams)")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global _CHUNK
+    _CHUNK = args.chunk_kib << 10
     if args.bare_server:
         serve_bare()
         return 0
@@ -105,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     from marketplace.client import WorkerClient
     from worker.leases import DeviceRequirements, Lease, LeaseFile
 
-    size = args.mib << 20
     repo = Path(__file__).resolve().parent.parent
     market = "0x" + "5a" * 20
     domain = Domain(31337, market)
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle.mkdir()
             (bundle / "job.toml").write_text(
                 '[job]\nentrypoint = "main.py"\ninputs = ["blob.bin"]\n[resources]\ndevice = "cpu"\n'
-                f'timeout_s = 600\n[market]\nmax_price = "1"\n')
+                'timeout_s = 600\n[market]\nmax_price = "1"\n')
             (bundle / "main.py").write_text(
                 "import os\nout = os.path.join(os.environ['FLOPEX_OUTPUT_DIR'], 'result.bin')\n"
                 f"with open(out, 'wb') as fh:\n    for _ in range({args.mib}):\n"
@@ -149,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
             bhash = load_bundle(bundle).hash
             LeaseFile.write(leases, [Lease(1, requester.address, (hello["provider"],), bhash,
                                            int(time.time()) + 3600, DeviceRequirements("cpu", 1))])
-            bare_up, bare_down = _bare(bare_port, archive_size)
+            bare_up, _ = _bare(bare_port, archive_size)
             with WorkerClient(f"127.0.0.1:{hello['port']}", requester_key=requester.key, domain=domain,
                               timeout_s=60) as client:
                 stream_s = _upload_all_but_last_byte(client, f"127.0.0.1:{hello['port']}", archive)
                 t0 = time.perf_counter()
-                status = client.upload_bundle(1, archive)
+                status = client.upload_bundle(1, archive, chunk_size=_CHUNK)
                 finish_s = time.perf_counter() - t0
                 assert status.complete and status.bundle_hash == bhash
                 upload_s = stream_s + finish_s
@@ -193,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         "download_includes": "per-file sha256, Merkle root recomputed from the files, receipt signature",
         "bare_download_mib_s": mibs(downloaded, bare_down_result),
         "download_vs_bare": round(bare_down_result / download_s, 3),
-        "chunk_bytes": _CHUNK,
+        "upload_chunk_bytes": _CHUNK,
+        "download_chunk_bytes": 1 << 20,
         "goal": "each ratio >= 0.70",
         "sha256_mib_s": _sha_speed(),
         "environment": environment(),

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from marketplace.capacity import challenge_flops, challenge_matrices, row_leaves, row_proof, rows_root
 from marketplace.errors import WorkerError
@@ -43,7 +44,7 @@ class ChallengeRunner:
         self._max_n = max_n
         self._busy = threading.Lock()
         self._lock = threading.Lock()
-        self._kept: OrderedDict[str, tuple[bytes, list[bytes], object]] = OrderedDict()
+        self._kept: OrderedDict[str, tuple[bytes, list[bytes], Any]] = OrderedDict()
 
     def run(self, seed: int, n: int, kind: str, cancelled: threading.Event) -> ChallengeResult:
         """Compute challenge ``(seed, n)`` on a device of ``kind`` (or the best one)."""
@@ -98,5 +99,5 @@ class ChallengeRunner:
         for i in indices:
             if not 0 <= i < len(leaves):
                 raise WorkerError(f"row {i} is out of range", code="INVALID_ARGUMENT")
-            out.append((i, matrix[i].astype("<f4").tobytes(), row_proof(leaves, i)))  # type: ignore[attr-defined]
+            out.append((i, bytes(matrix[i].astype("<f4").tobytes()), row_proof(leaves, i)))
         return out

@@ -117,7 +117,7 @@ class JobManager:
     def _event(self, job_id: int, **kind: Any) -> None:
         def make(seq: int) -> bytes:
             ev = pb.JobEvent(seq=seq, time_unix_ms=int(time.time() * 1000), job_id=job_id, **kind)
-            return ev.SerializeToString()
+            return bytes(ev.SerializeToString())
 
         self.store.add_event(job_id, make)
         with self._cond:

@@ -205,7 +205,8 @@ class Sandbox:
         env = self._job_env(req, WORK, INPUT, OUTPUT, CHECKPOINTS, SDK_ROOT)
         for key, value in env.items():
             args += ["--setenv", key, value]
-        args += ["--remount-ro", "/", "--chdir", WORK, "--", sys.executable, "-u", f"{WORK}/{req.entrypoint}", *req.args]
+        args += ["--remount-ro", "/", "--chdir", WORK]
+        args += ["--", sys.executable, "-u", f"{WORK}/{req.entrypoint}", *req.args]
         return args
 
     @staticmethod
@@ -295,7 +296,7 @@ class RunningJob:
             if cgroup is None and not is_root:
                 rl.append((resource.RLIMIT_NPROC, limits.max_processes))
             for which, value in rl:
-                soft, hard = resource.getrlimit(which)
+                _, hard = resource.getrlimit(which)
                 cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
                 resource.prlimit(pid, which, (cap, cap))
             os.write(gate_w, b"go\n")
@@ -367,9 +368,9 @@ class RunningJob:
                     grew = True
         cpu = rss = 0
         for pid in tree:
-            fields = stats.get(pid)
-            if fields is None:
+            if pid not in stats:
                 continue
+            fields = stats[pid]
             cpu += sum(int(fields[i]) for i in (11, 12, 13, 14))
             rss += int(fields[21]) * page
         self._sampled_cpu_ms = max(self._sampled_cpu_ms, cpu * 1000 // tick)

@@ -210,7 +210,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                                bundle_hash=(job.bundle_hash or b"") if job and complete else b"")
 
     @_guard
-    def UploadBundle(self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext) -> pb.UploadStatus:
+    def UploadBundle(
+        self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
+    ) -> pb.UploadStatus:
         """Receive (part of) a bundle archive."""
         first = next(request_iterator, None)
         if first is None or not first.HasField("header"):

@@ -7,7 +7,7 @@ x = torch.linspace(-1, 1, 256).unsqueeze(1)
 y = 3 * x - 0.5 + 0.01 * torch.randn_like(x)
 layer = torch.nn.Linear(1, 1)
 opt = torch.optim.SGD(layer.parameters(), lr=0.1)
-for step in range(200):
+for _ in range(200):
     loss = torch.nn.functional.mse_loss(layer(x), y)
     opt.zero_grad()
     loss.backward()
