@@ -24,7 +24,7 @@ from marketplace.auth import Domain
 from marketplace.bindings import Contracts
 from marketplace.bundle import Bundle, load_bundle, pack_bundle
 from marketplace.client import WorkerClient
-from marketplace.errors import ChainError, ConfigError, ContractRevert, VerificationError
+from marketplace.errors import ChainError, ConfigError, ContractRevert, VerificationError, WorkerError
 from marketplace.events import SlotSettled
 from marketplace.types import (
     Auction,
@@ -163,7 +163,7 @@ class Requester:
         self, job_id: int, out_dir: str | Path, *, timeout_s: float = 3600.0, archive: bytes | None = None
     ) -> JobOutcome:
         """Run a posted job to its end: lease, upload, events, results, checks, acceptance, settlement."""
-        market, registry = self.contracts.market, self.contracts.registry
+        market = self.contracts.market
         spec = market.spec(job_id)
         outcome = JobOutcome(job_id)
         status = self.wait_for_lease(job_id, timeout_s=timeout_s)
@@ -174,33 +174,59 @@ class Requester:
         if archive is None:
             raise ConfigError(f"job {job_id}: no bundle archive to upload")
         for slot in market.slots_of(job_id):
-            offer = registry.offer(slot.provider)
-            price = format_tokens(slot.price)
-            self.say(f"job {job_id} slot {slot.slot}: leased to {slot.provider} at {price} FLOP/GPU-h")
-            with WorkerClient(offer.endpoint, requester_key=self.account.key, domain=self.domain) as client:
-                client.upload_bundle(job_id, archive)
-                client.start_job(job_id, seed=job_id)
-                for event in client.watch(job_id, timeout_s=timeout_s):
-                    line = _describe(event)
-                    if line:
-                        outcome.events.append(line)
-                        self.say(f"job {job_id}: {line}")
-                dest = Path(out_dir) / f"slot-{slot.slot}"
-                results = client.download_results(job_id, dest, provider=offer.signer)
-                outcome.results.append(dest)
-                committed = self._wait_commit(job_id, slot.slot, timeout_s)
-                if committed.result_root != results.manifest.root:
-                    raise VerificationError(
-                        f"job {job_id}: the results do not match the root the provider committed on chain"
-                    )
-                root = committed.result_root.hex()[:16]
-                self.say(f"job {job_id}: results verified against the on-chain root {root}…")
+            try:
+                self._run_slot(job_id, slot, archive, out_dir, timeout_s, outcome)
+            except VerificationError as exc:
+                # The provider's results do not match what it committed: dispute, a verifier rules.
+                self.say(f"job {job_id} slot {slot.slot}: {exc}; disputing the result")
+                try:
+                    self._wait_commit(job_id, slot.slot, timeout_s)
+                    self.dispute(job_id, slot.slot)
+                except ChainError as failed:
+                    self.say(f"job {job_id} slot {slot.slot}: could not dispute: {failed}")
+            except (WorkerError, ChainError) as exc:
+                # The provider failed us: its slot ends refunded (and the provider slashed) at settlement.
+                self.say(f"job {job_id} slot {slot.slot}: {exc}; waiting for the run deadline to settle")
         if spec.policy == Policy.NONE:
             for slot in market.slots_of(job_id):
                 if slot.status == SlotStatus.COMMITTED:
                     market.accept_result(self.account, job_id, slot.slot)
         outcome.slots = self.settle(job_id, timeout_s=timeout_s)
         return outcome
+
+    def _run_slot(
+        self, job_id: int, slot: Any, archive: bytes, out_dir: str | Path, timeout_s: float, outcome: JobOutcome
+    ) -> None:
+        """Upload, run, follow and fetch one slot's run, and check it against its commitment."""
+        offer = self.contracts.registry.offer(slot.provider)
+        price = format_tokens(slot.price)
+        self.say(f"job {job_id} slot {slot.slot}: leased to {slot.provider} at {price} FLOP/GPU-h")
+        with WorkerClient(offer.endpoint, requester_key=self.account.key, domain=self.domain) as client:
+            client.upload_bundle(job_id, archive)
+            client.start_job(job_id, seed=job_id)
+            for event in client.watch(job_id, timeout_s=timeout_s):
+                line = _describe(event)
+                if line:
+                    outcome.events.append(line)
+                    self.say(f"job {job_id}: {line}")
+            dest = Path(out_dir) / f"slot-{slot.slot}"
+            results = client.download_results(job_id, dest, provider=offer.signer)
+            outcome.results.append(dest)
+            committed = self._wait_commit(job_id, slot.slot, timeout_s)
+            if committed.result_root != results.manifest.root:
+                raise VerificationError(
+                    f"job {job_id}: the results do not match the root the provider committed on chain"
+                )
+            root = committed.result_root.hex()[:16]
+            self.say(f"job {job_id}: results verified against the on-chain root {root}…")
+
+    def dispute(self, job_id: int, slot: int) -> None:
+        """Dispute a committed result, putting up the market's dispute bond."""
+        market = self.contracts.market
+        bond = int(market._call("dispute_bond"))
+        if bond:
+            self.contracts.token.approve(self.account, market.address, bond)
+        market.dispute_result(self.account, job_id, slot)
 
     def _wait_commit(self, job_id: int, slot: int, timeout_s: float) -> Any:
         market = self.contracts.market
