@@ -127,11 +127,16 @@ def test_a_failing_job__ends_failed_with_its_exit_code_and_a_receipt(
 def test_jobs__run_at_once_on_distinct_devices_and_extra_ones_queue(
     worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: BundleFactory
 ) -> None:
-    code = "import os, time\nprint(os.environ['FLOPEX_DEVICE'])\ntime.sleep(1.5)\n"
+    code = "import os, time\nprint(os.environ['FLOPEX_DEVICE'])\ntime.sleep(3)\n"
     jobs = []
     for _ in range(3):
         archive, bhash = make_bundle(code)
-        jobs.append(submit(worker, client, requester.address, archive, bhash))
+        job_id = next_job_id()
+        worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
+        client.upload_bundle(job_id, archive)
+        jobs.append(job_id)
+    for job_id in jobs:  # started back to back, once all are uploaded
+        client.start_job(job_id)
     finals = {j: list(client.watch(j, timeout_s=60)) for j in jobs}
     spans = []
     for j in jobs:
