@@ -9,6 +9,7 @@ tokens and approve the market and the registry for them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,7 +21,8 @@ from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTRACTS = ROOT / "contracts"
+# Overridable so that a mutated copy of the sources can be run against the suite.
+CONTRACTS = Path(os.environ.get("FLOPEX_CONTRACTS_DIR", ROOT / "contracts"))
 
 E18 = 10**18
 FUNDS = 1_000_000 * E18
