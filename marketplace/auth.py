@@ -46,7 +46,8 @@ DEFAULT_TTL_S: Final = 300
 """How long a request signed by :func:`sign_request` stays valid by default, in seconds."""
 
 METHODS: Final = frozenset(
-    {"UploadBundle", "QueryUpload", "StartJob", "WatchJob", "DownloadResults", "CancelJob", "GetJob"}
+    {"UploadBundle", "QueryUpload", "StartJob", "WatchJob", "DownloadResults", "DownloadBundle", "CancelJob",
+     "GetJob"}
 )
 """The rpc names a request signature may name."""
 

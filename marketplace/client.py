@@ -321,44 +321,9 @@ class WorkerClient:
         out = Path(dest)
 
         def fetch() -> DownloadedResults:
-            out.mkdir(parents=True, exist_ok=True)
-            stream = self._stub.DownloadResults(
+            manifest, m = self._stream_files(lambda: self._stub.DownloadResults(
                 pb.DownloadResultsRequest(job_id=job_id, auth=self.auth(job_id, "DownloadResults", digest)),
-                timeout=self.timeout_s + 600)
-            first = next(stream)
-            if first.WhichOneof("kind") != "manifest":
-                raise VerificationError("results: the stream did not start with a manifest")
-            m = first.manifest
-            expected = {f.path: f for f in m.files}
-            for name in expected:
-                try:
-                    safe_relpath("result path", name)
-                except BundleError as exc:
-                    raise VerificationError(f"results: unsafe path in manifest: {exc}") from None
-            verifier = _StreamVerifier(list(expected))
-            handles: dict[str, Any] = {}
-            try:
-                for name in expected:
-                    target = out / name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    handles[name] = open(target, "wb")
-                for message in stream:
-                    chunk = message.chunk
-                    if chunk.path not in handles:
-                        raise VerificationError(f"results: unexpected file {chunk.path!r}")
-                    handles[chunk.path].write(chunk.data)
-                    verifier.feed(chunk.path, chunk.data)
-            finally:
-                for fh in handles.values():
-                    fh.close()
-                digests, root = verifier.finish()
-            for name, entry in expected.items():
-                if digests[name] != entry.sha256 or (out / name).stat().st_size != entry.size:
-                    raise VerificationError(f"results: {name} does not match its sha256 in the manifest")
-            if root != m.result_root:
-                raise VerificationError("results: the files do not give the manifest's Merkle root")
-            manifest = ResultManifest(
-                tuple(FileEntry(f.path, f.size, f.sha256, f.chunks) for f in m.files), root)
+                timeout=self.timeout_s + 600), out)
             receipt = receipt_from_proto(m.receipt) if m.HasField("receipt") else None
             if provider is not None:
                 if receipt is None:
@@ -369,6 +334,58 @@ class WorkerClient:
             return DownloadedResults(out, manifest, m.state, receipt)
 
         return self._retrying(fetch)
+
+    def download_bundle(self, job_id: int, dest: str | os.PathLike[str]) -> ResultManifest:
+        """Fetch a job's unpacked bundle into ``dest`` (verifiers; check its bundle hash against the chain)."""
+        digest = payload_digest("DownloadBundle")
+        out = Path(dest)
+
+        def fetch() -> ResultManifest:
+            manifest, _m = self._stream_files(lambda: self._stub.DownloadBundle(
+                pb.DownloadBundleRequest(job_id=job_id, auth=self.auth(job_id, "DownloadBundle", digest)),
+                timeout=self.timeout_s + 600), out)
+            return manifest
+
+        return self._retrying(fetch)
+
+    def _stream_files(self, call: Callable[[], Any], out: Path) -> tuple[ResultManifest, Any]:
+        """Receive a manifest and its files into ``out``, checking each sha256 and the Merkle root."""
+        out.mkdir(parents=True, exist_ok=True)
+        stream = call()
+        first = next(stream)
+        if first.WhichOneof("kind") != "manifest":
+            raise VerificationError("results: the stream did not start with a manifest")
+        m = first.manifest
+        expected = {f.path: f for f in m.files}
+        for name in expected:
+            try:
+                safe_relpath("result path", name)
+            except BundleError as exc:
+                raise VerificationError(f"results: unsafe path in manifest: {exc}") from None
+        verifier = _StreamVerifier(list(expected))
+        handles: dict[str, Any] = {}
+        try:
+            for name in expected:
+                target = out / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                handles[name] = open(target, "wb")
+            for message in stream:
+                chunk = message.chunk
+                if chunk.path not in handles:
+                    raise VerificationError(f"results: unexpected file {chunk.path!r}")
+                handles[chunk.path].write(chunk.data)
+                verifier.feed(chunk.path, chunk.data)
+        finally:
+            for fh in handles.values():
+                fh.close()
+            digests, root = verifier.finish()
+        for name, entry in expected.items():
+            if digests[name] != entry.sha256 or (out / name).stat().st_size != entry.size:
+                raise VerificationError(f"results: {name} does not match its sha256 in the manifest")
+        if root != m.result_root:
+            raise VerificationError("results: the files do not give the manifest's Merkle root")
+        manifest = ResultManifest(tuple(FileEntry(f.path, f.size, f.sha256, f.chunks) for f in m.files), root)
+        return manifest, m
 
     def _domain_or_fail(self) -> Domain:
         if self._domain is None:

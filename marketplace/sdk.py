@@ -10,6 +10,14 @@ as safetensors and appends ``{"step", "file", "sha256", "time"}`` as one JSON li
 ``checkpoints.jsonl`` in the checkpoint directory; a verifier later replays a segment from one
 checkpoint and compares with the next. Progress lines (``flopex:progress {...}`` on stdout) are
 turned into progress events by the worker.
+
+Replay: a verifier re-runs one segment of a job with ``FLOPEX_REPLAY_FROM=<step>`` (the committed
+checkpoint of that step is placed in the checkpoint directory) and ``FLOPEX_REPLAY_UNTIL=<step>``
+(the next committed checkpoint's step). A job that calls :func:`resume` starts from that
+checkpoint; :func:`checkpoint` ends the process right after writing the checkpoint of step
+``FLOPEX_REPLAY_UNTIL``. Without ``FLOPEX_REPLAY_UNTIL`` the job runs from the checkpoint to its
+end (the verifier compares the final outputs). A job that never calls :func:`resume` still
+replays correctly, only at the cost of recomputing the steps before the segment.
 """
 
 from __future__ import annotations
@@ -29,8 +37,11 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT_LOG",
     "PROGRESS_PREFIX",
+    "REPLAY_FROM",
+    "REPLAY_UNTIL",
     "checkpoint",
     "checkpoint_dir",
+    "checkpoint_name",
     "deterministic",
     "device",
     "input_dir",
@@ -38,12 +49,21 @@ __all__ = [
     "load_tensors",
     "output_dir",
     "progress",
+    "replaying",
+    "resume",
     "save_tensors",
     "seed",
 ]
 
 CHECKPOINT_LOG = "checkpoints.jsonl"
 PROGRESS_PREFIX = "flopex:progress "
+REPLAY_FROM = "FLOPEX_REPLAY_FROM"
+REPLAY_UNTIL = "FLOPEX_REPLAY_UNTIL"
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of the checkpoint of ``step``."""
+    return f"ckpt-{step:08d}.safetensors"
 
 
 def _dir(var: str, default: str, create: bool) -> Path:
@@ -146,7 +166,7 @@ def checkpoint(state: Mapping[str, torch.Tensor], step: int) -> Path:
     if step < 0:
         raise ValueError("sdk: step must be non-negative")
     folder = checkpoint_dir()
-    path = folder / f"ckpt-{step:08d}.safetensors"
+    path = folder / checkpoint_name(step)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp),
               metadata={"step": str(step)})
@@ -155,7 +175,33 @@ def checkpoint(state: Mapping[str, torch.Tensor], step: int) -> Path:
     with open(folder / CHECKPOINT_LOG, "a", encoding="utf-8") as log:
         log.write(json.dumps({"step": step, "file": path.name, "sha256": digest, "time": time.time()}) + "\n")
     progress(message=f"checkpoint step {step}", step=step, checkpoint_sha256=digest)
+    until = os.environ.get(REPLAY_UNTIL)
+    if until is not None and step >= int(until):
+        # A verifier's replay of one segment ends with the segment's checkpoint.
+        sys.stdout.flush()
+        sys.exit(0)
     return path
+
+
+def replaying() -> bool:
+    """True when a verifier is replaying a segment of this job."""
+    return os.environ.get(REPLAY_FROM) is not None
+
+
+def resume() -> tuple[int, dict[str, torch.Tensor]] | None:
+    """Return ``(step, state)`` of the checkpoint a replay starts from, or None for a fresh run.
+
+    A job resumes by loading ``state`` and continuing with the step after ``step``; everything a
+    step depends on (optimizer moments, the data order of later steps) must be in the
+    checkpoint or derived from the seed and the step number.
+    """
+    from safetensors.torch import load_file
+
+    start = os.environ.get(REPLAY_FROM)
+    if start is None:
+        return None
+    step = int(start)
+    return step, load_file(str(checkpoint_dir() / checkpoint_name(step)))
 
 
 def latest_checkpoint() -> tuple[int, dict[str, torch.Tensor]] | None:

@@ -63,6 +63,22 @@ class ChainLeases:
         self._leases: dict[int, Lease] = {}
         self._misses: dict[int, float] = {}
 
+    def verifier_may_read(self, job_id: int, account: str, worker: str) -> bool:
+        """True when ``account`` is an active verifier and the slot ``worker`` runs is committed.
+
+        Verifiers read results and bundles only after the provider has committed its result root
+        on chain, so reading cannot help anyone change a result.
+        """
+        registry, market = self.contracts.registry, self.contracts.market
+        if not registry.is_active_verifier(account):
+            return False
+        for slot in market.slots_of(job_id):
+            if slot.status in (SlotStatus.ASSIGNED, SlotStatus.RELEASED, SlotStatus.NONE):
+                continue
+            if registry.offer(slot.provider).signer.lower() == worker.lower():
+                return True
+        return False
+
     def lease(self, job_id: int) -> Lease | None:
         """The lease of ``job_id``, or None when the market has not leased it."""
         with self._lock:

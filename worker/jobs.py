@@ -535,6 +535,15 @@ class JobManager:
             raise VerificationError(f"job {job_id}: results on disk no longer match the committed root")
         return job, manifest, folder
 
+    def bundle_files(self, job_id: int) -> tuple[JobRecord, ResultManifest, Path]:
+        """The manifest of a job's unpacked bundle and its directory (for verifiers to re-run it)."""
+        job = self.get(job_id)
+        folder = self.job_dir(job_id) / "bundle"
+        if job.state == "uploading" or not folder.is_dir():
+            raise WorkerError(f"job {job_id} has no complete bundle", code="FAILED_PRECONDITION")
+        manifest, _ = manifest_of(folder)
+        return job, manifest, folder
+
     def shutdown(self) -> None:
         """Stop starting jobs and kill the running ones (they are marked failed)."""
         with self._cond:

@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import marketplace
-from marketplace.auth import Domain, SignedRequest, payload_digest, verify_request
+from marketplace.auth import Domain, SignedRequest, payload_digest, recover_request_signer, verify_request
 from marketplace.errors import (
     BundleError,
     ConfigError,
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 8 << 20
 """Largest message the server accepts (upload chunks are at most 4 MiB)."""
 DOWNLOAD_CHUNK = 1 << 20
+VERIFIER_METHODS = frozenset({"GetJob", "DownloadResults", "DownloadBundle"})
+"""Read-only rpcs a registered verifier may call for a committed result (see ``_signer``)."""
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -153,21 +155,50 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                               code="PERMISSION_DENIED")
         req = SignedRequest(job_id, method, digest, int.from_bytes(auth.nonce, "big"), auth.expiry,
                             auth.signature)
-        verify_request(self.domain, req, expected_signer=lease.requester, method=method, job_id=job_id,
+        signer = self._signer(lease, req, method)
+        verify_request(self.domain, req, expected_signer=signer, method=method, job_id=job_id,
                        digest=digest, max_ttl_s=self.config.max_request_ttl_s)
         try:
-            self.manager.store.use_nonce(lease.requester, req.nonce, req.expiry)
+            self.manager.store.use_nonce(signer, req.nonce, req.expiry)
         except NonceReplayed as exc:
             raise SignatureError(f"replayed request: {exc}") from None
         if method in ("UploadBundle", "StartJob") and lease.deadline < time.time():
             raise WorkerError(f"the lease of job {job_id} ended at {lease.deadline}", code="FAILED_PRECONDITION")
         return lease
 
+    def _signer(self, lease: Lease, req: SignedRequest, method: str) -> str:
+        """Who must have signed: the lease's requester, or a verifier allowed to read a committed result.
+
+        A staked, registered verifier may read (GetJob, DownloadResults, DownloadBundle) a job whose
+        result this worker's provider has committed on chain: the commitment binds the provider
+        before anyone checks it, and the verifier's stake answers for what it does with the data.
+        The lease lookup decides (``verifier_may_read``); lookups without it admit only requesters.
+        """
+        if method not in VERIFIER_METHODS:
+            return lease.requester
+        may_read = getattr(self.config.leases, "verifier_may_read", None)
+        if may_read is None:
+            return lease.requester
+        try:
+            signer = recover_request_signer(self.domain, req)
+        except SignatureError:
+            return lease.requester
+        if signer.lower() == lease.requester.lower():
+            return lease.requester
+        try:
+            allowed = bool(may_read(lease.job_id, signer, self.address))
+        except FlopexError as exc:
+            raise WorkerError(f"cannot check verifier {signer}: {exc}", code="UNAVAILABLE") from None
+        if not allowed:
+            raise SignatureError(f"auth: {signer} is neither the job's requester nor a verifier of a committed "
+                                 "result")
+        return signer
+
     def _status(self, job: JobRecord) -> pb.JobStatus:
         status = pb.JobStatus(job_id=job.job_id, state=_STATE[job.state], reason=job.reason,
                               exit_code=job.exit_code, result_root=job.result_root or b"",
                               queue_position=self.manager.queue_position(job.job_id),
-                              bundle_hash=job.bundle_hash or b"")
+                              bundle_hash=job.bundle_hash or b"", seed=job.seed or 0)
         metering = metering_proto(job.metering)
         if metering is not None:
             status.metering.CopyFrom(metering)
@@ -277,6 +308,25 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if receipt is not None:
             head.receipt.CopyFrom(receipt)
         yield pb.ResultChunk(manifest=head)
+        for entry in manifest.files:
+            with open(folder / entry.path, "rb") as fh:
+                offset = 0
+                while context.is_active():
+                    data = fh.read(DOWNLOAD_CHUNK)
+                    if not data:
+                        break
+                    yield pb.ResultChunk(chunk=pb.FileChunk(path=entry.path, offset=offset, data=data))
+                    offset += len(data)
+
+    @_guard
+    def DownloadBundle(self, request: pb.DownloadBundleRequest,
+                       context: grpc.ServicerContext) -> Iterator[pb.ResultChunk]:
+        """Stream the job's unpacked bundle: a manifest, then every file."""
+        self._authorize("DownloadBundle", request.job_id, request.auth, payload_digest("DownloadBundle"))
+        job, manifest, folder = self.manager.bundle_files(request.job_id)
+        yield pb.ResultChunk(manifest=pb.ResultManifest(
+            files=[pb.ResultFile(path=f.path, size=f.size, sha256=f.sha256, chunks=f.chunks) for f in manifest.files],
+            result_root=manifest.root, state=_STATE[job.state]))
         for entry in manifest.files:
             with open(folder / entry.path, "rb") as fh:
                 offset = 0

@@ -204,7 +204,7 @@ class Receipt(_message.Message):
     def __init__(self, job_id: _Optional[int] = ..., provider: _Optional[str] = ..., result_root: _Optional[bytes] = ..., device_seconds: _Optional[int] = ..., cpu_millis: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., exit_code: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "state", "reason", "exit_code", "result_root", "metering", "queue_position", "bundle_hash")
+    __slots__ = ("job_id", "state", "reason", "exit_code", "result_root", "metering", "queue_position", "bundle_hash", "seed")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class JobStatus(_message.Message):
     METERING_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_HASH_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     state: JobState
     reason: str
@@ -221,7 +222,8 @@ class JobStatus(_message.Message):
     metering: Metering
     queue_position: int
     bundle_hash: bytes
-    def __init__(self, job_id: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., result_root: _Optional[bytes] = ..., metering: _Optional[_Union[Metering, _Mapping]] = ..., queue_position: _Optional[int] = ..., bundle_hash: _Optional[bytes] = ...) -> None: ...
+    seed: int
+    def __init__(self, job_id: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., result_root: _Optional[bytes] = ..., metering: _Optional[_Union[Metering, _Mapping]] = ..., queue_position: _Optional[int] = ..., bundle_hash: _Optional[bytes] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "from_seq", "auth")
@@ -314,6 +316,14 @@ class JobEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., job_id: _Optional[int] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., failed: _Optional[_Union[Failed, _Mapping]] = ...) -> None: ...
 
 class DownloadResultsRequest(_message.Message):
+    __slots__ = ("job_id", "auth")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    job_id: int
+    auth: RequestAuth
+    def __init__(self, job_id: _Optional[int] = ..., auth: _Optional[_Union[RequestAuth, _Mapping]] = ...) -> None: ...
+
+class DownloadBundleRequest(_message.Message):
     __slots__ = ("job_id", "auth")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]

@@ -73,6 +73,11 @@ class WorkerServiceStub:
                 request_serializer=flopex_dot_v1_dot_worker__pb2.DownloadResultsRequest.SerializeToString,
                 response_deserializer=flopex_dot_v1_dot_worker__pb2.ResultChunk.FromString,
                 _registered_method=True)
+        self.DownloadBundle = channel.unary_stream(
+                '/flopex.v1.WorkerService/DownloadBundle',
+                request_serializer=flopex_dot_v1_dot_worker__pb2.DownloadBundleRequest.SerializeToString,
+                response_deserializer=flopex_dot_v1_dot_worker__pb2.ResultChunk.FromString,
+                _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/flopex.v1.WorkerService/CancelJob',
                 request_serializer=flopex_dot_v1_dot_worker__pb2.CancelJobRequest.SerializeToString,
@@ -148,6 +153,15 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadBundle(self, request, context):
+        """Streams a job's unpacked bundle the same way (manifest, then files), so that a verifier can
+        re-run it; the bundle hash of the files is the one posted on chain. Only for verifiers of a
+        committed result and the job's requester.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelJob(self, request, context):
         """Cancels a job: a queued job is dropped, a running one is killed with its whole process tree.
         """
@@ -205,6 +219,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
             'DownloadResults': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadResults,
                     request_deserializer=flopex_dot_v1_dot_worker__pb2.DownloadResultsRequest.FromString,
+                    response_serializer=flopex_dot_v1_dot_worker__pb2.ResultChunk.SerializeToString,
+            ),
+            'DownloadBundle': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadBundle,
+                    request_deserializer=flopex_dot_v1_dot_worker__pb2.DownloadBundleRequest.FromString,
                     response_serializer=flopex_dot_v1_dot_worker__pb2.ResultChunk.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
@@ -412,6 +431,33 @@ class WorkerService:
             target,
             '/flopex.v1.WorkerService/DownloadResults',
             flopex_dot_v1_dot_worker__pb2.DownloadResultsRequest.SerializeToString,
+            flopex_dot_v1_dot_worker__pb2.ResultChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flopex.v1.WorkerService/DownloadBundle',
+            flopex_dot_v1_dot_worker__pb2.DownloadBundleRequest.SerializeToString,
             flopex_dot_v1_dot_worker__pb2.ResultChunk.FromString,
             options,
             channel_credentials,
