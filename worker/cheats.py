@@ -1,0 +1,211 @@
+"""Dishonest workers and providers, for tests and benchmarks ONLY: never run these against a real market.
+
+Each cheat is a way a provider could try to be paid for work it did not do:
+
+- ``random``: outputs are random tensors of the right names and shapes (no work at all);
+- ``skip`` (fraction ``f``): a fraction ``f`` of the training segments is skipped — the state is
+  carried over unchanged, as if the steps had been run, and training goes on from there;
+- ``half``: the job asked for float32 and got float16 (about half the device time on a GPU);
+- ``inflate`` (factor 3): honest results, 3× the metered GPU-seconds claimed;
+- ``capacity`` (factor 10): the registry offer claims 10× the throughput the device has.
+
+:class:`CheatingProvider` is a :class:`~worker.provider.ProviderDaemon` that applies a cheat to
+its worker's finished results before it commits them (rewriting the files, the manifest, the
+result root and a freshly signed receipt, so the results it serves are consistent with what it
+commits: only verification can tell). The ``*_run`` functions produce honest and cheating
+checkpoint sequences of :mod:`examples.replay_mlp` in-process, for the benchmark's many trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from marketplace.merkle import EMPTY_ROOT, manifest_of
+from marketplace.receipts import UsageReceipt, sign_receipt
+from marketplace.sdk import CHECKPOINT_LOG
+from worker.provider import ProviderDaemon
+from worker.store import JobRecord
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CHEATS", "Cheat", "CheatingProvider", "cheat_run", "honest_run", "load_replay_mlp", "tamper_results"]
+
+
+@dataclass(frozen=True)
+class Cheat:
+    """A cheat and its strength: ``kind`` in ``random | skip | half | inflate | capacity | none``."""
+
+    kind: str
+    fraction: float = 0.0  # skip: share of segments skipped
+    factor: float = 1.0  # inflate: claim multiplier; capacity: throughput multiplier
+
+    @property
+    def label(self) -> str:
+        """A short name for tables."""
+        if self.kind == "skip":
+            return f"skip f={self.fraction:g}"
+        if self.kind in ("inflate", "capacity"):
+            return f"{self.kind} {self.factor:g}x"
+        return self.kind
+
+
+CHEATS = (
+    Cheat("random"), Cheat("skip", fraction=0.1), Cheat("skip", fraction=0.5), Cheat("skip", fraction=1.0),
+    Cheat("half"), Cheat("inflate", factor=3.0), Cheat("capacity", factor=10.0),
+)
+
+
+# ------------------------------------------------------------------ tampering with real results
+
+
+def _rewrite_tensors(path: Path, change: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    save_file({k: change(k, v).contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+
+
+def _relog(ckpt_dir: Path) -> None:
+    import hashlib
+
+    log = ckpt_dir / CHECKPOINT_LOG
+    if not log.exists():
+        return
+    lines = []
+    for line in log.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            entry["sha256"] = hashlib.sha256((ckpt_dir / entry["file"]).read_bytes()).hexdigest()
+            lines.append(json.dumps(entry))
+    log.write_text("\n".join(lines) + "\n")
+
+
+def tamper_results(result_dir: Path, cheat: Cheat, rng: random.Random) -> None:
+    """Apply ``cheat`` to a finished job's result directory (``output/``, ``checkpoints/``) in place."""
+    import torch
+
+    gen = torch.Generator().manual_seed(rng.randrange(1 << 62))
+    outputs = sorted((result_dir / "output").glob("*.safetensors"))
+    ckpt_dir = result_dir / "checkpoints"
+    ckpts = sorted(ckpt_dir.glob("ckpt-*.safetensors"))
+    if cheat.kind == "random":
+        for path in [*outputs, *ckpts]:
+            _rewrite_tensors(path, lambda _k, v: torch.randn(v.shape, generator=gen).to(v.dtype)
+                             if v.is_floating_point() else v)
+    elif cheat.kind == "half":
+        for path in [*outputs, *ckpts]:
+            _rewrite_tensors(path, lambda _k, v: v.to(torch.float16).to(v.dtype) if v.is_floating_point() else v)
+    elif cheat.kind == "skip":
+        # Segment i skipped: its checkpoint holds the state before it (segment 0: the first state, halved).
+        count = max(1, round(cheat.fraction * len(ckpts))) if ckpts else 0
+        for i in sorted(rng.sample(range(len(ckpts)), count), reverse=True):
+            if i > 0:
+                (ckpts[i]).write_bytes(ckpts[i - 1].read_bytes())
+            else:
+                _rewrite_tensors(ckpts[0], lambda _k, v: v * 0.5 if v.is_floating_point() else v)
+    _relog(ckpt_dir)
+
+
+class CheatingProvider(ProviderDaemon):
+    """A provider daemon that cheats on the results its (honest) worker produced. Tests only."""
+
+    def __init__(self, *args: Any, cheat: Cheat, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cheat = cheat
+        self.rng = random.Random(seed)
+        self.tampered: set[int] = set()
+
+    def _tamper(self, job_id: int, record: JobRecord) -> None:
+        manager = self.worker.manager
+        if self.cheat.kind in ("random", "half", "skip"):
+            folder = manager.job_dir(job_id) / "result"
+            tamper_results(folder, self.cheat, self.rng)
+            manifest, _ = manifest_of(folder)
+            manager._save_manifest(job_id, manifest)
+            old = record.receipt or {}
+            receipt = UsageReceipt(
+                job_id=job_id, provider=manager.signer.address, result_root=manifest.root,
+                device_seconds=int(old.get("device_seconds", 0)), cpu_millis=int(old.get("cpu_millis", 0)),
+                peak_memory_bytes=int(old.get("peak_memory_bytes", 0)), exit_code=int(old.get("exit_code", 0)),
+            )
+            signed = sign_receipt(manager.signer.key, manager.domain, receipt)
+            manager.store.update(job_id, result_root=manifest.root,
+                                 receipt={**receipt.to_json(), "signature": "0x" + signed.signature.hex()})
+        self.tampered.add(job_id)
+
+    def _maybe_commit(self, job_id: int, index: int, spec: Any, now: int) -> None:
+        manager = self.worker.manager
+        record = manager.store.get(job_id)
+        if record is not None and record.terminal and job_id not in self.tampered:
+            self._tamper(job_id, record)
+            record = manager.store.get(job_id)
+        if self.cheat.kind != "inflate" or record is None or not record.terminal:
+            super()._maybe_commit(job_id, index, spec, now)
+            return
+        market = self.contracts.market
+        lease_start = market.job(job_id).lease_start
+        honest = math.ceil(int((record.metering or {}).get("device_millis", 0)) / 1000)
+        claim = min(spec.max_gpu_seconds, math.ceil(honest * self.cheat.factor))
+        held = max(0, now - lease_start) * spec.gpus
+        if held < claim and now < lease_start + spec.run_duration * 3 // 4:
+            return  # wait until the chain believes the inflated claim
+        market.commit_result(self.account, job_id, index, record.result_root or EMPTY_ROOT, min(claim, held))
+
+
+# ------------------------------------------------------------------ in-process runs for the benchmark
+
+
+def load_replay_mlp() -> Any:
+    """The training module of examples/replay_mlp (imported from its file)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "replay_mlp" / "train.py"
+    name = "flopex_example_replay_mlp"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def honest_run(seed: int, segments: int, steps: int) -> list[dict[str, torch.Tensor]]:
+    """An honest training run: the state after each segment (the committed checkpoints)."""
+    return cheat_run(seed, segments, steps, Cheat("none"), random.Random(0))
+
+
+def cheat_run(seed: int, segments: int, steps: int, cheat: Cheat, rng: random.Random) -> list[dict[str, torch.Tensor]]:
+    """A run under ``cheat``: ``skip`` carries the state over a random ``fraction`` of segments and trains on
+    from there; ``half`` trains in float16 arithmetic (bfloat16 on CPUs without float16 kernels);
+    ``random`` reports random states."""
+    import torch
+
+    mlp = load_replay_mlp()
+    data = mlp.make_data(seed)
+    state = mlp.init_state(seed)
+    skipped: set[int] = set()
+    if cheat.kind == "skip":
+        skipped = set(rng.sample(range(segments), max(1, round(cheat.fraction * segments))))
+    dtype = torch.bfloat16 if cheat.kind == "half" else torch.float32
+    gen = torch.Generator().manual_seed(rng.randrange(1 << 62))
+    out = []
+    for segment in range(segments):
+        if cheat.kind == "random":
+            state = {k: torch.randn(v.shape, generator=gen) for k, v in state.items()}
+        elif segment not in skipped:
+            state = mlp.run_segment(state, segment, seed, data, steps=steps, dtype=dtype)
+        out.append(state)
+    return out
