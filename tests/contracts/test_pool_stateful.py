@@ -24,13 +24,18 @@ from boa.contracts.base_evm_contract import BoaError
 from contract_helpers import (
     AUCTION_INSTANT,
     BASE_SLASH,
+    CONTRACTS,
+    DISPUTE_BOND,
     E18,
     FEE_BPS,
     MAX_UINT,
+    MIN_PROVIDER_STAKE,
+    MIN_VERIFIER_STAKE,
     OUTCOME_ACCEPT,
     OUTCOME_REJECT,
     OUTCOME_VOID,
     ROOT_HASH,
+    SLASH_REQUESTER_BPS,
     SLOT_ACCEPTED,
     SLOT_ASSIGNED,
     SLOT_COMMITTED,
@@ -39,7 +44,7 @@ from contract_helpers import (
     SLOT_SLASHED,
     SLOT_VOIDED,
     UNBONDING_PERIOD,
-    deploy,
+    Deployment,
     fund,
     make_spec,
     now,
@@ -48,12 +53,35 @@ from contract_helpers import (
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from test_pool import MEMBER_UNBONDING, MIN_MEMBER_STAKE, POOL_FEE_BPS, deploy_pool, pool_offer
+from test_pool import MEMBER_UNBONDING, MIN_MEMBER_STAKE, POOL_FEE_BPS, pool_offer
 
 FINAL = SLOT_PAID | SLOT_SLASHED | 256 | 512
 GPUS = (8, 4, 1, 2)  # devices of member 0..3
 MEMORY = (141_000, 80_000, 24_000, 48_000)
 MAX_OPEN_JOBS = 4
+
+# Compiled once: `boa.load` compiles on every call, which would cost seconds per example.
+_DEPLOYERS: dict[str, Any] = {}
+
+
+def _deployer(name: str) -> Any:
+    if name not in _DEPLOYERS:
+        _DEPLOYERS[name] = boa.load_partial(str(CONTRACTS / f"{name}.vy"))
+    return _DEPLOYERS[name]
+
+
+def _deploy(owner: str, treasury: str) -> Deployment:
+    """``contract_helpers.deploy`` with cached compilations."""
+    with boa.env.prank(owner):
+        token = _deployer("ComputeToken").deploy("Compute", "FLOP", "flopex", "1")
+        registry = _deployer("ProviderRegistry").deploy(
+            token.address, MIN_PROVIDER_STAKE, MIN_VERIFIER_STAKE, UNBONDING_PERIOD
+        )
+        market = _deployer("JobMarket").deploy(
+            token.address, registry.address, treasury, FEE_BPS, DISPUTE_BOND, BASE_SLASH, SLASH_REQUESTER_BPS
+        )
+        registry.set_market(market.address)
+    return Deployment(token, registry, market, owner, treasury)
 
 
 def _setup_world() -> dict[str, Any]:
@@ -61,7 +89,7 @@ def _setup_world() -> dict[str, Any]:
     _world: dict[str, Any] = {}
     if not _world:
         owner = boa.env.generate_address("pool-sm-owner")
-        d = deploy(owner, boa.env.generate_address("pool-sm-treasury"))
+        d = _deploy(owner, boa.env.generate_address("pool-sm-treasury"))
         operator = boa.env.generate_address("pool-sm-operator")
         requester = boa.env.generate_address("pool-sm-requester")
         verifier = boa.env.generate_address("pool-sm-verifier")
@@ -71,7 +99,15 @@ def _setup_world() -> dict[str, Any]:
         with boa.env.prank(verifier):
             d.registry.stake(10_000 * E18)
             d.registry.register_verifier()
-        pool = deploy_pool(d, operator)
+        pool = _deployer("ProviderPool").deploy(
+            d.token.address,
+            d.registry.address,
+            d.market.address,
+            operator,
+            POOL_FEE_BPS,
+            MIN_MEMBER_STAKE,
+            MEMBER_UNBONDING,
+        )
         for m in members:
             with boa.env.prank(m):
                 d.token.approve(pool.address, MAX_UINT)
