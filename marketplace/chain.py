@@ -25,7 +25,7 @@ from eth_utils import keccak
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted
 
-from marketplace.errors import ChainError, ConfigError, ContractRevert
+from marketplace.errors import ChainError, ConfigError, ContractRevert, FlopexError
 
 __all__ = ["DEFAULT_GAS_PRICE_CAP", "Chain", "dev_account", "map_revert", "sync_tester_clock"]
 
@@ -127,13 +127,21 @@ class Chain:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the client's lock across several calls that must not interleave."""
+        """Hold the client's lock across several calls that must not interleave.
+
+        Anything the node or the connection raises inside becomes a :class:`ChainError`.
+        """
         with self._lock:
-            yield
+            try:
+                yield
+            except FlopexError:
+                raise
+            except Exception as exc:
+                raise map_revert(exc) from exc
 
     def now(self) -> int:
         """The latest block's timestamp."""
-        with self._lock:
+        with self.locked():
             self._sync_clock()
             return int(self.w3.eth.get_block("latest")["timestamp"])
 
@@ -153,14 +161,14 @@ class Chain:
 
     def block_number(self) -> int:
         """The latest block's number."""
-        with self._lock:
+        with self.locked():
             return int(self.w3.eth.block_number)
 
     def time_travel(self, seconds: int) -> int:
         """Move a dev chain's clock forward and mine a block; returns the new timestamp."""
         if seconds < 0:
             raise ConfigError("time only moves forward")
-        with self._lock:
+        with self.locked():
             target = self.now() + seconds
             if self._tester is not None:
                 self._tester.time_travel(target)
@@ -174,7 +182,7 @@ class Chain:
 
     def mine(self) -> None:
         """Mine an empty block (dev chains), so the chain's clock catches up with wall time."""
-        with self._lock:
+        with self.locked():
             if self._tester is not None:
                 self._tester.mine_blocks(1)
             else:
@@ -184,7 +192,7 @@ class Chain:
 
     def fund_ether(self, address: str, amount: int = DEV_ETHER) -> None:
         """Give ``address`` ether for gas on a dev chain (eth-tester or anvil)."""
-        with self._lock:
+        with self.locked():
             if self._tester is not None:
                 source = self.w3.eth.accounts[0]
                 self._tester.send_transaction(
@@ -201,14 +209,14 @@ class Chain:
 
     def balance_of_ether(self, address: str) -> int:
         """Ether balance of ``address`` in wei."""
-        with self._lock:
+        with self.locked():
             return int(self.w3.eth.get_balance(address))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ calls and transactions
 
     def call(self, fn: Any, *, sender: str | None = None, function: str | None = None) -> Any:
         """Run a contract function as a call; reverts become :class:`ContractRevert`."""
-        with self._lock:
+        with self.locked():
             self._sync_clock()
             try:
                 return fn.call({"from": sender} if sender else {})
@@ -222,7 +230,7 @@ class Chain:
         with its reason and is never sent.
         """
         name = function or getattr(fn, "fn_name", "transaction")
-        with self._lock:
+        with self.locked():
             self._sync_clock()
             try:
                 tx = fn.build_transaction(
@@ -234,7 +242,7 @@ class Chain:
 
     def deploy(self, account: LocalAccount, abi: list[dict[str, Any]], bytecode: str, *args: Any) -> Any:
         """Deploy a contract and return its receipt (``contractAddress`` is set)."""
-        with self._lock:
+        with self.locked():
             factory = self.w3.eth.contract(abi=abi, bytecode=bytecode)
             try:
                 tx = factory.constructor(*args).build_transaction(
@@ -271,9 +279,11 @@ class Chain:
 
     def _replay_reason(self, tx: dict[str, Any], receipt: Any) -> str:
         """Find why a mined transaction failed by replaying it as a call at its block."""
+        # Replayed on the state the block left: a transaction mined before it in the same block
+        # (a competitor's settle, say) is what made it fail.
         call = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
         try:
-            self.w3.eth.call(call, receipt["blockNumber"] - 1)  # type: ignore[arg-type]
+            self.w3.eth.call(call, receipt["blockNumber"])  # type: ignore[arg-type]
         except Exception as exc:
             return _reason_of(exc) or str(exc)
         return "reverted without a reason"

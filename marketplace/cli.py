@@ -361,13 +361,16 @@ def provider_start(rpc_url: str | None, deployment_path: Path, account_address: 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     daemon.start()
     try:
-        stop.wait()
+        while not stop.wait(0.5) and not daemon.stopped:
+            pass
     except KeyboardInterrupt:
         pass
     finally:
         daemon.stop()
         server.stop()
         click.echo("provider stopped")
+    if daemon.fatal:
+        _fail(daemon.fatal)
 
 
 # ---------------------------------------------------------------------- jobs

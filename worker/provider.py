@@ -116,6 +116,8 @@ class ProviderDaemon:
         self.last_busy = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Why the daemon stopped by itself, if it did.
+        self.fatal: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -151,13 +153,38 @@ class ProviderDaemon:
         self._thread.start()
 
     def run(self) -> None:
-        """Step until stopped; errors of one step are logged and the next step tries again."""
+        """Step until stopped; errors of one step are logged and the next step tries again.
+
+        An unreachable chain is retried; a chain that no longer has the market (a dev chain that
+        was restarted) stops the daemon with a clear reason in :attr:`fatal`.
+        """
         while not self._stop.is_set():
             try:
                 self.step()
             except FlopexError as exc:
+                if self._market_gone():
+                    self.fatal = (
+                        f"the chain no longer has the market at {self.contracts.market.address} "
+                        "(was it restarted?); redeploy and start again"
+                    )
+                    log.error("provider %s: %s", self.address, self.fatal)
+                    self._stop.set()
+                    break
                 log.warning("provider %s: %s", self.address, exc)
             self._stop.wait(self.settings.poll_interval_s)
+
+    def _market_gone(self) -> bool:
+        """True when the chain answers but has no code at the market's address."""
+        try:
+            with self.contracts.chain.locked():
+                return not self.contracts.chain.w3.eth.get_code(self.contracts.market.address)
+        except Exception:  # unreachable: not gone, just away
+            return False
+
+    @property
+    def stopped(self) -> bool:
+        """True once the loop has ended (stopped or failed)."""
+        return self._stop.is_set()
 
     def stop(self) -> None:
         """Stop the loop (the worker is stopped by its owner) and save the memory."""

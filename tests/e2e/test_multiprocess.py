@@ -127,3 +127,36 @@ def test_provider_start__with_no_chain__fails_with_one_line(home: Path) -> None:
     assert out.returncode == 1
     assert out.stderr.startswith("error: no deployment file") and out.stderr.count("\n") == 1
     assert out.stdout == ""
+
+
+def test_anvil__instant_job_through_the_command_line__is_taken_at_the_floor_and_paid(home: Path) -> None:
+    from marketplace.devchain import Anvil, find_anvil
+    from tests.conftest import require
+
+    require(find_anvil() is not None, "anvil")
+    node = Anvil(block_time=1).start()  # blocks every second, as on a real chain
+    try:
+        deployed = subprocess.run(
+            [*FLOPEX, "deploy", "--rpc-url", node.url, "--dev", "0"], capture_output=True, text=True, timeout=120,
+            env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        )
+        assert deployed.returncode == 0, deployed.stderr
+        provider, address = start_provider(home, CHEAP, "0.2")
+        try:
+            bill = _submit(home, "--auction", "instant", "--verify", "none", "--challenge-window", "3", "--wait",
+                           "-o", str(home / "out"))
+            [slot] = bill["slots"]
+            assert (slot["provider"], slot["price"], slot["status"]) == (address, parse_tokens("0.2"), "paid")
+            assert slot["paid"] == slot_value(slot["price"], slot["gpu_seconds"])
+
+            # anvil restarted: its state is gone, and the daemon says so and exits.
+            port = node.port
+            node.stop()
+            node = Anvil(port=port, block_time=1).start()
+            code = provider.process.wait(timeout=120)
+            assert code == 1
+            assert "the chain no longer has the market" in provider.log.read_text()
+        finally:
+            provider.stop()
+    finally:
+        node.stop()
