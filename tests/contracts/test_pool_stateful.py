@@ -52,7 +52,14 @@ from contract_helpers import (
 )
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from test_pool import MEMBER_UNBONDING, MIN_MEMBER_STAKE, POOL_FEE_BPS, pool_offer
 
 FINAL = SLOT_PAID | SLOT_SLASHED | 256 | 512
@@ -84,9 +91,13 @@ def _deploy(owner: str, treasury: str) -> Deployment:
     return Deployment(token, registry, market, owner, treasury)
 
 
-def _setup_world() -> dict[str, Any]:
-    """Deploys a fresh market and pool for one example (titanoboa's plugin rolls each example back)."""
-    _world: dict[str, Any] = {}
+# The deployment every example starts from; built by the test before the examples run.
+_world: dict[str, Any] = {}
+
+
+def _setup_world() -> None:
+    """Deploys a market and a pool with funded actors (once per test)."""
+    _world.clear()
     if not _world:
         owner = boa.env.generate_address("pool-sm-owner")
         d = _deploy(owner, boa.env.generate_address("pool-sm-treasury"))
@@ -112,13 +123,15 @@ def _setup_world() -> dict[str, Any]:
             with boa.env.prank(m):
                 d.token.approve(pool.address, MAX_UINT)
         _world.update(d=d, operator=operator, requester=requester, verifier=verifier, members=members, pool=pool)
-    return _world
 
 
 class PoolMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        w = _setup_world()
+        w = _world
+        # Every example starts from the deployment and is rolled back at its end.
+        self._anchor = boa.env.anchor()
+        self._anchor.__enter__()
         self.d, self.pool = w["d"], w["pool"]
         self.token, self.registry, self.market = self.d.token, self.d.registry, self.d.market
         self.operator, self.requester, self.verifier = w["operator"], w["requester"], w["verifier"]
@@ -137,7 +150,10 @@ class PoolMachine(RuleBasedStateMachine):
         self.start_balance = {m: self.token.balanceOf(m) for m in self.members}
 
     def teardown(self) -> None:
-        self._finish_everything()
+        try:
+            self._finish_everything()
+        finally:
+            self._anchor.__exit__(None, None, None)
 
     # ------------------------------------------------------------ model helpers
 
@@ -487,10 +503,14 @@ class PoolMachine(RuleBasedStateMachine):
         assert self.pool.total_unbonding() == 0
 
 
-TestPoolMachine = PoolMachine.TestCase
-TestPoolMachine.settings = settings(
+SETTINGS = settings(
     max_examples=int(os.environ.get("POOL_EXAMPLES", "200")),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+def test_pool__under_random_operations__keeps_its_ledger_and_owes_everyone_exactly_its_due() -> None:
+    _setup_world()
+    run_state_machine_as_test(PoolMachine, settings=SETTINGS)
