@@ -255,8 +255,9 @@ def freivalds_tolerance(dtype: torch.dtype, inner: int, *, factor: float = 8.0) 
 
     Rounding errors of a length-``inner`` dot product grow like ``sqrt(inner)`` times the unit
     roundoff (random-walk bound; the worst case is ``inner``); ``factor`` covers blocked kernels
-    and the rounding of the output itself. The error is measured against
-    ``(|A|·(|B|·|r|))_i``, the sum of the magnitudes of the terms.
+    and the rounding of the output itself. The error is measured against the root of the sum of
+    the squares of the terms, ``sqrt((A∘A)·((B∘B)·(r∘r)))_i``, the size an honest rounding error
+    scales with (see :func:`freivalds_check`).
     """
     return factor * unit_roundoff(dtype) * (math.sqrt(max(1, inner)) + 1.0)
 
@@ -292,7 +293,7 @@ def freivalds_check(
         r = torch.randn(b.shape[1], 1, generator=gen, dtype=torch.float64)
         got = c64 @ r
         want = a64 @ (b64 @ r)
-        scale = a64.abs() @ (b64.abs() @ r.abs())
+        scale = ((a64 * a64) @ ((b64 * b64) @ (r * r))).sqrt()
         ratio = ((got - want).abs() / (tol * scale).clamp_min(1e-300)).max()
         worst = max(worst, float(ratio))
     return worst <= 1.0, worst
@@ -318,7 +319,7 @@ def replay_samples(segments: int, fraction: float = 0.07, minimum: int = 7) -> i
     """
     if segments <= 0:
         return 0
-    return min(segments, max(minimum, math.ceil(fraction * segments)))
+    return min(segments, max(minimum, math.ceil(round(fraction * segments, 9))))
 
 
 def sample_segments(seed: int, segments: int, count: int) -> list[int]:

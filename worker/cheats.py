@@ -10,10 +10,10 @@ Each cheat is a way a provider could try to be paid for work it did not do:
 - ``capacity`` (factor 10): the registry offer claims 10× the throughput the device has.
 
 :class:`CheatingProvider` is a :class:`~worker.provider.ProviderDaemon` that applies a cheat to
-its worker's finished results before it commits them (rewriting the files, the manifest, the
-result root and a freshly signed receipt, so the results it serves are consistent with what it
-commits: only verification can tell). The ``*_run`` functions produce honest and cheating
-checkpoint sequences of :mod:`examples.replay_mlp` in-process, for the benchmark's many trials.
+the results its worker produces before the worker hashes them, so the results it serves, its
+signed receipt and the root it commits agree: only verification can tell. The ``*_run``
+functions produce honest and cheating checkpoint sequences of ``examples/replay_mlp``
+in-process, for the benchmark's many trials.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from marketplace.merkle import EMPTY_ROOT, manifest_of
-from marketplace.receipts import UsageReceipt, sign_receipt
+from marketplace.merkle import EMPTY_ROOT
 from marketplace.sdk import CHECKPOINT_LOG
 from worker.provider import ProviderDaemon
-from worker.store import JobRecord
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +69,7 @@ def _rewrite_tensors(path: Path, change: Callable[[str, torch.Tensor], torch.Ten
 
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata() or {}
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     save_file({k: change(k, v).contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
 
 
@@ -117,38 +115,28 @@ def tamper_results(result_dir: Path, cheat: Cheat, rng: random.Random) -> None:
 
 
 class CheatingProvider(ProviderDaemon):
-    """A provider daemon that cheats on the results its (honest) worker produced. Tests only."""
+    """A provider daemon whose worker cheats on the results it produces. Tests only.
+
+    Output cheats are applied inside the worker, right after the job's process ends and before the
+    worker hashes the results, so the files it serves, its receipt and the root it commits agree:
+    only verification can tell.
+    """
 
     def __init__(self, *args: Any, cheat: Cheat, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cheat = cheat
         self.rng = random.Random(seed)
-        self.tampered: set[int] = set()
+        if cheat.kind in ("random", "half", "skip"):
+            sandbox = self.worker.manager.sandbox
+            honest_start = sandbox.start
 
-    def _tamper(self, job_id: int, record: JobRecord) -> None:
-        manager = self.worker.manager
-        if self.cheat.kind in ("random", "half", "skip"):
-            folder = manager.job_dir(job_id) / "result"
-            tamper_results(folder, self.cheat, self.rng)
-            manifest, _ = manifest_of(folder)
-            manager._save_manifest(job_id, manifest)
-            old = record.receipt or {}
-            receipt = UsageReceipt(
-                job_id=job_id, provider=manager.signer.address, result_root=manifest.root,
-                device_seconds=int(old.get("device_seconds", 0)), cpu_millis=int(old.get("cpu_millis", 0)),
-                peak_memory_bytes=int(old.get("peak_memory_bytes", 0)), exit_code=int(old.get("exit_code", 0)),
-            )
-            signed = sign_receipt(manager.signer.key, manager.domain, receipt)
-            manager.store.update(job_id, result_root=manifest.root,
-                                 receipt={**receipt.to_json(), "signature": "0x" + signed.signature.hex()})
-        self.tampered.add(job_id)
+            def start(req: Any) -> Any:
+                return _TamperingRun(honest_start(req), req.output_dir.parent, cheat, self.rng)
+
+            sandbox.start = start  # type: ignore[method-assign]
 
     def _maybe_commit(self, job_id: int, index: int, spec: Any, now: int) -> None:
-        manager = self.worker.manager
-        record = manager.store.get(job_id)
-        if record is not None and record.terminal and job_id not in self.tampered:
-            self._tamper(job_id, record)
-            record = manager.store.get(job_id)
+        record = self.worker.manager.store.get(job_id)
         if self.cheat.kind != "inflate" or record is None or not record.terminal:
             super()._maybe_commit(job_id, index, spec, now)
             return
@@ -160,6 +148,21 @@ class CheatingProvider(ProviderDaemon):
         if held < claim and now < lease_start + spec.run_duration * 3 // 4:
             return  # wait until the chain believes the inflated claim
         market.commit_result(self.account, job_id, index, record.result_root or EMPTY_ROOT, min(claim, held))
+
+
+class _TamperingRun:
+    """A running job whose results are tampered with when it ends."""
+
+    def __init__(self, real: Any, result_dir: Path, cheat: Cheat, rng: random.Random) -> None:
+        self._real, self._dir, self._cheat, self._rng = real, result_dir, cheat, rng
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def wait(self) -> Any:
+        outcome = self._real.wait()
+        tamper_results(self._dir, self._cheat, self._rng)
+        return outcome
 
 
 # ------------------------------------------------------------------ in-process runs for the benchmark

@@ -498,14 +498,15 @@ class VerifierDaemon:
             return [Verdict(job_id, s.slot, Outcome.VOID, claimed_gpu_seconds=s.gpu_seconds,
                             reason=f"no majority among {total} results (groups {groups})")
                     for s in [*(s for s, _p in fetched), *failed]]
-        claims = [fetched[i][0].gpu_seconds for i in winners]
-        median = float(statistics.median(claims))
+        # The work's size is known from the peers who did it: the smallest claim in the majority
+        # bounds the others (with the billing slack for slower devices).
+        least = float(min(fetched[i][0].gpu_seconds for i in winners))
         verdicts = []
         for i, (s, _path) in enumerate(fetched):
             if i in winners:
                 verdicts.append(self._accept(job_id, s.slot, spec, s.gpu_seconds,
                                              f"in the majority of {len(winners)} of {total}",
-                                             estimated_seconds=median))
+                                             estimated_seconds=least))
             else:
                 verdicts.append(Verdict(job_id, s.slot, Outcome.REJECT, claimed_gpu_seconds=s.gpu_seconds,
                                         reason=f"dissents from the majority of {len(winners)} of {total}"))

@@ -53,3 +53,88 @@ def test_replay__provider_skipping_half_the_segments__is_slashed_and_the_request
     assert bill["status"] == "slashed" and bill["paid"] == 0 and bill["slashed"] > 0
     assert market.contracts.registry.total_stake(cheater.address) == stake - bill["slashed"]
     assert bill["refunded"] > 0
+
+
+def test_redundant__three_providers_one_with_random_outputs__dissenter_slashed_majority_paid_inflated_claim_capped(
+    market: Market, tmp_path: Path
+) -> None:
+    honest = market.add_provider(PROVIDERS[0])
+    inflater = market.add_provider(PROVIDERS[1], Cheat("inflate", factor=3.0))
+    liar = market.add_provider(PROVIDERS[2], Cheat("random"))
+    market.add_verifier(VERIFIERS[0])
+    outcome = market.run_job(bundle_copy(tmp_path, "replay_mlp", SMALL_REPLAY), auction=Auction.INSTANT,
+                             policy=Policy.REDUNDANT, redundancy=3)
+    by_provider = {b["provider"]: b for b in outcome.slots}
+    verdicts = {market.contracts.market.slot(outcome.job_id, s).provider: v
+                for s, v in attested(market, outcome.job_id).items()}
+    assert by_provider[liar.address]["status"] == "slashed"
+    assert verdicts[liar.address].outcome == Outcome.REJECT
+    assert by_provider[honest.address]["status"] == "paid"
+    assert by_provider[inflater.address]["status"] == "paid"
+    capped = verdicts[inflater.address]
+    assert capped.outcome == Outcome.ACCEPT
+    assert capped.verified_gpu_seconds < capped.claimed_gpu_seconds  # the cap bit, visibly
+    assert by_provider[inflater.address]["gpu_seconds"] == capped.verified_gpu_seconds
+
+
+def test_redundant__two_providers_that_disagree__are_voided_and_the_requester_refunded(
+    market: Market, tmp_path: Path
+) -> None:
+    market.add_provider(PROVIDERS[0])
+    market.add_provider(PROVIDERS[1], Cheat("random"))
+    market.add_verifier(VERIFIERS[0])
+    outcome = market.run_job(bundle_copy(tmp_path, "replay_mlp", SMALL_REPLAY), auction=Auction.INSTANT,
+                             policy=Policy.REDUNDANT, redundancy=2)
+    assert [b["status"] for b in outcome.slots] == ["refunded", "refunded"]
+    assert all(v.outcome == Outcome.VOID for v in attested(market, outcome.job_id).values())
+    assert sum(b["slashed"] for b in outcome.slots) == 0
+
+
+def test_freivalds__honest_product_is_paid_and_a_half_precision_product_is_slashed(
+    market: Market, tmp_path: Path
+) -> None:
+    from examples.matmul.matmul import make_inputs
+
+    honest = market.add_provider(PROVIDERS[0])
+    cheater = market.add_provider(PROVIDERS[1], Cheat("half"))
+    market.add_verifier(VERIFIERS[0])
+    bundle = bundle_copy(tmp_path, "matmul")
+    make_inputs(bundle / "inputs.safetensors", 256, seed=3)
+    outcome = market.run_job(bundle, auction=Auction.INSTANT, redundancy=2)
+    by_provider = {b["provider"]: b for b in outcome.slots}
+    assert by_provider[honest.address]["status"] == "paid"
+    assert by_provider[cheater.address]["status"] == "slashed"
+
+
+def test_optimistic__a_wrong_result_nobody_disputed__is_disputed_by_a_verifier_ruled_by_another_and_slashed(
+    market: Market, tmp_path: Path
+) -> None:
+    cheater = market.add_provider(PROVIDERS[0], Cheat("random"))
+    challenger = market.add_verifier(VERIFIERS[0])
+    market.add_verifier(VERIFIERS[1])
+    before = market.contracts.market.credits(challenger.address)
+    outcome = market.run_job(bundle_copy(tmp_path, "replay_mlp", SMALL_REPLAY), auction=Auction.INSTANT,
+                             policy=Policy.OPTIMISTIC)
+    [bill] = outcome.slots
+    m = market.contracts.market
+    [dispute] = m.get_events("ResultDisputed", m.start_block, job_id=outcome.job_id)
+    assert isinstance(dispute, ResultDisputed) and dispute.disputer == challenger.address
+    ruling = attested(market, outcome.job_id)[0]
+    assert ruling.outcome == Outcome.REJECT and ruling.verifier == dev_account(VERIFIERS[1]).address
+    assert bill["provider"] == cheater.address and bill["status"] == "slashed"
+    # The challenger gets its bond back and the non-requester share of the slash.
+    assert m.credits(challenger.address) - before == dispute.bond + bill["slashed"] - bill["slashed"] // 2
+    assert m.slot(outcome.job_id, 0).status == SlotStatus.SLASHED
+
+
+def test_capacity__an_honest_claim_stands_and_a_tenfold_claim_is_flagged(market: Market) -> None:
+    verifier_probe = market.add_verifier(VERIFIERS[0], capacity_at_registration=False)
+    real = int(verifier_probe.local_gflops())
+    honest = market.add_provider(PROVIDERS[0], claimed_gflops=max(1, real // 2))
+    faker = market.add_provider(PROVIDERS[1], Cheat("capacity", factor=10.0), claimed_gflops=real * 10)
+    verifier_probe.stop()
+    records = {p.address: market.verifiers[0].challenge_capacity(p.address) for p in (honest, faker)}
+    registry = market.contracts.registry
+    assert records[honest.address]["ok"] and records[faker.address]["ok"]
+    assert registry.attestation(honest.address)[3] is False
+    assert registry.attestation(faker.address)[3] is True

@@ -1,0 +1,168 @@
+"""Verification benchmark: how often each cheat is caught, how often honest work is wrongly refused,
+and what checking costs next to the work checked.
+
+``python -m benchmarks.verification [--trials 100] [--segments 100]`` prints one JSON document.
+
+What one trial does (all real code, in-process, so that hundreds of trials fit on two cores):
+
+- replay: a fresh seed; a real training run of ``examples/replay_mlp`` (the same ``run_segment``
+  the sandboxed job runs), honest or under a cheat, produces ``segments`` committed checkpoints;
+  a fresh verification seed draws ``replay_samples(segments)`` segments
+  (:func:`marketplace.verify.sample_segments`); each is re-run from its committed predecessor and
+  compared with :func:`marketplace.verify.compare_tensors` at the default tolerances. Detected =
+  any sampled segment differs. Cost = replayed segments' time / the run's time (process start-up,
+  which a sandboxed replay adds once per segment, is not counted; see docs/verification.md);
+- freivalds: a fresh ``n×n`` float32 product (honest, computed in half precision, or random), checked
+  with :func:`marketplace.verify.freivalds_check` and fresh random vectors; cost = check time /
+  product time;
+- capacity: a real timed product of the challenge matrices (:mod:`marketplace.capacity`) as the
+  worker computes it; the verifier's throughput figure (:func:`marketplace.verify.attested_gflops`)
+  against the provider's claim of ``factor`` × its real throughput, flagged by the registry's rule
+  (claim > 2 × attested); the ``fake timing`` variant also reports a tenth of the time it took.
+
+The on-chain consequences (a detected cheat rejected, slashed and the requester refunded; the
+billing cap visible in ``ResultAttested``) are shown end to end, through the contracts and the
+sandbox, by ``tests/verification/test_policies_on_chain.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from typing import Any
+
+import torch
+
+from marketplace import verify
+from marketplace.capacity import challenge_flops, challenge_matrices
+from worker.cheats import Cheat, cheat_run, load_replay_mlp
+
+
+def replay_trials(cheat: Cheat, trials: int, segments: int, steps: int, rng: random.Random) -> dict[str, Any]:
+    mlp = load_replay_mlp()
+    samples = verify.replay_samples(segments)
+    detected = 0
+    job_s = check_s = 0.0
+    for _ in range(trials):
+        seed = rng.randrange(1 << 30)
+        t0 = time.perf_counter()
+        ckpts = cheat_run(seed, segments, steps, cheat, rng)
+        job_s += time.perf_counter() - t0
+        data = mlp.make_data(seed)
+        t0 = time.perf_counter()
+        caught = False
+        for index in verify.sample_segments(rng.randrange(1 << 62), segments, samples):
+            before = ckpts[index - 1] if index > 0 else mlp.init_state(seed)
+            again = mlp.run_segment(before, index, seed, data, steps=steps)
+            if not verify.compare_tensors(again, ckpts[index]).agree:
+                caught = True
+                break
+        check_s += time.perf_counter() - t0
+        detected += caught
+    f = cheat.fraction if cheat.kind == "skip" else (1.0 if cheat.kind in ("random", "half") else 0.0)
+    out: dict[str, Any] = {
+        "cheat": cheat.label if cheat.kind != "none" else "honest", "trials": trials, "segments": segments,
+        "samples": samples, "detected": detected, "detection_rate": detected / trials,
+        "verifier_cost_fraction": round(check_s / job_s, 4),
+    }
+    if cheat.kind == "skip":
+        out["theoretical_1_minus_(1-f)^s"] = round(verify.theoretical_detection(f, samples), 4)
+        out["exact_without_replacement"] = round(
+            verify.detection_probability(segments, max(1, round(f * segments)), samples), 4)
+    return out
+
+
+def freivalds_trials(kind: str, trials: int, n: int, rng: random.Random) -> dict[str, Any]:
+    detected = 0
+    product_s = check_s = 0.0
+    for _ in range(trials):
+        gen = torch.Generator().manual_seed(rng.randrange(1 << 62))
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        t0 = time.perf_counter()
+        c = a @ b
+        product_s += time.perf_counter() - t0
+        if kind == "half":
+            c = (a.half() @ b.half()).float() if torch.cuda.is_available() else c.half().float()
+        elif kind == "random":
+            c = torch.randn(n, n, generator=gen)
+        t0 = time.perf_counter()
+        ok, _worst = verify.freivalds_check(a, b, c, seed=rng.randrange(1 << 62), rounds=1, dtype=torch.float32)
+        check_s += time.perf_counter() - t0
+        detected += not ok
+    return {"cheat": kind, "trials": trials, "n": n, "detected": detected, "detection_rate": detected / trials,
+            "verifier_cost_fraction": round(check_s / product_s, 4)}
+
+
+def _timed_product(n: int, seed: int) -> tuple[float, float]:
+    a, b = challenge_matrices(seed, n)
+    t0 = time.perf_counter()
+    a @ b
+    elapsed = time.perf_counter() - t0
+    return elapsed, elapsed * 1.05 + 0.002  # the call's wall time: device time plus hashing and transport
+
+
+def capacity_trials(factor: float, fake_timing: bool, trials: int, n: int, rng: random.Random) -> dict[str, Any]:
+    flops = challenge_flops(n)
+    # The provider's own benchmark: its real throughput (best of five), what an honest offer claims.
+    real = max(flops / _timed_product(n, rng.randrange(1 << 62))[0] / 1e9 for _ in range(5))
+    claim = int(real * factor)
+    flagged = 0
+    for _ in range(trials):
+        elapsed, wall = _timed_product(n, rng.randrange(1 << 62))
+        reported = elapsed / 10 if fake_timing else elapsed
+        attested = verify.attested_gflops(flops, reported, wall)
+        flagged += claim * 10_000 > attested * 20_000  # ProviderRegistry's CAPACITY_FLAG_BPS rule
+    label = f"capacity {factor:g}x" + (" + fake timing" if fake_timing else "")
+    return {"cheat": label if factor > 1 else "honest", "trials": trials, "n": n, "claimed_gflops": claim,
+            "real_gflops": round(real, 1), "flagged": flagged, "detection_rate": flagged / trials}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--segments", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--freivalds-n", type=int, default=1024)
+    parser.add_argument("--capacity-n", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=2024)
+    args = parser.parse_args()
+    from benchmarks._env import environment
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rng = random.Random(args.seed)
+    started = time.time()
+    replay = [replay_trials(c, args.trials, args.segments, args.steps, rng) for c in (
+        Cheat("none"), Cheat("skip", fraction=0.1), Cheat("skip", fraction=0.5), Cheat("skip", fraction=1.0),
+        Cheat("half"), Cheat("random"))]
+    freivalds = [freivalds_trials(k, args.trials, args.freivalds_n, rng) for k in ("honest", "half", "random")]
+    capacity = [capacity_trials(f, fake, args.trials, args.capacity_n, rng)
+                for f, fake in ((1.0, False), (2.0, False), (3.0, False), (10.0, False), (10.0, True))]
+    honest = [r for r in (*replay, *freivalds, *capacity) if r["cheat"] == "honest"]
+    report = {
+        "benchmark": "verification",
+        "environment": environment(),
+        "parameters": vars(args),
+        "what_a_trial_does": {
+            "replay": "fresh real training run of examples/replay_mlp in-process (honest or cheating); "
+                      "replay_samples(segments) segments drawn from a fresh seed, each re-run from its committed "
+                      f"checkpoint and compared at rtol={verify.RTOL:g} atol={verify.ATOL:g}",
+            "freivalds": "fresh n x n float32 product, checked with one fresh random vector in float64",
+            "capacity": "real timed product of the seeded challenge matrices; attested = 0.8 x flops / "
+                        "max(reported, wall/2); flagged when claim > 2 x attested (the registry's rule)",
+            "on_chain": "tests/verification/test_policies_on_chain.py: detected cheats rejected and slashed, "
+                        "requester refunded, inflated claims capped in ResultAttested",
+        },
+        "replay": replay,
+        "freivalds": freivalds,
+        "capacity": capacity,
+        "false_rejects": {"honest_runs": sum(r["trials"] for r in honest),
+                          "rejected": sum(r.get("detected", r.get("flagged", 0)) for r in honest)},
+        "seconds": round(time.time() - started, 1),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
