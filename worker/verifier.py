@@ -121,6 +121,7 @@ class VerifierDaemon:
         self.pending: dict[tuple[int, int], ResultCommitted] = {}
         self.disputes: dict[tuple[int, int], ResultDisputed] = {}
         self.done: set[tuple[int, int]] = set()
+        self.ruled: set[tuple[int, int]] = set()
         self.capacity_due: dict[str, float] = {}
         self.verdicts: list[Verdict] = []
         self.capacity_log: list[dict[str, Any]] = []
@@ -177,7 +178,7 @@ class VerifierDaemon:
         """Read new events, then check what can be checked and challenge who is due."""
         self._read_events()
         for key in sorted(self.disputes):
-            if key not in self.done:
+            if key not in self.ruled:
                 self._handle_dispute(self.disputes[key])
         jobs = sorted({job for job, _slot in self.pending})
         for job_id in jobs:
@@ -288,8 +289,7 @@ class VerifierDaemon:
         market = self.contracts.market
         slot = market.slot(*key)
         spec = market.spec(event.job_id)
-        self.done.add(key)
-        self.pending.pop(key, None)
+        self.ruled.add(key)
         if slot.status != SlotStatus.DISPUTED or self.address in (slot.provider, spec.requester, slot.disputer):
             return
         policy = Policy.REPLAY if spec.policy in (Policy.OPTIMISTIC, Policy.NONE) else spec.policy
