@@ -665,7 +665,9 @@ def test_market__random_lifecycles__keep_every_invariant(deployment, requester, 
     STATS.clear()
     run_state_machine_as_test(lambda: MarketMachine(d, actors), settings=PROFILE)
     print("\nstateful outcomes:", dict(sorted(STATS.items())))
-    # The machine must reach the paths it is there to check.
+    # The machine must reach the paths it is there to check (the small local profile may not).
+    if PROFILE is not PROFILES["ci"]:
+        return
     for path in (
         "take_job: ok",
         "reveal_bid: ok",
