@@ -16,7 +16,6 @@ import boa
 import pytest
 from contract_helpers import Deployment, Flow, Spec, deploy, fund, make_spec
 
-
 # ---------------------------------------------------------------- actors
 
 

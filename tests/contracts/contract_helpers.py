@@ -292,9 +292,7 @@ class Flow:
         with boa.env.prank(account):
             self.registry.stake(amount)
 
-    def register_provider(
-        self, provider: str, stake: int = MIN_PROVIDER_STAKE, **offer: Any
-    ) -> Offer:
+    def register_provider(self, provider: str, stake: int = MIN_PROVIDER_STAKE, **offer: Any) -> Offer:
         """Stakes ``stake`` (if any) and registers ``provider`` with a default offer."""
         if stake:
             self.stake(provider, stake)
@@ -331,9 +329,7 @@ class Flow:
         with boa.env.prank(caller or spec.requester):
             self.market.finalize_auction(job_id, spec)
 
-    def sealed_auction(
-        self, job_id: int, spec: Spec, asks: list[tuple[str, int]], finalize: bool = True
-    ) -> None:
+    def sealed_auction(self, job_id: int, spec: Spec, asks: list[tuple[str, int]], finalize: bool = True) -> None:
         """Commits every ask, travels past the bid deadline, reveals them in order,
         travels past the reveal deadline and (by default) finalizes."""
         for provider, price in asks:
@@ -349,9 +345,7 @@ class Flow:
         with boa.env.prank(provider):
             return self.market.take_job(job_id, spec)
 
-    def commit_result(
-        self, job_id: int, spec: Spec, slot: int, gpu_seconds: int, root: bytes = ROOT_HASH
-    ) -> None:
+    def commit_result(self, job_id: int, spec: Spec, slot: int, gpu_seconds: int, root: bytes = ROOT_HASH) -> None:
         provider = self.market.slots(job_id, slot).provider
         with boa.env.prank(provider):
             self.market.commit_result(job_id, spec, slot, root, gpu_seconds)
@@ -374,8 +368,6 @@ class Flow:
         boa.env.time_travel(seconds=gpu_seconds)
         self.commit_result(job_id, spec, 0, gpu_seconds)
         return job_id
-
-
 
 
 # A token that answers `False` instead of reverting when told to fail: the only way to reach the

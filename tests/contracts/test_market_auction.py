@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import boa
 import pytest
-
 from contract_helpers import (
     AUCTION_INSTANT,
     DEFAULT_PRICE_FLOOR,
@@ -322,9 +321,7 @@ def test_finalize__tied_asks_revealed_the_other_way__the_earlier_reveal_wins(
     assert market.slots(job_id, 0).provider == provider
 
 
-def test_finalize__with_too_few_asks__expires_and_refunds_everything(
-    market, token, providers, provider, requester
-):
+def test_finalize__with_too_few_asks__expires_and_refunds_everything(market, token, providers, provider, requester):
     spec = make_spec(requester, redundancy=2)
     job_id = providers.post(spec)
     providers.sealed_auction(job_id, spec, [(provider, 5 * E18)])
@@ -482,9 +479,7 @@ def test_finalize__instant_unfilled__expires_and_releases_the_taken_slots(
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_sealed_job__with_k_winners__leases_k_slots_at_one_price(
-    market, token, deployment, flow, requester, k
-):
+def test_sealed_job__with_k_winners__leases_k_slots_at_one_price(market, token, deployment, flow, requester, k):
     from contract_helpers import fund
 
     bidders = [boa.env.generate_address(f"k-bidder{i}") for i in range(k + 1)]

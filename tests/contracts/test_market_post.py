@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import boa
 import pytest
-from eth_account import Account
-
 from contract_helpers import (
     AUCTION_INSTANT,
     AUCTION_SEALED,
@@ -29,6 +27,7 @@ from contract_helpers import (
     sign_permit,
     value,
 )
+from eth_account import Account
 
 ZERO = "0x" + "00" * 20
 
@@ -174,9 +173,7 @@ def test_post_job__redundant_policy_with_two_providers__posts(flow, requester):
 
 
 def test_post_job__at_the_largest_terms__posts(deployment, market, flow, requester):
-    spec = make_spec(
-        requester, redundancy=5, max_price=2**96 - 1, max_gpu_seconds=2**64 - 1, policy=POLICY_OPTIMISTIC
-    )
+    spec = make_spec(requester, redundancy=5, max_price=2**96 - 1, max_gpu_seconds=2**64 - 1, policy=POLICY_OPTIMISTIC)
     fund(deployment, requester, market.escrow_for(spec))
     assert flow.post(spec) == 1
     assert market.jobs(1).escrow == 5 * ((2**96 - 1) * (2**64 - 1) // 3_600)

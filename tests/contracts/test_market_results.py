@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import boa
 import pytest
-
 from contract_helpers import (
     AUCTION_INSTANT,
     DISPUTE_BOND,
-    E18,
     OUTCOME_ACCEPT,
     OUTCOME_REJECT,
     OUTCOME_VOID,
@@ -109,9 +107,7 @@ def test_commit_result__above_the_device_time_held__reverts(market, provider, le
         market.commit_result(leased, ispec, 0, ROOT_HASH, 101)
 
 
-def test_commit_result__with_several_gpus__may_claim_gpus_times_the_time_held(
-    market, providers, provider, requester
-):
+def test_commit_result__with_several_gpus__may_claim_gpus_times_the_time_held(market, providers, provider, requester):
     spec = make_spec(requester, auction=AUCTION_INSTANT, gpus=4)
     job_id = providers.post(spec)
     providers.take(job_id, spec, provider)
@@ -239,11 +235,14 @@ def test_attest__on_a_disputed_result__rules(market, requester, verifier, commit
         market.dispute_result(committed, ispec, 0)
     with boa.env.prank(verifier):
         market.attest(committed, ispec, 0, outcome, 1_800)
-    assert market.slots(committed, 0).status == {
-        OUTCOME_ACCEPT: SLOT_ACCEPTED,
-        OUTCOME_REJECT: SLOT_REJECTED,
-        OUTCOME_VOID: SLOT_VOIDED,
-    }[outcome]
+    assert (
+        market.slots(committed, 0).status
+        == {
+            OUTCOME_ACCEPT: SLOT_ACCEPTED,
+            OUTCOME_REJECT: SLOT_REJECTED,
+            OUTCOME_VOID: SLOT_VOIDED,
+        }[outcome]
+    )
 
 
 def test_attest__by_a_stranger__reverts(market, stranger, committed, ispec):

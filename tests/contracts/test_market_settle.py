@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import boa
 import pytest
-
 from contract_helpers import (
     AUCTION_INSTANT,
     BASE_SLASH,
@@ -97,7 +96,9 @@ def test_settle__an_accepted_result__pays_verified_time_less_fee__and_refunds_th
     assert_solvent(market, token, [committed])
 
 
-def test_settle__accepted_by_the_requester__pays_the_claim(market, token, providers, provider, requester, committed, ispec):
+def test_settle__accepted_by_the_requester__pays_the_claim(
+    market, token, providers, provider, requester, committed, ispec
+):
     with boa.env.prank(requester):
         market.accept_result(committed, ispec, 0)
     providers.settle(committed, ispec, 0, caller=provider)
@@ -295,7 +296,9 @@ def test_settle__dispute_without_a_ruling__refunds_everyone_after_the_second_win
     assert_solvent(market, token, [committed])
 
 
-def test_settle__voided__refunds_and_slashes_nobody(market, token, registry, providers, provider, requester, verifier, committed, ispec):
+def test_settle__voided__refunds_and_slashes_nobody(
+    market, token, registry, providers, provider, requester, verifier, committed, ispec
+):
     with boa.env.prank(verifier):
         market.attest(committed, ispec, 0, OUTCOME_VOID, 0)
     providers.settle(committed, ispec, 0)

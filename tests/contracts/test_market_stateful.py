@@ -26,10 +26,6 @@ from typing import Any
 
 import boa
 import pytest
-from hypothesis import HealthCheck, event, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
-
 from contract_helpers import (
     AUCTION_INSTANT,
     AUCTION_SEALED,
@@ -60,6 +56,9 @@ from contract_helpers import (
     now,
     value,
 )
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 PROFILES = {
     "ci": settings(
@@ -99,7 +98,7 @@ def _note(what: str) -> None:
 
 
 def _name(fn: Any) -> str:
-    return str(getattr(fn, "func_t", None) and fn.func_t.name or fn)
+    return str((getattr(fn, "func_t", None) and fn.func_t.name) or fn)
 
 
 def travel_past(timestamp: int) -> None:
@@ -148,7 +147,9 @@ class MarketMachine(RuleBasedStateMachine):
     def _slot(self, job_id: int, ix: int, statuses: tuple[int, ...] | None) -> int:
         """A slot index of ``job_id`` whose status is in ``statuses`` if there is one."""
         if statuses is not None:
-            fitting = [i for i in range(self.specs[job_id].redundancy) if self.market.slots(job_id, i).status in statuses]
+            fitting = [
+                i for i in range(self.specs[job_id].redundancy) if self.market.slots(job_id, i).status in statuses
+            ]
             if fitting:
                 return fitting[ix % len(fitting)]
         return ix % 4
@@ -290,7 +291,9 @@ class MarketMachine(RuleBasedStateMachine):
     def reveal_bid(self, ix, wrong_salt, sloppy):
         keys = sorted(self.bids)
         if self.forced is not None:
-            keys = [(j, p) for j, p in keys if j == self.forced and self.market.commitments(j, p) != b"\x00" * 32] or keys
+            keys = [
+                (j, p) for j, p in keys if j == self.forced and self.market.commitments(j, p) != b"\x00" * 32
+            ] or keys
         if not sloppy:
             t = now()
             keys = [
@@ -645,7 +648,9 @@ class MarketMachine(RuleBasedStateMachine):
 
 
 @pytest.mark.slow
-def test_market__random_lifecycles__keep_every_invariant(deployment, requester, provider, provider2, provider3, verifier, stranger):
+def test_market__random_lifecycles__keep_every_invariant(
+    deployment, requester, provider, provider2, provider3, verifier, stranger
+):
     d = deployment
     requester2 = boa.env.generate_address("requester2")
     fund(d, requester2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import boa
 import pytest
-
 from contract_helpers import (
     AUCTION_INSTANT,
     BASE_SLASH,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from contract_helpers import CONTRACTS
+from contract_helpers import CONTRACTS, ROOT
 
-TESTS = [p for p in CONTRACTS.parent.joinpath("tests", "contracts").glob("test_*.py")]
+TESTS = sorted((ROOT / "tests" / "contracts").glob("test_*.py"))
 REASON = re.compile(r'"((?:market|registry): [^"]+)"')
 
 
