@@ -87,9 +87,7 @@ def _finish(contracts: Contracts, job_id: int, steps: dict[str, int]) -> None:
     steps["attest"] = _gas(market.attest(verifier, job_id, 0, Outcome.ACCEPT, 480))
     steps["settle"] = _gas(market.settle(requester, job_id, 0))
     steps["withdraw_provider"] = _gas(contracts.chain.transact(winner, market.contract.functions.withdraw()))
-    steps["withdraw_requester"] = _gas(
-        contracts.chain.transact(requester, market.contract.functions.withdraw())
-    )
+    steps["withdraw_requester"] = _gas(contracts.chain.transact(requester, market.contract.functions.withdraw()))
 
 
 def sealed_job(bidders: int) -> dict[str, Any]:
@@ -123,9 +121,7 @@ def _sealed_steps(contracts: Contracts, bidders: int) -> dict[str, int]:
         price = (2 + i) * ONE_TOKEN
         salt = bytes([i + 1]) * 32
         commitment = market.bid_commitment(job_id, provider.address, price, salt)
-        r = chain.transact(
-            provider, market.contract.functions.commit_bid(job_id, spec.as_tuple(), commitment)
-        )
+        r = chain.transact(provider, market.contract.functions.commit_bid(job_id, spec.as_tuple(), commitment))
         steps[f"commit_bid_{i + 1}"] = _gas(r)
         salts.append((provider, price, salt))
     chain.time_travel(300)

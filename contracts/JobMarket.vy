@@ -70,6 +70,12 @@ SECONDS_PER_HOUR: constant(uint256) = 3_600
 BPS: constant(uint256) = 10_000
 # @dev Asks are packed as `price << 160 | provider`; prices must fit in 96 bits.
 MAX_PRICE: public(constant(uint256)) = 2**96 - 1
+# @dev Largest dispute bond the owner may set (keeps a job's escrow within its packed 160 bits).
+MAX_DISPUTE_BOND: public(constant(uint256)) = 2**128
+# @dev Masks of the packed storage words.
+MASK_64: constant(uint256) = 2**64 - 1
+MASK_96: constant(uint256) = 2**96 - 1
+MASK_160: constant(uint256) = 2**160 - 1
 
 
 flag JobStatus:
@@ -145,10 +151,20 @@ slash_requester_bps: public(uint256)
 
 # @dev Number of jobs posted; job ids start at 1.
 job_count: public(uint256)
-# @dev Jobs by id.
-jobs: public(HashMap[uint256, Job])
-# @dev Slots of each job: job id -> slot index -> slot.
-slots: public(HashMap[uint256, HashMap[uint256, Slot]])
+# Jobs and slots are packed into few storage words (read them through `jobs` and `slots`):
+# a job's first write then costs one new word instead of five, a slot's two instead of seven.
+# @dev Each job's spec hash.
+job_hashes: HashMap[uint256, bytes32]
+# @dev Each job's mutable state: escrow | status << 160 | count << 176 | lease_start << 184.
+job_words: HashMap[uint256, uint256]
+# @dev Each slot's head: provider | status << 160 | committed_at << 176.
+slot_heads: HashMap[uint256, HashMap[uint256, uint256]]
+# @dev Each slot's terms: price | gpu_seconds << 96.
+slot_terms: HashMap[uint256, HashMap[uint256, uint256]]
+# @dev Each slot's result root.
+slot_roots: HashMap[uint256, HashMap[uint256, bytes32]]
+# @dev Who disputed each slot.
+slot_disputers: HashMap[uint256, HashMap[uint256, address]]
 # @dev Sealed-bid commitments: job id -> provider -> keccak256(abi_encode(job_id, provider, price, salt)).
 commitments: public(HashMap[uint256, HashMap[address, bytes32]])
 # @dev Lowest revealed asks, ascending: job id -> rank -> price << 160 | provider.
@@ -357,8 +373,9 @@ def cancel_job(job_id: uint256, spec: JobSpec):
     assert block.timestamp < convert(spec.bid_deadline, uint256), "market: bid deadline passed"
     refund: uint256 = job.escrow
     self._release_taken(job_id, spec, job.count)
-    self.jobs[job_id].status = JobStatus.CANCELLED
-    self.jobs[job_id].escrow = 0
+    job.status = JobStatus.CANCELLED
+    job.escrow = 0
+    self._put_job(job_id, job)
     self._credit(spec.requester, refund)
     log JobCancelled(job_id=job_id, refunded=refund)
 
@@ -376,7 +393,7 @@ def commit_bid(job_id: uint256, spec: JobSpec, commitment: bytes32):
     """
     self._check_spec(job_id, spec)
     assert spec.auction == AUCTION_SEALED, "market: not a sealed auction"
-    assert self.jobs[job_id].status == JobStatus.OPEN, "market: job is not open"
+    assert self._job(job_id).status == JobStatus.OPEN, "market: job is not open"
     assert block.timestamp < convert(spec.bid_deadline, uint256), "market: bidding closed"
     assert commitment != empty(bytes32), "market: empty commitment"
     assert self.commitments[job_id][msg.sender] == empty(bytes32), "market: bid already committed"
@@ -397,7 +414,8 @@ def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32):
     """
     self._check_spec(job_id, spec)
     assert spec.auction == AUCTION_SEALED, "market: not a sealed auction"
-    assert self.jobs[job_id].status == JobStatus.OPEN, "market: job is not open"
+    job: Job = self._job(job_id)
+    assert job.status == JobStatus.OPEN, "market: job is not open"
     assert block.timestamp >= convert(spec.bid_deadline, uint256), "market: bidding still open"
     assert block.timestamp < convert(spec.reveal_deadline, uint256), "market: reveal closed"
     commitment: bytes32 = self.commitments[job_id][msg.sender]
@@ -410,7 +428,7 @@ def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32):
 
     # Insertion into the sorted list of the lowest `redundancy + 1` asks.
     keep: uint256 = convert(spec.redundancy, uint256) + 1
-    n: uint256 = convert(self.jobs[job_id].count, uint256)
+    n: uint256 = convert(job.count, uint256)
     packed: uint256 = (price << 160) | convert(msg.sender, uint256)
     rank: uint256 = n
     for i: uint256 in range(n, bound=MAX_SLOTS + 1):
@@ -424,7 +442,8 @@ def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32):
             self.asks[job_id][k] = self.asks[job_id][k - 1]
         self.asks[job_id][rank] = packed
         if n < keep:
-            self.jobs[job_id].count = convert(n + 1, uint8)
+            job.count = convert(n + 1, uint8)
+            self._put_job(job_id, job)
     log BidRevealed(job_id=job_id, provider=msg.sender, price=price, rank=convert(min(rank, keep), uint8))
 
 
@@ -454,8 +473,9 @@ def finalize_auction(job_id: uint256, spec: JobSpec):
         refund: uint256 = job.escrow
         if spec.auction == AUCTION_INSTANT:
             self._release_taken(job_id, spec, job.count)
-        self.jobs[job_id].status = JobStatus.EXPIRED
-        self.jobs[job_id].escrow = 0
+        job.status = JobStatus.EXPIRED
+        job.escrow = 0
+        self._put_job(job_id, job)
         self._credit(spec.requester, refund)
         log JobExpired(job_id=job_id, asks=job.count, refunded=refund)
         return
@@ -499,7 +519,7 @@ def take_job(job_id: uint256, spec: JobSpec) -> uint8:
     assert price <= spec.max_price, "market: price floor above max price"
     n: uint256 = convert(job.count, uint256)
     for i: uint256 in range(n, bound=MAX_SLOTS):
-        assert self.slots[job_id][i].provider != msg.sender, "market: provider already holds a slot"
+        assert self._slot(job_id, i).provider != msg.sender, "market: provider already holds a slot"
     self._assign(job_id, n, msg.sender, price)
     extcall registry.lock(msg.sender)
     log SlotLeased(job_id=job_id, slot=convert(n, uint8), provider=msg.sender, price=price)
@@ -510,8 +530,8 @@ def take_job(job_id: uint256, spec: JobSpec) -> uint8:
     if job.count == spec.redundancy:
         self._start_lease(job_id, job, spec, refund, price)
     else:
-        self.jobs[job_id].count = job.count
-        self.jobs[job_id].escrow = job.escrow - refund
+        job.escrow -= refund
+        self._put_job(job_id, job)
         self._credit(spec.requester, refund)
     return convert(n, uint8)
 
@@ -533,20 +553,23 @@ def commit_result(job_id: uint256, spec: JobSpec, slot: uint8, result_root: byte
     """
     self._check_spec(job_id, spec)
     index: uint256 = convert(slot, uint256)
-    assert msg.sender == self.slots[job_id][index].provider, "market: caller is not the slot's provider"
-    assert self.jobs[job_id].status == JobStatus.LEASED, "market: job is not leased"
-    assert self.slots[job_id][index].status == SlotStatus.ASSIGNED, "market: result already committed"
-    lease_start: uint64 = self.jobs[job_id].lease_start
+    s: Slot = self._slot(job_id, index)
+    job: Job = self._job(job_id)
+    assert msg.sender == s.provider, "market: caller is not the slot's provider"
+    assert job.status == JobStatus.LEASED, "market: job is not leased"
+    assert s.status == SlotStatus.ASSIGNED, "market: result already committed"
+    lease_start: uint64 = job.lease_start
     # Deadlines are summed in uint256: a uint64 sum of a time and a long window could overflow
     # and leave the slot unable to commit or settle.
     assert block.timestamp <= convert(lease_start, uint256) + convert(spec.run_duration, uint256), "market: run deadline passed"
     assert gpu_seconds <= spec.max_gpu_seconds, "market: claim above max GPU-seconds"
     held: uint256 = (block.timestamp - convert(lease_start, uint256)) * convert(spec.gpus, uint256)
     assert convert(gpu_seconds, uint256) <= held, "market: claim above device time held"
-    self.slots[job_id][index].status = SlotStatus.COMMITTED
-    self.slots[job_id][index].result_root = result_root
-    self.slots[job_id][index].gpu_seconds = gpu_seconds
-    self.slots[job_id][index].committed_at = convert(block.timestamp, uint64)
+    s.status = SlotStatus.COMMITTED
+    s.gpu_seconds = gpu_seconds
+    s.committed_at = convert(block.timestamp, uint64)
+    self._put_slot(job_id, index, s)
+    self.slot_roots[job_id][index] = result_root
     log ResultCommitted(
         job_id=job_id, slot=slot, provider=msg.sender, result_root=result_root, gpu_seconds=gpu_seconds
     )
@@ -563,9 +586,11 @@ def accept_result(job_id: uint256, spec: JobSpec, slot: uint8):
     self._check_spec(job_id, spec)
     assert msg.sender == spec.requester, "market: caller is not the requester"
     index: uint256 = convert(slot, uint256)
-    assert self.slots[job_id][index].status == SlotStatus.COMMITTED, "market: result is not committed"
-    self.slots[job_id][index].status = SlotStatus.ACCEPTED
-    log ResultAccepted(job_id=job_id, slot=slot, gpu_seconds=self.slots[job_id][index].gpu_seconds)
+    s: Slot = self._slot(job_id, index)
+    assert s.status == SlotStatus.COMMITTED, "market: result is not committed"
+    s.status = SlotStatus.ACCEPTED
+    self._put_slot(job_id, index, s)
+    log ResultAccepted(job_id=job_id, slot=slot, gpu_seconds=s.gpu_seconds)
 
 
 @external
@@ -583,16 +608,20 @@ def dispute_result(job_id: uint256, spec: JobSpec, slot: uint8):
     @param slot The slot.
     """
     self._check_spec(job_id, spec)
-    s: Slot = self.slots[job_id][convert(slot, uint256)]
+    index: uint256 = convert(slot, uint256)
+    s: Slot = self._slot(job_id, index)
     assert s.status == SlotStatus.COMMITTED, "market: result is not committed"
     assert block.timestamp < self._window_end(s, spec), "market: challenge window closed"
     assert msg.sender == spec.requester or staticcall registry.is_active_verifier(msg.sender), "market: caller may not dispute"
     assert msg.sender != s.provider, "market: provider cannot dispute itself"
     bond: uint256 = self.dispute_bond
-    self.slots[job_id][convert(slot, uint256)].status = SlotStatus.DISPUTED
-    self.slots[job_id][convert(slot, uint256)].disputer = msg.sender
-    self.dispute_bonds[job_id][convert(slot, uint256)] = bond
-    self.jobs[job_id].escrow += bond
+    s.status = SlotStatus.DISPUTED
+    self._put_slot(job_id, index, s)
+    self.slot_disputers[job_id][index] = msg.sender
+    self.dispute_bonds[job_id][index] = bond
+    job: Job = self._job(job_id)
+    job.escrow += bond
+    self._put_job(job_id, job)
     log ResultDisputed(job_id=job_id, slot=slot, disputer=msg.sender, bond=bond)
     if bond > 0:
         assert extcall token.transferFrom(msg.sender, self, bond, default_return_value=True), "market: transfer failed"
@@ -614,10 +643,11 @@ def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified
     """
     self._check_spec(job_id, spec)
     assert staticcall registry.is_active_verifier(msg.sender), "market: caller is not a verifier"
-    s: Slot = self.slots[job_id][convert(slot, uint256)]
+    index: uint256 = convert(slot, uint256)
+    s: Slot = self._slot(job_id, index)
     # The provider, the requester and a dispute's challenger are parties: none may rule.
     assert (
-        msg.sender != s.provider and msg.sender != spec.requester and msg.sender != s.disputer
+        msg.sender != s.provider and msg.sender != spec.requester and msg.sender != self.slot_disputers[job_id][index]
     ), "market: verifier is a party to the job"
     assert outcome <= OUTCOME_VOID, "market: unknown outcome"
     window_end: uint256 = self._window_end(s, spec)
@@ -626,21 +656,22 @@ def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified
     else:
         assert s.status == SlotStatus.COMMITTED, "market: result is not committed"
     assert block.timestamp < window_end, "market: attestation window closed"
+    claimed: uint64 = s.gpu_seconds
     verified: uint64 = 0
-    status: SlotStatus = SlotStatus.VOIDED
+    s.status = SlotStatus.VOIDED
     if outcome == OUTCOME_ACCEPT:
-        verified = min(verified_gpu_seconds, s.gpu_seconds)
-        status = SlotStatus.ACCEPTED
-        self.slots[job_id][convert(slot, uint256)].gpu_seconds = verified
+        verified = min(verified_gpu_seconds, claimed)
+        s.status = SlotStatus.ACCEPTED
+        s.gpu_seconds = verified
     elif outcome == OUTCOME_REJECT:
-        status = SlotStatus.REJECTED
-    self.slots[job_id][convert(slot, uint256)].status = status
+        s.status = SlotStatus.REJECTED
+    self._put_slot(job_id, index, s)
     log ResultAttested(
         job_id=job_id,
         slot=slot,
         verifier=msg.sender,
         outcome=outcome,
-        claimed_gpu_seconds=s.gpu_seconds,
+        claimed_gpu_seconds=claimed,
         verified_gpu_seconds=verified,
     )
 
@@ -667,7 +698,7 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     assert job.status == JobStatus.LEASED, "market: job is not leased"
     index: uint256 = convert(slot, uint256)
     assert index < convert(spec.redundancy, uint256), "market: no such slot"
-    s: Slot = self.slots[job_id][index]
+    s: Slot = self._slot(job_id, index)
     assert not s.status in (SlotStatus.PAID | SlotStatus.SLASHED | SlotStatus.REFUNDED), "market: slot already settled"
     now: uint256 = block.timestamp
     window_end: uint256 = self._window_end(s, spec)
@@ -680,6 +711,9 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     final: SlotStatus = SlotStatus.REFUNDED
     # The bond this slot's dispute paid, not the current parameter.
     bond: uint256 = self.dispute_bonds[job_id][index]
+    disputer: address = empty(address)
+    if bond > 0:
+        disputer = self.slot_disputers[job_id][index]
 
     if s.status == SlotStatus.ACCEPTED or (s.status == SlotStatus.COMMITTED and now >= window_end):
         # Pay for the verified (or unchallenged) GPU-seconds, capped by the slot's escrow.
@@ -701,17 +735,18 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     ):
         final = SlotStatus.REFUNDED
         if bond > 0:
-            self._credit(s.disputer, bond)
+            self._credit(disputer, bond)
     else:
         raise "market: slot cannot settle yet"
 
     # Effects: the slot is final and the job's escrow shrinks before any external call.
-    self.slots[job_id][index].status = final
+    s.status = final
+    self._put_slot(job_id, index, s)
     job.count -= 1
-    self.jobs[job_id].count = job.count
-    self.jobs[job_id].escrow = job.escrow - slot_value - bond
+    job.escrow -= slot_value + bond
     if job.count == 0:
-        self.jobs[job_id].status = JobStatus.CLOSED
+        job.status = JobStatus.CLOSED
+    self._put_job(job_id, job)
     self._credit(spec.requester, refunded)
 
     if final == SlotStatus.SLASHED:
@@ -722,7 +757,7 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
         rest: uint256 = slashed - to_requester
         if bond > 0:
             # A successful dispute: bond back, and the challenger earns the rest.
-            self._credit(s.disputer, bond + rest)
+            self._credit(disputer, bond + rest)
         else:
             self._credit(self.treasury, rest)
     extcall registry.release(s.provider, final == SlotStatus.PAID)
@@ -799,6 +834,34 @@ def bid_commitment(job_id: uint256, provider: address, price: uint256, salt: byt
     return keccak256(abi_encode(job_id, provider, price, salt))
 
 
+@external
+@view
+def jobs(job_id: uint256) -> Job:
+    """
+    @notice A job's state.
+    @param job_id The job.
+    @return Its spec hash, status, escrow, count and lease start.
+    """
+    job: Job = self._job(job_id)
+    job.spec_hash = self.job_hashes[job_id]
+    return job
+
+
+@external
+@view
+def slots(job_id: uint256, slot: uint256) -> Slot:
+    """
+    @notice One provider's slot of a job.
+    @param job_id The job.
+    @param slot The slot index.
+    @return Its provider, status, price, result root, GPU-seconds, commit time and disputer.
+    """
+    s: Slot = self._slot(job_id, slot)
+    s.result_root = self.slot_roots[job_id][slot]
+    s.disputer = self.slot_disputers[job_id][slot]
+    return s
+
+
 # ---------------------------------------------------------------- internal
 
 
@@ -823,9 +886,8 @@ def _post(spec: JobSpec) -> uint256:
 
     job_id: uint256 = self.job_count + 1
     self.job_count = job_id
-    self.jobs[job_id] = Job(
-        spec_hash=keccak256(abi_encode(spec)), status=JobStatus.OPEN, escrow=escrow, count=0, lease_start=0
-    )
+    self.job_hashes[job_id] = keccak256(abi_encode(spec))
+    self._put_job(job_id, Job(spec_hash=empty(bytes32), status=JobStatus.OPEN, escrow=escrow, count=0, lease_start=0))
     log JobPosted(job_id=job_id, requester=msg.sender, spec=spec, escrow=escrow)
     # Effects first, then pull the escrow.
     assert extcall token.transferFrom(msg.sender, self, escrow, default_return_value=True), "market: transfer failed"
@@ -835,10 +897,16 @@ def _post(spec: JobSpec) -> uint256:
 @internal
 def _start_lease(job_id: uint256, job: Job, spec: JobSpec, refund: uint256, clearing: uint256):
     # Every slot has its provider: the run clock starts and the escrow above the price goes back.
-    self.jobs[job_id].status = JobStatus.LEASED
-    self.jobs[job_id].count = spec.redundancy
-    self.jobs[job_id].lease_start = convert(block.timestamp, uint64)
-    self.jobs[job_id].escrow = job.escrow - refund
+    self._put_job(
+        job_id,
+        Job(
+            spec_hash=empty(bytes32),
+            status=JobStatus.LEASED,
+            escrow=job.escrow - refund,
+            count=spec.redundancy,
+            lease_start=convert(block.timestamp, uint64),
+        ),
+    )
     self._credit(spec.requester, refund)
     log JobLeased(job_id=job_id, clearing_price=clearing, refunded=refund)
 
@@ -849,16 +917,79 @@ def _release_taken(job_id: uint256, spec: JobSpec, taken: uint8):
     if spec.auction != AUCTION_INSTANT:
         return
     for i: uint256 in range(convert(taken, uint256), bound=MAX_SLOTS):
-        self.slots[job_id][i].status = SlotStatus.RELEASED
-        extcall registry.release(self.slots[job_id][i].provider, False)
+        s: Slot = self._slot(job_id, i)
+        s.status = SlotStatus.RELEASED
+        self._put_slot(job_id, i, s)
+        extcall registry.release(s.provider, False)
 
 
 @internal
 def _assign(job_id: uint256, index: uint256, provider: address, price: uint256):
-    # Only the non-zero fields are written: a fresh slot's other fields are already empty.
-    self.slots[job_id][index].provider = provider
-    self.slots[job_id][index].status = SlotStatus.ASSIGNED
-    self.slots[job_id][index].price = price
+    # Two words for a fresh slot: its root and disputer stay empty until used.
+    self._put_slot(
+        job_id,
+        index,
+        Slot(
+            provider=provider,
+            status=SlotStatus.ASSIGNED,
+            price=price,
+            result_root=empty(bytes32),
+            gpu_seconds=0,
+            committed_at=0,
+            disputer=empty(address),
+        ),
+    )
+
+
+@internal
+@view
+def _job(job_id: uint256) -> Job:
+    # Unpacks a job's state word; the spec hash is left empty (see `_check_spec`).
+    word: uint256 = self.job_words[job_id]
+    return Job(
+        spec_hash=empty(bytes32),
+        status=convert((word >> 160) & 65_535, JobStatus),
+        escrow=word & MASK_160,
+        count=convert((word >> 176) & 255, uint8),
+        lease_start=convert((word >> 184) & MASK_64, uint64),
+    )
+
+
+@internal
+def _put_job(job_id: uint256, job: Job):
+    # An escrow fits in 160 bits: posting locks at most 5 x (2**96 - 1) x (2**64 - 1) / 3600 < 2**152,
+    # and each of its at most 5 disputes adds a bond of at most MAX_DISPUTE_BOND = 2**128.
+    self.job_words[job_id] = (
+        job.escrow
+        | (convert(job.status, uint256) << 160)
+        | (convert(job.count, uint256) << 176)
+        | (convert(job.lease_start, uint256) << 184)
+    )
+
+
+@internal
+@view
+def _slot(job_id: uint256, index: uint256) -> Slot:
+    # Unpacks a slot's head and terms; its root and disputer are left empty (read them apart).
+    head: uint256 = self.slot_heads[job_id][index]
+    terms: uint256 = self.slot_terms[job_id][index]
+    return Slot(
+        provider=convert(head & MASK_160, address),
+        status=convert((head >> 160) & 65_535, SlotStatus),
+        price=terms & MASK_96,
+        result_root=empty(bytes32),
+        gpu_seconds=convert(terms >> 96, uint64),
+        committed_at=convert((head >> 176) & MASK_64, uint64),
+        disputer=empty(address),
+    )
+
+
+@internal
+def _put_slot(job_id: uint256, index: uint256, s: Slot):
+    self.slot_heads[job_id][index] = (
+        convert(s.provider, uint256) | (convert(s.status, uint256) << 160) | (convert(s.committed_at, uint256) << 176)
+    )
+    self.slot_terms[job_id][index] = s.price | (convert(s.gpu_seconds, uint256) << 96)
 
 
 @internal
@@ -871,7 +1002,7 @@ def _window_end(s: Slot, spec: JobSpec) -> uint256:
 @internal
 @view
 def _check_spec(job_id: uint256, spec: JobSpec):
-    stored: bytes32 = self.jobs[job_id].spec_hash
+    stored: bytes32 = self.job_hashes[job_id]
     assert stored != empty(bytes32), "market: unknown job"
     assert stored == keccak256(abi_encode(spec)), "market: spec does not match job"
 
@@ -879,10 +1010,8 @@ def _check_spec(job_id: uint256, spec: JobSpec):
 @internal
 @view
 def _load(job_id: uint256, spec: JobSpec) -> Job:
-    job: Job = self.jobs[job_id]
-    assert job.spec_hash != empty(bytes32), "market: unknown job"
-    assert job.spec_hash == keccak256(abi_encode(spec)), "market: spec does not match job"
-    return job
+    self._check_spec(job_id, spec)
+    return self._job(job_id)
 
 
 @internal
@@ -920,6 +1049,7 @@ def _set_parameters(
     assert treasury_ != empty(address), "market: treasury is the zero address"
     assert fee_bps_ <= 1_000, "market: fee above 10%"
     assert slash_requester_bps_ <= BPS, "market: share above 100%"
+    assert dispute_bond_ <= MAX_DISPUTE_BOND, "market: dispute bond too large"
     self.treasury = treasury_
     self.fee_bps = fee_bps_
     self.dispute_bond = dispute_bond_

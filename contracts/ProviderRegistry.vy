@@ -420,8 +420,12 @@ def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_
         return False
     if self.stakes[provider].active < self.min_provider_stake:
         return False
-    offer: Offer = self.offers[provider]
-    return offer.device_kind == device_kind and offer.gpu_count >= gpus and offer.memory_mb >= min_memory_mb
+    # Field by field: loading the whole offer would read its strings too (eight more slots).
+    return (
+        self.offers[provider].device_kind == device_kind
+        and self.offers[provider].gpu_count >= gpus
+        and self.offers[provider].memory_mb >= min_memory_mb
+    )
 
 
 @external
