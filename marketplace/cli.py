@@ -513,6 +513,55 @@ def job_result(job_id: int, rpc_url: str | None, deployment_path: Path, account_
                    f"root {results.manifest.root.hex()[:16]}… matches the chain")
 
 
+# ---------------------------------------------------------------------- verifier
+
+
+@cli.group()
+def verifier() -> None:
+    """Run a verifier."""
+
+
+@verifier.command("start")
+@_chain_options
+@_account_options
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_HOME / "verifier",
+              show_default=True, help="Where fetched results and replays go.")
+@click.option("--stake", "stake_text", default="100", show_default=True, help="Tokens to keep staked.")
+@click.option("--replay-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.07, show_default=True,
+              help="Share of a replay job's segments re-run.")
+@click.option("--capacity-interval", type=click.FloatRange(0.0), default=0.0, show_default=True,
+              help="Seconds between capacity challenges of each provider (0: only at registration).")
+@click.option("--unsafe-no-sandbox", is_flag=True, help="Replay jobs without bubblewrap (only for code you trust).")
+def verifier_start(rpc_url: str | None, deployment_path: Path, account_address: str | None, dev_index: int | None,
+                   password_file: Path | None, data_dir: Path, stake_text: str, replay_fraction: float,
+                   capacity_interval: float, unsafe_no_sandbox: bool) -> None:
+    """The verifier daemon: check committed results by their policy, attest, dispute, challenge capacity.
+
+    SIGTERM or Ctrl-C stop it cleanly.
+    """
+    import logging
+
+    from marketplace.types import parse_tokens
+    from worker.verifier import VerifierSettings, run_verifier
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    contracts = _contracts(rpc_url, deployment_path)
+    signer = _signer(account_address, dev_index, password_file)
+    settings = VerifierSettings(
+        data_dir=data_dir, stake=parse_tokens(stake_text), replay_fraction=replay_fraction,
+        capacity_interval_s=capacity_interval, allow_unsandboxed=unsafe_no_sandbox,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(f"verifier {signer.address} watching market {contracts.market.address}")
+    sys.stdout.flush()
+    try:
+        run_verifier(contracts, signer, settings, stop)
+    except KeyboardInterrupt:
+        pass
+    click.echo("verifier stopped")
+
+
 # ---------------------------------------------------------------------- market
 
 
