@@ -605,6 +605,9 @@ def market(rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
         click.echo(f"  recent {kind} clearing prices: {recent}")
 
 
+from marketplace.pool_cli import pool as _pool_group; cli.add_command(_pool_group)  # noqa: E402, E702, I001
+
+
 def main() -> None:
     """Entry point of the ``flopex`` console script."""
     cli(obj={})

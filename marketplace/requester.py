@@ -7,6 +7,10 @@ passes), uploads the bundle to each winner's worker over gRPC with signed reques
 job's events, downloads the results, checks them against the worker's manifest, its signed receipt
 and the result root it committed on chain, accepts them (when the job has no verifier) and settles.
 The outcome is a :class:`JobOutcome` with the bill.
+
+A slot held by a provider pool runs on the member its operator assigned: the requester waits for
+the assignment on chain and talks to that member's worker (endpoint and receipt signer from the
+pool), not to the worker the pool's registry offer names.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from marketplace.bundle import Bundle, load_bundle, pack_bundle
 from marketplace.client import WorkerClient
 from marketplace.errors import ChainError, ConfigError, ContractRevert, VerificationError, WorkerError
 from marketplace.events import SlotSettled
+from marketplace.pools import SlotWorker, slot_worker
 from marketplace.types import (
     Auction,
     DeviceKind,
@@ -198,10 +203,14 @@ class Requester:
         self, job_id: int, slot: Any, archive: bytes, out_dir: str | Path, timeout_s: float, outcome: JobOutcome
     ) -> None:
         """Upload, run, follow and fetch one slot's run, and check it against its commitment."""
-        offer = self.contracts.registry.offer(slot.provider)
         price = format_tokens(slot.price)
         self.say(f"job {job_id} slot {slot.slot}: leased to {slot.provider} at {price} FLOP/GPU-h")
-        with WorkerClient(offer.endpoint, requester_key=self.account.key, domain=self.domain) as client:
+        run_deadline = self.contracts.market.job(job_id).lease_start + self.contracts.market.spec(job_id).run_duration
+        worker = self.worker_of(job_id, slot.slot, slot.provider,
+                                timeout_s=max(1.0, min(timeout_s, run_deadline - self.now())))
+        if worker.member is not None:
+            self.say(f"job {job_id} slot {slot.slot}: the pool assigned it to member {worker.member}")
+        with WorkerClient(worker.endpoint, requester_key=self.account.key, domain=self.domain) as client:
             client.upload_bundle(job_id, archive)
             client.start_job(job_id, seed=job_id)
             for event in client.watch(job_id, timeout_s=timeout_s):
@@ -210,7 +219,7 @@ class Requester:
                     outcome.events.append(line)
                     self.say(f"job {job_id}: {line}")
             dest = Path(out_dir) / f"slot-{slot.slot}"
-            results = client.download_results(job_id, dest, provider=offer.signer)
+            results = client.download_results(job_id, dest, provider=worker.signer)
             outcome.results.append(dest)
             committed = self._wait_commit(job_id, slot.slot, timeout_s)
             if committed.result_root != results.manifest.root:
@@ -219,6 +228,21 @@ class Requester:
                 )
             root = committed.result_root.hex()[:16]
             self.say(f"job {job_id}: results verified against the on-chain root {root}…")
+
+    def worker_of(self, job_id: int, slot: int, provider: str, *, timeout_s: float = 600.0) -> SlotWorker:
+        """The worker that runs a slot: the provider's own, or, for a pool, the assigned member's.
+
+        Waits (up to ``timeout_s``) for a pool's operator to assign the slot on chain.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            worker = slot_worker(self.contracts, job_id, slot, provider)
+            if worker is not None:
+                return worker
+            if time.monotonic() >= deadline:
+                raise ChainError(f"job {job_id} slot {slot}: the pool {provider} assigned it to no member "
+                                 f"within {timeout_s:.0f} s")
+            time.sleep(0.2)
 
     def dispute(self, job_id: int, slot: int) -> None:
         """Dispute a committed result, putting up the market's dispute bond."""

@@ -5,6 +5,12 @@ account holds slots in the market. A lease names the worker's receipt key (the `
 leased provider's registry offer), the requester who posted the job, the bundle hash it posted and
 the run deadline. Leases are cached once they exist; a job that is not leased yet is asked again
 at most every ``refresh_s`` seconds.
+
+A slot held by a provider pool (:mod:`marketplace.pools`) runs on the member its operator assigned,
+so the lease names that member's signer (``pool.members(member).signer``), not the pool's offer:
+only the assigned member's worker serves the job. An unassigned pool slot names nobody yet. The
+operator may move a slot to another member until a result is committed, so a lease with a pool
+slot still awaiting its result is cached for ``refresh_s`` seconds only.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 
 from marketplace.bindings import Contracts
 from marketplace.errors import ChainError
+from marketplace.pools import pool_at, slot_worker
 from marketplace.types import DeviceKind, JobStatus, SlotStatus
 from worker.leases import DeviceRequirements, Lease
 
@@ -24,22 +31,35 @@ MIB = 1 << 20
 
 def lease_from_chain(contracts: Contracts, job_id: int) -> Lease | None:
     """The lease of ``job_id`` as the market has it, or None when it is not leased."""
+    return _lease_from_chain(contracts, job_id)[0]
+
+
+def _lease_from_chain(contracts: Contracts, job_id: int) -> tuple[Lease | None, bool]:
+    """The lease and whether it is final (no pool slot that may still move to another member)."""
     market = contracts.market
     try:
         job = market.job(job_id)
     except ChainError:
         return None
     if job.status not in (JobStatus.LEASED, JobStatus.CLOSED):
-        return None
+        return None, False
     spec = market.spec(job_id)
     providers = []
+    final = True
     for slot in market.slots_of(job_id):
         if slot.status == SlotStatus.RELEASED:
             continue
+        if pool_at(contracts, slot.provider) is not None:
+            # A pool's slot: its assigned member's worker, which may change until a result is in.
+            final = final and slot.status != SlotStatus.ASSIGNED
+            worker = slot_worker(contracts, job_id, slot.slot, slot.provider)
+            if worker is not None:
+                providers.append(worker.signer)
+            continue
         providers.append(contracts.registry.offer(slot.provider).signer)
     if not providers:
-        return None
-    return Lease(
+        return None, False
+    lease = Lease(
         job_id=job_id,
         requester=spec.requester,
         providers=tuple(providers),
@@ -51,6 +71,7 @@ def lease_from_chain(contracts: Contracts, job_id: int) -> Lease | None:
             min_memory_bytes=spec.min_memory_mb * MIB,
         ),
     )
+    return lease, final
 
 
 class ChainLeases:
@@ -62,6 +83,7 @@ class ChainLeases:
         self._lock = threading.Lock()
         self._leases: dict[int, Lease] = {}
         self._misses: dict[int, float] = {}
+        self._provisional: dict[int, tuple[Lease, float]] = {}  # pool slots that may still move
 
     def verifier_may_read(self, job_id: int, account: str, worker: str) -> bool:
         """True when ``account`` is an active verifier and the slot ``worker`` runs is committed.
@@ -75,7 +97,8 @@ class ChainLeases:
         for slot in market.slots_of(job_id):
             if slot.status in (SlotStatus.ASSIGNED, SlotStatus.RELEASED, SlotStatus.NONE):
                 continue
-            if registry.offer(slot.provider).signer.lower() == worker.lower():
+            runs = slot_worker(self.contracts, job_id, slot.slot, slot.provider)
+            if runs is not None and runs.signer.lower() == worker.lower():
                 return True
         return False
 
@@ -87,11 +110,18 @@ class ChainLeases:
             missed = self._misses.get(job_id)
             if missed is not None and time.monotonic() - missed < self.refresh_s:
                 return None
-        lease = lease_from_chain(self.contracts, job_id)
+            provisional = self._provisional.get(job_id)
+            if provisional is not None and time.monotonic() - provisional[1] < self.refresh_s:
+                return provisional[0]
+        lease, final = _lease_from_chain(self.contracts, job_id)
         with self._lock:
             if lease is None:
                 self._misses[job_id] = time.monotonic()
-            else:
+            elif final:
                 self._leases[job_id] = lease
+                self._misses.pop(job_id, None)
+                self._provisional.pop(job_id, None)
+            else:
+                self._provisional[job_id] = (lease, time.monotonic())
                 self._misses.pop(job_id, None)
         return lease

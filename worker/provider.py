@@ -126,6 +126,36 @@ class ProviderDaemon:
         """The provider's account on chain."""
         return self.account.address
 
+    @property
+    def holder(self) -> str:
+        """The address that holds slots at the market (a pool's operator bids for the pool's)."""
+        return self.address
+
+    # ------------------------------------------------------------------ market hooks (pools override)
+
+    def _take(self, job_id: int) -> None:
+        self.contracts.market.take_job(self.account, job_id)
+
+    def _commit_bid(self, job_id: int, price: int) -> bytes:
+        return self.contracts.market.commit_bid(self.account, job_id, price)
+
+    def _reveal(self, job_id: int, price: int, salt: bytes) -> None:
+        self.contracts.market.reveal_bid(self.account, job_id, price, salt)
+
+    def _commit(self, job_id: int, index: int, root: bytes, claimed: int) -> None:
+        self.contracts.market.commit_result(self.account, job_id, index, root, claimed)
+
+    def _settle(self, job_id: int, index: int) -> None:
+        self.contracts.market.settle(self.account, job_id, index)
+
+    def _withdraw(self) -> None:
+        if self.contracts.market.credits(self.address) > 0:
+            self.contracts.market.withdraw(self.account)
+
+    def _capacity(self) -> int:
+        """Slots it can run at once."""
+        return max(1, len(self.worker.manager.devices))
+
     def ensure_registered(self) -> None:
         """Stake up to the configured amount and register (or refresh) the offer."""
         registry, token = self.contracts.registry, self.contracts.token
@@ -208,8 +238,8 @@ class ProviderDaemon:
         for job_id in list(self.memory.slots):
             if job_id not in self.memory.done:
                 self._serve(job_id, now)
-        if self.settings.withdraw and self.contracts.market.credits(self.address) > 0:
-            self.contracts.market.withdraw(self.account)
+        if self.settings.withdraw:
+            self._withdraw()
         self._save()
 
     def _read_new_jobs(self) -> None:
@@ -234,15 +264,19 @@ class ProviderDaemon:
     def _can_run(self, spec: JobSpec) -> bool:
         s = self.settings
         return (
-            spec.requester != self.address
+            spec.requester not in (self.address, self.holder)
             and spec.device_kind == s.device_kind
             and spec.gpus <= s.gpu_count
             and spec.min_memory_mb <= s.memory_mb
         )
 
+    def _busy(self) -> int:
+        """Devices (or, for a pool, members) busy now."""
+        return len(self.worker.manager.busy_devices())
+
     def _utilization(self) -> Fraction:
-        devices = max(1, len(self.worker.manager.devices))
-        busy = len(self.worker.manager.busy_devices())
+        devices = self._capacity()
+        busy = self._busy()
         if busy:
             self.last_busy = time.time()
         return Fraction(min(busy, devices), devices)
@@ -265,7 +299,7 @@ class ProviderDaemon:
         try:
             if spec.auction == Auction.INSTANT:
                 if now < spec.bid_deadline and self.settings.price_floor <= spec.max_price and self._has_room():
-                    market.take_job(self.account, job_id)
+                    self._take(job_id)
                     self._track_slots(job_id)
                 self.open_jobs.pop(job_id, None)
                 return
@@ -276,14 +310,14 @@ class ProviderDaemon:
                         self.memory.ignored.add(job_id)
                         self.open_jobs.pop(job_id, None)
                         return
-                    salt = market.commit_bid(self.account, job_id, price)
+                    salt = self._commit_bid(job_id, price)
                     self.memory.bids[job_id] = {"price": price, "salt": salt.hex(), "revealed": False}
                     log.info("provider %s: committed a sealed bid for job %d", self.address, job_id)
                 else:
                     self.open_jobs.pop(job_id, None)
                 return
             if not bid["revealed"] and spec.bid_deadline <= now < spec.reveal_deadline:
-                market.reveal_bid(self.account, job_id, int(bid["price"]), bytes.fromhex(bid["salt"]))
+                self._reveal(job_id, int(bid["price"]), bytes.fromhex(bid["salt"]))
                 bid["revealed"] = True
                 return
             if now >= spec.reveal_deadline:
@@ -299,11 +333,11 @@ class ProviderDaemon:
 
     def _has_room(self) -> bool:
         active = sum(1 for j in self.memory.slots if j not in self.memory.done)
-        return active < max(1, len(self.worker.manager.devices))
+        return active < self._capacity()
 
     def _track_slots(self, job_id: int) -> None:
         for slot in self.contracts.market.slots_of(job_id):
-            if slot.provider == self.address and slot.status != SlotStatus.RELEASED:
+            if slot.provider == self.holder and slot.status != SlotStatus.RELEASED:
                 self.memory.slots[job_id] = slot.slot
 
     # ------------------------------------------------------------------ serving a slot
@@ -319,7 +353,7 @@ class ProviderDaemon:
             elif slot.status.terminal:
                 self.memory.done.add(job_id)
             elif self._can_settle(slot.status, slot.committed_at, spec, now):
-                market.settle(self.account, job_id, index)
+                self._settle(job_id, index)
                 self.memory.done.add(job_id)
                 log.info("provider %s: settled job %d", self.address, job_id)
         except ContractRevert as exc:
@@ -358,7 +392,7 @@ class ProviderDaemon:
             if now - lease_start < spec.run_duration * NO_UPLOAD_COMMIT_AT:
                 return
             claimed = held
-        market.commit_result(self.account, job_id, index, root, claimed)
+        self._commit(job_id, index, root, claimed)
         log.info("provider %s: committed job %d: %d GPU-s, root %s", self.address, job_id, claimed, root.hex()[:16])
 
     # ------------------------------------------------------------------ memory
