@@ -1,0 +1,158 @@
+"""Faults on the embedded chain: a requester that vanishes, a provider restarted mid-lease."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from marketplace.bindings import Contracts
+from marketplace.chain import Chain, dev_account
+from marketplace.client import WorkerClient
+from marketplace.devchain import setup_dev_market
+from marketplace.pricing import strategy_from_spec
+from marketplace.requester import JobOptions, Requester
+from marketplace.types import ONE_TOKEN, Auction, DeviceKind, Policy, SlotStatus, parse_tokens, slot_value
+from worker.chain_leases import ChainLeases
+from worker.config import WorkerConfig
+from worker.provider import ProviderDaemon, ProviderSettings
+from worker.service import WorkerServer, create_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUESTER, PROVIDER = 2, 4
+PRICE = parse_tokens("0.2")
+
+
+@dataclass
+class Provider:
+    server: WorkerServer
+    daemon: ProviderDaemon
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.server.stop()
+
+
+def start_provider(contracts: Contracts, data_dir: Path) -> Provider:
+    config = WorkerConfig(data_dir=data_dir, leases=ChainLeases(contracts, refresh_s=0.1),
+                          chain_id=contracts.chain.chain_id, market_address=contracts.market.address)
+    server, port = create_server(config)
+    server.start()
+    settings = ProviderSettings(
+        endpoint=f"127.0.0.1:{port}", price_floor=PRICE, strategy=strategy_from_spec("fixed"), stake=200 * ONE_TOKEN,
+        device_model="cpu", device_kind=DeviceKind.CPU, gpu_count=1, memory_mb=4096, poll_interval_s=0.1,
+    )
+    daemon = ProviderDaemon(contracts, dev_account(PROVIDER), server, settings, data_dir / "provider.json")
+    daemon.ensure_registered()
+    daemon.start()
+    return Provider(server, daemon)
+
+
+@pytest.fixture
+def contracts(has_bwrap: bool) -> Iterator[Contracts]:
+    yield setup_dev_market(Chain.embedded(), accounts=5)
+
+
+def _post_and_run(
+    contracts: Contracts, requester: Requester, bundle: Path = ROOT / "examples" / "train_mlp"
+) -> tuple[int, WorkerClient]:
+    options = JobOptions(auction=Auction.INSTANT, policy=Policy.NONE, challenge_window_s=30, bid_window_s=60)
+    job_id = requester.submit(bundle, options)
+    requester.wait_for_lease(job_id, timeout_s=60)
+    offer = contracts.registry.offer(contracts.market.slot(job_id, 0).provider)
+    client = WorkerClient(offer.endpoint, requester_key=dev_account(REQUESTER).key, domain=requester.domain)
+    client.upload_bundle(job_id, requester._archives[job_id])
+    client.start_job(job_id, seed=1)
+    return job_id, client
+
+
+def test_requester_that_vanishes__provider_settles_alone_after_the_challenge_window(
+    contracts: Contracts, tmp_path: Path
+) -> None:
+    provider = start_provider(contracts, tmp_path / "worker")
+    try:
+        before = contracts.token.balance_of(dev_account(PROVIDER).address)
+        requester = Requester(contracts, dev_account(REQUESTER))
+        job_id, client = _post_and_run(contracts, requester)
+        with client:
+            assert client.wait(job_id, timeout_s=120).WhichOneof("kind") == "finished"
+        # The requester is gone: it never accepts, disputes or settles.
+        slot = contracts.chain.wait_until(
+            lambda: (s := contracts.market.slot(job_id, 0)).status == SlotStatus.COMMITTED and s, timeout=60
+        )
+        contracts.chain.time_travel(contracts.market.spec(job_id).challenge_window + 1)
+        contracts.chain.wait_until(
+            lambda: contracts.market.slot(job_id, 0).status == SlotStatus.PAID
+            and contracts.market.credits(dev_account(PROVIDER).address) == 0,
+            timeout=60,
+        )
+        paid = slot_value(PRICE, slot.gpu_seconds)
+        assert slot.gpu_seconds > 0
+        assert contracts.token.balance_of(dev_account(PROVIDER).address) == before + paid - paid // 100
+    finally:
+        provider.stop()
+
+
+def test_provider_restarted_after_the_job__serves_the_finished_result_and_is_paid(
+    contracts: Contracts, tmp_path: Path
+) -> None:
+    provider = start_provider(contracts, tmp_path / "worker")
+    requester = Requester(contracts, dev_account(REQUESTER))
+    job_id, client = _post_and_run(contracts, requester)
+    with client:
+        assert client.wait(job_id, timeout_s=120).WhichOneof("kind") == "finished"
+    provider.stop()
+
+    provider = start_provider(contracts, tmp_path / "worker")  # same data dir, new port
+    try:
+        offer = contracts.registry.offer(dev_account(PROVIDER).address)
+        assert offer.endpoint == provider.daemon.settings.endpoint
+        with WorkerClient(offer.endpoint, requester_key=dev_account(REQUESTER).key, domain=requester.domain) as c:
+            results = c.download_results(job_id, tmp_path / "results", provider=offer.signer)
+        committed = contracts.chain.wait_until(
+            lambda: (s := contracts.market.slot(job_id, 0)).status == SlotStatus.COMMITTED and s, timeout=60
+        )
+        assert committed.result_root == results.manifest.root
+        contracts.market.accept_result(dev_account(REQUESTER), job_id, 0)
+        [bill] = requester.settle(job_id, timeout_s=60)
+        assert bill["status"] == "paid" and bill["gpu_seconds"] > 0
+    finally:
+        provider.stop()
+
+
+def test_provider_restarted_mid_job__fails_it_cleanly_and_nobody_is_slashed(
+    contracts: Contracts, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "long"
+    bundle.mkdir()
+    (bundle / "job.toml").write_text(
+        '[job]\nentrypoint = "sleep.py"\n[resources]\ndevice = "cpu"\ntimeout_s = 600\nmax_gpu_hours = 0.1\n'
+        '[market]\nmax_price = "0.5"\n'
+    )
+    (bundle / "sleep.py").write_text("import time\nprint('working', flush=True)\ntime.sleep(600)\n")
+    provider = start_provider(contracts, tmp_path / "worker")
+    requester = Requester(contracts, dev_account(REQUESTER))
+    job_id, client = _post_and_run(contracts, requester, bundle)
+    with client:
+        for event in client.watch(job_id, timeout_s=60):
+            if event.WhichOneof("kind") == "started":
+                break
+    provider.server.stop()  # kills the running job: marked failed, with the reason
+    provider.daemon.stop()
+    provider = start_provider(contracts, tmp_path / "worker")
+    try:
+        record = provider.server.manager.get(job_id)
+        assert record.state == "failed" and ("shutting down" in record.reason or "restarted" in record.reason), record
+        committed = contracts.chain.wait_until(
+            lambda: (s := contracts.market.slot(job_id, 0)).status == SlotStatus.COMMITTED and s, timeout=60
+        )
+        contracts.market.accept_result(dev_account(REQUESTER), job_id, 0)
+        [bill] = requester.settle(job_id, timeout_s=60)
+        assert bill["status"] == "paid" and bill["slashed"] == 0
+        assert bill["paid"] == slot_value(PRICE, committed.gpu_seconds)
+    finally:
+        provider.stop()
