@@ -396,6 +396,7 @@ def commit_bid(job_id: uint256, spec: JobSpec, commitment: bytes32):
     assert self._job(job_id).status == JobStatus.OPEN, "market: job is not open"
     assert block.timestamp < convert(spec.bid_deadline, uint256), "market: bidding closed"
     assert commitment != empty(bytes32), "market: empty commitment"
+    assert msg.sender != spec.requester, "market: requester cannot bid on its own job"
     assert self.commitments[job_id][msg.sender] == empty(bytes32), "market: bid already committed"
     self._check_eligible(msg.sender, spec)
     self.commitments[job_id][msg.sender] = commitment

@@ -1,4 +1,4 @@
-"""The market's packed storage: what goes in comes back out, at the edges of every field."""
+"""The market's packed storage at the edges of every field, and who may bid on a job."""
 
 from __future__ import annotations
 
@@ -54,3 +54,15 @@ def test_largest_job__round_trips_through_the_packed_words(deployment, market, r
     assert (slot.status, slot.disputer, slot.provider, slot.price) == (SLOT_DISPUTED, requester, provider, floor)
     assert market.jobs(job_id).escrow == floor * MAX_U64 // 3_600 + 2**128
     assert market.jobs(job_id).lease_start == job.lease_start
+
+
+def test_commit_bid__by_the_jobs_own_requester__reverts(deployment, market, registry, providers, requester):
+    # A requester that is also a registered provider may not bid up (or win) its own job.
+    fund(deployment, requester)
+    with boa.env.prank(requester):
+        registry.stake(registry.min_provider_stake())
+        registry.register_provider(make_offer(requester))
+    spec = make_spec(requester)
+    job_id = providers.post(spec)
+    with boa.env.prank(requester), boa.reverts("market: requester cannot bid on its own job"):
+        market.commit_bid(job_id, spec, b"\x01" * 32)
