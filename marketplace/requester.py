@@ -278,9 +278,12 @@ class Requester:
                 try:
                     market.settle(self.account, job_id, slot.slot)
                 except ContractRevert as exc:
-                    if exc.reason != "market: slot cannot settle yet":
+                    if exc.reason in ("market: slot already settled", "market: job is not leased"):
+                        pass  # a provider or verifier settled it between our read and our call
+                    elif exc.reason == "market: slot cannot settle yet":
+                        continue
+                    else:
                         raise
-                    continue
                 bills[slot.slot] = self._bill(job_id, slot.slot)
             if len(bills) < spec.redundancy:
                 time.sleep(0.3)
