@@ -1,9 +1,11 @@
 """Routing a pool's slot to the member its operator assigned: leases, the requester's worker lookup,
-verifiers' reads, and the operator's choice of member. On the embedded chain, in process."""
+verifiers' reads, the operator's choice of member, and the operator daemon's sealed bidding and
+booking. On the embedded chain, in process."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from eth_account import Account
@@ -13,10 +15,11 @@ from marketplace.chain import Chain, dev_account
 from marketplace.devchain import setup_dev_market
 from marketplace.errors import ChainError, ConfigError
 from marketplace.pools import Pool, PoolMember, deploy_pool, load_pool, pool_at, slot_worker
+from marketplace.pricing import FixedFloor
 from marketplace.requester import Requester
-from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Offer, Policy
+from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Offer, Policy, slot_value
 from worker.chain_leases import ChainLeases, lease_from_chain
-from worker.pool_operator import OperatorSettings, pick_member, register_pool
+from worker.pool_operator import OperatorSettings, PoolOperatorDaemon, pick_member, register_pool
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -33,7 +36,7 @@ def world() -> tuple[Contracts, Pool]:
         member = dev_account(index)
         contracts.token.approve(member, pool.address, 150 * ONE_TOKEN)
         pool.join(member, 150 * ONE_TOKEN, gpus, 8192, SIGNERS[index], ENDPOINTS[index])
-    settings = OperatorSettings(price_floor=ONE_TOKEN // 5, strategy=None,  # type: ignore[arg-type]
+    settings = OperatorSettings(price_floor=ONE_TOKEN // 5, strategy=FixedFloor(),
                                 device_model="test cpu", device_kind=DeviceKind.CPU)
     covering = register_pool(contracts, pool, dev_account(OPERATOR), settings)
     assert covering is not None and covering.address == dev_account(BIG).address
@@ -148,3 +151,49 @@ def test_pick_member__fitting_then_least_loaded_then_taking_turns() -> None:
     assert pick_member([c], spec, 100, {}) is None  # too few devices
     assert pick_member([replace(a, stake=99)], spec, 100, {}) is None  # below the minimum stake
     assert pick_member([replace(a, memory_mb=1024)], spec, 100, {}) is None
+
+
+def test_operator_daemon__sealed_bid_through_the_pool__assigns__books_the_pay__collects(
+    world: tuple[Contracts, Pool], tmp_path: Path,
+) -> None:
+    contracts, pool = world
+    market, chain = contracts.market, contracts.chain
+    settings = OperatorSettings(price_floor=ONE_TOKEN // 5, strategy=FixedFloor(), device_model="test cpu",
+                                device_kind=DeviceKind.CPU, withdraw=False)
+    daemon = PoolOperatorDaemon(contracts, dev_account(OPERATOR), pool, settings, tmp_path / "operator.json")
+    daemon.memory.last_block = chain.block_number()  # only jobs from now on
+    now = chain.now()
+    spec = JobSpec(
+        requester=dev_account(REQUESTER).address, bundle_hash=b"\x43" * 32, device_kind=DeviceKind.CPU, gpus=1,
+        min_memory_mb=1024, policy=Policy.NONE, auction=Auction.SEALED, redundancy=1, max_price=ONE_TOKEN,
+        max_gpu_seconds=360, bid_deadline=now + 100, reveal_deadline=now + 200, run_duration=1_800,
+        challenge_window=60,
+    )
+    contracts.token.approve(dev_account(REQUESTER), market.address, spec.escrow)
+    job_id = market.post_job(dev_account(REQUESTER), spec)
+    daemon.step()
+    assert [e.provider for e in market.get_events("BidCommitted", 0, job_id=job_id)] == [pool.address]
+    chain.time_travel(100)
+    daemon.step()
+    assert [(e.provider, e.price) for e in market.get_events("BidRevealed", 0, job_id=job_id)] == [
+        (pool.address, ONE_TOKEN // 5)]
+    chain.time_travel(100)
+    daemon.step()  # finalizes, then assigns the won slot
+    member = pool.assignment(job_id, 0)
+    assert market.slot(job_id, 0).provider == pool.address and member is not None
+    before = {m.address: pool.credits(m.address) for m in pool.members()}
+    operator_before = pool.credits(dev_account(OPERATOR).address)
+
+    chain.time_travel(60)
+    pool.commit_result(dev_account(BIG if member == dev_account(BIG).address else SMALL), job_id, 0,
+                       b"\x02" * 32, 36)
+    market.accept_result(dev_account(REQUESTER), job_id, 0)
+    daemon.step()  # books the slot at the pool (settling it at the market) and collects
+    assert pool.booked(job_id, 0) and market.credits(pool.address) == 0
+    paid = slot_value(ONE_TOKEN, 36)  # the only ask: leased at the requester's max
+    income = paid - paid * market.fee_bps() // 10_000
+    fee = income * 1_000 // 10_000
+    assert pool.credits(member) - before[member] == income - fee
+    assert pool.credits(dev_account(OPERATOR).address) - operator_before == fee
+    assert all(pool.credits(a) == c for a, c in before.items() if a != member)
+    assert job_id in daemon.memory.done
