@@ -85,8 +85,8 @@ class Market:
         return daemon
 
     def add_verifier(self, dev: int, **changes: Any) -> VerifierDaemon:
-        settings = VerifierSettings(data_dir=self.home / f"verifier-{dev}", poll_interval_s=0.2,
-                                    replay_min_samples=2, capacity_n=512, **changes)
+        options = {"poll_interval_s": 0.2, "replay_min_samples": 2, "capacity_n": 512, **changes}
+        settings = VerifierSettings(data_dir=self.home / f"verifier-{dev}", **options)
         daemon = VerifierDaemon(self.contracts, dev_account(dev), settings)
         daemon.ensure_registered()
         daemon.start()
