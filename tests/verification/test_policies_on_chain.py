@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import PROVIDERS, VERIFIERS, Market, bundle_copy
+from chainkit import PROVIDERS, VERIFIERS, Market, bundle_copy
 
 from marketplace.chain import dev_account
 from marketplace.events import ResultAttested, ResultDisputed, SlotSettled
