@@ -181,12 +181,17 @@ class Chain:
             return self.now()
 
     def mine(self) -> None:
-        """Mine an empty block (dev chains), so the chain's clock catches up with wall time."""
+        """Mine an empty block on a dev chain (eth-tester, anvil, ``flopex chain up``).
+
+        Raises :class:`ChainError` on a chain that does not mine on request.
+        """
         with self.locked():
             if self._tester is not None:
                 self._tester.mine_blocks(1)
-            else:
-                self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+                return
+            response = self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+            if isinstance(response, dict) and response.get("error"):
+                raise ChainError(f"this chain does not mine on request: {response['error']}")
 
     # ------------------------------------------------------------------ accounts
 

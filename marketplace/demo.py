@@ -1,41 +1,52 @@
-"""``flopex demo``: the market in one process on the embedded chain, told as a story.
+"""``flopex demo``: the whole market in one process on the embedded chain, told as a story.
 
-Contracts are deployed and accounts funded; three providers with different prices stake and
-register, and a verifier stakes. A requester posts a job to a sealed auction: the providers commit
-and reveal their asks, the lowest wins and is paid the second-lowest (reverse Vickrey). The winner
-computes a real matrix product with PyTorch, commits the Merkle root of the result's rows and the
-GPU-seconds it claims; the verifier checks the product with Freivalds' method and attests; the
-provider is paid for verified GPU-seconds, a fee goes to the treasury and the rest of the escrow
-back to the requester. A second job goes to an instant auction; its provider never delivers, and
-after the deadline the requester is refunded and the provider slashed. Every account's balance is
-shown before and after, and the tokens add up.
+Contracts are deployed and accounts funded. Three providers stake, register and serve gRPC on
+loopback, each with its own worker and sandbox; a verifier stakes and measures their capacity.
+
+1. A requester posts a matrix product (``examples/matmul``) to an instant auction checked by
+   Freivalds' method, with a max price only the cheapest provider meets. That provider takes it,
+   runs it — and returns a wrong product, consistent with the root it commits. The verifier's
+   Freivalds check rejects it; the provider is slashed, below the minimum stake, and the requester
+   refunded.
+2. The requester posts a real PyTorch training job (``examples/replay_mlp``, 20 checkpointed
+   segments) to a sealed auction with replay verification. The two honest providers commit and
+   reveal asks; the lowest wins at the second-lowest (reverse Vickrey). The worker runs it in its
+   sandbox and streams progress; the requester downloads the results and checks them against the
+   root committed on chain; the verifier replays sampled segments from their checkpoints and
+   attests the verified GPU-seconds; the provider is paid for them, a fee goes to the treasury and
+   the rest of the escrow back to the requester.
+
+Every account's wealth (wallet + withdrawable credit + stake) is shown before and after, and the
+tokens add up. The command line's ``demo`` prints the story or, with ``--json``, one JSON document.
+
+The demo runs the project's own example jobs. Where bubblewrap is missing it says so and runs them
+without the sandbox (a real provider refuses untrusted jobs then).
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import torch
-
-from marketplace import capacity
 from marketplace.bindings import Contracts
 from marketplace.chain import Chain, dev_account
 from marketplace.devchain import setup_dev_market
-from marketplace.events import JobLeased, SlotLeased, SlotSettled
+from marketplace.errors import ConfigError, ContractRevert
+from marketplace.events import BidRevealed, ResultAttested, SlotLeased
+from marketplace.requester import JobOptions, Requester
 from marketplace.types import (
     ONE_TOKEN,
     Auction,
     DeviceKind,
-    JobSpec,
-    Offer,
     Outcome,
-    Policy,
     format_tokens,
     parse_tokens,
-    slot_value,
 )
 
 __all__ = ["DemoReport", "run_demo"]
@@ -49,9 +60,11 @@ ROLES = {
     "provider-b": 5,
     "provider-c": 6,
 }
-PROVIDER_PRICES = {"provider-a": "2.0", "provider-b": "2.5", "provider-c": "3.5"}
-STAKE = 500 * ONE_TOKEN
-MATRIX_N = 512
+#: Asks per GPU-hour; provider-c is the cheapest and returns wrong products.
+PROVIDER_PRICES = {"provider-a": "0.20", "provider-b": "0.25", "provider-c": "0.15"}
+CHEATER = "provider-c"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+MATRIX_N = 256
 
 
 @dataclass
@@ -59,9 +72,11 @@ class DemoReport:
     """What happened, as data: the CLI prints it as a story or as JSON."""
 
     chain_id: int = 0
+    sandboxed: bool = True
     accounts: dict[str, str] = field(default_factory=dict)
     balances_before: dict[str, int] = field(default_factory=dict)
     balances_after: dict[str, int] = field(default_factory=dict)
+    capacity: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: list[dict[str, Any]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
     conserved: bool = False
@@ -71,6 +86,7 @@ class DemoReport:
         """The report as one JSON-ready document (amounts as integers and as decimal strings)."""
         return {
             "chain_id": self.chain_id,
+            "sandboxed": self.sandboxed,
             "accounts": self.accounts,
             "balances": {
                 name: {
@@ -81,6 +97,7 @@ class DemoReport:
                 }
                 for name in self.accounts
             },
+            "capacity": self.capacity,
             "jobs": self.jobs,
             "steps": self.steps,
             "conserved": self.conserved,
@@ -101,42 +118,112 @@ def _balances(contracts: Contracts) -> dict[str, int]:
     return out
 
 
+class _Stage:
+    """The market's moving parts, started and stopped together."""
+
+    def __init__(self, contracts: Contracts, home: Path, sandboxed: bool) -> None:
+        self.contracts, self.home, self.sandboxed = contracts, home, sandboxed
+        self.servers: list[Any] = []
+        self.daemons: list[Any] = []
+
+    def provider(self, name: str) -> Any:
+        from marketplace.pricing import strategy_from_spec
+        from worker.chain_leases import ChainLeases
+        from worker.cheats import Cheat, CheatingProvider
+        from worker.config import WorkerConfig
+        from worker.provider import ProviderDaemon, ProviderSettings
+        from worker.service import create_server
+
+        contracts = self.contracts
+        data = self.home / name
+        config = WorkerConfig(data_dir=data, leases=ChainLeases(contracts, refresh_s=0.1),
+                              chain_id=contracts.chain.chain_id, market_address=contracts.market.address,
+                              allow_unsandboxed=not self.sandboxed)
+        server, port = create_server(config)
+        device = server.manager.devices[0]
+        # The cheater keeps only the minimum stake: one slash takes it below, out of the market.
+        stake = contracts.registry.min_provider_stake() if name == CHEATER else 300 * ONE_TOKEN
+        settings = ProviderSettings(
+            endpoint=f"127.0.0.1:{port}", price_floor=parse_tokens(PROVIDER_PRICES[name]),
+            strategy=strategy_from_spec("fixed"), stake=stake, device_model=device.model[:64],
+            device_kind=DeviceKind.CPU, gpu_count=1, memory_mb=device.memory_bytes >> 20, poll_interval_s=0.1,
+        )
+        account = dev_account(ROLES[name])
+        state = data / "provider-state.json"
+        if name == CHEATER:
+            daemon = CheatingProvider(contracts, account, server, settings, state, cheat=Cheat("random"), seed=7)
+        else:
+            daemon = ProviderDaemon(contracts, account, server, settings, state)
+        daemon.ensure_registered()
+        server.start()
+        daemon.start()
+        self.servers.append(server)
+        self.daemons.append(daemon)
+        return daemon
+
+    def verifier(self) -> Any:
+        from worker.verifier import VerifierDaemon, VerifierSettings
+
+        settings = VerifierSettings(data_dir=self.home / "verifier", poll_interval_s=0.1, capacity_n=512,
+                                    replay_min_samples=3, allow_unsandboxed=not self.sandboxed)
+        daemon = VerifierDaemon(self.contracts, dev_account(ROLES["verifier"]), settings)
+        daemon.ensure_registered()
+        daemon.start()
+        self.daemons.append(daemon)
+        return daemon
+
+    def stop(self) -> None:
+        for daemon in self.daemons:
+            daemon._stop.set()
+        for daemon in self.daemons:
+            daemon.stop()
+        for server in self.servers:
+            server.stop(0)
+
+
 def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
     """Run the whole story on a fresh embedded chain; ``say`` receives progress lines."""
+    if not (EXAMPLES / "matmul").is_dir() or not (EXAMPLES / "replay_mlp").is_dir():
+        raise ConfigError(f"the demo runs the example jobs in {EXAMPLES}; run it from a source checkout")
     started = time.monotonic()
-    report = DemoReport()
+    report = DemoReport(sandboxed=shutil.which("bwrap") is not None)
 
     def step(line: str) -> None:
         report.steps.append(line)
         say(line)
 
+    logging.getLogger("flopex").setLevel(logging.ERROR)
     chain = Chain.embedded()
     contracts = setup_dev_market(chain, accounts=len(ROLES))
     market, registry, token = contracts.market, contracts.registry, contracts.token
-    keys = {name: dev_account(index) for name, index in ROLES.items()}
     report.chain_id = chain.chain_id
-    report.accounts = {name: key.address for name, key in keys.items()}
-    step(f"deployed token {token.address}, registry {registry.address}, market {market.address}")
+    report.accounts = {name: dev_account(index).address for name, index in ROLES.items()}
+    step(f"deployed on an embedded chain: token {token.address[:10]}…, registry {registry.address[:10]}…, "
+         f"market {market.address[:10]}…")
+    if not report.sandboxed:
+        step("bubblewrap is not installed: the demo runs its own example jobs without the sandbox")
 
-    for name, price in PROVIDER_PRICES.items():
-        key = keys[name]
-        token.approve(key, registry.address, STAKE)
-        registry.stake(key, STAKE)
-        offer = Offer("CPU (demo device)", DeviceKind.CPU, 1, 8_192, 20, parse_tokens(price),
-                      f"127.0.0.1:{7100 + ROLES[name]}", key.address)
-        registry.register_provider(key, offer)
-        step(f"{name} staked {format_tokens(STAKE)} FLOP and offers 1 device at {price} FLOP/GPU-h")
-    verifier = keys["verifier"]
-    token.approve(verifier, registry.address, STAKE)
-    registry.stake(verifier, STAKE)
-    registry.register_verifier(verifier)
-    step(f"verifier staked {format_tokens(STAKE)} FLOP")
-    report.balances_before = _balances(contracts)
+    with tempfile.TemporaryDirectory(prefix="flopex-demo-") as tmp:
+        home = Path(tmp)
+        stage = _Stage(contracts, home, report.sandboxed)
+        try:
+            report.balances_before = _balances(contracts)
+            for name in PROVIDER_PRICES:
+                daemon = stage.provider(name)
+                stake = registry.stakes(daemon.address).active
+                step(f"{name} staked {format_tokens(stake)} FLOP, serves a CPU device on "
+                     f"{daemon.settings.endpoint} and asks {PROVIDER_PRICES[name]} FLOP/GPU-h")
+            verifier = stage.verifier()
+            step(f"verifier staked {format_tokens(registry.stakes(verifier.address).active)} FLOP")
+            report.capacity = _capacity(contracts, stage, step)
+            requester = Requester(contracts, dev_account(ROLES["requester"]), say=lambda _l: None)
+            report.jobs.append(_matrix_job(contracts, requester, home, step))
+            report.jobs.append(_training_job(contracts, requester, home, step))
+        finally:
+            stage.stop()
 
-    report.jobs.append(_sealed_matrix_job(contracts, keys, step))
-    report.jobs.append(_instant_job_provider_vanishes(contracts, keys, step))
-
-    for key in keys.values():
+    for index in ROLES.values():
+        key = dev_account(index)
         if market.credits(key.address):
             market.withdraw(key)
     step("everyone withdrew their credit")
@@ -147,133 +234,142 @@ def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
     return report
 
 
-def _spec(chain: Chain, requester: str, **kw: Any) -> JobSpec:
-    now = chain.now()
-    base: dict[str, Any] = {
-        "requester": requester,
-        "bundle_hash": b"\x00" * 32,
-        "device_kind": DeviceKind.CPU,
-        "gpus": 1,
-        "min_memory_mb": 1_024,
-        "policy": Policy.FREIVALDS,
-        "auction": Auction.SEALED,
-        "redundancy": 1,
-        "max_price": parse_tokens("5"),
-        "max_gpu_seconds": 1_800,
-        "bid_deadline": now + 60,
-        "reveal_deadline": now + 120,
-        "run_duration": 600,
-        "challenge_window": 300,
-    }
-    base.update(kw)
-    return JobSpec(**base)
+def _capacity(contracts: Contracts, stage: _Stage, step: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Wait for the verifier's capacity attestations of the providers and tell them."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in PROVIDER_PRICES:
+        address = dev_account(ROLES[name]).address
+        contracts.chain.wait_until(lambda a=address: contracts.registry.attestation(a)[2] > 0, timeout=120)
+        gflops, _verifier, _at, flagged = contracts.registry.attestation(address)
+        out[name] = {"gflops": gflops, "flagged": flagged}
+    line = ", ".join(f"{n} {v['gflops']} GFLOP/s" for n, v in out.items())
+    step(f"verifier measured each provider with a seeded matrix challenge: {line}")
+    return out
 
 
-def _sealed_matrix_job(contracts: Contracts, keys: dict[str, Any], step: Callable[[str], None]) -> dict[str, Any]:
-    market, chain, token = contracts.market, contracts.chain, contracts.token
-    requester, verifier = keys["requester"], keys["verifier"]
-    seed = int.from_bytes(keys["requester"].address.encode()[:8], "big")
-    spec = _spec(chain, requester.address, bundle_hash=seed.to_bytes(32, "big"))
-    token.approve(requester, market.address, spec.escrow)
-    job_id = market.post_job(requester, spec)
-    step(
-        f"job {job_id}: requester posts a {MATRIX_N}x{MATRIX_N} matrix product, sealed auction, "
-        f"max {format_tokens(spec.max_price)} FLOP/GPU-h, escrow {format_tokens(spec.escrow)} FLOP"
-    )
+def _matrix_job(contracts: Contracts, requester: Requester, home: Path, step: Callable[[str], None]) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import save_file
 
-    salts = {}
-    for name, price in PROVIDER_PRICES.items():
-        salts[name] = market.commit_bid(keys[name], job_id, parse_tokens(price))
-    step(f"job {job_id}: 3 sealed bids committed")
-    chain.time_travel(60)
-    for name, price in PROVIDER_PRICES.items():
-        market.reveal_bid(keys[name], job_id, parse_tokens(price), salts[name])
-    step(f"job {job_id}: bids revealed: " + ", ".join(f"{n} {p}" for n, p in PROVIDER_PRICES.items()))
-    chain.time_travel(60)
-    events = market.events_in(market.finalize_auction(requester, job_id))
-    leased = next(e for e in events if isinstance(e, SlotLeased))
-    lease = next(e for e in events if isinstance(e, JobLeased))
-    winner_name = next(n for n, k in keys.items() if k.address == leased.provider)
-    winner = keys[winner_name]
-    step(
-        f"job {job_id}: {winner_name} wins at the second-lowest ask, {format_tokens(lease.clearing_price)} "
-        f"FLOP/GPU-h; {format_tokens(lease.refunded)} FLOP of escrow refunded"
-    )
+    market = contracts.market
+    bundle = home / "matmul"
+    shutil.copytree(EXAMPLES / "matmul", bundle)
+    gen = torch.Generator().manual_seed(11)
+    a, b = (torch.randn(MATRIX_N, MATRIX_N, generator=gen) for _ in range(2))
+    save_file({"a": a, "b": b}, str(bundle / "inputs.safetensors"))
+    options = JobOptions(auction=Auction.INSTANT, max_price=parse_tokens("0.18"), bid_window_s=60,
+                         challenge_window_s=600, run_slack_s=60)
+    job_id = requester.submit(bundle, options)
+    spec = market.spec(job_id)
+    step(f"job {job_id}: a {MATRIX_N}x{MATRIX_N} matrix product, instant auction, max "
+         f"{format_tokens(spec.max_price)} FLOP/GPU-h, checked by Freivalds; escrow {format_tokens(spec.escrow)} FLOP")
+    outcome = requester.follow(job_id, home / f"results-{job_id}", timeout_s=300)
+    [leased] = [e for e in market.get_events("SlotLeased", market.start_block, job_id=job_id)
+                if isinstance(e, SlotLeased)]
+    taker = _name_of(leased.provider)
+    step(f"job {job_id}: {taker} took it at its floor, {format_tokens(leased.price)} FLOP/GPU-h, ran it and "
+         "committed the result's Merkle root")
+    verdict = _verdict(contracts, job_id)
+    bill = outcome.slots[0]
+    step(f"job {job_id}: the verifier checked A(Br) = Cr with random r drawn after the commitment: "
+         f"{'correct' if verdict == Outcome.ACCEPT else 'WRONG'} → {Outcome(verdict).name.lower()}")
+    stake_left = contracts.registry.stakes(leased.provider).active
+    step(f"job {job_id}: {taker} slashed {format_tokens(bill['slashed'])} FLOP (half to the requester); "
+         f"requester refunded {format_tokens(bill['refunded'])} FLOP; {taker}'s stake is now "
+         f"{format_tokens(stake_left)} FLOP, below the minimum: it can no longer bid")
+    return _job_record(job_id, "matrix product", "instant", "freivalds", taker, leased.price, spec.escrow,
+                       verdict, bill, bids={})
 
-    # The winner computes; device time is measured, the result committed as a Merkle root of rows.
-    a, b = capacity.challenge_matrices(seed, MATRIX_N)
-    t0 = time.perf_counter()
-    c = a @ b
-    elapsed = time.perf_counter() - t0
-    root = capacity.rows_root(capacity.row_leaves(c))
-    claimed = max(1, round(elapsed))
-    chain.time_travel(max(claimed, 30))
-    market.commit_result(winner, job_id, 0, root, claimed)
-    step(f"job {job_id}: {winner_name} computed it in {elapsed * 1000:.0f} ms, committed root {root.hex()[:16]}…")
 
-    # Freivalds: A(Br) == Cr for a random r drawn after the commitment.
-    r = torch.randn(MATRIX_N, 1, generator=torch.Generator().manual_seed(chain.now()), dtype=torch.float64)
-    ok = torch.allclose(a.double() @ (b.double() @ r), c.double() @ r, rtol=1e-4, atol=1e-3)
-    verified_root = capacity.rows_root(capacity.row_leaves(c)) == root
-    outcome = Outcome.ACCEPT if ok and verified_root else Outcome.REJECT
-    market.attest(verifier, job_id, 0, outcome, claimed)
-    step(f"job {job_id}: verifier checked it by Freivalds' method: {'correct' if ok else 'WRONG'}")
-    settled = next(e for e in market.events_in(market.settle(requester, job_id, 0)) if isinstance(e, SlotSettled))
-    step(
-        f"job {job_id}: settled: {settled.gpu_seconds} GPU-s x {format_tokens(leased.price)} FLOP/GPU-h = "
-        f"{format_tokens(settled.paid)} FLOP paid ({format_tokens(settled.fee)} fee), "
-        f"{format_tokens(settled.refunded)} FLOP refunded"
-    )
+def _training_job(contracts: Contracts, requester: Requester, home: Path,
+                  step: Callable[[str], None]) -> dict[str, Any]:
+    market, chain = contracts.market, contracts.chain
+    options = JobOptions(auction=Auction.SEALED, bid_window_s=60, reveal_window_s=60, challenge_window_s=600,
+                         run_slack_s=60)
+    job_id = requester.submit(EXAMPLES / "replay_mlp", options)
+    spec = market.spec(job_id)
+    step(f"job {job_id}: PyTorch training (an MLP, 20 checkpointed segments), sealed auction, max "
+         f"{format_tokens(spec.max_price)} FLOP/GPU-h, replay verification; escrow {format_tokens(spec.escrow)} FLOP")
+    honest = [n for n in PROVIDER_PRICES if n != CHEATER]
+    chain.wait_until(lambda: len(market.get_events("BidCommitted", market.start_block, job_id=job_id)) >= len(honest),
+                     timeout=60)
+    commits = market.get_events("BidCommitted", market.start_block, job_id=job_id)
+    step(f"job {job_id}: sealed bids committed by {', '.join(_name_of(c.provider) for c in commits)}; "
+         "nobody can see the asks")
+    chain.time_travel(max(0, spec.bid_deadline - chain.now()))
+    chain.wait_until(lambda: len(market.get_events("BidRevealed", market.start_block, job_id=job_id)) >= len(commits),
+                     timeout=60)
+    reveals = [e for e in market.get_events("BidRevealed", market.start_block, job_id=job_id)
+               if isinstance(e, BidRevealed)]
+    bids = {_name_of(r.provider): r.price for r in reveals}
+    step(f"job {job_id}: bidding closed; asks revealed: "
+         + ", ".join(f"{n} {format_tokens(p)}" for n, p in sorted(bids.items(), key=lambda kv: kv[1])))
+    chain.time_travel(max(0, spec.reveal_deadline - chain.now()))
+    progress: list[str] = []
+
+    def follow_say(line: str) -> None:
+        if "progress" in line and ("50%" in line or "100%" in line):
+            progress.append(line)
+            step(f"  {line}")
+
+    requester.say = follow_say
+    outcome = requester.follow(job_id, home / f"results-{job_id}", timeout_s=300)
+    [leased] = [e for e in market.get_events("SlotLeased", market.start_block, job_id=job_id)
+                if isinstance(e, SlotLeased)]
+    winner = _name_of(leased.provider)
+    bill = outcome.slots[0]
+    verdict = _verdict(contracts, job_id)
+    attested = _attestation(contracts, job_id)
+    step(f"job {job_id}: {winner} won with the lowest ask and is paid the second-lowest, "
+         f"{format_tokens(leased.price)} FLOP/GPU-h; results downloaded and matched the root on chain")
+    step(f"job {job_id}: the verifier replayed sampled segments from their checkpoints: "
+         f"{Outcome(verdict).name.lower()}, {attested.verified_gpu_seconds} of {attested.claimed_gpu_seconds} "
+         "claimed GPU-s verified")
+    step(f"job {job_id}: bill: {bill['gpu_seconds']} GPU-s x {format_tokens(leased.price)} FLOP/GPU-h = "
+         f"{format_tokens(bill['paid'])} FLOP paid ({format_tokens(bill['fee'])} fee to the treasury), "
+         f"{format_tokens(bill['refunded'])} FLOP refunded")
+    return _job_record(job_id, "training", "sealed", "replay", winner, leased.price, spec.escrow, verdict, bill,
+                       bids=bids)
+
+
+def _job_record(job_id: int, kind: str, auction: str, policy: str, winner: str, price: int, escrow: int,
+                verdict: int, bill: dict[str, Any], *, bids: dict[str, int]) -> dict[str, Any]:
     return {
         "job_id": job_id,
-        "kind": "matrix product",
-        "auction": "sealed",
-        "policy": "freivalds",
-        "bids": {n: parse_tokens(p) for n, p in PROVIDER_PRICES.items()},
-        "winner": winner_name,
-        "clearing_price": lease.clearing_price,
-        "escrow": spec.escrow,
-        "refunded_at_lease": lease.refunded,
-        "verified": outcome == Outcome.ACCEPT,
-        "gpu_seconds": settled.gpu_seconds,
-        "paid": settled.paid,
-        "fee": settled.fee,
-        "refunded": settled.refunded,
-        "slashed": settled.slashed,
-        "status": settled.status.name.lower(),
-    }
-
-
-def _instant_job_provider_vanishes(
-    contracts: Contracts, keys: dict[str, Any], step: Callable[[str], None]
-) -> dict[str, Any]:
-    market, chain, token = contracts.market, contracts.chain, contracts.token
-    requester, taker = keys["requester"], keys["provider-c"]
-    spec = _spec(chain, requester.address, auction=Auction.INSTANT, policy=Policy.NONE)
-    token.approve(requester, market.address, spec.escrow)
-    job_id = market.post_job(requester, spec)
-    market.take_job(taker, job_id)
-    price = market.slot(job_id, 0).price
-    step(f"job {job_id}: instant auction: provider-c takes it at its floor, {format_tokens(price)} FLOP/GPU-h")
-    chain.time_travel(spec.run_duration + 1)
-    step(f"job {job_id}: provider-c never commits a result; the run deadline passes")
-    settled = next(e for e in market.events_in(market.settle(requester, job_id, 0)) if isinstance(e, SlotSettled))
-    step(
-        f"job {job_id}: requester refunded {format_tokens(settled.refunded)} FLOP; provider-c slashed "
-        f"{format_tokens(settled.slashed)} FLOP"
-    )
-    return {
-        "job_id": job_id,
-        "kind": "no delivery",
-        "auction": "instant",
-        "policy": "none",
-        "winner": "provider-c",
+        "kind": kind,
+        "auction": auction,
+        "policy": policy,
+        "bids": bids,
+        "winner": winner,
         "clearing_price": price,
-        "escrow": spec.escrow,
-        "refunded_at_lease": spec.escrow - slot_value(price, spec.max_gpu_seconds),
-        "paid": settled.paid,
-        "fee": settled.fee,
-        "refunded": settled.refunded,
-        "slashed": settled.slashed,
-        "status": settled.status.name.lower(),
+        "escrow": escrow,
+        "refunded_at_lease": escrow - bill["paid"] - bill["refunded"],
+        "verified": verdict == Outcome.ACCEPT,
+        "gpu_seconds": bill["gpu_seconds"],
+        "paid": bill["paid"],
+        "fee": bill["fee"],
+        "refunded": bill["refunded"],
+        "slashed": bill["slashed"],
+        "status": bill["status"],
     }
+
+
+def _attestation(contracts: Contracts, job_id: int) -> ResultAttested:
+    market = contracts.market
+    found = [e for e in market.get_events("ResultAttested", market.start_block, job_id=job_id)
+             if isinstance(e, ResultAttested)]
+    if not found:
+        raise ContractRevert("no attestation", function="demo")
+    return found[-1]
+
+
+def _verdict(contracts: Contracts, job_id: int) -> int:
+    return int(_attestation(contracts, job_id).outcome)
+
+
+def _name_of(address: str) -> str:
+    for name, index in ROLES.items():
+        if dev_account(index).address == address:
+            return name
+    return address
+

@@ -27,31 +27,37 @@ def demo_json() -> dict:
     return json.loads(result.stdout)
 
 
-def test_demo__sealed_auction__lowest_ask_wins_at_the_second_lowest(demo_json: dict) -> None:
-    job = demo_json["jobs"][0]
+def test_demo__sealed_training_job__lowest_ask_wins_at_the_second_lowest(demo_json: dict) -> None:
+    job = demo_json["jobs"][1]
     asks = sorted(job["bids"].values())
-    assert job["auction"] == "sealed"
+    assert (job["auction"], job["policy"], job["kind"]) == ("sealed", "replay", "training")
+    assert len(asks) == 2  # the slashed provider can no longer bid
     assert job["winner"] == min(job["bids"], key=job["bids"].get)
     assert job["clearing_price"] == asks[1]
-    assert job["refunded_at_lease"] == job["escrow"] - slot_value(asks[1], 1_800)
 
 
-def test_demo__verified_job__is_paid_verified_seconds_times_the_clearing_price(demo_json: dict) -> None:
-    job = demo_json["jobs"][0]
-    assert job["verified"] is True and job["status"] == "paid"
+def test_demo__replay_verified_job__is_paid_verified_seconds_times_the_clearing_price(demo_json: dict) -> None:
+    job = demo_json["jobs"][1]
+    assert job["verified"] is True and job["status"] == "paid" and job["gpu_seconds"] > 0
     assert job["paid"] == slot_value(job["clearing_price"], job["gpu_seconds"])
     assert job["fee"] == job["paid"] * 100 // 10_000
     assert job["paid"] + job["refunded"] + job["refunded_at_lease"] == job["escrow"]
+    assert demo_json["balances"][job["winner"]]["change"] == job["paid"] - job["fee"]
 
 
-def test_demo__provider_that_never_delivers__is_slashed_and_the_requester_refunded(demo_json: dict) -> None:
-    job = demo_json["jobs"][1]
-    assert job["status"] == "slashed" and job["paid"] == 0
-    slot = slot_value(job["clearing_price"], 1_800)
-    assert job["refunded_at_lease"] + job["refunded"] == job["escrow"]
-    assert job["refunded"] == slot
+def test_demo__provider_returning_a_wrong_product__is_caught_by_freivalds_and_slashed(demo_json: dict) -> None:
+    job = demo_json["jobs"][0]
+    assert (job["auction"], job["policy"], job["winner"]) == ("instant", "freivalds", "provider-c")
+    assert job["verified"] is False and job["status"] == "slashed" and job["paid"] == 0
+    slot = slot_value(job["clearing_price"], 360)
+    assert job["refunded"] == slot and job["refunded_at_lease"] + job["refunded"] == job["escrow"]
     assert job["slashed"] == slot + 50 * ONE_TOKEN
     assert demo_json["balances"]["provider-c"]["change"] == -job["slashed"]
+
+
+def test_demo__capacity_of_every_provider__is_measured_and_none_flagged(demo_json: dict) -> None:
+    assert set(demo_json["capacity"]) == {"provider-a", "provider-b", "provider-c"}
+    assert all(c["gflops"] > 0 and not c["flagged"] for c in demo_json["capacity"].values())
 
 
 def test_demo__balances__are_conserved(demo_json: dict) -> None:
@@ -63,7 +69,8 @@ def test_demo__balances__are_conserved(demo_json: dict) -> None:
 def test_demo__human_output__tells_the_story() -> None:
     result = CliRunner().invoke(cli, ["demo"], obj={})
     assert result.exit_code == 0, result.output
-    for phrase in ("sealed bids committed", "wins at the second-lowest ask", "Freivalds", "slashed", "conserved: yes"):
+    for phrase in ("sealed bids committed", "won with the lowest ask", "Freivalds", "slashed",
+                   "replayed sampled segments", "bill:", "conserved: yes"):
         assert phrase in result.output
 
 
