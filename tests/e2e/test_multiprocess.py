@@ -14,7 +14,7 @@ from marketplace.bindings import Deployment, load_contracts
 from marketplace.chain import Chain, dev_account
 from marketplace.requester import JobOptions, Requester
 from marketplace.types import ONE_TOKEN, Auction, Policy, SlotStatus, parse_tokens, slot_value
-from tests.e2e.procs import FLOPEX, start_chain, start_provider
+from tests.e2e.procs import FLOPEX, Proc, start_chain, start_provider
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
@@ -160,3 +160,31 @@ def test_anvil__instant_job_through_the_command_line__is_taken_at_the_floor_and_
             provider.stop()
     finally:
         node.stop()
+
+
+def test_replay_job__checked_by_a_verifier_in_its_own_process__is_accepted_and_paid(home: Path) -> None:
+    chain, url = start_chain(home)
+    provider, address = start_provider(home, CHEAP, "0.2")
+    verifier = Proc(["verifier", "start", "--dev", "3", "--data-dir", str(home / "verifier")], home,
+                    home / "verifier.log")
+    try:
+        verifier.wait_for_line("watching market", timeout=120)
+        out = subprocess.run(
+            [*FLOPEX, "job", "submit", str(ROOT / "examples" / "replay_mlp"), "--dev", str(REQUESTER), "--json",
+             "--auction", "instant", "--verify", "replay", "--challenge-window", "300", "--wait",
+             "-o", str(home / "out")],
+            capture_output=True, text=True, timeout=400, env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        )
+        assert out.returncode == 0, out.stderr
+        [slot] = json.loads(out.stdout)["slots"]
+        assert (slot["provider"], slot["status"]) == (address, "paid")
+        contracts = load_contracts(Chain.connect(url), Deployment.load(home / "deployment.json"))
+        m = contracts.market
+        [attested] = m.get_events("ResultAttested", m.start_block, job_id=json.loads(out.stdout)["job_id"])
+        assert attested.verifier == dev_account(3).address and attested.outcome == 0
+        assert slot["gpu_seconds"] == attested.verified_gpu_seconds > 0
+        assert slot["paid"] == slot_value(slot["price"], slot["gpu_seconds"])
+    finally:
+        assert verifier.stop() == 0
+        provider.stop()
+        chain.stop()
