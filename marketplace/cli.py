@@ -565,11 +565,14 @@ def verifier_start(rpc_url: str | None, deployment_path: Path, account_address: 
 # ---------------------------------------------------------------------- market
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @_chain_options
 @click.option("--json", "as_json", is_flag=True)
-def market(rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
-    """Open jobs, providers, and recent clearing prices per device class."""
+@click.pass_context
+def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
+    """Open jobs, providers, and recent clearing prices per device class (and the price index)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from marketplace.types import DeviceKind, JobStatus, format_tokens
 
     contracts = _contracts(rpc_url, deployment_path)
@@ -603,6 +606,59 @@ def market(rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
     for kind, values in prices.items():
         recent = ", ".join(format_tokens(v) for v in values[-5:])
         click.echo(f"  recent {kind} clearing prices: {recent}")
+
+
+def _market_contracts(ctx: click.Context, rpc_url: str | None, deployment_path: Path) -> Any:
+    """The contracts for a `market` subcommand; --rpc-url/--deployment may also come before it."""
+    parent = ctx.parent.params if ctx.parent is not None else {}
+    if rpc_url is None:
+        rpc_url = parent.get("rpc_url")
+    if deployment_path == DEFAULT_DEPLOYMENT and parent.get("deployment_path") is not None:
+        deployment_path = parent["deployment_path"]
+    return _contracts(rpc_url, deployment_path)
+
+
+@market.command("index")
+@_chain_options
+@click.option("--window", "windows", multiple=True, default=("1h", "24h", "all"), show_default=True,
+              help="Window to compute over (30m, 1h, 24h, 7d, all); repeat for several.")
+@click.option("--block", type=click.IntRange(0), default=None, help="Compute as of this block [default: latest].")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def market_index(ctx: click.Context, rpc_url: str | None, deployment_path: Path, windows: tuple[str, ...],
+                 block: int | None, as_json: bool) -> None:
+    """The compute price index per device class: TWAP, volume, leases, min/max/last; from chain events alone."""
+    from marketplace.index import compute_index, format_index, index_document, read_history
+
+    contracts = _market_contracts(ctx, rpc_url, deployment_path)
+    index = compute_index(read_history(contracts, block=block), windows)
+    if as_json:
+        _emit_json(index_document(index))
+        return
+    for line in format_index(index):
+        click.echo(line)
+
+
+@market.command("report")
+@_chain_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.png"),
+              show_default=True, help="Where the PNG goes.")
+@click.option("--window", default="24h", show_default=True, help="Window the chart shows (30m, 1h, 24h, 7d, all).")
+@click.option("--block", type=click.IntRange(0), default=None, help="Compute as of this block [default: latest].")
+@click.option("--json", "as_json", is_flag=True, help="Also print the index as JSON.")
+@click.pass_context
+def market_report(ctx: click.Context, rpc_url: str | None, deployment_path: Path, output: Path, window: str,
+                  block: int | None, as_json: bool) -> None:
+    """Draw the price index as a PNG chart: clearing prices per class with their TWAP, and volume."""
+    from marketplace.index import compute_index, index_document, read_history, render_report
+
+    contracts = _market_contracts(ctx, rpc_url, deployment_path)
+    index = compute_index(read_history(contracts, block=block), [window])
+    path = render_report(index, output, window=window)
+    if as_json:
+        _emit_json({**index_document(index), "report": str(path)})
+    else:
+        click.echo(f"price index chart written to {path}")
 
 
 from marketplace.pool_cli import pool as _pool_group; cli.add_command(_pool_group)  # noqa: E402, E702, I001
