@@ -19,9 +19,7 @@ import click
 __all__ = ["pool"]
 
 
-@click.group()
-def pool() -> None:
-    """Provider pools: small providers bidding as one."""
+pool: click.Group = click.Group("pool", help="Provider pools: small providers bidding as one.")
 
 
 # The group exists before the main CLI is imported: marketplace.cli registers it at its end.
@@ -371,7 +369,7 @@ def operator_start(pool_address: str, rpc_url: str | None, deployment_path: Path
     )
     daemon = PoolOperatorDaemon(contracts, signer, pool_, settings, state_dir / f"operator-{pool_.address}.json")
     deadline = time.monotonic() + wait_members
-    while not daemon.ensure_registered():
+    while not daemon.try_register():
         if time.monotonic() > deadline:
             raise ConfigError(f"pool {pool_.address} has no bonded member after {wait_members} s")
         time.sleep(1.0)

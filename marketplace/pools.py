@@ -10,6 +10,7 @@ the provider is a pool. :func:`pool_at` tells pools from plain providers by aski
 from __future__ import annotations
 
 import secrets
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,23 +287,32 @@ def load_pool(contracts: Contracts, address: str) -> Pool:
     return pool
 
 
-#: Addresses already classified, per market: address -> is a pool.
-_KNOWN: dict[tuple[str, str], bool] = {}
+#: Addresses already classified, per chain client and market: (market, address) -> is a pool.
+_KNOWN: weakref.WeakKeyDictionary[Chain, dict[tuple[str, str], bool]] = weakref.WeakKeyDictionary()
+
+
+def _known(chain: Chain) -> dict[tuple[str, str], bool]:
+    found = _KNOWN.get(chain)
+    if found is None:
+        found = _KNOWN[chain] = {}
+    return found
 
 
 def pool_at(contracts: Contracts, address: str) -> Pool | None:
     """The pool at ``address`` when it is a pool over ``contracts``' market, else None.
 
     An account without code is no pool; a contract is a pool when it answers ``market()`` and
-    ``operator()`` with this market and an operator. The answer is cached per address (code at an
-    address does not change).
+    ``operator()`` with this market and an operator. The answer is cached per chain client and
+    address (code at an address does not change); a chain that does not answer raises ChainError
+    rather than guess.
     """
     try:
         address = to_checksum_address(address)
     except (ValueError, TypeError):
         raise ConfigError(f"not an address: {address!r}") from None
+    cache = _known(contracts.chain)
     key = (contracts.market.address, address)
-    known = _KNOWN.get(key)
+    known = cache.get(key)
     if known is False:
         return None
     pool = Pool(contracts.chain, address, contracts.market)
@@ -311,7 +321,7 @@ def pool_at(contracts: Contracts, address: str) -> Pool | None:
     with contracts.chain.locked():
         code = contracts.chain.w3.eth.get_code(address)
     if not code:
-        _KNOWN[key] = False
+        cache[key] = False
         return None
     try:
         is_pool = to_checksum_address(pool._call("market")) == contracts.market.address and int(
@@ -325,7 +335,7 @@ def pool_at(contracts: Contracts, address: str) -> Pool | None:
         is_pool = False
     except (ValueError, TypeError):
         is_pool = False
-    _KNOWN[key] = is_pool
+    cache[key] = is_pool
     return pool if is_pool else None
 
 
@@ -361,5 +371,5 @@ def deploy_pool(
         contracts.market.address, operator_account.address, fee_bps, min_member_stake, unbonding_period,
     )
     pool = Pool(chain, str(receipt["contractAddress"]), contracts.market)
-    _KNOWN[(contracts.market.address, pool.address)] = True
+    _known(chain)[(contracts.market.address, pool.address)] = True
     return pool

@@ -40,7 +40,7 @@ def _lease_from_chain(contracts: Contracts, job_id: int) -> tuple[Lease | None, 
     try:
         job = market.job(job_id)
     except ChainError:
-        return None
+        return None, False
     if job.status not in (JobStatus.LEASED, JobStatus.CLOSED):
         return None, False
     spec = market.spec(job_id)

@@ -156,7 +156,12 @@ class PoolOperatorDaemon(ProviderDaemon):
         """The offer the pool should have and its covering member, or None with no bonded member."""
         return pool_offer(self.members, self.min_stake, self.operator_settings)
 
-    def ensure_registered(self) -> bool:
+    def ensure_registered(self) -> None:
+        """Register (or refresh) the pool's offer; a :class:`ConfigError` while no member is bonded."""
+        if not self.try_register():
+            raise ConfigError(f"pool {self.pool.address} has no bonded member to cover its offer")
+
+    def try_register(self) -> bool:
         """Register (or refresh) the pool's offer; False while no member is bonded."""
         self.members = self.pool.members()
         self._offer_checked = time.monotonic()
@@ -202,7 +207,7 @@ class PoolOperatorDaemon(ProviderDaemon):
     def step(self) -> None:
         """Refresh members (and the offer), bid, assign and book slots, collect, withdraw."""
         if time.monotonic() - self._offer_checked >= OFFER_REFRESH_S:
-            self.ensure_registered()
+            self.try_register()
         else:
             self.members = self.pool.members()
         self._read_assignments()
