@@ -318,10 +318,12 @@ def provider() -> None:
               help="CPU devices to offer when there is no GPU.")
 @click.option("--unsafe-no-sandbox", is_flag=True, help="Run jobs without bubblewrap (only for code you trust).")
 @click.option("--memory-limit-mb", type=click.IntRange(64), default=4096, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port) [default: off].")
 def provider_start(rpc_url: str | None, deployment_path: Path, account_address: str | None, dev_index: int | None,
                    password_file: Path | None, data_dir: Path, host: str, port: int, price_text: str,
                    strategy: str, stake_text: str, cpu_slots: int, unsafe_no_sandbox: bool,
-                   memory_limit_mb: int) -> None:
+                   memory_limit_mb: int, metrics_port: int | None) -> None:
     """The provider daemon: stake, register, serve gRPC, bid, run, commit, settle, withdraw.
 
     SIGTERM or Ctrl-C stop it cleanly: running jobs are marked failed, state is kept.
@@ -356,6 +358,16 @@ def provider_start(rpc_url: str | None, deployment_path: Path, account_address: 
     daemon.ensure_registered()
     server.start()
     click.echo(f"provider {signer.address} serving {len(devices)} {kind.name.lower()} device(s) on {host}:{bound}")
+    metrics = None
+    if metrics_port is not None:
+        from worker.metrics import serve_metrics
+
+        try:
+            metrics = serve_metrics(daemon, metrics_port)
+        except OSError as exc:
+            server.stop()
+            raise click.ClickException(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {exc.strerror}") from exc
+        click.echo(f"metrics on {metrics.url}")
     sys.stdout.flush()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -366,6 +378,8 @@ def provider_start(rpc_url: str | None, deployment_path: Path, account_address: 
     except KeyboardInterrupt:
         pass
     finally:
+        if metrics is not None:
+            metrics.stop()
         daemon.stop()
         server.stop()
         click.echo("provider stopped")

@@ -118,6 +118,12 @@ class ProviderDaemon:
         self._thread: threading.Thread | None = None
         #: Why the daemon stopped by itself, if it did.
         self.fatal: str | None = None
+        #: Bids since start, by ``(auction, outcome)``: outcome ``committed`` (a sealed commitment),
+        #: ``won`` (a slot held) or ``lost`` (a sealed bid that won nothing, a take that reverted).
+        self.bid_counts: dict[tuple[str, str], int] = {}
+        #: The last price this daemon bid or took a slot at, per GPU-hour.
+        self.last_bid_price: int | None = None
+        self._tallied: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -299,8 +305,10 @@ class ProviderDaemon:
         try:
             if spec.auction == Auction.INSTANT:
                 if now < spec.bid_deadline and self.settings.price_floor <= spec.max_price and self._has_room():
+                    self.last_bid_price = self.settings.price_floor
                     self._take(job_id)
                     self._track_slots(job_id)
+                    self._tally(job_id, spec)
                 self.open_jobs.pop(job_id, None)
                 return
             if bid is None:
@@ -312,6 +320,8 @@ class ProviderDaemon:
                         return
                     salt = self._commit_bid(job_id, price)
                     self.memory.bids[job_id] = {"price": price, "salt": salt.hex(), "revealed": False}
+                    self.last_bid_price = price
+                    self._count_bid(spec, "committed")
                     log.info("provider %s: committed a sealed bid for job %d", self.address, job_id)
                 else:
                     self.open_jobs.pop(job_id, None)
@@ -324,12 +334,26 @@ class ProviderDaemon:
                 if market.job(job_id).status == JobStatus.OPEN:
                     market.finalize_auction(self.account, job_id)
                 self._track_slots(job_id)
+                self._tally(job_id, spec)
                 self.open_jobs.pop(job_id, None)
         except ContractRevert as exc:
             log.info("provider %s: job %d: %s", self.address, job_id, exc.reason)
             if spec.auction == Auction.INSTANT or exc.reason in ("market: job is not open", "market: bidding closed"):
                 self._track_slots(job_id)
+                if spec.auction == Auction.INSTANT or bid is not None:
+                    self._tally(job_id, spec)
                 self.open_jobs.pop(job_id, None)
+
+    def _count_bid(self, spec: JobSpec, outcome: str) -> None:
+        key = (spec.auction.name.lower(), outcome)
+        self.bid_counts[key] = self.bid_counts.get(key, 0) + 1
+
+    def _tally(self, job_id: int, spec: JobSpec) -> None:
+        """Count a bid's outcome once it is known: won when the daemon holds a slot of the job."""
+        if job_id in self._tallied:
+            return
+        self._tallied.add(job_id)
+        self._count_bid(spec, "won" if job_id in self.memory.slots else "lost")
 
     def _has_room(self) -> bool:
         active = sum(1 for j in self.memory.slots if j not in self.memory.done)
