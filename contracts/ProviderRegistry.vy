@@ -8,7 +8,8 @@
         publish (devices, price floor, gRPC endpoint, receipt-signing key),
         their reputation counters and the throughput verifiers attested for
         them. Stake leaves only after an unbonding delay and never while the
-        provider holds a lease; only the market may lock, release and slash.
+        provider holds a lease; only the market and the accounts the owner
+        authorized (the reservations contract) may lock, release and slash.
 @dev Every token this contract holds is someone's stake:
      `token.balanceOf(self) == sum(active + unbonding)` over all accounts.
 """
@@ -63,8 +64,10 @@ struct Attestation:
 
 # @dev The token stakes are held in.
 token: public(immutable(IERC20))
-# @dev The job market: the only account allowed to lock, release and slash.
+# @dev The job market: allowed to lock, release and slash.
 market: public(address)
+# @dev Other contracts the owner allowed to lock, release and slash (e.g. reservations).
+authorized: public(HashMap[address, bool])
 # @dev Least active stake a provider needs to register and bid.
 min_provider_stake: public(uint256)
 # @dev Least active stake a verifier needs to attest.
@@ -153,6 +156,11 @@ event MarketSet:
     market: indexed(address)
 
 
+event AuthorizationChanged:
+    account: indexed(address)
+    authorized: bool
+
+
 event ParametersChanged:
     min_provider_stake: uint256
     min_verifier_stake: uint256
@@ -189,6 +197,20 @@ def set_market(market_: address):
     assert market_ != empty(address), "registry: market is the zero address"
     self.market = market_
     log MarketSet(market=market_)
+
+
+@external
+def set_authorized(account: address, authorized_: bool):
+    """
+    @notice Allows (or stops) `account` to lock, release and slash stakes like the market.
+    @dev For contracts that hold providers to terms of their own, such as reservations.
+    @param account The contract to authorize.
+    @param authorized_ True to allow, False to revoke.
+    """
+    ownable._check_owner()
+    assert account != empty(address), "registry: account is the zero address"
+    self.authorized[account] = authorized_
+    log AuthorizationChanged(account=account, authorized=authorized_)
 
 
 @external
@@ -344,7 +366,7 @@ def attest_throughput(provider: address, gflops: uint64):
     )
 
 
-# ---------------------------------------------------------------- market only
+# ---------------------------------------------------------------- market and authorized only
 
 
 @external
@@ -354,7 +376,7 @@ def lock(provider: address):
             its unbonding stake cannot leave.
     @param provider The leased provider.
     """
-    self._check_market()
+    self._check_locker()
     active_jobs: uint256 = self.stakes[provider].active_jobs + 1
     self.stakes[provider].active_jobs = active_jobs
     log StakeLocked(provider=provider, active_jobs=active_jobs)
@@ -367,7 +389,7 @@ def release(provider: address, completed: bool):
     @param provider The provider whose lease ended.
     @param completed True when the provider was paid, False otherwise.
     """
-    self._check_market()
+    self._check_locker()
     active_jobs: uint256 = self.stakes[provider].active_jobs - 1
     self.stakes[provider].active_jobs = active_jobs
     if completed:
@@ -382,13 +404,14 @@ def release(provider: address, completed: bool):
 def slash(provider: address, amount: uint256) -> uint256:
     """
     @notice Takes up to `amount` of `provider`'s stake, active stake first,
-            and sends it to the market, which shares it out.
+            and sends it to the caller (the market or an authorized contract),
+            which shares it out.
     @dev Non-reentrant: moves tokens out. The stake is reduced before the transfer.
     @param provider The provider to slash.
     @param amount Token units to take at most.
     @return The amount actually taken.
     """
-    self._check_market()
+    self._check_locker()
     s: Stake = self.stakes[provider]
     taken: uint256 = min(amount, s.active + s.unbonding)
     from_active: uint256 = min(taken, s.active)
@@ -469,5 +492,6 @@ def _is_active_verifier(account: address) -> bool:
 
 @internal
 @view
-def _check_market():
-    assert msg.sender == self.market, "registry: caller is not the market"
+def _check_locker():
+    # The market first: its calls then pay for no second storage read.
+    assert msg.sender == self.market or self.authorized[msg.sender], "registry: caller may not lock or slash"

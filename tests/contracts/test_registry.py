@@ -368,7 +368,7 @@ def test_attest_throughput__on_an_unregistered_account__reverts(registry, flow, 
 def test_market_only_functions__called_by_a_stranger__revert(registry, flow, provider, stranger, call):
     flow.register_provider(provider)
     args = {"lock": (provider,), "release": (provider, True), "slash": (provider, 1)}[call]
-    with boa.env.prank(stranger), boa.reverts("registry: caller is not the market"):
+    with boa.env.prank(stranger), boa.reverts("registry: caller may not lock or slash"):
         getattr(registry, call)(*args)
 
 
