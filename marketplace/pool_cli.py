@@ -1,6 +1,7 @@
 """``flopex pool``: create, join, leave and show provider pools, and run their daemons.
 
-``create`` deploys a pool (its deployer is its operator); ``join`` and ``leave`` are a member's;
+``create`` deploys a pool (its deployer is its operator); ``join`` and ``leave`` are a member's,
+``withdraw`` pulls a member's pay or the operator's fees;
 ``register`` publishes the pool's offer; ``show`` prints members, stakes, credits and assignments.
 ``operator start`` runs :class:`~worker.pool_operator.PoolOperatorDaemon` (bids for the pool and
 assigns slots); ``member start`` runs a member's worker together with its
@@ -231,6 +232,25 @@ def pool_leave(pool_address: str, rpc_url: str | None, deployment_path: Path, ac
                        f"{member.unbond_at} ({member.unbond_at - now} s from now)")
             return
         time.sleep(2.0)
+
+
+@pool.command("withdraw")
+@click.argument("pool_address")
+@_chain_options
+@_account_options
+def pool_withdraw(pool_address: str, rpc_url: str | None, deployment_path: Path, account_address: str | None,
+                  dev_index: int | None, password_file: Path | None) -> None:
+    """Withdraw the signer's pool credit (a member's pay or the operator's fees)."""
+    from marketplace.errors import ConfigError
+    from marketplace.types import format_tokens
+
+    contracts = _contracts(rpc_url, deployment_path)
+    pool_ = _pool(contracts, pool_address)
+    signer = _signer(account_address, dev_index, password_file)
+    if pool_.credits(signer.address) == 0:
+        raise ConfigError(f"{signer.address} has no credit in pool {pool_.address}")
+    amount = pool_.withdraw(signer)
+    click.echo(f"withdrew {format_tokens(amount)} FLOP from pool {pool_.address}")
 
 
 # ---------------------------------------------------------------------- show

@@ -172,7 +172,13 @@ def test_pool_of_two_member_processes__the_runner_is_paid__the_cheat_is_slashed_
         (job1, honest, "paid", True), (job2, cheat, "slashed", True)]
     assert summary["unattributed"] == {"income": 0, "loss": 0}
 
-    # Members withdraw their pay from the command line.
+    # From the command line: A withdraws its pay and starts to leave; B has no pay to withdraw.
+    balance = contracts.token.balance_of(honest)
+    paid_out = _flopex(home, "pool", "withdraw", pool.address, "--dev", str(HONEST))
+    assert paid_out.returncode == 0, paid_out.stderr
+    assert contracts.token.balance_of(honest) == balance + income - fee and pool.credits(honest) == 0
+    nothing = _flopex(home, "pool", "withdraw", pool.address, "--dev", str(CHEAT))
+    assert nothing.returncode == 1 and nothing.stderr == f"error: {cheat} has no credit in pool {pool.address}\n"
     left = _flopex(home, "pool", "leave", pool.address, "--dev", str(HONEST), "--amount", "50")
     assert left.returncode == 0, left.stderr
-    assert pool.member(honest).unbonding == 50 * ONE_TOKEN
+    assert (pool.member(honest).stake, pool.member(honest).unbonding) == (STAKE - 50 * ONE_TOKEN, 50 * ONE_TOKEN)
