@@ -408,7 +408,7 @@ def render_report(index: MarketIndex, path: str | Path, *, window: str | None = 
             n = len(stats)
             width = bucket / 86_400 / max(n, 1) * 0.9
             offset = i * bucket / 86_400 / max(n, 1)
-            xs = [mdates.date2num(when(b)) + offset for b in sorted(buckets)]
+            xs = [mdates.date2num(when(b)) + offset for b in sorted(buckets)]  # type: ignore[no-untyped-call]
             ax_volume.bar(xs, [buckets[b] / 3_600 for b in sorted(buckets)], width=width, align="edge",
                           color=color, alpha=0.75, label=cls)
     ax_price.set_title(f"flopex compute price index — window {window}, block {h.block}")
@@ -422,7 +422,7 @@ def render_report(index: MarketIndex, path: str | Path, *, window: str | None = 
     ax_volume.set_ylabel("leased GPU-hours")
     ax_volume.grid(True, axis="y", alpha=0.3)
     ax_volume.set_xlim(when(start), when(end))
-    ax_volume.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=UTC))
+    ax_volume.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=UTC))  # type: ignore[no-untyped-call]
     ax_volume.set_xlabel("block time (UTC)")
     fig.autofmt_xdate()
     fig.tight_layout()

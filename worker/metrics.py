@@ -295,7 +295,8 @@ class MetricsServer:
     @property
     def url(self) -> str:
         """Where to scrape."""
-        return f"http://{self.httpd.server_address[0]}:{self.port}/metrics"
+        host = self.httpd.server_address[0]
+        return f"http://{host.decode() if isinstance(host, bytes) else host}:{self.port}/metrics"
 
     def start(self) -> MetricsServer:
         """Sample and serve in background threads."""
