@@ -343,11 +343,15 @@ class JobManager:
             if job is not None and not job.terminal:
                 self._finish_without_run(run.job_id, f"worker error: {type(exc).__name__}: {exc}", "failed")
         finally:
-            with self._cond:
-                self._running.pop(run.job_id, None)
-                self._free |= set(run.devices)
-                self._cond.notify_all()
+            self._release(run)
             self._dispatch()
+
+    def _release(self, run: _Running) -> None:
+        """Give a job's devices back (idempotent): done before its final event is stored."""
+        with self._cond:
+            if self._running.pop(run.job_id, None) is not None:
+                self._free |= set(run.devices)
+            self._cond.notify_all()
 
     def _prepare(self, job_id: int, bundle: Bundle) -> tuple[Path, Path, Path, Path]:
         root = self.job_dir(job_id)
@@ -443,6 +447,8 @@ class JobManager:
         ok = outcome.exit_code == 0 and outcome.reason is None and not cancelled
         reason = "" if ok else (outcome.reason or f"the job exited with status {outcome.exit_code}")
         state = "succeeded" if ok else ("cancelled" if cancelled else "failed")
+        # The devices are free the moment the job ends: before anyone hears it has.
+        self._release(run)
         self.store.update(job_id, state=state, reason=reason, exit_code=outcome.exit_code, result_root=manifest.root,
                           metering=metering, receipt=receipt_data, finished=time.time())
         rproto, mproto = receipt_proto(receipt_data), metering_proto(metering)

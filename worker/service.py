@@ -284,13 +284,25 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self._authorize("WatchJob", request.job_id, request.auth, payload_digest("WatchJob"))
         self.manager.get(request.job_id)
         seq = request.from_seq
+        quiet_since: float | None = None
         while context.is_active():
             events, ended = self.manager.wait_events(request.job_id, seq, timeout=1.0)
+            final = False
             for number, data in events:
-                yield pb.JobEvent.FromString(data)
+                event = pb.JobEvent.FromString(data)
+                final = final or event.WhichOneof("kind") in ("finished", "failed")
+                yield event
                 seq = number + 1
-            if ended and not self.manager.store.events(request.job_id, seq):
+            if final:
                 return
+            if ended and not events:
+                # The job's state is stored a moment before its final event: wait for the event,
+                # but not forever (a job that ended without one, from an older worker, still ends).
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 2.0:
+                    return
+            else:
+                quiet_since = None
 
     @_guard
     def DownloadResults(self, request: pb.DownloadResultsRequest,
