@@ -190,6 +190,11 @@ class Sandbox:
             raise SandboxError("sandbox: bubblewrap is not installed")
         args = [self._bwrap, *self._base_args()]
         args += ["--size", str(req.limits.tmp_bytes), "--tmpfs", "/tmp"]
+        for root in self._python_binds():
+            if root.is_relative_to("/tmp"):
+                # The private /tmp just hid a Python installation that lives under the host's /tmp
+                # (a virtual environment in a scratch checkout, say): bind it again on top.
+                args += ["--ro-bind", str(root), str(root)]
         args += ["--ro-bind", str(self._sdk_dir), f"{SDK_ROOT}/marketplace"]
         args += ["--ro-bind", str(req.bundle_dir), INPUT]
         args += ["--bind", str(req.work_dir), WORK]

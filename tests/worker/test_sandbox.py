@@ -199,3 +199,20 @@ def test_a_job_outliving_its_timeout__is_killed_with_its_children(
     while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_with(marker) == []
+
+
+def test_a_python_installation_under_tmp__stays_visible_above_the_private_tmp(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A scratch checkout's virtual environment may live under /tmp, which each job gets privately.
+    from worker.sandbox import Sandbox, SandboxRequest
+
+    venv = Path("/tmp/flopex-checkout/.venv")
+    monkeypatch.setattr(Sandbox, "_python_binds", staticmethod(lambda: [Path("/opt/python"), venv]))
+    sandbox = Sandbox(bwrap="/usr/bin/bwrap", use_cgroups=False)
+    dirs = {name: tmp_path / name for name in ("bundle", "work", "output", "ckpt")}
+    argv = sandbox.argv(SandboxRequest("job", dirs["bundle"], dirs["work"], dirs["output"], dirs["ckpt"], "main.py"))
+    tmpfs = argv.index("/tmp", argv.index("--tmpfs"))
+    rebinds = [i for i in range(len(argv) - 2) if argv[i:i + 3] == ["--ro-bind", str(venv), str(venv)]]
+    assert rebinds and rebinds[-1] > tmpfs
+    assert not any(argv[i:i + 3] == ["--ro-bind", "/opt/python", "/opt/python"] for i in range(tmpfs, len(argv) - 2))
