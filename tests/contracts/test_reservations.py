@@ -17,7 +17,6 @@ import pytest
 from contract_helpers import (
     BASE_SLASH,
     CONTRACTS,
-    DEFAULT_PRICE_FLOOR,
     DEVICE_CPU,
     DISPUTE_BOND,
     E18,
@@ -28,7 +27,6 @@ from contract_helpers import (
     SLASH_REQUESTER_BPS,
     UNBONDING_PERIOD,
     deploy_with_false_token,
-    events,
     fund,
     make_offer,
     now,
@@ -178,7 +176,11 @@ def test_set_parameters__by_the_owner__changes_them_and_logs(res, owner, strange
     e = one_event(res, "ParametersChanged")
     assert (e.treasury, e.fee_bps, e.dispute_bond, e.base_slash, e.slash_holder_bps) == (stranger, 200, 1, 2, 3)
     assert (res.treasury(), res.fee_bps(), res.dispute_bond(), res.base_slash(), res.slash_holder_bps()) == (
-        stranger, 200, 1, 2, 3,
+        stranger,
+        200,
+        1,
+        2,
+        3,
     )
 
 
@@ -210,10 +212,23 @@ def test_offer__by_an_eligible_provider__stores_the_packed_terms_and_logs(res, p
     e = one_event(res, "OfferPosted")
     assert rid == 1 and res.offer_count() == 1
     assert (e.reservation_id, e.provider, e.start, e.duration, e.gpus, e.price, e.escrow) == (
-        1, provider, start, DURATION, GPUS, PRICE, ESCROW,
+        1,
+        provider,
+        start,
+        DURATION,
+        GPUS,
+        PRICE,
+        ESCROW,
     )
     r = res.reservations(rid)
-    assert (r.provider, r.status, r.start, r.gpus, r.price, r.duration) == (provider, OFFERED, start, GPUS, PRICE, DURATION)
+    assert (r.provider, r.status, r.start, r.gpus, r.price, r.duration) == (
+        provider,
+        OFFERED,
+        start,
+        GPUS,
+        PRICE,
+        DURATION,
+    )
     assert (r.used_gpu_seconds, r.usage_records, r.resale_price, r.escrow) == (0, 0, 0, 0)
     assert r.holder == "0x" + "00" * 20
     assert res.price_of(GPUS, DURATION, PRICE) == ESCROW
@@ -452,7 +467,11 @@ def test_record_usage__in_the_window__accumulates_and_chains_the_roots(res, prov
         res.record_usage(rid, 1_500, ROOT_A)
     e = one_event(res, "UsageRecorded")
     assert (e.reservation_id, e.provider, e.gpu_seconds, e.used_gpu_seconds, e.result_root) == (
-        rid, provider, 1_500, 1_500, ROOT_A,
+        rid,
+        provider,
+        1_500,
+        1_500,
+        ROOT_A,
     )
     first = boa.eval(f"keccak256(abi_encode(empty(bytes32), 0x{ROOT_A.hex()}, convert(1500, uint64)))")
     assert e.usage_digest == first
@@ -493,7 +512,9 @@ def test_record_usage__outside_the_window_or_not_by_the_provider__reverts(res, p
 # ---------------------------------------------------------------- settlement: served vs failed, side by side
 
 
-def test_settle__served__pays_the_provider_the_whole_price_used_and_unused(res, token, registry, provider, requester, treasury, stranger):
+def test_settle__served__pays_the_provider_the_whole_price_used_and_unused(
+    res, token, registry, provider, requester, treasury, stranger
+):
     rid = bought(res, provider, requester)
     start, end = window(res, rid)
     travel_to(start + 600)
@@ -525,7 +546,9 @@ def test_settle__served__pays_the_provider_the_whole_price_used_and_unused(res, 
         res.withdraw()
 
 
-def test_settle__failure_attested__refunds_the_holder_and_slashes_the_provider(res, token, registry, provider, requester, verifier, treasury):
+def test_settle__failure_attested__refunds_the_holder_and_slashes_the_provider(
+    res, token, registry, provider, requester, verifier, treasury
+):
     rid = bought(res, provider, requester)
     start, _ = window(res, rid)
     stake_before = registry.total_stake(provider)
@@ -560,9 +583,11 @@ def test_settle__of_an_offer_nobody_bought__reverts(res, provider):
 # ---------------------------------------------------------------- failure reports by the holder
 
 
-def test_report_not_served__ruled_a_failure__gives_the_holder_everything(res, token, registry, provider, requester, verifier, treasury):
+def test_report_not_served__ruled_a_failure__gives_the_holder_everything(
+    res, token, registry, provider, requester, verifier, treasury
+):
     rid = bought(res, provider, requester)
-    start, end = window(res, rid)
+    _, end = window(res, rid)
     travel_to(end + 10)
     before = token.balanceOf(requester)
     with boa.env.prank(requester):
@@ -584,7 +609,9 @@ def test_report_not_served__ruled_a_failure__gives_the_holder_everything(res, to
     assert_solvent(res, token)
 
 
-def test_report_not_served__ruled_served__pays_the_bond_to_the_provider(res, token, provider, requester, verifier, treasury):
+def test_report_not_served__ruled_served__pays_the_bond_to_the_provider(
+    res, token, provider, requester, verifier, treasury
+):
     rid = bought(res, provider, requester)
     start, end = window(res, rid)
     travel_to(start + 60)
@@ -609,7 +636,9 @@ def test_report_not_served__ruled_served__pays_the_bond_to_the_provider(res, tok
     assert_solvent(res, token)
 
 
-def test_report_not_served__never_ruled__refunds_the_holder_and_slashes_nobody(res, token, registry, provider, requester):
+def test_report_not_served__never_ruled__refunds_the_holder_and_slashes_nobody(
+    res, token, registry, provider, requester
+):
     rid = bought(res, provider, requester)
     start, end = window(res, rid)
     stake_before = registry.total_stake(provider)
@@ -632,7 +661,7 @@ def test_report_not_served__never_ruled__refunds_the_holder_and_slashes_nobody(r
 
 def test_report_not_served__outside_its_period_or_by_a_stranger__reverts(res, provider, requester, stranger, verifier):
     rid = bought(res, provider, requester)
-    start, end = window(res, rid)
+    start, _ = window(res, rid)
     with boa.env.prank(requester), boa.reverts("reservations: window not started"):
         res.report_not_served(rid)
     travel_to(start)
