@@ -1,0 +1,309 @@
+"""Typed bindings for reserved capacity (``contracts/Reservations.vy``) and its deployment.
+
+A reservation is a forward contract on a provider's devices: the provider offers a future window
+(start, duration, GPUs, price per GPU-hour), a requester buys it into escrow, may resell it before
+the window starts, and during the window its jobs run on those devices without an auction. After
+the window and a challenge period anyone settles: the provider is paid the whole price unless a
+verifier attested it failed to serve, in which case the holder is refunded and the provider
+slashed. See docs/reservations.md.
+
+:func:`deploy_reservations` deploys the contract next to an existing deployment and authorizes it
+in the registry (the deployer must own the registry). :class:`Reservations` wraps every function;
+transactions take the sending account first, as in :mod:`marketplace.bindings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+
+from marketplace.bindings import Contracts, Token, _Bound, artifact
+from marketplace.chain import Chain
+from marketplace.errors import ChainError, ConfigError
+from marketplace.types import ONE_TOKEN, SECONDS_PER_HOUR, TokenAmount
+
+__all__ = [
+    "ReservationEvent",
+    "ReservationParameters",
+    "ReservationState",
+    "ReservationStatus",
+    "Reservations",
+    "deploy_reservations",
+    "load_reservations",
+    "reservation_price",
+]
+
+
+class ReservationStatus(IntEnum):
+    """Where a reservation stands (Reservations' ``Status`` flag)."""
+
+    NONE = 0
+    OFFERED = 1
+    CANCELLED = 2
+    RESERVED = 4
+    DISPUTED = 8
+    SERVED = 16
+    FAILED = 32
+    PAID = 64
+    SLASHED = 128
+    REFUNDED = 256
+
+    @property
+    def terminal(self) -> bool:
+        """True once nothing more can happen to the reservation."""
+        return self in (
+            ReservationStatus.CANCELLED,
+            ReservationStatus.PAID,
+            ReservationStatus.SLASHED,
+            ReservationStatus.REFUNDED,
+        )
+
+
+@dataclass(frozen=True)
+class ReservationParameters:
+    """Settings fixed at deployment (the owner may change all but the challenge period)."""
+
+    challenge_period: int = 3_600
+    fee_bps: int = 100
+    dispute_bond: int = 10 * ONE_TOKEN
+    base_slash: int = 50 * ONE_TOKEN
+    slash_holder_bps: int = 5_000
+
+
+@dataclass(frozen=True)
+class ReservationState:
+    """A reservation's terms and state on chain."""
+
+    reservation_id: int
+    provider: str
+    status: ReservationStatus
+    start: int
+    gpus: int
+    price: int  # token units per GPU-hour
+    duration: int  # seconds
+    used_gpu_seconds: int
+    usage_records: int
+    holder: str | None  # None until bought
+    resale_price: int  # 0 when not listed
+    usage_digest: bytes
+    escrow: int  # held for it now, dispute bond included
+
+    @property
+    def end(self) -> int:
+        """When the window closes."""
+        return self.start + self.duration
+
+    @property
+    def value(self) -> int:
+        """What the window costs: ``gpus x duration x price / 3600``."""
+        return reservation_price(self.gpus, self.duration, self.price)
+
+
+@dataclass(frozen=True)
+class ReservationEvent:
+    """A Reservations event, undecoded: its name, arguments and block."""
+
+    name: str
+    args: dict[str, Any]
+    block_number: int
+
+
+def reservation_price(gpus: int, duration: int, price: int) -> TokenAmount:
+    """What a window of ``gpus`` devices for ``duration`` seconds costs at ``price`` per GPU-hour."""
+    return TokenAmount(gpus * duration * price // SECONDS_PER_HOUR)
+
+
+class Reservations(_Bound):
+    """The reservations contract. Transactions take the sending account first."""
+
+    NAME = "Reservations"
+
+    # ------------------------------------------------------------------ provider
+
+    def offer(self, account: LocalAccount, start: int, duration: int, gpus: int, price: int) -> int:
+        """Offer ``gpus`` devices for ``[start, start + duration)`` at ``price`` per GPU-hour; returns the id."""
+        receipt = self._tx(account, "offer", start, duration, gpus, price)
+        for item in self.events_of(receipt):
+            if item.name == "OfferPosted":
+                return int(item.args["reservation_id"])
+        raise ChainError("offer emitted no OfferPosted event")
+
+    def cancel_offer(self, account: LocalAccount, reservation_id: int) -> Any:
+        """Withdraw an offer nobody bought (anyone may, once its window started)."""
+        return self._tx(account, "cancel_offer", reservation_id)
+
+    def record_usage(self, account: LocalAccount, reservation_id: int, gpu_seconds: int, result_root: bytes) -> Any:
+        """Record GPU-seconds served to the holder by one job, with the job's result root."""
+        return self._tx(account, "record_usage", reservation_id, gpu_seconds, result_root)
+
+    # ------------------------------------------------------------------ requester
+
+    def buy(self, account: LocalAccount, reservation_id: int) -> Any:
+        """Buy an offer into escrow (approve :meth:`ReservationState.value` first)."""
+        return self._tx(account, "buy", reservation_id)
+
+    def buy_with_permit(self, account: LocalAccount, reservation_id: int, token: Token, deadline: int) -> Any:
+        """Buy an offer, approving its price with an EIP-2612 permit in the same transaction."""
+        v, r, s = token.sign_permit(account, self.address, self.reservation(reservation_id).value, deadline)
+        return self._tx(account, "buy_with_permit", reservation_id, deadline, v, r, s)
+
+    def list_for_resale(self, account: LocalAccount, reservation_id: int, price: int) -> Any:
+        """List a held reservation for resale at ``price`` (before its window starts)."""
+        return self._tx(account, "list_for_resale", reservation_id, price)
+
+    def cancel_resale(self, account: LocalAccount, reservation_id: int) -> Any:
+        """Take a held reservation off the resale market."""
+        return self._tx(account, "cancel_resale", reservation_id)
+
+    def buy_resale(self, account: LocalAccount, reservation_id: int, max_price: int | None = None) -> Any:
+        """Buy a listed reservation (approve its price first); ``max_price`` defaults to the listing seen now."""
+        if max_price is None:
+            max_price = self.reservation(reservation_id).resale_price
+        return self._tx(account, "buy_resale", reservation_id, max_price)
+
+    def report_not_served(self, account: LocalAccount, reservation_id: int) -> Any:
+        """The holder reports it was not served (approve the dispute bond first)."""
+        return self._tx(account, "report_not_served", reservation_id)
+
+    # ------------------------------------------------------------------ verifier and anyone
+
+    def attest_failure(self, account: LocalAccount, reservation_id: int) -> Any:
+        """A verifier attests the provider did not serve the reservation."""
+        return self._tx(account, "attest_failure", reservation_id)
+
+    def attest_served(self, account: LocalAccount, reservation_id: int) -> Any:
+        """A verifier rules a holder's report against it."""
+        return self._tx(account, "attest_served", reservation_id)
+
+    def settle(self, account: LocalAccount, reservation_id: int) -> Any:
+        """Settle a reservation that can end."""
+        return self._tx(account, "settle", reservation_id)
+
+    def withdraw(self, account: LocalAccount) -> TokenAmount:
+        """Withdraw all of ``account``'s credit; returns the amount."""
+        before = self.credits(account.address)
+        self._tx(account, "withdraw")
+        return before
+
+    # ------------------------------------------------------------------ views
+
+    def reservation(self, reservation_id: int) -> ReservationState:
+        """Reservation ``reservation_id``'s terms and state."""
+        (provider, status, start, gpus, price, duration, used, records, holder, resale, digest, escrow) = self._call(
+            "reservations", reservation_id
+        )
+        return ReservationState(
+            reservation_id=reservation_id,
+            provider=str(provider),
+            status=ReservationStatus(status),
+            start=int(start),
+            gpus=int(gpus),
+            price=int(price),
+            duration=int(duration),
+            used_gpu_seconds=int(used),
+            usage_records=int(records),
+            holder=None if int(holder, 16) == 0 else str(holder),
+            resale_price=int(resale),
+            usage_digest=bytes(digest),
+            escrow=int(escrow),
+        )
+
+    def escrow_of(self, reservation_id: int) -> TokenAmount:
+        """Tokens held for a reservation now."""
+        return TokenAmount(self._call("escrow_of", reservation_id))
+
+    def credits(self, account: str) -> TokenAmount:
+        """Tokens ``account`` can withdraw."""
+        return TokenAmount(self._call("credits", account))
+
+    def total_credits(self) -> TokenAmount:
+        """All credits outstanding."""
+        return TokenAmount(self._call("total_credits"))
+
+    def offer_count(self) -> int:
+        """Offers made so far (ids run from 1 to this)."""
+        return int(self._call("offer_count"))
+
+    def challenge_period(self) -> int:
+        """Seconds after a window for usage records and failure reports."""
+        return int(self._call("challenge_period"))
+
+    def dispute_bond(self) -> TokenAmount:
+        """Bond a holder puts up to report it was not served."""
+        return TokenAmount(self._call("dispute_bond"))
+
+    def fee_bps(self) -> int:
+        """Protocol fee in basis points."""
+        return int(self._call("fee_bps"))
+
+    def events_of(self, receipt: Any) -> list[ReservationEvent]:
+        """This contract's events in a transaction receipt, by name."""
+        found: list[ReservationEvent] = []
+        for log in receipt["logs"]:
+            if to_checksum_address(log["address"]) != self.address:
+                continue
+            for event in self.contract.events:
+                try:
+                    decoded = event().process_log(log)
+                except Exception:
+                    continue
+                found.append(ReservationEvent(decoded["event"], dict(decoded["args"]), int(log["blockNumber"])))
+                break
+        return found
+
+    def history(self, name: str, from_block: int = 0, **filters: Any) -> list[ReservationEvent]:
+        """Events ``name`` since ``from_block``, filtered on indexed arguments."""
+        with self.chain.locked():
+            logs = getattr(self.contract.events, name)().get_logs(
+                from_block=from_block, argument_filters=filters or None
+            )
+        return [ReservationEvent(log["event"], dict(log["args"]), int(log["blockNumber"])) for log in logs]
+
+
+def deploy_reservations(
+    contracts: Contracts,
+    deployer: LocalAccount,
+    *,
+    treasury: str | None = None,
+    parameters: ReservationParameters | None = None,
+) -> Reservations:
+    """Deploy Reservations over ``contracts``' token and registry and authorize it in the registry.
+
+    ``deployer`` must own the registry (it does after :func:`marketplace.bindings.deploy_all`) and
+    owns the new contract. The treasury defaults to the deployment's.
+    """
+    params = parameters or ReservationParameters()
+    treasury = to_checksum_address(treasury or contracts.deployment.treasury)
+    owner = str(contracts.registry._call("owner"))
+    if to_checksum_address(owner) != deployer.address:
+        raise ConfigError(f"only the registry's owner {owner} can authorize a reservations contract")
+    art = artifact(Reservations.NAME)
+    receipt = contracts.chain.deploy(
+        deployer,
+        art["abi"],
+        art["bytecode"],
+        contracts.token.address,
+        contracts.registry.address,
+        params.challenge_period,
+        treasury,
+        params.fee_bps,
+        params.dispute_bond,
+        params.base_slash,
+        params.slash_holder_bps,
+    )
+    reservations = Reservations(contracts.chain, str(receipt["contractAddress"]))
+    contracts.registry._tx(deployer, "set_authorized", reservations.address, True)
+    return reservations
+
+
+def load_reservations(chain: Chain, address: str) -> Reservations:
+    """Bind to a deployed reservations contract; checks that code exists at ``address``."""
+    with chain.locked():
+        code = chain.w3.eth.get_code(to_checksum_address(address))
+    if not code:
+        raise ConfigError(f"no reservations contract at {address} on this chain")
+    return Reservations(chain, address)
