@@ -122,14 +122,15 @@ def chain_up(port: int, deployment_path: Path, accounts: int) -> None:
 
     deployment = replace(contracts.deployment, rpc_url=url)
     deployment.save(deployment_path)
+    # Listen for SIGTERM before saying we are up: whoever reads that line may stop us at once.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     click.echo(f"chain {local.chain_id} listening on {url}")
     click.echo(f"deployment written to {deployment_path}")
     click.echo(f"market {deployment.market}, token {deployment.token}, registry {deployment.registry}")
     click.echo(f"dev accounts 0..{accounts - 1} funded (0 deploys and mints, 1 is the treasury)", err=False)
     sys.stdout.flush()
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -357,6 +358,8 @@ def provider_start(rpc_url: str | None, deployment_path: Path, account_address: 
     daemon = ProviderDaemon(contracts, signer, server, settings, data_dir / "provider-state.json")
     daemon.ensure_registered()
     server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     click.echo(f"provider {signer.address} serving {len(devices)} {kind.name.lower()} device(s) on {host}:{bound}")
     metrics = None
     if metrics_port is not None:
@@ -369,8 +372,6 @@ def provider_start(rpc_url: str | None, deployment_path: Path, account_address: 
             raise click.ClickException(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {exc.strerror}") from exc
         click.echo(f"metrics on {metrics.url}")
     sys.stdout.flush()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     daemon.start()
     try:
         while not stop.wait(0.5) and not daemon.stopped:

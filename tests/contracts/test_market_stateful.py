@@ -61,11 +61,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 PROFILES = {
+    # CI runs one fixed, reproducible sequence of examples: a red run can be replayed, and the
+    # coverage check below cannot flip with the draw.
     "ci": settings(
         max_examples=200,
         stateful_step_count=30,
         deadline=None,
         database=None,
+        derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     ),
     "dev": settings(
