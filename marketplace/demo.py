@@ -15,6 +15,10 @@ loopback, each with its own worker and sandbox; a verifier stakes and measures t
    root committed on chain; the verifier replays sampled segments from their checkpoints and
    attests the verified GPU-seconds; the provider is paid for them, a fee goes to the treasury and
    the rest of the escrow back to the requester.
+3. Two small GPU owners join a provider pool; its operator registers the pool and bids for it. A
+   job priced below the single providers' floors goes to the pool, the operator assigns it to one
+   member, whose worker runs it; the pool books the pay to that member by the GPU-seconds it
+   delivered, minus the operator's fee.
 
 Every account's wealth (wallet + withdrawable credit + stake) is shown before and after, and the
 tokens add up. The command line's ``demo`` prints the story or, with ``--json``, one JSON document.
@@ -59,10 +63,16 @@ ROLES = {
     "provider-a": 4,
     "provider-b": 5,
     "provider-c": 6,
+    "pool-operator": 7,
+    "member-1": 8,
+    "member-2": 9,
 }
 #: Asks per GPU-hour; provider-c is the cheapest and returns wrong products.
 PROVIDER_PRICES = {"provider-a": "0.20", "provider-b": "0.25", "provider-c": "0.15"}
 CHEATER = "provider-c"
+#: The pool's price floor and operator fee; each member bonds MEMBER_STAKE.
+POOL_PRICE, POOL_FEE_BPS, MEMBER_STAKE = "0.12", 1_000, 150 * ONE_TOKEN
+MEMBERS = ("member-1", "member-2")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MATRIX_N = 256
 
@@ -105,8 +115,8 @@ class DemoReport:
         }
 
 
-def _balances(contracts: Contracts) -> dict[str, int]:
-    """Each role's wealth in the system: wallet + withdrawable credit + stake."""
+def _balances(contracts: Contracts, pool: Any = None) -> dict[str, int]:
+    """Each role's wealth in the system: wallet + withdrawable credit + stake (in a pool too)."""
     out = {}
     for name, index in ROLES.items():
         address = dev_account(index).address
@@ -115,6 +125,9 @@ def _balances(contracts: Contracts) -> dict[str, int]:
             + contracts.market.credits(address)
             + contracts.registry.total_stake(address)
         )
+        if pool is not None:
+            member = pool.member(address)
+            out[name] += member.stake + member.unbonding + pool.credits(address)
     return out
 
 
@@ -160,6 +173,46 @@ class _Stage:
         self.servers.append(server)
         self.daemons.append(daemon)
         return daemon
+
+    def pool(self) -> Any:
+        """Deploy a pool, start its two members (each with a worker) and its operator."""
+        from marketplace.pools import deploy_pool
+        from marketplace.pricing import strategy_from_spec
+        from worker.chain_leases import ChainLeases
+        from worker.config import WorkerConfig
+        from worker.pool_operator import MemberDaemon, OperatorSettings, PoolOperatorDaemon
+        from worker.provider import ProviderSettings
+        from worker.service import create_server
+
+        contracts = self.contracts
+        operator = dev_account(ROLES["pool-operator"])
+        pool = deploy_pool(contracts.chain, operator, contracts, POOL_FEE_BPS, 100 * ONE_TOKEN, 3_600)
+        for name in MEMBERS:
+            data = self.home / name
+            config = WorkerConfig(data_dir=data, leases=ChainLeases(contracts, refresh_s=0.1),
+                                  chain_id=contracts.chain.chain_id, market_address=contracts.market.address,
+                                  allow_unsandboxed=not self.sandboxed)
+            server, port = create_server(config)
+            device = server.manager.devices[0]
+            settings = ProviderSettings(
+                endpoint=f"127.0.0.1:{port}", price_floor=1, strategy=strategy_from_spec("fixed"),
+                stake=MEMBER_STAKE, device_model=device.model[:64], device_kind=DeviceKind.CPU, gpu_count=1,
+                memory_mb=device.memory_bytes >> 20, poll_interval_s=0.1,
+            )
+            member = MemberDaemon(contracts, dev_account(ROLES[name]), server, pool, settings,
+                                  data / "member-state.json")
+            member.ensure_registered()
+            server.start()
+            member.start()
+            self.servers.append(server)
+            self.daemons.append(member)
+        settings_ = OperatorSettings(price_floor=parse_tokens(POOL_PRICE), strategy=strategy_from_spec("fixed"),
+                                     device_model="pooled CPU", device_kind=DeviceKind.CPU, poll_interval_s=0.1)
+        daemon = PoolOperatorDaemon(contracts, operator, pool, settings_, self.home / "operator-state.json")
+        daemon.ensure_registered()
+        daemon.start()
+        self.daemons.append(daemon)
+        return pool
 
     def verifier(self) -> Any:
         from worker.verifier import VerifierDaemon, VerifierSettings
@@ -219,6 +272,10 @@ def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
             requester = Requester(contracts, dev_account(ROLES["requester"]), say=lambda _l: None)
             report.jobs.append(_matrix_job(contracts, requester, home, step))
             report.jobs.append(_training_job(contracts, requester, home, step))
+            pool = stage.pool()
+            step(f"pool {pool.address[:10]}…: member-1 and member-2 bonded {format_tokens(MEMBER_STAKE)} FLOP each; "
+                 f"its operator registered it at {POOL_PRICE} FLOP/GPU-h and keeps {POOL_FEE_BPS // 100}% of its pay")
+            report.jobs.append(_pool_job(contracts, requester, pool, home, step))
         finally:
             stage.stop()
 
@@ -227,9 +284,14 @@ def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
         if market.credits(key.address):
             market.withdraw(key)
     step("everyone withdrew their credit")
-    report.balances_after = _balances(contracts)
+    for name in (*MEMBERS, "pool-operator"):
+        if pool.credits(dev_account(ROLES[name]).address):
+            pool.withdraw(dev_account(ROLES[name]))
+    report.balances_after = _balances(contracts, pool)
     before, after = sum(report.balances_before.values()), sum(report.balances_after.values())
-    report.conserved = before == after and token.balance_of(market.address) == 0
+    report.conserved = (
+        before == after and token.balance_of(market.address) == 0 and token.balance_of(pool.address) == 0
+    )
     report.seconds = time.monotonic() - started
     return report
 
@@ -330,6 +392,36 @@ def _training_job(contracts: Contracts, requester: Requester, home: Path,
          f"{format_tokens(bill['refunded'])} FLOP refunded")
     return _job_record(job_id, "training", "sealed", "replay", winner, leased.price, spec.escrow, verdict, bill,
                        bids=bids)
+
+
+def _pool_job(contracts: Contracts, requester: Requester, pool: Any, home: Path,
+              step: Callable[[str], None]) -> dict[str, Any]:
+    from marketplace.requester import JobOptions as Options
+    from marketplace.types import Policy
+
+    market = contracts.market
+    options = Options(auction=Auction.INSTANT, policy=Policy.NONE, max_price=parse_tokens("0.15"), bid_window_s=60,
+                      challenge_window_s=600, run_slack_s=60)
+    job_id = requester.submit(EXAMPLES / "train_mlp", options)
+    spec = market.spec(job_id)
+    step(f"job {job_id}: a training job at max {format_tokens(spec.max_price)} FLOP/GPU-h, below every single "
+         "provider's floor")
+    outcome = requester.follow(job_id, home / f"results-{job_id}", timeout_s=300)
+    bill = outcome.slots[0]
+    assigned = pool.pool_events("SlotAssigned", 0, job_id=job_id)[-1]
+    runner = _name_of(assigned.args["member"])
+    contracts.chain.wait_until(lambda: pool.booked(job_id, 0), timeout=60)
+    pay = {name: pool.member(dev_account(ROLES[name]).address).gpu_seconds for name in MEMBERS}
+    fee_share = (bill["paid"] - bill["fee"]) * POOL_FEE_BPS // 10_000
+    step(f"job {job_id}: the pool took it at {POOL_PRICE} FLOP/GPU-h; its operator assigned it to {runner}, whose "
+         f"worker ran it ({bill['gpu_seconds']} GPU-s); the requester accepted the results")
+    step(f"job {job_id}: the pool was paid {format_tokens(bill['paid'] - bill['fee'])} FLOP: "
+         f"{format_tokens(bill['paid'] - bill['fee'] - fee_share)} to {runner}, {format_tokens(fee_share)} to the "
+         f"operator, nothing to the member that did no work")
+    record = _job_record(job_id, "training (pool)", "instant", "none", "pool", market.slot(job_id, 0).price,
+                         spec.escrow, int(Outcome.ACCEPT), bill, bids={})
+    record["pool"] = {"runner": runner, "operator_fee": fee_share, "member_gpu_seconds": pay}
+    return record
 
 
 def _job_record(job_id: int, kind: str, auction: str, policy: str, winner: str, price: int, escrow: int,

@@ -55,6 +55,20 @@ def test_demo__provider_returning_a_wrong_product__is_caught_by_freivalds_and_sl
     assert demo_json["balances"]["provider-c"]["change"] == -job["slashed"]
 
 
+def test_demo__pool_job__pays_the_member_that_ran_it_less_the_operators_fee(demo_json: dict) -> None:
+    job = demo_json["jobs"][2]
+    assert (job["winner"], job["status"], job["auction"]) == ("pool", "paid", "instant")
+    runner = job["pool"]["runner"]
+    idle = ({"member-1", "member-2"} - {runner}).pop()
+    income = job["paid"] - job["fee"]
+    operator_fee = income * 1_000 // 10_000
+    assert job["pool"]["operator_fee"] == operator_fee
+    assert demo_json["balances"][runner]["change"] == income - operator_fee
+    assert demo_json["balances"]["pool-operator"]["change"] == operator_fee
+    assert demo_json["balances"][idle]["change"] == 0
+    assert job["pool"]["member_gpu_seconds"][runner] == job["gpu_seconds"] > 0
+
+
 def test_demo__capacity_of_every_provider__is_measured_and_none_flagged(demo_json: dict) -> None:
     assert set(demo_json["capacity"]) == {"provider-a", "provider-b", "provider-c"}
     assert all(c["gflops"] > 0 and not c["flagged"] for c in demo_json["capacity"].values())
@@ -70,7 +84,7 @@ def test_demo__human_output__tells_the_story() -> None:
     result = CliRunner().invoke(cli, ["demo"], obj={})
     assert result.exit_code == 0, result.output
     for phrase in ("sealed bids committed", "won with the lowest ask", "Freivalds", "slashed",
-                   "replayed sampled segments", "bill:", "conserved: yes"):
+                   "replayed sampled segments", "bill:", "the pool took it", "conserved: yes"):
         assert phrase in result.output
 
 
