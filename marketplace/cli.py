@@ -518,10 +518,14 @@ def job_result(job_id: int, rpc_url: str | None, deployment_path: Path, account_
     contracts = _contracts(rpc_url, deployment_path)
     signer = _signer(account_address, dev_index, password_file)
     domain = Domain(contracts.chain.chain_id, contracts.market.address)
+    from marketplace.pools import slot_worker
+
     for slot in contracts.market.slots_of(job_id):
-        offer = contracts.registry.offer(slot.provider)
-        with WorkerClient(offer.endpoint, requester_key=signer.key, domain=domain) as client:
-            results = client.download_results(job_id, output / f"slot-{slot.slot}", provider=offer.signer)
+        worker = slot_worker(contracts, job_id, slot.slot, slot.provider)  # a pool's slot: its member's worker
+        if worker is None:
+            raise VerificationError(f"job {job_id} slot {slot.slot}: the pool has not assigned it to a member yet")
+        with WorkerClient(worker.endpoint, requester_key=signer.key, domain=domain) as client:
+            results = client.download_results(job_id, output / f"slot-{slot.slot}", provider=worker.signer)
         if slot.result_root != results.manifest.root:
             raise VerificationError(f"job {job_id} slot {slot.slot}: results differ from the root committed on chain")
         click.echo(f"slot {slot.slot}: {len(results.manifest.files)} file(s) in {output / f'slot-{slot.slot}'}, "

@@ -333,6 +333,15 @@ class VerifierDaemon:
         endpoint = self.contracts.registry.offer(provider).endpoint
         return WorkerClient(endpoint, requester_key=self.account.key, domain=self.domain, timeout_s=60)
 
+    def _slot_client(self, job_id: int, slot: int, provider: str) -> WorkerClient:
+        """The worker that ran a slot: a pool's slot runs on the member its operator assigned."""
+        from marketplace.pools import slot_worker
+
+        worker = slot_worker(self.contracts, job_id, slot, provider)
+        if worker is None:
+            raise VerificationError(f"job {job_id} slot {slot}: the pool has not assigned the slot to a member")
+        return WorkerClient(worker.endpoint, requester_key=self.account.key, domain=self.domain, timeout_s=60)
+
     def fetch(self, job_id: int, slot: int, *, bundle: bool = True) -> tuple[Path, Path | None, int]:
         """Download a slot's results (checked against the committed root) and bundle; return them and the seed."""
         market = self.contracts.market
@@ -340,7 +349,7 @@ class VerifierDaemon:
         spec = market.spec(job_id)
         base = self.work / f"job-{job_id}" / f"slot-{slot}"
         shutil.rmtree(base, ignore_errors=True)
-        with self._client(state.provider) as client:
+        with self._slot_client(job_id, slot, state.provider) as client:
             results = client.download_results(job_id, base / "results")
             if results.manifest.root != state.result_root:
                 raise VerificationError("the results do not match the root committed on chain")
