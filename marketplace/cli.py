@@ -117,6 +117,9 @@ def chain_up(port: int, deployment_path: Path, accounts: int) -> None:
         server = JsonRpcChainServer(provider, tester, port=port)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
+    # Serve before saying so; and a shutdown asked for before serve_forever starts would wait forever.
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     url = f"http://127.0.0.1:{server.port}"
     from dataclasses import replace
 
@@ -130,9 +133,6 @@ def chain_up(port: int, deployment_path: Path, accounts: int) -> None:
     click.echo(f"market {deployment.market}, token {deployment.token}, registry {deployment.registry}")
     click.echo(f"dev accounts 0..{accounts - 1} funded (0 deploys and mints, 1 is the treasury)", err=False)
     sys.stdout.flush()
-
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
         stop.wait()
     except KeyboardInterrupt:

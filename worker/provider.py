@@ -207,6 +207,15 @@ class ProviderDaemon:
                     self._stop.set()
                     break
                 log.warning("provider %s: %s", self.address, exc)
+            except Exception as exc:
+                if self._stop.is_set():
+                    break  # stopping: the worker may already be closed under us
+                # A bug, not a condition of the market: stop with the reason rather than hang on
+                # a dead thread while the process looks alive.
+                log.exception("provider %s: unexpected error", self.address)
+                self.fatal = f"unexpected error: {type(exc).__name__}: {exc}"
+                self._stop.set()
+                break
             self._stop.wait(self.settings.poll_interval_s)
 
     def _market_gone(self) -> bool:

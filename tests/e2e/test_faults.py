@@ -141,8 +141,8 @@ def test_provider_restarted_mid_job__fails_it_cleanly_and_nobody_is_slashed(
         for event in client.watch(job_id, timeout_s=60):
             if event.WhichOneof("kind") == "started":
                 break
-    provider.server.stop()  # kills the running job: marked failed, with the reason
     provider.daemon.stop()
+    provider.server.stop()  # kills the running job: marked failed, with the reason
     provider = start_provider(contracts, tmp_path / "worker")
     try:
         record = provider.server.manager.get(job_id)
