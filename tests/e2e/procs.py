@@ -38,8 +38,14 @@ class Proc:
         """Stop it (SIGTERM, or SIGKILL with ``sig='kill'``) and return its exit status."""
         if self.process.poll() is None:
             self.process.kill() if sig == "kill" else self.process.terminate()
-        code = self.process.wait(timeout=60)
-        self.handle.close()
+        try:
+            code = self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"still running 60 s after SIG{sig.upper()}:\n{self.log.read_text()}") from None
+        finally:
+            self.handle.close()
         return code
 
 
