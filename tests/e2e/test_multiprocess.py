@@ -153,7 +153,8 @@ def test_anvil__instant_job_through_the_command_line__is_taken_at_the_floor_and_
             port = node.port
             node.stop()
             node = Anvil(port=port, block_time=1).start()
-            code = provider.process.wait(timeout=120)
+            # A transaction in flight when the node went away is waited for (up to 120 s) first.
+            code = provider.process.wait(timeout=300)
             assert code == 1
             assert "the chain no longer has the market" in provider.log.read_text()
         finally:
