@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -178,26 +179,38 @@ class Requester:
         archive = archive or self._archives.get(job_id)
         if archive is None:
             raise ConfigError(f"job {job_id}: no bundle archive to upload")
-        for slot in market.slots_of(job_id):
-            try:
-                self._run_slot(job_id, slot, archive, out_dir, timeout_s, outcome)
-            except VerificationError as exc:
-                # The provider's results do not match what it committed: dispute, a verifier rules.
-                self.say(f"job {job_id} slot {slot.slot}: {exc}; disputing the result")
-                try:
-                    self._wait_commit(job_id, slot.slot, timeout_s)
-                    self.dispute(job_id, slot.slot)
-                except ChainError as failed:
-                    self.say(f"job {job_id} slot {slot.slot}: could not dispute: {failed}")
-            except (WorkerError, ChainError) as exc:
-                # The provider failed us: its slot ends refunded (and the provider slashed) at settlement.
-                self.say(f"job {job_id} slot {slot.slot}: {exc}; waiting for the run deadline to settle")
+        slots = market.slots_of(job_id)
+        # The k providers run the job at the same time, each followed on its own thread.
+        with ThreadPoolExecutor(max_workers=max(1, len(slots)), thread_name_prefix=f"job-{job_id}") as runner:
+            futures = [runner.submit(self._follow_slot, job_id, slot, archive, out_dir, timeout_s, outcome)
+                       for slot in slots]
+            for future in futures:
+                future.result()
+        outcome.results.sort()
         if spec.policy == Policy.NONE:
             for slot in market.slots_of(job_id):
                 if slot.status == SlotStatus.COMMITTED:
                     market.accept_result(self.account, job_id, slot.slot)
         outcome.slots = self.settle(job_id, timeout_s=timeout_s)
         return outcome
+
+    def _follow_slot(
+        self, job_id: int, slot: Any, archive: bytes, out_dir: str | Path, timeout_s: float, outcome: JobOutcome
+    ) -> None:
+        """Run one slot; a provider that fails or cheats is left to settlement (refund, slash) or disputed."""
+        try:
+            self._run_slot(job_id, slot, archive, out_dir, timeout_s, outcome)
+        except VerificationError as exc:
+            # The provider's results do not match what it committed: dispute, a verifier rules.
+            self.say(f"job {job_id} slot {slot.slot}: {exc}; disputing the result")
+            try:
+                self._wait_commit(job_id, slot.slot, timeout_s)
+                self.dispute(job_id, slot.slot)
+            except ChainError as failed:
+                self.say(f"job {job_id} slot {slot.slot}: could not dispute: {failed}")
+        except (WorkerError, ChainError) as exc:
+            # The provider failed us: its slot ends refunded (and the provider slashed) at settlement.
+            self.say(f"job {job_id} slot {slot.slot}: {exc}; waiting for the run deadline to settle")
 
     def _run_slot(
         self, job_id: int, slot: Any, archive: bytes, out_dir: str | Path, timeout_s: float, outcome: JobOutcome
