@@ -61,8 +61,10 @@ def test_redundant__three_providers_one_with_random_outputs__dissenter_slashed_m
     inflater = market.add_provider(PROVIDERS[1], Cheat("inflate", factor=3.0))
     liar = market.add_provider(PROVIDERS[2], Cheat("random"))
     market.add_verifier(VERIFIERS[0], billing_overhead_s=1.0)  # a job of seconds: a small start-up allowance
+    # A long window: the verifier waits for all three commits (the inflater commits last) rather
+    # than judge the first two alone at half the window.
     outcome = market.run_job(bundle_copy(tmp_path, "replay_mlp", SMALL_REPLAY), auction=Auction.INSTANT,
-                             policy=Policy.REDUNDANT, redundancy=3)
+                             policy=Policy.REDUNDANT, redundancy=3, challenge_window_s=3_600)
     by_provider = {b["provider"]: b for b in outcome.slots}
     verdicts = {market.contracts.market.slot(outcome.job_id, s).provider: v
                 for s, v in attested(market, outcome.job_id).items()}
