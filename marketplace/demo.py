@@ -41,7 +41,7 @@ from typing import Any
 from marketplace.bindings import Contracts
 from marketplace.chain import Chain, dev_account
 from marketplace.devchain import setup_dev_market
-from marketplace.errors import ConfigError, ContractRevert
+from marketplace.errors import ConfigError, VerificationError
 from marketplace.events import BidRevealed, ResultAttested, SlotLeased
 from marketplace.requester import JobOptions, Requester
 from marketplace.types import (
@@ -451,7 +451,7 @@ def _attestation(contracts: Contracts, job_id: int) -> ResultAttested:
     found = [e for e in market.get_events("ResultAttested", market.start_block, job_id=job_id)
              if isinstance(e, ResultAttested)]
     if not found:
-        raise ContractRevert("no attestation", function="demo")
+        raise VerificationError(f"job {job_id} was settled without an attestation")
     return found[-1]
 
 
