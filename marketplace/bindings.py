@@ -1,8 +1,9 @@
 """Typed bindings for flopex's contracts, and deployment of all of them in one call.
 
-``deploy_all(chain, deployer)`` deploys the token, the registry and the market, links them and
-returns a :class:`Deployment`, which can be saved to and loaded from a JSON file so other
-processes find the contracts. :class:`Token`, :class:`Registry` and :class:`Market` wrap every
+``deploy_all(chain, deployer)`` deploys the token, the registry, the market and the reservations
+contract (reserved capacity, :mod:`marketplace.reservations`), links them and returns a
+:class:`Deployment`, which can be saved to and loaded from a JSON file so other processes find the
+contracts. :class:`Token`, :class:`Registry` and :class:`Market` wrap every
 function the rest of flopex uses; transactions take the sending account first.
 """
 
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
@@ -31,6 +32,9 @@ from marketplace.types import (
     SlotStatus,
     TokenAmount,
 )
+
+if TYPE_CHECKING:
+    from marketplace.reservations import ReservationParameters, Reservations
 
 __all__ = [
     "Contracts",
@@ -87,6 +91,7 @@ class Deployment:
     parameters: MarketParameters = field(default_factory=MarketParameters)
     rpc_url: str | None = None
     format: int = DEPLOYMENT_FORMAT
+    reservations: str | None = None  # the reservations contract; None in deployments without one
 
     def save(self, path: str | Path) -> Path:
         """Write the deployment as JSON; returns the path."""
@@ -480,6 +485,14 @@ class Contracts:
     token: Token
     registry: Registry
     market: Market
+    reservations: Reservations | None = None
+
+    def require_reservations(self) -> Reservations:
+        """The reservations contract; a clear error when this deployment has none."""
+        if self.reservations is None:
+            raise ConfigError("this deployment has no reservations contract; redeploy with `flopex deploy` "
+                              "or `flopex chain up`")
+        return self.reservations
 
 
 def load_contracts(chain: Chain, deployment: Deployment) -> Contracts:
@@ -494,12 +507,18 @@ def load_contracts(chain: Chain, deployment: Deployment) -> Contracts:
             code = chain.w3.eth.get_code(to_checksum_address(address))
         if not code:
             raise ConfigError(f"no {name} contract at {address} on this chain; is the deployment file stale?")
+    reservations = None
+    if deployment.reservations:
+        from marketplace.reservations import load_reservations
+
+        reservations = load_reservations(chain, deployment.reservations, deployment.start_block)
     return Contracts(
         chain=chain,
         deployment=deployment,
         token=Token(chain, deployment.token),
         registry=Registry(chain, deployment.registry),
         market=Market(chain, deployment.market, deployment.start_block),
+        reservations=reservations,
     )
 
 
@@ -509,8 +528,10 @@ def deploy_all(
     *,
     treasury: str | None = None,
     parameters: MarketParameters | None = None,
+    reservations: bool = True,
+    reservation_parameters: ReservationParameters | None = None,
 ) -> Contracts:
-    """Deploy the token, registry and market, link them, and return the bound contracts."""
+    """Deploy the token, registry and market (and reservations), link them, and return the bound contracts."""
     params = parameters or MarketParameters()
     treasury = to_checksum_address(treasury or deployer.address)
     start_block = chain.block_number()
@@ -545,4 +566,11 @@ def deploy_all(
     )
     contracts = load_contracts(chain, deployment)
     contracts.registry._tx(deployer, "set_market", market)
+    if reservations:
+        from marketplace.reservations import deploy_reservations
+
+        bound = deploy_reservations(contracts, deployer, parameters=reservation_parameters)
+        bound.start_block = start_block
+        contracts.reservations = bound
+        contracts.deployment = replace(deployment, reservations=bound.address)
     return contracts

@@ -11,10 +11,16 @@ The outcome is a :class:`JobOutcome` with the bill.
 A slot held by a provider pool runs on the member its operator assigned: the requester waits for
 the assignment on chain and talks to that member's worker (endpoint and receipt signer from the
 pool), not to the worker the pool's registry offer names.
+
+:meth:`~Requester.run_reserved` runs a bundle in a reservation the account holds
+(:mod:`marketplace.reservations`): no auction and no market job, straight to the provider's
+worker during the window; it checks the results against the worker's signed receipt and waits for
+the provider to record the job's usage on chain (a :class:`ReservedOutcome`).
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +38,8 @@ from marketplace.client import WorkerClient
 from marketplace.errors import ChainError, ConfigError, ContractRevert, VerificationError, WorkerError
 from marketplace.events import SlotSettled
 from marketplace.pools import SlotWorker, slot_worker
+from marketplace.reservations import ReservationStatus, reserved_job_id
+from marketplace.rpc import worker_pb2 as pb
 from marketplace.types import (
     Auction,
     DeviceKind,
@@ -42,7 +50,7 @@ from marketplace.types import (
     format_tokens,
 )
 
-__all__ = ["JobOptions", "JobOutcome", "Requester", "spec_for_bundle"]
+__all__ = ["JobOptions", "JobOutcome", "Requester", "ReservedOutcome", "spec_for_bundle"]
 
 MIB = 1 << 20
 
@@ -78,6 +86,32 @@ class JobOutcome:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary."""
         return {"job_id": self.job_id, "results": [str(p) for p in self.results], "slots": self.slots}
+
+
+@dataclass
+class ReservedOutcome:
+    """What a job in a reservation came to: its results, its metering and its usage record on chain."""
+
+    reservation_id: int
+    job_id: int
+    results: Path
+    result_root: bytes
+    state: str
+    device_seconds: int
+    recorded_gpu_seconds: int | None = None  # None while the provider has not recorded it
+    events: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "reservation_id": self.reservation_id,
+            "job_id": self.job_id,
+            "results": str(self.results),
+            "result_root": "0x" + self.result_root.hex(),
+            "state": self.state,
+            "device_seconds": self.device_seconds,
+            "recorded_gpu_seconds": self.recorded_gpu_seconds,
+        }
 
 
 def spec_for_bundle(
@@ -144,6 +178,83 @@ class Requester:
             f"FLOP/GPU-h, escrow {format_tokens(spec.escrow)} FLOP"
         )
         return job_id
+
+    def run_reserved(
+        self,
+        reservation_id: int,
+        bundle_dir: str | Path,
+        out_dir: str | Path,
+        *,
+        seq: int | None = None,
+        timeout_s: float = 3600.0,
+        record_timeout_s: float = 120.0,
+    ) -> ReservedOutcome:
+        """Run a bundle in reservation ``reservation_id`` (held by this account, its window open).
+
+        Uploads it to the provider's worker as job ``seq`` of the reservation (a fresh random one
+        when None), follows it, downloads and checks the results against the worker's signed
+        receipt, then waits up to ``record_timeout_s`` for the provider's usage record carrying the
+        same result root. Raises :class:`ConfigError` when the account does not hold the
+        reservation, its window is not open or the bundle does not fit the reserved devices.
+        """
+        contracts = self.contracts
+        reservations = contracts.require_reservations()
+        r = reservations.reservation(reservation_id)
+        if r.holder is None or r.holder != self.account.address:
+            raise ConfigError(f"reservation {reservation_id} is held by {r.holder or 'nobody'}, "
+                              f"not by {self.account.address}")
+        if r.status not in (ReservationStatus.RESERVED, ReservationStatus.DISPUTED, ReservationStatus.SERVED):
+            raise ConfigError(f"reservation {reservation_id} is {r.status.name.lower()}: its devices serve no jobs")
+        now = self.now()
+        if not r.start <= now < r.end:
+            raise ConfigError(f"reservation {reservation_id}'s window is [{r.start}, {r.end}); it is {now} now")
+        bundle = load_bundle(bundle_dir)
+        offer = contracts.registry.offer(r.provider)
+        res = bundle.spec.resources
+        kind = "cuda" if offer.device_kind == DeviceKind.CUDA else "cpu"
+        if res.device != kind or res.gpus > r.gpus:
+            raise ConfigError(f"the bundle asks for {res.gpus} {res.device} devices; reservation "
+                              f"{reservation_id} holds {r.gpus} {kind}")
+        archive = pack_bundle(bundle_dir)
+        seq = secrets.randbelow(1 << 24) if seq is None else seq
+        job_id = reserved_job_id(reservation_id, seq)
+        self.say(f"reservation {reservation_id}: job {seq} on {r.provider} ({offer.endpoint})")
+        dest = Path(out_dir)
+        with WorkerClient(offer.endpoint, requester_key=self.account.key, domain=self.domain) as client:
+            client.upload_bundle(job_id, archive)
+            client.start_job(job_id, seed=seq)
+            events: list[str] = []
+            for event in client.watch(job_id, timeout_s=timeout_s):
+                line = _describe(event)
+                if line:
+                    events.append(line)
+                    self.say(f"reservation {reservation_id} job {seq}: {line}")
+            results = client.download_results(job_id, dest, provider=offer.signer)
+            state = client.get_job(job_id)
+        root = results.manifest.root
+        receipt = results.receipt.receipt if results.receipt is not None else None
+        outcome = ReservedOutcome(
+            reservation_id, job_id, dest, root, _job_state(state.state),
+            receipt.device_seconds if receipt is not None else 0, events=events,
+        )
+        self.say(f"reservation {reservation_id} job {seq}: results verified against the signed receipt")
+        outcome.recorded_gpu_seconds = self.wait_for_usage(reservation_id, root, timeout_s=record_timeout_s)
+        if outcome.recorded_gpu_seconds is not None:
+            self.say(f"reservation {reservation_id} job {seq}: the provider recorded "
+                     f"{outcome.recorded_gpu_seconds} GPU-s with the same result root")
+        return outcome
+
+    def wait_for_usage(self, reservation_id: int, root: bytes, *, timeout_s: float = 120.0) -> int | None:
+        """GPU-seconds of the provider's usage record with result root ``root``, or None if none came in time."""
+        reservations = self.contracts.require_reservations()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for event in reservations.history("UsageRecorded", reservation_id=reservation_id):
+                if bytes(event.args["result_root"]) == root:
+                    return int(event.args["gpu_seconds"])
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
 
     def wait_for_lease(self, job_id: int, *, timeout_s: float = 600.0) -> JobStatus:
         """Wait for the auction to end, ending it once its deadline passes; returns the job status."""
@@ -323,6 +434,11 @@ class Requester:
                     "slashed": event.slashed,
                 }
         raise ChainError(f"job {job_id} slot {slot} has no settlement event")
+
+
+def _job_state(state: int) -> str:
+    """A worker job state's name (``succeeded``, ``failed``...)."""
+    return str(pb.JobState.Name(state)).removeprefix("JOB_STATE_").lower()
 
 
 def _describe(event: Any) -> str:

@@ -8,8 +8,18 @@ verifier attested it failed to serve, in which case the holder is refunded and t
 slashed. See docs/reservations.md.
 
 :func:`deploy_reservations` deploys the contract next to an existing deployment and authorizes it
-in the registry (the deployer must own the registry). :class:`Reservations` wraps every function;
-transactions take the sending account first, as in :mod:`marketplace.bindings`.
+in the registry (the deployer must own the registry); :func:`marketplace.bindings.deploy_all`
+does so for every new deployment. :class:`Reservations` wraps every function; transactions take
+the sending account first, as in :mod:`marketplace.bindings`.
+
+Jobs in a reservation run on the provider's worker without an auction and without a market job.
+A worker tells them from market jobs by their id: :func:`reserved_job_id` sets
+:data:`RESERVED_JOB_FLAG` (bit 62; market job ids count up from 1 and never reach it) over the
+reservation id and a sequence number the holder picks::
+
+    job id = 2**62 | reservation_id << 24 | seq        reservation_id < 2**38, seq < 2**24
+
+Ids stay below 2**63, so they fit the worker's 64-bit job ids and its SQLite store.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from marketplace.errors import ChainError, ConfigError
 from marketplace.types import ONE_TOKEN, SECONDS_PER_HOUR, TokenAmount
 
 __all__ = [
+    "RESERVED_JOB_FLAG",
     "ReservationEvent",
     "ReservationParameters",
     "ReservationState",
@@ -35,7 +46,40 @@ __all__ = [
     "deploy_reservations",
     "load_reservations",
     "reservation_price",
+    "reserved_job",
+    "reserved_job_id",
+    "reserved_job_ids",
 ]
+
+RESERVED_JOB_FLAG = 1 << 62
+"""Set in the id of every job that runs in a reservation."""
+_SEQ_BITS = 24
+_ID_BITS = 62 - _SEQ_BITS
+
+
+def reserved_job_id(reservation_id: int, seq: int) -> int:
+    """The worker job id of job ``seq`` in reservation ``reservation_id``."""
+    if not 0 < reservation_id < 1 << _ID_BITS:
+        raise ConfigError(f"reservation id {reservation_id} is out of range (1..2**{_ID_BITS}-1)")
+    if not 0 <= seq < 1 << _SEQ_BITS:
+        raise ConfigError(f"job sequence number {seq} is out of range (0..2**{_SEQ_BITS}-1)")
+    return RESERVED_JOB_FLAG | reservation_id << _SEQ_BITS | seq
+
+
+def reserved_job_ids(reservation_id: int) -> tuple[int, int]:
+    """The first and last job id of reservation ``reservation_id``'s jobs."""
+    first = reserved_job_id(reservation_id, 0)
+    return first, first + (1 << _SEQ_BITS) - 1
+
+
+def reserved_job(job_id: int) -> tuple[int, int] | None:
+    """``(reservation_id, seq)`` of a job id made by :func:`reserved_job_id`; None for a market job."""
+    if not RESERVED_JOB_FLAG <= job_id < RESERVED_JOB_FLAG << 1:
+        return None
+    reservation_id = (job_id >> _SEQ_BITS) & ((1 << _ID_BITS) - 1)
+    if reservation_id == 0:
+        return None
+    return reservation_id, job_id & ((1 << _SEQ_BITS) - 1)
 
 
 class ReservationStatus(IntEnum):
@@ -122,6 +166,11 @@ class Reservations(_Bound):
 
     NAME = "Reservations"
 
+    def __init__(self, chain: Chain, address: str, start_block: int = 0) -> None:
+        super().__init__(chain, address)
+        #: Where event scans start: the block the deployment began at.
+        self.start_block = start_block
+
     # ------------------------------------------------------------------ provider
 
     def offer(self, account: LocalAccount, start: int, duration: int, gpus: int, price: int) -> int:
@@ -191,6 +240,18 @@ class Reservations(_Bound):
 
     # ------------------------------------------------------------------ views
 
+    def offered_by(self, provider: str) -> list[int]:
+        """Ids of every reservation ``provider`` offered, oldest first."""
+        events = self.history("OfferPosted", provider=to_checksum_address(provider))
+        return sorted(int(e.args["reservation_id"]) for e in events)
+
+    def held_by(self, holder: str) -> list[int]:
+        """Ids of the reservations ``holder`` holds now (bought or bought on resale, not resold)."""
+        holder = to_checksum_address(holder)
+        ids = {int(e.args["reservation_id"]) for e in self.history("ReservationBought", buyer=holder)}
+        ids |= {int(e.args["reservation_id"]) for e in self.history("ReservationResold", buyer=holder)}
+        return sorted(i for i in ids if self.reservation(i).holder == holder)
+
     def reservation(self, reservation_id: int) -> ReservationState:
         """Reservation ``reservation_id``'s terms and state."""
         (provider, status, start, gpus, price, duration, used, records, holder, resale, digest, escrow) = self._call(
@@ -255,11 +316,11 @@ class Reservations(_Bound):
                 break
         return found
 
-    def history(self, name: str, from_block: int = 0, **filters: Any) -> list[ReservationEvent]:
-        """Events ``name`` since ``from_block``, filtered on indexed arguments."""
+    def history(self, name: str, from_block: int | None = None, **filters: Any) -> list[ReservationEvent]:
+        """Events ``name`` since ``from_block`` (the deployment's first block), filtered on indexed arguments."""
         with self.chain.locked():
             logs = getattr(self.contract.events, name)().get_logs(
-                from_block=from_block, argument_filters=filters or None
+                from_block=self.start_block if from_block is None else from_block, argument_filters=filters or None
             )
         return [ReservationEvent(log["event"], dict(log["args"]), int(log["blockNumber"])) for log in logs]
 
@@ -300,10 +361,10 @@ def deploy_reservations(
     return reservations
 
 
-def load_reservations(chain: Chain, address: str) -> Reservations:
+def load_reservations(chain: Chain, address: str, start_block: int = 0) -> Reservations:
     """Bind to a deployed reservations contract; checks that code exists at ``address``."""
     with chain.locked():
         code = chain.w3.eth.get_code(to_checksum_address(address))
     if not code:
         raise ConfigError(f"no reservations contract at {address} on this chain")
-    return Reservations(chain, address)
+    return Reservations(chain, address, start_block)

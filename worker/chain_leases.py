@@ -11,6 +11,14 @@ so the lease names that member's signer (``pool.members(member).signer``), not t
 only the assigned member's worker serves the job. An unassigned pool slot names nobody yet. The
 operator may move a slot to another member until a result is committed, so a lease with a pool
 slot still awaiting its result is cached for ``refresh_s`` seconds only.
+
+A job id with :data:`~marketplace.reservations.RESERVED_JOB_FLAG` set names a job in a
+reservation (:func:`~marketplace.reservations.reserved_job`): its lease exists while the
+reservation is bought and unsettled, from the window's start until the end of its challenge
+period, names the reservation's current holder as requester and the provider's worker, lets the
+holder run any bundle it signs on up to the reserved devices at once (one device group per
+reservation), and takes uploads and starts until the window ends. It is never cached for longer
+than ``refresh_s`` seconds: a verifier's ruling or the clock can end it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import time
 from marketplace.bindings import Contracts
 from marketplace.errors import ChainError
 from marketplace.pools import pool_at, slot_worker
+from marketplace.reservations import ReservationStatus, reserved_job
 from marketplace.types import DeviceKind, JobStatus, SlotStatus
 from worker.leases import DeviceRequirements, Lease
 
@@ -34,8 +43,40 @@ def lease_from_chain(contracts: Contracts, job_id: int) -> Lease | None:
     return _lease_from_chain(contracts, job_id)[0]
 
 
+#: Reservation states in which the holder's jobs are served.
+SERVING = (ReservationStatus.RESERVED, ReservationStatus.DISPUTED, ReservationStatus.SERVED)
+
+
+def _reserved_lease(contracts: Contracts, job_id: int, reservation_id: int) -> Lease | None:
+    """The lease of a job in reservation ``reservation_id``, or None outside its window."""
+    if contracts.reservations is None:
+        return None
+    try:
+        r = contracts.reservations.reservation(reservation_id)
+    except ChainError:
+        return None
+    if r.holder is None or r.status not in SERVING:
+        return None
+    now = contracts.chain.next_timestamp()
+    if not r.start <= now < r.end + contracts.reservations.challenge_period():
+        return None
+    offer = contracts.registry.offer(r.provider)
+    return Lease(
+        job_id=job_id,
+        requester=r.holder,
+        providers=(offer.signer,),
+        bundle_hash=None,
+        deadline=r.end,
+        devices=DeviceRequirements(kind="cuda" if offer.device_kind == DeviceKind.CUDA else "cpu", count=r.gpus),
+        device_group=f"reservation:{reservation_id}",
+    )
+
+
 def _lease_from_chain(contracts: Contracts, job_id: int) -> tuple[Lease | None, bool]:
     """The lease and whether it is final (no pool slot that may still move to another member)."""
+    reserved = reserved_job(job_id)
+    if reserved is not None:
+        return _reserved_lease(contracts, job_id, reserved[0]), False
     market = contracts.market
     try:
         job = market.job(job_id)
@@ -92,7 +133,7 @@ class ChainLeases:
         on chain, so reading cannot help anyone change a result.
         """
         registry, market = self.contracts.registry, self.contracts.market
-        if not registry.is_active_verifier(account):
+        if reserved_job(job_id) is not None or not registry.is_active_verifier(account):
             return False
         for slot in market.slots_of(job_id):
             if slot.status in (SlotStatus.ASSIGNED, SlotStatus.RELEASED, SlotStatus.NONE):

@@ -81,6 +81,7 @@ class _Running:
     devices: list[int]
     cancelled: threading.Event
     kill: Callable[[str], None] | None = None
+    group: str | None = None
 
 
 class JobManager:
@@ -101,6 +102,7 @@ class JobManager:
         self._queue: list[int] = []
         self._free = set(range(len(devices)))
         self._running: dict[int, _Running] = {}
+        self._groups: dict[int, tuple[str, int]] = {}  # job -> (device group, devices the group may hold)
         self._upload_locks: dict[int, threading.Lock] = {}
         self._closed = False
         self.fail_interrupted()
@@ -242,7 +244,7 @@ class JobManager:
         return job
 
     def _check_bundle(self, lease: Lease, bundle: Bundle) -> None:
-        if bundle.hash != lease.bundle_hash:
+        if lease.bundle_hash is not None and bundle.hash != lease.bundle_hash:
             raise WorkerError(f"bundle hash 0x{bundle.hash.hex()} is not the lease's 0x{lease.bundle_hash.hex()}",
                               code="PERMISSION_DENIED")
         res = bundle.spec.resources
@@ -253,8 +255,12 @@ class JobManager:
 
     # -- the queue ----------------------------------------------------------------------------
 
-    def start(self, job_id: int, seed: int) -> JobRecord:
-        """Queue a ready job; idempotent for a job already started."""
+    def start(self, job_id: int, seed: int, lease: Lease | None = None) -> JobRecord:
+        """Queue a ready job; idempotent for a job already started.
+
+        A ``lease`` with a device group holds the job back while the group's running jobs hold
+        its ``devices.count`` devices (the devices of one reservation are shared by its jobs).
+        """
         with self._cond:
             job = self.get(job_id)
             if job.state in ("queued", "running", *TERMINAL):
@@ -271,6 +277,11 @@ class JobManager:
             bundle = load_bundle(self.job_dir(job_id) / "bundle")
             res = bundle.spec.resources
             check_request(self.devices, res.device, res.gpus, int(res.min_memory_gb * 2**30))
+            if lease is not None and lease.device_group is not None:
+                if res.gpus > lease.devices.count:
+                    raise WorkerError(f"the job asks for {res.gpus} devices; its lease holds {lease.devices.count}",
+                                      code="FAILED_PRECONDITION")
+                self._groups[job_id] = (lease.device_group, lease.devices.count)
             self.store.update(job_id, state="queued", seed=seed)
             self._queue.append(job_id)
             position = len(self._queue) - 1
@@ -296,15 +307,22 @@ class JobManager:
                     self._queue.remove(job_id)
                     self._finish_without_run(job_id, f"bundle unreadable: {exc}", "failed")
                     continue
+                group = self._groups.get(job_id)
+                if group is not None and self._group_busy(group[0]) + bundle.spec.resources.gpus > group[1]:
+                    continue  # its group's devices are all in use: wait for one of its jobs to end
                 chosen = self._pick(bundle)
                 if chosen is None:
                     continue
                 self._queue.remove(job_id)
                 self._free -= set(chosen)
-                run = _Running(job_id, chosen, threading.Event())
+                run = _Running(job_id, chosen, threading.Event(), group=None if group is None else group[0])
                 self._running[job_id] = run
                 threading.Thread(target=self._run_guarded, args=(run, bundle), name=f"job-{job_id}",
                                  daemon=True).start()
+
+    def _group_busy(self, group: str) -> int:
+        """Devices held by running jobs of ``group`` (call with the lock held)."""
+        return sum(len(run.devices) for run in self._running.values() if run.group == group)
 
     def _finish_without_run(self, job_id: int, reason: str, state: str) -> None:
         self.store.update(job_id, state=state, reason=reason, finished=time.time(), exit_code=-1)
@@ -351,6 +369,7 @@ class JobManager:
         with self._cond:
             if self._running.pop(run.job_id, None) is not None:
                 self._free |= set(run.devices)
+            self._groups.pop(run.job_id, None)
             self._cond.notify_all()
 
     def _prepare(self, job_id: int, bundle: Bundle) -> tuple[Path, Path, Path, Path]:

@@ -38,22 +38,26 @@ class Lease:
     """An on-chain lease of a job to one or more providers.
 
     ``requester`` signs the job's requests; ``providers`` are the addresses allowed to run it;
-    ``bundle_hash`` is the 32-byte bundle hash the requester posted; ``deadline`` is the unix
-    time (seconds) by which results are due.
+    ``bundle_hash`` is the 32-byte bundle hash the requester posted, or None when the requester
+    may run any bundle it signs (a job in a reservation it holds, see
+    :mod:`marketplace.reservations`); ``deadline`` is the unix time (seconds) by which results are
+    due. Jobs whose leases share a ``device_group`` run on at most ``devices.count`` devices
+    together (the reserved devices of one reservation); None puts a job in no group.
     """
 
     job_id: int
     requester: str
     providers: tuple[str, ...]
-    bundle_hash: bytes
+    bundle_hash: bytes | None
     deadline: int
     devices: DeviceRequirements = field(default_factory=DeviceRequirements)
+    device_group: str | None = None
 
     def __post_init__(self) -> None:
         for address in (self.requester, *self.providers):
             if not is_address(address):
                 raise ConfigError(f"lease {self.job_id}: not an address: {address!r}")
-        if len(self.bundle_hash) != 32:
+        if self.bundle_hash is not None and len(self.bundle_hash) != 32:
             raise ConfigError(f"lease {self.job_id}: the bundle hash must be 32 bytes")
         object.__setattr__(self, "requester", to_checksum_address(self.requester))
         object.__setattr__(self, "providers", tuple(to_checksum_address(p) for p in self.providers))
@@ -68,10 +72,11 @@ class Lease:
             "job_id": self.job_id,
             "requester": self.requester,
             "providers": list(self.providers),
-            "bundle_hash": "0x" + self.bundle_hash.hex(),
+            "bundle_hash": None if self.bundle_hash is None else "0x" + self.bundle_hash.hex(),
             "deadline": self.deadline,
             "devices": {"kind": self.devices.kind, "count": self.devices.count,
                         "min_memory_bytes": self.devices.min_memory_bytes},
+            "device_group": self.device_group,
         }
 
     @classmethod
@@ -79,14 +84,17 @@ class Lease:
         """Build a lease from :meth:`to_json` data."""
         try:
             dev = data.get("devices", {})
+            bundle_hash = data["bundle_hash"]
+            group = data.get("device_group")
             return cls(
                 job_id=int(data["job_id"]),
                 requester=str(data["requester"]),
                 providers=tuple(str(p) for p in data["providers"]),
-                bundle_hash=bytes.fromhex(str(data["bundle_hash"]).removeprefix("0x")),
+                bundle_hash=None if bundle_hash is None else bytes.fromhex(str(bundle_hash).removeprefix("0x")),
                 deadline=int(data["deadline"]),
                 devices=DeviceRequirements(str(dev.get("kind", "cuda")), int(dev.get("count", 1)),
                                            int(dev.get("min_memory_bytes", 0))),
+                device_group=None if group is None else str(group),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"lease: malformed lease data: {exc}") from None

@@ -116,6 +116,8 @@ def register_pool(
 class PoolOperatorDaemon(ProviderDaemon):
     """The operator of one pool: register, bid, assign, book, collect."""
 
+    SERVES_RESERVATIONS = False  # the pool is the registered provider; it offers no reservations
+
     def __init__(
         self,
         contracts: Contracts,
@@ -280,6 +282,8 @@ class MemberDaemon(ProviderDaemon):
     ``settings`` describe the worker (``endpoint``, ``gpu_count``, ``memory_mb``) and the stake
     to keep bonded in the pool (``stake``); its prices are the operator's business and unused.
     """
+
+    SERVES_RESERVATIONS = False  # the pool is the registered provider; it offers no reservations
 
     def __init__(
         self,

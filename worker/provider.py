@@ -12,7 +12,10 @@ server that runs the jobs). Each :meth:`~ProviderDaemon.step`:
    job has ended (capped by the job's max and by the device time since the lease); a job whose
    requester never uploaded is committed empty, with zero seconds, before the run deadline so the
    provider is not slashed for the requester's absence;
-5. settles its slots once they can end and withdraws its credit.
+5. settles its slots once they can end and withdraws its credit;
+6. serves its reservations (:mod:`worker.reserved`): records the usage of the holder's jobs, settles
+   and withdraws, and keeps reserved devices out of the job market while their windows overlap a
+   job's run.
 
 Its memory (last block read, bids, slots) lives in a JSON file in the worker's data directory.
 """
@@ -37,6 +40,7 @@ from marketplace.events import BidRevealed, JobPosted
 from marketplace.merkle import EMPTY_ROOT
 from marketplace.pricing import PricingContext, PricingStrategy
 from marketplace.types import Auction, DeviceKind, JobSpec, JobStatus, Offer, SlotStatus
+from worker.reserved import ReservedCapacity
 from worker.service import WorkerServer
 
 __all__ = ["ProviderDaemon", "ProviderSettings"]
@@ -73,6 +77,8 @@ class _Memory:
     slots: dict[int, int] = field(default_factory=dict)  # job -> slot index
     done: set[int] = field(default_factory=set)  # jobs whose slot is settled
     ignored: set[int] = field(default_factory=set)  # jobs it will not bid for
+    reservations: set[int] = field(default_factory=set)  # offered reservations not yet settled
+    recorded: set[int] = field(default_factory=set)  # reserved jobs whose usage is on chain
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,6 +87,8 @@ class _Memory:
             "slots": {str(k): v for k, v in self.slots.items()},
             "done": sorted(self.done),
             "ignored": sorted(self.ignored),
+            "reservations": sorted(self.reservations),
+            "recorded": sorted(self.recorded),
         }
 
     @classmethod
@@ -91,11 +99,16 @@ class _Memory:
             slots={int(k): int(v) for k, v in data.get("slots", {}).items()},
             done=set(map(int, data.get("done", []))),
             ignored=set(map(int, data.get("ignored", []))),
+            reservations=set(map(int, data.get("reservations", []))),
+            recorded=set(map(int, data.get("recorded", []))),
         )
 
 
 class ProviderDaemon:
     """One provider account on the market, serving jobs through ``worker``."""
+
+    #: Whether it offers and serves reservations (a registered provider does; a pool's daemons do not).
+    SERVES_RESERVATIONS = True
 
     def __init__(
         self,
@@ -124,6 +137,12 @@ class ProviderDaemon:
         #: The last price this daemon bid or took a slot at, per GPU-hour.
         self.last_bid_price: int | None = None
         self._tallied: set[int] = set()
+        #: The provider's reservations, when the deployment has the contract.
+        self.reserved: ReservedCapacity | None = None
+        if self.SERVES_RESERVATIONS and contracts.reservations is not None:
+            self.reserved = ReservedCapacity(contracts.reservations, account, worker,
+                                             tracked=self.memory.reservations, recorded=self.memory.recorded,
+                                             nudge_clock=self._nudge_clock)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -248,6 +267,8 @@ class ProviderDaemon:
         """Do everything that can be done now."""
         self._read_new_jobs()
         now = self.now()
+        if self.reserved is not None:
+            self.reserved.step(now)
         for job_id, spec in list(self.open_jobs.items()):
             self._bid(job_id, spec, now)
         for job_id in list(self.memory.slots):
@@ -274,6 +295,8 @@ class ProviderDaemon:
         for revealed in market.get_events("BidRevealed", start):
             assert isinstance(revealed, BidRevealed)
             self.recent_prices = [*self.recent_prices, revealed.price][-32:]
+        if self.reserved is not None:
+            self.reserved.scan(start)
         self.memory.last_block = latest
 
     def _can_run(self, spec: JobSpec) -> bool:
@@ -313,7 +336,8 @@ class ProviderDaemon:
         bid = self.memory.bids.get(job_id)
         try:
             if spec.auction == Auction.INSTANT:
-                if now < spec.bid_deadline and self.settings.price_floor <= spec.max_price and self._has_room():
+                if (now < spec.bid_deadline and self.settings.price_floor <= spec.max_price and self._has_room()
+                        and self._free_of_reservations(spec, now)):
                     self.last_bid_price = self.settings.price_floor
                     self._take(job_id)
                     self._track_slots(job_id)
@@ -322,7 +346,7 @@ class ProviderDaemon:
                 return
             if bid is None:
                 if now < spec.bid_deadline:
-                    price = self._ask(spec)
+                    price = self._ask(spec) if self._free_of_reservations(spec, spec.reveal_deadline) else None
                     if price is None:
                         self.memory.ignored.add(job_id)
                         self.open_jobs.pop(job_id, None)
@@ -363,6 +387,13 @@ class ProviderDaemon:
             return
         self._tallied.add(job_id)
         self._count_bid(spec, "won" if job_id in self.memory.slots else "lost")
+
+    def _free_of_reservations(self, spec: JobSpec, lease_start: int) -> bool:
+        """Whether the job's run, leased at ``lease_start``, leaves it enough devices its reservations do not hold."""
+        if self.reserved is None:
+            return True
+        reserved = self.reserved.reserved_gpus(lease_start, lease_start + spec.run_duration)
+        return self.settings.gpu_count - reserved >= spec.gpus
 
     def _has_room(self) -> bool:
         active = sum(1 for j in self.memory.slots if j not in self.memory.done)

@@ -269,8 +269,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     @_guard
     def StartJob(self, request: pb.StartJobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
         """Queue an uploaded job."""
-        self._authorize("StartJob", request.job_id, request.auth, payload_digest("StartJob", seed=request.seed))
-        return self._status(self.manager.start(request.job_id, request.seed))
+        lease = self._authorize("StartJob", request.job_id, request.auth,
+                                payload_digest("StartJob", seed=request.seed))
+        return self._status(self.manager.start(request.job_id, request.seed, lease))
 
     @_guard
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.JobStatus:

@@ -162,11 +162,14 @@ class JobStore:
         with self._tx() as db:
             db.execute(f"UPDATE jobs SET {columns} WHERE job_id = ?", (*fields.values(), job_id))
 
-    def jobs_in(self, *states: str) -> list[JobRecord]:
-        """Jobs in any of ``states``, oldest first."""
+    def jobs_in(self, *states: str, ids: tuple[int, int] | None = None) -> list[JobRecord]:
+        """Jobs in any of ``states``, oldest first; only ids in ``[lo, hi]`` when ``ids`` is given."""
         marks = ", ".join("?" for _ in states)
+        where, args = f"state IN ({marks})", tuple(states)
+        if ids is not None:
+            where, args = where + " AND job_id BETWEEN ? AND ?", (*args, *ids)
         with self._lock:
-            rows = self._db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created", states)
+            rows = self._db.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY created", args)
             return [self._record(r) for r in rows.fetchall()]
 
     # -- events -----------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,44 +11,14 @@ from marketplace.bindings import Contracts
 from marketplace.chain import Chain, dev_account
 from marketplace.client import WorkerClient
 from marketplace.devchain import setup_dev_market
-from marketplace.pricing import strategy_from_spec
 from marketplace.requester import JobOptions, Requester
-from marketplace.types import ONE_TOKEN, Auction, DeviceKind, Policy, SlotStatus, parse_tokens, slot_value
-from worker.chain_leases import ChainLeases
-from worker.config import WorkerConfig
-from worker.provider import ProviderDaemon, ProviderSettings
-from worker.service import WorkerServer, create_server
+from marketplace.types import Auction, Policy, SlotStatus, slot_value
+from tests.e2e.providerkit import PRICE, PROVIDER, start_provider
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
 ROOT = Path(__file__).resolve().parents[2]
-REQUESTER, PROVIDER = 2, 4
-PRICE = parse_tokens("0.2")
-
-
-@dataclass
-class Provider:
-    server: WorkerServer
-    daemon: ProviderDaemon
-
-    def stop(self) -> None:
-        self.daemon.stop()
-        self.server.stop()
-
-
-def start_provider(contracts: Contracts, data_dir: Path) -> Provider:
-    config = WorkerConfig(data_dir=data_dir, leases=ChainLeases(contracts, refresh_s=0.1),
-                          chain_id=contracts.chain.chain_id, market_address=contracts.market.address)
-    server, port = create_server(config)
-    server.start()
-    settings = ProviderSettings(
-        endpoint=f"127.0.0.1:{port}", price_floor=PRICE, strategy=strategy_from_spec("fixed"), stake=200 * ONE_TOKEN,
-        device_model="cpu", device_kind=DeviceKind.CPU, gpu_count=1, memory_mb=4096, poll_interval_s=0.1,
-    )
-    daemon = ProviderDaemon(contracts, dev_account(PROVIDER), server, settings, data_dir / "provider.json")
-    daemon.ensure_registered()
-    daemon.start()
-    return Provider(server, daemon)
+REQUESTER = 2
 
 
 @pytest.fixture

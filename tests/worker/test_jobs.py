@@ -32,6 +32,7 @@ from marketplace.merkle import manifest_of
 from marketplace.receipts import verify_receipt
 from marketplace.rpc import SERVICE_NAME
 from marketplace.rpc import worker_pb2 as pb
+from worker.leases import DeviceRequirements, Lease
 
 
 def _kinds(events: list[pb.JobEvent]) -> list[str]:
@@ -148,6 +149,38 @@ def test_jobs__run_at_once_on_distinct_devices_and_extra_ones_queue(
     assert first[2] != second[2], "two jobs at once must hold distinct devices"
     assert first[0] < second[1] and second[0] < first[1], "the first two jobs overlap"
     assert third[0] >= min(first[1], second[1]) - 50, "the third job waited for a free device"
+
+
+def test_jobs_of_one_device_group__share_its_devices_while_others_run_beside_them(
+    worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: BundleFactory
+) -> None:
+    # Two jobs of a one-device reservation (any bundle its holder signs: no bundle hash in the lease)
+    # and one market job, on a worker with two devices: the reservation's jobs take turns.
+    code = "import time\ntime.sleep(2)\n"
+    grouped, jobs = [], []
+    for group in ("reservation:9", "reservation:9", None):
+        archive, bhash = make_bundle(code)
+        job_id = next_job_id()
+        lease = lease_for(job_id, requester.address, worker.provider, bhash)
+        if group is not None:
+            lease = Lease(job_id, requester.address, (worker.provider,), None, lease.deadline,
+                          DeviceRequirements("cpu", 1), device_group=group)
+            grouped.append(job_id)
+        worker.add_lease(lease)
+        client.upload_bundle(job_id, archive)
+        jobs.append(job_id)
+    for job_id in jobs:
+        client.start_job(job_id)
+    spans = {}
+    for job_id in jobs:
+        events = list(client.watch(job_id, timeout_s=60))
+        assert events[-1].HasField("finished"), events[-1]
+        started = next(e for e in events if e.HasField("started"))
+        spans[job_id] = (started.time_unix_ms, events[-1].time_unix_ms)
+    (a_start, a_end), (b_start, _b_end) = sorted(spans[j] for j in grouped)
+    assert b_start >= a_end - 50, "the second job of the group waited for the group's one device"
+    market_start, market_end = spans[jobs[2]]
+    assert market_start < a_end and a_start < market_end, "a job outside the group ran beside it"
 
 
 def test_cancel_mid_run__kills_the_whole_process_tree(

@@ -1,0 +1,48 @@
+"""An in-process provider for end-to-end tests on the embedded chain: a worker server and its daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from marketplace.bindings import Contracts
+from marketplace.chain import dev_account
+from marketplace.pricing import strategy_from_spec
+from marketplace.types import ONE_TOKEN, DeviceKind, parse_tokens
+from worker.chain_leases import ChainLeases
+from worker.config import WorkerConfig
+from worker.provider import ProviderDaemon, ProviderSettings
+from worker.service import WorkerServer, create_server
+
+PROVIDER = 4
+"""The dev account the provider runs as."""
+PRICE = parse_tokens("0.2")
+"""Its price floor per GPU-hour."""
+
+
+@dataclass
+class Provider:
+    """A running worker and the daemon that drives it."""
+
+    server: WorkerServer
+    daemon: ProviderDaemon
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.server.stop()
+
+
+def start_provider(contracts: Contracts, data_dir: Path, *, account: int = PROVIDER) -> Provider:
+    """Start a one-device CPU worker on loopback and its provider daemon, staked and registered."""
+    config = WorkerConfig(data_dir=data_dir, leases=ChainLeases(contracts, refresh_s=0.1),
+                          chain_id=contracts.chain.chain_id, market_address=contracts.market.address)
+    server, port = create_server(config)
+    server.start()
+    settings = ProviderSettings(
+        endpoint=f"127.0.0.1:{port}", price_floor=PRICE, strategy=strategy_from_spec("fixed"), stake=200 * ONE_TOKEN,
+        device_model="cpu", device_kind=DeviceKind.CPU, gpu_count=1, memory_mb=4096, poll_interval_s=0.1,
+    )
+    daemon = ProviderDaemon(contracts, dev_account(account), server, settings, data_dir / "provider.json")
+    daemon.ensure_registered()
+    daemon.start()
+    return Provider(server, daemon)
