@@ -681,6 +681,7 @@ def market_report(ctx: click.Context, rpc_url: str | None, deployment_path: Path
 
 
 from marketplace.pool_cli import pool as _pool_group; cli.add_command(_pool_group)  # noqa: E402, E702, I001
+from marketplace.reserve_cli import reserve as _reserve_group; cli.add_command(_reserve_group)  # noqa: E402, E702, I001
 
 
 def main() -> None:

@@ -7,13 +7,16 @@ each job's usage on chain, and is paid in full once the challenge period is over
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from marketplace.bindings import Contracts
+from marketplace.bindings import Contracts, Deployment, load_contracts
 from marketplace.chain import Chain, dev_account
 from marketplace.client import WorkerClient
 from marketplace.devchain import setup_dev_market
@@ -28,6 +31,8 @@ from marketplace.reservations import (
     reserved_job_ids,
 )
 from marketplace.types import ONE_TOKEN, Auction, JobStatus, Policy
+from tests.e2e.procs import FLOPEX, start_chain
+from tests.e2e.procs import start_provider as start_cli_provider
 from tests.e2e.providerkit import PROVIDER, start_provider
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
@@ -131,3 +136,61 @@ def test_a_reserved_window__serves_its_holder_only_records_usage_and_pays_the_pr
             Requester(contracts, holder).run_reserved(rid, bundle, tmp_path / "late")
     finally:
         provider.stop()
+
+
+def _flopex(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FLOPEX, *args], capture_output=True, text=True, timeout=timeout,
+                          env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"})
+
+
+def _json(home: Path, *args: str) -> Any:
+    out = _flopex(home, *args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_reserve_commands__offer_buy_run_and_settle_across_processes(tmp_path: Path, has_bwrap: bool) -> None:
+    home = tmp_path
+    chain_proc, url = start_chain(home)
+    procs = [chain_proc]
+    try:
+        provider_proc = start_cli_provider(home, PROVIDER, "0.2")[0]
+        procs.append(provider_proc)
+        offered = _json(home, "reserve", "offer", "--dev", str(PROVIDER), "--start", "+20", "--duration", "900",
+                        "--gpus", "1", "--price", "1")
+        rid = offered["reservation_id"]
+        assert offered["status"] == "offered" and offered["holder"] is None
+        assert offered["value"] == reservation_price(1, 900, ONE_TOKEN)
+        assert [r["reservation_id"] for r in _json(home, "reserve", "list", "--for-sale")] == [rid]
+
+        bought = _flopex(home, "reserve", "buy", str(rid), "--dev", str(SECOND_HOLDER))
+        assert bought.returncode == 0, bought.stderr
+        shown = _json(home, "reserve", "show", str(rid))
+        assert shown["status"] == "reserved" and shown["holder"] == dev_account(SECOND_HOLDER).address
+        assert shown["escrow"] == offered["value"]
+        assert _json(home, "reserve", "list", "--for-sale") == []
+        assert [r["reservation_id"] for r in _json(home, "reserve", "list", "--holder",
+                                                  dev_account(SECOND_HOLDER).address)] == [rid]
+
+        bundle = str(ROOT / "examples" / "plain_torch")
+        early = _flopex(home, "reserve", "run", str(rid), bundle, "--dev", str(SECOND_HOLDER))
+        assert early.returncode != 0 and "window" in early.stderr and "Traceback" not in early.stderr
+        time.sleep(max(0.0, shown["start"] - time.time() + 1))  # `chain up` keeps its clock with the wall clock
+        stranger = _flopex(home, "reserve", "run", str(rid), bundle, "--dev", str(FIRST_HOLDER))
+        assert stranger.returncode != 0 and "held by" in stranger.stderr
+        ran = _json(home, "reserve", "run", str(rid), bundle, "--dev", str(SECOND_HOLDER), "--seq", "3",
+                    "-o", str(home / "out"))
+        assert ran["state"] == "succeeded" and ran["job_id"] == reserved_job_id(rid, 3)
+        assert ran["recorded_gpu_seconds"] is not None and ran["recorded_gpu_seconds"] >= 1
+        assert (home / "out" / "logs" / "stdout.log").is_file()
+        too_soon = _flopex(home, "reserve", "settle", str(rid), "--dev", str(FIRST_HOLDER))
+        assert too_soon.returncode != 0 and "reservations:" in too_soon.stderr
+
+        contracts = load_contracts(Chain.connect(url), Deployment.load(home / "deployment.json"))
+        reservations = contracts.require_reservations()
+        contracts.chain.time_travel(900 + reservations.challenge_period())
+        _wait(lambda: reservations.reservation(rid).status == ReservationStatus.PAID, timeout_s=60)
+        assert _json(home, "reserve", "show", str(rid))["used_gpu_seconds"] == ran["recorded_gpu_seconds"]
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
