@@ -19,6 +19,11 @@ loopback, each with its own worker and sandbox; a verifier stakes and measures t
    job priced below the single providers' floors goes to the pool, the operator assigns it to one
    member, whose worker runs it; the pool books the pay to that member by the GPU-seconds it
    delivered, minus the operator's fee.
+4. provider-b sells a future window of its device ahead (reserved capacity); the requester buys
+   it into escrow. When the window opens the requester's job runs on that device at once, without
+   an auction; the provider records its metered GPU-seconds and result root on chain. After the
+   window and its challenge period (the embedded chain's clock is moved forward an hour) the
+   provider settles: it is paid the whole window, used or not, less the fee.
 
 Every account's wealth (wallet + withdrawable credit + stake) is shown before and after, and the
 tokens add up. The command line's ``demo`` prints the story or, with ``--json``, one JSON document.
@@ -88,6 +93,7 @@ class DemoReport:
     balances_after: dict[str, int] = field(default_factory=dict)
     capacity: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: list[dict[str, Any]] = field(default_factory=list)
+    reservation: dict[str, Any] = field(default_factory=dict)
     steps: list[str] = field(default_factory=list)
     conserved: bool = False
     seconds: float = 0.0
@@ -109,6 +115,7 @@ class DemoReport:
             },
             "capacity": self.capacity,
             "jobs": self.jobs,
+            "reservation": self.reservation,
             "steps": self.steps,
             "conserved": self.conserved,
             "seconds": round(self.seconds, 2),
@@ -125,6 +132,8 @@ def _balances(contracts: Contracts, pool: Any = None) -> dict[str, int]:
             + contracts.market.credits(address)
             + contracts.registry.total_stake(address)
         )
+        if contracts.reservations is not None:
+            out[name] += contracts.reservations.credits(address)
         if pool is not None:
             member = pool.member(address)
             out[name] += member.stake + member.unbonding + pool.credits(address)
@@ -276,6 +285,7 @@ def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
             step(f"pool {pool.address[:10]}…: member-1 and member-2 bonded {format_tokens(MEMBER_STAKE)} FLOP each; "
                  f"its operator registered it at {POOL_PRICE} FLOP/GPU-h and keeps {POOL_FEE_BPS // 100}% of its pay")
             report.jobs.append(_pool_job(contracts, requester, pool, home, step))
+            report.reservation = _reservation(contracts, requester, home, step)
         finally:
             stage.stop()
 
@@ -287,10 +297,15 @@ def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
     for name in (*MEMBERS, "pool-operator"):
         if pool.credits(dev_account(ROLES[name]).address):
             pool.withdraw(dev_account(ROLES[name]))
+    reservations = contracts.require_reservations()
+    for index in ROLES.values():
+        if reservations.credits(dev_account(index).address):
+            reservations.withdraw(dev_account(index))
     report.balances_after = _balances(contracts, pool)
     before, after = sum(report.balances_before.values()), sum(report.balances_after.values())
     report.conserved = (
         before == after and token.balance_of(market.address) == 0 and token.balance_of(pool.address) == 0
+        and token.balance_of(reservations.address) == 0
     )
     report.seconds = time.monotonic() - started
     return report
@@ -422,6 +437,47 @@ def _pool_job(contracts: Contracts, requester: Requester, pool: Any, home: Path,
                          spec.escrow, int(Outcome.ACCEPT), bill, bids={})
     record["pool"] = {"runner": runner, "operator_fee": fee_share, "member_gpu_seconds": pay}
     return record
+
+
+def _reservation(contracts: Contracts, requester: Requester, home: Path,
+                 step: Callable[[str], None]) -> dict[str, Any]:
+    """provider-b sells a window ahead; the requester buys it, runs a job in it; the provider is paid for the window."""
+    from marketplace.reservations import ReservationStatus
+
+    reservations, chain = contracts.require_reservations(), contracts.chain
+    seller = dev_account(ROLES["provider-b"])
+    price, duration = parse_tokens("0.18"), 1_800
+    start = chain.next_timestamp() + 30
+    rid = reservations.offer(seller, start, duration, 1, price)
+    reservations.buy_with_permit(requester.account, rid, contracts.token, deadline=start)
+    r = reservations.reservation(rid)
+    step(f"reservation {rid}: provider-b offered its device for {duration // 60} minutes starting in 30 s, at "
+         f"{format_tokens(price)} FLOP/GPU-h; the requester bought it ahead: {format_tokens(r.value)} FLOP in escrow")
+    chain.time_travel(start - chain.now() + 60)  # a minute into the window
+    outcome = requester.run_reserved(rid, EXAMPLES / "plain_torch", home / "reserved", seq=1, record_timeout_s=60)
+    step(f"reservation {rid}: the requester's job ran on provider-b's device at once, no auction "
+         f"({outcome.state}); provider-b recorded {outcome.recorded_gpu_seconds} GPU-s and its result root on chain")
+    chain.time_travel(duration + reservations.challenge_period())
+    chain.wait_until(lambda: reservations.reservation(rid).status == ReservationStatus.PAID, timeout=60)
+    settled = reservations.history("ReservationSettled", reservation_id=rid)[-1].args
+    step(f"reservation {rid}: an hour after the window provider-b settled it: paid {format_tokens(settled['paid'])} "
+         f"FLOP for the whole window (used or not), {format_tokens(settled['fee'])} FLOP of it to the treasury")
+    return {
+        "reservation_id": rid,
+        "provider": "provider-b",
+        "holder": "requester",
+        "gpus": r.gpus,
+        "start": r.start,
+        "duration": r.duration,
+        "price": r.price,
+        "value": r.value,
+        "job": {k: v for k, v in outcome.to_json().items() if k != "results"},
+        "used_gpu_seconds": int(settled["used_gpu_seconds"]),
+        "status": ReservationStatus(int(settled["status"])).name.lower(),
+        "paid": int(settled["paid"]),
+        "fee": int(settled["fee"]),
+        "refunded": int(settled["refunded"]),
+    }
 
 
 def _job_record(job_id: int, kind: str, auction: str, policy: str, winner: str, price: int, escrow: int,

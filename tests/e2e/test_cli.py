@@ -69,6 +69,19 @@ def test_demo__pool_job__pays_the_member_that_ran_it_less_the_operators_fee(demo
     assert job["pool"]["member_gpu_seconds"][runner] == job["gpu_seconds"] > 0
 
 
+def test_demo__reservation__runs_the_holders_job_without_an_auction_and_pays_the_whole_window(
+    demo_json: dict,
+) -> None:
+    r = demo_json["reservation"]
+    assert (r["provider"], r["holder"], r["status"]) == ("provider-b", "requester", "paid")
+    assert r["value"] == r["gpus"] * r["duration"] * r["price"] // 3600
+    assert r["job"]["state"] == "succeeded" and r["job"]["recorded_gpu_seconds"] >= 1
+    assert r["used_gpu_seconds"] == r["job"]["recorded_gpu_seconds"] < r["duration"]
+    assert r["paid"] == r["value"] and r["refunded"] == 0  # the whole window, used or not
+    assert r["fee"] == r["value"] * 100 // 10_000
+    assert demo_json["balances"]["provider-b"]["change"] == r["paid"] - r["fee"]
+
+
 def test_demo__capacity_of_every_provider__is_measured_and_none_flagged(demo_json: dict) -> None:
     assert set(demo_json["capacity"]) == {"provider-a", "provider-b", "provider-c"}
     assert all(c["gflops"] > 0 and not c["flagged"] for c in demo_json["capacity"].values())
@@ -84,7 +97,8 @@ def test_demo__human_output__tells_the_story() -> None:
     result = CliRunner().invoke(cli, ["demo"], obj={})
     assert result.exit_code == 0, result.output
     for phrase in ("sealed bids committed", "won with the lowest ask", "Freivalds", "slashed",
-                   "replayed sampled segments", "bill:", "the pool took it", "conserved: yes"):
+                   "replayed sampled segments", "bill:", "the pool took it", "at once, no auction",
+                   "for the whole window", "conserved: yes"):
         assert phrase in result.output
 
 
