@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from marketplace.merkle import EMPTY_ROOT
 from marketplace.sdk import CHECKPOINT_LOG
+from marketplace.types import JobStatus
 from worker.provider import ProviderDaemon
 
 if TYPE_CHECKING:
@@ -141,7 +142,10 @@ class CheatingProvider(ProviderDaemon):
             super()._maybe_commit(job_id, index, spec, now)
             return
         market = self.contracts.market
-        lease_start = market.job(job_id).lease_start
+        job = market.job(job_id)
+        if job.status != JobStatus.LEASED:
+            return  # the lease has not started: every slot must be taken first
+        lease_start = job.lease_start
         honest = math.ceil(int((record.metering or {}).get("device_millis", 0)) / 1000)
         claim = min(spec.max_gpu_seconds, math.ceil(honest * self.cheat.factor))
         held = max(0, now - lease_start) * spec.gpus

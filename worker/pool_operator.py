@@ -32,7 +32,7 @@ from marketplace.bindings import Contracts
 from marketplace.errors import ConfigError, ContractRevert
 from marketplace.pools import Pool, PoolMember
 from marketplace.pricing import PricingStrategy
-from marketplace.types import DeviceKind, JobSpec, Offer, SlotStatus, format_tokens
+from marketplace.types import DeviceKind, JobSpec, JobStatus, Offer, SlotStatus, format_tokens
 from worker.provider import ProviderDaemon, ProviderSettings
 from worker.service import WorkerServer
 
@@ -246,9 +246,11 @@ class PoolOperatorDaemon(ProviderDaemon):
             if slot.status == SlotStatus.ASSIGNED:
                 if self.pool.assignment(job_id, index) is None:
                     self._assign(job_id, index, spec)
-                elif now > market.job(job_id).lease_start + spec.run_duration:
-                    # The member missed the run deadline: settle and book the slash to it.
-                    self._book(job_id, index)
+                else:
+                    job = market.job(job_id)
+                    if job.status == JobStatus.LEASED and now > job.lease_start + spec.run_duration:
+                        # The member missed the run deadline: settle and book the slash to it.
+                        self._book(job_id, index)
                 return
             if slot.status.terminal or self._can_settle(slot.status, slot.committed_at, spec, now):
                 self._book(job_id, index)

@@ -435,7 +435,12 @@ class ProviderDaemon:
 
     def _maybe_commit(self, job_id: int, index: int, spec: JobSpec, now: int) -> None:
         market = self.contracts.market
-        lease_start = market.job(job_id).lease_start
+        job = market.job(job_id)
+        if job.status != JobStatus.LEASED:
+            # Not every slot is taken yet (an instant job with k > 1): the lease, and its clock, has
+            # not started; reading a zero lease start as "long ago" would commit an empty result.
+            return
+        lease_start = job.lease_start
         try:
             record = self.worker.manager.get(job_id)
         except WorkerError:

@@ -32,8 +32,11 @@ class Provider:
         self.server.stop()
 
 
-def start_provider(contracts: Contracts, data_dir: Path, *, account: int = PROVIDER) -> Provider:
-    """Start a one-device CPU worker on loopback and its provider daemon, staked and registered."""
+def start_provider(contracts: Contracts, data_dir: Path, *, account: int = PROVIDER, run: bool = True) -> Provider:
+    """Start a one-device CPU worker on loopback and its provider daemon, staked and registered.
+
+    With ``run=False`` the daemon's loop is not started: the test calls ``daemon.step()`` itself.
+    """
     config = WorkerConfig(data_dir=data_dir, leases=ChainLeases(contracts, refresh_s=0.1),
                           chain_id=contracts.chain.chain_id, market_address=contracts.market.address)
     server, port = create_server(config)
@@ -44,5 +47,6 @@ def start_provider(contracts: Contracts, data_dir: Path, *, account: int = PROVI
     )
     daemon = ProviderDaemon(contracts, dev_account(account), server, settings, data_dir / "provider.json")
     daemon.ensure_registered()
-    daemon.start()
+    if run:
+        daemon.start()
     return Provider(server, daemon)

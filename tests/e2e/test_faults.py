@@ -125,3 +125,25 @@ def test_provider_restarted_mid_job__fails_it_cleanly_and_nobody_is_slashed(
         assert bill["paid"] == slot_value(PRICE, committed.gpu_seconds)
     finally:
         provider.stop()
+
+
+def test_a_slot_of_a_job_still_open__is_not_committed_empty_before_its_lease_starts(
+    contracts: Contracts, tmp_path: Path
+) -> None:
+    # An instant job with two slots stays open until both are taken; until then it has no lease
+    # start. A provider must not read that as a lease that began long ago with no upload.
+    provider = start_provider(contracts, tmp_path / "worker", run=False)
+    commits: list[int] = []
+    provider.daemon._commit = lambda job_id, *_args: commits.append(job_id)  # type: ignore[method-assign]
+    try:
+        requester = Requester(contracts, dev_account(REQUESTER))
+        options = JobOptions(auction=Auction.INSTANT, policy=Policy.REDUNDANT, redundancy=2, bid_window_s=600)
+        job_id = requester.submit(ROOT / "examples" / "train_mlp", options)
+        for _ in range(3):
+            provider.daemon.step()
+        [slot] = contracts.market.slots_of(job_id)
+        assert slot.provider == dev_account(PROVIDER).address and slot.status == SlotStatus.ASSIGNED
+        assert contracts.market.job(job_id).lease_start == 0  # open: one of two slots taken
+        assert commits == []
+    finally:
+        provider.stop()
