@@ -26,6 +26,14 @@ metric                                      type     what
 ``flopex_provider_settled_gpu_seconds_total``  counter  GPU-seconds paid for
 ``flopex_provider_withdrawn_units_total``   counter  withdrawn, from ``Withdrawn`` events
 ``flopex_provider_credit_units``            gauge    credit waiting at the market
+``flopex_provider_reserved_devices``        gauge    devices held now by bought reservations whose
+                                                     window is open
+``flopex_provider_reservations{status}``    gauge    the provider's unsettled reservations by status
+``flopex_provider_reservations_settled_total{status}``  counter  its reservations settled on chain
+``flopex_provider_reservation_earned_units_total``  counter  credited by settled reservations (price
+                                                     less the fee), from ``ReservationSettled``
+``flopex_provider_reserved_gpu_seconds_total``  counter  GPU-seconds its settled reservations'
+                                                     holders used (the rest of the window was idle)
 ``flopex_metrics_chain_errors_total``       counter  scrapes whose chain reads failed (the last
                                                      chain figures are kept)
 ==========================================  =======  =================================================
@@ -112,6 +120,9 @@ class ProviderMetrics:
         self.settled_slots: dict[str, int] = {}
         self.credit = 0
         self.chain_errors = 0
+        self.reservations_settled: dict[str, int] = {}
+        self.reservation_earned = 0
+        self.reserved_gpu_seconds = 0
 
     # ------------------------------------------------------------------ devices
 
@@ -168,8 +179,48 @@ class ProviderMetrics:
                 self.earned += e.paid - e.fee
                 self.settled_gpu_seconds += e.gpu_seconds
             self.withdrawn += sum(e.amount for e in withdrawn)
+            if self.daemon.reserved is not None:
+                self._read_reservations(start, latest)
             self._next_block = latest + 1
         self.credit = market.credits(self.daemon.address)
+
+    def _read_reservations(self, start: int, latest: int) -> None:
+        from marketplace.reservations import ReservationStatus
+
+        reservations = self.daemon.reserved.reservations  # type: ignore[union-attr]
+        for e in reservations.history("ReservationSettled", start, provider=self.daemon.address):
+            if e.block_number > latest:
+                continue
+            status = ReservationStatus(int(e.args["status"])).name.lower()
+            self.reservations_settled[status] = self.reservations_settled.get(status, 0) + 1
+            self.reservation_earned += int(e.args["paid"]) - int(e.args["fee"])
+            self.reserved_gpu_seconds += int(e.args["used_gpu_seconds"])
+
+    def _reservation_families(self) -> list[_Family]:
+        reserved = self.daemon.reserved
+        if reserved is None:
+            return []
+        states = list(reserved.states.values())
+        now = self.daemon.contracts.chain.next_timestamp()
+        by_status: dict[str, int] = {}
+        for r in states:
+            by_status[r.status.name.lower()] = by_status.get(r.status.name.lower(), 0) + 1
+        return [
+            _Family("flopex_provider_reserved_devices", "gauge",
+                    "Devices held now by bought reservations whose window is open.",
+                    [({}, reserved.held_now(now))]),
+            _Family("flopex_provider_reservations", "gauge", "Unsettled reservations of the provider by status.",
+                    [({"status": k}, n) for k, n in sorted(by_status.items())]),
+            _Family("flopex_provider_reservations_settled_total", "counter",
+                    "Reservations of the provider settled on chain.",
+                    [({"status": k}, n) for k, n in sorted(self.reservations_settled.items())]),
+            _Family("flopex_provider_reservation_earned_units_total", "counter",
+                    "Token units credited to the provider by settled reservations (price less the fee).",
+                    [({}, self.reservation_earned)]),
+            _Family("flopex_provider_reserved_gpu_seconds_total", "counter",
+                    "GPU-seconds the holders of its settled reservations used.",
+                    [({}, self.reserved_gpu_seconds)]),
+        ]
 
     # ------------------------------------------------------------------ pricing
 
@@ -245,6 +296,7 @@ class ProviderMetrics:
                     [({}, self.withdrawn)]),
             _Family("flopex_provider_credit_units", "gauge", "Token units waiting at the market.",
                     [({}, self.credit)]),
+            *self._reservation_families(),
             _Family("flopex_metrics_chain_errors_total", "counter", "Scrapes whose chain reads failed.",
                     [({}, self.chain_errors)]),
         ]

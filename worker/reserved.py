@@ -93,6 +93,10 @@ class ReservedCapacity:
             if (r.status in SERVING or r.status == ReservationStatus.OFFERED) and r.start < end and start < r.end
         )
 
+    def held_now(self, now: int) -> int:
+        """Devices held by bought reservations whose window is open at ``now``."""
+        return sum(r.gpus for r in self.states.values() if r.status in SERVING and r.start <= now < r.end)
+
     # ------------------------------------------------------------------ one pass
 
     def step(self, now: int) -> None:

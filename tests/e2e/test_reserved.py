@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from marketplace.types import ONE_TOKEN, Auction, JobStatus, Policy
 from tests.e2e.procs import FLOPEX, start_chain
 from tests.e2e.procs import start_provider as start_cli_provider
 from tests.e2e.providerkit import PROVIDER, start_provider
+from worker.metrics import parse_metrics, serve_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
@@ -74,6 +76,12 @@ def test_a_reserved_window__serves_its_holder_only_records_usage_and_pays_the_pr
     reservations = contracts.require_reservations()
     chain = contracts.chain
     provider = start_provider(contracts, tmp_path / "worker")
+    metrics = serve_metrics(provider.daemon, port=0)
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(metrics.url, timeout=10) as reply:
+            return parse_metrics(reply.read().decode())
+
     try:
         seller, holder = dev_account(FIRST_HOLDER), dev_account(SECOND_HOLDER)
         start = chain.next_timestamp() + 60
@@ -94,8 +102,11 @@ def test_a_reserved_window__serves_its_holder_only_records_usage_and_pays_the_pr
             with pytest.raises(WorkerError, match="no lease"):  # the worker checks the window itself
                 client.get_job(reserved_job_id(rid, 1))
 
+        _wait(lambda: scrape().get('flopex_provider_reservations{status="reserved"}') == 1)
+        assert scrape()["flopex_provider_reserved_devices"] == 0  # bought, but its window is not open yet
+
         chain.time_travel(start + 120 - chain.now())  # two minutes into the window
-        assert provider.daemon.reserved is not None
+        _wait(lambda: scrape()["flopex_provider_reserved_devices"] == 1)
         # The seller no longer holds it: refused by the client and by the worker.
         with pytest.raises(ConfigError, match="held by"):
             Requester(contracts, seller).run_reserved(rid, bundle, tmp_path / "seller")
@@ -132,9 +143,15 @@ def test_a_reserved_window__serves_its_holder_only_records_usage_and_pays_the_pr
         _wait(lambda: contracts.token.balance_of(dev_account(PROVIDER).address) == provider_before + value - fee)
         assert reservations.escrow_of(rid) == 0
         assert rid not in provider.daemon.memory.reservations  # forgotten once settled
+        after = scrape()
+        assert after['flopex_provider_reservations_settled_total{status="paid"}'] == 1
+        assert after["flopex_provider_reservation_earned_units_total"] == value - fee
+        assert after["flopex_provider_reserved_gpu_seconds_total"] == outcome.recorded_gpu_seconds
+        assert after["flopex_provider_reserved_devices"] == 0
         with pytest.raises(ConfigError, match="paid"):  # the window is over and settled
             Requester(contracts, holder).run_reserved(rid, bundle, tmp_path / "late")
     finally:
+        metrics.stop()
         provider.stop()
 
 
