@@ -6,7 +6,8 @@ A :class:`VerifierDaemon` drives one staked verifier account. Each :meth:`~Verif
 2. checks committed results by their job's policy and attests on chain before the challenge
    window closes:
 
-   - ``redundant``: once every slot has committed, fetch each slot's results, group them by
+   - ``redundant``: once every slot has committed (or none can any more: the run deadline passed;
+     or half the earliest commit's challenge window is gone), fetch each slot's results, group them by
      agreement (tensors with tolerances, other files exactly); the strict majority is accepted,
      dissenters rejected; no majority voids every slot (refund, nobody slashed);
    - ``replay``: fetch the slot's bundle and results; draw segments from a seed fixed by the block
@@ -249,9 +250,11 @@ class VerifierDaemon:
         committed = [s for s in live if s.status == SlotStatus.COMMITTED]
         waiting = [s for s in live if s.status == SlotStatus.ASSIGNED]
         if waiting and committed:
-            # Wait for the others, but not past half of the earliest commit's window.
+            # Wait for the others until no more can come (the run deadline passed), but not past half
+            # of the earliest commit's window, so that commit is still judged before it can settle.
             first = min(s.committed_at for s in committed)
-            if self.now() < first + spec.challenge_window // 2:
+            run_deadline = self.contracts.market.job(job_id).lease_start + spec.run_duration
+            if self.now() <= min(run_deadline, first + spec.challenge_window // 2):
                 return
         if not committed:
             for key in [k for k in self.pending if k[0] == job_id]:
