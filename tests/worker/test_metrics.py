@@ -25,12 +25,10 @@ from marketplace.pricing import strategy_from_spec
 from marketplace.requester import JobOptions, Requester
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Policy, SlotStatus, parse_tokens, slot_value
+from tests.e2e.providerkit import start_provider
 from worker import provider as provider_module
-from worker.chain_leases import ChainLeases
-from worker.config import WorkerConfig
 from worker.metrics import CONTENT_TYPE, parse_metrics, serve_metrics
 from worker.provider import ProviderDaemon, ProviderSettings
-from worker.service import create_server
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTER, PROVIDER = 2, 4
@@ -70,16 +68,9 @@ def contracts(has_bwrap: bool) -> Iterator[Contracts]:
 def test_metrics__scraped_over_http__show_the_job_the_bid_the_busy_time_and_the_earnings(
     contracts: Contracts, tmp_path: Path
 ) -> None:
-    config = WorkerConfig(data_dir=tmp_path / "worker", leases=ChainLeases(contracts, refresh_s=0.1),
-                          chain_id=contracts.chain.chain_id, market_address=contracts.market.address)
-    server, port = create_server(config)
-    server.start()
-    settings = ProviderSettings(
-        endpoint=f"127.0.0.1:{port}", price_floor=PRICE, strategy=strategy_from_spec("fixed"), stake=200 * ONE_TOKEN,
-        device_model="cpu", device_kind=DeviceKind.CPU, gpu_count=1, memory_mb=4096, poll_interval_s=0.1,
-    )
-    daemon = ProviderDaemon(contracts, dev_account(PROVIDER), server, settings, tmp_path / "provider.json")
-    daemon.ensure_registered()
+    provider = start_provider(contracts, tmp_path / "worker", account=PROVIDER, run=False)
+    server, daemon = provider.server, provider.daemon
+    assert daemon.settings.price_floor == PRICE
     metrics = serve_metrics(daemon, port=0)
     daemon.start()
     stop, seen = threading.Event(), {}
