@@ -58,6 +58,7 @@ __all__ = [
     "Workload",
     "main",
     "make_workload",
+    "policy_rng_seed",
     "run_benchmark",
     "simulate",
 ]
@@ -314,6 +315,8 @@ class RunResult:
     makespan: int
     events: int
     runtime_s: float
+    bids: dict[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    """Per job leased by a sealed auction: that auction's ``(provider, ask)`` pairs in reveal order."""
 
     def summary(self) -> dict[str, Any]:
         """Returns the figures of this run as a JSON-ready dict."""
@@ -407,6 +410,7 @@ class _Market:
         self.parked: dict[int, list[int]] = {}
         self.waiting: list[tuple[tuple[int, ...], int]] = []  # market policies (sorted)
         self.price_blocked: set[int] = set()
+        self.bids: dict[int, tuple[tuple[int, int], ...]] = {}
         self.tick_pending = False
         self.now = 0
         self.handled = 0
@@ -524,6 +528,8 @@ class _Market:
             self.price_blocked.add(j)
             return False
         p, price = clearing.winners[0], clearing.price
+        if self.policy == "auction":
+            self.bids[j] = tuple((a.provider, a.price) for a in asks)
         self.price_blocked.discard(j)
         self.place(j, p, price, run_at)
         self.record_clearing(p, price)
@@ -653,19 +659,26 @@ def simulate(w: Workload, policy: Policy, params: SimulationParams, *, load: flo
         makespan=makespan,
         events=market.handled,
         runtime_s=time.perf_counter() - began,
+        bids=market.bids,
     )
 
 
 # ---------------------------------------------------------------- benchmark
 
 
+def policy_rng_seed(seed: int, policy: Policy, load: float) -> int:
+    """The seed of one policy's own randomness in a benchmark run.
+
+    It depends on the seed, the policy and the load, not on what else runs.
+    """
+    return seed * 1_000_000 + POLICIES.index(policy) * 10_000 + round(load * 1_000)
+
+
 def _run_one(args: tuple[SimulationParams, int, int]) -> dict[str, Any]:
     params, li, pi = args
     load, policy = params.loads[li], params.policies[pi]
     workload = make_workload(params.providers, params.jobs, params.seed, load, params)
-    # The policy's own randomness depends on the seed, the policy and the load, not on what else runs.
-    rng_seed = params.seed * 1_000_000 + POLICIES.index(policy) * 10_000 + round(load * 1_000)
-    result = simulate(workload, policy, params, load=load, rng_seed=rng_seed)
+    result = simulate(workload, policy, params, load=load, rng_seed=policy_rng_seed(params.seed, policy, load))
     return result.summary()
 
 
