@@ -120,6 +120,11 @@ event ProviderDeregistered:
     provider: indexed(address)
 
 
+event PriceFloorChanged:
+    provider: indexed(address)
+    price_floor: uint256
+
+
 event VerifierRegistered:
     verifier: indexed(address)
 
@@ -312,6 +317,20 @@ def register_provider(offer: Offer):
         endpoint=offer.endpoint,
         signer=offer.signer,
     )
+
+
+@external
+def set_price_floor(price_floor: uint256):
+    """
+    @notice Changes the caller's posted price per GPU-hour (what instant auctions charge) without
+            rewriting the rest of its offer: a provider's pricing strategy moves it as its devices
+            idle or fill up.
+    @param price_floor Token units per GPU-hour; not zero.
+    """
+    assert self.is_provider[msg.sender], "registry: not a provider"
+    assert price_floor > 0, "registry: zero price floor"
+    self.offers[msg.sender].price_floor = price_floor
+    log PriceFloorChanged(provider=msg.sender, price_floor=price_floor)
 
 
 @external

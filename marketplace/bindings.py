@@ -253,6 +253,10 @@ class Registry(_Bound):
         """Register ``account`` as a provider with ``offer`` (or replace its offer)."""
         return self._tx(account, "register_provider", offer.as_tuple())
 
+    def set_price_floor(self, account: LocalAccount, price_floor: int) -> Any:
+        """Change ``account``'s posted price per GPU-hour (what an instant take pays), nothing else."""
+        return self._tx(account, "set_price_floor", price_floor)
+
     def deregister_provider(self, account: LocalAccount) -> Any:
         """Withdraw ``account``'s offer."""
         return self._tx(account, "deregister_provider")
@@ -272,6 +276,10 @@ class Registry(_Bound):
     def offer(self, provider: str) -> Offer:
         """``provider``'s current offer."""
         return Offer.from_abi(self._call("offers", provider))
+
+    def price_floor(self, provider: str) -> int:
+        """``provider``'s posted price per GPU-hour: what an instant take pays."""
+        return int(self._call("price_floor", provider))
 
     def is_provider(self, account: str) -> bool:
         """Whether ``account`` has a registered offer."""

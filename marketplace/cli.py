@@ -332,35 +332,26 @@ def provider_start(rpc_url: str | None, deployment_path: Path, account_address: 
     import logging
 
     from marketplace.pricing import strategy_from_spec
-    from marketplace.types import DeviceKind, parse_tokens
-    from worker.chain_leases import ChainLeases
-    from worker.config import WorkerConfig
-    from worker.provider import ProviderDaemon, ProviderSettings
-    from worker.sandbox import Limits
-    from worker.service import create_server
+    from marketplace.types import parse_tokens
+    from worker.provider import ProviderDaemon, ProviderSettings, chain_worker, device_terms
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     contracts = _contracts(rpc_url, deployment_path)
     signer = _signer(account_address, dev_index, password_file)
-    config = WorkerConfig(
-        data_dir=data_dir, leases=ChainLeases(contracts), chain_id=contracts.chain.chain_id,
-        market_address=contracts.market.address, allow_unsandboxed=unsafe_no_sandbox, cpu_slots=cpu_slots,
-        limits=Limits(memory_bytes=memory_limit_mb << 20),
-    )
-    server, bound = create_server(config, f"{host}:{port}")
-    devices = server.manager.devices
-    kind = DeviceKind.CUDA if devices[0].kind == "cuda" else DeviceKind.CPU
+    server, endpoint = chain_worker(contracts, data_dir, host=host, port=port, cpu_slots=cpu_slots,
+                                    allow_unsandboxed=unsafe_no_sandbox, memory_limit_mb=memory_limit_mb)
+    terms = device_terms(server)
     settings = ProviderSettings(
-        endpoint=f"{host}:{bound}", price_floor=parse_tokens(price_text), strategy=strategy_from_spec(strategy),
-        stake=parse_tokens(stake_text), device_model=devices[0].model[:64], device_kind=kind,
-        gpu_count=len(devices), memory_mb=min(d.memory_bytes for d in devices) >> 20,
+        endpoint=endpoint, price_floor=parse_tokens(price_text), strategy=strategy_from_spec(strategy),
+        stake=parse_tokens(stake_text), **terms,
     )
     daemon = ProviderDaemon(contracts, signer, server, settings, data_dir / "provider-state.json")
     daemon.ensure_registered()
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    click.echo(f"provider {signer.address} serving {len(devices)} {kind.name.lower()} device(s) on {host}:{bound}")
+    click.echo(f"provider {signer.address} serving {terms['gpu_count']} {terms['device_kind'].name.lower()} "
+               f"device(s) on {endpoint}")
     metrics = None
     if metrics_port is not None:
         from worker.metrics import serve_metrics

@@ -150,25 +150,17 @@ class _Stage:
 
     def provider(self, name: str) -> Any:
         from marketplace.pricing import strategy_from_spec
-        from worker.chain_leases import ChainLeases
         from worker.cheats import Cheat, CheatingProvider
-        from worker.config import WorkerConfig
-        from worker.provider import ProviderDaemon, ProviderSettings
-        from worker.service import create_server
+        from worker.provider import ProviderDaemon, ProviderSettings, chain_worker, device_terms
 
         contracts = self.contracts
         data = self.home / name
-        config = WorkerConfig(data_dir=data, leases=ChainLeases(contracts, refresh_s=0.1),
-                              chain_id=contracts.chain.chain_id, market_address=contracts.market.address,
-                              allow_unsandboxed=not self.sandboxed)
-        server, port = create_server(config)
-        device = server.manager.devices[0]
+        server, endpoint = chain_worker(contracts, data, allow_unsandboxed=not self.sandboxed, lease_refresh_s=0.1)
         # The cheater keeps only the minimum stake: one slash takes it below, out of the market.
         stake = contracts.registry.min_provider_stake() if name == CHEATER else 300 * ONE_TOKEN
         settings = ProviderSettings(
-            endpoint=f"127.0.0.1:{port}", price_floor=parse_tokens(PROVIDER_PRICES[name]),
-            strategy=strategy_from_spec("fixed"), stake=stake, device_model=device.model[:64],
-            device_kind=DeviceKind.CPU, gpu_count=1, memory_mb=device.memory_bytes >> 20, poll_interval_s=0.1,
+            endpoint=endpoint, price_floor=parse_tokens(PROVIDER_PRICES[name]), strategy=strategy_from_spec("fixed"),
+            stake=stake, poll_interval_s=0.1, **device_terms(server),
         )
         account = dev_account(ROLES[name])
         state = data / "provider-state.json"
@@ -187,27 +179,18 @@ class _Stage:
         """Deploy a pool, start its two members (each with a worker) and its operator."""
         from marketplace.pools import deploy_pool
         from marketplace.pricing import strategy_from_spec
-        from worker.chain_leases import ChainLeases
-        from worker.config import WorkerConfig
         from worker.pool_operator import MemberDaemon, OperatorSettings, PoolOperatorDaemon
-        from worker.provider import ProviderSettings
-        from worker.service import create_server
+        from worker.provider import ProviderSettings, chain_worker, device_terms
 
         contracts = self.contracts
         operator = dev_account(ROLES["pool-operator"])
         pool = deploy_pool(contracts.chain, operator, contracts, POOL_FEE_BPS, 100 * ONE_TOKEN, 3_600)
         for name in MEMBERS:
             data = self.home / name
-            config = WorkerConfig(data_dir=data, leases=ChainLeases(contracts, refresh_s=0.1),
-                                  chain_id=contracts.chain.chain_id, market_address=contracts.market.address,
-                                  allow_unsandboxed=not self.sandboxed)
-            server, port = create_server(config)
-            device = server.manager.devices[0]
-            settings = ProviderSettings(
-                endpoint=f"127.0.0.1:{port}", price_floor=1, strategy=strategy_from_spec("fixed"),
-                stake=MEMBER_STAKE, device_model=device.model[:64], device_kind=DeviceKind.CPU, gpu_count=1,
-                memory_mb=device.memory_bytes >> 20, poll_interval_s=0.1,
-            )
+            server, endpoint = chain_worker(contracts, data, allow_unsandboxed=not self.sandboxed,
+                                            lease_refresh_s=0.1)
+            settings = ProviderSettings(endpoint=endpoint, price_floor=1, strategy=strategy_from_spec("fixed"),
+                                        stake=MEMBER_STAKE, poll_interval_s=0.1, **device_terms(server))
             member = MemberDaemon(contracts, dev_account(ROLES[name]), server, pool, settings,
                                   data / "member-state.json")
             member.ensure_registered()

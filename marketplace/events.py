@@ -21,6 +21,7 @@ __all__ = [
     "JobExpired",
     "JobLeased",
     "JobPosted",
+    "PriceFloorChanged",
     "ProviderRegistered",
     "ResultAccepted",
     "ResultAttested",
@@ -204,6 +205,14 @@ class ProviderRegistered(ChainEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PriceFloorChanged(ChainEvent):
+    """A provider posted a new price per GPU-hour (what instant takes pay)."""
+
+    provider: str
+    price_floor: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class ThroughputAttested(ChainEvent):
     """A verifier measured a provider's throughput."""
 
@@ -241,6 +250,7 @@ _TYPES: dict[str, type[ChainEvent]] = {
         Withdrawn,
         Staked,
         ProviderRegistered,
+        PriceFloorChanged,
         ThroughputAttested,
         StakeSlashed,
     )

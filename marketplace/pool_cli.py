@@ -430,13 +430,8 @@ def member_start(pool_address: str, rpc_url: str | None, deployment_path: Path, 
     import logging
 
     from marketplace.pricing import FixedFloor
-    from marketplace.types import DeviceKind
-    from worker.chain_leases import ChainLeases
-    from worker.config import WorkerConfig
     from worker.pool_operator import CheatingMember, MemberDaemon
-    from worker.provider import ProviderSettings
-    from worker.sandbox import Limits
-    from worker.service import create_server
+    from worker.provider import ProviderSettings, chain_worker, device_terms
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     contracts = _contracts(rpc_url, deployment_path)
@@ -445,19 +440,11 @@ def member_start(pool_address: str, rpc_url: str | None, deployment_path: Path, 
     stake = _tokens(stake_text)
     if not pool_.member(signer.address).joined:
         _check_stake(pool_, contracts, signer.address, stake)
-    config = WorkerConfig(
-        data_dir=data_dir, leases=ChainLeases(contracts), chain_id=contracts.chain.chain_id,
-        market_address=contracts.market.address, allow_unsandboxed=unsafe_no_sandbox, cpu_slots=cpu_slots,
-        limits=Limits(memory_bytes=memory_limit_mb << 20),
-    )
-    server, bound = create_server(config, f"{host}:{port}")
-    devices = server.manager.devices
-    kind = DeviceKind.CUDA if devices[0].kind == "cuda" else DeviceKind.CPU
-    settings = ProviderSettings(
-        endpoint=f"{host}:{bound}", price_floor=0, strategy=FixedFloor(), stake=stake,
-        device_model=devices[0].model[:64], device_kind=kind, gpu_count=len(devices),
-        memory_mb=min(d.memory_bytes for d in devices) >> 20, withdraw=withdraw,
-    )
+    server, endpoint = chain_worker(contracts, data_dir, host=host, port=port, cpu_slots=cpu_slots,
+                                    allow_unsandboxed=unsafe_no_sandbox, memory_limit_mb=memory_limit_mb)
+    terms = device_terms(server)
+    settings = ProviderSettings(endpoint=endpoint, price_floor=0, strategy=FixedFloor(), stake=stake,
+                                withdraw=withdraw, **terms)
     cls = CheatingMember if unsafe_cheat_root else MemberDaemon
     daemon = cls(contracts, signer, server, pool_, settings, data_dir / f"member-{pool_.address}.json")
     try:
@@ -466,7 +453,7 @@ def member_start(pool_address: str, rpc_url: str | None, deployment_path: Path, 
         server.stop()
         raise
     server.start()
-    click.echo(f"member {signer.address} serving {len(devices)} {kind.name.lower()} device(s) on {host}:{bound} "
-               f"for pool {pool_.address}")
+    click.echo(f"member {signer.address} serving {terms['gpu_count']} {terms['device_kind'].name.lower()} "
+               f"device(s) on {endpoint} for pool {pool_.address}")
     sys.stdout.flush()
     _serve_until_stopped(daemon, server, "pool member")

@@ -171,6 +171,13 @@ class PoolOperatorDaemon(ProviderDaemon):
 
     # ------------------------------------------------------------------ market hooks
 
+    def _instant_price(self, spec: JobSpec) -> int | None:
+        """The pool's registered price: its offer is the pool contract's, posted by the operator."""
+        return self.settings.price_floor
+
+    def _post_price(self, price: int) -> None:
+        """The pool's price is posted with its registration (``register_pool``), not per take."""
+
     def _take(self, job_id: int) -> None:
         self.pool.take_job(self.account, job_id)
 

@@ -6,7 +6,8 @@ server that runs the jobs). Each :meth:`~ProviderDaemon.step`:
 1. reads new ``JobPosted`` events and keeps the open jobs its devices can run;
 2. bids by its pricing strategy: sealed jobs get a commitment before the bid deadline and a reveal
    after it (salts are kept on disk, so a restarted daemon still reveals); instant jobs are taken
-   at the registered price floor while the worker has a free device;
+   while the worker has a free device at the posted price, which the strategy's ask moves first
+   (``set_price_floor``: an idle provider's decaying ask reaches on-demand buyers too);
 3. ends auctions it bid in once the reveal deadline passes (anyone may; the first call wins);
 4. for each slot it holds, commits the worker's result root and metered device-seconds once the
    job has ended (capped by the job's max and by the device time since the lease); a job whose
@@ -40,10 +41,13 @@ from marketplace.events import BidRevealed, JobPosted
 from marketplace.merkle import EMPTY_ROOT
 from marketplace.pricing import PricingContext, PricingStrategy
 from marketplace.types import Auction, DeviceKind, JobSpec, JobStatus, Offer, SlotStatus
+from worker.chain_leases import ChainLeases
+from worker.config import WorkerConfig
 from worker.reserved import ReservedCapacity
-from worker.service import WorkerServer
+from worker.sandbox import Limits
+from worker.service import WorkerServer, create_server
 
-__all__ = ["ProviderDaemon", "ProviderSettings"]
+__all__ = ["ProviderDaemon", "ProviderSettings", "chain_worker", "device_terms"]
 
 log = logging.getLogger("flopex.provider")
 
@@ -66,6 +70,39 @@ class ProviderSettings:
     claimed_gflops: int = 0
     poll_interval_s: float = 0.5
     withdraw: bool = True
+
+
+def chain_worker(
+    contracts: Contracts,
+    data_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    cpu_slots: int = 1,
+    allow_unsandboxed: bool = False,
+    memory_limit_mb: int | None = None,
+    lease_refresh_s: float = 1.0,
+) -> tuple[WorkerServer, str]:
+    """A worker whose leases are read from the chain, bound (not yet started); returns it and its endpoint."""
+    config = WorkerConfig(
+        data_dir=data_dir, leases=ChainLeases(contracts, refresh_s=lease_refresh_s),
+        chain_id=contracts.chain.chain_id, market_address=contracts.market.address,
+        allow_unsandboxed=allow_unsandboxed, cpu_slots=cpu_slots,
+        limits=Limits() if memory_limit_mb is None else Limits(memory_bytes=memory_limit_mb << 20),
+    )
+    server, bound = create_server(config, f"{host}:{port}")
+    return server, f"{host}:{bound}"
+
+
+def device_terms(worker: WorkerServer) -> dict[str, Any]:
+    """What a worker's devices put in an offer: model, kind, count and the smallest memory (MB)."""
+    devices = worker.manager.devices
+    return {
+        "device_model": devices[0].model[:64],
+        "device_kind": DeviceKind.CUDA if devices[0].kind == "cuda" else DeviceKind.CPU,
+        "gpu_count": len(devices),
+        "memory_mb": min(d.memory_bytes for d in devices) >> 20,
+    }
 
 
 @dataclass
@@ -336,12 +373,14 @@ class ProviderDaemon:
         bid = self.memory.bids.get(job_id)
         try:
             if spec.auction == Auction.INSTANT:
-                if (now < spec.bid_deadline and self.settings.price_floor <= spec.max_price and self._has_room()
-                        and self._free_of_reservations(spec, now)):
-                    self.last_bid_price = self.settings.price_floor
-                    self._take(job_id)
-                    self._track_slots(job_id)
-                    self._tally(job_id, spec)
+                if now < spec.bid_deadline and self._has_room() and self._free_of_reservations(spec, now):
+                    price = self._instant_price(spec)
+                    if price is not None and price <= spec.max_price:
+                        self._post_price(price)
+                        self.last_bid_price = price
+                        self._take(job_id)
+                        self._track_slots(job_id)
+                        self._tally(job_id, spec)
                 self.open_jobs.pop(job_id, None)
                 return
             if bid is None:
@@ -376,6 +415,17 @@ class ProviderDaemon:
                 if spec.auction == Auction.INSTANT or bid is not None:
                     self._tally(job_id, spec)
                 self.open_jobs.pop(job_id, None)
+
+    def _instant_price(self, spec: JobSpec) -> int | None:
+        """What it charges to take an instant job now: its strategy's ask (None: it will not take it)."""
+        return self._ask(spec)
+
+    def _post_price(self, price: int) -> None:
+        """Post ``price`` as its price per GPU-hour (an instant take pays the posted price) if it is not already."""
+        registry = self.contracts.registry
+        if registry.price_floor(self.address) != price:
+            registry.set_price_floor(self.account, price)
+            log.info("provider %s: posted %d per GPU-hour", self.address, price)
 
     def _count_bid(self, spec: JobSpec, outcome: str) -> None:
         key = (spec.auction.name.lower(), outcome)

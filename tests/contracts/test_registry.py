@@ -264,6 +264,30 @@ def test_deregister_provider__when_not_registered__reverts(registry, stranger):
         registry.deregister_provider()
 
 
+def test_set_price_floor__changes_only_the_price__and_logs(registry, flow, provider):
+    flow.register_provider(provider)
+    before = registry.offers(provider)
+    with boa.env.prank(provider):
+        registry.set_price_floor(7 * 10**17)
+    event = one_event(registry, "PriceFloorChanged")
+    assert (event.provider, event.price_floor) == (provider, 7 * 10**17)
+    assert registry.price_floor(provider) == 7 * 10**17
+    after = registry.offers(provider)
+    assert after.endpoint == before.endpoint and after.signer == before.signer and after.gpu_count == before.gpu_count
+
+
+def test_set_price_floor__by_a_non_provider_or_to_zero__reverts(registry, flow, provider, stranger):
+    with boa.env.prank(stranger), boa.reverts("registry: not a provider"):
+        registry.set_price_floor(1)
+    flow.register_provider(provider)
+    with boa.env.prank(provider), boa.reverts("registry: zero price floor"):
+        registry.set_price_floor(0)
+    with boa.env.prank(provider):
+        registry.deregister_provider()
+    with boa.env.prank(provider), boa.reverts("registry: not a provider"):
+        registry.set_price_floor(1)
+
+
 def test_is_eligible__checks_registration_stake_kind_devices_and_memory(registry, owner, flow, provider, stranger):
     flow.register_provider(provider)
     assert registry.is_eligible(provider, DEVICE_CUDA, 8, 141_000)

@@ -9,10 +9,8 @@ from marketplace.bindings import Contracts
 from marketplace.chain import dev_account
 from marketplace.pricing import strategy_from_spec
 from marketplace.types import ONE_TOKEN, DeviceKind, parse_tokens
-from worker.chain_leases import ChainLeases
-from worker.config import WorkerConfig
-from worker.provider import ProviderDaemon, ProviderSettings
-from worker.service import WorkerServer, create_server
+from worker.provider import ProviderDaemon, ProviderSettings, chain_worker
+from worker.service import WorkerServer
 
 PROVIDER = 4
 """The dev account the provider runs as."""
@@ -32,17 +30,16 @@ class Provider:
         self.server.stop()
 
 
-def start_provider(contracts: Contracts, data_dir: Path, *, account: int = PROVIDER, run: bool = True) -> Provider:
+def start_provider(contracts: Contracts, data_dir: Path, *, account: int = PROVIDER, run: bool = True,
+                   strategy: str = "fixed") -> Provider:
     """Start a one-device CPU worker on loopback and its provider daemon, staked and registered.
 
     With ``run=False`` the daemon's loop is not started: the test calls ``daemon.step()`` itself.
     """
-    config = WorkerConfig(data_dir=data_dir, leases=ChainLeases(contracts, refresh_s=0.1),
-                          chain_id=contracts.chain.chain_id, market_address=contracts.market.address)
-    server, port = create_server(config)
+    server, endpoint = chain_worker(contracts, data_dir, lease_refresh_s=0.1)
     server.start()
     settings = ProviderSettings(
-        endpoint=f"127.0.0.1:{port}", price_floor=PRICE, strategy=strategy_from_spec("fixed"), stake=200 * ONE_TOKEN,
+        endpoint=endpoint, price_floor=PRICE, strategy=strategy_from_spec(strategy), stake=200 * ONE_TOKEN,
         device_model="cpu", device_kind=DeviceKind.CPU, gpu_count=1, memory_mb=4096, poll_interval_s=0.1,
     )
     daemon = ProviderDaemon(contracts, dev_account(account), server, settings, data_dir / "provider.json")

@@ -12,7 +12,7 @@ from marketplace.chain import Chain, dev_account
 from marketplace.client import WorkerClient
 from marketplace.devchain import setup_dev_market
 from marketplace.requester import JobOptions, Requester
-from marketplace.types import Auction, Policy, SlotStatus, slot_value
+from marketplace.types import Auction, JobStatus, Policy, SlotStatus, slot_value
 from tests.e2e.providerkit import PRICE, PROVIDER, start_provider
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
@@ -145,5 +145,30 @@ def test_a_slot_of_a_job_still_open__is_not_committed_empty_before_its_lease_sta
         assert slot.provider == dev_account(PROVIDER).address and slot.status == SlotStatus.ASSIGNED
         assert contracts.market.job(job_id).lease_start == 0  # open: one of two slots taken
         assert commits == []
+    finally:
+        provider.stop()
+
+
+def test_an_instant_job__is_taken_at_the_strategys_ask__posted_first(contracts: Contracts, tmp_path: Path) -> None:
+    # A just-started provider with a decaying strategy asks 1.5 x its floor: it posts that price,
+    # then takes the job, which pays the posted price. A job capped below the ask is left alone.
+    provider = start_provider(contracts, tmp_path / "worker", run=False,
+                              strategy="decay:start=1.5,min=1,half_life=3600")
+    try:
+        registry, market = contracts.registry, contracts.market
+        requester = Requester(contracts, dev_account(REQUESTER))
+        ask = PRICE * 3 // 2
+        cheap = requester.submit(ROOT / "examples" / "train_mlp", JobOptions(
+            auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=600, max_price=ask - ask // 10))
+        provider.daemon.step()
+        assert market.job(cheap).status == JobStatus.OPEN and registry.price_floor(provider.daemon.address) == PRICE
+        job_id = requester.submit(ROOT / "examples" / "train_mlp", JobOptions(
+            auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=600, max_price=2 * PRICE))
+        provider.daemon.step()
+        posted = registry.price_floor(provider.daemon.address)
+        assert PRICE < posted <= ask  # the ask, a little decayed by the seconds since start
+        [slot] = market.slots_of(job_id)
+        assert slot.provider == provider.daemon.address and slot.price == posted
+        assert [e.price_floor for e in registry.get_events("PriceFloorChanged", 0)] == [posted]
     finally:
         provider.stop()
