@@ -31,12 +31,12 @@ How the replay follows the simulation:
   and taken at once by the simulator's taker. A job the simulator drops is posted at its arrival,
   open until its patience runs out, and then finalized: it expires with a full refund. A job's
   wait before it clears is the simulator's business, not replayed.
-* The contract charges an instant take the provider's registered price floor, while the
-  simulator's providers price instant jobs with their strategy. A provider whose strategy asks
-  something else re-registers its offer with that price just before it takes (the registry lets
-  a provider replace its offer); ``price_reposts`` counts these. ``--instant-at-floor`` turns
-  this off: takers take at their registered floor, as the provider daemon in ``worker/`` does,
-  and the chain then disagrees with the simulator on every take whose ask was above the floor.
+* The contract charges an instant take the provider's posted price (its registered price
+  floor), and the simulator's providers price instant jobs with their strategy. A provider whose
+  strategy asks something else posts that price (``set_price_floor``) just before it takes, as
+  the provider daemon in ``worker/`` does; ``price_reposts`` counts these. ``--instant-at-floor``
+  turns this off (takers take at the price they registered): the chain then disagrees with the
+  simulator on every take whose ask was not that price.
 * No work runs: at the lease start plus the job's simulated duration (moved there by time
   travel, not waited for) the winner commits a dummy result root and the simulated GPU-seconds
   (GPUs × duration), the requester accepts it, and the slot settles. Verification policy
@@ -367,7 +367,9 @@ class _Replay:
             self.job_id[j] = job_id = market.post_job(requester, spec)
             p, price = r.provider[j], r.price[j]
             if self.repost and self.posted_floor[p] != price:
-                self._register(p, price)
+                # As the provider daemon does: post the strategy's ask, then take at it.
+                self.contracts.registry.set_price_floor(self.providers[p], price)
+                self.posted_floor[p] = price
                 self.price_reposts += 1
             self._leased(j, market.take_job(self.providers[p], job_id))
         self.specs[j] = spec
@@ -457,9 +459,9 @@ class _Replay:
 def replay(chain: Chain, result: RunResult, params: SimulationParams, *, repost: bool = True) -> dict[str, Any]:
     """Replays one policy's simulation on a fresh deployment on ``chain`` and compares both sides.
 
-    With ``repost`` (the default) an instant taker first re-registers its offer at the price its
-    strategy asked in the simulation; without it, it takes at its registered floor, as the
-    provider daemon does, and the chain charges the floor.
+    With ``repost`` (the default) an instant taker first posts the price its strategy asked in the
+    simulation, as the provider daemon does; without it, it takes at its registered floor and the
+    chain charges that.
 
     Returns the policy's entry of the JSON document: ``agree``, the comparison (counts, rows),
     totals on both sides, the per-account check and the chain's figures.
@@ -550,7 +552,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--instant-at-floor",
         action="store_true",
-        help="instant takers take at their registered floor, as the provider daemon does (no re-posting)",
+        help="instant takers take at their registered floor without posting their strategy's ask",
     )
     parser.add_argument(
         "--chain",
