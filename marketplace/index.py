@@ -28,6 +28,13 @@ at most), summed over the leases in the window, with their value ``floor(price Ã
 3600)`` per slot as the contract computes it; settled GPU-seconds and gross pay (fee included)
 from ``SlotSettled`` events in the window (only paid slots carry seconds). ``vwap`` is the leased
 price weighted by leased GPU-seconds, floored.
+
+**Forward prices.** Reserved capacity (``contracts/Reservations.vy``) is GPU time sold ahead: each
+``ReservationBought`` is a forward price (the offer's price per GPU-hour) for ``gpus Ã— duration``
+GPU-seconds starting later, and each ``ReservationResold`` one more (the resale price of the whole
+window over its GPU-hours, floored). Their class is the provider's device kind and model as
+registered at the sale's block. Per window: how many were sold, the GPU-seconds they cover, their
+price weighted by those GPU-seconds (``reserved_vwap``, floored) and the last one.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ from typing import Any
 from marketplace.bindings import Contracts
 from marketplace.errors import ConfigError
 from marketplace.events import ProviderRegistered, SlotLeased, SlotSettled
-from marketplace.types import JobSpec, SlotStatus, format_tokens, slot_value
+from marketplace.reservations import reservation_price
+from marketplace.types import SECONDS_PER_HOUR, DeviceKind, JobSpec, SlotStatus, format_tokens, slot_value
 
 __all__ = [
     "DEFAULT_WINDOWS",
@@ -49,6 +57,7 @@ __all__ = [
     "History",
     "LeaseRecord",
     "MarketIndex",
+    "ReservationRecord",
     "SettlementRecord",
     "compute_index",
     "index_document",
@@ -110,8 +119,30 @@ class SettlementRecord:
 
 
 @dataclass(frozen=True)
+class ReservationRecord:
+    """One sale of reserved capacity: a forward price in a device class at a time."""
+
+    device_class: str
+    block: int
+    time: int
+    reservation_id: int
+    provider: str
+    sale: str  # "bought" (from the provider) or "resold" (from a holder)
+    price: int  # per GPU-hour
+    gpus: int
+    start: int
+    duration: int
+    value: int  # what the buyer paid for the whole window
+
+    @property
+    def gpu_seconds(self) -> int:
+        """The GPU time the window holds."""
+        return self.gpus * self.duration
+
+
+@dataclass(frozen=True)
 class History:
-    """Every lease and settlement of a market up to one block, in chain order."""
+    """Every lease, settlement and reservation sale of a market up to one block, in chain order."""
 
     chain_id: int
     market: str
@@ -120,11 +151,13 @@ class History:
     now: int
     leases: tuple[LeaseRecord, ...]
     settlements: tuple[SettlementRecord, ...]
+    reservations: tuple[ReservationRecord, ...] = ()
 
     @property
     def classes(self) -> list[str]:
-        """Device classes with at least one lease, sorted."""
-        return sorted({lease.device_class for lease in self.leases})
+        """Device classes with at least one lease or reservation sale, sorted."""
+        return sorted({lease.device_class for lease in self.leases}
+                      | {r.device_class for r in self.reservations})
 
 
 def _device_class(kind: str, model: str) -> str:
@@ -160,14 +193,15 @@ def read_history(contracts: Contracts, *, block: int | None = None) -> History:
                 times[number] = int(chain.w3.eth.get_block(number)["timestamp"])
         return times[number]
 
-    models: dict[tuple[str, int], str] = {}
+    offers: dict[tuple[str, int], tuple[str, int | None]] = {}
 
-    def model_of(provider: str, at: int) -> str:
+    def offer_of(provider: str, at: int) -> tuple[str, int | None]:
+        """(device model, device kind) of ``provider``'s offer as registered by block ``at``."""
         regs = [b for b in registrations.get(provider, []) if b <= at]
         if not regs:
-            return ""
+            return "", None
         key = (provider, regs[-1])
-        if key not in models:
+        if key not in offers:
             fn = registry.contract.functions.offers(provider)
             try:
                 with chain.locked():
@@ -176,9 +210,12 @@ def read_history(contracts: Contracts, *, block: int | None = None) -> History:
                 try:
                     offer = registry._call("offers", provider)
                 except Exception:
-                    offer = ("",)
-            models[key] = str(offer[0])
-        return models[key]
+                    offer = ("", None)
+            offers[key] = (str(offer[0]), None if offer[1] is None else int(offer[1]))
+        return offers[key]
+
+    def model_of(provider: str, at: int) -> str:
+        return offer_of(provider, at)[0]
 
     leases: list[LeaseRecord] = []
     class_of: dict[tuple[int, int], str] = {}
@@ -194,7 +231,39 @@ def read_history(contracts: Contracts, *, block: int | None = None) -> History:
         settlements.append(SettlementRecord(cls, s.block_number, time_of(s.block_number), s.job_id, s.slot,
                                             s.provider, SlotStatus(s.status).name.lower(), s.gpu_seconds, s.paid,
                                             s.fee))
-    return History(chain.chain_id, market.address, start, block, time_of(block), tuple(leases), tuple(settlements))
+    reservations = _reservation_sales(contracts, upto_block=block, offer_of=offer_of, time_of=time_of)
+    return History(chain.chain_id, market.address, start, block, time_of(block), tuple(leases), tuple(settlements),
+                   reservations)
+
+
+def _reservation_sales(contracts: Contracts, *, upto_block: int, offer_of: Any, time_of: Any,
+                       ) -> tuple[ReservationRecord, ...]:
+    """Every reservation bought or resold up to ``upto_block``, oldest first."""
+    reservations = contracts.reservations
+    if reservations is None:
+        return ()
+    terms = {int(e.args["reservation_id"]): e.args for e in reservations.history("OfferPosted")
+             if e.block_number <= upto_block}
+    sales: list[tuple[int, int, str, Any]] = []
+    for name, sale in (("ReservationBought", "bought"), ("ReservationResold", "resold")):
+        for e in reservations.history(name):
+            if e.block_number <= upto_block:
+                sales.append((e.block_number, int(e.args["reservation_id"]), sale, e.args))
+    records = []
+    for block, rid, sale, args in sorted(sales, key=lambda x: (x[0], x[1], x[2] == "resold")):
+        offer = terms[rid]
+        provider, gpus, duration = str(offer["provider"]), int(offer["gpus"]), int(offer["duration"])
+        model, kind = offer_of(provider, block)
+        kind_name = DeviceKind(kind).name.lower() if kind is not None else "cuda"
+        if sale == "bought":
+            price = int(offer["price"])
+            value = int(reservation_price(gpus, duration, price))
+        else:
+            value = int(args["price"])
+            price = value * SECONDS_PER_HOUR // (gpus * duration)
+        records.append(ReservationRecord(_device_class(kind_name, model), block, time_of(block), rid, provider,
+                                         sale, price, gpus, int(offer["start"]), duration, value))
+    return tuple(records)
 
 
 def twap(points: Sequence[tuple[int, int]], start: int | None, end: int) -> tuple[int | None, int]:
@@ -247,6 +316,10 @@ class ClassStats:
     settled_slots: int
     settled_gpu_seconds: int
     settled_paid: int
+    reservations: int = 0
+    reserved_gpu_seconds: int = 0
+    reserved_vwap: int | None = None
+    reserved_last: int | None = None
 
 
 @dataclass(frozen=True)
@@ -262,7 +335,8 @@ def class_stats(history: History, device_class: str, window: str) -> ClassStats:
     seconds = parse_window(window)
     end = history.now
     all_leases = [lease for lease in history.leases if lease.device_class == device_class and lease.time <= end]
-    first = all_leases[0].time if all_leases else end
+    first = all_leases[0].time if all_leases else min(
+        (r.time for r in history.reservations if r.device_class == device_class), default=end)
     start = first if seconds is None else end - seconds
     inside = [lease for lease in all_leases if lease.time >= start]
     price, covered = twap([(lease.time, lease.price) for lease in all_leases], start, end)
@@ -271,6 +345,9 @@ def class_stats(history: History, device_class: str, window: str) -> ClassStats:
     settled = [s for s in history.settlements
                if s.device_class == device_class and start <= s.time <= end]
     before = [lease for lease in all_leases if lease.time < start]
+    sold = [r for r in history.reservations if r.device_class == device_class and r.time <= end]
+    sold_inside = [r for r in sold if r.time >= start]
+    reserved_seconds = sum(r.gpu_seconds for r in sold_inside)
     return ClassStats(
         device_class=device_class,
         window=window,
@@ -289,6 +366,11 @@ def class_stats(history: History, device_class: str, window: str) -> ClassStats:
         settled_slots=len(settled),
         settled_gpu_seconds=sum(s.gpu_seconds for s in settled),
         settled_paid=sum(s.paid for s in settled),
+        reservations=len(sold_inside),
+        reserved_gpu_seconds=reserved_seconds,
+        reserved_vwap=(sum(r.price * r.gpu_seconds for r in sold_inside) // reserved_seconds
+                       if reserved_seconds else None),
+        reserved_last=sold[-1].price if sold else None,
     )
 
 
@@ -315,6 +397,12 @@ def index_document(index: MarketIndex, *, series_window: str | None = None) -> d
             row = asdict(lease)
             del row["device_class"]
             series.setdefault(lease.device_class, []).append(row)
+    forward: dict[str, list[dict[str, Any]]] = {}
+    for sale in h.reservations:
+        if since is None or sale.time >= since:
+            row = asdict(sale)
+            del row["device_class"]
+            forward.setdefault(sale.device_class, []).append(row)
     return {
         "chain_id": h.chain_id,
         "market": h.market,
@@ -330,6 +418,7 @@ def index_document(index: MarketIndex, *, series_window: str | None = None) -> d
         },
         "series_window": widest,
         "series": series,
+        "reservations": forward,
     }
 
 
@@ -349,6 +438,8 @@ def format_index(index: MarketIndex) -> list[str]:
                 f"  {cls:<28} twap {tok(s.twap):>10}  last {tok(s.last):>10}  min {tok(s.min):>10}  "
                 f"max {tok(s.max):>10}  leases {s.leases:>4}  leased {s.leased_gpu_seconds / 3600:.2f} GPU-h  "
                 f"settled {s.settled_gpu_seconds / 3600:.2f} GPU-h"
+                + (f"  reserved {s.reservations} ({s.reserved_gpu_seconds / 3600:.2f} GPU-h) at "
+                   f"{tok(s.reserved_vwap)}" if s.reservations else "")
             )
     return lines
 
@@ -397,6 +488,11 @@ def render_report(index: MarketIndex, path: str | Path, *, window: str | None = 
             ax_price.step(steps_t, steps_p, where="post", color=color, linewidth=1.6, label=f"{cls} clearing price")
         ax_price.scatter([when(lease.time) for lease in shown], [lease.price / 1e18 for lease in shown],
                          color=color, s=22, zorder=3)
+        sales = [r for r in h.reservations if r.device_class == cls and start <= r.time <= end]
+        if sales:
+            ax_price.scatter([when(r.time) for r in sales], [r.price / 1e18 for r in sales], color=color, s=46,
+                             marker="^", edgecolors="black", linewidths=0.6, zorder=4,
+                             label=f"{cls} reserved ahead (forward price)")
         if s.twap is not None:
             ax_price.hlines(s.twap / 1e18, when(s.window_start), when(end), colors=color, linestyles="--",
                             linewidth=1.2, label=f"{cls} TWAP {format_tokens(s.twap, 4)}")

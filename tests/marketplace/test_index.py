@@ -86,6 +86,13 @@ def world() -> World:
     market.accept_result(dev_account(REQUESTER), job_a, 0)
     receipt = market.settle(dev_account(REQUESTER), job_a, 0)
     settled_at = int(chain.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
+    # Reserved ahead: an H100 hour two hours out, sold at 3 tokens/GPU-h, resold for 3.6 tokens.
+    reservations = contracts.require_reservations()
+    rid = reservations.offer(dev_account(H100_B), chain.now() + 7_200, 3_600, 1, 3 * ONE_TOKEN)
+    reservations.buy_with_permit(dev_account(REQUESTER), rid, contracts.token, deadline=chain.now() + 3_600)
+    reservations.list_for_resale(dev_account(REQUESTER), rid, 36 * ONE_TOKEN // 10)
+    contracts.token.approve(dev_account(EPYC_A), reservations.address, 36 * ONE_TOKEN // 10)
+    reservations.buy_resale(dev_account(EPYC_A), rid)
     now = chain.time_travel(600)
     return World(contracts, times, now, settled_at)
 
@@ -142,6 +149,23 @@ def test_index__twap_volume_and_prices_per_class_match_the_hand_computed_values(
     assert (cpu_1h.leases, cpu_1h.leased_gpu_seconds, cpu_1h.settled_gpu_seconds) == (1, 3_600, 0)
 
 
+def test_index__forward_prices_of_reserved_capacity_are_indexed_in_the_providers_class(world: World) -> None:
+    T = ONE_TOKEN
+    history = read_history(world.contracts)
+    assert [(r.sale, r.price, r.value, r.gpu_seconds) for r in history.reservations] == [
+        ("bought", 3 * T, 3 * T, 3_600), ("resold", 36 * T // 10, 36 * T // 10, 3_600)]
+    assert {r.device_class for r in history.reservations} == {GPU}
+    for window in ("1h", "all"):
+        stats = compute_index(history, [window]).windows[window][GPU]
+        assert (stats.reservations, stats.reserved_gpu_seconds) == (2, 7_200)
+        assert stats.reserved_vwap == (3 * T * 3_600 + 36 * T // 10 * 3_600) // 7_200
+        assert stats.reserved_last == 36 * T // 10
+    assert compute_index(history, ["1h"]).windows["1h"][CPU].reservations == 0
+    document = index_document(compute_index(history, ["all"]))
+    assert [row["sale"] for row in document["reservations"][GPU]] == ["bought", "resold"]
+    assert document["windows"]["all"][GPU]["reserved_last"] == 36 * T // 10
+
+
 def test_index__as_of_an_earlier_block_ignores_what_came_later(world: World) -> None:
     contracts = world.contracts
     leases = contracts.market.get_events("SlotLeased", contracts.deployment.start_block)
@@ -152,6 +176,7 @@ def test_index__as_of_an_earlier_block_ignores_what_came_later(world: World) -> 
     stats = index.windows["all"][GPU]
     assert (stats.leases, stats.last, stats.window_end) == (2, 5 * ONE_TOKEN, t["b"])
     assert stats.twap == 4 * ONE_TOKEN  # 4 stood from a to b; 5 has stood for no time yet
+    assert stats.reservations == 0 and stats.reserved_last is None  # sold later
 
 
 @pytest.fixture(scope="module")
