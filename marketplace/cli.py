@@ -541,11 +541,16 @@ def verifier() -> None:
               help="Share of a replay job's segments re-run.")
 @click.option("--capacity-interval", type=click.FloatRange(0.0), default=0.0, show_default=True,
               help="Seconds between capacity challenges of each provider (0: only at registration).")
+@click.option("--reservation-probe-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Failed probes in a row before a reservation reported not served is attested failed.")
+@click.option("--reservation-probe-interval", type=click.FloatRange(0.0), default=10.0, show_default=True,
+              help="Seconds between probes of a reported reservation's worker.")
 @click.option("--unsafe-no-sandbox", is_flag=True, help="Replay jobs without bubblewrap (only for code you trust).")
 def verifier_start(rpc_url: str | None, deployment_path: Path, account_address: str | None, dev_index: int | None,
                    password_file: Path | None, data_dir: Path, stake_text: str, replay_fraction: float,
-                   capacity_interval: float, unsafe_no_sandbox: bool) -> None:
-    """The verifier daemon: check committed results by their policy, attest, dispute, challenge capacity.
+                   capacity_interval: float, reservation_probe_attempts: int, reservation_probe_interval: float,
+                   unsafe_no_sandbox: bool) -> None:
+    """The verifier daemon: check results by their policy, attest, dispute, challenge capacity, judge reservations.
 
     SIGTERM or Ctrl-C stop it cleanly.
     """
@@ -560,6 +565,8 @@ def verifier_start(rpc_url: str | None, deployment_path: Path, account_address: 
     settings = VerifierSettings(
         data_dir=data_dir, stake=parse_tokens(stake_text), replay_fraction=replay_fraction,
         capacity_interval_s=capacity_interval, allow_unsandboxed=unsafe_no_sandbox,
+        reservation_probe_attempts=reservation_probe_attempts,
+        reservation_probe_interval_s=reservation_probe_interval,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -25,7 +25,9 @@ A :class:`VerifierDaemon` drives one staked verifier account. Each :meth:`~Verif
    (:func:`marketplace.verify.billing_cap`);
 3. sends capacity challenges to newly registered providers (and again every
    ``capacity_interval_s``, with jitter), checks them with Freivalds plus row spot checks and
-   attests the measured throughput in the registry, which flags claims above 2×.
+   attests the measured throughput in the registry, which flags claims above 2×;
+4. rules on reservations their holders reported not served (:mod:`worker.referee`): a probe of
+   the provider's worker during the window, the usage records on chain after it.
 
 Job code is untrusted: replays run in the worker's bubblewrap sandbox (:mod:`worker.replay`).
 The CLI runs it with :func:`run_verifier`.
@@ -58,6 +60,7 @@ from marketplace.errors import ContractRevert, FlopexError, VerificationError
 from marketplace.events import ProviderRegistered, ResultCommitted, ResultDisputed
 from marketplace.sdk import CHECKPOINT_LOG
 from marketplace.types import ONE_TOKEN, JobSpec, Outcome, Policy, SlotStatus
+from worker.referee import ReservationReferee
 from worker.replay import ReplayRun, run_replay
 from worker.sandbox import Limits, Sandbox
 
@@ -91,6 +94,8 @@ class VerifierSettings:
     use_cgroups: bool = True
     replay_threads: int = 1
     memory_limit_bytes: int = 4 << 30
+    reservation_probe_attempts: int = 3
+    reservation_probe_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,13 @@ class VerifierDaemon:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rng = random.SystemRandom()
+        #: Rules on reservations reported not served, when the deployment has reservations.
+        self.referee: ReservationReferee | None = None
+        if contracts.reservations is not None:
+            self.referee = ReservationReferee(
+                contracts.reservations, contracts.registry, account, self.probe_reservation,
+                attempts=settings.reservation_probe_attempts, interval_s=settings.reservation_probe_interval_s,
+            )
 
     @property
     def address(self) -> str:
@@ -184,6 +196,8 @@ class VerifierDaemon:
         jobs = sorted({job for job, _slot in self.pending})
         for job_id in jobs:
             self._handle_job(job_id)
+        if self.referee is not None:
+            self.referee.step(self.now())
         now = time.time()
         for provider, due in sorted(self.capacity_due.items()):
             if due <= now:
@@ -209,6 +223,8 @@ class VerifierDaemon:
                 assert isinstance(event, ProviderRegistered)
                 if event.provider != self.address:
                     self.capacity_due.setdefault(event.provider, 0.0)
+        if self.referee is not None:
+            self.referee.scan(start)
         self.last_block = latest
 
     # ------------------------------------------------------------------ jobs
@@ -543,6 +559,41 @@ class VerifierDaemon:
             self._local_gflops = max(1.0, 2 * n**3 / best / 1e9)
         return self._local_gflops
 
+    def prove_capacity(self, provider: str, seed: int, n: int) -> tuple[int, float, float]:
+        """Have ``provider``'s worker compute challenge ``seed`` of size ``n`` and check sampled rows.
+
+        Returns ``(attested GFLOP/s, seconds it reported, wall seconds)``; raises
+        :class:`VerificationError` (or a transport error) when the worker cannot prove the product.
+        """
+        with self._client(provider) as client:
+            t0 = time.perf_counter()
+            result = client.capacity_challenge(seed, n)
+            wall = time.perf_counter() - t0
+            picks = self._rng.sample(range(n), min(self.settings.capacity_rows, n))
+            reply = client.challenge_rows(result.challenge_id, picks)
+        rows = {r.index: (r.data, list(r.proof)) for r in reply.rows}
+        if sorted(rows) != sorted(picks):
+            raise VerificationError("capacity: the worker did not return the rows asked for")
+        verify_rows(seed, n, result.rows_root, rows)
+        gflops = verify.attested_gflops(challenge_flops(n), result.elapsed_seconds, wall)
+        return gflops, result.elapsed_seconds, wall
+
+    def probe_reservation(self, provider: str, gpus: int, kind: str) -> None:
+        """Check that ``provider``'s worker answers as its offer says, with ``gpus`` ``kind`` devices, and computes.
+
+        Raises :class:`VerificationError` (or a transport error) when it does not.
+        """
+        offer = self.contracts.registry.offer(provider)
+        with self._client(provider) as client:
+            info = client.info()
+        if info.provider_address.lower() != offer.signer.lower():
+            raise VerificationError(f"the worker at {offer.endpoint} signs as {info.provider_address}, "
+                                    f"not as the offer's {offer.signer}")
+        devices = [d for d in info.devices if d.kind == kind]
+        if len(devices) < gpus:
+            raise VerificationError(f"the worker offers {len(devices)} {kind} device(s); the reservation holds {gpus}")
+        self.prove_capacity(provider, secrets.randbits(63), self.settings.capacity_n)
+
     def challenge_capacity(self, provider: str) -> dict[str, Any]:
         """Challenge ``provider``'s worker with a seeded, timed product and attest what it proves."""
         chain, registry = self.contracts.chain, self.contracts.registry
@@ -556,18 +607,8 @@ class VerifierDaemon:
         self.capacity_due[provider] = (time.time() + interval * (0.5 + self._rng.random())) if interval > 0 \
             else math.inf
         try:
-            with self._client(provider) as client:
-                t0 = time.perf_counter()
-                result = client.capacity_challenge(seed, n)
-                wall = time.perf_counter() - t0
-                picks = self._rng.sample(range(n), min(self.settings.capacity_rows, n))
-                reply = client.challenge_rows(result.challenge_id, picks)
-            rows = {r.index: (r.data, list(r.proof)) for r in reply.rows}
-            if sorted(rows) != sorted(picks):
-                raise VerificationError("capacity: the worker did not return the rows asked for")
-            verify_rows(seed, n, result.rows_root, rows)
-            gflops = verify.attested_gflops(challenge_flops(n), result.elapsed_seconds, wall)
-            record.update(reported_s=result.elapsed_seconds, wall_s=wall, ok=True)
+            gflops, reported, wall = self.prove_capacity(provider, seed, n)
+            record.update(reported_s=reported, wall_s=wall, ok=True)
         except (FlopexError, OSError) as exc:
             # A worker that cannot prove any throughput is attested at zero: its claim is flagged.
             gflops = 0

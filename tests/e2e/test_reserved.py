@@ -36,17 +36,18 @@ from tests.e2e.procs import FLOPEX, start_chain
 from tests.e2e.procs import start_provider as start_cli_provider
 from tests.e2e.providerkit import PROVIDER, start_provider
 from worker.metrics import parse_metrics, serve_metrics
+from worker.verifier import VerifierDaemon, VerifierSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRST_HOLDER, SECOND_HOLDER, MARKET_REQUESTER = 2, 3, 1
+FIRST_HOLDER, SECOND_HOLDER, MARKET_REQUESTER, VERIFIER = 2, 3, 1, 5
 WINDOW_S = 600
 
 
 @pytest.fixture
 def contracts(has_bwrap: bool) -> Iterator[Contracts]:
-    yield setup_dev_market(Chain.embedded(), accounts=5)
+    yield setup_dev_market(Chain.embedded(), accounts=6)
 
 
 def test_reserved_job_ids__round_trip_and_never_collide_with_market_jobs() -> None:
@@ -152,6 +153,70 @@ def test_a_reserved_window__serves_its_holder_only_records_usage_and_pays_the_pr
             Requester(contracts, holder).run_reserved(rid, bundle, tmp_path / "late")
     finally:
         metrics.stop()
+        provider.stop()
+
+
+def test_reports_of_not_served__are_ruled_by_probing_the_worker_in_the_window_and_by_usage_after_it(
+    contracts: Contracts, tmp_path: Path
+) -> None:
+    reservations, chain, token = contracts.require_reservations(), contracts.chain, contracts.token
+    provider = start_provider(contracts, tmp_path / "worker")
+    verifier = VerifierDaemon(contracts, dev_account(VERIFIER), VerifierSettings(
+        data_dir=tmp_path / "verifier", poll_interval_s=0.1, capacity_n=128, capacity_at_registration=False,
+        reservation_probe_attempts=2, reservation_probe_interval_s=0.5))
+    verifier.ensure_registered()
+    verifier.start()
+    seller, holder = dev_account(PROVIDER), dev_account(FIRST_HOLDER)
+    bond = reservations.dispute_bond()
+    try:
+        t0 = chain.next_timestamp()
+        served, failed, late = (reservations.offer(seller, t0 + offset, 600, 1, ONE_TOKEN)
+                                for offset in (100, 1_000, 2_000))
+        for rid in (served, failed, late):
+            reservations.buy_with_permit(holder, rid, token, deadline=t0 + 90)
+        value = reservation_price(1, 600, ONE_TOKEN)
+
+        def report(rid: int) -> None:
+            token.approve(holder, reservations.address, bond)
+            reservations.report_not_served(holder, rid)
+
+        # In its window, with the worker up: the probe passes and the report is ruled down.
+        chain.time_travel(t0 + 160 - chain.now())
+        report(served)
+        _wait(lambda: reservations.reservation(served).status == ReservationStatus.SERVED)
+        assert verifier.referee is not None and verifier.referee.rulings[-1].outcome == "served"
+
+        # The provider goes away; in the next window its worker fails two probes: it did not serve.
+        provider.stop()
+        stake = contracts.registry.total_stake(seller.address)
+        chain.time_travel(t0 + 1_060 - chain.now())
+        report(failed)
+        _wait(lambda: reservations.reservation(failed).status == ReservationStatus.FAILED)
+        assert verifier.referee.rulings[-1].outcome == "failed"
+        holder_before = token.balance_of(holder.address) + reservations.credits(holder.address)
+        settled = reservations.events_of(reservations.settle(holder, failed))[-1].args
+        slashed = int(settled["slashed"])
+        assert slashed == value + reservations._call("base_slash")
+        assert contracts.registry.total_stake(seller.address) == stake - slashed
+        # The holder gets the price, its bond and, as the challenger who reported it, all of the slash.
+        assert token.balance_of(holder.address) + reservations.credits(holder.address) == \
+            holder_before + value + bond + slashed
+
+        # Reported after its window with no usage on chain: nothing to tell, no ruling.
+        chain.time_travel(t0 + 2_700 - chain.now())
+        report(late)
+        _wait(lambda: any(r.reservation_id == late for r in verifier.referee.rulings))
+        assert verifier.referee.rulings[-1].outcome == "no ruling"
+        assert reservations.reservation(late).status == ReservationStatus.DISPUTED
+
+        # The report ruled down settles as served: the provider is paid the window and the bond.
+        chain.time_travel(reservations.challenge_period())
+        provider_before = reservations.credits(seller.address)
+        paid = reservations.events_of(reservations.settle(holder, served))[-1].args
+        assert reservations.reservation(served).status == ReservationStatus.PAID
+        assert reservations.credits(seller.address) - provider_before == value - int(paid["fee"]) + bond
+    finally:
+        verifier.stop()
         provider.stop()
 
 
