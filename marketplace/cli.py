@@ -604,14 +604,27 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
             "gpus": event.gpu_count, "memory_mb": event.memory_mb, "price_floor": event.price_floor,
             "endpoint": event.endpoint,
         }
+    for address, row in providers.items():
+        row["price_floor"] = registry.price_floor(address)  # as posted now (strategies move it)
     prices: dict[str, list[int]] = {}
     for event in m.get_events("SlotLeased", start):
         kind = m.spec(event.job_id).device_kind.name.lower()
         prices.setdefault(kind, []).append(event.price)
+    for_sale = []
+    if contracts.reservations is not None:
+        from marketplace.reservations import ReservationStatus
+        from marketplace.reserve_cli import reservation_summary
+
+        now = contracts.chain.next_timestamp()
+        for rid in range(1, contracts.reservations.offer_count() + 1):
+            state = contracts.reservations.reservation(rid)
+            if now < state.start and (state.status == ReservationStatus.OFFERED or state.resale_price > 0):
+                for_sale.append(reservation_summary(state, now))
     document = {
         "open_jobs": open_jobs,
         "providers": list(providers.values()),
         "clearing_prices": {k: v[-20:] for k, v in prices.items()},
+        "reservations_for_sale": for_sale,
     }
     if as_json:
         _emit_json(document)
@@ -623,6 +636,10 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
     for kind, values in prices.items():
         recent = ", ".join(format_tokens(v) for v in values[-5:])
         click.echo(f"  recent {kind} clearing prices: {recent}")
+    for r in for_sale:
+        ask = f"resale at {format_tokens(r['resale_price'])}" if r["resale_price"] else f"{format_tokens(r['value'])}"
+        click.echo(f"  reservation {r['reservation_id']} for sale: {r['gpus']} device(s) of {r['provider']} from "
+                   f"{r['start']} for {r['duration']} s at {format_tokens(r['price'])}/GPU-h ({ask} FLOP)")
 
 
 def _market_contracts(ctx: click.Context, rpc_url: str | None, deployment_path: Path) -> Any:

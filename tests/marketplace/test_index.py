@@ -93,6 +93,7 @@ def world() -> World:
     reservations.list_for_resale(dev_account(REQUESTER), rid, 36 * ONE_TOKEN // 10)
     contracts.token.approve(dev_account(EPYC_A), reservations.address, 36 * ONE_TOKEN // 10)
     reservations.buy_resale(dev_account(EPYC_A), rid)
+    reservations.offer(dev_account(H100_A), chain.now() + 86_400, 7_200, 1, 2 * ONE_TOKEN)  # nobody buys it
     now = chain.time_travel(600)
     return World(contracts, times, now, settled_at)
 
@@ -216,8 +217,11 @@ def test_cli_market__without_a_subcommand_still_lists_the_market(deployment_file
     result = CliRunner().invoke(cli, ["market", "--json", "--deployment", str(deployment_file)])
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert set(document) == {"open_jobs", "providers", "clearing_prices"}
+    assert set(document) == {"open_jobs", "providers", "clearing_prices", "reservations_for_sale"}
     assert document["clearing_prices"]["cuda"] == [4 * ONE_TOKEN, 5 * ONE_TOKEN, 4 * ONE_TOKEN]
+    [offer] = document["reservations_for_sale"]  # the unbought one; the bought and resold one is held
+    assert (offer["provider"], offer["price"], offer["duration"], offer["holder"]) == (
+        dev_account(H100_A).address, 2 * ONE_TOKEN, 7_200, None)
     # options given before the subcommand reach it too
     index = CliRunner().invoke(cli, ["market", "--deployment", str(deployment_file), "index", "--json"])
     assert index.exit_code == 0 and json.loads(index.output)["classes"] == [CPU, GPU]
