@@ -391,18 +391,17 @@ def index_document(index: MarketIndex, *, series_window: str | None = None) -> d
     widest = series_window or max(windows, key=lambda w: parse_window(w) or 10**18, default="all")
     seconds = parse_window(widest)
     since = h.now - seconds if seconds is not None else None
-    series: dict[str, list[dict[str, Any]]] = {}
-    for lease in h.leases:
-        if since is None or lease.time >= since:
-            row = asdict(lease)
-            del row["device_class"]
-            series.setdefault(lease.device_class, []).append(row)
-    forward: dict[str, list[dict[str, Any]]] = {}
-    for sale in h.reservations:
-        if since is None or sale.time >= since:
-            row = asdict(sale)
-            del row["device_class"]
-            forward.setdefault(sale.device_class, []).append(row)
+
+    def by_class(records: Iterable[LeaseRecord | ReservationRecord]) -> dict[str, list[dict[str, Any]]]:
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for record in records:
+            if since is None or record.time >= since:
+                row = asdict(record)
+                del row["device_class"]
+                grouped.setdefault(record.device_class, []).append(row)
+        return grouped
+
+    series, forward = by_class(h.leases), by_class(h.reservations)
     return {
         "chain_id": h.chain_id,
         "market": h.market,
