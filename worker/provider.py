@@ -116,6 +116,7 @@ class _Memory:
     ignored: set[int] = field(default_factory=set)  # jobs it will not bid for
     reservations: set[int] = field(default_factory=set)  # offered reservations not yet settled
     recorded: set[int] = field(default_factory=set)  # reserved jobs whose usage is on chain
+    recording: set[int] = field(default_factory=set)  # reserved jobs whose record_usage may be in flight
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,6 +127,7 @@ class _Memory:
             "ignored": sorted(self.ignored),
             "reservations": sorted(self.reservations),
             "recorded": sorted(self.recorded),
+            "recording": sorted(self.recording),
         }
 
     @classmethod
@@ -138,6 +140,7 @@ class _Memory:
             ignored=set(map(int, data.get("ignored", []))),
             reservations=set(map(int, data.get("reservations", []))),
             recorded=set(map(int, data.get("recorded", []))),
+            recording=set(map(int, data.get("recording", []))),
         )
 
 
@@ -179,6 +182,7 @@ class ProviderDaemon:
         if self.SERVES_RESERVATIONS and contracts.reservations is not None:
             self.reserved = ReservedCapacity(contracts.reservations, account, worker,
                                              tracked=self.memory.reservations, recorded=self.memory.recorded,
+                                             recording=self.memory.recording, save=self._save,
                                              nudge_clock=self._nudge_clock)
 
     # ------------------------------------------------------------------ lifecycle

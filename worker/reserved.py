@@ -49,8 +49,11 @@ SERVING = (ReservationStatus.RESERVED, ReservationStatus.DISPUTED, ReservationSt
 class ReservedCapacity:
     """The reservations one provider account offered, served through its worker.
 
-    ``tracked`` (reservation ids offered and not yet settled) and ``recorded`` (job ids whose
-    usage is on chain) are the daemon's memory, kept across restarts; they are updated in place.
+    ``tracked`` (reservation ids offered and not yet settled), ``recorded`` (job ids whose usage
+    is on chain) and ``recording`` (job ids whose ``record_usage`` was being sent) are the daemon's
+    memory, kept across restarts and updated in place; ``save`` writes it. A job is put in
+    ``recording`` and saved before its transaction is sent, so a daemon that died in between finds
+    it there and looks for its ``UsageRecorded`` event before recording it again.
     """
 
     def __init__(
@@ -61,6 +64,8 @@ class ReservedCapacity:
         *,
         tracked: set[int] | None = None,
         recorded: set[int] | None = None,
+        recording: set[int] | None = None,
+        save: Callable[[], None] = lambda: None,
         nudge_clock: Callable[[], None] = lambda: None,
     ) -> None:
         self.reservations = reservations
@@ -69,6 +74,8 @@ class ReservedCapacity:
         self.nudge_clock = nudge_clock
         self.tracked = set() if tracked is None else tracked
         self.recorded = set() if recorded is None else recorded
+        self.recording = set() if recording is None else recording
+        self.save = save
         self.states: dict[int, ReservationState] = {}  # as read this step
         self._challenge: int | None = None
 
@@ -144,6 +151,13 @@ class ReservedCapacity:
             job_id = job.job_id
             if job_id in self.recorded:
                 continue
+            root = job.result_root or EMPTY_ROOT
+            if job_id in self.recording and self._on_chain(r.reservation_id, root):
+                # Sent before a restart, and mined: do not record it twice.
+                self.recorded.add(job_id)
+                self.recording.discard(job_id)
+                self.save()
+                continue
             millis = int((job.metering or {}).get("device_millis", 0))
             if millis <= 0 or now >= closes:
                 self.recorded.add(job_id)  # it never ran (nothing to record), or records are closed
@@ -158,17 +172,26 @@ class ReservedCapacity:
                     return r
                 seconds = room  # the window is over: the rest of it is all that can be billed
             if seconds > 0:
-                self.reservations.record_usage(self.account, r.reservation_id, seconds,
-                                               job.result_root or EMPTY_ROOT)
+                self.recording.add(job_id)
+                self.save()
+                self.reservations.record_usage(self.account, r.reservation_id, seconds, root)
                 log.info("provider %s: reservation %d: recorded job %d, %d GPU-s", self.account.address,
                          r.reservation_id, job_id, seconds)
             self.recorded.add(job_id)
+            self.recording.discard(job_id)
+            self.save()
             r = self.reservations.reservation(r.reservation_id)
             self.states[r.reservation_id] = r
         return r
 
+    def _on_chain(self, reservation_id: int, root: bytes) -> bool:
+        """Whether a ``UsageRecorded`` of the reservation carries result root ``root``."""
+        return any(bytes(e.args["result_root"]) == root
+                   for e in self.reservations.history("UsageRecorded", reservation_id=reservation_id))
+
     def _forget(self, reservation_id: int) -> None:
         self.tracked.discard(reservation_id)
         self.states.pop(reservation_id, None)
-        for job_id in [j for j in self.recorded if (reserved_job(j) or (0, 0))[0] == reservation_id]:
-            self.recorded.discard(job_id)
+        for done in (self.recorded, self.recording):
+            for job_id in [j for j in done if (reserved_job(j) or (0, 0))[0] == reservation_id]:
+                done.discard(job_id)

@@ -156,6 +156,39 @@ def test_a_reserved_window__serves_its_holder_only_records_usage_and_pays_the_pr
         provider.stop()
 
 
+def test_a_usage_record_sent_before_a_crash__is_not_sent_again(contracts: Contracts, tmp_path: Path) -> None:
+    reservations, chain = contracts.require_reservations(), contracts.chain
+    provider = start_provider(contracts, tmp_path / "worker", run=False)
+    daemon = provider.daemon
+    try:
+        start = chain.next_timestamp() + 30
+        rid = reservations.offer(dev_account(PROVIDER), start, WINDOW_S, 1, ONE_TOKEN)
+        reservations.buy_with_permit(dev_account(FIRST_HOLDER), rid, contracts.token, deadline=start)
+        chain.time_travel(start + 120 - chain.now())
+        outcome = Requester(contracts, dev_account(FIRST_HOLDER)).run_reserved(
+            rid, ROOT / "examples" / "plain_torch", tmp_path / "out", seq=1, record_timeout_s=0)
+        daemon.step()
+        assert reservations.reservation(rid).usage_records == 1
+        assert outcome.job_id in daemon.memory.recorded and not daemon.memory.recording
+
+        # As if the daemon died after sending the record and before noting it was mined.
+        daemon.memory.recorded.discard(outcome.job_id)
+        daemon.memory.recording.add(outcome.job_id)
+        daemon.step()
+        assert reservations.reservation(rid).usage_records == 1  # found on chain, not sent again
+        saved = json.loads((tmp_path / "worker" / "provider.json").read_text())
+        assert outcome.job_id in saved["recorded"] and saved["recording"] == []
+
+        # In flight but never mined: it is sent.
+        daemon.memory.recorded.discard(outcome.job_id)
+        daemon.memory.recording.add(outcome.job_id)
+        daemon.reserved._on_chain = lambda *_: False  # type: ignore[union-attr, method-assign]
+        daemon.step()
+        assert reservations.reservation(rid).usage_records == 2
+    finally:
+        provider.stop()
+
+
 def test_reports_of_not_served__are_ruled_by_probing_the_worker_in_the_window_and_by_usage_after_it(
     contracts: Contracts, tmp_path: Path
 ) -> None:
