@@ -14,8 +14,8 @@ What one trial does (all real code, in-process, so that hundreds of trials fit o
   any sampled segment differs. Cost = replayed segments' time / the run's time (process start-up,
   which a sandboxed replay adds once per segment, is not counted; see docs/verification.md);
 - freivalds: a fresh ``n×n`` float32 product (honest, computed in half precision, or random), checked
-  with :func:`marketplace.verify.freivalds_check` and fresh random vectors; cost = check time /
-  product time;
+  with :func:`marketplace.verify.freivalds_check` and ``--freivalds-rounds`` fresh random vectors;
+  cost = check time / product time;
 - capacity: a real timed product of the challenge matrices (:mod:`marketplace.capacity`) as the
   worker computes it; the verifier's throughput figure (:func:`marketplace.verify.attested_gflops`)
   against the provider's claim of ``factor`` × its real throughput, flagged by the registry's rule
@@ -90,7 +90,7 @@ def replay_trials(cheat: Cheat, trials: int, runs: int, segments: int, steps: in
     return out
 
 
-def freivalds_trials(kind: str, trials: int, n: int, rng: random.Random) -> dict[str, Any]:
+def freivalds_trials(kind: str, trials: int, n: int, rng: random.Random, rounds: int = 1) -> dict[str, Any]:
     detected = 0
     product_s = check_s = 0.0
     for _ in range(trials):
@@ -104,10 +104,11 @@ def freivalds_trials(kind: str, trials: int, n: int, rng: random.Random) -> dict
         elif kind == "random":
             c = torch.randn(n, n, generator=gen)
         t0 = time.perf_counter()
-        ok, _worst = verify.freivalds_check(a, b, c, seed=rng.randrange(1 << 62), rounds=1, dtype=torch.float32)
+        ok, _worst = verify.freivalds_check(a, b, c, seed=rng.randrange(1 << 62), rounds=rounds, dtype=torch.float32)
         check_s += time.perf_counter() - t0
         detected += not ok
-    return {"cheat": kind, "trials": trials, "n": n, "detected": detected, "detection_rate": detected / trials,
+    return {"cheat": kind, "trials": trials, "n": n, "rounds": rounds, "detected": detected,
+            "detection_rate": detected / trials,
             "verifier_cost_fraction": round(check_s / product_s, 4)}
 
 
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--runs", type=int, default=5, help="real training runs per cheat (trials share them)")
     parser.add_argument("--freivalds-n", type=int, default=2048)
+    parser.add_argument("--freivalds-rounds", type=int, default=1, help="random vectors per Freivalds check")
     parser.add_argument("--capacity-n", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=2024)
     args = parser.parse_args()
@@ -154,7 +156,8 @@ def main() -> None:
     replay = [replay_trials(c, args.trials, args.runs, args.segments, args.steps, rng) for c in (
         Cheat("none"), Cheat("skip", fraction=0.1), Cheat("skip", fraction=0.5), Cheat("skip", fraction=1.0),
         Cheat("half"), Cheat("random"))]
-    freivalds = [freivalds_trials(k, args.trials, args.freivalds_n, rng) for k in ("honest", "half", "random")]
+    freivalds = [freivalds_trials(k, args.trials, args.freivalds_n, rng, args.freivalds_rounds)
+                 for k in ("honest", "half", "random")]
     capacity = [capacity_trials(f, fake, args.trials, args.capacity_n, rng)
                 for f, fake in ((1.0, False), (2.0, False), (3.0, False), (10.0, False), (10.0, True))]
     honest = [r for r in (*replay, *freivalds, *capacity) if r["cheat"] == "honest"]
@@ -168,7 +171,7 @@ def main() -> None:
                       "drawn from a fresh seed, each re-run from its committed "
                       f"checkpoint and compared at rtol={verify.RTOL:g} atol={verify.ATOL:g}",
             "freivalds": "fresh n x n float32 product (honest, rounded through float16, or random), checked with "
-                         "one fresh random vector; cost = check time / product time",
+                         f"{args.freivalds_rounds} fresh random vector(s); cost = check time / product time",
             "capacity": "real timed product of the seeded challenge matrices; attested = 0.8 x flops / "
                         "max(reported, wall/2); flagged when claim > 2 x attested (the registry's rule)",
             "on_chain": "tests/verification/test_policies_on_chain.py: detected cheats rejected and slashed, "
