@@ -292,11 +292,14 @@ def freivalds_vector(n: int, generator: torch.Generator, dtype: torch.dtype) -> 
     return torch.where(v < 0, v - 1.0, v + 1.0)
 
 
-def _row_pass(m: torch.Tensor, xs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _row_pass(
+    m: torch.Tensor, xs: Sequence[torch.Tensor], *, column_sums: torch.Tensor | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``m·x`` for each ``x`` and the rows' squared norms ``(m∘m)·1`` (float64), one pass over ``m``.
 
     Block by block of rows: BLAS mat-vecs, and the squared norms in one single-threaded numpy
-    sum with no temporary.
+    sum with no temporary. With ``column_sums`` (zeros, one per column), also adds ``1·m`` to it,
+    a transposed mat-vec per block while the block is in cache.
     """
     import numpy as np
     import torch
@@ -305,10 +308,13 @@ def _row_pass(m: torch.Tensor, xs: Sequence[torch.Tensor]) -> tuple[list[torch.T
     step = max(1, FREIVALDS_BLOCK // max(1, cols))
     outs = [torch.empty(rows, dtype=m.dtype) for _ in xs]
     norms = np.empty(rows, dtype=m.numpy().dtype)
+    ones = torch.ones(min(step, rows), dtype=m.dtype) if column_sums is not None else None
     for lo in range(0, rows, step):
         block = m[lo:lo + step]
         for x, out in zip(xs, outs, strict=True):
             torch.mv(block, x, out=out[lo:lo + step])
+        if column_sums is not None and ones is not None:
+            column_sums.addmv_(block.t(), ones[:block.shape[0]])
         rows_np = block.numpy()
         np.einsum("ij,ij->i", rows_np, rows_np, out=norms[lo:lo + step])
     return outs, torch.from_numpy(norms).to(torch.float64)
@@ -374,14 +380,22 @@ def _freivalds_worst(
     cols = b.shape[1]
     r_max_sq = FREIVALDS_R_MAX * FREIVALDS_R_MAX
     common = torch.full((cols,), FREIVALDS_R_MAX / math.sqrt(max(1, cols)), dtype=b.dtype)
-    xs, w = _row_pass(b, [*rs, common])
+    means = torch.zeros(cols, dtype=b.dtype)  # b's column sums: its rows' common part
+    xs, w = _row_pass(b, [*rs, common], column_sums=means)
     w.mul_(r_max_sq)  # ≥ (b∘b)·(r∘r)
+    size = float(means.norm())
+    if not math.isfinite(size):
+        return None
+    # A second pass over b: b·μ along the rows' common part μ, whatever its columns' signs.
+    xs.append(torch.mv(b, means.mul_(FREIVALDS_R_MAX / size)) if size > 0.0
+              else torch.zeros(b.shape[0], dtype=b.dtype))
     sums, drifts, s_sq = _check_strips(a, xs, w.to(a.dtype))
-    base = c_sq.mul(r_max_sq).add_(s_sq.to(torch.float64)).add_(drifts[-1])  # C + S² + P(b·1)
+    # C + S² + P(b·1) + P(b·μ)
+    base = c_sq.mul(r_max_sq).add_(s_sq.to(torch.float64)).add_(drifts[-2]).add_(drifts[-1])
     if not (bool(torch.isfinite(w).all()) and bool(torch.isfinite(base).all())):
         return None
     worst = 0.0
-    for g, want, drift in zip(got, sums[:-1], drifts[:-1], strict=True):
+    for g, want, drift in zip(got, sums[:-2], drifts[:-2], strict=True):
         scale = drift.add_(base).sqrt_().mul_(tol).add_(floor).clamp_min_(1e-300)
         worst = max(worst, float(g.to(torch.float64).sub_(want).abs_().div_(scale).max()))
     return worst
@@ -426,20 +440,23 @@ def freivalds_check(
       (what a sum of terms of random signs rounds with);
     - ``C_i = 4·‖c_i‖² ≥ ((c∘c)·(r∘r))_i``: the entries themselves (terms of one sign add up: a
       sequential sum's rounding grows with its running total, not with the terms' RSS);
-    - ``P_i``: the mean square of the running sums of ``a_i∘(b·r)`` and of
-      ``a_i∘(b·1)·2/sqrt(cols)`` at the ends of :data:`FREIVALDS_STRIPS` strips of the inner
-      dimension: ``c_i``'s running sums (what its rounding grows with) projected on ``r``, and
-      their common part (``b``'s rows' offsets, which ``r``'s random signs may all but cancel)
-      bounded for every ``r``. It covers rows whose partial sums rise and cancel again.
+    - ``P_i``: the mean square of the running sums of ``a_i∘(b·r)``, of ``a_i∘(b·1)·2/sqrt(cols)``
+      and of ``a_i∘(b·μ)·2/‖μ‖`` (``μ = 1·b``, ``b``'s column sums) at the ends of
+      :data:`FREIVALDS_STRIPS` strips of the inner dimension: ``c_i``'s running sums (what its
+      rounding grows with) projected on ``r``, and their common part bounded for every ``r``:
+      offsets of ``b``'s rows along ``1`` and along their mean row ``μ``, whatever the signs of its
+      columns (offsets of alternating sign cancel in ``b·1``, and ``r``'s random signs may all
+      but cancel them in ``b·r``). It covers rows whose partial sums rise and cancel again.
 
     The check runs in float32 (float64 for float64 products). Cost: ``c`` and ``b`` are read once,
-    block by block of rows (:func:`_row_pass`), for BLAS mat-vecs (``c·r``, ``b·r``, ``b·1``; the
-    first two have terms of random signs, so the order they are summed in does not matter) and
-    numpy's squared norms; ``a`` by blocks of rows for ``(a∘a)·w`` and again, from cache when it
-    fits, in strips for ``a·x`` (:func:`_check_strips`). ``S``, ``C`` and the common part of ``P``
-    serve every round. No n×n temporary is allocated (but for inputs in another dtype), and no op
-    over a matrix is split among torch's threads: on a loaded host each such op waits for the
-    slowest thread's time slice (4-8 ms here), the BLAS's mat-vecs and numpy do not. Products far
+    block by block of rows (:func:`_row_pass`), for BLAS mat-vecs (``c·r``, ``b·r``, ``b·1``,
+    ``1·b``; the first two have terms of random signs, so the order they are summed in does not
+    matter) and numpy's squared norms, and ``b`` once more for ``b·μ``; ``a`` by blocks of rows for
+    ``(a∘a)·w`` and again, from cache when it fits, in strips for ``a·x`` (:func:`_check_strips`).
+    ``S``, ``C`` and the common part of ``P`` serve every round. No n×n temporary is allocated
+    (but for inputs in another dtype), and no op over a matrix is split among torch's threads: on
+    a loaded host each such op waits for the slowest thread's time slice (4-8 ms here), the BLAS's
+    mat-vecs and numpy do not. Products far
     from 1 in size (``c·r`` beyond ``2**±32`` in float32) are checked on ``a``, ``b`` and ``c``
     rescaled by powers of two, which changes no rounding but keeps squared norms in range; below
     the smallest normal number an absolute allowance covers the subnormal steps. NaN or infinity
