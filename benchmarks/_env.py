@@ -1,4 +1,4 @@
-"""The environment a benchmark ran on, for the ``environment`` field of its JSON."""
+"""The environment a benchmark ran on, for the ``environment`` field of its JSON, and how it prints."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["environment"]
+__all__ = ["emit", "environment"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,3 +65,13 @@ def environment() -> dict[str, object]:
         "platform": platform.platform(),
         "git_commit": _git_commit(),
     }
+
+
+def emit(document: dict[str, object], out: str | None = None) -> None:
+    """Print a benchmark's JSON document on stdout and, with ``out``, write it to that file too."""
+    import json
+
+    text = json.dumps(document, indent=2)
+    if out:
+        Path(out).write_text(text + "\n")
+    print(text)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import math
 import os
 import sys
@@ -44,7 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from benchmarks._env import environment
+from benchmarks._env import emit, environment
 from marketplace.auction import Ask, instant_take, sealed_vickrey, settle
 from marketplace.errors import ConfigError
 from marketplace.pricing import FixedFloor, PricingContext, PricingStrategy, strategy_from_spec
@@ -833,11 +832,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.chart:
         draw_chart(doc, args.chart)
         doc["chart"] = args.chart
-    text = json.dumps(doc, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    emit(doc, args.out)
     return doc
 
 

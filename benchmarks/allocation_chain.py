@@ -51,14 +51,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import heapq
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from benchmarks._env import environment
+from benchmarks._env import emit, environment
 from benchmarks.allocation import (
     DEVICE_CLASSES,
     DONE,
@@ -593,11 +592,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             doc["chain"] = "anvil"
     except FlopexError as exc:
         raise SystemExit(f"allocation_chain: {exc}") from None
-    text = json.dumps(doc, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    emit(doc, args.out)
     return doc
 
 
