@@ -612,13 +612,12 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
         prices.setdefault(kind, []).append(event.price)
     for_sale = []
     if contracts.reservations is not None:
-        from marketplace.reservations import ReservationStatus
         from marketplace.reserve_cli import reservation_summary
 
         now = contracts.chain.next_timestamp()
         for rid in range(1, contracts.reservations.offer_count() + 1):
             state = contracts.reservations.reservation(rid)
-            if now < state.start and (state.status == ReservationStatus.OFFERED or state.resale_price > 0):
+            if state.for_sale(now):
                 for_sale.append(reservation_summary(state, now))
     document = {
         "open_jobs": open_jobs,

@@ -38,7 +38,7 @@ from marketplace.client import WorkerClient
 from marketplace.errors import ChainError, ConfigError, ContractRevert, VerificationError, WorkerError
 from marketplace.events import SlotSettled
 from marketplace.pools import SlotWorker, slot_worker
-from marketplace.reservations import ReservationStatus, reserved_job_id
+from marketplace.reservations import reserved_job_id
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.types import (
     Auction,
@@ -203,7 +203,7 @@ class Requester:
         if r.holder is None or r.holder != self.account.address:
             raise ConfigError(f"reservation {reservation_id} is held by {r.holder or 'nobody'}, "
                               f"not by {self.account.address}")
-        if r.status not in (ReservationStatus.RESERVED, ReservationStatus.DISPUTED, ReservationStatus.SERVED):
+        if not r.status.serving:
             raise ConfigError(f"reservation {reservation_id} is {r.status.name.lower()}: its devices serve no jobs")
         now = self.now()
         if not r.start <= now < r.end:
@@ -211,7 +211,7 @@ class Requester:
         bundle = load_bundle(bundle_dir)
         offer = contracts.registry.offer(r.provider)
         res = bundle.spec.resources
-        kind = "cuda" if offer.device_kind == DeviceKind.CUDA else "cpu"
+        kind = offer.device_kind.name.lower()
         if res.device != kind or res.gpus > r.gpus:
             raise ConfigError(f"the bundle asks for {res.gpus} {res.device} devices; reservation "
                               f"{reservation_id} holds {r.gpus} {kind}")

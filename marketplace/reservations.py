@@ -97,6 +97,11 @@ class ReservationStatus(IntEnum):
     REFUNDED = 256
 
     @property
+    def serving(self) -> bool:
+        """True while the holder's jobs are served and their usage recorded (bought, not settled or failed)."""
+        return self in (ReservationStatus.RESERVED, ReservationStatus.DISPUTED, ReservationStatus.SERVED)
+
+    @property
     def terminal(self) -> bool:
         """True once nothing more can happen to the reservation."""
         return self in (
@@ -145,6 +150,10 @@ class ReservationState:
     def value(self) -> int:
         """What the window costs: ``gpus x duration x price / 3600``."""
         return reservation_price(self.gpus, self.duration, self.price)
+
+    def for_sale(self, now: int) -> bool:
+        """Whether it can be bought at ``now``: offered, or listed for resale, before its window starts."""
+        return now < self.start and (self.status == ReservationStatus.OFFERED or self.resale_price > 0)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def _tokens(text: str) -> int:
 
 
 def reservation_summary(state: Any, now: int) -> dict[str, Any]:
-    """A reservation as JSON data: its terms, holder, usage and money (token units), and whether its window is open."""
+    """A reservation as JSON data: terms, holder, usage, money (token units), open window, for sale now."""
     return {
         "reservation_id": state.reservation_id,
         "provider": state.provider,
@@ -57,6 +57,7 @@ def reservation_summary(state: Any, now: int) -> dict[str, Any]:
         "usage_records": state.usage_records,
         "escrow": state.escrow,
         "window_open": state.start <= now < state.end,
+        "for_sale": state.for_sale(now),
     }
 
 
@@ -124,8 +125,6 @@ def reserve_cancel(reservation_id: int, rpc_url: str | None, deployment_path: Pa
 def reserve_list(rpc_url: str | None, deployment_path: Path, provider_address: str | None,
                  holder_address: str | None, for_sale: bool, as_json: bool) -> None:
     """Reservations on chain, oldest first."""
-    from marketplace.reservations import ReservationStatus
-
     contracts = _contracts(rpc_url, deployment_path)
     reservations = contracts.require_reservations()
     if provider_address:
@@ -139,8 +138,7 @@ def reserve_list(rpc_url: str | None, deployment_path: Path, provider_address: s
     if holder_address and provider_address:
         rows = [r for r in rows if r["holder"] and r["holder"].lower() == holder_address.lower()]
     if for_sale:
-        rows = [r for r in rows if now < r["start"] and (
-            r["status"] == ReservationStatus.OFFERED.name.lower() or r["resale_price"] > 0)]
+        rows = [r for r in rows if r["for_sale"]]
     if as_json:
         _emit_json(rows)
         return

@@ -29,8 +29,8 @@ import time
 from marketplace.bindings import Contracts
 from marketplace.errors import ChainError
 from marketplace.pools import pool_at, slot_worker
-from marketplace.reservations import ReservationStatus, reserved_job
-from marketplace.types import DeviceKind, JobStatus, SlotStatus
+from marketplace.reservations import reserved_job
+from marketplace.types import JobStatus, SlotStatus
 from worker.leases import DeviceRequirements, Lease
 
 __all__ = ["ChainLeases", "lease_from_chain"]
@@ -43,10 +43,6 @@ def lease_from_chain(contracts: Contracts, job_id: int) -> Lease | None:
     return _lease_from_chain(contracts, job_id)[0]
 
 
-#: Reservation states in which the holder's jobs are served.
-SERVING = (ReservationStatus.RESERVED, ReservationStatus.DISPUTED, ReservationStatus.SERVED)
-
-
 def _reserved_lease(contracts: Contracts, job_id: int, reservation_id: int) -> Lease | None:
     """The lease of a job in reservation ``reservation_id``, or None outside its window."""
     if contracts.reservations is None:
@@ -55,7 +51,7 @@ def _reserved_lease(contracts: Contracts, job_id: int, reservation_id: int) -> L
         r = contracts.reservations.reservation(reservation_id)
     except ChainError:
         return None
-    if r.holder is None or r.status not in SERVING:
+    if r.holder is None or not r.status.serving:
         return None
     now = contracts.chain.next_timestamp()
     if not r.start <= now < r.end + contracts.reservations.challenge_period():
@@ -67,7 +63,7 @@ def _reserved_lease(contracts: Contracts, job_id: int, reservation_id: int) -> L
         providers=(offer.signer,),
         bundle_hash=None,
         deadline=r.end,
-        devices=DeviceRequirements(kind="cuda" if offer.device_kind == DeviceKind.CUDA else "cpu", count=r.gpus),
+        devices=DeviceRequirements(kind=offer.device_kind.name.lower(), count=r.gpus),
         device_group=f"reservation:{reservation_id}",
     )
 
@@ -107,7 +103,7 @@ def _lease_from_chain(contracts: Contracts, job_id: int) -> tuple[Lease | None, 
         bundle_hash=spec.bundle_hash,
         deadline=job.lease_start + spec.run_duration,
         devices=DeviceRequirements(
-            kind="cuda" if spec.device_kind == DeviceKind.CUDA else "cpu",
+            kind=spec.device_kind.name.lower(),
             count=spec.gpus,
             min_memory_bytes=spec.min_memory_mb * MIB,
         ),

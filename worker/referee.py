@@ -31,10 +31,8 @@ from dataclasses import dataclass
 
 from eth_account.signers.local import LocalAccount
 
-from marketplace.bindings import Registry
 from marketplace.errors import ContractRevert, FlopexError
 from marketplace.reservations import Reservations, ReservationStatus
-from marketplace.types import DeviceKind
 
 __all__ = ["ReservationReferee", "Ruling"]
 
@@ -63,15 +61,13 @@ class ReservationReferee:
     def __init__(
         self,
         reservations: Reservations,
-        registry: Registry,
         account: LocalAccount,
-        probe: Callable[[str, int, str], None],
+        probe: Callable[[str, int], None],
         *,
         attempts: int = 3,
         interval_s: float = 10.0,
     ) -> None:
         self.reservations = reservations
-        self.registry = registry
         self.account = account
         self.probe = probe
         self.attempts = max(1, attempts)
@@ -109,9 +105,8 @@ class ReservationReferee:
             return
         if time.monotonic() < report.next_probe:
             return
-        kind = "cuda" if self.registry.offer(r.provider).device_kind == DeviceKind.CUDA else "cpu"
         try:
-            self.probe(r.provider, r.gpus, kind)
+            self.probe(r.provider, r.gpus)
         except (FlopexError, OSError) as exc:
             report.failures += 1
             report.last_error = str(exc)

@@ -42,10 +42,6 @@ __all__ = ["ReservedCapacity"]
 
 log = logging.getLogger("flopex.provider.reserved")
 
-#: States in which the holder's jobs are served and usage recorded.
-SERVING = (ReservationStatus.RESERVED, ReservationStatus.DISPUTED, ReservationStatus.SERVED)
-
-
 class ReservedCapacity:
     """The reservations one provider account offered, served through its worker.
 
@@ -97,12 +93,12 @@ class ReservedCapacity:
         """Devices promised in offers (bought or still for sale) whose windows overlap ``[start, end)``."""
         return sum(
             r.gpus for r in self.states.values()
-            if (r.status in SERVING or r.status == ReservationStatus.OFFERED) and r.start < end and start < r.end
+            if (r.status.serving or r.status == ReservationStatus.OFFERED) and r.start < end and start < r.end
         )
 
     def held_now(self, now: int) -> int:
         """Devices held by bought reservations whose window is open at ``now``."""
-        return sum(r.gpus for r in self.states.values() if r.status in SERVING and r.start <= now < r.end)
+        return sum(r.gpus for r in self.states.values() if r.status.serving and r.start <= now < r.end)
 
     # ------------------------------------------------------------------ one pass
 
@@ -127,7 +123,7 @@ class ReservedCapacity:
         self.states[rid] = r
         if r.status == ReservationStatus.OFFERED:
             return
-        if r.status in SERVING:
+        if r.status.serving:
             r = self._record_usage(r, now)
         period = self.challenge_period
         due = {

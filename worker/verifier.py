@@ -139,7 +139,7 @@ class VerifierDaemon:
         self.referee: ReservationReferee | None = None
         if contracts.reservations is not None:
             self.referee = ReservationReferee(
-                contracts.reservations, contracts.registry, account, self.probe_reservation,
+                contracts.reservations, account, self.probe_reservation,
                 attempts=settings.reservation_probe_attempts, interval_s=settings.reservation_probe_interval_s,
             )
 
@@ -578,12 +578,13 @@ class VerifierDaemon:
         gflops = verify.attested_gflops(challenge_flops(n), result.elapsed_seconds, wall)
         return gflops, result.elapsed_seconds, wall
 
-    def probe_reservation(self, provider: str, gpus: int, kind: str) -> None:
-        """Check that ``provider``'s worker answers as its offer says, with ``gpus`` ``kind`` devices, and computes.
+    def probe_reservation(self, provider: str, gpus: int) -> None:
+        """Check that ``provider``'s worker answers as its offer says, with ``gpus`` devices of its kind, and computes.
 
         Raises :class:`VerificationError` (or a transport error) when it does not.
         """
         offer = self.contracts.registry.offer(provider)
+        kind = offer.device_kind.name.lower()
         with self._client(provider) as client:
             info = client.info()
         if info.provider_address.lower() != offer.signer.lower():
