@@ -300,6 +300,17 @@ def test_reserve_commands__offer_buy_run_and_settle_across_processes(tmp_path: P
         assert (home / "out" / "logs" / "stdout.log").is_file()
         too_soon = _flopex(home, "reserve", "settle", str(rid), "--dev", str(FIRST_HOLDER))
         assert too_soon.returncode != 0 and "reservations:" in too_soon.stderr
+        # Bad input: one clear line, no traceback, nothing changed on chain.
+        for args, says in (
+            (("reserve", "offer", "--dev", str(PROVIDER), "--start", "tomorrow", "--duration", "60", "--gpus", "1",
+              "--price", "1"), "--start takes +SECONDS or a unix time"),
+            (("reserve", "show", "99"), "no reservation 99"),
+            (("reserve", "buy-resale", str(rid), "--dev", str(FIRST_HOLDER)), "not listed for resale"),
+            (("reserve", "resell", str(rid), "--dev", str(SECOND_HOLDER)), "give --price"),
+        ):
+            bad = _flopex(home, *args)
+            assert bad.returncode != 0 and says in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
+        assert _json(home, "reserve", "list")[-1]["reservation_id"] == rid  # no offer was made
 
         contracts = load_contracts(Chain.connect(url), Deployment.load(home / "deployment.json"))
         reservations = contracts.require_reservations()
