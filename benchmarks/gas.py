@@ -49,7 +49,11 @@ def _setup(bidders: int) -> tuple[Contracts, dict[str, int]]:
         )
         registered = contracts.registry.register_provider(provider, offer)
         if i == 0:
-            one_off = {"provider_stake": _gas(staked), "provider_register": _gas(registered)}
+            # A pricing strategy moving the posted price before an instant take; posted back after.
+            posted = contracts.registry.set_price_floor(provider, offer.price_floor + ONE_TOKEN)
+            contracts.registry.set_price_floor(provider, offer.price_floor)
+            one_off = {"provider_stake": _gas(staked), "provider_register": _gas(registered),
+                       "provider_set_price_floor": _gas(posted)}
     verifier = dev_account(VERIFIER)
     contracts.token.approve(verifier, contracts.registry.address, 500 * ONE_TOKEN)
     contracts.registry.stake(verifier, 500 * ONE_TOKEN)
