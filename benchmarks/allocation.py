@@ -3,8 +3,8 @@
 A seeded, deterministic discrete-event simulation (a heapq event queue) of a flopex market:
 providers with mixed devices, requesters posting jobs in bursts, and five ways of matching
 them. The market policies drive the same code the daemons and the contract use: providers
-price jobs with :mod:`marketplace.pricing` strategies, and leases clear with
-:mod:`marketplace.auction` (sealed reverse Vickrey, instant take, settlement).
+price jobs with :mod:`marketplace.market.pricing` strategies, and leases clear with
+:mod:`marketplace.market.auction` (sealed reverse Vickrey, instant take, settlement).
 
 Policies:
 
@@ -44,9 +44,9 @@ from typing import Any, Literal
 import numpy as np
 
 from benchmarks._env import emit, environment
-from marketplace.auction import Ask, instant_take, sealed_vickrey, settle
 from marketplace.errors import ConfigError
-from marketplace.pricing import FixedFloor, PricingContext, PricingStrategy, strategy_from_spec
+from marketplace.market.auction import Ask, instant_take, sealed_vickrey, settle
+from marketplace.market.pricing import FixedFloor, PricingContext, PricingStrategy, strategy_from_spec
 
 __all__ = [
     "DEVICE_CLASSES",

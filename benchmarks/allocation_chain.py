@@ -1,7 +1,7 @@
 """Allocation on chain: a small simulated market replayed against the real contracts.
 
 The allocation simulator (:mod:`benchmarks.allocation`) clears its leases with
-:mod:`marketplace.auction`, the Python mirror of ``contracts/JobMarket.vy``. This benchmark
+:mod:`marketplace.market.auction`, the Python mirror of ``contracts/JobMarket.vy``. This benchmark
 checks that mirror where it matters: it draws a small workload with the simulator's own
 generator, runs the ``auction`` (sealed) and ``instant`` policies on it, then replays every
 job against the deployed token, registry and market on a dev chain (anvil, or the embedded
@@ -68,12 +68,13 @@ from benchmarks.allocation import (
     policy_rng_seed,
     simulate,
 )
-from marketplace import events as ev
-from marketplace.auction import settle, slot_value
-from marketplace.bindings import Contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.devchain import Anvil, setup_dev_market
+from marketplace.chain.anvil import Anvil
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts import events as ev
+from marketplace.contracts.deployment import Contracts
+from marketplace.contracts.devmarket import setup_dev_market
 from marketplace.errors import ChainError, FlopexError
+from marketplace.market.auction import settle, slot_value
 from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Offer, Policy
 
 __all__ = [
@@ -166,7 +167,7 @@ class JobOutcome:
 def expected_outcomes(result: RunResult, fee_bps: int) -> list[JobOutcome]:
     """What the simulator's books say each job should end with on chain.
 
-    A leased job is settled with :func:`marketplace.auction.settle` on its GPUs × duration; the
+    A leased job is settled with :func:`marketplace.market.auction.settle` on its GPUs × duration; the
     fee is ``paid × fee_bps // 10_000`` as the contract takes it. A dropped job refunds its escrow.
     """
     w = result.workload

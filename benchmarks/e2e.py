@@ -63,15 +63,15 @@ def run_direct(bundle: Path, workdir: Path, epochs: int) -> float:
 
 def run_market(bundle: Path, workdir: Path) -> dict[str, Any]:
     """Wall seconds of the same job through the market, with its phases."""
-    from marketplace.chain import Chain, dev_account
-    from marketplace.devchain import setup_dev_market
-    from marketplace.pricing import strategy_from_spec
-    from marketplace.requester import JobOptions, Requester
+    from marketplace.chain.client import Chain, dev_account
+    from marketplace.contracts.devmarket import setup_dev_market
+    from marketplace.market.pricing import strategy_from_spec
+    from marketplace.requester.requester import JobOptions, Requester
     from marketplace.types import ONE_TOKEN, Auction, DeviceKind, Policy, parse_tokens
-    from worker.chain_leases import ChainLeases
-    from worker.config import WorkerConfig
-    from worker.provider import ProviderDaemon, ProviderSettings
-    from worker.service import create_server
+    from worker.node.chain_leases import ChainLeases
+    from worker.node.config import WorkerConfig
+    from worker.node.service import create_server
+    from worker.provider.daemon import ProviderDaemon, ProviderSettings
 
     chain = Chain.embedded()
     contracts = setup_dev_market(chain, accounts=5)

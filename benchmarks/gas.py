@@ -15,9 +15,9 @@ import sys
 from typing import Any
 
 from benchmarks._env import environment
-from marketplace.bindings import Contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.devchain import setup_dev_market
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.deployment import Contracts
+from marketplace.contracts.devmarket import setup_dev_market
 from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Offer, Outcome, Policy
 
 GOAL_ONE_PROVIDER = 500_000

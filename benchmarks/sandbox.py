@@ -3,7 +3,7 @@
 ``python -m benchmarks.sandbox [--runs 20]`` measures, in the same run:
 
 - ``plain``: ``subprocess.run([python, -u, main.py])`` on a script that does nothing;
-- ``sandboxed``: the same command through :class:`worker.sandbox.Sandbox` with every limit
+- ``sandboxed``: the same command through :class:`worker.sandbox.runner.Sandbox` with every limit
   (bubblewrap namespaces and mounts, cgroup or rlimits, the start gate, the watchdog, wait4);
 - ``upload_to_first_line``: a worker process on loopback; from the start of ``upload_bundle``
   of a small bundle (signed upload, unpack, StartJob) to the job's first log event on WatchJob.
@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     from eth_account import Account
 
     from benchmarks._env import environment
-    from marketplace.auth import Domain
-    from marketplace.bundle import load_bundle, pack_bundle
-    from marketplace.client import WorkerClient
-    from worker.leases import DeviceRequirements, Lease, LeaseFile
-    from worker.sandbox import Limits, Sandbox, SandboxRequest
+    from marketplace.protocol.auth import Domain
+    from marketplace.protocol.bundle import load_bundle, pack_bundle
+    from marketplace.requester.client import WorkerClient
+    from worker.node.leases import DeviceRequirements, Lease, LeaseFile
+    from worker.sandbox.runner import Limits, Sandbox, SandboxRequest
 
     repo = Path(__file__).resolve().parent.parent
     plain: list[float] = []

@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     from eth_account import Account
 
     from benchmarks._env import environment
-    from marketplace.auth import Domain
-    from marketplace.bundle import load_bundle, pack_bundle
-    from marketplace.client import WorkerClient
-    from worker.leases import DeviceRequirements, Lease, LeaseFile
+    from marketplace.protocol.auth import Domain
+    from marketplace.protocol.bundle import load_bundle, pack_bundle
+    from marketplace.requester.client import WorkerClient
+    from worker.node.leases import DeviceRequirements, Lease, LeaseFile
 
     repo = Path(__file__).resolve().parent.parent
     market = "0x" + "5a" * 20
@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _upload_all_but_last_byte(client: object, target: str, archive: Path) -> float:
     """Stream all but the archive's last byte as UploadBundle does; return the seconds it took."""
-    from marketplace.auth import payload_digest
-    from marketplace.client import WorkerClient
+    from marketplace.protocol.auth import payload_digest
+    from marketplace.requester.client import WorkerClient
     from marketplace.rpc import worker_pb2 as pb
     from marketplace.rpc import worker_pb2_grpc as pb_grpc
 

@@ -9,15 +9,15 @@ What one trial does (all real code, in-process, so that hundreds of trials fit o
   ``run_segment`` the sandboxed job runs; fresh seed, fresh skipped segments), honest or under a
   cheat, each produce ``segments`` committed checkpoints; the trials share them, and in each trial
   a fresh verification seed draws ``replay_samples(segments)`` segments
-  (:func:`marketplace.verify.sample_segments`); each is re-run from its committed predecessor and
-  compared with :func:`marketplace.verify.compare_tensors` at the default tolerances. Detected =
+  (:func:`marketplace.verify.sampling.sample_segments`); each is re-run from its committed predecessor and
+  compared with :func:`marketplace.verify.compare.compare_tensors` at the default tolerances. Detected =
   any sampled segment differs. Cost = replayed segments' time / the run's time (process start-up,
   which a sandboxed replay adds once per segment, is not counted; see docs/verification.md);
 - freivalds: a fresh ``n×n`` float32 product (honest, computed in half precision, or random), checked
-  with :func:`marketplace.verify.freivalds_check` and ``--freivalds-rounds`` fresh random vectors;
+  with :func:`marketplace.verify.freivalds.freivalds_check` and ``--freivalds-rounds`` fresh random vectors;
   cost = check time / product time;
-- capacity: a real timed product of the challenge matrices (:mod:`marketplace.capacity`) as the
-  worker computes it; the verifier's throughput figure (:func:`marketplace.verify.attested_gflops`)
+- capacity: a real timed product of the challenge matrices (:mod:`marketplace.protocol.capacity`) as the
+  worker computes it; the verifier's throughput figure (:func:`marketplace.verify.billing.attested_gflops`)
   against the provider's claim of ``factor`` × its real throughput, flagged by the registry's rule
   (claim > 2 × attested); the ``fake timing`` variant also reports a tenth of the time it took.
 
@@ -37,16 +37,16 @@ from typing import Any
 
 import torch
 
-from marketplace import verify
-from marketplace.capacity import challenge_flops, challenge_matrices
-from worker.cheats import Cheat, cheat_run, honest_run, load_replay_mlp
+from marketplace.verify import billing, compare, freivalds, sampling
+from marketplace.protocol.capacity import challenge_flops, challenge_matrices
+from worker.testing.cheats import Cheat, cheat_run, honest_run, load_replay_mlp
 
 
 def replay_trials(cheat: Cheat, trials: int, runs: int, segments: int, steps: int,
                   rng: random.Random) -> dict[str, Any]:
     """``trials`` verifications spread over ``runs`` real training runs (fresh segment draws each)."""
     mlp = load_replay_mlp()
-    samples = verify.replay_samples(segments)
+    samples = sampling.replay_samples(segments)
     detected = 0
     job_s = check_s = 0.0
     per_run = [trials // runs + (1 if i < trials % runs else 0) for i in range(runs)]
@@ -62,12 +62,12 @@ def replay_trials(cheat: Cheat, trials: int, runs: int, segments: int, steps: in
         replayed: dict[int, tuple[bool, float]] = {}  # segment -> (differs, seconds to replay it)
         for _ in range(count):
             caught = False
-            for index in verify.sample_segments(rng.randrange(1 << 62), segments, samples):
+            for index in sampling.sample_segments(rng.randrange(1 << 62), segments, samples):
                 if index not in replayed:
                     t0 = time.perf_counter()
                     before = ckpts[index - 1] if index > 0 else mlp.init_state(seed)
                     again = mlp.run_segment(before, index, seed, data, steps=steps)
-                    differs = not verify.compare_tensors(again, ckpts[index]).agree
+                    differs = not compare.compare_tensors(again, ckpts[index]).agree
                     replayed[index] = (differs, time.perf_counter() - t0)
                 differs, seconds = replayed[index]
                 check_s += seconds
@@ -84,9 +84,9 @@ def replay_trials(cheat: Cheat, trials: int, runs: int, segments: int, steps: in
         "verifier_cost_fraction": round(check_s / job_s, 4),
     }
     if cheat.kind == "skip":
-        out["theoretical_1_minus_(1-f)^s"] = round(verify.theoretical_detection(f, samples), 4)
+        out["theoretical_1_minus_(1-f)^s"] = round(sampling.theoretical_detection(f, samples), 4)
         out["exact_without_replacement"] = round(
-            verify.detection_probability(segments, max(1, round(f * segments)), samples), 4)
+            sampling.detection_probability(segments, max(1, round(f * segments)), samples), 4)
     return out
 
 
@@ -104,7 +104,7 @@ def freivalds_trials(kind: str, trials: int, n: int, rng: random.Random, rounds:
         elif kind == "random":
             c = torch.randn(n, n, generator=gen)
         t0 = time.perf_counter()
-        ok, _worst = verify.freivalds_check(a, b, c, seed=rng.randrange(1 << 62), rounds=rounds, dtype=torch.float32)
+        ok, _worst = freivalds.freivalds_check(a, b, c, seed=rng.randrange(1 << 62), rounds=rounds, dtype=torch.float32)
         check_s += time.perf_counter() - t0
         detected += not ok
     return {"cheat": kind, "trials": trials, "n": n, "rounds": rounds, "detected": detected,
@@ -129,7 +129,7 @@ def capacity_trials(factor: float, fake_timing: bool, trials: int, n: int, rng: 
     for _ in range(trials):
         elapsed, wall = _timed_product(n, rng.randrange(1 << 62))
         reported = elapsed / 10 if fake_timing else elapsed
-        attested = verify.attested_gflops(flops, reported, wall)
+        attested = billing.attested_gflops(flops, reported, wall)
         flagged += claim * 10_000 > attested * 20_000  # ProviderRegistry's CAPACITY_FLAG_BPS rule
     label = f"capacity {factor:g}x" + (" + fake timing" if fake_timing else "")
     return {"cheat": label if factor > 1 else "honest", "trials": trials, "n": n, "claimed_gflops": claim,
@@ -156,11 +156,11 @@ def main() -> None:
     replay = [replay_trials(c, args.trials, args.runs, args.segments, args.steps, rng) for c in (
         Cheat("none"), Cheat("skip", fraction=0.1), Cheat("skip", fraction=0.5), Cheat("skip", fraction=1.0),
         Cheat("half"), Cheat("random"))]
-    freivalds = [freivalds_trials(k, args.trials, args.freivalds_n, rng, args.freivalds_rounds)
+    freivalds_runs = [freivalds_trials(k, args.trials, args.freivalds_n, rng, args.freivalds_rounds)
                  for k in ("honest", "half", "random")]
     capacity = [capacity_trials(f, fake, args.trials, args.capacity_n, rng)
                 for f, fake in ((1.0, False), (2.0, False), (3.0, False), (10.0, False), (10.0, True))]
-    honest = [r for r in (*replay, *freivalds, *capacity) if r["cheat"] == "honest"]
+    honest = [r for r in (*replay, *freivalds_runs, *capacity) if r["cheat"] == "honest"]
     report = {
         "benchmark": "verification",
         "environment": environment(),
@@ -169,7 +169,7 @@ def main() -> None:
             "replay": "one of `runs` real training runs of examples/replay_mlp in-process (honest or cheating, "
                       "fresh seed and fresh skipped segments per run); per trial replay_samples(segments) segments "
                       "drawn from a fresh seed, each re-run from its committed "
-                      f"checkpoint and compared at rtol={verify.RTOL:g} atol={verify.ATOL:g}",
+                      f"checkpoint and compared at rtol={compare.RTOL:g} atol={compare.ATOL:g}",
             "freivalds": "fresh n x n float32 product (honest, rounded through float16, or random), checked with "
                          f"{args.freivalds_rounds} fresh random vector(s); cost = check time / product time",
             "capacity": "real timed product of the seeded challenge matrices; attested = 0.8 x flops / "
@@ -178,7 +178,7 @@ def main() -> None:
                         "requester refunded, inflated claims capped in ResultAttested",
         },
         "replay": replay,
-        "freivalds": freivalds,
+        "freivalds": freivalds_runs,
         "capacity": capacity,
         "false_rejects": {"honest_runs": sum(r["trials"] for r in honest),
                           "rejected": sum(r.get("detected", r.get("flagged", 0)) for r in honest)},

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from marketplace.devchain import Anvil, find_anvil
+from marketplace.chain.anvil import Anvil, find_anvil
 
 IN_CI = bool(os.environ.get("CI"))
 

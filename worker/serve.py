@@ -16,12 +16,12 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from marketplace.bundle import parse_price
 from marketplace.errors import FlopexError
-from worker.config import WorkerConfig
-from worker.leases import LeaseFile
-from worker.sandbox import Limits
-from worker.service import create_server
+from marketplace.protocol.bundle import parse_price
+from worker.node.config import WorkerConfig
+from worker.node.leases import LeaseFile
+from worker.node.service import create_server
+from worker.sandbox.runner import Limits
 
 __all__ = ["main", "parse_args"]
 

@@ -2,7 +2,7 @@
 
 The product is written to ``product.safetensors`` (tensor ``c``) in the dtype named by
 ``--dtype`` (float32 by default). Verifiers check it with Freivalds' method in O(n²)
-(``marketplace.verify.freivalds_check``), with random vectors drawn only after the result is
+(``marketplace.verify.freivalds.freivalds_check``), with random vectors drawn only after the result is
 committed on chain. ``make_inputs`` builds an input file for a bundle.
 """
 

@@ -23,7 +23,7 @@ from benchmarks.allocation import (  # noqa: E402
     run_benchmark,
     simulate,
 )
-from marketplace.auction import slot_value  # noqa: E402
+from marketplace.market.auction import slot_value  # noqa: E402
 
 QUICK = SimulationParams(providers=60, jobs=400, requesters=30, loads=(0.6, 1.2))
 

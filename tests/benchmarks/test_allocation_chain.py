@@ -26,9 +26,9 @@ from benchmarks.allocation_chain import (  # noqa: E402
     replay,
     run,
 )
-from marketplace.auction import Ask, Clearing, sealed_vickrey, slot_value  # noqa: E402
-from marketplace.chain import Chain  # noqa: E402
-from marketplace.devchain import Anvil, find_anvil  # noqa: E402
+from marketplace.chain.anvil import Anvil, find_anvil  # noqa: E402
+from marketplace.chain.client import Chain  # noqa: E402
+from marketplace.market.auction import Ask, Clearing, sealed_vickrey, slot_value  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 

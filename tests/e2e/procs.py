@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from marketplace.devchain import free_port, wait_for_port
+from marketplace.chain.anvil import free_port, wait_for_port
 
-FLOPEX = [sys.executable, "-m", "marketplace.cli"]
+FLOPEX = [sys.executable, "-m", "flopex"]
 
 
 class Proc:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from marketplace.bindings import Contracts
-from marketplace.chain import dev_account
-from marketplace.pricing import strategy_from_spec
+from marketplace.chain.client import dev_account
+from marketplace.contracts.deployment import Contracts
+from marketplace.market.pricing import strategy_from_spec
 from marketplace.types import ONE_TOKEN, DeviceKind, parse_tokens
-from worker.provider import ProviderDaemon, ProviderSettings, chain_worker
-from worker.service import WorkerServer
+from worker.node.service import WorkerServer
+from worker.provider.daemon import ProviderDaemon, ProviderSettings, chain_worker
 
 PROVIDER = 4
 """The dev account the provider runs as."""

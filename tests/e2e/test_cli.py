@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from marketplace.bindings import Deployment, load_contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.cli import cli
-from marketplace.devchain import free_port, wait_for_port
+from flopex.cli.main import cli
+from marketplace.chain.anvil import free_port, wait_for_port
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.deployment import Deployment, load_contracts
 from marketplace.types import ONE_TOKEN, slot_value
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -138,7 +138,7 @@ def test_chain_up__serves_a_chain_other_processes_share(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "deployment.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "marketplace.cli", "chain", "up", "--port", str(port), "--deployment", str(path)],
+        [sys.executable, "-m", "flopex", "chain", "up", "--port", str(port), "--deployment", str(path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -155,7 +155,7 @@ def test_chain_up__serves_a_chain_other_processes_share(tmp_path: Path) -> None:
         assert contracts.token.balance_of(provider.address) == 100_001 * ONE_TOKEN
         # A second client process sees the same state.
         code = (
-            "from marketplace.bindings import Deployment, load_contracts; from marketplace.chain import Chain;"
+            "from marketplace.contracts.deployment import Deployment, load_contracts; from marketplace.chain.client import Chain;"
             f"d = Deployment.load({str(path)!r}); c = load_contracts(Chain.connect(d.rpc_url), d);"
             f"print(c.token.balance_of({provider.address!r}))"
         )

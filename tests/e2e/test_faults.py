@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.bindings import Contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.client import WorkerClient
-from marketplace.devchain import setup_dev_market
-from marketplace.requester import JobOptions, Requester
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.deployment import Contracts
+from marketplace.contracts.devmarket import setup_dev_market
+from marketplace.requester.client import WorkerClient
+from marketplace.requester.requester import JobOptions, Requester
 from marketplace.types import Auction, JobStatus, Policy, SlotStatus, slot_value
 from tests.e2e.providerkit import PRICE, PROVIDER, start_provider
 

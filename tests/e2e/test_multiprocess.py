@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.bindings import Deployment, load_contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.requester import JobOptions, Requester
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.deployment import Deployment, load_contracts
+from marketplace.requester.requester import JobOptions, Requester
 from marketplace.types import ONE_TOKEN, Auction, Policy, SlotStatus, parse_tokens, slot_value
 from tests.e2e.procs import FLOPEX, Proc, start_chain, start_provider
 
@@ -82,7 +82,7 @@ def test_provider_killed_mid_job__requester_is_refunded_and_the_provider_slashed
         job_id = requester.submit(bundle, options)
         requester.wait_for_lease(job_id, timeout_s=60)
         slot = contracts.market.slot(job_id, 0)
-        from marketplace.client import WorkerClient
+        from marketplace.requester.client import WorkerClient
 
         offer = contracts.registry.offer(slot.provider)
         with WorkerClient(offer.endpoint, requester_key=dev_account(REQUESTER).key, domain=requester.domain) as c:
@@ -130,7 +130,7 @@ def test_provider_start__with_no_chain__fails_with_one_line(home: Path) -> None:
 
 
 def test_anvil__instant_job_through_the_command_line__is_taken_at_the_floor_and_paid(home: Path) -> None:
-    from marketplace.devchain import Anvil, find_anvil
+    from marketplace.chain.anvil import Anvil, find_anvil
     from tests.conftest import require
 
     require(find_anvil() is not None, "anvil")

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.bindings import Contracts, Deployment, load_contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.pools import Pool, load_pool
-from marketplace.requester import JobOptions, JobOutcome, Requester
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.deployment import Contracts, Deployment, load_contracts
+from marketplace.contracts.pool import Pool, load_pool
+from marketplace.requester.requester import JobOptions, JobOutcome, Requester
 from marketplace.types import ONE_TOKEN, Auction, Outcome, Policy, SlotStatus, parse_tokens, slot_value
 from tests.e2e.procs import FLOPEX, Proc, start_chain
 

@@ -17,13 +17,10 @@ from typing import Any
 
 import pytest
 
-from marketplace.bindings import Contracts, Deployment, load_contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.client import WorkerClient
-from marketplace.devchain import setup_dev_market
-from marketplace.errors import ConfigError, WorkerError
-from marketplace.requester import JobOptions, Requester
-from marketplace.reservations import (
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.deployment import Contracts, Deployment, load_contracts
+from marketplace.contracts.devmarket import setup_dev_market
+from marketplace.contracts.reservations import (
     RESERVED_JOB_FLAG,
     ReservationStatus,
     reservation_price,
@@ -31,12 +28,15 @@ from marketplace.reservations import (
     reserved_job_id,
     reserved_job_ids,
 )
+from marketplace.errors import ConfigError, WorkerError
+from marketplace.requester.client import WorkerClient
+from marketplace.requester.requester import JobOptions, Requester
 from marketplace.types import ONE_TOKEN, Auction, JobStatus, Policy
 from tests.e2e.procs import FLOPEX, start_chain
 from tests.e2e.procs import start_provider as start_cli_provider
 from tests.e2e.providerkit import PROVIDER, start_provider
-from worker.metrics import parse_metrics, serve_metrics
-from worker.verifier import VerifierDaemon, VerifierSettings
+from worker.provider.metrics import parse_metrics, serve_metrics
+from worker.verifier.daemon import VerifierDaemon, VerifierSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
@@ -229,7 +229,7 @@ def test_reports_of_not_served__are_ruled_by_probing_the_worker_in_the_window_an
         holder_before = token.balance_of(holder.address) + reservations.credits(holder.address)
         settled = reservations.events_of(reservations.settle(holder, failed))[-1].args
         slashed = int(settled["slashed"])
-        assert slashed == value + reservations._call("base_slash")
+        assert slashed == value + reservations.call("base_slash")
         assert contracts.registry.total_stake(seller.address) == stake - slashed
         # The holder gets the price, its bond and, as the challenger who reported it, all of the slash.
         assert token.balance_of(holder.address) + reservations.credits(holder.address) == \

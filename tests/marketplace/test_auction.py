@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from marketplace.auction import Ask, Clearing, instant_take, sealed_vickrey, settle, slot_value
+from marketplace.market.auction import Ask, Clearing, instant_take, sealed_vickrey, settle, slot_value
 
 MAX = 100
 

@@ -7,8 +7,8 @@ import time
 import pytest
 from eth_account import Account
 
-from marketplace.auth import Domain, payload_digest, recover_request_signer, sign_request, verify_request
 from marketplace.errors import SignatureError
+from marketplace.protocol.auth import Domain, payload_digest, recover_request_signer, sign_request, verify_request
 
 MARKET = "0x" + "ab" * 20
 

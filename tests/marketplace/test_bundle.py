@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.bundle import (
+from marketplace.errors import BundleError
+from marketplace.protocol.bundle import (
     bundle_hash,
     load_bundle,
     pack_bundle,
@@ -16,7 +17,6 @@ from marketplace.bundle import (
     parse_price,
     unpack_bundle,
 )
-from marketplace.errors import BundleError
 
 GOOD = """
 [job]

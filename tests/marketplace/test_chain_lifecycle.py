@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from marketplace.bindings import Contracts, Deployment, load_contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.devchain import setup_dev_market
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.deployment import Contracts, Deployment, load_contracts
+from marketplace.contracts.devmarket import setup_dev_market
+from marketplace.contracts.events import JobLeased, SlotLeased, SlotSettled
 from marketplace.errors import ChainError, ConfigError, ContractRevert
-from marketplace.events import JobLeased, SlotLeased, SlotSettled
 from marketplace.types import (
     ONE_TOKEN,
     Auction,
@@ -199,7 +199,7 @@ def test_deployment_file__missing_or_garbled__gives_a_clear_error(tmp_path) -> N
 
 
 def test_connect__with_nothing_listening__raises_chain_error() -> None:
-    from marketplace.devchain import free_port
+    from marketplace.chain.anvil import free_port
 
     with pytest.raises(ChainError, match="no chain answers"):
         Chain.connect(f"http://127.0.0.1:{free_port()}", timeout=2)
@@ -208,6 +208,6 @@ def test_connect__with_nothing_listening__raises_chain_error() -> None:
 
 
 def test_artifacts__match_the_contract_sources() -> None:
-    from marketplace import build
+    from marketplace.contracts import build
 
     assert build.check() == []

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from marketplace.bindings import Contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.cli import cli
-from marketplace.devchain import setup_dev_market
+from flopex.cli.main import cli
+from marketplace.chain.client import Chain, dev_account
+from marketplace.chain.jsonrpc_server import JsonRpcChainServer
+from marketplace.contracts.deployment import Contracts
+from marketplace.contracts.devmarket import setup_dev_market
+from marketplace.contracts.events import SlotLeased
 from marketplace.errors import ConfigError
-from marketplace.events import SlotLeased
-from marketplace.index import compute_index, index_document, parse_window, read_history, twap
-from marketplace.rpcserver import JsonRpcChainServer
+from marketplace.market.index import compute_index, index_document, parse_window, read_history, twap
 from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Offer, Policy, slot_value
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")

@@ -9,7 +9,7 @@ from eth_hash.auto import keccak
 from hypothesis import given
 from hypothesis import strategies as st
 
-from marketplace.merkle import (
+from marketplace.protocol.merkle import (
     CHUNK_SIZE,
     EMPTY_ROOT,
     chunk_leaf,

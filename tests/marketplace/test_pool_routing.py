@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from marketplace.bindings import Contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.devchain import setup_dev_market
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.deployment import Contracts
+from marketplace.contracts.devmarket import setup_dev_market
+from marketplace.contracts.pool import Pool, PoolMember, deploy_pool, load_pool, pool_at
 from marketplace.errors import ChainError, ConfigError
-from marketplace.pools import Pool, PoolMember, deploy_pool, load_pool, pool_at, slot_worker
-from marketplace.pricing import FixedFloor
-from marketplace.requester import Requester
+from marketplace.market.pricing import FixedFloor
+from marketplace.market.routing import slot_worker
+from marketplace.requester.requester import Requester
 from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Offer, Policy, slot_value
-from worker.chain_leases import ChainLeases, lease_from_chain
-from worker.pool_operator import OperatorSettings, PoolOperatorDaemon, pick_member, register_pool
+from worker.node.chain_leases import ChainLeases, lease_from_chain
+from worker.pool.operator import OperatorSettings, PoolOperatorDaemon, pick_member, register_pool
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 

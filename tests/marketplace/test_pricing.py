@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from marketplace.errors import ConfigError
-from marketplace.pricing import (
+from marketplace.market.pricing import (
     FixedFloor,
     IdleDecay,
     MarketFollower,

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from eth_account import Account
 
-from marketplace.auth import Domain
 from marketplace.errors import VerificationError
-from marketplace.receipts import SignedReceipt, UsageReceipt, sign_receipt, verify_receipt
+from marketplace.protocol.auth import Domain
+from marketplace.protocol.receipts import SignedReceipt, UsageReceipt, sign_receipt, verify_receipt
 
 DOMAIN = Domain(chain_id=31337, verifying_contract="0x" + "cd" * 20)
 

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from marketplace.bindings import Contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.devchain import setup_dev_market
-from marketplace.errors import ConfigError, ContractRevert
-from marketplace.reservations import (
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.deployment import Contracts
+from marketplace.contracts.devmarket import setup_dev_market
+from marketplace.contracts.reservations import (
     ReservationParameters,
     Reservations,
     ReservationStatus,
@@ -21,6 +20,7 @@ from marketplace.reservations import (
     load_reservations,
     reservation_price,
 )
+from marketplace.errors import ConfigError, ContractRevert
 from marketplace.types import ONE_TOKEN, DeviceKind, Offer
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -45,7 +45,10 @@ def world() -> Iterator[World]:
         provider,
         Offer("NVIDIA H200", DeviceKind.CUDA, 8, 141_000, 60_000, 3 * ONE_TOKEN, "127.0.0.1:7000", provider.address),
     )
-    yield World(contracts, deploy_reservations(contracts, dev_account(DEPLOYER), parameters=PARAMS))
+    yield World(contracts, deploy_reservations(
+        contracts.chain, dev_account(DEPLOYER), contracts.token, contracts.registry,
+        treasury=contracts.deployment.treasury, parameters=PARAMS,
+    ))
 
 
 def test_offer_buy_resell_serve_and_settle__pays_everyone_their_due(world: World) -> None:
@@ -53,7 +56,7 @@ def test_offer_buy_resell_serve_and_settle__pays_everyone_their_due(world: World
     provider, buyer, resale_buyer = dev_account(PROVIDER), dev_account(BUYER), dev_account(RESALE_BUYER)
     treasury = c.deployment.treasury
     balances = {a: c.token.balance_of(a) for a in (provider.address, buyer.address, resale_buyer.address, treasury)}
-    assert c.registry._call("authorized", res.address)
+    assert c.registry.is_authorized(res.address)
 
     # The provider offers 2 GPUs for an hour starting in ten minutes at 5 tokens per GPU-hour.
     start = c.chain.now() + 600
@@ -152,7 +155,7 @@ def test_reverts__come_back_with_their_reason_and_a_stranger_cannot_deploy(world
     with pytest.raises(ContractRevert, match="reservations: provider not eligible"):
         res.offer(dev_account(BUYER), c.chain.now() + 600, 3_600, 2, ONE_TOKEN)
     with pytest.raises(ConfigError, match="registry's owner"):
-        deploy_reservations(c, dev_account(BUYER))
+        deploy_reservations(c.chain, dev_account(BUYER), c.token, c.registry, treasury=c.deployment.treasury)
     assert load_reservations(c.chain, res.address).offer_count() == 0
     with pytest.raises(ConfigError, match="no reservations contract"):
         load_reservations(c.chain, dev_account(BUYER).address)

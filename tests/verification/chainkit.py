@@ -10,18 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marketplace.bindings import Contracts
-from marketplace.chain import dev_account
+from marketplace.chain.client import dev_account
+from marketplace.contracts.deployment import Contracts
 from marketplace.errors import ContractRevert
-from marketplace.pricing import strategy_from_spec
-from marketplace.requester import JobOptions, JobOutcome, Requester
+from marketplace.market.pricing import strategy_from_spec
+from marketplace.requester.requester import JobOptions, JobOutcome, Requester
 from marketplace.types import ONE_TOKEN, DeviceKind, parse_tokens
-from worker.chain_leases import ChainLeases
-from worker.cheats import Cheat, CheatingProvider
-from worker.config import WorkerConfig
-from worker.provider import ProviderDaemon, ProviderSettings
-from worker.service import WorkerServer, create_server
-from worker.verifier import VerifierDaemon, VerifierSettings
+from worker.node.chain_leases import ChainLeases
+from worker.node.config import WorkerConfig
+from worker.node.service import WorkerServer, create_server
+from worker.provider.daemon import ProviderDaemon, ProviderSettings
+from worker.testing.cheats import Cheat, CheatingProvider
+from worker.verifier.daemon import VerifierDaemon, VerifierSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))

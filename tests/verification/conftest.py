@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from chainkit import Market
 
-from marketplace.bindings import MarketParameters
-from marketplace.chain import Chain
-from marketplace.devchain import setup_dev_market
+from marketplace.chain.client import Chain
+from marketplace.contracts.deployment import MarketParameters
+from marketplace.contracts.devmarket import setup_dev_market
 from marketplace.types import ONE_TOKEN
 
 

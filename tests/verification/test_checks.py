@@ -1,4 +1,4 @@
-"""The pure checks of marketplace.verify: tolerant comparison, majority, Freivalds, sampling, billing."""
+"""The pure checks of marketplace.verify.freivalds: tolerant comparison, majority, Freivalds, sampling, billing."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from marketplace import verify
+from marketplace.verify import billing, compare, freivalds, sampling
 from marketplace.errors import VerificationError
-from worker.cheats import Cheat, cheat_run, honest_run
-from worker.verifier import read_checkpoint_log
+from worker.testing.cheats import Cheat, cheat_run, honest_run
+from worker.verifier.daemon import read_checkpoint_log
 
 
 def write_result(root: Path, tensors: dict[str, torch.Tensor], extra: str = "{}") -> Path:
@@ -27,16 +27,16 @@ def test_tensors_within_tolerance__agree__and_beyond_it__do_not() -> None:
     base = {"w": torch.linspace(-1, 1, 100)}
     near = {"w": base["w"] * (1 + 1e-6)}
     far = {"w": base["w"] * (1 + 1e-3)}
-    assert verify.compare_tensors(near, base).agree
-    result = verify.compare_tensors(far, base)
+    assert compare.compare_tensors(near, base).agree
+    result = compare.compare_tensors(far, base)
     assert not result.agree and "beyond rtol" in result.describe()
 
 
 def test_tensors_with_other_names_shapes_or_dtypes__never_agree() -> None:
     base = {"w": torch.zeros(3)}
-    assert not verify.compare_tensors({"v": torch.zeros(3)}, base)
-    assert not verify.compare_tensors({"w": torch.zeros(4)}, base)
-    assert not verify.compare_tensors({"w": torch.zeros(3, dtype=torch.float16)}, base)
+    assert not compare.compare_tensors({"v": torch.zeros(3)}, base)
+    assert not compare.compare_tensors({"w": torch.zeros(4)}, base)
+    assert not compare.compare_tensors({"w": torch.zeros(3, dtype=torch.float16)}, base)
 
 
 def test_non_float_files__are_compared_exactly(tmp_path: Path) -> None:
@@ -44,20 +44,20 @@ def test_non_float_files__are_compared_exactly(tmp_path: Path) -> None:
     a = write_result(tmp_path / "a", t, '{"loss": 0.5}')
     b = write_result(tmp_path / "b", t, '{"loss": 0.5}')
     c = write_result(tmp_path / "c", t, '{"loss": 0.50001}')
-    assert verify.compare_results(a, b).agree
-    assert [m.path for m in verify.compare_results(a, c).mismatches] == ["metrics.json"]
+    assert compare.compare_results(a, b).agree
+    assert [m.path for m in compare.compare_results(a, c).mismatches] == ["metrics.json"]
 
 
 def test_majority__three_results_one_dissenting__names_the_two_that_agree(tmp_path: Path) -> None:
     good = {"w": torch.arange(8.0)}
     paths = [write_result(tmp_path / str(i), t) for i, t in enumerate([good, {"w": torch.randn(8)}, good])]
-    winners, groups = verify.majority(paths)
+    winners, groups = compare.majority(paths)
     assert winners == [0, 2] and len(groups) == 2
 
 
 def test_majority__two_results_that_disagree__has_no_winner(tmp_path: Path) -> None:
     paths = [write_result(tmp_path / str(i), {"w": torch.full((4,), float(i))}) for i in range(2)]
-    assert verify.majority(paths)[0] is None
+    assert compare.majority(paths)[0] is None
 
 
 @pytest.mark.parametrize("n", [64, 512, 1024])
@@ -65,51 +65,51 @@ def test_freivalds__passes_honest_float32_products_and_fails_half_precision_and_
     gen = torch.Generator().manual_seed(n)
     a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
     c = a @ b
-    ok, worst = verify.freivalds_check(a, b, c, seed=7)
+    ok, worst = freivalds.freivalds_check(a, b, c, seed=7)
     assert ok and worst < 0.5  # honest reruns use under half of the tolerance
-    assert not verify.freivalds_check(a, b, c.half().float(), seed=7, dtype=torch.float32)[0]
-    assert not verify.freivalds_check(a, b, torch.randn(n, n), seed=7)[0]
+    assert not freivalds.freivalds_check(a, b, c.half().float(), seed=7, dtype=torch.float32)[0]
+    assert not freivalds.freivalds_check(a, b, torch.randn(n, n), seed=7)[0]
     wrong = c.clone()
     wrong[n // 2, n // 3] += 0.01 * float(c.abs().mean())
-    assert not verify.freivalds_check(a, b, wrong, seed=7)[0]
+    assert not freivalds.freivalds_check(a, b, wrong, seed=7)[0]
 
 
 def test_freivalds_tolerance__grows_with_the_inner_dimension_and_the_dtypes_roundoff() -> None:
-    assert verify.freivalds_tolerance(torch.float32, 4096) > verify.freivalds_tolerance(torch.float32, 64)
-    assert verify.freivalds_tolerance(torch.float16, 64) > 1000 * verify.freivalds_tolerance(torch.float32, 64)
+    assert freivalds.freivalds_tolerance(torch.float32, 4096) > freivalds.freivalds_tolerance(torch.float32, 64)
+    assert freivalds.freivalds_tolerance(torch.float16, 64) > 1000 * freivalds.freivalds_tolerance(torch.float32, 64)
 
 
 def test_segment_samples__are_fixed_by_the_seed_and_distinct() -> None:
-    picks = verify.sample_segments(12345, 100, 7)
-    assert picks == verify.sample_segments(12345, 100, 7) and len(set(picks)) == 7
-    assert picks != verify.sample_segments(12346, 100, 7)
-    assert verify.replay_samples(100) == 7 and verify.replay_samples(4) == 4 and verify.replay_samples(1000) == 70
+    picks = sampling.sample_segments(12345, 100, 7)
+    assert picks == sampling.sample_segments(12345, 100, 7) and len(set(picks)) == 7
+    assert picks != sampling.sample_segments(12346, 100, 7)
+    assert sampling.replay_samples(100) == 7 and sampling.replay_samples(4) == 4 and sampling.replay_samples(1000) == 70
 
 
 def test_verification_seed__depends_on_the_commit_block_job_and_slot() -> None:
-    seeds = {verify.verification_seed(h, j, s) for h in (b"\1" * 32, b"\2" * 32) for j in (1, 2) for s in (0, 1)}
+    seeds = {sampling.verification_seed(h, j, s) for h in (b"\1" * 32, b"\2" * 32) for j in (1, 2) for s in (0, 1)}
     assert len(seeds) == 8
 
 
 def test_detection_probability__matches_the_textbook_figure_for_large_jobs() -> None:
-    assert verify.detection_probability(1000, 500, 7) == pytest.approx(verify.theoretical_detection(0.5, 7), abs=2e-3)
-    assert verify.detection_probability(100, 0, 7) == 0.0
-    assert verify.detection_probability(10, 10, 1) == 1.0
+    assert sampling.detection_probability(1000, 500, 7) == pytest.approx(sampling.theoretical_detection(0.5, 7), abs=2e-3)
+    assert sampling.detection_probability(100, 0, 7) == 0.0
+    assert sampling.detection_probability(10, 10, 1) == 1.0
 
 
 def test_billing_cap__leaves_an_honest_claim_and_cuts_an_inflated_one() -> None:
-    assert not verify.billing_cap(10, estimated_seconds=10.0).capped
-    cut = verify.billing_cap(30, estimated_seconds=10.0, slack=1.5, overhead_s=0)
+    assert not billing.billing_cap(10, estimated_seconds=10.0).capped
+    cut = billing.billing_cap(30, estimated_seconds=10.0, slack=1.5, overhead_s=0)
     assert cut.capped and cut.verified == 15
-    by_flops = verify.billing_cap(100, flops=2e12, attested_gflops=100.0, slack=1.0, overhead_s=0)
+    by_flops = billing.billing_cap(100, flops=2e12, attested_gflops=100.0, slack=1.0, overhead_s=0)
     assert by_flops.verified == 20 and by_flops.basis == "work at attested throughput"
-    assert verify.billing_cap(7).verified == 7
+    assert billing.billing_cap(7).verified == 7
 
 
 def test_attested_throughput__discounts_a_worker_that_reports_less_time_than_it_took() -> None:
     flops = 2 * 1024**3
-    honest = verify.attested_gflops(flops, reported_s=0.1, wall_s=0.12)
-    liar = verify.attested_gflops(flops, reported_s=0.01, wall_s=0.12)
+    honest = billing.attested_gflops(flops, reported_s=0.1, wall_s=0.12)
+    liar = billing.attested_gflops(flops, reported_s=0.01, wall_s=0.12)
     assert liar <= 2 * honest * 1.25
 
 
@@ -134,5 +134,5 @@ def test_default_tolerances__hold_for_honest_reruns_and_catch_half_precision_tra
     finally:
         torch.set_num_threads(2)
     half = cheat_run(11, 6, 5, Cheat("half"), random.Random(1))
-    assert all(verify.compare_tensors(x, y).agree for x, y in zip(rerun, honest, strict=True))
-    assert not verify.compare_tensors(half[-1], honest[-1]).agree
+    assert all(compare.compare_tensors(x, y).agree for x, y in zip(rerun, honest, strict=True))
+    assert not compare.compare_tensors(half[-1], honest[-1]).agree

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from chainkit import PROVIDERS, VERIFIERS, Market, bundle_copy
 
-from marketplace.events import ResultAttested, ResultDisputed, SlotSettled
+from marketplace.contracts.events import ResultAttested, ResultDisputed, SlotSettled
 from marketplace.types import Auction, Outcome, Policy, SlotStatus
-from worker.cheats import Cheat
+from worker.testing.cheats import Cheat
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 

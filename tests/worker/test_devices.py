@@ -9,8 +9,8 @@ import pytest
 from eth_account import Account
 
 from marketplace.errors import WorkerError
-from worker.devices import DeviceInfo, check_request, detect_devices
-from worker.leases import DeviceRequirements, Lease, LeaseFile, LeaseLookup, StaticLeases
+from worker.node.devices import DeviceInfo, check_request, detect_devices
+from worker.node.leases import DeviceRequirements, Lease, LeaseFile, LeaseLookup, StaticLeases
 
 CPU = [DeviceInfo("cpu", 0, "cpu model", 8 << 30), DeviceInfo("cpu", 1, "cpu model", 8 << 30)]
 
@@ -111,8 +111,8 @@ def test_with_a_gpu__devices_report_model_memory_and_uuid() -> None:
 def test_with_a_gpu__a_capacity_challenge_runs_on_it_and_verifies() -> None:
     import threading
 
-    from marketplace.capacity import verify_rows
-    from worker.challenges import ChallengeRunner
+    from marketplace.protocol.capacity import verify_rows
+    from worker.node.challenges import ChallengeRunner
 
     runner = ChallengeRunner(detect_devices(), max_n=4096)
     result = runner.run(7, 1024, "cuda", threading.Event())

@@ -26,13 +26,13 @@ from workerkit import (
     submit,
 )
 
-from marketplace.bundle import load_bundle, pack_bundle
-from marketplace.client import WorkerClient
-from marketplace.merkle import manifest_of
-from marketplace.receipts import verify_receipt
+from marketplace.protocol.bundle import load_bundle, pack_bundle
+from marketplace.protocol.merkle import manifest_of
+from marketplace.protocol.receipts import verify_receipt
+from marketplace.requester.client import WorkerClient
 from marketplace.rpc import SERVICE_NAME
 from marketplace.rpc import worker_pb2 as pb
-from worker.leases import DeviceRequirements, Lease
+from worker.node.leases import DeviceRequirements, Lease
 
 
 def _kinds(events: list[pb.JobEvent]) -> list[str]:
@@ -41,7 +41,7 @@ def _kinds(events: list[pb.JobEvent]) -> list[str]:
 
 def test_get_info__describes_devices_prices_and_the_receipt_key(client: WorkerClient, worker: WorkerProcess) -> None:
     info = client.info()
-    assert info.provider_address == worker.provider
+    assert info.provider_address == worker.provider.daemon
     assert [d.kind for d in info.devices] == ["cpu", "cpu"]
     assert all(d.memory_bytes > 0 and d.model for d in info.devices)
     assert {p.device_kind for p in info.prices} >= {"cpu"}
@@ -82,13 +82,13 @@ def test_a_training_job__streams_its_events_and_returns_verified_results(
     assert finished.metering.cpu_millis > 0 and finished.metering.peak_memory_bytes > 0
     assert finished.metering.device_millis == finished.metering.wall_millis * finished.metering.device_count
 
-    results = client.download_results(job_id, tmp_path / "results", provider=worker.provider)
+    results = client.download_results(job_id, tmp_path / "results", provider=worker.provider.daemon)
     names = {f.path for f in results.manifest.files}
     assert {"output/model.safetensors", "output/metrics.json", "checkpoints/checkpoints.jsonl",
             "logs/stdout.log", "logs/stderr.log"} <= names
     assert sum(n.startswith("checkpoints/ckpt-") for n in names) == 4
     assert results.manifest.root == finished.result_root == manifest_of(tmp_path / "results")[0].root
-    receipt = verify_receipt(DOMAIN, results.receipt, worker.provider) if results.receipt else None
+    receipt = verify_receipt(DOMAIN, results.receipt, worker.provider.daemon) if results.receipt else None
     assert receipt is not None and receipt.exit_code == 0 and receipt.result_root == results.manifest.root
     assert receipt.device_seconds * 1000 >= finished.metering.device_millis
     metrics = json.loads((tmp_path / "results" / "output" / "metrics.json").read_text())
@@ -107,7 +107,7 @@ def test_a_plain_torch_script__runs_unchanged(worker: WorkerProcess, client: Wor
     job_id = submit(worker, client, requester.address, archive, load_bundle(folder).hash)
     final = client.wait(job_id, timeout_s=120)
     assert final.HasField("finished")
-    results = client.download_results(job_id, tmp_path / "r", provider=worker.provider)
+    results = client.download_results(job_id, tmp_path / "r", provider=worker.provider.daemon)
     assert "weight 3.0" in (results.directory / "logs" / "stdout.log").read_text()
 
 
@@ -120,7 +120,7 @@ def test_a_failing_job__ends_failed_with_its_exit_code_and_a_receipt(
     assert final.HasField("failed")
     assert final.failed.exit_code == 3 and "status 3" in final.failed.reason
     assert final.failed.receipt.exit_code == 3
-    results = client.download_results(job_id, tmp_path / "r", provider=worker.provider)
+    results = client.download_results(job_id, tmp_path / "r", provider=worker.provider.daemon)
     assert (results.directory / "logs" / "stderr.log").read_text() == "bad input\n"
     assert client.get_job(job_id).state == pb.JOB_STATE_FAILED
 
@@ -133,7 +133,7 @@ def test_jobs__run_at_once_on_distinct_devices_and_extra_ones_queue(
     for _ in range(3):
         archive, bhash = make_bundle(code)
         job_id = next_job_id()
-        worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
+        worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
         client.upload_bundle(job_id, archive)
         jobs.append(job_id)
     for job_id in jobs:  # started back to back, once all are uploaded
@@ -161,9 +161,9 @@ def test_jobs_of_one_device_group__share_its_devices_while_others_run_beside_the
     for group in ("reservation:9", "reservation:9", None):
         archive, bhash = make_bundle(code)
         job_id = next_job_id()
-        lease = lease_for(job_id, requester.address, worker.provider, bhash)
+        lease = lease_for(job_id, requester.address, worker.provider.daemon, bhash)
         if group is not None:
-            lease = Lease(job_id, requester.address, (worker.provider,), None, lease.deadline,
+            lease = Lease(job_id, requester.address, (worker.provider.daemon,), None, lease.deadline,
                           DeviceRequirements("cpu", 1), device_group=group)
             grouped.append(job_id)
         worker.add_lease(lease)
@@ -214,7 +214,7 @@ def test_a_queued_job__can_be_cancelled_before_it_runs(
 ) -> None:
     archive, bhash = make_bundle("print('never')\n")
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
     client.upload_bundle(job_id, archive)
     status = client.cancel(job_id)
     assert status.state == pb.JOB_STATE_CANCELLED
@@ -275,7 +275,7 @@ def test_an_upload_broken_midway__resumes_from_the_offset_the_worker_kept(
     payload = os.urandom(3 << 20)
     archive, bhash = make_bundle("import os\nprint(os.path.getsize('blob.bin'))\n", files={"blob.bin": payload})
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
     proxy = _BreakingProxy(worker.port, cut_after=1_600_000)
     try:
         with WorkerClient(f"127.0.0.1:{proxy.port}", requester_key=requester.key, domain=DOMAIN,
@@ -289,13 +289,13 @@ def test_an_upload_broken_midway__resumes_from_the_offset_the_worker_kept(
     finally:
         proxy.close()
     with WorkerClient(worker.target, requester_key=requester.key, domain=DOMAIN) as direct:
-        results = direct.download_results(job_id, tmp_path / "r", provider=worker.provider)
+        results = direct.download_results(job_id, tmp_path / "r", provider=worker.provider.daemon)
     assert (results.directory / "logs" / "stdout.log").read_text().strip() == str(len(payload))
 
 
 def test_a_capacity_challenge__commits_rows_that_pass_freivalds(client: WorkerClient) -> None:
-    from marketplace.capacity import verify_rows
     from marketplace.errors import VerificationError
+    from marketplace.protocol.capacity import verify_rows
 
     result = client.verify_capacity(seed=42, n=256, samples=6)
     assert result.flops == 2 * 256**3 and result.elapsed_seconds > 0

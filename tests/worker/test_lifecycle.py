@@ -24,12 +24,12 @@ from workerkit import (
     submit,
 )
 
-from marketplace.client import WorkerClient
 from marketplace.errors import ConfigError, WorkerError
+from marketplace.requester.client import WorkerClient
 from marketplace.rpc import worker_pb2 as pb
-from worker.config import WorkerConfig
-from worker.leases import StaticLeases
-from worker.service import create_server
+from worker.node.config import WorkerConfig
+from worker.node.leases import StaticLeases
+from worker.node.service import create_server
 
 
 def test_a_restarted_worker__serves_old_results_and_fails_interrupted_jobs(
@@ -208,7 +208,7 @@ def test_regenerating_the_grpc_code__yields_the_committed_files(tmp_path: Path) 
 
 
 def test_receipt_keys__are_created_private_when_missing(tmp_path: Path) -> None:
-    from worker.config import load_or_create_key
+    from worker.node.config import load_or_create_key
 
     path = tmp_path / "sub" / "receipt.key"
     account = load_or_create_key(path)

@@ -16,19 +16,19 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from workerkit import WorkerProcess, submit
 
-from marketplace.bindings import Contracts
-from marketplace.chain import Chain, dev_account
-from marketplace.client import WorkerClient
-from marketplace.devchain import setup_dev_market
+from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.deployment import Contracts
+from marketplace.contracts.devmarket import setup_dev_market
 from marketplace.errors import WorkerError
-from marketplace.pricing import strategy_from_spec
-from marketplace.requester import JobOptions, Requester
+from marketplace.market.pricing import strategy_from_spec
+from marketplace.requester.client import WorkerClient
+from marketplace.requester.requester import JobOptions, Requester
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Policy, SlotStatus, parse_tokens, slot_value
 from tests.e2e.providerkit import start_provider
-from worker import provider as provider_module
-from worker.metrics import CONTENT_TYPE, parse_metrics, serve_metrics
-from worker.provider import ProviderDaemon, ProviderSettings
+from worker.provider import daemon as provider_module
+from worker.provider.daemon import ProviderDaemon, ProviderSettings
+from worker.provider.metrics import CONTENT_TYPE, parse_metrics, serve_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTER, PROVIDER = 2, 4
@@ -127,7 +127,7 @@ def test_metrics__scraped_over_http__show_the_job_the_bid_the_busy_time_and_the_
 
 
 class _Clock:
-    """Stands in for the ``time`` module in worker.provider."""
+    """Stands in for the ``time`` module in worker.provider.daemon."""
 
     def __init__(self, now: float) -> None:
         self.now = now

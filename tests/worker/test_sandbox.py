@@ -12,9 +12,9 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from workerkit import BundleFactory, Listener, WorkerProcess, submit
 
-from marketplace.client import WorkerClient
+from marketplace.requester.client import WorkerClient
 from marketplace.rpc import worker_pb2 as pb
-from worker.cgroups import JobCgroup
+from worker.sandbox.cgroups import JobCgroup
 
 pytestmark = pytest.mark.bwrap
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.bwrap
 def _worker_still_serves(worker: WorkerProcess, client: WorkerClient) -> Iterator[None]:
     yield
     info = client.info()
-    assert info.provider_address == worker.provider and info.sandboxed
+    assert info.provider_address == worker.provider.daemon and info.sandboxed
 
 
 def _run(worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: BundleFactory,
@@ -32,7 +32,7 @@ def _run(worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, m
     archive, bhash = make_bundle(code, timeout_s=timeout_s, extra_toml=extra)
     job_id = submit(worker, client, requester.address, archive, bhash)
     final = client.wait(job_id, timeout_s=120)
-    results = client.download_results(job_id, tmp_path / f"r{job_id}", provider=worker.provider)
+    results = client.download_results(job_id, tmp_path / f"r{job_id}", provider=worker.provider.daemon)
     return final, results.directory
 
 
@@ -205,7 +205,7 @@ def test_a_python_installation_under_tmp__stays_visible_above_the_private_tmp(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # A scratch checkout's virtual environment may live under /tmp, which each job gets privately.
-    from worker.sandbox import Sandbox, SandboxRequest
+    from worker.sandbox.runner import Sandbox, SandboxRequest
 
     venv = Path("/tmp/flopex-checkout/.venv")
     monkeypatch.setattr(Sandbox, "_python_binds", staticmethod(lambda: [Path("/opt/python"), venv]))

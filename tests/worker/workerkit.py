@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marketplace.auth import Domain
-from marketplace.client import WorkerClient
-from worker.leases import DeviceRequirements, Lease, LeaseFile
+from marketplace.protocol.auth import Domain
+from marketplace.requester.client import WorkerClient
+from worker.node.leases import DeviceRequirements, Lease, LeaseFile
 
 REPO = Path(__file__).resolve().parents[2]
 MARKET = "0x" + "5a" * 20
@@ -121,7 +121,7 @@ def submit(worker: WorkerProcess, client: WorkerClient, requester: str, archive:
            *, seed: int = 7, kind: str = "cpu") -> int:
     """Lease, upload and start a job; return its id."""
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester, worker.provider, bundle_hash, kind=kind))
+    worker.add_lease(lease_for(job_id, requester, worker.provider.daemon, bundle_hash, kind=kind))
     client.upload_bundle(job_id, archive)
     client.start_job(job_id, seed)
     return job_id

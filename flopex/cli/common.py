@@ -1,0 +1,97 @@
+"""What every ``flopex`` command shares: the home folder, one-line errors, JSON output, chain and
+account options, and loading contracts and signers from them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from marketplace.errors import FlopexError
+
+__all__ = ["DEFAULT_DEPLOYMENT", "DEFAULT_HOME", "FlopexGroup", "account_options", "chain_options", "emit_json", "fail", "load_signer", "open_contracts"]
+
+
+DEFAULT_HOME = Path(os.environ.get("FLOPEX_HOME", ".flopex"))
+
+
+DEFAULT_DEPLOYMENT = DEFAULT_HOME / "deployment.json"
+
+
+class FlopexGroup(click.Group):
+    """A click group that turns flopex's errors into one clean line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlopexError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", code=130)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def emit_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, default=str))
+
+
+def chain_options(fn: Any) -> Any:
+    """--rpc-url and --deployment, for every command that talks to a chain."""
+    fn = click.option("--deployment", "deployment_path", type=click.Path(dir_okay=False, path_type=Path),
+                      default=DEFAULT_DEPLOYMENT, show_default=True,
+                      help="Deployment file (written by `flopex chain up` or `flopex deploy`).")(fn)
+    fn = click.option("--rpc-url", default=None,
+                      help="JSON-RPC URL of the chain [default: the one in the deployment file].")(fn)
+    return fn
+
+
+def account_options(fn: Any) -> Any:
+    """--account/--dev and the password sources, for commands that sign."""
+    fn = click.option("--password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                      default=None, help="File whose first line is the keystore password.")(fn)
+    fn = click.option("--dev", "dev_index", type=click.IntRange(0, 1000), default=None,
+                      help="Use dev account N (dev chains only; its key is public).")(fn)
+    fn = click.option("--account", "account_address", default=None,
+                      help="Address of a key in the keystore (see `flopex account list`).")(fn)
+    return fn
+
+
+def open_contracts(rpc_url: str | None, deployment_path: Path) -> Any:
+    from marketplace.chain.client import Chain
+    from marketplace.contracts.deployment import Deployment, load_contracts
+
+    deployment = Deployment.load(deployment_path)
+    url = rpc_url or deployment.rpc_url
+    if url is None:
+        from marketplace.errors import ConfigError
+
+        raise ConfigError(f"{deployment_path} names no chain; give --rpc-url")
+    return load_contracts(Chain.connect(url), deployment)
+
+
+def load_signer(account_address: str | None, dev_index: int | None, password_file: Path | None) -> Any:
+    from marketplace.chain.accounts import Keystore, read_password
+    from marketplace.chain.client import dev_account
+    from marketplace.errors import ConfigError
+
+    if dev_index is not None:
+        if account_address is not None:
+            raise ConfigError("give --account or --dev, not both")
+        return dev_account(dev_index)
+    if account_address is None:
+        raise ConfigError("no account: give --account ADDRESS (a keystore key) or --dev N on a dev chain")
+    password = read_password(password_file)
+    if password is None:
+        password = click.prompt(f"password for {account_address}", hide_input=True)
+    return Keystore(DEFAULT_HOME / "keystore").unlock(account_address, password)

@@ -1,0 +1,462 @@
+"""The requester's day: post a bundle, see it leased, upload it, follow it, fetch and check results, pay.
+
+:class:`Requester` drives one requester account. :meth:`~Requester.submit` validates the bundle,
+posts its terms with a permit (one transaction: approval and escrow), and returns the job id.
+:meth:`~Requester.follow` waits for the lease (ending the auction itself when its deadline
+passes), uploads the bundle to each winner's worker over gRPC with signed requests, streams the
+job's events, downloads the results, checks them against the worker's manifest, its signed receipt
+and the result root it committed on chain, accepts them (when the job has no verifier) and settles.
+The outcome is a :class:`JobOutcome` with the bill.
+
+A slot held by a provider pool runs on the member its operator assigned: the requester waits for
+the assignment on chain and talks to that member's worker (endpoint and receipt signer from the
+pool), not to the worker the pool's registry offer names.
+
+:meth:`~Requester.run_reserved` runs a bundle in a reservation the account holds
+(:mod:`marketplace.contracts.reservations`): no auction and no market job, straight to the provider's
+worker during the window; it checks the results against the worker's signed receipt and waits for
+the provider to record the job's usage on chain (a :class:`ReservedOutcome`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from marketplace.contracts.deployment import Contracts
+from marketplace.contracts.events import SlotSettled
+from marketplace.contracts.reservations import reserved_job_id
+from marketplace.errors import ChainError, ConfigError, ContractRevert, VerificationError, WorkerError
+from marketplace.market.routing import SlotWorker, slot_worker
+from marketplace.protocol.auth import Domain
+from marketplace.protocol.bundle import Bundle, load_bundle, pack_bundle
+from marketplace.requester.client import WorkerClient
+from marketplace.rpc import worker_pb2 as pb
+from marketplace.types import (
+    Auction,
+    DeviceKind,
+    JobSpec,
+    JobStatus,
+    Policy,
+    SlotStatus,
+    format_tokens,
+)
+
+__all__ = ["JobOptions", "JobOutcome", "Requester", "ReservedOutcome", "spec_for_bundle"]
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Choices a requester makes at submission; None keeps the bundle's own."""
+
+    max_price: int | None = None
+    auction: Auction | None = None
+    policy: Policy | None = None
+    redundancy: int | None = None
+    bid_window_s: int = 20
+    reveal_window_s: int = 20
+    challenge_window_s: int = 60
+    run_slack_s: int = 120
+
+
+@dataclass
+class JobOutcome:
+    """What a job came to: per slot, its provider, price, seconds and money."""
+
+    job_id: int
+    results: list[Path] = field(default_factory=list)
+    slots: list[dict[str, Any]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def paid(self) -> int:
+        """Tokens paid to providers (fees included)."""
+        return sum(int(s.get("paid", 0)) for s in self.slots)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {"job_id": self.job_id, "results": [str(p) for p in self.results], "slots": self.slots}
+
+
+@dataclass
+class ReservedOutcome:
+    """What a job in a reservation came to: its results, its metering and its usage record on chain."""
+
+    reservation_id: int
+    job_id: int
+    results: Path
+    result_root: bytes
+    state: str
+    device_seconds: int
+    recorded_gpu_seconds: int | None = None  # None while the provider has not recorded it
+    events: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "reservation_id": self.reservation_id,
+            "job_id": self.job_id,
+            "results": str(self.results),
+            "result_root": "0x" + self.result_root.hex(),
+            "state": self.state,
+            "device_seconds": self.device_seconds,
+            "recorded_gpu_seconds": self.recorded_gpu_seconds,
+        }
+
+
+def spec_for_bundle(
+    bundle: Bundle, requester: str, now: int, options: JobOptions = JobOptions()
+) -> JobSpec:
+    """The on-chain terms of ``bundle`` with ``options`` applied."""
+    res, ver, mkt = bundle.spec.resources, bundle.spec.verification, bundle.spec.market
+    auction = options.auction if options.auction is not None else Auction[mkt.auction.upper()]
+    policy = options.policy if options.policy is not None else Policy[ver.policy.upper()]
+    redundancy = options.redundancy if options.redundancy is not None else ver.redundancy
+    if policy == Policy.REDUNDANT and redundancy < 2:
+        redundancy = 2
+    max_gpu_seconds = int(Fraction(str(res.max_gpu_hours)) * 3600)
+    if max_gpu_seconds < 1:
+        raise ConfigError("resources.max_gpu_hours is below one GPU-second")
+    bid_deadline = now + options.bid_window_s
+    reveal_deadline = bid_deadline + (options.reveal_window_s if auction == Auction.SEALED else 0)
+    return JobSpec(
+        requester=requester,
+        bundle_hash=bundle.hash,
+        device_kind=DeviceKind.CUDA if res.device == "cuda" else DeviceKind.CPU,
+        gpus=res.gpus,
+        min_memory_mb=int(Fraction(str(res.min_memory_gb)) * 1024),
+        policy=policy,
+        auction=auction,
+        redundancy=redundancy,
+        max_price=options.max_price if options.max_price is not None else mkt.max_price,
+        max_gpu_seconds=max_gpu_seconds,
+        bid_deadline=bid_deadline,
+        reveal_deadline=reveal_deadline,
+        run_duration=res.timeout_s + options.run_slack_s,
+        challenge_window=options.challenge_window_s,
+    )
+
+
+class Requester:
+    """One requester account: submits jobs and follows them to the end."""
+
+    def __init__(self, contracts: Contracts, account: LocalAccount, *, say: Callable[[str], None] | None = None):
+        self.contracts = contracts
+        self.account = account
+        self.say = say or (lambda _line: None)
+        self.domain = Domain(contracts.chain.chain_id, contracts.market.address)
+        self._archives: dict[int, bytes] = {}
+
+    def now(self) -> int:
+        """The time deadlines are judged by."""
+        return self.contracts.chain.next_timestamp()
+
+    def submit(self, bundle_dir: str | Path, options: JobOptions = JobOptions()) -> int:
+        """Validate the bundle and post its job with a permit; returns the job id."""
+        bundle = load_bundle(bundle_dir)
+        archive = pack_bundle(bundle_dir)
+        spec = spec_for_bundle(bundle, self.account.address, self.now(), options)
+        balance = self.contracts.token.balance_of(self.account.address)
+        if balance < spec.escrow:
+            raise ConfigError(f"the escrow needs {spec.escrow} token units; the account holds {balance}")
+        job_id = self.contracts.market.post_job_with_permit(
+            self.account, spec, self.contracts.token, deadline=self.now() + 3600
+        )
+        self._archives[job_id] = archive
+        self.say(
+            f"job {job_id} posted: {spec.auction.name.lower()} auction, max {format_tokens(spec.max_price)} "
+            f"FLOP/GPU-h, escrow {format_tokens(spec.escrow)} FLOP"
+        )
+        return job_id
+
+    def run_reserved(
+        self,
+        reservation_id: int,
+        bundle_dir: str | Path,
+        out_dir: str | Path,
+        *,
+        seq: int | None = None,
+        timeout_s: float = 3600.0,
+        record_timeout_s: float = 120.0,
+    ) -> ReservedOutcome:
+        """Run a bundle in reservation ``reservation_id`` (held by this account, its window open).
+
+        Uploads it to the provider's worker as job ``seq`` of the reservation (a fresh random one
+        when None), follows it, downloads and checks the results against the worker's signed
+        receipt, then waits up to ``record_timeout_s`` for the provider's usage record carrying the
+        same result root. Raises :class:`ConfigError` when the account does not hold the
+        reservation, its window is not open or the bundle does not fit the reserved devices.
+        """
+        contracts = self.contracts
+        reservations = contracts.require_reservations()
+        r = reservations.reservation(reservation_id)
+        if r.holder is None or r.holder != self.account.address:
+            raise ConfigError(f"reservation {reservation_id} is held by {r.holder or 'nobody'}, "
+                              f"not by {self.account.address}")
+        if not r.status.serving:
+            raise ConfigError(f"reservation {reservation_id} is {r.status.name.lower()}: its devices serve no jobs")
+        now = self.now()
+        if not r.start <= now < r.end:
+            raise ConfigError(f"reservation {reservation_id}'s window is [{r.start}, {r.end}); it is {now} now")
+        bundle = load_bundle(bundle_dir)
+        offer = contracts.registry.offer(r.provider)
+        res = bundle.spec.resources
+        kind = offer.device_kind.name.lower()
+        if res.device != kind or res.gpus > r.gpus:
+            raise ConfigError(f"the bundle asks for {res.gpus} {res.device} devices; reservation "
+                              f"{reservation_id} holds {r.gpus} {kind}")
+        archive = pack_bundle(bundle_dir)
+        seq = secrets.randbelow(1 << 24) if seq is None else seq
+        job_id = reserved_job_id(reservation_id, seq)
+        self.say(f"reservation {reservation_id}: job {seq} on {r.provider} ({offer.endpoint})")
+        dest = Path(out_dir)
+        with WorkerClient(offer.endpoint, requester_key=self.account.key, domain=self.domain) as client:
+            client.upload_bundle(job_id, archive)
+            client.start_job(job_id, seed=seq)
+            events: list[str] = []
+            for event in client.watch(job_id, timeout_s=timeout_s):
+                line = _describe(event)
+                if line:
+                    events.append(line)
+                    self.say(f"reservation {reservation_id} job {seq}: {line}")
+            results = client.download_results(job_id, dest, provider=offer.signer)
+            state = client.get_job(job_id)
+        root = results.manifest.root
+        receipt = results.receipt.receipt if results.receipt is not None else None
+        outcome = ReservedOutcome(
+            reservation_id, job_id, dest, root, _job_state(state.state),
+            receipt.device_seconds if receipt is not None else 0, events=events,
+        )
+        self.say(f"reservation {reservation_id} job {seq}: results verified against the signed receipt")
+        outcome.recorded_gpu_seconds = self.wait_for_usage(reservation_id, root, timeout_s=record_timeout_s)
+        if outcome.recorded_gpu_seconds is not None:
+            self.say(f"reservation {reservation_id} job {seq}: the provider recorded "
+                     f"{outcome.recorded_gpu_seconds} GPU-s with the same result root")
+        return outcome
+
+    def wait_for_usage(self, reservation_id: int, root: bytes, *, timeout_s: float = 120.0) -> int | None:
+        """GPU-seconds of the provider's usage record with result root ``root``, or None if none came in time."""
+        reservations = self.contracts.require_reservations()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for event in reservations.history("UsageRecorded", reservation_id=reservation_id):
+                if bytes(event.args["result_root"]) == root:
+                    return int(event.args["gpu_seconds"])
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
+
+    def wait_for_lease(self, job_id: int, *, timeout_s: float = 600.0) -> JobStatus:
+        """Wait for the auction to end, ending it once its deadline passes; returns the job status."""
+        market = self.contracts.market
+        spec = market.spec(job_id)
+        end = spec.reveal_deadline if spec.auction == Auction.SEALED else spec.bid_deadline
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = market.job(job_id).status
+            if status != JobStatus.OPEN:
+                return status
+            if self.now() >= end:
+                try:
+                    market.finalize_auction(self.account, job_id)
+                except ContractRevert as exc:
+                    if "not open" not in exc.reason:
+                        raise
+                continue
+            time.sleep(0.2)
+        raise ChainError(f"job {job_id} was not leased within {timeout_s:.0f} s")
+
+    def follow(
+        self, job_id: int, out_dir: str | Path, *, timeout_s: float = 3600.0, archive: bytes | None = None
+    ) -> JobOutcome:
+        """Run a posted job to its end: lease, upload, events, results, checks, acceptance, settlement."""
+        market = self.contracts.market
+        spec = market.spec(job_id)
+        outcome = JobOutcome(job_id)
+        status = self.wait_for_lease(job_id, timeout_s=timeout_s)
+        if status != JobStatus.LEASED:
+            self.say(f"job {job_id} {status.name.lower()}: escrow refunded")
+            return outcome
+        archive = archive or self._archives.get(job_id)
+        if archive is None:
+            raise ConfigError(f"job {job_id}: no bundle archive to upload")
+        slots = market.slots_of(job_id)
+        # The k providers run the job at the same time, each followed on its own thread.
+        with ThreadPoolExecutor(max_workers=max(1, len(slots)), thread_name_prefix=f"job-{job_id}") as runner:
+            futures = [runner.submit(self._follow_slot, job_id, slot, archive, out_dir, timeout_s, outcome)
+                       for slot in slots]
+            for future in futures:
+                future.result()
+        outcome.results.sort()
+        if spec.policy == Policy.NONE:
+            for slot in market.slots_of(job_id):
+                if slot.status == SlotStatus.COMMITTED:
+                    market.accept_result(self.account, job_id, slot.slot)
+        outcome.slots = self.settle(job_id, timeout_s=timeout_s)
+        return outcome
+
+    def _follow_slot(
+        self, job_id: int, slot: Any, archive: bytes, out_dir: str | Path, timeout_s: float, outcome: JobOutcome
+    ) -> None:
+        """Run one slot; a provider that fails or cheats is left to settlement (refund, slash) or disputed."""
+        try:
+            self._run_slot(job_id, slot, archive, out_dir, timeout_s, outcome)
+        except VerificationError as exc:
+            # The provider's results do not match what it committed: dispute, a verifier rules.
+            self.say(f"job {job_id} slot {slot.slot}: {exc}; disputing the result")
+            try:
+                self._wait_commit(job_id, slot.slot, timeout_s)
+                self.dispute(job_id, slot.slot)
+            except ChainError as failed:
+                self.say(f"job {job_id} slot {slot.slot}: could not dispute: {failed}")
+        except (WorkerError, ChainError) as exc:
+            # The provider failed us: its slot ends refunded (and the provider slashed) at settlement.
+            self.say(f"job {job_id} slot {slot.slot}: {exc}; waiting for the run deadline to settle")
+
+    def _run_slot(
+        self, job_id: int, slot: Any, archive: bytes, out_dir: str | Path, timeout_s: float, outcome: JobOutcome
+    ) -> None:
+        """Upload, run, follow and fetch one slot's run, and check it against its commitment."""
+        price = format_tokens(slot.price)
+        self.say(f"job {job_id} slot {slot.slot}: leased to {slot.provider} at {price} FLOP/GPU-h")
+        run_deadline = self.contracts.market.job(job_id).lease_start + self.contracts.market.spec(job_id).run_duration
+        worker = self.worker_of(job_id, slot.slot, slot.provider,
+                                timeout_s=max(1.0, min(timeout_s, run_deadline - self.now())))
+        if worker.member is not None:
+            self.say(f"job {job_id} slot {slot.slot}: the pool assigned it to member {worker.member}")
+        with WorkerClient(worker.endpoint, requester_key=self.account.key, domain=self.domain) as client:
+            client.upload_bundle(job_id, archive)
+            client.start_job(job_id, seed=job_id)
+            for event in client.watch(job_id, timeout_s=timeout_s):
+                line = _describe(event)
+                if line:
+                    outcome.events.append(line)
+                    self.say(f"job {job_id}: {line}")
+            dest = Path(out_dir) / f"slot-{slot.slot}"
+            results = client.download_results(job_id, dest, provider=worker.signer)
+            outcome.results.append(dest)
+            committed = self._wait_commit(job_id, slot.slot, timeout_s)
+            if committed.result_root != results.manifest.root:
+                raise VerificationError(
+                    f"job {job_id}: the results do not match the root the provider committed on chain"
+                )
+            root = committed.result_root.hex()[:16]
+            self.say(f"job {job_id}: results verified against the on-chain root {root}…")
+
+    def worker_of(self, job_id: int, slot: int, provider: str, *, timeout_s: float = 600.0) -> SlotWorker:
+        """The worker that runs a slot: the provider's own, or, for a pool, the assigned member's.
+
+        Waits (up to ``timeout_s``) for a pool's operator to assign the slot on chain.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            worker = slot_worker(self.contracts, job_id, slot, provider)
+            if worker is not None:
+                return worker
+            if time.monotonic() >= deadline:
+                raise ChainError(f"job {job_id} slot {slot}: the pool {provider} assigned it to no member "
+                                 f"within {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def dispute(self, job_id: int, slot: int) -> None:
+        """Dispute a committed result, putting up the market's dispute bond."""
+        market = self.contracts.market
+        bond = market.dispute_bond()
+        if bond:
+            self.contracts.token.approve(self.account, market.address, bond)
+        market.dispute_result(self.account, job_id, slot)
+
+    def _wait_commit(self, job_id: int, slot: int, timeout_s: float) -> Any:
+        market = self.contracts.market
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = market.slot(job_id, slot)
+            if state.status not in (SlotStatus.ASSIGNED, SlotStatus.NONE):
+                return state
+            time.sleep(0.2)
+        raise ChainError(f"job {job_id}: the provider did not commit a result within {timeout_s:.0f} s")
+
+    def settle(self, job_id: int, *, timeout_s: float = 3600.0) -> list[dict[str, Any]]:
+        """Settle every slot once it can end (waiting for verifiers or windows); returns the bill."""
+        market = self.contracts.market
+        spec = market.spec(job_id)
+        deadline = time.monotonic() + timeout_s
+        bills: dict[int, dict[str, Any]] = {}
+        while len(bills) < spec.redundancy and time.monotonic() < deadline:
+            for slot in market.slots_of(job_id):
+                if slot.slot in bills:
+                    continue
+                if slot.status.terminal:
+                    bills[slot.slot] = self._bill(job_id, slot.slot)
+                    continue
+                try:
+                    market.settle(self.account, job_id, slot.slot)
+                except ContractRevert as exc:
+                    if exc.reason in ("market: slot already settled", "market: job is not leased"):
+                        pass  # a provider or verifier settled it between our read and our call
+                    elif exc.reason == "market: slot cannot settle yet":
+                        continue
+                    else:
+                        raise
+                bills[slot.slot] = self._bill(job_id, slot.slot)
+            if len(bills) < spec.redundancy:
+                time.sleep(0.3)
+        for bill in bills.values():
+            self.say(
+                f"job {job_id} slot {bill['slot']}: {bill['status']}: {bill['gpu_seconds']} GPU-s, "
+                f"paid {format_tokens(bill['paid'])} FLOP (fee {format_tokens(bill['fee'])}), "
+                f"refunded {format_tokens(bill['refunded'])}, slashed {format_tokens(bill['slashed'])}"
+            )
+        return [bills[k] for k in sorted(bills)]
+
+    def _bill(self, job_id: int, slot: int) -> dict[str, Any]:
+        for event in self.contracts.market.get_events("SlotSettled", self.contracts.market.start_block, job_id=job_id):
+            if isinstance(event, SlotSettled) and event.slot == slot:
+                return {
+                    "slot": slot,
+                    "provider": event.provider,
+                    "status": event.status.name.lower(),
+                    "gpu_seconds": event.gpu_seconds,
+                    "price": self.contracts.market.slot(job_id, slot).price,
+                    "paid": event.paid,
+                    "fee": event.fee,
+                    "refunded": event.refunded,
+                    "slashed": event.slashed,
+                }
+        raise ChainError(f"job {job_id} slot {slot} has no settlement event")
+
+
+def _job_state(state: int) -> str:
+    """A worker job state's name (``succeeded``, ``failed``...)."""
+    return str(pb.JobState.Name(state)).removeprefix("JOB_STATE_").lower()
+
+
+def _describe(event: Any) -> str:
+    """One line for a worker event, or '' for those not worth a line."""
+    kind = event.WhichOneof("kind")
+    if kind == "queued":
+        return "queued"
+    if kind == "started":
+        return "started"
+    if kind == "progress":
+        p = event.progress
+        head = f"progress {p.fraction:.0%}" if p.HasField("fraction") else "progress"
+        return f"{head} {p.message}".rstrip()
+    if kind == "log":
+        return f"{event.log.stream}: {event.log.text.rstrip()}"
+    if kind == "finished":
+        m = event.finished.metering
+        return f"finished: {m.device_millis / 1000:.1f} device-s, {m.cpu_millis / 1000:.1f} CPU-s"
+    if kind == "failed":
+        return f"failed: {event.failed.reason}"
+    return ""

@@ -1,0 +1,203 @@
+"""Tolerant comparison of two runs' results, and the majority of k results.
+
+Two runs agree when every safetensors tensor is within ``|a - b| <= atol + rtol * |b|``
+elementwise (same names, shapes and dtypes) and every other file is byte-for-byte equal. The
+defaults (:data:`RTOL`, :data:`ATOL`) are calibrated on honest reruns (docs/verification.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from eth_hash.auto import keccak
+
+from marketplace.errors import VerificationError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ATOL", "Comparison", "Mismatch", "RTOL", "compare_results", "compare_tensors", "majority"]
+
+
+#: Relative tolerance of tensor comparisons. Honest reruns of the example jobs on this machine
+#: differ by at most ~1e-6 relative when the thread count changes (0 when it does not); a run in
+#: half precision differs by more than 1e-3. See docs/verification.md.
+RTOL = 1e-4
+
+
+#: Absolute tolerance of tensor comparisons (for entries near zero).
+ATOL = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """One difference between two results: the file, the tensor (or ``""``) and why."""
+
+    path: str
+    tensor: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.tensor}" if self.tensor else self.path
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """The outcome of comparing two results; truthy when they agree."""
+
+    mismatches: tuple[Mismatch, ...] = ()
+    max_abs_diff: float = 0.0
+    max_rel_diff: float = 0.0
+    compared_files: tuple[str, ...] = field(default=())
+
+    @property
+    def agree(self) -> bool:
+        """True when nothing differs beyond the tolerances."""
+        return not self.mismatches
+
+    def __bool__(self) -> bool:
+        return self.agree
+
+    def describe(self) -> str:
+        """One line: agreement, or the first few mismatches."""
+        if self.agree:
+            return f"agree (max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g})"
+        return "; ".join(str(m) for m in self.mismatches[:3]) + (
+            f" (+{len(self.mismatches) - 3} more)" if len(self.mismatches) > 3 else ""
+        )
+
+
+def compare_tensors(
+    got: Mapping[str, torch.Tensor],
+    want: Mapping[str, torch.Tensor],
+    *,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    path: str = "",
+) -> Comparison:
+    """Compare two name→tensor maps: same names, shapes, dtypes; values within the tolerances.
+
+    Non-finite values must sit at the same places (NaN equals NaN here; a job that diverges
+    diverges the same way on a rerun).
+    """
+    import torch
+
+    mismatches: list[Mismatch] = []
+    max_abs = max_rel = 0.0
+    for name in sorted(set(got) | set(want)):
+        if name not in got or name not in want:
+            mismatches.append(Mismatch(path, name, "missing in one result"))
+            continue
+        a, b = got[name], want[name]
+        if a.shape != b.shape or a.dtype != b.dtype:
+            mismatches.append(Mismatch(path, name, f"{a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}"))
+            continue
+        if not (a.is_floating_point() or a.is_complex()):
+            if not torch.equal(a, b):
+                mismatches.append(Mismatch(path, name, "integer tensors differ"))
+            continue
+        a64, b64 = a.double(), b.double()
+        finite_a, finite_b = torch.isfinite(a64), torch.isfinite(b64)
+        if not torch.equal(finite_a, finite_b) or not torch.equal(
+            torch.nan_to_num(a64[~finite_a], nan=0.0), torch.nan_to_num(b64[~finite_b], nan=0.0)
+        ):
+            mismatches.append(Mismatch(path, name, "non-finite values differ"))
+            continue
+        if a64.numel() == 0:
+            continue
+        diff = (a64[finite_a] - b64[finite_b]).abs()
+        scale = b64[finite_b].abs()
+        if diff.numel():
+            max_abs = max(max_abs, float(diff.max()))
+            max_rel = max(max_rel, float((diff / scale.clamp_min(atol if atol > 0 else 1e-300)).max()))
+            bad = diff > atol + rtol * scale
+            if bool(bad.any()):
+                mismatches.append(Mismatch(
+                    path, name, f"{int(bad.sum())} of {diff.numel()} values beyond rtol={rtol:g} atol={atol:g} "
+                    f"(max abs diff {float(diff.max()):.3g})"))
+    return Comparison(tuple(mismatches), max_abs, max_rel, (path,) if path else ())
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise VerificationError(f"verify: {path.name} is not a valid safetensors file: {exc}") from None
+
+
+def _files(root: Path) -> dict[str, Path]:
+    from marketplace.protocol.merkle import list_files
+
+    return dict(list_files(root)) if root.is_dir() else {}
+
+
+def compare_results(
+    got: str | Path,
+    want: str | Path,
+    *,
+    subdir: str = "output",
+    rtol: float = RTOL,
+    atol: float = ATOL,
+) -> Comparison:
+    """Compare the ``subdir`` files of two downloaded results (default: the job's outputs).
+
+    ``.safetensors`` files are compared tensor by tensor with the tolerances, every other file
+    exactly. Logs and checkpoints are not part of a job's answer and are not compared here.
+    """
+    a_files, b_files = _files(Path(got) / subdir), _files(Path(want) / subdir)
+    mismatches: list[Mismatch] = []
+    max_abs = max_rel = 0.0
+    for rel in sorted(set(a_files) | set(b_files)):
+        if rel not in a_files or rel not in b_files:
+            mismatches.append(Mismatch(rel, "", "present in only one result"))
+            continue
+        if rel.endswith(".safetensors"):
+            try:
+                cmp = compare_tensors(_load_safetensors(a_files[rel]), _load_safetensors(b_files[rel]),
+                                      rtol=rtol, atol=atol, path=rel)
+            except VerificationError as exc:
+                mismatches.append(Mismatch(rel, "", str(exc)))
+                continue
+            mismatches.extend(cmp.mismatches)
+            max_abs, max_rel = max(max_abs, cmp.max_abs_diff), max(max_rel, cmp.max_rel_diff)
+        elif _sha256(a_files[rel]) != _sha256(b_files[rel]):
+            mismatches.append(Mismatch(rel, "", "files differ"))
+    return Comparison(tuple(mismatches), max_abs, max_rel, tuple(sorted(set(a_files) | set(b_files))))
+
+
+def _sha256(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.digest()
+
+
+def majority(results: Sequence[str | Path], **tolerances: float) -> tuple[list[int] | None, list[list[int]]]:
+    """Group results by agreement; return ``(winners, groups)``.
+
+    Each result joins the first group whose first member it agrees with. ``winners`` is the
+    indices of the group holding a strict majority, or None (no majority: void the job).
+    """
+    groups: list[list[int]] = []
+    for i, path in enumerate(results):
+        for group in groups:
+            if compare_results(path, results[group[0]], **tolerances).agree:  # type: ignore[arg-type]
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    best = max(groups, key=len) if groups else []
+    return (best if 2 * len(best) > len(results) else None), groups
+
+
+def stable_hash(parts: Iterable[bytes]) -> bytes:
+    """keccak256 of the concatenation (a helper for seeds)."""
+    return bytes(keccak(b"".join(parts)))

@@ -1,0 +1,68 @@
+"""The worker's settings and its receipt-signing key."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from marketplace.errors import ConfigError
+from worker.node.leases import LeaseLookup
+from worker.sandbox.runner import Limits
+
+__all__ = ["WorkerConfig", "load_or_create_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything a worker needs to serve; tests build one directly, ``python -m worker.serve`` from flags.
+
+    ``data_dir`` holds the SQLite state, uploads, job directories and (by default) the receipt key;
+    none of it is visible to jobs. ``leases`` decides who may run what. ``chain_id`` and
+    ``market_address`` form the EIP-712 domain of request signatures and receipts.
+    """
+
+    data_dir: Path
+    leases: LeaseLookup
+    chain_id: int = 31337
+    market_address: str = "0x" + "00" * 20
+    key_file: Path | None = None
+    allow_unsandboxed: bool = False
+    bwrap: str | None = None
+    use_cgroups: bool = True
+    cpu_slots: int = 1
+    use_gpus: bool = True
+    max_bundle_bytes: int = 1 << 30
+    max_unpacked_bytes: int = 4 << 30
+    max_queued: int = 64
+    max_timeout_s: float = 24 * 3600.0
+    limits: Limits = field(default_factory=Limits)
+    prices: dict[str, int] = field(default_factory=lambda: {"cuda": 2 * 10**18, "cpu": 10**17})
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_insecure_public: bool = False
+    max_challenge_n: int = 4096
+    max_request_ttl_s: int = 3600
+
+    def key_path(self) -> Path:
+        """Where the receipt key lives."""
+        return self.key_file if self.key_file is not None else self.data_dir / "receipt.key"
+
+
+def load_or_create_key(path: Path) -> LocalAccount:
+    """Load the hex private key at ``path``, creating one (mode 0600) when the file does not exist."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("0x" + secrets.token_hex(32) + "\n")
+    text = path.read_text().strip()
+    try:
+        account: LocalAccount = Account.from_key(text)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"worker: {path} does not hold a hex private key: {exc}") from None
+    return account

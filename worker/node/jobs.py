@@ -1,0 +1,581 @@
+"""The job manager: uploads, the queue, device allocation, running, metering and receipts.
+
+Jobs go ``uploading → ready → queued → running → succeeded | failed | cancelled``. Several jobs
+run at once on distinct devices; the others wait in a first-fit queue. Every state change is
+written to the :class:`~worker.node.store.JobStore` and announced as a :class:`JobEvent`, which
+WatchJob streams. The manager never imports job code: a job only ever runs in the sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from eth_account.signers.local import LocalAccount
+
+from marketplace.errors import BundleError, SandboxError, VerificationError, WorkerError
+from marketplace.protocol.auth import Domain
+from marketplace.protocol.bundle import Bundle, load_bundle, unpack_bundle
+from marketplace.protocol.merkle import EMPTY_ROOT, FileEntry, ResultManifest, manifest_of
+from marketplace.protocol.receipts import UsageReceipt, sign_receipt
+from marketplace.rpc import worker_pb2 as pb
+from marketplace.sdk import PROGRESS_PREFIX
+from worker.node.config import WorkerConfig
+from worker.node.devices import DeviceInfo, UtilizationSampler, check_request
+from worker.node.leases import Lease
+from worker.node.store import TERMINAL, JobRecord, JobStore
+from worker.sandbox.runner import INPUT, Limits, Sandbox, SandboxRequest
+
+__all__ = ["MAX_LOG_EVENTS", "JobManager", "device_proto", "receipt_proto"]
+
+log = logging.getLogger(__name__)
+
+MAX_LOG_EVENTS = 5000
+"""Log lines streamed as events per job; the rest are only in the result's log files."""
+MAX_LINE = 4096
+_READ = 1 << 20
+
+
+def device_proto(d: DeviceInfo, busy: bool = False) -> pb.Device:
+    """The wire form of a device."""
+    return pb.Device(kind=d.kind, index=d.index, model=d.model, memory_bytes=d.memory_bytes, uuid=d.uuid,
+                     driver=d.driver, compute_capability=d.compute_capability, busy=busy)
+
+
+def receipt_proto(data: dict[str, Any] | None) -> pb.Receipt | None:
+    """The wire form of a stored receipt."""
+    if not data:
+        return None
+    return pb.Receipt(job_id=data["job_id"], provider=data["provider"],
+                      result_root=bytes.fromhex(data["result_root"][2:]), device_seconds=data["device_seconds"],
+                      cpu_millis=data["cpu_millis"], peak_memory_bytes=data["peak_memory_bytes"],
+                      exit_code=data["exit_code"], signature=bytes.fromhex(data["signature"][2:]))
+
+
+def metering_proto(data: dict[str, Any] | None) -> pb.Metering | None:
+    """The wire form of stored metering."""
+    if not data:
+        return None
+    m = pb.Metering(wall_millis=data["wall_millis"], device_count=data["device_count"],
+                    device_millis=data["device_millis"], cpu_millis=data["cpu_millis"],
+                    peak_memory_bytes=data["peak_memory_bytes"])
+    if data.get("gpu_utilization_percent") is not None:
+        m.gpu_utilization_percent = data["gpu_utilization_percent"]
+    return m
+
+
+@dataclass
+class _Running:
+    job_id: int
+    devices: list[int]
+    cancelled: threading.Event
+    kill: Callable[[str], None] | None = None
+    group: str | None = None
+
+
+class JobManager:
+    """Owns the jobs of one worker. All public methods are thread-safe."""
+
+    def __init__(self, config: WorkerConfig, store: JobStore, sandbox: Sandbox, devices: list[DeviceInfo],
+                 signer: LocalAccount, domain: Domain) -> None:
+        self.config = config
+        self.store = store
+        self.sandbox = sandbox
+        self.devices = devices
+        self.signer = signer
+        self.domain = domain
+        self.data_dir = config.data_dir
+        (self.data_dir / "uploads").mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        self._cond = threading.Condition()
+        self._queue: list[int] = []
+        self._free = set(range(len(devices)))
+        self._running: dict[int, _Running] = {}
+        self._groups: dict[int, tuple[str, int]] = {}  # job -> (device group, devices the group may hold)
+        self._upload_locks: dict[int, threading.Lock] = {}
+        self._closed = False
+        self.fail_interrupted()
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def fail_interrupted(self) -> None:
+        """Mark jobs that were queued or running when the worker last stopped as failed."""
+        for job in self.store.jobs_in("queued", "running"):
+            reason = f"worker restarted while the job was {job.state}"
+            self.store.update(job.job_id, state="failed", reason=reason, finished=time.time())
+            self._event(job.job_id, failed=pb.Failed(reason=reason, exit_code=-1))
+
+    def _event(self, job_id: int, **kind: Any) -> None:
+        def make(seq: int) -> bytes:
+            ev = pb.JobEvent(seq=seq, time_unix_ms=int(time.time() * 1000), job_id=job_id, **kind)
+            return bytes(ev.SerializeToString())
+
+        self.store.add_event(job_id, make)
+        with self._cond:
+            self._cond.notify_all()
+
+    def job_dir(self, job_id: int) -> Path:
+        """The job's directory in the data dir."""
+        return self.data_dir / "jobs" / str(job_id)
+
+    def get(self, job_id: int) -> JobRecord:
+        """The job, or NOT_FOUND."""
+        job = self.store.get(job_id)
+        if job is None:
+            raise WorkerError(f"no job {job_id} on this worker", code="NOT_FOUND")
+        return job
+
+    def queue_position(self, job_id: int) -> int:
+        """Position of a queued job (0 = next), or 0."""
+        with self._cond:
+            return self._queue.index(job_id) if job_id in self._queue else 0
+
+    def counts(self) -> tuple[int, int]:
+        """(queued, running) job counts."""
+        with self._cond:
+            return len(self._queue), len(self._running)
+
+    def busy_devices(self) -> set[int]:
+        """Indices (into ``devices``) held by running jobs."""
+        with self._cond:
+            return set(range(len(self.devices))) - self._free
+
+    # -- uploads ------------------------------------------------------------------------------
+
+    def _upload_lock(self, job_id: int) -> threading.Lock:
+        with self._cond:
+            return self._upload_locks.setdefault(job_id, threading.Lock())
+
+    def part_path(self, job_id: int, sha: bytes) -> Path:
+        """Where the partial archive of an upload lives."""
+        return self.data_dir / "uploads" / f"{job_id}-{sha.hex()}.part"
+
+    def upload_offset(self, job_id: int, sha: bytes) -> tuple[int, bool]:
+        """(bytes held, complete) for an upload of the archive with sha256 ``sha``."""
+        job = self.store.get(job_id)
+        if job is not None and job.state != "uploading" and job.archive_sha256 == sha:
+            return int(job.archive_size or 0), True
+        part = self.part_path(job_id, sha)
+        return (part.stat().st_size if part.exists() else 0), False
+
+    def receive_upload(self, lease: Lease, size: int, sha: bytes, offset: int,
+                       chunks: Any) -> tuple[JobRecord, int]:
+        """Append the ``(data, sha256)`` chunks to the upload from ``offset``; finish it when complete.
+
+        Returns the job and the bytes held. Raises WorkerError with the status code to send.
+        """
+        job_id = lease.job_id
+        if size > self.config.max_bundle_bytes:
+            raise WorkerError(f"bundle archive of {size} bytes exceeds this worker's limit of "
+                              f"{self.config.max_bundle_bytes}", code="RESOURCE_EXHAUSTED")
+        if len(sha) != 32:
+            raise WorkerError("archive_sha256 must be 32 bytes", code="INVALID_ARGUMENT")
+        lock = self._upload_lock(job_id)
+        if not lock.acquire(blocking=False):
+            raise WorkerError(f"another upload of job {job_id} is in progress", code="ABORTED")
+        try:
+            existing = self.store.get(job_id)
+            if existing is not None and existing.state != "uploading":
+                if existing.archive_sha256 == sha:
+                    return existing, int(existing.archive_size or 0)
+                raise WorkerError(f"job {job_id} already has a bundle", code="ALREADY_EXISTS")
+            self.store.upsert_upload(job_id, lease.requester, sha, size)
+            part = self.part_path(job_id, sha)
+            held = part.stat().st_size if part.exists() else 0
+            if offset != held:
+                raise WorkerError(f"upload offset {offset} does not match the {held} bytes held; "
+                                  "resume from QueryUpload's received_bytes", code="FAILED_PRECONDITION")
+            running_hash = hashlib.sha256() if held == 0 else None
+            with open(part, "ab") as fh:
+                for data, chunk_sha in chunks:
+                    if hashlib.sha256(data).digest() != chunk_sha:
+                        raise WorkerError(f"chunk at offset {held} does not match its sha256", code="DATA_LOSS")
+                    if held + len(data) > size:
+                        raise WorkerError(f"upload is larger than the announced {size} bytes",
+                                          code="INVALID_ARGUMENT")
+                    fh.write(data)
+                    fh.flush()
+                    held += len(data)
+                    if running_hash is not None:
+                        running_hash.update(data)
+            if held < size:
+                job = self.store.get(job_id)
+                assert job is not None
+                return job, held
+            return self._finish_upload(lease, part, sha, running_hash), held
+        finally:
+            lock.release()
+
+    def _finish_upload(self, lease: Lease, part: Path, sha: bytes, running: Any) -> JobRecord:
+        job_id = lease.job_id
+        if running is None:
+            running = hashlib.sha256()
+            with open(part, "rb") as fh:
+                while block := fh.read(_READ):
+                    running.update(block)
+        if running.digest() != sha:
+            part.unlink()
+            raise WorkerError("the archive does not match its sha256; upload it again", code="DATA_LOSS")
+        target = self.job_dir(job_id) / "bundle"
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        self.job_dir(job_id).mkdir(parents=True)
+        try:
+            bundle = unpack_bundle(part, target, max_bytes=self.config.max_unpacked_bytes)
+            self._check_bundle(lease, bundle)
+        except BaseException:
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            part.unlink(missing_ok=True)
+            raise
+        part.unlink(missing_ok=True)
+        self.store.update(job_id, state="ready", bundle_hash=bundle.hash)
+        job = self.store.get(job_id)
+        assert job is not None
+        return job
+
+    def _check_bundle(self, lease: Lease, bundle: Bundle) -> None:
+        if lease.bundle_hash is not None and bundle.hash != lease.bundle_hash:
+            raise WorkerError(f"bundle hash 0x{bundle.hash.hex()} is not the lease's 0x{lease.bundle_hash.hex()}",
+                              code="PERMISSION_DENIED")
+        res = bundle.spec.resources
+        if res.device != lease.devices.kind or res.gpus > lease.devices.count:
+            raise WorkerError(f"bundle asks for {res.gpus} {res.device} devices; the lease pays for "
+                              f"{lease.devices.count} {lease.devices.kind}", code="FAILED_PRECONDITION")
+        check_request(self.devices, res.device, res.gpus, int(res.min_memory_gb * 2**30))
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    def start(self, job_id: int, seed: int, lease: Lease | None = None) -> JobRecord:
+        """Queue a ready job; idempotent for a job already started.
+
+        A ``lease`` with a device group holds the job back while the group's running jobs hold
+        its ``devices.count`` devices (the devices of one reservation are shared by its jobs).
+        """
+        with self._cond:
+            job = self.get(job_id)
+            if job.state in ("queued", "running", *TERMINAL):
+                return job
+            if job.state != "ready":
+                raise WorkerError(f"job {job_id} has no complete bundle yet", code="FAILED_PRECONDITION")
+            if self._closed:
+                raise WorkerError("the worker is shutting down", code="UNAVAILABLE")
+            if not self.sandbox.sandboxed and not self.sandbox.allow_unsandboxed:
+                raise SandboxError("bubblewrap is not available here and this worker refuses to run untrusted "
+                                   "jobs without it (its operator may start it with --unsafe-no-sandbox)")
+            if len(self._queue) >= self.config.max_queued:
+                raise WorkerError(f"the queue is full ({self.config.max_queued} jobs)", code="RESOURCE_EXHAUSTED")
+            bundle = load_bundle(self.job_dir(job_id) / "bundle")
+            res = bundle.spec.resources
+            check_request(self.devices, res.device, res.gpus, int(res.min_memory_gb * 2**30))
+            if lease is not None and lease.device_group is not None:
+                if res.gpus > lease.devices.count:
+                    raise WorkerError(f"the job asks for {res.gpus} devices; its lease holds {lease.devices.count}",
+                                      code="FAILED_PRECONDITION")
+                self._groups[job_id] = (lease.device_group, lease.devices.count)
+            self.store.update(job_id, state="queued", seed=seed)
+            self._queue.append(job_id)
+            position = len(self._queue) - 1
+        self._event(job_id, queued=pb.Queued(position=position))
+        self._dispatch()
+        return self.get(job_id)
+
+    def _pick(self, bundle: Bundle) -> list[int] | None:
+        res = bundle.spec.resources
+        need = int(res.min_memory_gb * 2**30)
+        fit = [i for i in sorted(self._free) if self.devices[i].kind == res.device
+               and self.devices[i].memory_bytes >= need]
+        return fit[: res.gpus] if len(fit) >= res.gpus else None
+
+    def _dispatch(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            for job_id in list(self._queue):
+                try:
+                    bundle = load_bundle(self.job_dir(job_id) / "bundle")
+                except BundleError as exc:
+                    self._queue.remove(job_id)
+                    self._finish_without_run(job_id, f"bundle unreadable: {exc}", "failed")
+                    continue
+                group = self._groups.get(job_id)
+                if group is not None and self._group_busy(group[0]) + bundle.spec.resources.gpus > group[1]:
+                    continue  # its group's devices are all in use: wait for one of its jobs to end
+                chosen = self._pick(bundle)
+                if chosen is None:
+                    continue
+                self._queue.remove(job_id)
+                self._free -= set(chosen)
+                run = _Running(job_id, chosen, threading.Event(), group=None if group is None else group[0])
+                self._running[job_id] = run
+                threading.Thread(target=self._run_guarded, args=(run, bundle), name=f"job-{job_id}",
+                                 daemon=True).start()
+
+    def _group_busy(self, group: str) -> int:
+        """Devices held by running jobs of ``group`` (call with the lock held)."""
+        return sum(len(run.devices) for run in self._running.values() if run.group == group)
+
+    def _finish_without_run(self, job_id: int, reason: str, state: str) -> None:
+        self.store.update(job_id, state=state, reason=reason, finished=time.time(), exit_code=-1)
+        self._event(job_id, failed=pb.Failed(reason=reason, exit_code=-1))
+
+    def cancel(self, job_id: int) -> JobRecord:
+        """Cancel a job: drop it from the queue, or kill its whole process tree."""
+        with self._cond:
+            job = self.get(job_id)
+            if job.terminal:
+                return job
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                queued = True
+            else:
+                queued = False
+            run = self._running.get(job_id)
+        if run is not None:
+            run.cancelled.set()
+            if run.kill is not None:
+                run.kill("cancelled by the requester")
+            with self._cond:
+                self._cond.wait_for(lambda: job_id not in self._running, timeout=30)
+        elif queued or job.state in ("ready", "uploading"):
+            self._finish_without_run(job_id, "cancelled by the requester before it ran", "cancelled")
+        return self.get(job_id)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _run_guarded(self, run: _Running, bundle: Bundle) -> None:
+        try:
+            self._run(run, bundle)
+        except Exception as exc:  # a bug here must not leave the job running forever
+            log.exception("job %s crashed the worker's runner", run.job_id)
+            job = self.store.get(run.job_id)
+            if job is not None and not job.terminal:
+                self._finish_without_run(run.job_id, f"worker error: {type(exc).__name__}: {exc}", "failed")
+        finally:
+            self._release(run)
+            self._dispatch()
+
+    def _release(self, run: _Running) -> None:
+        """Give a job's devices back (idempotent): done before its final event is stored."""
+        with self._cond:
+            if self._running.pop(run.job_id, None) is not None:
+                self._free |= set(run.devices)
+            self._groups.pop(run.job_id, None)
+            self._cond.notify_all()
+
+    def _prepare(self, job_id: int, bundle: Bundle) -> tuple[Path, Path, Path, Path]:
+        root = self.job_dir(job_id)
+        work, result = root / "work", root / "result"
+        for path in (work, result):
+            shutil.rmtree(path, ignore_errors=True)
+        output, ckpt, logs = result / "output", result / "checkpoints", result / "logs"
+        for path in (work, output, ckpt, logs):
+            path.mkdir(parents=True)
+        inputs = set(bundle.spec.job.inputs)
+        for dirpath, _dirs, files in os.walk(bundle.root):
+            for name in files:
+                src = Path(dirpath) / name
+                rel = src.relative_to(bundle.root)
+                dst = work / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if rel.as_posix() in inputs:
+                    base = INPUT if self.sandbox.sandboxed else str(bundle.root)
+                    dst.symlink_to(f"{base}/{rel.as_posix()}")
+                else:
+                    shutil.copyfile(src, dst)
+        return work, output, ckpt, logs
+
+    def _run(self, run: _Running, bundle: Bundle) -> None:
+        job_id = run.job_id
+        job = self.get(job_id)
+        spec = bundle.spec
+        devices = [self.devices[i] for i in run.devices]
+        work, output, ckpt, logs = self._prepare(job_id, bundle)
+        limits = self.config.limits
+        limits = Limits(
+            timeout_s=min(float(spec.resources.timeout_s), self.config.max_timeout_s),
+            memory_bytes=limits.memory_bytes, max_processes=limits.max_processes,
+            max_file_bytes=limits.max_file_bytes, max_disk_bytes=limits.max_disk_bytes,
+            tmp_bytes=limits.tmp_bytes, open_files=limits.open_files,
+        )
+        env = {"FLOPEX_SEED": str(job.seed or 0), "FLOPEX_JOB_ID": str(job_id)}
+        if spec.resources.device == "cpu":
+            threads = max(1, (os.cpu_count() or 1) // max(1, sum(d.kind == "cpu" for d in self.devices)))
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads * len(devices))
+        req = SandboxRequest(
+            name=f"job{job_id}", bundle_dir=bundle.root, work_dir=work, output_dir=output, checkpoint_dir=ckpt,
+            entrypoint=spec.job.entrypoint, args=spec.job.args, env=env, device_kind=spec.resources.device,
+            gpu_indices=tuple(d.index for d in devices if d.kind == "cuda"), limits=limits,
+        )
+        if run.cancelled.is_set():
+            self._finish_without_run(job_id, "cancelled by the requester before it ran", "cancelled")
+            return
+        started = time.time()
+        self.store.update(job_id, state="running", started=started)
+        self._event(job_id, started=pb.Started(devices=[device_proto(d, True) for d in devices],
+                                               sandboxed=self.sandbox.sandboxed))
+        try:
+            proc = self.sandbox.start(req)
+        except SandboxError as exc:
+            self._finish_without_run(job_id, str(exc), "failed")
+            return
+        run.kill = proc.kill
+        if run.cancelled.is_set():
+            proc.kill("cancelled by the requester")
+        sampler = UtilizationSampler([d.index for d in devices if d.kind == "cuda"]).start()
+        counter = [0]
+        counter_lock = threading.Lock()
+        readers = [
+            threading.Thread(target=self._pump, args=(job_id, "stdout", proc.stdout, logs / "stdout.log",
+                                                      counter, counter_lock), daemon=True),
+            threading.Thread(target=self._pump, args=(job_id, "stderr", proc.stderr, logs / "stderr.log",
+                                                      counter, counter_lock), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        outcome = proc.wait()
+        for reader in readers:
+            reader.join(timeout=10)
+        utilization = sampler.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        manifest, _ = manifest_of(self.job_dir(job_id) / "result")
+        self._save_manifest(job_id, manifest)
+        wall_ms = int(outcome.wall_s * 1000)
+        metering = {
+            "wall_millis": wall_ms, "device_count": len(devices), "device_millis": wall_ms * len(devices),
+            "cpu_millis": outcome.cpu_millis, "peak_memory_bytes": outcome.peak_memory_bytes,
+            "gpu_utilization_percent": utilization,
+        }
+        receipt = UsageReceipt(
+            job_id=job_id, provider=self.signer.address, result_root=manifest.root,
+            device_seconds=math.ceil(wall_ms * len(devices) / 1000), cpu_millis=outcome.cpu_millis,
+            peak_memory_bytes=outcome.peak_memory_bytes, exit_code=max(-(2**31), min(2**31 - 1, outcome.exit_code)),
+        )
+        signed = sign_receipt(self.signer.key, self.domain, receipt)
+        receipt_data = {**receipt.to_json(), "signature": "0x" + signed.signature.hex()}
+        cancelled = run.cancelled.is_set()
+        ok = outcome.exit_code == 0 and outcome.reason is None and not cancelled
+        reason = "" if ok else (outcome.reason or f"the job exited with status {outcome.exit_code}")
+        state = "succeeded" if ok else ("cancelled" if cancelled else "failed")
+        # The devices are free the moment the job ends: before anyone hears it has.
+        self._release(run)
+        self.store.update(job_id, state=state, reason=reason, exit_code=outcome.exit_code, result_root=manifest.root,
+                          metering=metering, receipt=receipt_data, finished=time.time())
+        rproto, mproto = receipt_proto(receipt_data), metering_proto(metering)
+        if ok:
+            self._event(job_id, finished=pb.Finished(exit_code=0, metering=mproto, result_root=manifest.root,
+                                                     receipt=rproto))
+        else:
+            self._event(job_id, failed=pb.Failed(reason=reason, exit_code=outcome.exit_code, metering=mproto,
+                                                 result_root=manifest.root, receipt=rproto))
+
+    def _pump(self, job_id: int, stream: str, pipe: IO[bytes], path: Path, counter: list[int],
+              lock: threading.Lock) -> None:
+        with open(path, "wb") as sink:
+            for raw in iter(pipe.readline, b""):
+                sink.write(raw)
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")[:MAX_LINE]
+                with lock:
+                    counter[0] += 1
+                    n = counter[0]
+                if n > MAX_LOG_EVENTS + 1:
+                    continue
+                if n == MAX_LOG_EVENTS + 1:
+                    self._event(job_id, log=pb.LogLine(stream="stderr", text="[flopex] more log lines are in "
+                                                       "logs/stdout.log and logs/stderr.log of the results"))
+                elif stream == "stdout" and line.startswith(PROGRESS_PREFIX):
+                    self._event(job_id, progress=self._progress(line[len(PROGRESS_PREFIX):]))
+                else:
+                    self._event(job_id, log=pb.LogLine(stream=stream, text=line))
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+    @staticmethod
+    def _progress(text: str) -> pb.Progress:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return pb.Progress(message=text[:MAX_LINE])
+        if not isinstance(data, dict):
+            return pb.Progress(message=text[:MAX_LINE])
+        progress = pb.Progress(message=str(data.get("message", ""))[:MAX_LINE], json=text[:MAX_LINE])
+        fraction = data.get("fraction")
+        if isinstance(fraction, int | float) and not isinstance(fraction, bool):
+            progress.fraction = float(fraction)
+        return progress
+
+    # -- events and results ---------------------------------------------------------------------
+
+    def wait_events(self, job_id: int, from_seq: int, timeout: float) -> tuple[list[tuple[int, bytes]], bool]:
+        """Events from ``from_seq`` (waiting up to ``timeout`` for one), and whether the job has ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.store.events(job_id, from_seq)
+            job = self.get(job_id)
+            if events or job.terminal:
+                return events, job.terminal
+            with self._cond:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return [], False
+                self._cond.wait(min(remaining, 1.0))
+
+    def _save_manifest(self, job_id: int, manifest: ResultManifest) -> None:
+        data = {"root": manifest.root.hex(),
+                "files": [[f.path, f.size, f.sha256.hex(), f.chunks] for f in manifest.files]}
+        (self.job_dir(job_id) / "manifest.json").write_text(json.dumps(data))
+
+    def _load_manifest(self, job_id: int) -> ResultManifest | None:
+        path = self.job_dir(job_id) / "manifest.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        files = tuple(FileEntry(p, size, bytes.fromhex(sha), chunks) for p, size, sha, chunks in data["files"])
+        return ResultManifest(files, bytes.fromhex(data["root"]))
+
+    def results(self, job_id: int) -> tuple[JobRecord, ResultManifest, Path]:
+        """The manifest of an ended job's results (computed when it ended) and their directory.
+
+        Every file's size is checked against the manifest; requesters verify hashes and the root.
+        """
+        job = self.get(job_id)
+        if not job.terminal:
+            raise WorkerError(f"job {job_id} has not ended (it is {job.state})", code="FAILED_PRECONDITION")
+        folder = self.job_dir(job_id) / "result"
+        manifest = self._load_manifest(job_id)
+        if not folder.is_dir() or manifest is None:
+            raise WorkerError(f"job {job_id} ended without running; it has no results", code="FAILED_PRECONDITION")
+        if manifest.root != (job.result_root or EMPTY_ROOT) or any(
+            (folder / f.path).stat().st_size != f.size for f in manifest.files
+        ):
+            raise VerificationError(f"job {job_id}: results on disk no longer match the committed root")
+        return job, manifest, folder
+
+    def bundle_files(self, job_id: int) -> tuple[JobRecord, ResultManifest, Path]:
+        """The manifest of a job's unpacked bundle and its directory (for verifiers to re-run it)."""
+        job = self.get(job_id)
+        folder = self.job_dir(job_id) / "bundle"
+        if job.state == "uploading" or not folder.is_dir():
+            raise WorkerError(f"job {job_id} has no complete bundle", code="FAILED_PRECONDITION")
+        manifest, _ = manifest_of(folder)
+        return job, manifest, folder
+
+    def shutdown(self) -> None:
+        """Stop starting jobs and kill the running ones (they are marked failed)."""
+        with self._cond:
+            self._closed = True
+            running = list(self._running.values())
+        for run in running:
+            if run.kill is not None:
+                run.kill("the worker is shutting down")
+        with self._cond:
+            self._cond.wait_for(lambda: not self._running, timeout=30)

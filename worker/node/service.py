@@ -1,0 +1,460 @@
+"""The worker's gRPC service and the server factory.
+
+:func:`create_server` wires the parts (store, sandbox, devices, job manager, challenge runner,
+health, reflection) and binds the port; :class:`WorkerServicer` implements
+``flopex.v1.WorkerService``. Every domain error is mapped to an explicit status code
+(:func:`status_of`); an unexpected exception becomes INTERNAL with a generic message and is
+logged — nothing escapes as UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import ipaddress
+import logging
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import marketplace
+from marketplace.errors import (
+    BundleError,
+    ConfigError,
+    FlopexError,
+    SandboxError,
+    SignatureError,
+    VerificationError,
+    WorkerError,
+)
+from marketplace.protocol.auth import Domain, SignedRequest, payload_digest, recover_request_signer, verify_request
+from marketplace.rpc import SERVICE_NAME
+from marketplace.rpc import worker_pb2 as pb
+from marketplace.rpc import worker_pb2_grpc as pb_grpc
+from worker.node.challenges import ChallengeRunner
+from worker.node.config import WorkerConfig, load_or_create_key
+from worker.node.devices import DeviceInfo, detect_devices
+from worker.node.jobs import JobManager, device_proto, metering_proto
+from worker.node.leases import Lease
+from worker.node.store import JobRecord, JobStore, NonceReplayed
+from worker.sandbox.runner import Sandbox
+
+__all__ = ["MAX_MESSAGE_BYTES", "WorkerServer", "WorkerServicer", "create_server", "status_of"]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8 << 20
+"""Largest message the server accepts (upload chunks are at most 4 MiB)."""
+DOWNLOAD_CHUNK = 1 << 20
+VERIFIER_METHODS = frozenset({"GetJob", "DownloadResults", "DownloadBundle"})
+"""Read-only rpcs a registered verifier may call for a committed result (see ``_signer``)."""
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_STATE = {
+    "uploading": pb.JOB_STATE_UPLOADING, "ready": pb.JOB_STATE_READY, "queued": pb.JOB_STATE_QUEUED,
+    "running": pb.JOB_STATE_RUNNING, "succeeded": pb.JOB_STATE_SUCCEEDED, "failed": pb.JOB_STATE_FAILED,
+    "cancelled": pb.JOB_STATE_CANCELLED,
+}
+
+
+class _Unauthenticated(SignatureError):
+    """Raised when a request carries no usable signature at all."""
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    """The status code a domain error maps to."""
+    if isinstance(exc, WorkerError) and exc.code:
+        return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
+    if isinstance(exc, _Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED
+    if isinstance(exc, SignatureError):
+        return grpc.StatusCode.PERMISSION_DENIED
+    if isinstance(exc, SandboxError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, BundleError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, VerificationError):
+        return grpc.StatusCode.DATA_LOSS
+    if isinstance(exc, ConfigError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, WorkerError):
+        return exc.message
+    if isinstance(exc, FlopexError):
+        return str(exc)
+    return f"internal error ({type(exc).__name__}); see the worker's log"
+
+
+def _guard(fn: _F) -> _F:
+    """Turn exceptions of a handler (unary or streaming) into explicit status codes."""
+
+    def fail(context: grpc.ServicerContext, exc: Exception) -> None:
+        if not isinstance(exc, FlopexError):
+            log.exception("unexpected error in %s", fn.__name__)
+        context.abort(status_of(exc), _message(exc))
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from fn(self, request, context)
+            except Exception as exc:
+                if context.is_active():
+                    fail(context, exc)
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except Exception as exc:
+            fail(context, exc)
+            raise  # unreachable: abort raises
+    return unary  # type: ignore[return-value]
+
+
+class WorkerServicer(pb_grpc.WorkerServiceServicer):
+    """Implements ``flopex.v1.WorkerService`` on top of a :class:`JobManager`."""
+
+    def __init__(self, config: WorkerConfig, manager: JobManager, challenges: ChallengeRunner,
+                 devices: list[DeviceInfo]) -> None:
+        self.config = config
+        self.manager = manager
+        self.challenges = challenges
+        self.devices = devices
+        self.address = manager.signer.address
+        self.domain = manager.domain
+
+    # -- authorization ------------------------------------------------------------------------
+
+    def _authorize(self, method: str, job_id: int, auth: pb.RequestAuth, digest: bytes) -> Lease:
+        if not auth.signature:
+            raise _Unauthenticated(f"{method} needs a RequestAuth signed by the job's requester")
+        if len(auth.signature) != 65 or len(auth.nonce) != 32:
+            raise _Unauthenticated("malformed RequestAuth: a 32-byte nonce and a 65-byte signature are required")
+        try:
+            lease = self.config.leases.lease(job_id)
+        except FlopexError as exc:
+            raise WorkerError(f"cannot read the lease of job {job_id}: {exc}", code="UNAVAILABLE") from None
+        if lease is None:
+            raise WorkerError(f"no lease for job {job_id}", code="NOT_FOUND")
+        if not lease.names(self.address):
+            raise WorkerError(f"the lease of job {job_id} does not name this worker ({self.address})",
+                              code="PERMISSION_DENIED")
+        req = SignedRequest(job_id, method, digest, int.from_bytes(auth.nonce, "big"), auth.expiry,
+                            auth.signature)
+        signer = self._signer(lease, req, method)
+        verify_request(self.domain, req, expected_signer=signer, method=method, job_id=job_id,
+                       digest=digest, max_ttl_s=self.config.max_request_ttl_s)
+        try:
+            self.manager.store.use_nonce(signer, req.nonce, req.expiry)
+        except NonceReplayed as exc:
+            raise SignatureError(f"replayed request: {exc}") from None
+        if method in ("UploadBundle", "StartJob") and lease.deadline < time.time():
+            raise WorkerError(f"the lease of job {job_id} ended at {lease.deadline}", code="FAILED_PRECONDITION")
+        return lease
+
+    def _signer(self, lease: Lease, req: SignedRequest, method: str) -> str:
+        """Who must have signed: the lease's requester, or a verifier allowed to read a committed result.
+
+        A staked, registered verifier may read (GetJob, DownloadResults, DownloadBundle) a job whose
+        result this worker's provider has committed on chain: the commitment binds the provider
+        before anyone checks it, and the verifier's stake answers for what it does with the data.
+        The lease lookup decides (``verifier_may_read``); lookups without it admit only requesters.
+        """
+        if method not in VERIFIER_METHODS:
+            return lease.requester
+        may_read = getattr(self.config.leases, "verifier_may_read", None)
+        if may_read is None:
+            return lease.requester
+        try:
+            signer = recover_request_signer(self.domain, req)
+        except SignatureError:
+            return lease.requester
+        if signer.lower() == lease.requester.lower():
+            return lease.requester
+        try:
+            allowed = bool(may_read(lease.job_id, signer, self.address))
+        except FlopexError as exc:
+            raise WorkerError(f"cannot check verifier {signer}: {exc}", code="UNAVAILABLE") from None
+        if not allowed:
+            raise SignatureError(f"auth: {signer} is neither the job's requester nor a verifier of a committed "
+                                 "result")
+        return signer
+
+    def _status(self, job: JobRecord) -> pb.JobStatus:
+        status = pb.JobStatus(job_id=job.job_id, state=_STATE[job.state], reason=job.reason,
+                              exit_code=job.exit_code, result_root=job.result_root or b"",
+                              queue_position=self.manager.queue_position(job.job_id),
+                              bundle_hash=job.bundle_hash or b"", seed=job.seed or 0)
+        metering = metering_proto(job.metering)
+        if metering is not None:
+            status.metering.CopyFrom(metering)
+        return status
+
+    # -- rpcs ---------------------------------------------------------------------------------
+
+    @_guard
+    def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.WorkerInfo:
+        """Describe the worker."""
+        busy = self.manager.busy_devices()
+        queued, running = self.manager.counts()
+        from importlib import metadata
+
+        try:
+            torch_version = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            torch_version = ""
+        return pb.WorkerInfo(
+            provider_address=self.address, worker_version=marketplace.__version__, protocol_version="flopex.v1",
+            python_version=platform.python_version(), torch_version=torch_version,
+            devices=[device_proto(d, i in busy) for i, d in enumerate(self.devices)],
+            prices=[pb.Price(device_kind=k, price_per_hour=str(v)) for k, v in sorted(self.config.prices.items())],
+            max_bundle_bytes=self.config.max_bundle_bytes, chain_id=self.config.chain_id,
+            market_address=self.domain.verifying_contract, sandboxed=self.manager.sandbox.sandboxed,
+            queued_jobs=queued, running_jobs=running,
+        )
+
+    @_guard
+    def QueryUpload(self, request: pb.QueryUploadRequest, context: grpc.ServicerContext) -> pb.UploadStatus:
+        """How much of an upload the worker holds."""
+        sha = request.archive_sha256
+        if len(sha) != 32:
+            raise WorkerError("archive_sha256 must be 32 bytes", code="INVALID_ARGUMENT")
+        self._authorize("QueryUpload", request.job_id, request.auth, payload_digest("QueryUpload", archive_sha256=sha))
+        held, complete = self.manager.upload_offset(request.job_id, sha)
+        job = self.manager.store.get(request.job_id)
+        return pb.UploadStatus(job_id=request.job_id, received_bytes=held, complete=complete,
+                               archive_size=(job.archive_size or 0) if job else 0,
+                               bundle_hash=(job.bundle_hash or b"") if job and complete else b"")
+
+    @_guard
+    def UploadBundle(
+        self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
+    ) -> pb.UploadStatus:
+        """Receive (part of) a bundle archive."""
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            raise WorkerError("the first upload message must carry the header", code="INVALID_ARGUMENT")
+        head = first.header
+        if len(head.archive_sha256) != 32:
+            raise WorkerError("archive_sha256 must be 32 bytes", code="INVALID_ARGUMENT")
+        lease = self._authorize("UploadBundle", head.job_id, head.auth,
+                                payload_digest("UploadBundle", archive_sha256=head.archive_sha256))
+
+        def chunks() -> Iterator[tuple[bytes, bytes]]:
+            if first.data:
+                yield first.data, first.sha256
+            for message in request_iterator:
+                if message.HasField("header"):
+                    raise WorkerError("only the first upload message may carry a header", code="INVALID_ARGUMENT")
+                yield message.data, message.sha256
+
+        job, held = self.manager.receive_upload(lease, head.archive_size, head.archive_sha256, head.offset, chunks())
+        return pb.UploadStatus(job_id=job.job_id, received_bytes=held, archive_size=head.archive_size,
+                               complete=job.state != "uploading", bundle_hash=job.bundle_hash or b"")
+
+    @_guard
+    def StartJob(self, request: pb.StartJobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
+        """Queue an uploaded job."""
+        lease = self._authorize("StartJob", request.job_id, request.auth,
+                                payload_digest("StartJob", seed=request.seed))
+        return self._status(self.manager.start(request.job_id, request.seed, lease))
+
+    @_guard
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
+        """A job's state."""
+        self._authorize("GetJob", request.job_id, request.auth, payload_digest("GetJob"))
+        return self._status(self.manager.get(request.job_id))
+
+    @_guard
+    def WatchJob(self, request: pb.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
+        """Stream a job's events until its final one."""
+        self._authorize("WatchJob", request.job_id, request.auth, payload_digest("WatchJob"))
+        self.manager.get(request.job_id)
+        seq = request.from_seq
+        quiet_since: float | None = None
+        while context.is_active():
+            events, ended = self.manager.wait_events(request.job_id, seq, timeout=1.0)
+            final = False
+            for number, data in events:
+                event = pb.JobEvent.FromString(data)
+                final = final or event.WhichOneof("kind") in ("finished", "failed")
+                yield event
+                seq = number + 1
+            if final:
+                return
+            if ended and not events:
+                # The job's state is stored a moment before its final event: wait for the event,
+                # but not forever (a job that ended without one, from an older worker, still ends).
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 2.0:
+                    return
+            else:
+                quiet_since = None
+
+    @_guard
+    def DownloadResults(self, request: pb.DownloadResultsRequest,
+                        context: grpc.ServicerContext) -> Iterator[pb.ResultChunk]:
+        """Stream the manifest, then every result file."""
+        self._authorize("DownloadResults", request.job_id, request.auth, payload_digest("DownloadResults"))
+        job, manifest, folder = self.manager.results(request.job_id)
+        from worker.node.jobs import receipt_proto
+
+        head = pb.ResultManifest(
+            files=[pb.ResultFile(path=f.path, size=f.size, sha256=f.sha256, chunks=f.chunks) for f in manifest.files],
+            result_root=manifest.root, state=_STATE[job.state],
+        )
+        receipt = receipt_proto(job.receipt)
+        if receipt is not None:
+            head.receipt.CopyFrom(receipt)
+        yield pb.ResultChunk(manifest=head)
+        for entry in manifest.files:
+            with open(folder / entry.path, "rb") as fh:
+                offset = 0
+                while context.is_active():
+                    data = fh.read(DOWNLOAD_CHUNK)
+                    if not data:
+                        break
+                    yield pb.ResultChunk(chunk=pb.FileChunk(path=entry.path, offset=offset, data=data))
+                    offset += len(data)
+
+    @_guard
+    def DownloadBundle(self, request: pb.DownloadBundleRequest,
+                       context: grpc.ServicerContext) -> Iterator[pb.ResultChunk]:
+        """Stream the job's unpacked bundle: a manifest, then every file."""
+        self._authorize("DownloadBundle", request.job_id, request.auth, payload_digest("DownloadBundle"))
+        job, manifest, folder = self.manager.bundle_files(request.job_id)
+        yield pb.ResultChunk(manifest=pb.ResultManifest(
+            files=[pb.ResultFile(path=f.path, size=f.size, sha256=f.sha256, chunks=f.chunks) for f in manifest.files],
+            result_root=manifest.root, state=_STATE[job.state]))
+        for entry in manifest.files:
+            with open(folder / entry.path, "rb") as fh:
+                offset = 0
+                while context.is_active():
+                    data = fh.read(DOWNLOAD_CHUNK)
+                    if not data:
+                        break
+                    yield pb.ResultChunk(chunk=pb.FileChunk(path=entry.path, offset=offset, data=data))
+                    offset += len(data)
+
+    @_guard
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
+        """Cancel a job."""
+        self._authorize("CancelJob", request.job_id, request.auth, payload_digest("CancelJob"))
+        return self._status(self.manager.cancel(request.job_id))
+
+    @_guard
+    def CapacityChallenge(self, request: pb.CapacityChallengeRequest,
+                          context: grpc.ServicerContext) -> pb.CapacityChallengeResult:
+        """Run a timed, seeded matrix product."""
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)
+        result = self.challenges.run(request.seed, request.n, request.device_kind, cancelled)
+        return pb.CapacityChallengeResult(challenge_id=result.challenge_id, rows_root=result.root,
+                                          elapsed_seconds=result.elapsed_s, flops=result.flops,
+                                          device=device_proto(result.device), n=result.n)
+
+    @_guard
+    def ChallengeRows(self, request: pb.ChallengeRowsRequest, context: grpc.ServicerContext) -> pb.ChallengeRowsReply:
+        """Rows of a challenge's product with proofs."""
+        rows = self.challenges.rows(request.challenge_id, list(request.rows))
+        return pb.ChallengeRowsReply(rows=[pb.ChallengeRow(index=i, data=d, proof=p) for i, d, p in rows])
+
+
+class WorkerServer:
+    """A running worker: the gRPC server plus the parts it owns. Stop it with :meth:`stop`."""
+
+    def __init__(self, server: grpc.Server, manager: JobManager, health_servicer: health.HealthServicer,
+                 port: int) -> None:
+        self.server = server
+        self.manager = manager
+        self.health = health_servicer
+        self.port = port
+
+    @property
+    def provider_address(self) -> str:
+        """The address that signs this worker's receipts."""
+        return self.manager.signer.address
+
+    def start(self) -> None:
+        """Start serving."""
+        self.server.start()
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        """Stop serving, kill running jobs (marked failed) and close the store."""
+        self.health.enter_graceful_shutdown()
+        self.manager.shutdown()
+        self.server.stop(grace).wait()
+        self.manager.store.close()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stops."""
+        return bool(self.server.wait_for_termination(timeout))
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_server(config: WorkerConfig, address: str = "127.0.0.1:0") -> tuple[WorkerServer, int]:
+    """Build a worker for ``config`` bound to ``address``; return it (not started) and its port.
+
+    A non-loopback address needs TLS (``tls_cert``/``tls_key``) unless ``allow_insecure_public``.
+    """
+    host = address.rsplit(":", 1)[0]
+    tls = config.tls_cert is not None and config.tls_key is not None
+    if not _is_loopback(host) and not tls and not config.allow_insecure_public:
+        raise ConfigError(f"worker: refusing to serve {address} without TLS; give tls_cert and tls_key")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.chmod(0o700)
+    key_path = config.key_path()
+    signer = load_or_create_key(key_path)
+    sandbox = Sandbox(allow_unsandboxed=config.allow_unsandboxed, protected_paths=[config.data_dir, key_path],
+                      use_cgroups=config.use_cgroups, bwrap=config.bwrap)
+    devices = detect_devices(config.cpu_slots, use_gpus=config.use_gpus)
+    domain = Domain(config.chain_id, config.market_address)
+    store = JobStore(config.data_dir / "worker.sqlite3")
+    manager = JobManager(config, store, sandbox, devices, signer, domain)
+    challenges = ChallengeRunner(devices, config.max_challenge_n)
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+    )
+    pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(config, manager, challenges, devices), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    if tls:
+        assert config.tls_cert is not None and config.tls_key is not None
+        creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise ConfigError(f"worker: cannot bind {address}")
+    return WorkerServer(server, manager, health_servicer, port), port

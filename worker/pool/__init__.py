@@ -1,0 +1,1 @@
+"""Provider pools: the operator's daemon (bids for the pool, assigns slots) and the member's."""

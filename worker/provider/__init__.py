@@ -1,0 +1,1 @@
+"""The provider daemon: stake, register, bid, run, commit and settle; reserved capacity; metrics."""

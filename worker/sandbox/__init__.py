@@ -1,0 +1,1 @@
+"""Running untrusted job code: the bubblewrap sandbox with its limits, and the cgroups behind them."""

@@ -1,0 +1,665 @@
+"""The verifier daemon: watch the market, check results by each job's policy, attest, dispute, prove capacity.
+
+A :class:`VerifierDaemon` drives one staked verifier account. Each :meth:`~VerifierDaemon.step`:
+
+1. reads new ``ResultCommitted``, ``ResultDisputed`` and ``ProviderRegistered`` events;
+2. checks committed results by their job's policy and attests on chain before the challenge
+   window closes:
+
+   - ``redundant``: once every slot has committed (or none can any more: the run deadline passed;
+     or half the earliest commit's challenge window is gone), fetch each slot's results, group them by
+     agreement (tensors with tolerances, other files exactly); the strict majority is accepted,
+     dissenters rejected; no majority voids every slot (refund, nobody slashed);
+   - ``replay``: fetch the slot's bundle and results; draw segments from a seed fixed by the block
+     that holds the commitment; re-run each from its committed checkpoint in the sandbox and
+     compare with the next committed checkpoint; re-run the tail from the last checkpoint and
+     compare with the final outputs. A job without checkpoints is re-run in full;
+   - ``freivalds``: check the product with random vectors drawn from the same kind of seed;
+   - ``optimistic``: re-check (a sample of) results by replay; a wrong one is disputed (another
+     verifier rules) or, with ``dispute_optimistic=False``, rejected directly;
+   - a dispute raised by someone else is ruled on by the same check as the job's policy (replay for
+     optimistic jobs);
+
+   an accepted slot is attested with the verified GPU-seconds: the claim capped by what the
+   verified work and the provider's attested throughput make plausible
+   (:func:`marketplace.verify.billing.billing_cap`);
+3. sends capacity challenges to newly registered providers (and again every
+   ``capacity_interval_s``, with jitter), checks them with Freivalds plus row spot checks and
+   attests the measured throughput in the registry, which flags claims above 2×;
+4. rules on reservations their holders reported not served (:mod:`worker.verifier.reservations`): a probe of
+   the provider's worker during the window, the usage records on chain after it.
+
+Job code is untrusted: replays run in the worker's bubblewrap sandbox (:mod:`worker.verifier.replay`).
+The CLI runs it with :func:`run_verifier`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import secrets
+import shutil
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from marketplace.verify import billing, compare, freivalds, sampling
+from marketplace.contracts.deployment import Contracts
+from marketplace.contracts.events import ProviderRegistered, ResultCommitted, ResultDisputed
+from marketplace.errors import ContractRevert, FlopexError, VerificationError
+from marketplace.protocol.auth import Domain
+from marketplace.protocol.bundle import bundle_hash, load_bundle
+from marketplace.protocol.capacity import challenge_flops, verify_rows
+from marketplace.requester.client import WorkerClient
+from marketplace.sdk import CHECKPOINT_LOG
+from marketplace.types import ONE_TOKEN, JobSpec, Outcome, Policy, SlotStatus
+from worker.sandbox.runner import Limits, Sandbox
+from worker.verifier.replay import ReplayRun, run_replay
+from worker.verifier.reservations import ReservationReferee
+
+__all__ = ["Verdict", "VerifierDaemon", "VerifierSettings", "run_verifier"]
+
+log = logging.getLogger("flopex.verifier")
+
+
+@dataclass(frozen=True)
+class VerifierSettings:
+    """How a verifier checks, stakes and challenges."""
+
+    data_dir: Path
+    stake: int = 100 * ONE_TOKEN
+    poll_interval_s: float = 0.5
+    rtol: float = compare.RTOL
+    atol: float = compare.ATOL
+    replay_fraction: float = 0.07
+    replay_min_samples: int = 7
+    full_rerun_rate: float = 1.0
+    optimistic_check_rate: float = 1.0
+    dispute_optimistic: bool = True
+    freivalds_rounds: int = 2
+    capacity_n: int = 1024
+    capacity_rows: int = 8
+    capacity_at_registration: bool = True
+    capacity_interval_s: float = 0.0
+    billing_slack: float = 1.5
+    billing_overhead_s: float = 5.0
+    allow_unsandboxed: bool = False
+    use_cgroups: bool = True
+    replay_threads: int = 1
+    memory_limit_bytes: int = 4 << 30
+    reservation_probe_attempts: int = 3
+    reservation_probe_interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a check concluded about one slot."""
+
+    job_id: int
+    slot: int
+    outcome: Outcome
+    verified_gpu_seconds: int = 0
+    claimed_gpu_seconds: int = 0
+    reason: str = ""
+    cost_s: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class VerifierDaemon:
+    """One verifier account on the market."""
+
+    def __init__(self, contracts: Contracts, account: LocalAccount, settings: VerifierSettings) -> None:
+        self.contracts = contracts
+        self.account = account
+        self.settings = settings
+        self.domain = Domain(contracts.chain.chain_id, contracts.market.address)
+        self.sandbox = Sandbox(allow_unsandboxed=settings.allow_unsandboxed, use_cgroups=settings.use_cgroups)
+        self.work = settings.data_dir
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.last_block = contracts.market.start_block - 1
+        self.pending: dict[tuple[int, int], ResultCommitted] = {}
+        self.disputes: dict[tuple[int, int], ResultDisputed] = {}
+        self.done: set[tuple[int, int]] = set()
+        self.ruled: set[tuple[int, int]] = set()
+        self.capacity_due: dict[str, float] = {}
+        self.verdicts: list[Verdict] = []
+        self.capacity_log: list[dict[str, Any]] = []
+        self._local_gflops: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rng = random.SystemRandom()
+        #: Rules on reservations reported not served, when the deployment has reservations.
+        self.referee: ReservationReferee | None = None
+        if contracts.reservations is not None:
+            self.referee = ReservationReferee(
+                contracts.reservations, account, self.probe_reservation,
+                attempts=settings.reservation_probe_attempts, interval_s=settings.reservation_probe_interval_s,
+            )
+
+    @property
+    def address(self) -> str:
+        """The verifier's account."""
+        return self.account.address
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def ensure_registered(self) -> None:
+        """Stake up to the configured amount and register as a verifier."""
+        registry, token = self.contracts.registry, self.contracts.token
+        active = registry.stakes(self.address).active
+        if active < self.settings.stake:
+            token.approve(self.account, registry.address, self.settings.stake - active)
+            registry.stake(self.account, self.settings.stake - active)
+        if not registry.is_active_verifier(self.address):
+            registry.register_verifier(self.account)
+
+    def start(self) -> None:
+        """Run :meth:`step` in a background thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self.run, name=f"verifier-{self.address[:8]}", daemon=True)
+        self._thread.start()
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Step until stopped; one step's errors are logged and the next step tries again."""
+        stop = stop or self._stop
+        while not stop.is_set() and not self._stop.is_set():
+            try:
+                self.step()
+            except FlopexError as exc:
+                log.warning("verifier %s: %s", self.address, exc)
+            stop.wait(self.settings.poll_interval_s)
+
+    def stop(self) -> None:
+        """Stop the loop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=120)
+
+    # ------------------------------------------------------------------ one pass
+
+    def now(self) -> int:
+        """The time deadlines are judged by."""
+        return self.contracts.chain.next_timestamp()
+
+    def step(self) -> None:
+        """Read new events, then check what can be checked and challenge who is due."""
+        self._read_events()
+        for key in sorted(self.disputes):
+            if key not in self.ruled:
+                self._handle_dispute(self.disputes[key])
+        jobs = sorted({job for job, _slot in self.pending})
+        for job_id in jobs:
+            self._handle_job(job_id)
+        if self.referee is not None:
+            self.referee.step(self.now())
+        now = time.time()
+        for provider, due in sorted(self.capacity_due.items()):
+            if due <= now:
+                self.challenge_capacity(provider)
+
+    def _read_events(self) -> None:
+        market, registry = self.contracts.market, self.contracts.registry
+        latest = self.contracts.chain.block_number()
+        start = self.last_block + 1
+        if start > latest:
+            return
+        for event in market.get_events("ResultCommitted", start):
+            assert isinstance(event, ResultCommitted)
+            key = (event.job_id, event.slot)
+            if key not in self.done:
+                self.pending[key] = event
+        for event in market.get_events("ResultDisputed", start):
+            assert isinstance(event, ResultDisputed)
+            if event.disputer != self.address:
+                self.disputes[(event.job_id, event.slot)] = event
+        if self.settings.capacity_at_registration:
+            for event in registry.get_events("ProviderRegistered", start):
+                assert isinstance(event, ProviderRegistered)
+                if event.provider != self.address:
+                    self.capacity_due.setdefault(event.provider, 0.0)
+        if self.referee is not None:
+            self.referee.scan(start)
+        self.last_block = latest
+
+    # ------------------------------------------------------------------ jobs
+
+    def _handle_job(self, job_id: int) -> None:
+        market = self.contracts.market
+        spec = market.spec(job_id)
+        keys = [k for k in self.pending if k[0] == job_id]
+        if spec.policy == Policy.NONE or spec.requester == self.address:
+            for key in keys:
+                self._finish(key)
+            return
+        slots = market.slots_of(job_id)
+        if any(s.provider == self.address for s in slots):
+            for key in keys:
+                self._finish(key)
+            return
+        if spec.policy == Policy.REDUNDANT:
+            self._handle_redundant(job_id, spec, slots)
+            return
+        for key in keys:
+            slot = market.slot(*key)
+            if slot.status != SlotStatus.COMMITTED:
+                self._finish(key)
+                continue
+            if spec.policy == Policy.OPTIMISTIC:
+                self._handle_optimistic(job_id, key[1], spec)
+            else:
+                verdict = self.check_slot(job_id, key[1], spec)
+                self._attest(verdict)
+            self._finish(key)
+
+    def _finish(self, key: tuple[int, int]) -> None:
+        self.pending.pop(key, None)
+        self.done.add(key)
+
+    def _handle_redundant(self, job_id: int, spec: JobSpec, slots: list[Any]) -> None:
+        live = [s for s in slots if s.status != SlotStatus.RELEASED]
+        committed = [s for s in live if s.status == SlotStatus.COMMITTED]
+        waiting = [s for s in live if s.status == SlotStatus.ASSIGNED]
+        if waiting and committed:
+            # Wait for the others until no more can come (the run deadline passed), but not past half
+            # of the earliest commit's window, so that commit is still judged before it can settle.
+            first = min(s.committed_at for s in committed)
+            run_deadline = self.contracts.market.job(job_id).lease_start + spec.run_duration
+            if self.now() <= min(run_deadline, first + spec.challenge_window // 2):
+                return
+        if not committed:
+            for key in [k for k in self.pending if k[0] == job_id]:
+                self._finish(key)
+            return
+        for verdict in self.check_redundant(job_id, spec, committed):
+            self._attest(verdict)
+        for key in [k for k in self.pending if k[0] == job_id]:
+            self._finish(key)
+
+    def _handle_optimistic(self, job_id: int, slot: int, spec: JobSpec) -> None:
+        seed = self._seed(job_id, slot)
+        if random.Random(seed ^ 0x0F).random() >= self.settings.optimistic_check_rate:
+            return
+        verdict = self.check_slot(job_id, slot, spec, policy=Policy.REPLAY)
+        self.verdicts.append(verdict)
+        if verdict.outcome != Outcome.REJECT:
+            log.info("verifier: job %d slot %d: optimistic result holds (%s)", job_id, slot, verdict.reason)
+            return
+        if self.settings.dispute_optimistic:
+            market = self.contracts.market
+            bond = market.dispute_bond()
+            try:
+                if bond:
+                    self.contracts.token.approve(self.account, market.address, bond)
+                market.dispute_result(self.account, job_id, slot)
+                log.info("verifier: job %d slot %d: disputed (%s)", job_id, slot, verdict.reason)
+            except ContractRevert as exc:
+                log.info("verifier: job %d slot %d: dispute refused: %s", job_id, slot, exc.reason)
+        else:
+            self._attest(verdict)
+
+    def _handle_dispute(self, event: ResultDisputed) -> None:
+        key = (event.job_id, event.slot)
+        market = self.contracts.market
+        slot = market.slot(*key)
+        spec = market.spec(event.job_id)
+        self.ruled.add(key)
+        if slot.status != SlotStatus.DISPUTED or self.address in (slot.provider, spec.requester, slot.disputer):
+            return
+        policy = Policy.REPLAY if spec.policy in (Policy.OPTIMISTIC, Policy.NONE) else spec.policy
+        if policy == Policy.REDUNDANT:
+            others = [s for s in market.slots_of(event.job_id) if s.status != SlotStatus.RELEASED]
+            verdicts = [v for v in self.check_redundant(event.job_id, spec, others) if v.slot == event.slot]
+            verdict = verdicts[0] if verdicts else self._void(event.job_id, event.slot, "no result to compare")
+        else:
+            verdict = self.check_slot(event.job_id, event.slot, spec, policy=policy)
+        self._attest(verdict)
+
+    def _attest(self, verdict: Verdict) -> None:
+        self.verdicts.append(verdict)
+        try:
+            self.contracts.market.attest(self.account, verdict.job_id, verdict.slot, verdict.outcome,
+                                         verdict.verified_gpu_seconds)
+            log.info("verifier: job %d slot %d: %s, %d of %d GPU-s (%s)", verdict.job_id, verdict.slot,
+                     verdict.outcome.name, verdict.verified_gpu_seconds, verdict.claimed_gpu_seconds, verdict.reason)
+        except ContractRevert as exc:
+            log.info("verifier: job %d slot %d: attestation refused: %s", verdict.job_id, verdict.slot, exc.reason)
+
+    @staticmethod
+    def _void(job_id: int, slot: int, reason: str) -> Verdict:
+        return Verdict(job_id, slot, Outcome.VOID, reason=reason)
+
+    # ------------------------------------------------------------------ fetching
+
+    def _seed(self, job_id: int, slot: int) -> int:
+        """The slot's verification seed: the hash of the block holding its ResultCommitted event."""
+        market = self.contracts.market
+        events = [e for e in market.get_events("ResultCommitted", market.start_block, job_id=job_id)
+                  if isinstance(e, ResultCommitted) and e.slot == slot]
+        if not events:
+            raise VerificationError(f"job {job_id} slot {slot}: no ResultCommitted event")
+        chain = self.contracts.chain
+        with chain.locked():
+            block = chain.w3.eth.get_block(events[-1].block_number)
+        return sampling.verification_seed(bytes(block["hash"]), job_id, slot)
+
+    def _client(self, provider: str) -> WorkerClient:
+        endpoint = self.contracts.registry.offer(provider).endpoint
+        return WorkerClient(endpoint, requester_key=self.account.key, domain=self.domain, timeout_s=60)
+
+    def _slot_client(self, job_id: int, slot: int, provider: str) -> WorkerClient:
+        """The worker that ran a slot: a pool's slot runs on the member its operator assigned."""
+        from marketplace.market.routing import slot_worker
+
+        worker = slot_worker(self.contracts, job_id, slot, provider)
+        if worker is None:
+            raise VerificationError(f"job {job_id} slot {slot}: the pool has not assigned the slot to a member")
+        return WorkerClient(worker.endpoint, requester_key=self.account.key, domain=self.domain, timeout_s=60)
+
+    def fetch(self, job_id: int, slot: int, *, bundle: bool = True) -> tuple[Path, Path | None, int]:
+        """Download a slot's results (checked against the committed root) and bundle; return them and the seed."""
+        market = self.contracts.market
+        state = market.slot(job_id, slot)
+        spec = market.spec(job_id)
+        base = self.work / f"job-{job_id}" / f"slot-{slot}"
+        shutil.rmtree(base, ignore_errors=True)
+        with self._slot_client(job_id, slot, state.provider) as client:
+            results = client.download_results(job_id, base / "results")
+            if results.manifest.root != state.result_root:
+                raise VerificationError("the results do not match the root committed on chain")
+            bundle_dir = None
+            if bundle:
+                client.download_bundle(job_id, base / "bundle")
+                bundle_dir = base / "bundle"
+                if bundle_hash(bundle_dir) != spec.bundle_hash:
+                    raise VerificationError("the bundle does not match the bundle hash posted on chain")
+            seed = int(client.get_job(job_id).seed)
+        return base / "results", bundle_dir, seed
+
+    # ------------------------------------------------------------------ checks
+
+    def check_slot(self, job_id: int, slot: int, spec: JobSpec, *, policy: Policy | None = None) -> Verdict:
+        """Check one committed slot by ``policy`` (default: the job's) and say what to attest."""
+        policy = policy or spec.policy
+        claimed = self.contracts.market.slot(job_id, slot).gpu_seconds
+        started = time.monotonic()
+        try:
+            results, bundle_dir, job_seed = self.fetch(job_id, slot)
+            assert bundle_dir is not None
+            seed = self._seed(job_id, slot)
+            if policy == Policy.FREIVALDS:
+                verdict = self._check_freivalds(job_id, slot, spec, results, bundle_dir, seed, claimed)
+            else:
+                verdict = self._check_replay(job_id, slot, spec, results, bundle_dir, seed, job_seed, claimed)
+        except (VerificationError, FlopexError, OSError) as exc:
+            # A provider that cannot show a result matching its commitment has no verified result.
+            verdict = Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
+                              reason=f"result not verifiable: {exc}")
+        cost = time.monotonic() - started
+        return Verdict(verdict.job_id, verdict.slot, verdict.outcome, verdict.verified_gpu_seconds,
+                       verdict.claimed_gpu_seconds, verdict.reason, cost, verdict.details)
+
+    def _accept(self, job_id: int, slot: int, spec: JobSpec, claimed: int, reason: str, **bounds: Any) -> Verdict:
+        provider = self.contracts.market.slot(job_id, slot).provider
+        gflops = self.contracts.registry.attestation(provider)[0] or None
+        estimate = billing.billing_cap(
+            claimed, attested_gflops=gflops, gpus=spec.gpus, slack=self.settings.billing_slack,
+            overhead_s=self.settings.billing_overhead_s, **bounds)
+        return Verdict(job_id, slot, Outcome.ACCEPT, estimate.verified, claimed, reason,
+                       details={"plausible_gpu_seconds": estimate.plausible, "basis": estimate.basis,
+                                "capped": estimate.capped})
+
+    def _check_freivalds(self, job_id: int, slot: int, spec: JobSpec, results: Path, bundle_dir: Path,
+                         seed: int, claimed: int) -> Verdict:
+        import torch
+        from safetensors.torch import load_file
+
+        job = load_bundle(bundle_dir).spec.job
+        args = list(job.args)
+        dtype_name = args[args.index("--dtype") + 1] if "--dtype" in args[:-1] else "float32"
+        declared = getattr(torch, dtype_name, None)
+        inputs = [name for name in job.inputs if name.endswith(".safetensors")]
+        product = results / "output" / "product.safetensors"
+        if not inputs or not product.exists() or not isinstance(declared, torch.dtype):
+            return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
+                           reason="not a matrix-product job result (inputs.safetensors / product.safetensors)")
+        ab = load_file(str(bundle_dir / inputs[0]))
+        c = load_file(str(product)).get("c")
+        if c is None or c.dtype != declared:
+            return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
+                           reason=f"the product is not a {dtype_name} tensor named c")
+        ok, worst = freivalds.freivalds_check(ab["a"], ab["b"], c, seed=seed, rounds=self.settings.freivalds_rounds,
+                                           dtype=declared)
+        if not ok:
+            return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
+                           reason=f"Freivalds: error {worst:.3g}x the {dtype_name} tolerance")
+        n, k = ab["a"].shape
+        flops = 2 * n * k * ab["b"].shape[1]
+        return self._accept(job_id, slot, spec, claimed, f"Freivalds passed ({worst:.2g} of tolerance)",
+                            flops=flops, estimated_seconds=flops / (self.local_gflops() * 1e9))
+
+    def _check_replay(self, job_id: int, slot: int, spec: JobSpec, results: Path, bundle_dir: Path, seed: int,
+                      job_seed: int, claimed: int) -> Verdict:
+        from safetensors.torch import load_file
+
+        ckpt_dir = results / "checkpoints"
+        entries = read_checkpoint_log(ckpt_dir)
+        replay_root = self.work / f"job-{job_id}" / f"slot-{slot}" / "replay"
+        tol = {"rtol": self.settings.rtol, "atol": self.settings.atol}
+        limits = Limits(memory_bytes=self.settings.memory_limit_bytes)
+
+        def run(name: str, **kw: Any) -> ReplayRun:
+            return run_replay(self.sandbox, bundle_dir, replay_root / name, seed=job_seed, job_id=job_id,
+                              limits=limits, threads=self.settings.replay_threads, **kw)
+
+        if not entries:
+            if random.Random(seed ^ 0xF0).random() >= self.settings.full_rerun_rate:
+                return self._accept(job_id, slot, spec, claimed, "not sampled for a full re-run")
+            full = run("full")
+            if not full.ok:
+                return Verdict(job_id, slot, Outcome.VOID, claimed_gpu_seconds=claimed,
+                               reason=f"the job does not re-run here: {full.reason or full.exit_code}")
+            cmp = compare.compare_results(full.directory, results, **tol)
+            if not cmp:
+                return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
+                               reason=f"full re-run differs: {cmp.describe()}")
+            return self._accept(job_id, slot, spec, claimed, "full re-run matches", estimated_seconds=full.wall_s)
+
+        steps = [int(e["step"]) for e in entries]
+        count = sampling.replay_samples(len(steps), self.settings.replay_fraction, self.settings.replay_min_samples)
+        picks = sampling.sample_segments(seed, len(steps), count)
+        times: list[float] = []
+        for index in picks:
+            before = steps[index - 1] if index > 0 else None
+            run_i = run(f"segment-{index}", start_step=before,
+                        start_checkpoint=ckpt_dir / entries[index - 1]["file"] if index > 0 else None,
+                        until_step=steps[index])
+            times.append(run_i.wall_s)
+            produced = run_i.checkpoint(steps[index])
+            if not run_i.ok or not produced.exists():
+                return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
+                               reason=f"segment {index} does not replay from its checkpoint "
+                                      f"({run_i.reason or run_i.exit_code}: {run_i.log()[-200:]})")
+            cmp = compare.compare_tensors(load_file(str(produced)), load_file(str(ckpt_dir / entries[index]["file"])),
+                                         path=entries[index]["file"], **tol)
+            if not cmp:
+                return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
+                               reason=f"segment {index} replays differently: {cmp.describe()}",
+                               details={"segments": len(steps), "sampled": picks})
+        tail = run("tail", start_step=steps[-1], start_checkpoint=ckpt_dir / entries[-1]["file"])
+        if not tail.ok:
+            return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
+                           reason=f"the job does not finish from its last checkpoint ({tail.reason or tail.exit_code})")
+        cmp = compare.compare_results(tail.directory, results, **tol)
+        if not cmp:
+            return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
+                           reason=f"final outputs do not follow from the last checkpoint: {cmp.describe()}")
+        # Device time the job plausibly took: start-up (the tail run) plus every segment's own time.
+        startup = tail.wall_s
+        per_segment = statistics.mean(max(0.0, t - startup) for t in times) if times else 0.0
+        estimate = startup + per_segment * len(steps)
+        return self._accept(job_id, slot, spec, claimed,
+                            f"{len(picks)} of {len(steps)} segments and the tail replay within tolerance",
+                            estimated_seconds=estimate)
+
+    def check_redundant(self, job_id: int, spec: JobSpec, slots: list[Any]) -> list[Verdict]:
+        """Compare every committed slot's results; the strict majority is accepted, the rest rejected."""
+        fetched: list[tuple[Any, Path]] = []
+        failed: list[Any] = []
+        for s in slots:
+            if s.status not in (SlotStatus.COMMITTED, SlotStatus.DISPUTED):
+                continue
+            try:
+                results, _bundle, _seed = self.fetch(job_id, s.slot, bundle=False)
+                fetched.append((s, results))
+            except (FlopexError, OSError) as exc:
+                log.info("verifier: job %d slot %d: results not available: %s", job_id, s.slot, exc)
+                failed.append(s)
+        total = len(fetched) + len(failed)
+        winners, groups = compare.majority([p for _s, p in fetched], rtol=self.settings.rtol, atol=self.settings.atol)
+        if winners is None or 2 * len(winners) <= total:
+            return [Verdict(job_id, s.slot, Outcome.VOID, claimed_gpu_seconds=s.gpu_seconds,
+                            reason=f"no majority among {total} results (groups {groups})")
+                    for s in [*(s for s, _p in fetched), *failed]]
+        # The work's size is known from the peers who did it: the smallest claim in the majority
+        # bounds the others (with the billing slack for slower devices).
+        least = float(min(fetched[i][0].gpu_seconds for i in winners))
+        verdicts = []
+        for i, (s, _path) in enumerate(fetched):
+            if i in winners:
+                verdicts.append(self._accept(job_id, s.slot, spec, s.gpu_seconds,
+                                             f"in the majority of {len(winners)} of {total}",
+                                             estimated_seconds=least))
+            else:
+                verdicts.append(Verdict(job_id, s.slot, Outcome.REJECT, claimed_gpu_seconds=s.gpu_seconds,
+                                        reason=f"dissents from the majority of {len(winners)} of {total}"))
+        verdicts.extend(Verdict(job_id, s.slot, Outcome.REJECT, claimed_gpu_seconds=s.gpu_seconds,
+                                reason="served no results to compare") for s in failed)
+        return verdicts
+
+    # ------------------------------------------------------------------ capacity
+
+    def local_gflops(self) -> float:
+        """This machine's float32 matrix-product throughput (measured once), for billing bounds."""
+        if self._local_gflops is None:
+            import torch
+
+            n = 512
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            best = math.inf
+            for _ in range(3):
+                t0 = time.perf_counter()
+                a @ b
+                best = min(best, time.perf_counter() - t0)
+            self._local_gflops = max(1.0, 2 * n**3 / best / 1e9)
+        return self._local_gflops
+
+    def prove_capacity(self, provider: str, seed: int, n: int) -> tuple[int, float, float]:
+        """Have ``provider``'s worker compute challenge ``seed`` of size ``n`` and check sampled rows.
+
+        Returns ``(attested GFLOP/s, seconds it reported, wall seconds)``; raises
+        :class:`VerificationError` (or a transport error) when the worker cannot prove the product.
+        """
+        with self._client(provider) as client:
+            t0 = time.perf_counter()
+            result = client.capacity_challenge(seed, n)
+            wall = time.perf_counter() - t0
+            picks = self._rng.sample(range(n), min(self.settings.capacity_rows, n))
+            reply = client.challenge_rows(result.challenge_id, picks)
+        rows = {r.index: (r.data, list(r.proof)) for r in reply.rows}
+        if sorted(rows) != sorted(picks):
+            raise VerificationError("capacity: the worker did not return the rows asked for")
+        verify_rows(seed, n, result.rows_root, rows)
+        gflops = billing.attested_gflops(challenge_flops(n), result.elapsed_seconds, wall)
+        return gflops, result.elapsed_seconds, wall
+
+    def probe_reservation(self, provider: str, gpus: int) -> None:
+        """Check that ``provider``'s worker answers as its offer says, with ``gpus`` devices of its kind, and computes.
+
+        Raises :class:`VerificationError` (or a transport error) when it does not.
+        """
+        offer = self.contracts.registry.offer(provider)
+        kind = offer.device_kind.name.lower()
+        with self._client(provider) as client:
+            info = client.info()
+        if info.provider_address.lower() != offer.signer.lower():
+            raise VerificationError(f"the worker at {offer.endpoint} signs as {info.provider_address}, "
+                                    f"not as the offer's {offer.signer}")
+        devices = [d for d in info.devices if d.kind == kind]
+        if len(devices) < gpus:
+            raise VerificationError(f"the worker offers {len(devices)} {kind} device(s); the reservation holds {gpus}")
+        self.prove_capacity(provider, secrets.randbits(63), self.settings.capacity_n)
+
+    def challenge_capacity(self, provider: str) -> dict[str, Any]:
+        """Challenge ``provider``'s worker with a seeded, timed product and attest what it proves."""
+        chain, registry = self.contracts.chain, self.contracts.registry
+        n = self.settings.capacity_n
+        with chain.locked():
+            head = chain.w3.eth.get_block("latest")
+        seed = int.from_bytes(compare.stable_hash([bytes(head["hash"]), bytes.fromhex(provider[2:]),
+                                                  secrets.token_bytes(8)])[:8], "big")
+        record: dict[str, Any] = {"provider": provider, "n": n, "seed": seed}
+        interval = self.settings.capacity_interval_s
+        self.capacity_due[provider] = (time.time() + interval * (0.5 + self._rng.random())) if interval > 0 \
+            else math.inf
+        try:
+            gflops, reported, wall = self.prove_capacity(provider, seed, n)
+            record.update(reported_s=reported, wall_s=wall, ok=True)
+        except (FlopexError, OSError) as exc:
+            # A worker that cannot prove any throughput is attested at zero: its claim is flagged.
+            gflops = 0
+            record.update(ok=False, reason=str(exc))
+        record["gflops"] = gflops
+        try:
+            receipt = registry.attest_throughput(self.account, provider, gflops)
+            flagged = any(getattr(e, "flagged", False) for e in registry.events_in(receipt))
+            record["flagged"] = flagged
+            log.info("verifier: capacity of %s: %d GFLOP/s%s", provider, gflops, " (flagged)" if flagged else "")
+        except ContractRevert as exc:
+            record["refused"] = exc.reason
+        self.capacity_log.append(record)
+        return record
+
+
+def read_checkpoint_log(ckpt_dir: Path) -> list[dict[str, Any]]:
+    """The SDK's checkpoint log, each entry checked against its file's sha256; [] when there is none.
+
+    Raises :class:`VerificationError` when a logged checkpoint is missing or does not match its hash
+    (the log and the files are both under the committed result root).
+    """
+    import hashlib
+
+    path = ckpt_dir / CHECKPOINT_LOG
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            name, digest, step = str(entry["file"]), str(entry["sha256"]), int(entry["step"])
+        except (ValueError, KeyError, TypeError):
+            raise VerificationError("checkpoint log: malformed line") from None
+        file = ckpt_dir / name
+        if "/" in name or not file.is_file() or hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            raise VerificationError(f"checkpoint log: {name} is missing or does not match its hash")
+        entries.append({"step": step, "file": name, "sha256": digest})
+    if [e["step"] for e in entries] != sorted({e["step"] for e in entries}):
+        raise VerificationError("checkpoint log: steps are not strictly increasing")
+    return entries
+
+
+def run_verifier(
+    contracts: Contracts, account: LocalAccount, settings: VerifierSettings, stop_event: threading.Event
+) -> VerifierDaemon:
+    """Stake, register and run a verifier until ``stop_event`` is set (the CLI's entry point)."""
+    daemon = VerifierDaemon(contracts, account, settings)
+    daemon.ensure_registered()
+    daemon.run(stop_event)
+    return daemon

@@ -1,0 +1,133 @@
+"""Re-running (part of) a job in the sandbox for a verifier: one replay segment, the tail, or all of it.
+
+A verifier holds a job's bundle (checked against the bundle hash on chain) and its committed
+results. :func:`run_replay` runs the job's entrypoint in the same bubblewrap sandbox a worker uses,
+with the job's seed and:
+
+- ``start_step`` given: the committed checkpoint of that step is copied into the fresh checkpoint
+  directory and ``FLOPEX_REPLAY_FROM`` names it (the SDK's ``resume``);
+- ``until_step`` given: ``FLOPEX_REPLAY_UNTIL`` makes the SDK end the run right after writing that
+  step's checkpoint; without it the job runs to its end and writes its outputs.
+
+Neither given is a full re-run. The run is timed; its checkpoints and outputs are left in the
+replay's directory for the caller to compare.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from marketplace.protocol.bundle import load_bundle
+from marketplace.sdk import REPLAY_FROM, REPLAY_UNTIL, checkpoint_name
+from worker.sandbox.runner import INPUT, Limits, Sandbox, SandboxRequest
+
+__all__ = ["ReplayRun", "run_replay"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRun:
+    """A finished replay: its directory, how it ended and how long it took."""
+
+    directory: Path
+    exit_code: int
+    reason: str | None
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the run ended normally."""
+        return self.exit_code == 0 and self.reason is None
+
+    @property
+    def output_dir(self) -> Path:
+        """What the run wrote to ``FLOPEX_OUTPUT_DIR``."""
+        return self.directory / "output"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """What the run wrote to ``FLOPEX_CHECKPOINT_DIR``."""
+        return self.directory / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        """The checkpoint file the run wrote for ``step``."""
+        return self.checkpoint_dir / checkpoint_name(step)
+
+    def log(self) -> str:
+        """The run's standard error (the end of it), for error messages."""
+        path = self.directory / "logs" / "stderr.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+def _drain(pipe: IO[bytes], path: Path) -> None:
+    with open(path, "wb") as sink:
+        for block in iter(lambda: pipe.read(1 << 16), b""):
+            sink.write(block)
+
+
+def run_replay(
+    sandbox: Sandbox,
+    bundle_dir: Path,
+    directory: Path,
+    *,
+    seed: int,
+    job_id: int = 0,
+    start_step: int | None = None,
+    start_checkpoint: Path | None = None,
+    until_step: int | None = None,
+    limits: Limits | None = None,
+    threads: int | None = None,
+) -> ReplayRun:
+    """Run the job of ``bundle_dir`` in ``directory`` (created fresh) and wait for it to end."""
+    bundle = load_bundle(bundle_dir)
+    shutil.rmtree(directory, ignore_errors=True)
+    work, output, ckpt, logs = (directory / name for name in ("work", "output", "checkpoints", "logs"))
+    for path in (work, output, ckpt, logs):
+        path.mkdir(parents=True)
+    inputs = set(bundle.spec.job.inputs)
+    for dirpath, _dirs, files in os.walk(bundle.root):
+        for name in files:
+            src = Path(dirpath) / name
+            rel = src.relative_to(bundle.root)
+            dst = work / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if rel.as_posix() in inputs:
+                base = INPUT if sandbox.sandboxed else str(bundle.root)
+                dst.symlink_to(f"{base}/{rel.as_posix()}")
+            else:
+                shutil.copyfile(src, dst)
+    env = {"FLOPEX_SEED": str(seed), "FLOPEX_JOB_ID": str(job_id)}
+    if start_step is not None:
+        if start_checkpoint is None:
+            raise ValueError("replay: a start step needs its committed checkpoint")
+        shutil.copyfile(start_checkpoint, ckpt / checkpoint_name(start_step))
+        env[REPLAY_FROM] = str(start_step)
+    if until_step is not None:
+        env[REPLAY_UNTIL] = str(until_step)
+    count = str(threads or max(1, os.cpu_count() or 1))
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = count
+    timeout = float(bundle.spec.resources.timeout_s)
+    base = limits or Limits()
+    limits = Limits(timeout_s=min(timeout, base.timeout_s), memory_bytes=base.memory_bytes,
+                    max_processes=base.max_processes, max_file_bytes=base.max_file_bytes,
+                    max_disk_bytes=base.max_disk_bytes, tmp_bytes=base.tmp_bytes, open_files=base.open_files)
+    req = SandboxRequest(
+        name=f"replay{job_id}-{os.getpid()}-{time.monotonic_ns()}", bundle_dir=bundle.root, work_dir=work,
+        output_dir=output, checkpoint_dir=ckpt, entrypoint=bundle.spec.job.entrypoint, args=bundle.spec.job.args,
+        env=env, device_kind="cpu", limits=limits,
+    )
+    proc = sandbox.start(req)
+    readers = [threading.Thread(target=_drain, args=(proc.stdout, logs / "stdout.log"), daemon=True),
+               threading.Thread(target=_drain, args=(proc.stderr, logs / "stderr.log"), daemon=True)]
+    for reader in readers:
+        reader.start()
+    outcome = proc.wait()
+    for reader in readers:
+        reader.join(timeout=10)
+    shutil.rmtree(work, ignore_errors=True)
+    return ReplayRun(directory, outcome.exit_code, outcome.reason, outcome.wall_s)
