@@ -501,10 +501,7 @@ def replay(chain: Chain, result: RunResult, params: SimulationParams, *, repost:
 def _sent(chain: Chain, accounts: int) -> int:
     """Transactions sent so far by dev accounts 0..``accounts``-1."""
     with chain.locked():
-        return sum(
-            int(chain.w3.eth.get_transaction_count(dev_account(i).address))
-            for i in range(accounts)
-        )
+        return sum(int(chain.w3.eth.get_transaction_count(dev_account(i).address)) for i in range(accounts))
 
 
 def run(params: ChainRunParams, chain: Chain) -> dict[str, Any]:

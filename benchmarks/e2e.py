@@ -56,8 +56,13 @@ def run_direct(bundle: Path, workdir: Path, epochs: int) -> float:
         "FLOPEX_DEVICE": "cpu",
     }
     started = time.perf_counter()
-    subprocess.run([sys.executable, "train.py", "--epochs", str(epochs), "--hidden", "64"], cwd=bundle, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "train.py", "--epochs", str(epochs), "--hidden", "64"],
+        cwd=bundle,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - started
 
 
@@ -75,13 +80,23 @@ def run_market(bundle: Path, workdir: Path) -> dict[str, Any]:
 
     chain = Chain.embedded()
     contracts = setup_dev_market(chain, accounts=5)
-    config = WorkerConfig(data_dir=workdir / "worker", leases=ChainLeases(contracts, refresh_s=0.05),
-                          chain_id=chain.chain_id, market_address=contracts.market.address)
+    config = WorkerConfig(
+        data_dir=workdir / "worker",
+        leases=ChainLeases(contracts, refresh_s=0.05),
+        chain_id=chain.chain_id,
+        market_address=contracts.market.address,
+    )
     server, port = create_server(config)
     server.start()
     settings = ProviderSettings(
-        endpoint=f"127.0.0.1:{port}", price_floor=parse_tokens("0.2"), strategy=strategy_from_spec("fixed"),
-        stake=200 * ONE_TOKEN, device_model="cpu", device_kind=DeviceKind.CPU, gpu_count=1, memory_mb=4096,
+        endpoint=f"127.0.0.1:{port}",
+        price_floor=parse_tokens("0.2"),
+        strategy=strategy_from_spec("fixed"),
+        stake=200 * ONE_TOKEN,
+        device_model="cpu",
+        device_kind=DeviceKind.CPU,
+        gpu_count=1,
+        memory_mb=4096,
         poll_interval_s=0.05,
     )
     daemon = ProviderDaemon(contracts, dev_account(4), server, settings, workdir / "provider.json")
@@ -109,8 +124,7 @@ def run_market(bundle: Path, workdir: Path) -> dict[str, Any]:
         daemon.stop()
         server.stop()
     phases = {k: round(v - started, 3) for k, v in sorted(marks.items(), key=lambda kv: kv[1])}
-    return {"wall_s": total, "submit_to_start_s": marks["started"] - started, "phases_s": phases,
-            "bill": outcome.slots}
+    return {"wall_s": total, "submit_to_start_s": marks["started"] - started, "phases_s": phases, "bill": outcome.slots}
 
 
 def run(epochs: int) -> dict[str, Any]:

@@ -52,8 +52,11 @@ def _setup(bidders: int) -> tuple[Contracts, dict[str, int]]:
             # A pricing strategy moving the posted price before an instant take; posted back after.
             posted = contracts.registry.set_price_floor(provider, offer.price_floor + ONE_TOKEN)
             contracts.registry.set_price_floor(provider, offer.price_floor)
-            one_off = {"provider_stake": _gas(staked), "provider_register": _gas(registered),
-                       "provider_set_price_floor": _gas(posted)}
+            one_off = {
+                "provider_stake": _gas(staked),
+                "provider_register": _gas(registered),
+                "provider_set_price_floor": _gas(posted),
+            }
     verifier = dev_account(VERIFIER)
     contracts.token.approve(verifier, contracts.registry.address, 500 * ONE_TOKEN)
     contracts.registry.stake(verifier, 500 * ONE_TOKEN)

@@ -51,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("bundle", "work", "output", "ckpt"):
             (tmp / name).mkdir()
         (tmp / "work" / "main.py").write_text("pass\n")
-        request = SandboxRequest("bench", tmp / "bundle", tmp / "work", tmp / "output", tmp / "ckpt", "main.py",
-                                 limits=Limits(timeout_s=60))
+        request = SandboxRequest(
+            "bench", tmp / "bundle", tmp / "work", tmp / "output", tmp / "ckpt", "main.py", limits=Limits(timeout_s=60)
+        )
         sandboxed = sandbox.sandboxed
         for i in range(args.runs + 2):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-u", str(tmp / "work" / "main.py")], check=True,
-                           capture_output=True)
+            subprocess.run([sys.executable, "-u", str(tmp / "work" / "main.py")], check=True, capture_output=True)
             t_plain = time.perf_counter() - t0
             t0 = time.perf_counter()
             if sandboxed:
@@ -81,27 +81,56 @@ def main(argv: list[str] | None = None) -> int:
         leases = tmp / "leases.json"
         LeaseFile.write(leases, [])
         worker = subprocess.Popen(
-            [sys.executable, "-m", "worker.serve", "--data-dir", str(tmp / "data"), "--leases", str(leases),
-             "--key-file", str(key), "--market", market, "--print-port", "--log-level", "WARNING"]
+            [
+                sys.executable,
+                "-m",
+                "worker.serve",
+                "--data-dir",
+                str(tmp / "data"),
+                "--leases",
+                str(leases),
+                "--key-file",
+                str(key),
+                "--market",
+                market,
+                "--print-port",
+                "--log-level",
+                "WARNING",
+            ]
             + ([] if sandboxed else ["--unsafe-no-sandbox"]),
-            cwd=repo, stdout=subprocess.PIPE, text=True)
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert worker.stdout is not None
         hello = json.loads(worker.stdout.readline())
         first_line: list[float] = []
         try:
-            with WorkerClient(f"127.0.0.1:{hello['port']}", requester_key=requester.key,
-                              domain=Domain(31337, market)) as client:
+            with WorkerClient(
+                f"127.0.0.1:{hello['port']}", requester_key=requester.key, domain=Domain(31337, market)
+            ) as client:
                 for job_id in range(1, 6):
                     bundle = tmp / f"b{job_id}"
                     bundle.mkdir()
-                    (bundle / "job.toml").write_text('[job]\nentrypoint = "main.py"\n[resources]\ndevice = "cpu"\n'
-                                                     '[market]\nmax_price = "1"\n')
+                    (bundle / "job.toml").write_text(
+                        '[job]\nentrypoint = "main.py"\n[resources]\ndevice = "cpu"\n[market]\nmax_price = "1"\n'
+                    )
                     (bundle / "main.py").write_text(f"print('hello from job {job_id}')\n")
                     archive = tmp / f"b{job_id}.tar.gz"
                     pack_bundle(bundle, archive)
-                    LeaseFile.write(leases, [Lease(job_id, requester.address, (hello["provider"],),
-                                                   load_bundle(bundle).hash, int(time.time()) + 3600,
-                                                   DeviceRequirements("cpu", 1))])
+                    LeaseFile.write(
+                        leases,
+                        [
+                            Lease(
+                                job_id,
+                                requester.address,
+                                (hello["provider"],),
+                                load_bundle(bundle).hash,
+                                int(time.time()) + 3600,
+                                DeviceRequirements("cpu", 1),
+                            )
+                        ],
+                    )
                     time.sleep(0.02)
                     t0 = time.perf_counter()
                     client.upload_bundle(job_id, archive)
@@ -127,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_overhead_ms": 50,
         "upload_to_first_line_ms": _median_ms(first_line),
         "upload_to_first_line_includes": "signed upload, unpack, bundle hash, StartJob, sandbox start, "
-                                         "interpreter start, first print, event streamed back",
+        "interpreter start, first print, event streamed back",
         "environment": environment(),
     }
     print(json.dumps(report, indent=2))

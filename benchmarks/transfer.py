@@ -54,10 +54,13 @@ def serve_bare() -> None:
         for pos in range(0, size, _CHUNK):
             yield block[: min(_CHUNK, size - pos)]
 
-    handler = grpc.method_handlers_generic_handler("bench.Bare", {
-        "Up": grpc.stream_unary_rpc_method_handler(up, _ident, _ident),
-        "Down": grpc.unary_stream_rpc_method_handler(down, _ident, _ident),
-    })
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Bare",
+        {
+            "Up": grpc.stream_unary_rpc_method_handler(up, _ident, _ident),
+            "Down": grpc.unary_stream_rpc_method_handler(down, _ident, _ident),
+        },
+    )
     server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", 8 << 20)])
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -118,16 +121,45 @@ def main(argv: list[str] | None = None) -> int:
         key.write_text(Account.create().key.hex())
         leases = tmp / "leases.json"
         LeaseFile.write(leases, [])
-        bare = subprocess.Popen([sys.executable, "-m", "benchmarks.transfer", "--bare-server"], cwd=repo,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        bare = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.transfer", "--bare-server"],
+            cwd=repo,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert bare.stdout is not None and bare.stdin is not None
         bare_port = int(bare.stdout.readline())
         mb = str(args.mib * 2 + 64)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "worker.serve", "--data-dir", str(tmp / "data"), "--leases", str(leases),
-             "--key-file", str(key), "--market", market, "--print-port", "--log-level", "WARNING",
-             "--max-bundle-mb", mb, "--max-file-mb", mb, "--max-disk-mb", mb, "--memory-limit-mb", "2048"],
-            cwd=repo, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "worker.serve",
+                "--data-dir",
+                str(tmp / "data"),
+                "--leases",
+                str(leases),
+                "--key-file",
+                str(key),
+                "--market",
+                market,
+                "--print-port",
+                "--log-level",
+                "WARNING",
+                "--max-bundle-mb",
+                mb,
+                "--max-file-mb",
+                mb,
+                "--max-disk-mb",
+                mb,
+                "--memory-limit-mb",
+                "2048",
+            ],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert worker.stdout is not None
         hello = json.loads(worker.stdout.readline())
         try:
@@ -135,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
             bundle.mkdir()
             (bundle / "job.toml").write_text(
                 '[job]\nentrypoint = "main.py"\ninputs = ["blob.bin"]\n[resources]\ndevice = "cpu"\n'
-                'timeout_s = 600\n[market]\nmax_price = "1"\n')
+                'timeout_s = 600\n[market]\nmax_price = "1"\n'
+            )
             (bundle / "main.py").write_text(
                 "import os\nout = os.path.join(os.environ['FLOPEX_OUTPUT_DIR'], 'result.bin')\n"
                 f"with open(out, 'wb') as fh:\n    for _ in range({args.mib}):\n"
-                "        fh.write(os.urandom(1 << 20))\n")
+                "        fh.write(os.urandom(1 << 20))\n"
+            )
             with open(bundle / "blob.bin", "wb") as fh:
                 for _ in range(args.mib):
                     fh.write(os.urandom(1 << 20))
@@ -149,11 +183,23 @@ def main(argv: list[str] | None = None) -> int:
             pack_s = time.perf_counter() - t0
             archive_size = archive.stat().st_size
             bhash = load_bundle(bundle).hash
-            LeaseFile.write(leases, [Lease(1, requester.address, (hello["provider"],), bhash,
-                                           int(time.time()) + 3600, DeviceRequirements("cpu", 1))])
+            LeaseFile.write(
+                leases,
+                [
+                    Lease(
+                        1,
+                        requester.address,
+                        (hello["provider"],),
+                        bhash,
+                        int(time.time()) + 3600,
+                        DeviceRequirements("cpu", 1),
+                    )
+                ],
+            )
             bare_up, _ = _bare(bare_port, archive_size)
-            with WorkerClient(f"127.0.0.1:{hello['port']}", requester_key=requester.key, domain=domain,
-                              timeout_s=60) as client:
+            with WorkerClient(
+                f"127.0.0.1:{hello['port']}", requester_key=requester.key, domain=domain, timeout_s=60
+            ) as client:
                 stream_s = _upload_all_but_last_byte(client, f"127.0.0.1:{hello['port']}", archive)
                 t0 = time.perf_counter()
                 status = client.upload_bundle(1, archive, chunk_size=_CHUNK)
@@ -221,8 +267,9 @@ def _upload_all_but_last_byte(client: object, target: str, archive: Path) -> flo
         auth = client.auth(1, "UploadBundle", payload_digest("UploadBundle", archive_sha256=sha))
 
         def messages() -> Iterator[pb.UploadChunk]:
-            yield pb.UploadChunk(header=pb.UploadHeader(job_id=1, archive_size=size, archive_sha256=sha, offset=0,
-                                                        auth=auth))
+            yield pb.UploadChunk(
+                header=pb.UploadHeader(job_id=1, archive_size=size, archive_sha256=sha, offset=0, auth=auth)
+            )
             with open(archive, "rb") as fh:
                 left = size - 1
                 while left > 0:

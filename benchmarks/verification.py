@@ -37,13 +37,14 @@ from typing import Any
 
 import torch
 
-from marketplace.verify import billing, compare, freivalds, sampling
 from marketplace.protocol.capacity import challenge_flops, challenge_matrices
+from marketplace.verify import billing, compare, freivalds, sampling
 from worker.testing.cheats import Cheat, cheat_run, honest_run, load_replay_mlp
 
 
-def replay_trials(cheat: Cheat, trials: int, runs: int, segments: int, steps: int,
-                  rng: random.Random) -> dict[str, Any]:
+def replay_trials(
+    cheat: Cheat, trials: int, runs: int, segments: int, steps: int, rng: random.Random
+) -> dict[str, Any]:
     """``trials`` verifications spread over ``runs`` real training runs (fresh segment draws each)."""
     mlp = load_replay_mlp()
     samples = sampling.replay_samples(segments)
@@ -78,15 +79,20 @@ def replay_trials(cheat: Cheat, trials: int, runs: int, segments: int, steps: in
             detected += caught
     f = cheat.fraction if cheat.kind == "skip" else (1.0 if cheat.kind in ("random", "half") else 0.0)
     out: dict[str, Any] = {
-        "cheat": cheat.label if cheat.kind != "none" else "honest", "trials": trials, "training_runs": runs,
+        "cheat": cheat.label if cheat.kind != "none" else "honest",
+        "trials": trials,
+        "training_runs": runs,
         "segments": segments,
-        "samples": samples, "detected": detected, "detection_rate": detected / trials,
+        "samples": samples,
+        "detected": detected,
+        "detection_rate": detected / trials,
         "verifier_cost_fraction": round(check_s / job_s, 4),
     }
     if cheat.kind == "skip":
         out["theoretical_1_minus_(1-f)^s"] = round(sampling.theoretical_detection(f, samples), 4)
         out["exact_without_replacement"] = round(
-            sampling.detection_probability(segments, max(1, round(f * segments)), samples), 4)
+            sampling.detection_probability(segments, max(1, round(f * segments)), samples), 4
+        )
     return out
 
 
@@ -107,9 +113,15 @@ def freivalds_trials(kind: str, trials: int, n: int, rng: random.Random, rounds:
         ok, _worst = freivalds.freivalds_check(a, b, c, seed=rng.randrange(1 << 62), rounds=rounds, dtype=torch.float32)
         check_s += time.perf_counter() - t0
         detected += not ok
-    return {"cheat": kind, "trials": trials, "n": n, "rounds": rounds, "detected": detected,
-            "detection_rate": detected / trials,
-            "verifier_cost_fraction": round(check_s / product_s, 4)}
+    return {
+        "cheat": kind,
+        "trials": trials,
+        "n": n,
+        "rounds": rounds,
+        "detected": detected,
+        "detection_rate": detected / trials,
+        "verifier_cost_fraction": round(check_s / product_s, 4),
+    }
 
 
 def _timed_product(n: int, seed: int) -> tuple[float, float]:
@@ -132,8 +144,15 @@ def capacity_trials(factor: float, fake_timing: bool, trials: int, n: int, rng: 
         attested = billing.attested_gflops(flops, reported, wall)
         flagged += claim * 10_000 > attested * 20_000  # ProviderRegistry's CAPACITY_FLAG_BPS rule
     label = f"capacity {factor:g}x" + (" + fake timing" if fake_timing else "")
-    return {"cheat": label if factor > 1 else "honest", "trials": trials, "n": n, "claimed_gflops": claim,
-            "real_gflops": round(real, 1), "flagged": flagged, "detection_rate": flagged / trials}
+    return {
+        "cheat": label if factor > 1 else "honest",
+        "trials": trials,
+        "n": n,
+        "claimed_gflops": claim,
+        "real_gflops": round(real, 1),
+        "flagged": flagged,
+        "detection_rate": flagged / trials,
+    }
 
 
 def main() -> None:
@@ -153,13 +172,25 @@ def main() -> None:
         torch.randn(1024, 1024) @ torch.randn(1024, 1024)
     rng = random.Random(args.seed)
     started = time.time()
-    replay = [replay_trials(c, args.trials, args.runs, args.segments, args.steps, rng) for c in (
-        Cheat("none"), Cheat("skip", fraction=0.1), Cheat("skip", fraction=0.5), Cheat("skip", fraction=1.0),
-        Cheat("half"), Cheat("random"))]
-    freivalds_runs = [freivalds_trials(k, args.trials, args.freivalds_n, rng, args.freivalds_rounds)
-                 for k in ("honest", "half", "random")]
-    capacity = [capacity_trials(f, fake, args.trials, args.capacity_n, rng)
-                for f, fake in ((1.0, False), (2.0, False), (3.0, False), (10.0, False), (10.0, True))]
+    replay = [
+        replay_trials(c, args.trials, args.runs, args.segments, args.steps, rng)
+        for c in (
+            Cheat("none"),
+            Cheat("skip", fraction=0.1),
+            Cheat("skip", fraction=0.5),
+            Cheat("skip", fraction=1.0),
+            Cheat("half"),
+            Cheat("random"),
+        )
+    ]
+    freivalds_runs = [
+        freivalds_trials(k, args.trials, args.freivalds_n, rng, args.freivalds_rounds)
+        for k in ("honest", "half", "random")
+    ]
+    capacity = [
+        capacity_trials(f, fake, args.trials, args.capacity_n, rng)
+        for f, fake in ((1.0, False), (2.0, False), (3.0, False), (10.0, False), (10.0, True))
+    ]
     honest = [r for r in (*replay, *freivalds_runs, *capacity) if r["cheat"] == "honest"]
     report = {
         "benchmark": "verification",
@@ -167,21 +198,23 @@ def main() -> None:
         "parameters": vars(args),
         "what_a_trial_does": {
             "replay": "one of `runs` real training runs of examples/replay_mlp in-process (honest or cheating, "
-                      "fresh seed and fresh skipped segments per run); per trial replay_samples(segments) segments "
-                      "drawn from a fresh seed, each re-run from its committed "
-                      f"checkpoint and compared at rtol={compare.RTOL:g} atol={compare.ATOL:g}",
+            "fresh seed and fresh skipped segments per run); per trial replay_samples(segments) segments "
+            "drawn from a fresh seed, each re-run from its committed "
+            f"checkpoint and compared at rtol={compare.RTOL:g} atol={compare.ATOL:g}",
             "freivalds": "fresh n x n float32 product (honest, rounded through float16, or random), checked with "
-                         f"{args.freivalds_rounds} fresh random vector(s); cost = check time / product time",
+            f"{args.freivalds_rounds} fresh random vector(s); cost = check time / product time",
             "capacity": "real timed product of the seeded challenge matrices; attested = 0.8 x flops / "
-                        "max(reported, wall/2); flagged when claim > 2 x attested (the registry's rule)",
+            "max(reported, wall/2); flagged when claim > 2 x attested (the registry's rule)",
             "on_chain": "tests/verification/test_policies_on_chain.py: detected cheats rejected and slashed, "
-                        "requester refunded, inflated claims capped in ResultAttested",
+            "requester refunded, inflated claims capped in ResultAttested",
         },
         "replay": replay,
         "freivalds": freivalds_runs,
         "capacity": capacity,
-        "false_rejects": {"honest_runs": sum(r["trials"] for r in honest),
-                          "rejected": sum(r.get("detected", r.get("flagged", 0)) for r in honest)},
+        "false_rejects": {
+            "honest_runs": sum(r["trials"] for r in honest),
+            "rejected": sum(r.get("detected", r.get("flagged", 0)) for r in honest),
+        },
         "seconds": round(time.time() - started, 1),
     }
     print(json.dumps(report, indent=2))

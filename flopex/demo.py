@@ -159,8 +159,12 @@ class _Stage:
         # The cheater keeps only the minimum stake: one slash takes it below, out of the market.
         stake = contracts.registry.min_provider_stake() if name == CHEATER else 300 * ONE_TOKEN
         settings = ProviderSettings(
-            endpoint=endpoint, price_floor=parse_tokens(PROVIDER_PRICES[name]), strategy=strategy_from_spec("fixed"),
-            stake=stake, poll_interval_s=0.1, **device_terms(server),
+            endpoint=endpoint,
+            price_floor=parse_tokens(PROVIDER_PRICES[name]),
+            strategy=strategy_from_spec("fixed"),
+            stake=stake,
+            poll_interval_s=0.1,
+            **device_terms(server),
         )
         account = dev_account(ROLES[name])
         state = data / "provider-state.json"
@@ -187,19 +191,30 @@ class _Stage:
         pool = deploy_pool(contracts.chain, operator, contracts, POOL_FEE_BPS, 100 * ONE_TOKEN, 3_600)
         for name in MEMBERS:
             data = self.home / name
-            server, endpoint = chain_worker(contracts, data, allow_unsandboxed=not self.sandboxed,
-                                            lease_refresh_s=0.1)
-            settings = ProviderSettings(endpoint=endpoint, price_floor=1, strategy=strategy_from_spec("fixed"),
-                                        stake=MEMBER_STAKE, poll_interval_s=0.1, **device_terms(server))
-            member = MemberDaemon(contracts, dev_account(ROLES[name]), server, pool, settings,
-                                  data / "member-state.json")
+            server, endpoint = chain_worker(contracts, data, allow_unsandboxed=not self.sandboxed, lease_refresh_s=0.1)
+            settings = ProviderSettings(
+                endpoint=endpoint,
+                price_floor=1,
+                strategy=strategy_from_spec("fixed"),
+                stake=MEMBER_STAKE,
+                poll_interval_s=0.1,
+                **device_terms(server),
+            )
+            member = MemberDaemon(
+                contracts, dev_account(ROLES[name]), server, pool, settings, data / "member-state.json"
+            )
             member.ensure_registered()
             server.start()
             member.start()
             self.servers.append(server)
             self.daemons.append(member)
-        settings_ = OperatorSettings(price_floor=parse_tokens(POOL_PRICE), strategy=strategy_from_spec("fixed"),
-                                     device_model="pooled CPU", device_kind=DeviceKind.CPU, poll_interval_s=0.1)
+        settings_ = OperatorSettings(
+            price_floor=parse_tokens(POOL_PRICE),
+            strategy=strategy_from_spec("fixed"),
+            device_model="pooled CPU",
+            device_kind=DeviceKind.CPU,
+            poll_interval_s=0.1,
+        )
         daemon = PoolOperatorDaemon(contracts, operator, pool, settings_, self.home / "operator-state.json")
         daemon.ensure_registered()
         daemon.start()
@@ -209,8 +224,13 @@ class _Stage:
     def verifier(self) -> Any:
         from worker.verifier.daemon import VerifierDaemon, VerifierSettings
 
-        settings = VerifierSettings(data_dir=self.home / "verifier", poll_interval_s=0.1, capacity_n=512,
-                                    replay_min_samples=3, allow_unsandboxed=not self.sandboxed)
+        settings = VerifierSettings(
+            data_dir=self.home / "verifier",
+            poll_interval_s=0.1,
+            capacity_n=512,
+            replay_min_samples=3,
+            allow_unsandboxed=not self.sandboxed,
+        )
         daemon = VerifierDaemon(self.contracts, dev_account(ROLES["verifier"]), settings)
         daemon.ensure_registered()
         daemon.start()
@@ -243,8 +263,10 @@ def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
     market, registry, token = contracts.market, contracts.registry, contracts.token
     report.chain_id = chain.chain_id
     report.accounts = {name: dev_account(index).address for name, index in ROLES.items()}
-    step(f"deployed on an embedded chain: token {token.address[:10]}…, registry {registry.address[:10]}…, "
-         f"market {market.address[:10]}…")
+    step(
+        f"deployed on an embedded chain: token {token.address[:10]}…, registry {registry.address[:10]}…, "
+        f"market {market.address[:10]}…"
+    )
     if not report.sandboxed:
         step("bubblewrap is not installed: the demo runs its own example jobs without the sandbox")
 
@@ -256,8 +278,10 @@ def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
             for name in PROVIDER_PRICES:
                 daemon = stage.provider(name)
                 stake = registry.stakes(daemon.address).active
-                step(f"{name} staked {format_tokens(stake)} FLOP, serves a CPU device on "
-                     f"{daemon.settings.endpoint} and asks {PROVIDER_PRICES[name]} FLOP/GPU-h")
+                step(
+                    f"{name} staked {format_tokens(stake)} FLOP, serves a CPU device on "
+                    f"{daemon.settings.endpoint} and asks {PROVIDER_PRICES[name]} FLOP/GPU-h"
+                )
             verifier = stage.verifier()
             step(f"verifier staked {format_tokens(registry.stakes(verifier.address).active)} FLOP")
             report.capacity = _capacity(contracts, stage, step)
@@ -265,8 +289,10 @@ def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
             report.jobs.append(_matrix_job(contracts, requester, home, step))
             report.jobs.append(_training_job(contracts, requester, home, step))
             pool = stage.pool()
-            step(f"pool {pool.address[:10]}…: member-1 and member-2 bonded {format_tokens(MEMBER_STAKE)} FLOP each; "
-                 f"its operator registered it at {POOL_PRICE} FLOP/GPU-h and keeps {POOL_FEE_BPS // 100}% of its pay")
+            step(
+                f"pool {pool.address[:10]}…: member-1 and member-2 bonded {format_tokens(MEMBER_STAKE)} FLOP each; "
+                f"its operator registered it at {POOL_PRICE} FLOP/GPU-h and keeps {POOL_FEE_BPS // 100}% of its pay"
+            )
             report.jobs.append(_pool_job(contracts, requester, pool, home, step))
             report.reservation = _reservation(contracts, requester, home, step)
         finally:
@@ -287,7 +313,9 @@ def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
     report.balances_after = _balances(contracts, pool)
     before, after = sum(report.balances_before.values()), sum(report.balances_after.values())
     report.conserved = (
-        before == after and token.balance_of(market.address) == 0 and token.balance_of(pool.address) == 0
+        before == after
+        and token.balance_of(market.address) == 0
+        and token.balance_of(pool.address) == 0
         and token.balance_of(reservations.address) == 0
     )
     report.seconds = time.monotonic() - started
@@ -317,53 +345,75 @@ def _matrix_job(contracts: Contracts, requester: Requester, home: Path, step: Ca
     gen = torch.Generator().manual_seed(11)
     a, b = (torch.randn(MATRIX_N, MATRIX_N, generator=gen) for _ in range(2))
     save_file({"a": a, "b": b}, str(bundle / "inputs.safetensors"))
-    options = JobOptions(auction=Auction.INSTANT, max_price=parse_tokens("0.18"), bid_window_s=60,
-                         challenge_window_s=600, run_slack_s=60)
+    options = JobOptions(
+        auction=Auction.INSTANT, max_price=parse_tokens("0.18"), bid_window_s=60, challenge_window_s=600, run_slack_s=60
+    )
     job_id = requester.submit(bundle, options)
     spec = market.spec(job_id)
-    step(f"job {job_id}: a {MATRIX_N}x{MATRIX_N} matrix product, instant auction, max "
-         f"{format_tokens(spec.max_price)} FLOP/GPU-h, checked by Freivalds; escrow {format_tokens(spec.escrow)} FLOP")
+    step(
+        f"job {job_id}: a {MATRIX_N}x{MATRIX_N} matrix product, instant auction, max "
+        f"{format_tokens(spec.max_price)} FLOP/GPU-h, checked by Freivalds; escrow {format_tokens(spec.escrow)} FLOP"
+    )
     outcome = requester.follow(job_id, home / f"results-{job_id}", timeout_s=300)
-    [leased] = [e for e in market.get_events("SlotLeased", market.start_block, job_id=job_id)
-                if isinstance(e, SlotLeased)]
+    [leased] = [
+        e for e in market.get_events("SlotLeased", market.start_block, job_id=job_id) if isinstance(e, SlotLeased)
+    ]
     taker = _name_of(leased.provider)
-    step(f"job {job_id}: {taker} took it at its floor, {format_tokens(leased.price)} FLOP/GPU-h, ran it and "
-         "committed the result's Merkle root")
+    step(
+        f"job {job_id}: {taker} took it at its floor, {format_tokens(leased.price)} FLOP/GPU-h, ran it and "
+        "committed the result's Merkle root"
+    )
     verdict = _verdict(contracts, job_id)
     bill = outcome.slots[0]
-    step(f"job {job_id}: the verifier checked A(Br) = Cr with random r drawn after the commitment: "
-         f"{'correct' if verdict == Outcome.ACCEPT else 'WRONG'} → {Outcome(verdict).name.lower()}")
+    step(
+        f"job {job_id}: the verifier checked A(Br) = Cr with random r drawn after the commitment: "
+        f"{'correct' if verdict == Outcome.ACCEPT else 'WRONG'} → {Outcome(verdict).name.lower()}"
+    )
     stake_left = contracts.registry.stakes(leased.provider).active
-    step(f"job {job_id}: {taker} slashed {format_tokens(bill['slashed'])} FLOP (half to the requester); "
-         f"requester refunded {format_tokens(bill['refunded'])} FLOP; {taker}'s stake is now "
-         f"{format_tokens(stake_left)} FLOP, below the minimum: it can no longer bid")
-    return _job_record(job_id, "matrix product", "instant", "freivalds", taker, leased.price, spec.escrow,
-                       verdict, bill, bids={})
+    step(
+        f"job {job_id}: {taker} slashed {format_tokens(bill['slashed'])} FLOP (half to the requester); "
+        f"requester refunded {format_tokens(bill['refunded'])} FLOP; {taker}'s stake is now "
+        f"{format_tokens(stake_left)} FLOP, below the minimum: it can no longer bid"
+    )
+    return _job_record(
+        job_id, "matrix product", "instant", "freivalds", taker, leased.price, spec.escrow, verdict, bill, bids={}
+    )
 
 
-def _training_job(contracts: Contracts, requester: Requester, home: Path,
-                  step: Callable[[str], None]) -> dict[str, Any]:
+def _training_job(
+    contracts: Contracts, requester: Requester, home: Path, step: Callable[[str], None]
+) -> dict[str, Any]:
     market, chain = contracts.market, contracts.chain
-    options = JobOptions(auction=Auction.SEALED, bid_window_s=60, reveal_window_s=60, challenge_window_s=600,
-                         run_slack_s=60)
+    options = JobOptions(
+        auction=Auction.SEALED, bid_window_s=60, reveal_window_s=60, challenge_window_s=600, run_slack_s=60
+    )
     job_id = requester.submit(EXAMPLES / "replay_mlp", options)
     spec = market.spec(job_id)
-    step(f"job {job_id}: PyTorch training (an MLP, 20 checkpointed segments), sealed auction, max "
-         f"{format_tokens(spec.max_price)} FLOP/GPU-h, replay verification; escrow {format_tokens(spec.escrow)} FLOP")
+    step(
+        f"job {job_id}: PyTorch training (an MLP, 20 checkpointed segments), sealed auction, max "
+        f"{format_tokens(spec.max_price)} FLOP/GPU-h, replay verification; escrow {format_tokens(spec.escrow)} FLOP"
+    )
     honest = [n for n in PROVIDER_PRICES if n != CHEATER]
-    chain.wait_until(lambda: len(market.get_events("BidCommitted", market.start_block, job_id=job_id)) >= len(honest),
-                     timeout=60)
+    chain.wait_until(
+        lambda: len(market.get_events("BidCommitted", market.start_block, job_id=job_id)) >= len(honest), timeout=60
+    )
     commits = market.get_events("BidCommitted", market.start_block, job_id=job_id)
-    step(f"job {job_id}: sealed bids committed by {', '.join(_name_of(c.provider) for c in commits)}; "
-         "nobody can see the asks")
+    step(
+        f"job {job_id}: sealed bids committed by {', '.join(_name_of(c.provider) for c in commits)}; "
+        "nobody can see the asks"
+    )
     chain.time_travel(max(0, spec.bid_deadline - chain.now()))
-    chain.wait_until(lambda: len(market.get_events("BidRevealed", market.start_block, job_id=job_id)) >= len(commits),
-                     timeout=60)
-    reveals = [e for e in market.get_events("BidRevealed", market.start_block, job_id=job_id)
-               if isinstance(e, BidRevealed)]
+    chain.wait_until(
+        lambda: len(market.get_events("BidRevealed", market.start_block, job_id=job_id)) >= len(commits), timeout=60
+    )
+    reveals = [
+        e for e in market.get_events("BidRevealed", market.start_block, job_id=job_id) if isinstance(e, BidRevealed)
+    ]
     bids = {_name_of(r.provider): r.price for r in reveals}
-    step(f"job {job_id}: bidding closed; asks revealed: "
-         + ", ".join(f"{n} {format_tokens(p)}" for n, p in sorted(bids.items(), key=lambda kv: kv[1])))
+    step(
+        f"job {job_id}: bidding closed; asks revealed: "
+        + ", ".join(f"{n} {format_tokens(p)}" for n, p in sorted(bids.items(), key=lambda kv: kv[1]))
+    )
     chain.time_travel(max(0, spec.reveal_deadline - chain.now()))
     progress: list[str] = []
 
@@ -374,36 +424,53 @@ def _training_job(contracts: Contracts, requester: Requester, home: Path,
 
     requester.say = follow_say
     outcome = requester.follow(job_id, home / f"results-{job_id}", timeout_s=300)
-    [leased] = [e for e in market.get_events("SlotLeased", market.start_block, job_id=job_id)
-                if isinstance(e, SlotLeased)]
+    [leased] = [
+        e for e in market.get_events("SlotLeased", market.start_block, job_id=job_id) if isinstance(e, SlotLeased)
+    ]
     winner = _name_of(leased.provider)
     bill = outcome.slots[0]
     verdict = _verdict(contracts, job_id)
     attested = _attestation(contracts, job_id)
-    step(f"job {job_id}: {winner} won with the lowest ask and is paid the second-lowest, "
-         f"{format_tokens(leased.price)} FLOP/GPU-h; results downloaded and matched the root on chain")
-    step(f"job {job_id}: the verifier replayed sampled segments from their checkpoints: "
-         f"{Outcome(verdict).name.lower()}, {attested.verified_gpu_seconds} of {attested.claimed_gpu_seconds} "
-         "claimed GPU-s verified")
-    step(f"job {job_id}: bill: {bill['gpu_seconds']} GPU-s x {format_tokens(leased.price)} FLOP/GPU-h = "
-         f"{format_tokens(bill['paid'])} FLOP paid ({format_tokens(bill['fee'])} fee to the treasury), "
-         f"{format_tokens(bill['refunded'])} FLOP refunded")
-    return _job_record(job_id, "training", "sealed", "replay", winner, leased.price, spec.escrow, verdict, bill,
-                       bids=bids)
+    step(
+        f"job {job_id}: {winner} won with the lowest ask and is paid the second-lowest, "
+        f"{format_tokens(leased.price)} FLOP/GPU-h; results downloaded and matched the root on chain"
+    )
+    step(
+        f"job {job_id}: the verifier replayed sampled segments from their checkpoints: "
+        f"{Outcome(verdict).name.lower()}, {attested.verified_gpu_seconds} of {attested.claimed_gpu_seconds} "
+        "claimed GPU-s verified"
+    )
+    step(
+        f"job {job_id}: bill: {bill['gpu_seconds']} GPU-s x {format_tokens(leased.price)} FLOP/GPU-h = "
+        f"{format_tokens(bill['paid'])} FLOP paid ({format_tokens(bill['fee'])} fee to the treasury), "
+        f"{format_tokens(bill['refunded'])} FLOP refunded"
+    )
+    return _job_record(
+        job_id, "training", "sealed", "replay", winner, leased.price, spec.escrow, verdict, bill, bids=bids
+    )
 
 
-def _pool_job(contracts: Contracts, requester: Requester, pool: Any, home: Path,
-              step: Callable[[str], None]) -> dict[str, Any]:
+def _pool_job(
+    contracts: Contracts, requester: Requester, pool: Any, home: Path, step: Callable[[str], None]
+) -> dict[str, Any]:
     from marketplace.requester.requester import JobOptions as Options
     from marketplace.types import Policy
 
     market = contracts.market
-    options = Options(auction=Auction.INSTANT, policy=Policy.NONE, max_price=parse_tokens("0.15"), bid_window_s=60,
-                      challenge_window_s=600, run_slack_s=60)
+    options = Options(
+        auction=Auction.INSTANT,
+        policy=Policy.NONE,
+        max_price=parse_tokens("0.15"),
+        bid_window_s=60,
+        challenge_window_s=600,
+        run_slack_s=60,
+    )
     job_id = requester.submit(EXAMPLES / "train_mlp", options)
     spec = market.spec(job_id)
-    step(f"job {job_id}: a training job at max {format_tokens(spec.max_price)} FLOP/GPU-h, below every single "
-         "provider's floor")
+    step(
+        f"job {job_id}: a training job at max {format_tokens(spec.max_price)} FLOP/GPU-h, below every single "
+        "provider's floor"
+    )
     outcome = requester.follow(job_id, home / f"results-{job_id}", timeout_s=300)
     bill = outcome.slots[0]
     assigned = pool.pool_events("SlotAssigned", 0, job_id=job_id)[-1]
@@ -411,19 +478,32 @@ def _pool_job(contracts: Contracts, requester: Requester, pool: Any, home: Path,
     contracts.chain.wait_until(lambda: pool.booked(job_id, 0), timeout=60)
     pay = {name: pool.member(dev_account(ROLES[name]).address).gpu_seconds for name in MEMBERS}
     fee_share = (bill["paid"] - bill["fee"]) * POOL_FEE_BPS // 10_000
-    step(f"job {job_id}: the pool took it at {POOL_PRICE} FLOP/GPU-h; its operator assigned it to {runner}, whose "
-         f"worker ran it ({bill['gpu_seconds']} GPU-s); the requester accepted the results")
-    step(f"job {job_id}: the pool was paid {format_tokens(bill['paid'] - bill['fee'])} FLOP: "
-         f"{format_tokens(bill['paid'] - bill['fee'] - fee_share)} to {runner}, {format_tokens(fee_share)} to the "
-         f"operator, nothing to the member that did no work")
-    record = _job_record(job_id, "training (pool)", "instant", "none", "pool", market.slot(job_id, 0).price,
-                         spec.escrow, int(Outcome.ACCEPT), bill, bids={})
+    step(
+        f"job {job_id}: the pool took it at {POOL_PRICE} FLOP/GPU-h; its operator assigned it to {runner}, whose "
+        f"worker ran it ({bill['gpu_seconds']} GPU-s); the requester accepted the results"
+    )
+    step(
+        f"job {job_id}: the pool was paid {format_tokens(bill['paid'] - bill['fee'])} FLOP: "
+        f"{format_tokens(bill['paid'] - bill['fee'] - fee_share)} to {runner}, {format_tokens(fee_share)} to the "
+        f"operator, nothing to the member that did no work"
+    )
+    record = _job_record(
+        job_id,
+        "training (pool)",
+        "instant",
+        "none",
+        "pool",
+        market.slot(job_id, 0).price,
+        spec.escrow,
+        int(Outcome.ACCEPT),
+        bill,
+        bids={},
+    )
     record["pool"] = {"runner": runner, "operator_fee": fee_share, "member_gpu_seconds": pay}
     return record
 
 
-def _reservation(contracts: Contracts, requester: Requester, home: Path,
-                 step: Callable[[str], None]) -> dict[str, Any]:
+def _reservation(contracts: Contracts, requester: Requester, home: Path, step: Callable[[str], None]) -> dict[str, Any]:
     """provider-b sells a window ahead; the requester buys it, runs a job in it; the provider is paid for the window."""
     from marketplace.contracts.reservations import ReservationStatus
 
@@ -434,17 +514,23 @@ def _reservation(contracts: Contracts, requester: Requester, home: Path,
     rid = reservations.offer(seller, start, duration, 1, price)
     reservations.buy_with_permit(requester.account, rid, contracts.token, deadline=start)
     r = reservations.reservation(rid)
-    step(f"reservation {rid}: provider-b offered its device for {duration // 60} minutes starting in 30 s, at "
-         f"{format_tokens(price)} FLOP/GPU-h; the requester bought it ahead: {format_tokens(r.value)} FLOP in escrow")
+    step(
+        f"reservation {rid}: provider-b offered its device for {duration // 60} minutes starting in 30 s, at "
+        f"{format_tokens(price)} FLOP/GPU-h; the requester bought it ahead: {format_tokens(r.value)} FLOP in escrow"
+    )
     chain.time_travel(start - chain.now() + 60)  # a minute into the window
     outcome = requester.run_reserved(rid, EXAMPLES / "plain_torch", home / "reserved", seq=1, record_timeout_s=60)
-    step(f"reservation {rid}: the requester's job ran on provider-b's device at once, no auction "
-         f"({outcome.state}); provider-b recorded {outcome.recorded_gpu_seconds} GPU-s and its result root on chain")
+    step(
+        f"reservation {rid}: the requester's job ran on provider-b's device at once, no auction "
+        f"({outcome.state}); provider-b recorded {outcome.recorded_gpu_seconds} GPU-s and its result root on chain"
+    )
     chain.time_travel(duration + reservations.challenge_period())
     chain.wait_until(lambda: reservations.reservation(rid).status == ReservationStatus.PAID, timeout=60)
     settled = reservations.history("ReservationSettled", reservation_id=rid)[-1].args
-    step(f"reservation {rid}: an hour after the window provider-b settled it: paid {format_tokens(settled['paid'])} "
-         f"FLOP for the whole window (used or not), {format_tokens(settled['fee'])} FLOP of it to the treasury")
+    step(
+        f"reservation {rid}: an hour after the window provider-b settled it: paid {format_tokens(settled['paid'])} "
+        f"FLOP for the whole window (used or not), {format_tokens(settled['fee'])} FLOP of it to the treasury"
+    )
     return {
         "reservation_id": rid,
         "provider": "provider-b",
@@ -463,8 +549,19 @@ def _reservation(contracts: Contracts, requester: Requester, home: Path,
     }
 
 
-def _job_record(job_id: int, kind: str, auction: str, policy: str, winner: str, price: int, escrow: int,
-                verdict: int, bill: dict[str, Any], *, bids: dict[str, int]) -> dict[str, Any]:
+def _job_record(
+    job_id: int,
+    kind: str,
+    auction: str,
+    policy: str,
+    winner: str,
+    price: int,
+    escrow: int,
+    verdict: int,
+    bill: dict[str, Any],
+    *,
+    bids: dict[str, int],
+) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "kind": kind,
@@ -487,8 +584,11 @@ def _job_record(job_id: int, kind: str, auction: str, policy: str, winner: str, 
 
 def _attestation(contracts: Contracts, job_id: int) -> ResultAttested:
     market = contracts.market
-    found = [e for e in market.get_events("ResultAttested", market.start_block, job_id=job_id)
-             if isinstance(e, ResultAttested)]
+    found = [
+        e
+        for e in market.get_events("ResultAttested", market.start_block, job_id=job_id)
+        if isinstance(e, ResultAttested)
+    ]
     if not found:
         raise VerificationError(f"job {job_id} was settled without an attestation")
     return found[-1]
@@ -503,4 +603,3 @@ def _name_of(address: str) -> str:
         if dev_account(index).address == address:
             return name
     return address
-

@@ -123,17 +123,14 @@ def deterministic(seed_value: int | None = None) -> int:
     return value
 
 
-def save_tensors(
-    name: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
-) -> Path:
+def save_tensors(name: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
     """Save ``tensors`` as ``<output dir>/<name>.safetensors``; return the path."""
     from safetensors.torch import save_file
 
     if "/" in name or name.startswith("."):
         raise ValueError(f"sdk: invalid tensor file name {name!r}")
     path = output_dir() / (name if name.endswith(".safetensors") else f"{name}.safetensors")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
-              metadata=dict(metadata or {}))
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=dict(metadata or {}))
     return path
 
 
@@ -168,8 +165,7 @@ def checkpoint(state: Mapping[str, torch.Tensor], step: int) -> Path:
     folder = checkpoint_dir()
     path = folder / checkpoint_name(step)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp),
-              metadata={"step": str(step)})
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata={"step": str(step)})
     os.replace(tmp, path)
     digest = _sha256(path)
     with open(folder / CHECKPOINT_LOG, "a", encoding="utf-8") as log:

@@ -146,8 +146,9 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_every_layer_has_its_rules() -> None:
     layers = {layer(m) for m in modules()}
-    assert layers == set(ALLOWED), f"layers without rules: {layers - set(ALLOWED)}; rules without a layer: " \
-        f"{set(ALLOWED) - layers}"
+    assert layers == set(ALLOWED), (
+        f"layers without rules: {layers - set(ALLOWED)}; rules without a layer: {set(ALLOWED) - layers}"
+    )
 
 
 def test_imports_run_downhill__no_layer_imports_what_its_rules_do_not_allow() -> None:

@@ -32,23 +32,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, required=True, help="state, uploads, job directories (kept private)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port to bind (0 = any free port)")
-    p.add_argument("--print-port", action="store_true", help="print {\"port\", \"provider\"} as JSON once serving")
+    p.add_argument("--print-port", action="store_true", help='print {"port", "provider"} as JSON once serving')
     p.add_argument("--leases", type=Path, required=True, help="JSON file of leases (re-read when it changes)")
     p.add_argument("--key-file", type=Path, help="hex private key that signs receipts (default DATA_DIR/receipt.key)")
     p.add_argument("--chain-id", type=int, default=31337)
     p.add_argument("--market", default="0x" + "00" * 20, help="market contract address (EIP-712 domain)")
     p.add_argument("--cpu-slots", type=int, default=1, help="CPU devices to offer when there is no GPU")
     p.add_argument("--no-gpus", action="store_true", help="offer CPU devices even when GPUs are present")
-    p.add_argument("--unsafe-no-sandbox", action="store_true",
-                   help="run jobs WITHOUT bubblewrap when it is missing (only for code you trust)")
+    p.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="run jobs WITHOUT bubblewrap when it is missing (only for code you trust)",
+    )
     p.add_argument("--no-cgroups", action="store_true", help="use rlimits only, even where cgroups work")
     p.add_argument("--memory-limit-mb", type=int, default=4096, help="memory limit of each job")
     p.add_argument("--max-processes", type=int, default=256, help="process limit of each job")
     p.add_argument("--max-file-mb", type=int, default=1024, help="largest file a job may write")
     p.add_argument("--max-disk-mb", type=int, default=4096, help="disk a job may fill")
     p.add_argument("--max-bundle-mb", type=int, default=1024, help="largest bundle archive accepted")
-    p.add_argument("--price", action="append", default=[], metavar="KIND=TOKENS",
-                   help="price per device-hour, e.g. cpu=0.1 (repeatable)")
+    p.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="KIND=TOKENS",
+        help="price per device-hour, e.g. cpu=0.1 (repeatable)",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key (TLS)")
     p.add_argument("--log-level", default="INFO")
@@ -62,20 +70,34 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         kind, _, value = item.partition("=")
         prices[kind] = parse_price(value)
     return WorkerConfig(
-        data_dir=args.data_dir, leases=LeaseFile(args.leases), chain_id=args.chain_id, market_address=args.market,
-        key_file=args.key_file, allow_unsandboxed=args.unsafe_no_sandbox, use_cgroups=not args.no_cgroups,
-        cpu_slots=args.cpu_slots, use_gpus=not args.no_gpus, max_bundle_bytes=args.max_bundle_mb << 20,
-        limits=Limits(memory_bytes=args.memory_limit_mb << 20, max_processes=args.max_processes,
-                      max_file_bytes=args.max_file_mb << 20, max_disk_bytes=args.max_disk_mb << 20),
-        prices=prices, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        data_dir=args.data_dir,
+        leases=LeaseFile(args.leases),
+        chain_id=args.chain_id,
+        market_address=args.market,
+        key_file=args.key_file,
+        allow_unsandboxed=args.unsafe_no_sandbox,
+        use_cgroups=not args.no_cgroups,
+        cpu_slots=args.cpu_slots,
+        use_gpus=not args.no_gpus,
+        max_bundle_bytes=args.max_bundle_mb << 20,
+        limits=Limits(
+            memory_bytes=args.memory_limit_mb << 20,
+            max_processes=args.max_processes,
+            max_file_bytes=args.max_file_mb << 20,
+            max_disk_bytes=args.max_disk_mb << 20,
+        ),
+        prices=prices,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the worker until SIGTERM/SIGINT."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         server, port = create_server(config_from_args(args), f"{args.host}:{args.port}")
     except FlopexError as exc:
@@ -89,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
-    logging.getLogger("worker").info("serving on %s:%d as provider %s (sandboxed: %s)", args.host, port,
-                                     server.provider_address, server.manager.sandbox.sandboxed)
+    logging.getLogger("worker").info(
+        "serving on %s:%d as provider %s (sandboxed: %s)",
+        args.host,
+        port,
+        server.provider_address,
+        server.manager.sandbox.sandboxed,
+    )
     if args.print_port:
         print(json.dumps({"port": port, "provider": server.provider_address}), flush=True)
     stop.wait()

@@ -49,8 +49,15 @@ def loss_of(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) ->
 
 
 def run_segment(
-    state: dict[str, torch.Tensor], segment: int, seed: int, data: tuple[torch.Tensor, torch.Tensor],
-    *, steps: int = 5, lr: float = 0.05, momentum: float = 0.9, dtype: torch.dtype = torch.float32,
+    state: dict[str, torch.Tensor],
+    segment: int,
+    seed: int,
+    data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    steps: int = 5,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
     """Run segment ``segment`` (``steps`` SGD steps) from ``state``; return the new state (float32)."""
     x, y = data

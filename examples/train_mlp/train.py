@@ -34,7 +34,7 @@ def main() -> None:
     for epoch in range(args.epochs):
         perm = torch.randperm(args.samples, generator=gen).to(device)
         for i in range(0, args.samples, 128):
-            idx = perm[i:i + 128]
+            idx = perm[i : i + 128]
             loss = nn.functional.mse_loss(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -46,9 +46,16 @@ def main() -> None:
         sdk.checkpoint(model.state_dict(), step=epoch)
         sdk.progress((epoch + 1) / args.epochs, f"epoch {epoch} done")
     sdk.save_tensors("model", model.state_dict(), metadata={"epochs": str(args.epochs)})
-    (sdk.output_dir() / "metrics.json").write_text(json.dumps({
-        "losses": losses, "seed": seed, "seconds": time.time() - start, "device": str(device),
-    }))
+    (sdk.output_dir() / "metrics.json").write_text(
+        json.dumps(
+            {
+                "losses": losses,
+                "seed": seed,
+                "seconds": time.time() - start,
+                "device": str(device),
+            }
+        )
+    )
     print("done", flush=True)
 
 

@@ -14,7 +14,17 @@ import click
 
 from marketplace.errors import FlopexError
 
-__all__ = ["DEFAULT_DEPLOYMENT", "DEFAULT_HOME", "FlopexGroup", "account_options", "chain_options", "emit_json", "fail", "load_signer", "open_contracts"]
+__all__ = [
+    "DEFAULT_DEPLOYMENT",
+    "DEFAULT_HOME",
+    "FlopexGroup",
+    "account_options",
+    "chain_options",
+    "emit_json",
+    "fail",
+    "load_signer",
+    "open_contracts",
+]
 
 
 DEFAULT_HOME = Path(os.environ.get("FLOPEX_HOME", ".flopex"))
@@ -48,22 +58,41 @@ def emit_json(document: Any) -> None:
 
 def chain_options(fn: Any) -> Any:
     """--rpc-url and --deployment, for every command that talks to a chain."""
-    fn = click.option("--deployment", "deployment_path", type=click.Path(dir_okay=False, path_type=Path),
-                      default=DEFAULT_DEPLOYMENT, show_default=True,
-                      help="Deployment file (written by `flopex chain up` or `flopex deploy`).")(fn)
-    fn = click.option("--rpc-url", default=None,
-                      help="JSON-RPC URL of the chain [default: the one in the deployment file].")(fn)
+    fn = click.option(
+        "--deployment",
+        "deployment_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=DEFAULT_DEPLOYMENT,
+        show_default=True,
+        help="Deployment file (written by `flopex chain up` or `flopex deploy`).",
+    )(fn)
+    fn = click.option(
+        "--rpc-url", default=None, help="JSON-RPC URL of the chain [default: the one in the deployment file]."
+    )(fn)
     return fn
 
 
 def account_options(fn: Any) -> Any:
     """--account/--dev and the password sources, for commands that sign."""
-    fn = click.option("--password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                      default=None, help="File whose first line is the keystore password.")(fn)
-    fn = click.option("--dev", "dev_index", type=click.IntRange(0, 1000), default=None,
-                      help="Use dev account N (dev chains only; its key is public).")(fn)
-    fn = click.option("--account", "account_address", default=None,
-                      help="Address of a key in the keystore (see `flopex account list`).")(fn)
+    fn = click.option(
+        "--password-file",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="File whose first line is the keystore password.",
+    )(fn)
+    fn = click.option(
+        "--dev",
+        "dev_index",
+        type=click.IntRange(0, 1000),
+        default=None,
+        help="Use dev account N (dev chains only; its key is public).",
+    )(fn)
+    fn = click.option(
+        "--account",
+        "account_address",
+        default=None,
+        help="Address of a key in the keystore (see `flopex account list`).",
+    )(fn)
     return fn
 
 

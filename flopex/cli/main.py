@@ -81,10 +81,21 @@ def chain() -> None:
 
 @chain.command("up")
 @click.option("--port", type=click.IntRange(0, 65535), default=8545, show_default=True, help="Port on 127.0.0.1.")
-@click.option("--deployment", "deployment_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=DEFAULT_DEPLOYMENT, show_default=True, help="Where to write the deployment file.")
-@click.option("--accounts", type=click.IntRange(2, 100), default=10, show_default=True,
-              help="Dev accounts to fund with ether and tokens.")
+@click.option(
+    "--deployment",
+    "deployment_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_DEPLOYMENT,
+    show_default=True,
+    help="Where to write the deployment file.",
+)
+@click.option(
+    "--accounts",
+    type=click.IntRange(2, 100),
+    default=10,
+    show_default=True,
+    help="Dev accounts to fund with ether and tokens.",
+)
 def chain_up(port: int, deployment_path: Path, accounts: int) -> None:
     """A local chain (eth-tester behind JSON-RPC on 127.0.0.1) with flopex deployed."""
     from eth_tester import EthereumTester, PyEVMBackend
@@ -129,12 +140,27 @@ def chain_up(port: int, deployment_path: Path, accounts: int) -> None:
 
 @cli.command()
 @click.option("--rpc-url", required=True, help="JSON-RPC URL of the chain.")
-@click.option("--deployment", "deployment_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=DEFAULT_DEPLOYMENT, show_default=True, help="Where to write the deployment file.")
-@click.option("--dev", "dev_index", type=click.IntRange(0, 1000), default=None,
-              help="Deploy from dev account N and fund dev accounts (dev chains such as anvil only).")
-@click.option("--key-env", default="FLOPEX_DEPLOYER_KEY", show_default=True,
-              help="Environment variable holding the deployer's private key (when not --dev).")
+@click.option(
+    "--deployment",
+    "deployment_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_DEPLOYMENT,
+    show_default=True,
+    help="Where to write the deployment file.",
+)
+@click.option(
+    "--dev",
+    "dev_index",
+    type=click.IntRange(0, 1000),
+    default=None,
+    help="Deploy from dev account N and fund dev accounts (dev chains such as anvil only).",
+)
+@click.option(
+    "--key-env",
+    default="FLOPEX_DEPLOYER_KEY",
+    show_default=True,
+    help="Environment variable holding the deployer's private key (when not --dev).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
 def deploy(rpc_url: str, deployment_path: Path, dev_index: int | None, key_env: str, as_json: bool) -> None:
     """Deploy the contracts to any chain and write a deployment file."""
@@ -241,24 +267,55 @@ def provider() -> None:
 @provider.command("start")
 @chain_options
 @account_options
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_HOME / "provider",
-              show_default=True, help="Worker state, uploads, jobs and its receipt key.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_HOME / "provider",
+    show_default=True,
+    help="Worker state, uploads, jobs and its receipt key.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the worker binds.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any).")
 @click.option("--price", "price_text", default="1", show_default=True, help="Price floor, tokens per GPU-hour.")
-@click.option("--strategy", default="fixed", show_default=True,
-              help="Pricing strategy: fixed | ramp:slope=S | decay:start=A,min=B,half_life=T | follow:undercut=U.")
+@click.option(
+    "--strategy",
+    default="fixed",
+    show_default=True,
+    help="Pricing strategy: fixed | ramp:slope=S | decay:start=A,min=B,half_life=T | follow:undercut=U.",
+)
 @click.option("--stake", "stake_text", default="200", show_default=True, help="Tokens to keep staked.")
-@click.option("--cpu-slots", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="CPU devices to offer when there is no GPU.")
+@click.option(
+    "--cpu-slots",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="CPU devices to offer when there is no GPU.",
+)
 @click.option("--unsafe-no-sandbox", is_flag=True, help="Run jobs without bubblewrap (only for code you trust).")
 @click.option("--memory-limit-mb", type=click.IntRange(64), default=4096, show_default=True)
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port) [default: off].")
-def provider_start(rpc_url: str | None, deployment_path: Path, account_address: str | None, dev_index: int | None,
-                   password_file: Path | None, data_dir: Path, host: str, port: int, price_text: str,
-                   strategy: str, stake_text: str, cpu_slots: int, unsafe_no_sandbox: bool,
-                   memory_limit_mb: int, metrics_port: int | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port) [default: off].",
+)
+def provider_start(
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    data_dir: Path,
+    host: str,
+    port: int,
+    price_text: str,
+    strategy: str,
+    stake_text: str,
+    cpu_slots: int,
+    unsafe_no_sandbox: bool,
+    memory_limit_mb: int,
+    metrics_port: int | None,
+) -> None:
     """The provider daemon: stake, register, serve gRPC, bid, run, commit, settle, withdraw.
 
     SIGTERM or Ctrl-C stop it cleanly: running jobs are marked failed, state is kept.
@@ -272,20 +329,32 @@ def provider_start(rpc_url: str | None, deployment_path: Path, account_address: 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
-    server, endpoint = chain_worker(contracts, data_dir, host=host, port=port, cpu_slots=cpu_slots,
-                                    allow_unsandboxed=unsafe_no_sandbox, memory_limit_mb=memory_limit_mb)
+    server, endpoint = chain_worker(
+        contracts,
+        data_dir,
+        host=host,
+        port=port,
+        cpu_slots=cpu_slots,
+        allow_unsandboxed=unsafe_no_sandbox,
+        memory_limit_mb=memory_limit_mb,
+    )
     terms = device_terms(server)
     settings = ProviderSettings(
-        endpoint=endpoint, price_floor=parse_tokens(price_text), strategy=strategy_from_spec(strategy),
-        stake=parse_tokens(stake_text), **terms,
+        endpoint=endpoint,
+        price_floor=parse_tokens(price_text),
+        strategy=strategy_from_spec(strategy),
+        stake=parse_tokens(stake_text),
+        **terms,
     )
     daemon = ProviderDaemon(contracts, signer, server, settings, data_dir / "provider-state.json")
     daemon.ensure_registered()
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    click.echo(f"provider {signer.address} serving {terms['gpu_count']} {terms['device_kind'].name.lower()} "
-               f"device(s) on {endpoint}")
+    click.echo(
+        f"provider {signer.address} serving {terms['gpu_count']} {terms['device_kind'].name.lower()} "
+        f"device(s) on {endpoint}"
+    )
     metrics = None
     if metrics_port is not None:
         from worker.provider.metrics import serve_metrics
@@ -327,19 +396,42 @@ def job() -> None:
 @account_options
 @click.option("--max-price", "max_price_text", default=None, help="Tokens per GPU-hour at most [default: job.toml].")
 @click.option("--auction", type=click.Choice(["sealed", "instant"]), default=None)
-@click.option("--verify", "policy", type=click.Choice(["none", "redundant", "replay", "freivalds", "optimistic"]),
-              default=None, help="Verification policy [default: job.toml].")
+@click.option(
+    "--verify",
+    "policy",
+    type=click.Choice(["none", "redundant", "replay", "freivalds", "optimistic"]),
+    default=None,
+    help="Verification policy [default: job.toml].",
+)
 @click.option("--redundancy", type=click.IntRange(1, 5), default=None)
 @click.option("--bid-window", type=click.IntRange(1), default=20, show_default=True, help="Seconds of bidding.")
 @click.option("--challenge-window", type=click.IntRange(1), default=60, show_default=True)
 @click.option("--wait/--no-wait", default=False, help="Follow the job to its end and download the results.")
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where results go (with --wait) [default: ./results-JOB].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where results go (with --wait) [default: ./results-JOB].",
+)
 @click.option("--json", "as_json", is_flag=True)
-def job_submit(bundle: Path, rpc_url: str | None, deployment_path: Path, account_address: str | None,
-               dev_index: int | None, password_file: Path | None, max_price_text: str | None, auction: str | None,
-               policy: str | None, redundancy: int | None, bid_window: int, challenge_window: int, wait: bool,
-               output: Path | None, as_json: bool) -> None:
+def job_submit(
+    bundle: Path,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    max_price_text: str | None,
+    auction: str | None,
+    policy: str | None,
+    redundancy: int | None,
+    bid_window: int,
+    challenge_window: int,
+    wait: bool,
+    output: Path | None,
+    as_json: bool,
+) -> None:
     """Post BUNDLE's job; with --wait, follow it to results and a bill."""
     from marketplace.requester.requester import JobOptions, Requester
     from marketplace.types import Auction, Policy, parse_tokens
@@ -352,7 +444,9 @@ def job_submit(bundle: Path, rpc_url: str | None, deployment_path: Path, account
         max_price=parse_tokens(max_price_text) if max_price_text else None,
         auction=Auction[auction.upper()] if auction else None,
         policy=Policy[policy.upper()] if policy else None,
-        redundancy=redundancy, bid_window_s=bid_window, reveal_window_s=bid_window,
+        redundancy=redundancy,
+        bid_window_s=bid_window,
+        reveal_window_s=bid_window,
         challenge_window_s=challenge_window,
     )
     job_id = requester.submit(bundle, options)
@@ -379,8 +473,14 @@ def _job_summary(contracts: Any, job_id: int) -> dict[str, Any]:
         "max_gpu_seconds": spec.max_gpu_seconds,
         "escrow": state.escrow,
         "slots": [
-            {"slot": s.slot, "provider": s.provider, "status": s.status.name.lower(), "price": s.price,
-             "gpu_seconds": s.gpu_seconds, "result_root": "0x" + s.result_root.hex()}
+            {
+                "slot": s.slot,
+                "provider": s.provider,
+                "status": s.status.name.lower(),
+                "price": s.price,
+                "gpu_seconds": s.gpu_seconds,
+                "result_root": "0x" + s.result_root.hex(),
+            }
             for s in market.slots_of(job_id)
         ],
     }
@@ -419,8 +519,14 @@ def job_list(rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
 @click.argument("job_id", type=click.IntRange(1))
 @chain_options
 @account_options
-def job_cancel(job_id: int, rpc_url: str | None, deployment_path: Path, account_address: str | None,
-               dev_index: int | None, password_file: Path | None) -> None:
+def job_cancel(
+    job_id: int,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+) -> None:
     """Withdraw an open job before its bid deadline; its escrow becomes withdrawable credit."""
     contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
@@ -433,8 +539,15 @@ def job_cancel(job_id: int, rpc_url: str | None, deployment_path: Path, account_
 @chain_options
 @account_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True)
-def job_result(job_id: int, rpc_url: str | None, deployment_path: Path, account_address: str | None,
-               dev_index: int | None, password_file: Path | None, output: Path) -> None:
+def job_result(
+    job_id: int,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    output: Path,
+) -> None:
     """Download a job's results from its provider(s) and check them against the on-chain root."""
     from marketplace.errors import VerificationError
     from marketplace.protocol.auth import Domain
@@ -453,8 +566,10 @@ def job_result(job_id: int, rpc_url: str | None, deployment_path: Path, account_
             results = client.download_results(job_id, output / f"slot-{slot.slot}", provider=worker.signer)
         if slot.result_root != results.manifest.root:
             raise VerificationError(f"job {job_id} slot {slot.slot}: results differ from the root committed on chain")
-        click.echo(f"slot {slot.slot}: {len(results.manifest.files)} file(s) in {output / f'slot-{slot.slot}'}, "
-                   f"root {results.manifest.root.hex()[:16]}… matches the chain")
+        click.echo(
+            f"slot {slot.slot}: {len(results.manifest.files)} file(s) in {output / f'slot-{slot.slot}'}, "
+            f"root {results.manifest.root.hex()[:16]}… matches the chain"
+        )
 
 
 # ---------------------------------------------------------------------- verifier
@@ -468,22 +583,57 @@ def verifier() -> None:
 @verifier.command("start")
 @chain_options
 @account_options
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_HOME / "verifier",
-              show_default=True, help="Where fetched results and replays go.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_HOME / "verifier",
+    show_default=True,
+    help="Where fetched results and replays go.",
+)
 @click.option("--stake", "stake_text", default="100", show_default=True, help="Tokens to keep staked.")
-@click.option("--replay-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.07, show_default=True,
-              help="Share of a replay job's segments re-run.")
-@click.option("--capacity-interval", type=click.FloatRange(0.0), default=0.0, show_default=True,
-              help="Seconds between capacity challenges of each provider (0: only at registration).")
-@click.option("--reservation-probe-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
-              help="Failed probes in a row before a reservation reported not served is attested failed.")
-@click.option("--reservation-probe-interval", type=click.FloatRange(0.0), default=10.0, show_default=True,
-              help="Seconds between probes of a reported reservation's worker.")
+@click.option(
+    "--replay-fraction",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=0.07,
+    show_default=True,
+    help="Share of a replay job's segments re-run.",
+)
+@click.option(
+    "--capacity-interval",
+    type=click.FloatRange(0.0),
+    default=0.0,
+    show_default=True,
+    help="Seconds between capacity challenges of each provider (0: only at registration).",
+)
+@click.option(
+    "--reservation-probe-attempts",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="Failed probes in a row before a reservation reported not served is attested failed.",
+)
+@click.option(
+    "--reservation-probe-interval",
+    type=click.FloatRange(0.0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between probes of a reported reservation's worker.",
+)
 @click.option("--unsafe-no-sandbox", is_flag=True, help="Replay jobs without bubblewrap (only for code you trust).")
-def verifier_start(rpc_url: str | None, deployment_path: Path, account_address: str | None, dev_index: int | None,
-                   password_file: Path | None, data_dir: Path, stake_text: str, replay_fraction: float,
-                   capacity_interval: float, reservation_probe_attempts: int, reservation_probe_interval: float,
-                   unsafe_no_sandbox: bool) -> None:
+def verifier_start(
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    data_dir: Path,
+    stake_text: str,
+    replay_fraction: float,
+    capacity_interval: float,
+    reservation_probe_attempts: int,
+    reservation_probe_interval: float,
+    unsafe_no_sandbox: bool,
+) -> None:
     """The verifier daemon: check results by their policy, attest, dispute, challenge capacity, judge reservations.
 
     SIGTERM or Ctrl-C stop it cleanly.
@@ -497,8 +647,11 @@ def verifier_start(rpc_url: str | None, deployment_path: Path, account_address: 
     contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
     settings = VerifierSettings(
-        data_dir=data_dir, stake=parse_tokens(stake_text), replay_fraction=replay_fraction,
-        capacity_interval_s=capacity_interval, allow_unsandboxed=unsafe_no_sandbox,
+        data_dir=data_dir,
+        stake=parse_tokens(stake_text),
+        replay_fraction=replay_fraction,
+        capacity_interval_s=capacity_interval,
+        allow_unsandboxed=unsafe_no_sandbox,
         reservation_probe_attempts=reservation_probe_attempts,
         reservation_probe_interval_s=reservation_probe_interval,
     )
@@ -529,13 +682,15 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
     contracts = open_contracts(rpc_url, deployment_path)
     m, registry = contracts.market, contracts.registry
     start = contracts.deployment.start_block
-    open_jobs = [_job_summary(contracts, i) for i in range(1, m.job_count() + 1)
-                 if m.job(i).status == JobStatus.OPEN]
+    open_jobs = [_job_summary(contracts, i) for i in range(1, m.job_count() + 1) if m.job(i).status == JobStatus.OPEN]
     providers = {}
     for event in registry.get_events("ProviderRegistered", start):
         providers[event.provider] = {
-            "provider": event.provider, "device_kind": DeviceKind(event.device_kind).name.lower(),
-            "gpus": event.gpu_count, "memory_mb": event.memory_mb, "price_floor": event.price_floor,
+            "provider": event.provider,
+            "device_kind": DeviceKind(event.device_kind).name.lower(),
+            "gpus": event.gpu_count,
+            "memory_mb": event.memory_mb,
+            "price_floor": event.price_floor,
             "endpoint": event.endpoint,
         }
     for address, row in providers.items():
@@ -564,15 +719,19 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
         return
     click.echo(f"{len(open_jobs)} open job(s), {len(providers)} provider(s)")
     for p in providers.values():
-        click.echo(f"  {p['provider']}  {p['gpus']}x {p['device_kind']}  floor {format_tokens(p['price_floor'])}"
-                   f"  {p['endpoint']}")
+        click.echo(
+            f"  {p['provider']}  {p['gpus']}x {p['device_kind']}  floor {format_tokens(p['price_floor'])}"
+            f"  {p['endpoint']}"
+        )
     for kind, values in prices.items():
         recent = ", ".join(format_tokens(v) for v in values[-5:])
         click.echo(f"  recent {kind} clearing prices: {recent}")
     for r in for_sale:
         ask = f"resale at {format_tokens(r['resale_price'])}" if r["resale_price"] else f"{format_tokens(r['value'])}"
-        click.echo(f"  reservation {r['reservation_id']} for sale: {r['gpus']} device(s) of {r['provider']} from "
-                   f"{r['start']} for {r['duration']} s at {format_tokens(r['price'])}/GPU-h ({ask} FLOP)")
+        click.echo(
+            f"  reservation {r['reservation_id']} for sale: {r['gpus']} device(s) of {r['provider']} from "
+            f"{r['start']} for {r['duration']} s at {format_tokens(r['price'])}/GPU-h ({ask} FLOP)"
+        )
 
 
 def _market_contracts(ctx: click.Context, rpc_url: str | None, deployment_path: Path) -> Any:
@@ -587,13 +746,25 @@ def _market_contracts(ctx: click.Context, rpc_url: str | None, deployment_path: 
 
 @market.command("index")
 @chain_options
-@click.option("--window", "windows", multiple=True, default=("1h", "24h", "all"), show_default=True,
-              help="Window to compute over (30m, 1h, 24h, 7d, all); repeat for several.")
+@click.option(
+    "--window",
+    "windows",
+    multiple=True,
+    default=("1h", "24h", "all"),
+    show_default=True,
+    help="Window to compute over (30m, 1h, 24h, 7d, all); repeat for several.",
+)
 @click.option("--block", type=click.IntRange(0), default=None, help="Compute as of this block [default: latest].")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def market_index(ctx: click.Context, rpc_url: str | None, deployment_path: Path, windows: tuple[str, ...],
-                 block: int | None, as_json: bool) -> None:
+def market_index(
+    ctx: click.Context,
+    rpc_url: str | None,
+    deployment_path: Path,
+    windows: tuple[str, ...],
+    block: int | None,
+    as_json: bool,
+) -> None:
     """The compute price index per device class: TWAP, volume, leases, min/max/last; from chain events alone."""
     from marketplace.market.index import compute_index, format_index, index_document, read_history
 
@@ -608,14 +779,27 @@ def market_index(ctx: click.Context, rpc_url: str | None, deployment_path: Path,
 
 @market.command("report")
 @chain_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.png"),
-              show_default=True, help="Where the PNG goes.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.png"),
+    show_default=True,
+    help="Where the PNG goes.",
+)
 @click.option("--window", default="24h", show_default=True, help="Window the chart shows (30m, 1h, 24h, 7d, all).")
 @click.option("--block", type=click.IntRange(0), default=None, help="Compute as of this block [default: latest].")
 @click.option("--json", "as_json", is_flag=True, help="Also print the index as JSON.")
 @click.pass_context
-def market_report(ctx: click.Context, rpc_url: str | None, deployment_path: Path, output: Path, window: str,
-                  block: int | None, as_json: bool) -> None:
+def market_report(
+    ctx: click.Context,
+    rpc_url: str | None,
+    deployment_path: Path,
+    output: Path,
+    window: str,
+    block: int | None,
+    as_json: bool,
+) -> None:
     """Draw the price index as a PNG chart: clearing prices per class with their TWAP, and volume."""
     from marketplace.market.chart import render_report
     from marketplace.market.index import compute_index, index_document, read_history

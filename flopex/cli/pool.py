@@ -25,7 +25,6 @@ __all__ = ["pool"]
 pool: click.Group = click.Group("pool", help="Provider pools: small providers bidding as one.")
 
 
-
 _DEVICE_KINDS = click.Choice(["cpu", "cuda"])
 
 
@@ -50,8 +49,12 @@ def _register(contracts: Any, signer: Any, pool_: Any, price_text: str, device_k
 
     if pool_.operator() != signer.address:
         raise ConfigError(f"{signer.address} is not the operator of pool {pool_.address}")
-    settings = OperatorSettings(price_floor=_tokens(price_text), strategy=FixedFloor(),
-                                device_model=device_model, device_kind=DeviceKind[device_kind.upper()])
+    settings = OperatorSettings(
+        price_floor=_tokens(price_text),
+        strategy=FixedFloor(),
+        device_model=device_model,
+        device_kind=DeviceKind[device_kind.upper()],
+    )
     cover = register_pool(contracts, pool_, signer, settings)
     if cover is None:
         raise ConfigError(f"pool {pool_.address} has no bonded member to cover its offer yet")
@@ -64,23 +67,53 @@ def _register(contracts: Any, signer: Any, pool_: Any, price_text: str, device_k
 @pool.command("create")
 @chain_options
 @account_options
-@click.option("--fee-bps", type=click.IntRange(0, 2000), default=1000, show_default=True,
-              help="The operator's share of each payment, in basis points.")
-@click.option("--min-stake", "min_stake_text", default="100", show_default=True,
-              help="Least stake a member bonds, in tokens.")
-@click.option("--unbonding", type=click.IntRange(0), default=7 * 24 * 3600, show_default=True,
-              help="Seconds a leaving member waits for its stake.")
-@click.option("--register", "register_", is_flag=True,
-              help="Wait for the first member to join, then register the pool's offer.")
+@click.option(
+    "--fee-bps",
+    type=click.IntRange(0, 2000),
+    default=1000,
+    show_default=True,
+    help="The operator's share of each payment, in basis points.",
+)
+@click.option(
+    "--min-stake", "min_stake_text", default="100", show_default=True, help="Least stake a member bonds, in tokens."
+)
+@click.option(
+    "--unbonding",
+    type=click.IntRange(0),
+    default=7 * 24 * 3600,
+    show_default=True,
+    help="Seconds a leaving member waits for its stake.",
+)
+@click.option(
+    "--register", "register_", is_flag=True, help="Wait for the first member to join, then register the pool's offer."
+)
 @click.option("--price", "price_text", default="1", show_default=True, help="With --register: tokens per GPU-hour.")
 @click.option("--device-kind", type=_DEVICE_KINDS, default="cpu", show_default=True)
 @click.option("--device-model", default="flopex pool", show_default=True)
-@click.option("--timeout", type=click.IntRange(1), default=300, show_default=True,
-              help="With --register: seconds to wait for a member.")
+@click.option(
+    "--timeout",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="With --register: seconds to wait for a member.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def pool_create(rpc_url: str | None, deployment_path: Path, account_address: str | None, dev_index: int | None,
-                password_file: Path | None, fee_bps: int, min_stake_text: str, unbonding: int, register_: bool,
-                price_text: str, device_kind: str, device_model: str, timeout: int, as_json: bool) -> None:
+def pool_create(
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    fee_bps: int,
+    min_stake_text: str,
+    unbonding: int,
+    register_: bool,
+    price_text: str,
+    device_kind: str,
+    device_model: str,
+    timeout: int,
+    as_json: bool,
+) -> None:
     """Deploy a pool run by the signing account; prints its address."""
     import time
 
@@ -107,8 +140,16 @@ def pool_create(rpc_url: str | None, deployment_path: Path, account_address: str
         if not as_json:
             click.echo(f"pool {created.address} registered, covered by member {covering}")
     if as_json:
-        emit_json({"pool": created.address, "operator": signer.address, "fee_bps": fee_bps,
-                    "min_member_stake": min_stake, "unbonding_period": unbonding, "covering_member": covering})
+        emit_json(
+            {
+                "pool": created.address,
+                "operator": signer.address,
+                "fee_bps": fee_bps,
+                "min_member_stake": min_stake,
+                "unbonding_period": unbonding,
+                "covering_member": covering,
+            }
+        )
 
 
 @pool.command("register")
@@ -118,9 +159,17 @@ def pool_create(rpc_url: str | None, deployment_path: Path, account_address: str
 @click.option("--price", "price_text", default="1", show_default=True, help="Price floor, tokens per GPU-hour.")
 @click.option("--device-kind", type=_DEVICE_KINDS, default="cpu", show_default=True)
 @click.option("--device-model", default="flopex pool", show_default=True)
-def pool_register(pool_address: str, rpc_url: str | None, deployment_path: Path, account_address: str | None,
-                  dev_index: int | None, password_file: Path | None, price_text: str, device_kind: str,
-                  device_model: str) -> None:
+def pool_register(
+    pool_address: str,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    price_text: str,
+    device_kind: str,
+    device_model: str,
+) -> None:
     """Register (or refresh) the pool's offer in the registry (the operator)."""
     contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
@@ -153,13 +202,33 @@ def _check_stake(pool_: Any, contracts: Any, address: str, stake: int) -> None:
 @click.option("--gpus", type=click.IntRange(1, 65535), required=True, help="Devices on the member's worker.")
 @click.option("--memory-mb", type=click.IntRange(1), required=True, help="Memory per device.")
 @click.option("--endpoint", required=True, help="gRPC endpoint of the member's worker, host:port.")
-@click.option("--signer", "signer_address", default=None,
-              help="The worker's receipt signer [default: read from --data-dir's receipt key].")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_HOME / "member",
-              show_default=True, help="The worker's data directory (its receipt key).")
-def pool_join(pool_address: str, rpc_url: str | None, deployment_path: Path, account_address: str | None,
-              dev_index: int | None, password_file: Path | None, stake_text: str, gpus: int, memory_mb: int,
-              endpoint: str, signer_address: str | None, data_dir: Path) -> None:
+@click.option(
+    "--signer",
+    "signer_address",
+    default=None,
+    help="The worker's receipt signer [default: read from --data-dir's receipt key].",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_HOME / "member",
+    show_default=True,
+    help="The worker's data directory (its receipt key).",
+)
+def pool_join(
+    pool_address: str,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    stake_text: str,
+    gpus: int,
+    memory_mb: int,
+    endpoint: str,
+    signer_address: str | None,
+    data_dir: Path,
+) -> None:
     """Join a pool with a stake and a worker that runs elsewhere (`member start` does both)."""
     from marketplace.errors import ConfigError
 
@@ -176,8 +245,10 @@ def pool_join(pool_address: str, rpc_url: str | None, deployment_path: Path, acc
         signer_address = load_or_create_key(data_dir / "receipt.key").address
     contracts.token.approve(signer, pool_.address, stake)
     pool_.join(signer, stake, gpus, memory_mb, signer_address, endpoint)
-    click.echo(f"{signer.address} joined pool {pool_.address}: {stake_text} FLOP staked, {gpus} device(s), "
-               f"worker {endpoint} signing as {signer_address}")
+    click.echo(
+        f"{signer.address} joined pool {pool_.address}: {stake_text} FLOP staked, {gpus} device(s), "
+        f"worker {endpoint} signing as {signer_address}"
+    )
 
 
 @pool.command("leave")
@@ -186,8 +257,16 @@ def pool_join(pool_address: str, rpc_url: str | None, deployment_path: Path, acc
 @account_options
 @click.option("--amount", "amount_text", default=None, help="Tokens to unbond [default: all the stake].")
 @click.option("--wait", is_flag=True, help="Wait until the stake can be withdrawn, then withdraw it.")
-def pool_leave(pool_address: str, rpc_url: str | None, deployment_path: Path, account_address: str | None,
-               dev_index: int | None, password_file: Path | None, amount_text: str | None, wait: bool) -> None:
+def pool_leave(
+    pool_address: str,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    amount_text: str | None,
+    wait: bool,
+) -> None:
     """Unbond stake; run again (or give --wait) to withdraw it once the unbonding period has passed."""
     import time
 
@@ -220,8 +299,10 @@ def pool_leave(pool_address: str, rpc_url: str | None, deployment_path: Path, ac
                     raise
                 click.echo(f"waiting: {exc.reason}")
         elif not wait:
-            click.echo(f"still unbonding: {format_tokens(member.unbonding)} FLOP withdrawable from "
-                       f"{member.unbond_at} ({member.unbond_at - now} s from now)")
+            click.echo(
+                f"still unbonding: {format_tokens(member.unbonding)} FLOP withdrawable from "
+                f"{member.unbond_at} ({member.unbond_at - now} s from now)"
+            )
             return
         time.sleep(2.0)
 
@@ -230,8 +311,14 @@ def pool_leave(pool_address: str, rpc_url: str | None, deployment_path: Path, ac
 @click.argument("pool_address")
 @chain_options
 @account_options
-def pool_withdraw(pool_address: str, rpc_url: str | None, deployment_path: Path, account_address: str | None,
-                  dev_index: int | None, password_file: Path | None) -> None:
+def pool_withdraw(
+    pool_address: str,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+) -> None:
     """Withdraw the signer's pool credit (a member's pay or the operator's fees)."""
     from marketplace.errors import ConfigError
     from marketplace.types import format_tokens
@@ -254,11 +341,21 @@ def pool_summary(contracts: Any, pool_: Any) -> dict[str, Any]:
     registry = contracts.registry
     members = []
     for m in pool_.members():
-        members.append({
-            "address": m.address, "stake": m.stake, "unbonding": m.unbonding, "unbond_at": m.unbond_at,
-            "open_assignments": m.assignments, "gpu_seconds": m.gpu_seconds, "gpus": m.gpus,
-            "memory_mb": m.memory_mb, "signer": m.signer, "endpoint": m.endpoint, "credit": pool_.credits(m.address),
-        })
+        members.append(
+            {
+                "address": m.address,
+                "stake": m.stake,
+                "unbonding": m.unbonding,
+                "unbond_at": m.unbond_at,
+                "open_assignments": m.assignments,
+                "gpu_seconds": m.gpu_seconds,
+                "gpus": m.gpus,
+                "memory_mb": m.memory_mb,
+                "signer": m.signer,
+                "endpoint": m.endpoint,
+                "credit": pool_.credits(m.address),
+            }
+        )
     assignments: dict[tuple[int, int], dict[str, Any]] = {}
     for event in pool_.pool_events("SlotAssigned", contracts.deployment.start_block):
         job_id, slot = int(event.args["job_id"]), int(event.args["slot"])
@@ -303,16 +400,21 @@ def pool_show(pool_address: str, rpc_url: str | None, deployment_path: Path, as_
         emit_json(summary)
         return
     f = format_tokens
-    click.echo(f"pool {summary['pool']}: operator {summary['operator']} (fee {summary['fee_bps']} bps, credit "
-               f"{f(summary['operator_credit'])} FLOP); {'registered' if summary['registered'] else 'not registered'}"
-               f", stake {f(summary['total_stake'])} FLOP, {summary['total_gpus']} device(s)")
+    click.echo(
+        f"pool {summary['pool']}: operator {summary['operator']} (fee {summary['fee_bps']} bps, credit "
+        f"{f(summary['operator_credit'])} FLOP); {'registered' if summary['registered'] else 'not registered'}"
+        f", stake {f(summary['total_stake'])} FLOP, {summary['total_gpus']} device(s)"
+    )
     for m in summary["members"]:
-        click.echo(f"  member {m['address']}: stake {f(m['stake'])}, unbonding {f(m['unbonding'])}, credit "
-                   f"{f(m['credit'])} FLOP; {m['gpus']} device(s) x {m['memory_mb']} MB at {m['endpoint']}; "
-                   f"{m['gpu_seconds']} GPU-s delivered, {m['open_assignments']} open")
+        click.echo(
+            f"  member {m['address']}: stake {f(m['stake'])}, unbonding {f(m['unbonding'])}, credit "
+            f"{f(m['credit'])} FLOP; {m['gpus']} device(s) x {m['memory_mb']} MB at {m['endpoint']}; "
+            f"{m['gpu_seconds']} GPU-s delivered, {m['open_assignments']} open"
+        )
     for a in summary["assignments"]:
-        click.echo(f"  job {a['job_id']} slot {a['slot']}: {a['member']} {a['status']}"
-                   f"{' (booked)' if a['booked'] else ''}")
+        click.echo(
+            f"  job {a['job_id']} slot {a['slot']}: {a['member']} {a['status']}{' (booked)' if a['booked'] else ''}"
+        )
 
 
 # ---------------------------------------------------------------------- daemons
@@ -350,18 +452,44 @@ def operator_group() -> None:
 @chain_options
 @account_options
 @click.option("--price", "price_text", default="1", show_default=True, help="Price floor, tokens per GPU-hour.")
-@click.option("--strategy", default="fixed", show_default=True,
-              help="Pricing strategy: fixed | ramp:slope=S | decay:start=A,min=B,half_life=T | follow:undercut=U.")
+@click.option(
+    "--strategy",
+    default="fixed",
+    show_default=True,
+    help="Pricing strategy: fixed | ramp:slope=S | decay:start=A,min=B,half_life=T | follow:undercut=U.",
+)
 @click.option("--device-kind", type=_DEVICE_KINDS, default="cpu", show_default=True)
 @click.option("--device-model", default="flopex pool", show_default=True)
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_HOME / "pool-operator",
-              show_default=True, help="Where the daemon keeps its bids and slots.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_HOME / "pool-operator",
+    show_default=True,
+    help="Where the daemon keeps its bids and slots.",
+)
 @click.option("--withdraw/--no-withdraw", default=True, show_default=True, help="Withdraw the operator's fees.")
-@click.option("--wait-members", type=click.IntRange(0), default=300, show_default=True,
-              help="Seconds to wait for a bonded member before giving up.")
-def operator_start(pool_address: str, rpc_url: str | None, deployment_path: Path, account_address: str | None,
-                   dev_index: int | None, password_file: Path | None, price_text: str, strategy: str,
-                   device_kind: str, device_model: str, state_dir: Path, withdraw: bool, wait_members: int) -> None:
+@click.option(
+    "--wait-members",
+    type=click.IntRange(0),
+    default=300,
+    show_default=True,
+    help="Seconds to wait for a bonded member before giving up.",
+)
+def operator_start(
+    pool_address: str,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    price_text: str,
+    strategy: str,
+    device_kind: str,
+    device_model: str,
+    state_dir: Path,
+    withdraw: bool,
+    wait_members: int,
+) -> None:
     """Bid for the pool, assign each won slot to a member, book slots, collect and withdraw fees."""
     import logging
     import time
@@ -376,8 +504,11 @@ def operator_start(pool_address: str, rpc_url: str | None, deployment_path: Path
     pool_ = _pool(contracts, pool_address)
     signer = load_signer(account_address, dev_index, password_file)
     settings = OperatorSettings(
-        price_floor=_tokens(price_text), strategy=strategy_from_spec(strategy), device_model=device_model,
-        device_kind=DeviceKind[device_kind.upper()], withdraw=withdraw,
+        price_floor=_tokens(price_text),
+        strategy=strategy_from_spec(strategy),
+        device_model=device_model,
+        device_kind=DeviceKind[device_kind.upper()],
+        withdraw=withdraw,
     )
     daemon = PoolOperatorDaemon(contracts, signer, pool_, settings, state_dir / f"operator-{pool_.address}.json")
     deadline = time.monotonic() + wait_members
@@ -400,21 +531,45 @@ def member_group() -> None:
 @chain_options
 @account_options
 @click.option("--stake", "stake_text", default="100", show_default=True, help="Tokens to keep bonded in the pool.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_HOME / "member",
-              show_default=True, help="Worker state, uploads, jobs and its receipt key.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_HOME / "member",
+    show_default=True,
+    help="Worker state, uploads, jobs and its receipt key.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the worker binds.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any).")
-@click.option("--cpu-slots", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="CPU devices to offer when there is no GPU.")
+@click.option(
+    "--cpu-slots",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="CPU devices to offer when there is no GPU.",
+)
 @click.option("--unsafe-no-sandbox", is_flag=True, help="Run jobs without bubblewrap (only for code you trust).")
 @click.option("--memory-limit-mb", type=click.IntRange(64), default=4096, show_default=True)
 @click.option("--withdraw/--no-withdraw", default=True, show_default=True, help="Withdraw pay as it is booked.")
-@click.option("--unsafe-cheat-root", is_flag=True, hidden=True,
-              help="Tests only: commit a root the worker did not produce.")
-def member_start(pool_address: str, rpc_url: str | None, deployment_path: Path, account_address: str | None,
-                 dev_index: int | None, password_file: Path | None, stake_text: str, data_dir: Path, host: str,
-                 port: int, cpu_slots: int, unsafe_no_sandbox: bool, memory_limit_mb: int, withdraw: bool,
-                 unsafe_cheat_root: bool) -> None:
+@click.option(
+    "--unsafe-cheat-root", is_flag=True, hidden=True, help="Tests only: commit a root the worker did not produce."
+)
+def member_start(
+    pool_address: str,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    stake_text: str,
+    data_dir: Path,
+    host: str,
+    port: int,
+    cpu_slots: int,
+    unsafe_no_sandbox: bool,
+    memory_limit_mb: int,
+    withdraw: bool,
+    unsafe_cheat_root: bool,
+) -> None:
     """Join the pool and serve: the worker runs the slots the operator assigns to this member.
 
     SIGTERM or Ctrl-C stop it cleanly: running jobs are marked failed, state is kept.
@@ -432,11 +587,19 @@ def member_start(pool_address: str, rpc_url: str | None, deployment_path: Path, 
     stake = _tokens(stake_text)
     if not pool_.member(signer.address).joined:
         _check_stake(pool_, contracts, signer.address, stake)
-    server, endpoint = chain_worker(contracts, data_dir, host=host, port=port, cpu_slots=cpu_slots,
-                                    allow_unsandboxed=unsafe_no_sandbox, memory_limit_mb=memory_limit_mb)
+    server, endpoint = chain_worker(
+        contracts,
+        data_dir,
+        host=host,
+        port=port,
+        cpu_slots=cpu_slots,
+        allow_unsandboxed=unsafe_no_sandbox,
+        memory_limit_mb=memory_limit_mb,
+    )
     terms = device_terms(server)
-    settings = ProviderSettings(endpoint=endpoint, price_floor=0, strategy=FixedFloor(), stake=stake,
-                                withdraw=withdraw, **terms)
+    settings = ProviderSettings(
+        endpoint=endpoint, price_floor=0, strategy=FixedFloor(), stake=stake, withdraw=withdraw, **terms
+    )
     cls = CheatingMember if unsafe_cheat_root else MemberDaemon
     daemon = cls(contracts, signer, server, pool_, settings, data_dir / f"member-{pool_.address}.json")
     try:
@@ -445,7 +608,9 @@ def member_start(pool_address: str, rpc_url: str | None, deployment_path: Path, 
         server.stop()
         raise
     server.start()
-    click.echo(f"member {signer.address} serving {terms['gpu_count']} {terms['device_kind'].name.lower()} "
-               f"device(s) on {endpoint} for pool {pool_.address}")
+    click.echo(
+        f"member {signer.address} serving {terms['gpu_count']} {terms['device_kind'].name.lower()} "
+        f"device(s) on {endpoint} for pool {pool_.address}"
+    )
     sys.stdout.flush()
     _serve_until_stopped(daemon, server, "pool member")

@@ -200,9 +200,7 @@ class Chain:
         with self.locked():
             if self._tester is not None:
                 source = self.w3.eth.accounts[0]
-                self._tester.send_transaction(
-                    {"from": source, "to": address, "value": amount, "gas": 21_000}
-                )
+                self._tester.send_transaction({"from": source, "to": address, "value": amount, "gas": 21_000})
                 return
             try:
                 self.w3.provider.make_request("anvil_setBalance", [address, hex(amount)])  # type: ignore[arg-type]

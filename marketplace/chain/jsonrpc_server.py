@@ -24,8 +24,16 @@ __all__ = ["JsonRpcChainServer"]
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 REVERT_PREFIX = "execution reverted: "
 #: Methods whose answer depends on the time: the chain's clock is brought up to the wall clock first.
-CLOCKED = frozenset({"eth_sendRawTransaction", "eth_sendTransaction", "eth_estimateGas", "eth_call",
-                     "eth_getBlockByNumber", "eth_blockNumber"})
+CLOCKED = frozenset(
+    {
+        "eth_sendRawTransaction",
+        "eth_sendTransaction",
+        "eth_estimateGas",
+        "eth_call",
+        "eth_getBlockByNumber",
+        "eth_blockNumber",
+    }
+)
 ERROR_SELECTOR = bytes.fromhex("08c379a0")
 
 

@@ -107,17 +107,16 @@ class Contracts:
     def require_reservations(self) -> Reservations:
         """The reservations contract; a clear error when this deployment has none."""
         if self.reservations is None:
-            raise ConfigError("this deployment has no reservations contract; redeploy with `flopex deploy` "
-                              "or `flopex chain up`")
+            raise ConfigError(
+                "this deployment has no reservations contract; redeploy with `flopex deploy` or `flopex chain up`"
+            )
         return self.reservations
 
 
 def load_contracts(chain: Chain, deployment: Deployment) -> Contracts:
     """Bind to a deployment; checks the chain id and that code exists at each address."""
     if deployment.chain_id != chain.chain_id:
-        raise ConfigError(
-            f"deployment is for chain {deployment.chain_id}, but the node is chain {chain.chain_id}"
-        )
+        raise ConfigError(f"deployment is for chain {deployment.chain_id}, but the node is chain {chain.chain_id}")
     for name in ("token", "registry", "market"):
         address = getattr(deployment, name)
         with chain.locked():
@@ -183,7 +182,11 @@ def deploy_all(
     contracts.registry.set_market(deployer, market)
     if reservations:
         bound = deploy_reservations(
-            chain, deployer, contracts.token, contracts.registry, treasury=deployment.treasury,
+            chain,
+            deployer,
+            contracts.token,
+            contracts.registry,
+            treasury=deployment.treasury,
             parameters=reservation_parameters,
         )
         bound.start_block = start_block

@@ -1,5 +1,4 @@
-"""A funded flopex market on a dev chain: deploy every contract and give dev accounts ether and tokens.
-"""
+"""A funded flopex market on a dev chain: deploy every contract and give dev accounts ether and tokens."""
 
 from __future__ import annotations
 

@@ -117,9 +117,7 @@ class Market(Bound):
         """Take a slot of an instant job at the caller's price floor."""
         return self.transact(account, "take_job", job_id, self.spec(job_id).as_tuple())
 
-    def commit_result(
-        self, account: LocalAccount, job_id: int, slot: int, result_root: bytes, gpu_seconds: int
-    ) -> Any:
+    def commit_result(self, account: LocalAccount, job_id: int, slot: int, result_root: bytes, gpu_seconds: int) -> Any:
         """Commit a result root and the GPU-seconds claimed for a slot."""
         return self.transact(
             account, "commit_result", job_id, self.spec(job_id).as_tuple(), slot, result_root, gpu_seconds
@@ -162,8 +160,15 @@ class Market(Bound):
         """Slot ``slot`` of job ``job_id``."""
         provider, status, price, root, seconds, committed_at, disputer = self.call("slots", job_id, slot)
         return SlotState(
-            job_id, slot, provider, SlotStatus(status), int(price), bytes(root), int(seconds),
-            int(committed_at), disputer,
+            job_id,
+            slot,
+            provider,
+            SlotStatus(status),
+            int(price),
+            bytes(root),
+            int(seconds),
+            int(committed_at),
+            disputer,
         )
 
     def slots_of(self, job_id: int) -> list[SlotState]:

@@ -127,9 +127,7 @@ class Pool(Bound):
 
     # ------------------------------------------------------------------ work and money
 
-    def commit_result(
-        self, account: LocalAccount, job_id: int, slot: int, result_root: bytes, gpu_seconds: int
-    ) -> Any:
+    def commit_result(self, account: LocalAccount, job_id: int, slot: int, result_root: bytes, gpu_seconds: int) -> Any:
         """Commit an assigned slot's result (the operator or the assigned member)."""
         return self.transact(
             account, "commit_result", job_id, self.market.spec(job_id).as_tuple(), slot, result_root, gpu_seconds
@@ -157,11 +155,21 @@ class Pool(Bound):
 
     def member(self, address: str) -> PoolMember:
         """``address``'s membership (``joined`` is False for strangers)."""
-        (stake, unbonding, unbond_at, assignments, gpu_seconds, gpus, memory_mb, signer, endpoint,
-         joined) = self.call("members", to_checksum_address(address))
+        (stake, unbonding, unbond_at, assignments, gpu_seconds, gpus, memory_mb, signer, endpoint, joined) = self.call(
+            "members", to_checksum_address(address)
+        )
         return PoolMember(
-            to_checksum_address(address), int(stake), int(unbonding), int(unbond_at), int(assignments),
-            int(gpu_seconds), int(gpus), int(memory_mb), to_checksum_address(signer), str(endpoint), bool(joined),
+            to_checksum_address(address),
+            int(stake),
+            int(unbonding),
+            int(unbond_at),
+            int(assignments),
+            int(gpu_seconds),
+            int(gpus),
+            int(memory_mb),
+            to_checksum_address(signer),
+            str(endpoint),
+            bool(joined),
         )
 
     def member_addresses(self) -> list[str]:
@@ -306,9 +314,7 @@ def pool_at(contracts: Contracts, address: str) -> Pool | None:
         cache[key] = False
         return None
     try:
-        is_pool = to_checksum_address(pool.call("market")) == contracts.market.address and int(
-            pool.operator(), 16
-        ) != 0
+        is_pool = to_checksum_address(pool.call("market")) == contracts.market.address and int(pool.operator(), 16) != 0
     except ContractRevert:
         is_pool = False  # a contract without the pool's views
     except ChainError as exc:
@@ -332,8 +338,16 @@ def deploy_pool(
     """Deploy a pool over ``contracts``' token, registry and market, run by ``operator_account``."""
     art = artifact(Pool.NAME)
     receipt = chain.deploy(
-        operator_account, art["abi"], art["bytecode"], contracts.token.address, contracts.registry.address,
-        contracts.market.address, operator_account.address, fee_bps, min_member_stake, unbonding_period,
+        operator_account,
+        art["abi"],
+        art["bytecode"],
+        contracts.token.address,
+        contracts.registry.address,
+        contracts.market.address,
+        operator_account.address,
+        fee_bps,
+        min_member_stake,
+        unbonding_period,
     )
     pool = Pool(chain, str(receipt["contractAddress"]), contracts.market)
     _known(chain)[(contracts.market.address, pool.address)] = True

@@ -90,9 +90,7 @@ class Registry(Bound):
 
     def is_eligible(self, provider: str, spec: JobSpec) -> bool:
         """Whether ``provider`` may bid for a job with ``spec``."""
-        return bool(
-            self.call("is_eligible", provider, int(spec.device_kind), spec.gpus, spec.min_memory_mb)
-        )
+        return bool(self.call("is_eligible", provider, int(spec.device_kind), spec.gpus, spec.min_memory_mb))
 
     def reputation(self, provider: str) -> tuple[int, int, int]:
         """``(completed, failed, slashed)`` counters."""

@@ -1,5 +1,4 @@
-"""Binding of the compute token (``contracts/ComputeToken.vy``): ERC-20 with EIP-2612 permit.
-"""
+"""Binding of the compute token (``contracts/ComputeToken.vy``): ERC-20 with EIP-2612 permit."""
 
 from __future__ import annotations
 

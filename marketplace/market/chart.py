@@ -54,16 +54,32 @@ def render_report(index: MarketIndex, path: str | Path, *, window: str | None = 
             steps_t.append(when(end))
             steps_p.append(steps_p[-1])
             ax_price.step(steps_t, steps_p, where="post", color=color, linewidth=1.6, label=f"{cls} clearing price")
-        ax_price.scatter([when(lease.time) for lease in shown], [lease.price / 1e18 for lease in shown],
-                         color=color, s=22, zorder=3)
+        ax_price.scatter(
+            [when(lease.time) for lease in shown], [lease.price / 1e18 for lease in shown], color=color, s=22, zorder=3
+        )
         sales = [r for r in h.reservations if r.device_class == cls and start <= r.time <= end]
         if sales:
-            ax_price.scatter([when(r.time) for r in sales], [r.price / 1e18 for r in sales], color=color, s=46,
-                             marker="^", edgecolors="black", linewidths=0.6, zorder=4,
-                             label=f"{cls} reserved ahead (forward price)")
+            ax_price.scatter(
+                [when(r.time) for r in sales],
+                [r.price / 1e18 for r in sales],
+                color=color,
+                s=46,
+                marker="^",
+                edgecolors="black",
+                linewidths=0.6,
+                zorder=4,
+                label=f"{cls} reserved ahead (forward price)",
+            )
         if s.twap is not None:
-            ax_price.hlines(s.twap / 1e18, when(s.window_start), when(end), colors=color, linestyles="--",
-                            linewidth=1.2, label=f"{cls} TWAP {format_tokens(s.twap, 4)}")
+            ax_price.hlines(
+                s.twap / 1e18,
+                when(s.window_start),
+                when(end),
+                colors=color,
+                linestyles="--",
+                linewidth=1.2,
+                label=f"{cls} TWAP {format_tokens(s.twap, 4)}",
+            )
         buckets: dict[int, int] = {}
         for lease in shown:
             b = start + (lease.time - start) // bucket * bucket
@@ -73,8 +89,15 @@ def render_report(index: MarketIndex, path: str | Path, *, window: str | None = 
             width = bucket / 86_400 / max(n, 1) * 0.9
             offset = i * bucket / 86_400 / max(n, 1)
             xs = [mdates.date2num(when(b)) + offset for b in sorted(buckets)]  # type: ignore[no-untyped-call]
-            ax_volume.bar(xs, [buckets[b] / 3_600 for b in sorted(buckets)], width=width, align="edge",
-                          color=color, alpha=0.75, label=cls)
+            ax_volume.bar(
+                xs,
+                [buckets[b] / 3_600 for b in sorted(buckets)],
+                width=width,
+                align="edge",
+                color=color,
+                alpha=0.75,
+                label=cls,
+            )
     ax_price.set_title(f"flopex compute price index — window {window}, block {h.block}")
     ax_price.set_ylabel("tokens per GPU-hour")
     ax_price.grid(True, alpha=0.3)

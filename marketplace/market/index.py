@@ -50,7 +50,20 @@ from marketplace.contracts.reservations import reservation_price
 from marketplace.errors import ConfigError
 from marketplace.types import SECONDS_PER_HOUR, DeviceKind, JobSpec, SlotStatus, format_tokens, slot_value
 
-__all__ = ["DEFAULT_WINDOWS", "ClassStats", "History", "LeaseRecord", "MarketIndex", "ReservationRecord", "SettlementRecord", "compute_index", "index_document", "parse_window", "read_history", "twap"]
+__all__ = [
+    "DEFAULT_WINDOWS",
+    "ClassStats",
+    "History",
+    "LeaseRecord",
+    "MarketIndex",
+    "ReservationRecord",
+    "SettlementRecord",
+    "compute_index",
+    "index_document",
+    "parse_window",
+    "read_history",
+    "twap",
+]
 
 DEFAULT_WINDOWS = ("1h", "24h", "all")
 _UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
@@ -141,8 +154,7 @@ class History:
     @property
     def classes(self) -> list[str]:
         """Device classes with at least one lease or reservation sale, sorted."""
-        return sorted({lease.device_class for lease in self.leases}
-                      | {r.device_class for r in self.reservations})
+        return sorted({lease.device_class for lease in self.leases} | {r.device_class for r in self.reservations})
 
 
 def _device_class(kind: str, model: str) -> str:
@@ -208,27 +220,58 @@ def read_history(contracts: Contracts, *, block: int | None = None) -> History:
         spec = specs[e.job_id]
         cls = _device_class(spec.device_kind.name.lower(), model_of(e.provider, e.block_number))
         class_of[(e.job_id, e.slot)] = cls
-        leases.append(LeaseRecord(cls, e.block_number, e.log_index, time_of(e.block_number), e.job_id, e.slot,
-                                  e.provider, e.price, spec.max_gpu_seconds))
+        leases.append(
+            LeaseRecord(
+                cls,
+                e.block_number,
+                e.log_index,
+                time_of(e.block_number),
+                e.job_id,
+                e.slot,
+                e.provider,
+                e.price,
+                spec.max_gpu_seconds,
+            )
+        )
     settlements: list[SettlementRecord] = []
     for s in settled:
         cls = class_of.get((s.job_id, s.slot), specs[s.job_id].device_kind.name.lower())
-        settlements.append(SettlementRecord(cls, s.block_number, time_of(s.block_number), s.job_id, s.slot,
-                                            s.provider, SlotStatus(s.status).name.lower(), s.gpu_seconds, s.paid,
-                                            s.fee))
+        settlements.append(
+            SettlementRecord(
+                cls,
+                s.block_number,
+                time_of(s.block_number),
+                s.job_id,
+                s.slot,
+                s.provider,
+                SlotStatus(s.status).name.lower(),
+                s.gpu_seconds,
+                s.paid,
+                s.fee,
+            )
+        )
     reservations = _reservation_sales(contracts, upto_block=block, offer_of=offer_of, time_of=time_of)
-    return History(chain.chain_id, market.address, start, block, time_of(block), tuple(leases), tuple(settlements),
-                   reservations)
+    return History(
+        chain.chain_id, market.address, start, block, time_of(block), tuple(leases), tuple(settlements), reservations
+    )
 
 
-def _reservation_sales(contracts: Contracts, *, upto_block: int, offer_of: Any, time_of: Any,
-                       ) -> tuple[ReservationRecord, ...]:
+def _reservation_sales(
+    contracts: Contracts,
+    *,
+    upto_block: int,
+    offer_of: Any,
+    time_of: Any,
+) -> tuple[ReservationRecord, ...]:
     """Every reservation bought or resold up to ``upto_block``, oldest first."""
     reservations = contracts.reservations
     if reservations is None:
         return ()
-    terms = {int(e.args["reservation_id"]): e.args for e in reservations.history("OfferPosted")
-             if e.block_number <= upto_block}
+    terms = {
+        int(e.args["reservation_id"]): e.args
+        for e in reservations.history("OfferPosted")
+        if e.block_number <= upto_block
+    }
     sales: list[tuple[int, int, str, Any]] = []
     for name, sale in (("ReservationBought", "bought"), ("ReservationResold", "resold")):
         for e in reservations.history(name):
@@ -246,8 +289,21 @@ def _reservation_sales(contracts: Contracts, *, upto_block: int, offer_of: Any, 
         else:
             value = int(args["price"])
             price = value * SECONDS_PER_HOUR // (gpus * duration)
-        records.append(ReservationRecord(_device_class(kind_name, model), block, time_of(block), rid, provider,
-                                         sale, price, gpus, int(offer["start"]), duration, value))
+        records.append(
+            ReservationRecord(
+                _device_class(kind_name, model),
+                block,
+                time_of(block),
+                rid,
+                provider,
+                sale,
+                price,
+                gpus,
+                int(offer["start"]),
+                duration,
+                value,
+            )
+        )
     return tuple(records)
 
 
@@ -320,15 +376,17 @@ def class_stats(history: History, device_class: str, window: str) -> ClassStats:
     seconds = parse_window(window)
     end = history.now
     all_leases = [lease for lease in history.leases if lease.device_class == device_class and lease.time <= end]
-    first = all_leases[0].time if all_leases else min(
-        (r.time for r in history.reservations if r.device_class == device_class), default=end)
+    first = (
+        all_leases[0].time
+        if all_leases
+        else min((r.time for r in history.reservations if r.device_class == device_class), default=end)
+    )
     start = first if seconds is None else end - seconds
     inside = [lease for lease in all_leases if lease.time >= start]
     price, covered = twap([(lease.time, lease.price) for lease in all_leases], start, end)
     leased_seconds = sum(lease.max_gpu_seconds for lease in inside)
     weighted = sum(lease.price * lease.max_gpu_seconds for lease in inside)
-    settled = [s for s in history.settlements
-               if s.device_class == device_class and start <= s.time <= end]
+    settled = [s for s in history.settlements if s.device_class == device_class and start <= s.time <= end]
     before = [lease for lease in all_leases if lease.time < start]
     sold = [r for r in history.reservations if r.device_class == device_class and r.time <= end]
     sold_inside = [r for r in sold if r.time >= start]
@@ -353,8 +411,9 @@ def class_stats(history: History, device_class: str, window: str) -> ClassStats:
         settled_paid=sum(s.paid for s in settled),
         reservations=len(sold_inside),
         reserved_gpu_seconds=reserved_seconds,
-        reserved_vwap=(sum(r.price * r.gpu_seconds for r in sold_inside) // reserved_seconds
-                       if reserved_seconds else None),
+        reserved_vwap=(
+            sum(r.price * r.gpu_seconds for r in sold_inside) // reserved_seconds if reserved_seconds else None
+        ),
         reserved_last=sold[-1].price if sold else None,
     )
 
@@ -396,8 +455,10 @@ def index_document(index: MarketIndex, *, series_window: str | None = None) -> d
         "units": "token units (1e-18 token) per GPU-hour; volumes in GPU-seconds",
         "classes": h.classes,
         "windows": {
-            w: {c: {k: v for k, v in asdict(stats).items() if k not in ("device_class", "window")}
-                for c, stats in by_class.items()}
+            w: {
+                c: {k: v for k, v in asdict(stats).items() if k not in ("device_class", "window")}
+                for c, stats in by_class.items()
+            }
             for w, by_class in index.windows.items()
         },
         "series_window": widest,
@@ -415,6 +476,7 @@ def format_index(index: MarketIndex) -> list[str]:
     for window, by_class in index.windows.items():
         lines.append(f"window {window}:")
         for cls, s in by_class.items():
+
             def tok(v: int | None) -> str:
                 return "-" if v is None else format_tokens(v)
 
@@ -422,9 +484,10 @@ def format_index(index: MarketIndex) -> list[str]:
                 f"  {cls:<28} twap {tok(s.twap):>10}  last {tok(s.last):>10}  min {tok(s.min):>10}  "
                 f"max {tok(s.max):>10}  leases {s.leases:>4}  leased {s.leased_gpu_seconds / 3600:.2f} GPU-h  "
                 f"settled {s.settled_gpu_seconds / 3600:.2f} GPU-h"
-                + (f"  reserved {s.reservations} ({s.reserved_gpu_seconds / 3600:.2f} GPU-h) at "
-                   f"{tok(s.reserved_vwap)}" if s.reservations else "")
+                + (
+                    f"  reserved {s.reservations} ({s.reserved_gpu_seconds / 3600:.2f} GPU-h) at {tok(s.reserved_vwap)}"
+                    if s.reservations
+                    else ""
+                )
             )
     return lines
-
-

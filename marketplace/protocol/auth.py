@@ -46,8 +46,7 @@ DEFAULT_TTL_S: Final = 300
 """How long a request signed by :func:`sign_request` stays valid by default, in seconds."""
 
 METHODS: Final = frozenset(
-    {"UploadBundle", "QueryUpload", "StartJob", "WatchJob", "DownloadResults", "DownloadBundle", "CancelJob",
-     "GetJob"}
+    {"UploadBundle", "QueryUpload", "StartJob", "WatchJob", "DownloadResults", "DownloadBundle", "CancelJob", "GetJob"}
 )
 """The rpc names a request signature may name."""
 
@@ -87,9 +86,7 @@ class Domain:
             "verifyingContract": self.verifying_contract,
         }
 
-    def typed_data(
-        self, primary: str, fields: list[dict[str, str]], message: dict[str, Any]
-    ) -> dict[str, Any]:
+    def typed_data(self, primary: str, fields: list[dict[str, str]], message: dict[str, Any]) -> dict[str, Any]:
         """Return a full EIP-712 document of type ``primary`` in this domain."""
         return {
             "types": {"EIP712Domain": _DOMAIN_TYPE, primary: fields},
@@ -174,8 +171,9 @@ def recover_request_signer(domain: Domain, req: SignedRequest) -> str:
     if not 0 <= req.job_id < 1 << 256:
         raise SignatureError("auth: job id out of range")
     try:
-        signer = Account.recover_message(encode_typed_data(full_message=_document(domain, req)),
-                                         signature=req.signature)
+        signer = Account.recover_message(
+            encode_typed_data(full_message=_document(domain, req)), signature=req.signature
+        )
     except Exception as exc:  # eth-keys raises several unrelated types for bad signatures
         raise SignatureError(f"auth: invalid signature: {exc}") from None
     return str(signer)

@@ -122,7 +122,7 @@ class Bundle:
 def parse_price(text: object) -> int:
     """Convert a decimal token amount given as a string (``"2.5"``) to integer token units."""
     if not isinstance(text, str):
-        raise BundleError(f"market.max_price: expected a decimal string such as \"2.5\", got {text!r}")
+        raise BundleError(f'market.max_price: expected a decimal string such as "2.5", got {text!r}')
     try:
         value = Decimal(text.strip())
     except InvalidOperation:
@@ -362,8 +362,10 @@ def unpack_bundle(
                     (out / name).mkdir(parents=True, exist_ok=True)
                     continue
                 if not member.isreg():
-                    raise BundleError(f"bundle archive: member {member.name!r} is not a regular file (links, "
-                                      "devices and FIFOs are refused)")
+                    raise BundleError(
+                        f"bundle archive: member {member.name!r} is not a regular file (links, "
+                        "devices and FIFOs are refused)"
+                    )
                 if name in seen:
                     raise BundleError(f"bundle archive: duplicate member {name!r}")
                 seen.add(name)
@@ -381,11 +383,8 @@ def unpack_bundle(
                     while block := src.read(_READ):
                         total += len(block)
                         if total > max_bytes:
-                            raise BundleError(
-                                f"bundle archive: content exceeds the limit of {max_bytes} bytes"
-                            )
+                            raise BundleError(f"bundle archive: content exceeds the limit of {max_bytes} bytes")
                         fh.write(block)
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise BundleError(f"bundle archive: corrupt: {exc}") from None
     return load_bundle(out)
-

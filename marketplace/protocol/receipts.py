@@ -88,9 +88,7 @@ def sign_receipt(private_key: bytes | str, domain: Domain, receipt: UsageReceipt
     """Sign ``receipt``; its ``provider`` must be the address of ``private_key``."""
     account = Account.from_key(private_key)
     if account.address.lower() != receipt.provider.lower():
-        raise VerificationError(
-            f"receipts: provider {receipt.provider} is not the signing key {account.address}"
-        )
+        raise VerificationError(f"receipts: provider {receipt.provider} is not the signing key {account.address}")
     signed = account.sign_message(_signable(domain, receipt))
     return SignedReceipt(receipt, bytes(signed.signature))
 

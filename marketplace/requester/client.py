@@ -52,9 +52,15 @@ class DownloadedResults:
 def receipt_from_proto(r: pb.Receipt) -> SignedReceipt:
     """Convert a wire receipt to a :class:`SignedReceipt`."""
     return SignedReceipt(
-        UsageReceipt(job_id=r.job_id, provider=r.provider, result_root=r.result_root,
-                     device_seconds=r.device_seconds, cpu_millis=r.cpu_millis,
-                     peak_memory_bytes=r.peak_memory_bytes, exit_code=r.exit_code),
+        UsageReceipt(
+            job_id=r.job_id,
+            provider=r.provider,
+            result_root=r.result_root,
+            device_seconds=r.device_seconds,
+            cpu_millis=r.cpu_millis,
+            peak_memory_bytes=r.peak_memory_bytes,
+            exit_code=r.exit_code,
+        ),
         r.signature,
     )
 
@@ -94,7 +100,7 @@ class _StreamVerifier:
                 pos = 0
                 leaves = self._leaves[name]
                 while len(buf) - pos >= CHUNK_SIZE:
-                    leaves.append(chunk_leaf(name, len(leaves), buf[pos:pos + CHUNK_SIZE]))
+                    leaves.append(chunk_leaf(name, len(leaves), buf[pos : pos + CHUNK_SIZE]))
                     pos += CHUNK_SIZE
                 self._pending[name] = buf[pos:]
         except BaseException as exc:  # reported by finish()
@@ -140,8 +146,10 @@ class WorkerClient:
         backoff_s: float = 0.2,
         server_name: str | None = None,
     ) -> None:
-        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                          ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         if root_certificates is not None:
@@ -173,8 +181,7 @@ class WorkerClient:
         if self._key is None or self._domain is None:
             raise WorkerError("this client has no requester key and domain to sign with", code="UNAUTHENTICATED")
         signed = sign_request(self._key, self._domain, job_id, method, digest)
-        return pb.RequestAuth(nonce=signed.nonce.to_bytes(32, "big"), expiry=signed.expiry,
-                              signature=signed.signature)
+        return pb.RequestAuth(nonce=signed.nonce.to_bytes(32, "big"), expiry=signed.expiry, signature=signed.signature)
 
     def _sleep(self, attempt: int) -> None:
         time.sleep(self.backoff_s * (2**attempt) * (0.5 + random.random()))
@@ -199,13 +206,18 @@ class WorkerClient:
     def query_upload(self, job_id: int, archive_sha256: bytes) -> pb.UploadStatus:
         """How many bytes of this archive the worker holds."""
         digest = payload_digest("QueryUpload", archive_sha256=archive_sha256)
-        return self._retrying(lambda: self._stub.QueryUpload(
-            pb.QueryUploadRequest(job_id=job_id, archive_sha256=archive_sha256,
-                                  auth=self.auth(job_id, "QueryUpload", digest)),
-            timeout=self.timeout_s))
+        return self._retrying(
+            lambda: self._stub.QueryUpload(
+                pb.QueryUploadRequest(
+                    job_id=job_id, archive_sha256=archive_sha256, auth=self.auth(job_id, "QueryUpload", digest)
+                ),
+                timeout=self.timeout_s,
+            )
+        )
 
-    def upload_bundle(self, job_id: int, archive: bytes | str | os.PathLike[str], *, chunk_size: int = 1 << 20,
-                      max_attempts: int = 6) -> pb.UploadStatus:
+    def upload_bundle(
+        self, job_id: int, archive: bytes | str | os.PathLike[str], *, chunk_size: int = 1 << 20, max_attempts: int = 6
+    ) -> pb.UploadStatus:
         """Upload a bundle archive, resuming from what the worker holds after any break."""
         if not 0 < chunk_size <= 4 << 20:
             raise ValueError("chunk_size must be between 1 byte and 4 MiB")
@@ -225,9 +237,15 @@ class WorkerClient:
             offset = status.received_bytes
 
             def messages(start: int = offset) -> Iterator[pb.UploadChunk]:
-                yield pb.UploadChunk(header=pb.UploadHeader(job_id=job_id, archive_size=size, archive_sha256=sha,
-                                                            offset=start,
-                                                            auth=self.auth(job_id, "UploadBundle", digest)))
+                yield pb.UploadChunk(
+                    header=pb.UploadHeader(
+                        job_id=job_id,
+                        archive_size=size,
+                        archive_sha256=sha,
+                        offset=start,
+                        auth=self.auth(job_id, "UploadBundle", digest),
+                    )
+                )
                 if path is not None:
                     with open(path, "rb") as fh:
                         fh.seek(start)
@@ -237,7 +255,7 @@ class WorkerClient:
                     assert isinstance(archive, bytes)
                     view = memoryview(archive)
                     for pos in range(start, size, chunk_size):
-                        data = bytes(view[pos:pos + chunk_size])
+                        data = bytes(view[pos : pos + chunk_size])
                         yield pb.UploadChunk(data=data, sha256=hashlib.sha256(data).digest())
 
             deadline = self.timeout_s + (size - offset) / (2 << 20)
@@ -256,22 +274,31 @@ class WorkerClient:
     def start_job(self, job_id: int, seed: int = 0) -> pb.JobStatus:
         """Queue an uploaded job with ``seed``."""
         digest = payload_digest("StartJob", seed=seed)
-        return self._retrying(lambda: self._stub.StartJob(
-            pb.StartJobRequest(job_id=job_id, seed=seed, auth=self.auth(job_id, "StartJob", digest)),
-            timeout=self.timeout_s))
+        return self._retrying(
+            lambda: self._stub.StartJob(
+                pb.StartJobRequest(job_id=job_id, seed=seed, auth=self.auth(job_id, "StartJob", digest)),
+                timeout=self.timeout_s,
+            )
+        )
 
     def get_job(self, job_id: int) -> pb.JobStatus:
         """A job's state."""
         digest = payload_digest("GetJob")
-        return self._retrying(lambda: self._stub.GetJob(
-            pb.GetJobRequest(job_id=job_id, auth=self.auth(job_id, "GetJob", digest)), timeout=self.timeout_s))
+        return self._retrying(
+            lambda: self._stub.GetJob(
+                pb.GetJobRequest(job_id=job_id, auth=self.auth(job_id, "GetJob", digest)), timeout=self.timeout_s
+            )
+        )
 
     def cancel(self, job_id: int) -> pb.JobStatus:
         """Cancel a job (its process tree is killed)."""
         digest = payload_digest("CancelJob")
-        return self._retrying(lambda: self._stub.CancelJob(
-            pb.CancelJobRequest(job_id=job_id, auth=self.auth(job_id, "CancelJob", digest)),
-            timeout=self.timeout_s + 30))
+        return self._retrying(
+            lambda: self._stub.CancelJob(
+                pb.CancelJobRequest(job_id=job_id, auth=self.auth(job_id, "CancelJob", digest)),
+                timeout=self.timeout_s + 30,
+            )
+        )
 
     def watch(self, job_id: int, *, from_seq: int = 0, timeout_s: float = 3600.0) -> Iterator[pb.JobEvent]:
         """Yield a job's events until its final one, reconnecting after a broken stream."""
@@ -286,7 +313,8 @@ class WorkerClient:
             try:
                 stream = self._stub.WatchJob(
                     pb.WatchJobRequest(job_id=job_id, from_seq=seq, auth=self.auth(job_id, "WatchJob", digest)),
-                    timeout=remaining)
+                    timeout=remaining,
+                )
                 for event in stream:
                     seq = event.seq + 1
                     attempt = 0
@@ -309,8 +337,9 @@ class WorkerClient:
             raise WorkerError(f"job {job_id}'s events ended without a final one", code="INTERNAL")
         return final
 
-    def download_results(self, job_id: int, dest: str | os.PathLike[str], *,
-                         provider: str | None = None) -> DownloadedResults:
+    def download_results(
+        self, job_id: int, dest: str | os.PathLike[str], *, provider: str | None = None
+    ) -> DownloadedResults:
         """Fetch an ended job's results into ``dest`` and verify them.
 
         Checks each file's size and sha256, recomputes the Merkle root from the files written and,
@@ -321,9 +350,13 @@ class WorkerClient:
         out = Path(dest)
 
         def fetch() -> DownloadedResults:
-            manifest, m = self._stream_files(lambda: self._stub.DownloadResults(
-                pb.DownloadResultsRequest(job_id=job_id, auth=self.auth(job_id, "DownloadResults", digest)),
-                timeout=self.timeout_s + 600), out)
+            manifest, m = self._stream_files(
+                lambda: self._stub.DownloadResults(
+                    pb.DownloadResultsRequest(job_id=job_id, auth=self.auth(job_id, "DownloadResults", digest)),
+                    timeout=self.timeout_s + 600,
+                ),
+                out,
+            )
             receipt = receipt_from_proto(m.receipt) if m.HasField("receipt") else None
             if provider is not None:
                 if receipt is None:
@@ -341,9 +374,13 @@ class WorkerClient:
         out = Path(dest)
 
         def fetch() -> ResultManifest:
-            manifest, _m = self._stream_files(lambda: self._stub.DownloadBundle(
-                pb.DownloadBundleRequest(job_id=job_id, auth=self.auth(job_id, "DownloadBundle", digest)),
-                timeout=self.timeout_s + 600), out)
+            manifest, _m = self._stream_files(
+                lambda: self._stub.DownloadBundle(
+                    pb.DownloadBundleRequest(job_id=job_id, auth=self.auth(job_id, "DownloadBundle", digest)),
+                    timeout=self.timeout_s + 600,
+                ),
+                out,
+            )
             return manifest
 
         return self._retrying(fetch)
@@ -392,20 +429,28 @@ class WorkerClient:
             raise VerificationError("results: no EIP-712 domain to check the receipt in")
         return self._domain
 
-    def capacity_challenge(self, seed: int, n: int, device_kind: str = "",
-                           timeout_s: float = 600.0) -> pb.CapacityChallengeResult:
+    def capacity_challenge(
+        self, seed: int, n: int, device_kind: str = "", timeout_s: float = 600.0
+    ) -> pb.CapacityChallengeResult:
         """Ask the worker for a timed product (not retried: it is expensive)."""
-        return self._retrying(lambda: self._stub.CapacityChallenge(
-            pb.CapacityChallengeRequest(seed=seed, n=n, device_kind=device_kind), timeout=timeout_s),
-            idempotent=False)
+        return self._retrying(
+            lambda: self._stub.CapacityChallenge(
+                pb.CapacityChallengeRequest(seed=seed, n=n, device_kind=device_kind), timeout=timeout_s
+            ),
+            idempotent=False,
+        )
 
     def challenge_rows(self, challenge_id: str, rows: list[int]) -> pb.ChallengeRowsReply:
         """Rows of a challenge's product with their proofs."""
-        return self._retrying(lambda: self._stub.ChallengeRows(
-            pb.ChallengeRowsRequest(challenge_id=challenge_id, rows=rows), timeout=self.timeout_s))
+        return self._retrying(
+            lambda: self._stub.ChallengeRows(
+                pb.ChallengeRowsRequest(challenge_id=challenge_id, rows=rows), timeout=self.timeout_s
+            )
+        )
 
-    def verify_capacity(self, seed: int, n: int, *, samples: int = 8,
-                        device_kind: str = "") -> pb.CapacityChallengeResult:
+    def verify_capacity(
+        self, seed: int, n: int, *, samples: int = 8, device_kind: str = ""
+    ) -> pb.CapacityChallengeResult:
         """Run a challenge and spot-check ``samples`` random rows; raise VerificationError on a bad row."""
         result = self.capacity_challenge(seed, n, device_kind)
         picks = random.SystemRandom().sample(range(n), min(samples, n))

@@ -114,9 +114,7 @@ class ReservedOutcome:
         }
 
 
-def spec_for_bundle(
-    bundle: Bundle, requester: str, now: int, options: JobOptions = JobOptions()
-) -> JobSpec:
+def spec_for_bundle(bundle: Bundle, requester: str, now: int, options: JobOptions = JobOptions()) -> JobSpec:
     """The on-chain terms of ``bundle`` with ``options`` applied."""
     res, ver, mkt = bundle.spec.resources, bundle.spec.verification, bundle.spec.market
     auction = options.auction if options.auction is not None else Auction[mkt.auction.upper()]
@@ -201,8 +199,9 @@ class Requester:
         reservations = contracts.require_reservations()
         r = reservations.reservation(reservation_id)
         if r.holder is None or r.holder != self.account.address:
-            raise ConfigError(f"reservation {reservation_id} is held by {r.holder or 'nobody'}, "
-                              f"not by {self.account.address}")
+            raise ConfigError(
+                f"reservation {reservation_id} is held by {r.holder or 'nobody'}, not by {self.account.address}"
+            )
         if not r.status.serving:
             raise ConfigError(f"reservation {reservation_id} is {r.status.name.lower()}: its devices serve no jobs")
         now = self.now()
@@ -213,8 +212,10 @@ class Requester:
         res = bundle.spec.resources
         kind = offer.device_kind.name.lower()
         if res.device != kind or res.gpus > r.gpus:
-            raise ConfigError(f"the bundle asks for {res.gpus} {res.device} devices; reservation "
-                              f"{reservation_id} holds {r.gpus} {kind}")
+            raise ConfigError(
+                f"the bundle asks for {res.gpus} {res.device} devices; reservation "
+                f"{reservation_id} holds {r.gpus} {kind}"
+            )
         archive = pack_bundle(bundle_dir)
         seq = secrets.randbelow(1 << 24) if seq is None else seq
         job_id = reserved_job_id(reservation_id, seq)
@@ -234,14 +235,21 @@ class Requester:
         root = results.manifest.root
         receipt = results.receipt.receipt if results.receipt is not None else None
         outcome = ReservedOutcome(
-            reservation_id, job_id, dest, root, _job_state(state.state),
-            receipt.device_seconds if receipt is not None else 0, events=events,
+            reservation_id,
+            job_id,
+            dest,
+            root,
+            _job_state(state.state),
+            receipt.device_seconds if receipt is not None else 0,
+            events=events,
         )
         self.say(f"reservation {reservation_id} job {seq}: results verified against the signed receipt")
         outcome.recorded_gpu_seconds = self.wait_for_usage(reservation_id, root, timeout_s=record_timeout_s)
         if outcome.recorded_gpu_seconds is not None:
-            self.say(f"reservation {reservation_id} job {seq}: the provider recorded "
-                     f"{outcome.recorded_gpu_seconds} GPU-s with the same result root")
+            self.say(
+                f"reservation {reservation_id} job {seq}: the provider recorded "
+                f"{outcome.recorded_gpu_seconds} GPU-s with the same result root"
+            )
         return outcome
 
     def wait_for_usage(self, reservation_id: int, root: bytes, *, timeout_s: float = 120.0) -> int | None:
@@ -293,8 +301,9 @@ class Requester:
         slots = market.slots_of(job_id)
         # The k providers run the job at the same time, each followed on its own thread.
         with ThreadPoolExecutor(max_workers=max(1, len(slots)), thread_name_prefix=f"job-{job_id}") as runner:
-            futures = [runner.submit(self._follow_slot, job_id, slot, archive, out_dir, timeout_s, outcome)
-                       for slot in slots]
+            futures = [
+                runner.submit(self._follow_slot, job_id, slot, archive, out_dir, timeout_s, outcome) for slot in slots
+            ]
             for future in futures:
                 future.result()
         outcome.results.sort()
@@ -330,8 +339,9 @@ class Requester:
         price = format_tokens(slot.price)
         self.say(f"job {job_id} slot {slot.slot}: leased to {slot.provider} at {price} FLOP/GPU-h")
         run_deadline = self.contracts.market.job(job_id).lease_start + self.contracts.market.spec(job_id).run_duration
-        worker = self.worker_of(job_id, slot.slot, slot.provider,
-                                timeout_s=max(1.0, min(timeout_s, run_deadline - self.now())))
+        worker = self.worker_of(
+            job_id, slot.slot, slot.provider, timeout_s=max(1.0, min(timeout_s, run_deadline - self.now()))
+        )
         if worker.member is not None:
             self.say(f"job {job_id} slot {slot.slot}: the pool assigned it to member {worker.member}")
         with WorkerClient(worker.endpoint, requester_key=self.account.key, domain=self.domain) as client:
@@ -364,8 +374,9 @@ class Requester:
             if worker is not None:
                 return worker
             if time.monotonic() >= deadline:
-                raise ChainError(f"job {job_id} slot {slot}: the pool {provider} assigned it to no member "
-                                 f"within {timeout_s:.0f} s")
+                raise ChainError(
+                    f"job {job_id} slot {slot}: the pool {provider} assigned it to no member within {timeout_s:.0f} s"
+                )
             time.sleep(0.2)
 
     def dispute(self, job_id: int, slot: int) -> None:

@@ -42,15 +42,17 @@ def generate(out_dir: Path) -> list[Path]:
         import grpc_tools
 
         include = Path(grpc_tools.__file__).parent / "_proto"
-        code = protoc.main([
-            "grpc_tools.protoc",
-            f"-I{PROTO_ROOT}",
-            f"-I{include}",
-            f"--python_out={tmp}",
-            f"--pyi_out={tmp}",
-            f"--grpc_python_out={tmp}",
-            str(PROTO_ROOT / PROTO),
-        ])
+        code = protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{PROTO_ROOT}",
+                f"-I{include}",
+                f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                str(PROTO_ROOT / PROTO),
+            ]
+        )
         if code != 0:
             raise RuntimeError(f"protoc failed with exit code {code}")
         written = []

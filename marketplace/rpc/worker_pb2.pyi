@@ -20,6 +20,7 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_UPLOADING: JobState
 JOB_STATE_READY: JobState
@@ -37,7 +38,9 @@ class RequestAuth(_message.Message):
     nonce: bytes
     expiry: int
     signature: bytes
-    def __init__(self, nonce: _Optional[bytes] = ..., expiry: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(
+        self, nonce: _Optional[bytes] = ..., expiry: _Optional[int] = ..., signature: _Optional[bytes] = ...
+    ) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
@@ -61,7 +64,17 @@ class Device(_message.Message):
     driver: str
     compute_capability: str
     busy: bool
-    def __init__(self, kind: _Optional[str] = ..., index: _Optional[int] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., uuid: _Optional[str] = ..., driver: _Optional[str] = ..., compute_capability: _Optional[str] = ..., busy: _Optional[bool] = ...) -> None: ...
+    def __init__(
+        self,
+        kind: _Optional[str] = ...,
+        index: _Optional[int] = ...,
+        model: _Optional[str] = ...,
+        memory_bytes: _Optional[int] = ...,
+        uuid: _Optional[str] = ...,
+        driver: _Optional[str] = ...,
+        compute_capability: _Optional[str] = ...,
+        busy: _Optional[bool] = ...,
+    ) -> None: ...
 
 class Price(_message.Message):
     __slots__ = ("device_kind", "price_per_hour")
@@ -72,7 +85,21 @@ class Price(_message.Message):
     def __init__(self, device_kind: _Optional[str] = ..., price_per_hour: _Optional[str] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("provider_address", "worker_version", "protocol_version", "python_version", "torch_version", "devices", "prices", "max_bundle_bytes", "chain_id", "market_address", "sandboxed", "queued_jobs", "running_jobs")
+    __slots__ = (
+        "provider_address",
+        "worker_version",
+        "protocol_version",
+        "python_version",
+        "torch_version",
+        "devices",
+        "prices",
+        "max_bundle_bytes",
+        "chain_id",
+        "market_address",
+        "sandboxed",
+        "queued_jobs",
+        "running_jobs",
+    )
     PROVIDER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WORKER_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -99,7 +126,22 @@ class WorkerInfo(_message.Message):
     sandboxed: bool
     queued_jobs: int
     running_jobs: int
-    def __init__(self, provider_address: _Optional[str] = ..., worker_version: _Optional[str] = ..., protocol_version: _Optional[str] = ..., python_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., prices: _Optional[_Iterable[_Union[Price, _Mapping]]] = ..., max_bundle_bytes: _Optional[int] = ..., chain_id: _Optional[int] = ..., market_address: _Optional[str] = ..., sandboxed: _Optional[bool] = ..., queued_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self,
+        provider_address: _Optional[str] = ...,
+        worker_version: _Optional[str] = ...,
+        protocol_version: _Optional[str] = ...,
+        python_version: _Optional[str] = ...,
+        torch_version: _Optional[str] = ...,
+        devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...,
+        prices: _Optional[_Iterable[_Union[Price, _Mapping]]] = ...,
+        max_bundle_bytes: _Optional[int] = ...,
+        chain_id: _Optional[int] = ...,
+        market_address: _Optional[str] = ...,
+        sandboxed: _Optional[bool] = ...,
+        queued_jobs: _Optional[int] = ...,
+        running_jobs: _Optional[int] = ...,
+    ) -> None: ...
 
 class QueryUploadRequest(_message.Message):
     __slots__ = ("job_id", "archive_sha256", "auth")
@@ -109,7 +151,12 @@ class QueryUploadRequest(_message.Message):
     job_id: int
     archive_sha256: bytes
     auth: RequestAuth
-    def __init__(self, job_id: _Optional[int] = ..., archive_sha256: _Optional[bytes] = ..., auth: _Optional[_Union[RequestAuth, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        job_id: _Optional[int] = ...,
+        archive_sha256: _Optional[bytes] = ...,
+        auth: _Optional[_Union[RequestAuth, _Mapping]] = ...,
+    ) -> None: ...
 
 class UploadStatus(_message.Message):
     __slots__ = ("job_id", "received_bytes", "archive_size", "complete", "bundle_hash")
@@ -123,7 +170,14 @@ class UploadStatus(_message.Message):
     archive_size: int
     complete: bool
     bundle_hash: bytes
-    def __init__(self, job_id: _Optional[int] = ..., received_bytes: _Optional[int] = ..., archive_size: _Optional[int] = ..., complete: _Optional[bool] = ..., bundle_hash: _Optional[bytes] = ...) -> None: ...
+    def __init__(
+        self,
+        job_id: _Optional[int] = ...,
+        received_bytes: _Optional[int] = ...,
+        archive_size: _Optional[int] = ...,
+        complete: _Optional[bool] = ...,
+        bundle_hash: _Optional[bytes] = ...,
+    ) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("job_id", "archive_size", "archive_sha256", "offset", "auth")
@@ -137,7 +191,14 @@ class UploadHeader(_message.Message):
     archive_sha256: bytes
     offset: int
     auth: RequestAuth
-    def __init__(self, job_id: _Optional[int] = ..., archive_size: _Optional[int] = ..., archive_sha256: _Optional[bytes] = ..., offset: _Optional[int] = ..., auth: _Optional[_Union[RequestAuth, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        job_id: _Optional[int] = ...,
+        archive_size: _Optional[int] = ...,
+        archive_sha256: _Optional[bytes] = ...,
+        offset: _Optional[int] = ...,
+        auth: _Optional[_Union[RequestAuth, _Mapping]] = ...,
+    ) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("header", "data", "sha256")
@@ -147,7 +208,12 @@ class UploadChunk(_message.Message):
     header: UploadHeader
     data: bytes
     sha256: bytes
-    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+    def __init__(
+        self,
+        header: _Optional[_Union[UploadHeader, _Mapping]] = ...,
+        data: _Optional[bytes] = ...,
+        sha256: _Optional[bytes] = ...,
+    ) -> None: ...
 
 class StartJobRequest(_message.Message):
     __slots__ = ("job_id", "seed", "auth")
@@ -157,7 +223,12 @@ class StartJobRequest(_message.Message):
     job_id: int
     seed: int
     auth: RequestAuth
-    def __init__(self, job_id: _Optional[int] = ..., seed: _Optional[int] = ..., auth: _Optional[_Union[RequestAuth, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        job_id: _Optional[int] = ...,
+        seed: _Optional[int] = ...,
+        auth: _Optional[_Union[RequestAuth, _Mapping]] = ...,
+    ) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id", "auth")
@@ -168,7 +239,14 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[int] = ..., auth: _Optional[_Union[RequestAuth, _Mapping]] = ...) -> None: ...
 
 class Metering(_message.Message):
-    __slots__ = ("wall_millis", "device_count", "device_millis", "cpu_millis", "peak_memory_bytes", "gpu_utilization_percent")
+    __slots__ = (
+        "wall_millis",
+        "device_count",
+        "device_millis",
+        "cpu_millis",
+        "peak_memory_bytes",
+        "gpu_utilization_percent",
+    )
     WALL_MILLIS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_COUNT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_MILLIS_FIELD_NUMBER: _ClassVar[int]
@@ -181,10 +259,27 @@ class Metering(_message.Message):
     cpu_millis: int
     peak_memory_bytes: int
     gpu_utilization_percent: float
-    def __init__(self, wall_millis: _Optional[int] = ..., device_count: _Optional[int] = ..., device_millis: _Optional[int] = ..., cpu_millis: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., gpu_utilization_percent: _Optional[float] = ...) -> None: ...
+    def __init__(
+        self,
+        wall_millis: _Optional[int] = ...,
+        device_count: _Optional[int] = ...,
+        device_millis: _Optional[int] = ...,
+        cpu_millis: _Optional[int] = ...,
+        peak_memory_bytes: _Optional[int] = ...,
+        gpu_utilization_percent: _Optional[float] = ...,
+    ) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("job_id", "provider", "result_root", "device_seconds", "cpu_millis", "peak_memory_bytes", "exit_code", "signature")
+    __slots__ = (
+        "job_id",
+        "provider",
+        "result_root",
+        "device_seconds",
+        "cpu_millis",
+        "peak_memory_bytes",
+        "exit_code",
+        "signature",
+    )
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     RESULT_ROOT_FIELD_NUMBER: _ClassVar[int]
@@ -201,10 +296,30 @@ class Receipt(_message.Message):
     peak_memory_bytes: int
     exit_code: int
     signature: bytes
-    def __init__(self, job_id: _Optional[int] = ..., provider: _Optional[str] = ..., result_root: _Optional[bytes] = ..., device_seconds: _Optional[int] = ..., cpu_millis: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., exit_code: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(
+        self,
+        job_id: _Optional[int] = ...,
+        provider: _Optional[str] = ...,
+        result_root: _Optional[bytes] = ...,
+        device_seconds: _Optional[int] = ...,
+        cpu_millis: _Optional[int] = ...,
+        peak_memory_bytes: _Optional[int] = ...,
+        exit_code: _Optional[int] = ...,
+        signature: _Optional[bytes] = ...,
+    ) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "state", "reason", "exit_code", "result_root", "metering", "queue_position", "bundle_hash", "seed")
+    __slots__ = (
+        "job_id",
+        "state",
+        "reason",
+        "exit_code",
+        "result_root",
+        "metering",
+        "queue_position",
+        "bundle_hash",
+        "seed",
+    )
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -223,7 +338,18 @@ class JobStatus(_message.Message):
     queue_position: int
     bundle_hash: bytes
     seed: int
-    def __init__(self, job_id: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., result_root: _Optional[bytes] = ..., metering: _Optional[_Union[Metering, _Mapping]] = ..., queue_position: _Optional[int] = ..., bundle_hash: _Optional[bytes] = ..., seed: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self,
+        job_id: _Optional[int] = ...,
+        state: _Optional[_Union[JobState, str]] = ...,
+        reason: _Optional[str] = ...,
+        exit_code: _Optional[int] = ...,
+        result_root: _Optional[bytes] = ...,
+        metering: _Optional[_Union[Metering, _Mapping]] = ...,
+        queue_position: _Optional[int] = ...,
+        bundle_hash: _Optional[bytes] = ...,
+        seed: _Optional[int] = ...,
+    ) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "from_seq", "auth")
@@ -233,7 +359,12 @@ class WatchJobRequest(_message.Message):
     job_id: int
     from_seq: int
     auth: RequestAuth
-    def __init__(self, job_id: _Optional[int] = ..., from_seq: _Optional[int] = ..., auth: _Optional[_Union[RequestAuth, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        job_id: _Optional[int] = ...,
+        from_seq: _Optional[int] = ...,
+        auth: _Optional[_Union[RequestAuth, _Mapping]] = ...,
+    ) -> None: ...
 
 class Queued(_message.Message):
     __slots__ = ("position",)
@@ -247,7 +378,9 @@ class Started(_message.Message):
     SANDBOXED_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     sandboxed: bool
-    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., sandboxed: _Optional[bool] = ...) -> None: ...
+    def __init__(
+        self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., sandboxed: _Optional[bool] = ...
+    ) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("fraction", "message", "json")
@@ -257,7 +390,9 @@ class Progress(_message.Message):
     fraction: float
     message: str
     json: str
-    def __init__(self, fraction: _Optional[float] = ..., message: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self, fraction: _Optional[float] = ..., message: _Optional[str] = ..., json: _Optional[str] = ...
+    ) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("stream", "text")
@@ -277,7 +412,13 @@ class Finished(_message.Message):
     metering: Metering
     result_root: bytes
     receipt: Receipt
-    def __init__(self, exit_code: _Optional[int] = ..., metering: _Optional[_Union[Metering, _Mapping]] = ..., result_root: _Optional[bytes] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        exit_code: _Optional[int] = ...,
+        metering: _Optional[_Union[Metering, _Mapping]] = ...,
+        result_root: _Optional[bytes] = ...,
+        receipt: _Optional[_Union[Receipt, _Mapping]] = ...,
+    ) -> None: ...
 
 class Failed(_message.Message):
     __slots__ = ("reason", "exit_code", "metering", "result_root", "receipt")
@@ -291,7 +432,14 @@ class Failed(_message.Message):
     metering: Metering
     result_root: bytes
     receipt: Receipt
-    def __init__(self, reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., metering: _Optional[_Union[Metering, _Mapping]] = ..., result_root: _Optional[bytes] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        reason: _Optional[str] = ...,
+        exit_code: _Optional[int] = ...,
+        metering: _Optional[_Union[Metering, _Mapping]] = ...,
+        result_root: _Optional[bytes] = ...,
+        receipt: _Optional[_Union[Receipt, _Mapping]] = ...,
+    ) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("seq", "time_unix_ms", "job_id", "queued", "started", "progress", "log", "finished", "failed")
@@ -313,7 +461,18 @@ class JobEvent(_message.Message):
     log: LogLine
     finished: Finished
     failed: Failed
-    def __init__(self, seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., job_id: _Optional[int] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., failed: _Optional[_Union[Failed, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        seq: _Optional[int] = ...,
+        time_unix_ms: _Optional[int] = ...,
+        job_id: _Optional[int] = ...,
+        queued: _Optional[_Union[Queued, _Mapping]] = ...,
+        started: _Optional[_Union[Started, _Mapping]] = ...,
+        progress: _Optional[_Union[Progress, _Mapping]] = ...,
+        log: _Optional[_Union[LogLine, _Mapping]] = ...,
+        finished: _Optional[_Union[Finished, _Mapping]] = ...,
+        failed: _Optional[_Union[Failed, _Mapping]] = ...,
+    ) -> None: ...
 
 class DownloadResultsRequest(_message.Message):
     __slots__ = ("job_id", "auth")
@@ -341,7 +500,13 @@ class ResultFile(_message.Message):
     size: int
     sha256: bytes
     chunks: int
-    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., chunks: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self,
+        path: _Optional[str] = ...,
+        size: _Optional[int] = ...,
+        sha256: _Optional[bytes] = ...,
+        chunks: _Optional[int] = ...,
+    ) -> None: ...
 
 class ResultManifest(_message.Message):
     __slots__ = ("files", "result_root", "receipt", "state")
@@ -353,7 +518,13 @@ class ResultManifest(_message.Message):
     result_root: bytes
     receipt: Receipt
     state: JobState
-    def __init__(self, files: _Optional[_Iterable[_Union[ResultFile, _Mapping]]] = ..., result_root: _Optional[bytes] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
+    def __init__(
+        self,
+        files: _Optional[_Iterable[_Union[ResultFile, _Mapping]]] = ...,
+        result_root: _Optional[bytes] = ...,
+        receipt: _Optional[_Union[Receipt, _Mapping]] = ...,
+        state: _Optional[_Union[JobState, str]] = ...,
+    ) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("path", "offset", "data")
@@ -363,7 +534,9 @@ class FileChunk(_message.Message):
     path: str
     offset: int
     data: bytes
-    def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(
+        self, path: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...
+    ) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("manifest", "chunk")
@@ -371,7 +544,11 @@ class ResultChunk(_message.Message):
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     manifest: ResultManifest
     chunk: FileChunk
-    def __init__(self, manifest: _Optional[_Union[ResultManifest, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        manifest: _Optional[_Union[ResultManifest, _Mapping]] = ...,
+        chunk: _Optional[_Union[FileChunk, _Mapping]] = ...,
+    ) -> None: ...
 
 class CancelJobRequest(_message.Message):
     __slots__ = ("job_id", "auth")
@@ -389,7 +566,9 @@ class CapacityChallengeRequest(_message.Message):
     seed: int
     n: int
     device_kind: str
-    def __init__(self, seed: _Optional[int] = ..., n: _Optional[int] = ..., device_kind: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self, seed: _Optional[int] = ..., n: _Optional[int] = ..., device_kind: _Optional[str] = ...
+    ) -> None: ...
 
 class CapacityChallengeResult(_message.Message):
     __slots__ = ("challenge_id", "rows_root", "elapsed_seconds", "flops", "device", "n")
@@ -405,7 +584,15 @@ class CapacityChallengeResult(_message.Message):
     flops: int
     device: Device
     n: int
-    def __init__(self, challenge_id: _Optional[str] = ..., rows_root: _Optional[bytes] = ..., elapsed_seconds: _Optional[float] = ..., flops: _Optional[int] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., n: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self,
+        challenge_id: _Optional[str] = ...,
+        rows_root: _Optional[bytes] = ...,
+        elapsed_seconds: _Optional[float] = ...,
+        flops: _Optional[int] = ...,
+        device: _Optional[_Union[Device, _Mapping]] = ...,
+        n: _Optional[int] = ...,
+    ) -> None: ...
 
 class ChallengeRowsRequest(_message.Message):
     __slots__ = ("challenge_id", "rows")
@@ -423,7 +610,9 @@ class ChallengeRow(_message.Message):
     index: int
     data: bytes
     proof: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    def __init__(
+        self, index: _Optional[int] = ..., data: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...
+    ) -> None: ...
 
 class ChallengeRowsReply(_message.Message):
     __slots__ = ("rows",)

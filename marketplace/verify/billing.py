@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     pass
 
-__all__ = ["BillingEstimate", "CAPACITY_MARGIN", "attested_gflops", "billing_cap"]
+__all__ = ["CAPACITY_MARGIN", "BillingEstimate", "attested_gflops", "billing_cap"]
 
 
 #: A verifier attests this fraction of the throughput it measured, so that measurement noise never

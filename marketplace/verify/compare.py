@@ -20,7 +20,7 @@ from marketplace.errors import VerificationError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ATOL", "Comparison", "Mismatch", "RTOL", "compare_results", "compare_tensors", "majority"]
+__all__ = ["ATOL", "RTOL", "Comparison", "Mismatch", "compare_results", "compare_tensors", "majority"]
 
 
 #: Relative tolerance of tensor comparisons. Honest reruns of the example jobs on this machine
@@ -117,9 +117,14 @@ def compare_tensors(
             max_rel = max(max_rel, float((diff / scale.clamp_min(atol if atol > 0 else 1e-300)).max()))
             bad = diff > atol + rtol * scale
             if bool(bad.any()):
-                mismatches.append(Mismatch(
-                    path, name, f"{int(bad.sum())} of {diff.numel()} values beyond rtol={rtol:g} atol={atol:g} "
-                    f"(max abs diff {float(diff.max()):.3g})"))
+                mismatches.append(
+                    Mismatch(
+                        path,
+                        name,
+                        f"{int(bad.sum())} of {diff.numel()} values beyond rtol={rtol:g} atol={atol:g} "
+                        f"(max abs diff {float(diff.max()):.3g})",
+                    )
+                )
     return Comparison(tuple(mismatches), max_abs, max_rel, (path,) if path else ())
 
 
@@ -160,8 +165,9 @@ def compare_results(
             continue
         if rel.endswith(".safetensors"):
             try:
-                cmp = compare_tensors(_load_safetensors(a_files[rel]), _load_safetensors(b_files[rel]),
-                                      rtol=rtol, atol=atol, path=rel)
+                cmp = compare_tensors(
+                    _load_safetensors(a_files[rel]), _load_safetensors(b_files[rel]), rtol=rtol, atol=atol, path=rel
+                )
             except VerificationError as exc:
                 mismatches.append(Mismatch(rel, "", str(exc)))
                 continue

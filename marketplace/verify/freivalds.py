@@ -89,7 +89,10 @@ def freivalds_vector(n: int, generator: torch.Generator, dtype: torch.dtype) -> 
 
 
 def _row_pass(
-    m: torch.Tensor, xs: Sequence[torch.Tensor], *, column_sums: torch.Tensor | None = None,
+    m: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    *,
+    column_sums: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``m·x`` for each ``x`` and the rows' squared norms ``(m∘m)·1`` (float64), one pass over ``m``.
 
@@ -106,18 +109,20 @@ def _row_pass(
     norms = np.empty(rows, dtype=m.numpy().dtype)
     ones = torch.ones(min(step, rows), dtype=m.dtype) if column_sums is not None else None
     for lo in range(0, rows, step):
-        block = m[lo:lo + step]
+        block = m[lo : lo + step]
         for x, out in zip(xs, outs, strict=True):
-            torch.mv(block, x, out=out[lo:lo + step])
+            torch.mv(block, x, out=out[lo : lo + step])
         if column_sums is not None and ones is not None:
-            column_sums.addmv_(block.t(), ones[:block.shape[0]])
+            column_sums.addmv_(block.t(), ones[: block.shape[0]])
         rows_np = block.numpy()
-        np.einsum("ij,ij->i", rows_np, rows_np, out=norms[lo:lo + step])
+        np.einsum("ij,ij->i", rows_np, rows_np, out=norms[lo : lo + step])
     return outs, torch.from_numpy(norms).to(torch.float64)
 
 
 def _check_strips(
-    a: torch.Tensor, xs: Sequence[torch.Tensor], w: torch.Tensor,
+    a: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    w: torch.Tensor,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """``a·x`` and the mean square of its running sums for each ``x``, and ``(a∘a)·w``: one pass over ``a``.
 
@@ -136,10 +141,10 @@ def _check_strips(
     step = max(1, FREIVALDS_BLOCK // max(1, cols))
     squares = np.empty((min(step, rows), cols), dtype=a.numpy().dtype)
     for top in range(0, rows, step):
-        entries = a[top:top + step].numpy()
-        sq = squares[:entries.shape[0]]
+        entries = a[top : top + step].numpy()
+        sq = squares[: entries.shape[0]]
         np.multiply(entries, entries, out=sq)
-        torch.mv(torch.from_numpy(sq), w, out=s_sq[top:top + step])
+        torch.mv(torch.from_numpy(sq), w, out=s_sq[top : top + step])
     width = -(-max(1, cols) // max(FREIVALDS_STRIPS, math.isqrt(cols) // 16))
     strips = -(-max(1, cols) // width)
     # Blocks of rows small enough that the running sums of a block (strips × rows) stay well
@@ -149,23 +154,28 @@ def _check_strips(
     sums = [torch.empty(rows, dtype=torch.float64) for _ in xs]
     drifts = [torch.empty(rows, dtype=torch.float64) for _ in xs]
     for top in range(0, rows, step):
-        block = a[top:top + step]
+        block = a[top : top + step]
         h = block.shape[0]
         for g, lo in enumerate(range(0, cols, width)):
-            piece = block[:, lo:lo + width]
+            piece = block[:, lo : lo + width]
             for q, x in enumerate(xs):
-                torch.mv(piece, x[lo:lo + width], out=parts[q, g, :h])
+                torch.mv(piece, x[lo : lo + width], out=parts[q, g, :h])
         for q in range(len(xs)):
             running = parts[q, :, :h].to(torch.float64).cumsum_(0)
-            sums[q][top:top + h] = running[-1]
-            drifts[q][top:top + h] = running.square_().sum(0)
+            sums[q][top : top + h] = running[-1]
+            drifts[q][top : top + h] = running.square_().sum(0)
     scale = width / max(1, cols)
     return sums, [d.mul_(scale) for d in drifts], s_sq
 
 
 def _freivalds_worst(
-    a: torch.Tensor, b: torch.Tensor, rs: Sequence[torch.Tensor], got: Sequence[torch.Tensor], c_sq: torch.Tensor,
-    tol: float, floor: float,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    rs: Sequence[torch.Tensor],
+    got: Sequence[torch.Tensor],
+    c_sq: torch.Tensor,
+    tol: float,
+    floor: float,
 ) -> float | None:
     """The largest row error over its tolerance (see :func:`freivalds_check`); None when a size overflowed.
 
@@ -183,8 +193,7 @@ def _freivalds_worst(
     if not math.isfinite(size):
         return None
     # A second pass over b: b·μ along the rows' common part μ, whatever its columns' signs.
-    xs.append(torch.mv(b, means.mul_(FREIVALDS_R_MAX / size)) if size > 0.0
-              else torch.zeros(b.shape[0], dtype=b.dtype))
+    xs.append(torch.mv(b, means.mul_(FREIVALDS_R_MAX / size)) if size > 0.0 else torch.zeros(b.shape[0], dtype=b.dtype))
     sums, drifts, s_sq = _check_strips(a, xs, w.to(a.dtype))
     # C + S² + P(b·1) + P(b·μ)
     base = c_sq.mul(r_max_sq).add_(s_sq.to(torch.float64)).add_(drifts[-2]).add_(drifts[-1])
@@ -267,8 +276,11 @@ def freivalds_check(
     # rounding is added to the tolerance of the product's.
     work = torch.float64 if dtype == torch.float64 else torch.float32
     inner, cols = a.shape[1], b.shape[1]
-    tol = (freivalds_tolerance(dtype, inner, factor=factor) + freivalds_tolerance(work, inner, factor=2.0)
-           + freivalds_tolerance(work, cols, factor=2.0))
+    tol = (
+        freivalds_tolerance(dtype, inner, factor=factor)
+        + freivalds_tolerance(work, inner, factor=2.0)
+        + freivalds_tolerance(work, cols, factor=2.0)
+    )
     gen = torch.Generator().manual_seed(seed % (1 << 63))
     rs = [freivalds_vector(cols, gen, work) for _ in range(max(0, rounds))]
     if not rs or c.numel() == 0:
@@ -291,8 +303,11 @@ def freivalds_check(
         fa, fb = _power_of_two_below(a_), _power_of_two_below(b_)
         a_, b_, c_ = a_ * fa, b_ * fb, c_ * fa * fb
         got, c_sq = _row_pass(c_, rs)
-        worst = (_freivalds_worst(a_, b_, rs, got, c_sq, tol, floor * fa * fb)
-                 if all(bool(torch.isfinite(g).all()) for g in got) else None)
+        worst = (
+            _freivalds_worst(a_, b_, rs, got, c_sq, tol, floor * fa * fb)
+            if all(bool(torch.isfinite(g).all()) for g in got)
+            else None
+        )
     if worst is None or not math.isfinite(worst):  # c too large for any product of a and b, or NaN/inf inputs
         return False, math.inf
     return worst <= 1.0, worst
@@ -302,5 +317,3 @@ def freivalds_check(
 
 
 # ------------------------------------------------------------------ billing and capacity
-
-

@@ -19,14 +19,21 @@ def test_set_parameters__with_a_dispute_bond_beyond_the_packed_escrow__reverts(m
     assert market.dispute_bond() == 2**128
 
 
-def test_largest_job__round_trips_through_the_packed_words(deployment, market, registry, token, providers, requester,
-                                                           provider, verifier, owner, treasury):
+def test_largest_job__round_trips_through_the_packed_words(
+    deployment, market, registry, token, providers, requester, provider, verifier, owner, treasury
+):
     # The largest price, GPU-seconds and (with a dispute at the largest bond) escrow the market allows.
     floor = 2**96 - 1
     with boa.env.prank(provider):
         registry.register_provider(make_offer(provider, price_floor=floor))
-    spec = make_spec(requester, auction=AUCTION_INSTANT, max_price=floor, max_gpu_seconds=MAX_U64,
-                     run_duration=MAX_U64 // 4, challenge_window=3_600)
+    spec = make_spec(
+        requester,
+        auction=AUCTION_INSTANT,
+        max_price=floor,
+        max_gpu_seconds=MAX_U64,
+        run_duration=MAX_U64 // 4,
+        challenge_window=3_600,
+    )
     fund(deployment, requester, market.escrow_for(spec))
     job_id = providers.post(spec)
     with boa.env.prank(provider):
@@ -41,7 +48,10 @@ def test_largest_job__round_trips_through_the_packed_words(deployment, market, r
         market.commit_result(job_id, spec, 0, b"\xff" * 32, 10)
     slot = market.slots(job_id, 0)
     assert (slot.status, slot.gpu_seconds, slot.committed_at, slot.result_root) == (
-        SLOT_COMMITTED, 10, now(), b"\xff" * 32
+        SLOT_COMMITTED,
+        10,
+        now(),
+        b"\xff" * 32,
     )
 
     with boa.env.prank(owner):

@@ -61,9 +61,9 @@ def start_chain(home: Path) -> tuple[Proc, str]:
 def start_provider(home: Path, dev: int, price: str, *extra: str) -> tuple[Proc, str]:
     """``flopex provider start`` for dev account ``dev``; returns it and its provider address."""
     proc = Proc(
-        ["provider", "start", "--dev", str(dev), "--price", price, "--data-dir", str(home / f"provider-{dev}"),
-         *extra],
-        home, home / f"provider-{dev}.log",
+        ["provider", "start", "--dev", str(dev), "--price", price, "--data-dir", str(home / f"provider-{dev}"), *extra],
+        home,
+        home / f"provider-{dev}.log",
     )
     line = proc.wait_for_line("serving", timeout=120)
     return proc, line.split()[1]

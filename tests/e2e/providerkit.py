@@ -30,8 +30,9 @@ class Provider:
         self.server.stop()
 
 
-def start_provider(contracts: Contracts, data_dir: Path, *, account: int = PROVIDER, run: bool = True,
-                   strategy: str = "fixed") -> Provider:
+def start_provider(
+    contracts: Contracts, data_dir: Path, *, account: int = PROVIDER, run: bool = True, strategy: str = "fixed"
+) -> Provider:
     """Start a one-device CPU worker on loopback and its provider daemon, staked and registered.
 
     With ``run=False`` the daemon's loop is not started: the test calls ``daemon.step()`` itself.
@@ -39,8 +40,15 @@ def start_provider(contracts: Contracts, data_dir: Path, *, account: int = PROVI
     server, endpoint = chain_worker(contracts, data_dir, lease_refresh_s=0.1)
     server.start()
     settings = ProviderSettings(
-        endpoint=endpoint, price_floor=PRICE, strategy=strategy_from_spec(strategy), stake=200 * ONE_TOKEN,
-        device_model="cpu", device_kind=DeviceKind.CPU, gpu_count=1, memory_mb=4096, poll_interval_s=0.1,
+        endpoint=endpoint,
+        price_floor=PRICE,
+        strategy=strategy_from_spec(strategy),
+        stake=200 * ONE_TOKEN,
+        device_model="cpu",
+        device_kind=DeviceKind.CPU,
+        gpu_count=1,
+        memory_mb=4096,
+        poll_interval_s=0.1,
     )
     daemon = ProviderDaemon(contracts, dev_account(account), server, settings, data_dir / "provider.json")
     daemon.ensure_registered()

@@ -96,9 +96,18 @@ def test_demo__balances__are_conserved(demo_json: dict) -> None:
 def test_demo__human_output__tells_the_story() -> None:
     result = CliRunner().invoke(cli, ["demo"], obj={})
     assert result.exit_code == 0, result.output
-    for phrase in ("sealed bids committed", "won with the lowest ask", "Freivalds", "slashed",
-                   "replayed sampled segments", "bill:", "the pool took it", "at once, no auction",
-                   "for the whole window", "conserved: yes"):
+    for phrase in (
+        "sealed bids committed",
+        "won with the lowest ask",
+        "Freivalds",
+        "slashed",
+        "replayed sampled segments",
+        "bill:",
+        "the pool took it",
+        "at once, no auction",
+        "for the whole window",
+        "conserved: yes",
+    ):
         assert phrase in result.output
 
 
@@ -139,7 +148,9 @@ def test_chain_up__serves_a_chain_other_processes_share(tmp_path: Path) -> None:
     path = tmp_path / "deployment.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "flopex", "chain", "up", "--port", str(port), "--deployment", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for_port(port, timeout=60)
@@ -155,7 +166,8 @@ def test_chain_up__serves_a_chain_other_processes_share(tmp_path: Path) -> None:
         assert contracts.token.balance_of(provider.address) == 100_001 * ONE_TOKEN
         # A second client process sees the same state.
         code = (
-            "from marketplace.contracts.deployment import Deployment, load_contracts; from marketplace.chain.client import Chain;"
+            "from marketplace.contracts.deployment import Deployment, load_contracts;"
+            "from marketplace.chain.client import Chain;"
             f"d = Deployment.load({str(path)!r}); c = load_contracts(Chain.connect(d.rpc_url), d);"
             f"print(c.token.balance_of({provider.address!r}))"
         )

@@ -55,8 +55,10 @@ def test_requester_that_vanishes__provider_settles_alone_after_the_challenge_win
         )
         contracts.chain.time_travel(contracts.market.spec(job_id).challenge_window + 1)
         contracts.chain.wait_until(
-            lambda: contracts.market.slot(job_id, 0).status == SlotStatus.PAID
-            and contracts.market.credits(dev_account(PROVIDER).address) == 0,
+            lambda: (
+                contracts.market.slot(job_id, 0).status == SlotStatus.PAID
+                and contracts.market.credits(dev_account(PROVIDER).address) == 0
+            ),
             timeout=60,
         )
         paid = slot_value(PRICE, slot.gpu_seconds)
@@ -152,18 +154,23 @@ def test_a_slot_of_a_job_still_open__is_not_committed_empty_before_its_lease_sta
 def test_an_instant_job__is_taken_at_the_strategys_ask__posted_first(contracts: Contracts, tmp_path: Path) -> None:
     # A just-started provider with a decaying strategy asks 1.5 x its floor: it posts that price,
     # then takes the job, which pays the posted price. A job capped below the ask is left alone.
-    provider = start_provider(contracts, tmp_path / "worker", run=False,
-                              strategy="decay:start=1.5,min=1,half_life=3600")
+    provider = start_provider(
+        contracts, tmp_path / "worker", run=False, strategy="decay:start=1.5,min=1,half_life=3600"
+    )
     try:
         registry, market = contracts.registry, contracts.market
         requester = Requester(contracts, dev_account(REQUESTER))
         ask = PRICE * 3 // 2
-        cheap = requester.submit(ROOT / "examples" / "train_mlp", JobOptions(
-            auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=600, max_price=ask - ask // 10))
+        cheap = requester.submit(
+            ROOT / "examples" / "train_mlp",
+            JobOptions(auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=600, max_price=ask - ask // 10),
+        )
         provider.daemon.step()
         assert market.job(cheap).status == JobStatus.OPEN and registry.price_floor(provider.daemon.address) == PRICE
-        job_id = requester.submit(ROOT / "examples" / "train_mlp", JobOptions(
-            auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=600, max_price=2 * PRICE))
+        job_id = requester.submit(
+            ROOT / "examples" / "train_mlp",
+            JobOptions(auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=600, max_price=2 * PRICE),
+        )
         provider.daemon.step()
         posted = registry.price_floor(provider.daemon.address)
         assert PRICE < posted <= ask  # the ask, a little decayed by the seconds since start

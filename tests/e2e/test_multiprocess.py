@@ -45,7 +45,10 @@ def local_market(home: Path) -> Iterator[str]:
 def _submit(home: Path, *args: str, timeout: float = 300) -> dict:
     out = subprocess.run(
         [*FLOPEX, "job", "submit", str(TRAIN), "--dev", str(REQUESTER), "--json", *args],
-        capture_output=True, text=True, timeout=timeout, env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -54,8 +57,9 @@ def _submit(home: Path, *args: str, timeout: float = 300) -> dict:
 def test_sealed_job__submitted_from_its_own_process__runs_on_the_cheapest_provider_and_is_paid(
     home: Path, local_market: str
 ) -> None:
-    bill = _submit(home, "--verify", "none", "--bid-window", "6", "--challenge-window", "3", "--wait",
-                   "-o", str(home / "out"))
+    bill = _submit(
+        home, "--verify", "none", "--bid-window", "6", "--challenge-window", "3", "--wait", "-o", str(home / "out")
+    )
     [slot] = bill["slots"]
     assert slot["provider"] == dev_account(CHEAP).address
     assert slot["price"] == parse_tokens("0.3")  # the second-lowest ask
@@ -77,8 +81,9 @@ def test_provider_killed_mid_job__requester_is_refunded_and_the_provider_slashed
         shutil.copytree(ROOT / "examples" / "train_mlp", bundle)
         toml = (bundle / "job.toml").read_text().replace('"--epochs", "4"', '"--epochs", "400"')
         (bundle / "job.toml").write_text(toml.replace("timeout_s = 300", "timeout_s = 20"))
-        options = JobOptions(auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=30, run_slack_s=5,
-                             challenge_window_s=5)
+        options = JobOptions(
+            auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=30, run_slack_s=5, challenge_window_s=5
+        )
         job_id = requester.submit(bundle, options)
         requester.wait_for_lease(job_id, timeout_s=60)
         slot = contracts.market.slot(job_id, 0)
@@ -122,7 +127,9 @@ def test_provider__on_sigterm__stops_cleanly_and_keeps_its_state(home: Path) -> 
 def test_provider_start__with_no_chain__fails_with_one_line(home: Path) -> None:
     out = subprocess.run(
         [*FLOPEX, "provider", "start", "--dev", "4", "--deployment", str(home / "none.json")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 1
     assert out.stderr.startswith("error: no deployment file") and out.stderr.count("\n") == 1
@@ -137,14 +144,27 @@ def test_anvil__instant_job_through_the_command_line__is_taken_at_the_floor_and_
     node = Anvil(block_time=1).start()  # blocks every second, as on a real chain
     try:
         deployed = subprocess.run(
-            [*FLOPEX, "deploy", "--rpc-url", node.url, "--dev", "0"], capture_output=True, text=True, timeout=120,
+            [*FLOPEX, "deploy", "--rpc-url", node.url, "--dev", "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
             env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"},
         )
         assert deployed.returncode == 0, deployed.stderr
         provider, address = start_provider(home, CHEAP, "0.2")
         try:
-            bill = _submit(home, "--auction", "instant", "--verify", "none", "--challenge-window", "3", "--wait",
-                           "-o", str(home / "out"))
+            bill = _submit(
+                home,
+                "--auction",
+                "instant",
+                "--verify",
+                "none",
+                "--challenge-window",
+                "3",
+                "--wait",
+                "-o",
+                str(home / "out"),
+            )
             [slot] = bill["slots"]
             assert (slot["provider"], slot["price"], slot["status"]) == (address, parse_tokens("0.2"), "paid")
             assert slot["paid"] == slot_value(slot["price"], slot["gpu_seconds"])
@@ -166,15 +186,34 @@ def test_anvil__instant_job_through_the_command_line__is_taken_at_the_floor_and_
 def test_replay_job__checked_by_a_verifier_in_its_own_process__is_accepted_and_paid(home: Path) -> None:
     chain, url = start_chain(home)
     provider, address = start_provider(home, CHEAP, "0.2")
-    verifier = Proc(["verifier", "start", "--dev", "3", "--data-dir", str(home / "verifier")], home,
-                    home / "verifier.log")
+    verifier = Proc(
+        ["verifier", "start", "--dev", "3", "--data-dir", str(home / "verifier")], home, home / "verifier.log"
+    )
     try:
         verifier.wait_for_line("watching market", timeout=120)
         out = subprocess.run(
-            [*FLOPEX, "job", "submit", str(ROOT / "examples" / "replay_mlp"), "--dev", str(REQUESTER), "--json",
-             "--auction", "instant", "--verify", "replay", "--challenge-window", "300", "--wait",
-             "-o", str(home / "out")],
-            capture_output=True, text=True, timeout=400, env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"},
+            [
+                *FLOPEX,
+                "job",
+                "submit",
+                str(ROOT / "examples" / "replay_mlp"),
+                "--dev",
+                str(REQUESTER),
+                "--json",
+                "--auction",
+                "instant",
+                "--verify",
+                "replay",
+                "--challenge-window",
+                "300",
+                "--wait",
+                "-o",
+                str(home / "out"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"},
         )
         assert out.returncode == 0, out.stderr
         [slot] = json.loads(out.stdout)["slots"]

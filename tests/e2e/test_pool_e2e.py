@@ -35,7 +35,10 @@ FEE_BPS, STAKE, PRICE = 1_000, 150 * ONE_TOKEN, parse_tokens("0.2")
 
 def _flopex(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*FLOPEX, *args], capture_output=True, text=True, timeout=timeout,
+        [*FLOPEX, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"},
     )
 
@@ -58,8 +61,20 @@ def world(tmp_path_factory: pytest.TempPathFactory, has_bwrap: bool) -> Iterator
     chain, url = start_chain(home)
     procs = [chain]
     try:
-        created = _flopex(home, "pool", "create", "--dev", str(OPERATOR), "--fee-bps", str(FEE_BPS),
-                          "--min-stake", "100", "--unbonding", "60", "--json")
+        created = _flopex(
+            home,
+            "pool",
+            "create",
+            "--dev",
+            str(OPERATOR),
+            "--fee-bps",
+            str(FEE_BPS),
+            "--min-stake",
+            "100",
+            "--unbonding",
+            "60",
+            "--json",
+        )
         assert created.returncode == 0, created.stderr
         yield PoolWorld(home, url, json.loads(created.stdout)["pool"], procs)
     finally:
@@ -72,13 +87,34 @@ def test_pool_cli__bad_input__one_clear_line_and_a_non_zero_exit(world: PoolWorl
     cases = [
         (("pool", "show", stranger), f"error: no pool of this market at {stranger}"),
         (("pool", "show", "0x1234"), "error: not an address"),
-        (("pool", "join", world.pool_address, "--dev", str(STRANGER), "--stake", "1", "--gpus", "1",
-          "--memory-mb", "1024", "--endpoint", "127.0.0.1:1", "--signer", stranger),
-         "error: stake 1 FLOP is below the pool's minimum of 100 FLOP"),
-        (("pool", "leave", world.pool_address, "--dev", str(STRANGER)),
-         f"error: {stranger} is not a member of pool {world.pool_address}"),
-        (("pool", "register", world.pool_address, "--dev", str(STRANGER)),
-         f"error: {stranger} is not the operator of pool {world.pool_address}"),
+        (
+            (
+                "pool",
+                "join",
+                world.pool_address,
+                "--dev",
+                str(STRANGER),
+                "--stake",
+                "1",
+                "--gpus",
+                "1",
+                "--memory-mb",
+                "1024",
+                "--endpoint",
+                "127.0.0.1:1",
+                "--signer",
+                stranger,
+            ),
+            "error: stake 1 FLOP is below the pool's minimum of 100 FLOP",
+        ),
+        (
+            ("pool", "leave", world.pool_address, "--dev", str(STRANGER)),
+            f"error: {stranger} is not a member of pool {world.pool_address}",
+        ),
+        (
+            ("pool", "register", world.pool_address, "--dev", str(STRANGER)),
+            f"error: {stranger} is not the operator of pool {world.pool_address}",
+        ),
     ]
     for args, message in cases:
         out = _flopex(world.home, *args)
@@ -87,9 +123,24 @@ def test_pool_cli__bad_input__one_clear_line_and_a_non_zero_exit(world: PoolWorl
 
 
 def _member(world: PoolWorld, dev: int, *extra: str) -> Proc:
-    proc = Proc(["pool", "member", "start", world.pool_address, "--dev", str(dev), "--stake", "150",
-                 "--data-dir", str(world.home / f"member-{dev}"), "--no-withdraw", *extra],
-                world.home, world.home / f"member-{dev}.log")
+    proc = Proc(
+        [
+            "pool",
+            "member",
+            "start",
+            world.pool_address,
+            "--dev",
+            str(dev),
+            "--stake",
+            "150",
+            "--data-dir",
+            str(world.home / f"member-{dev}"),
+            "--no-withdraw",
+            *extra,
+        ],
+        world.home,
+        world.home / f"member-{dev}.log",
+    )
     world.procs.append(proc)
     proc.wait_for_line("serving", timeout=120)
     return proc
@@ -105,8 +156,23 @@ def test_pool_of_two_member_processes__the_runner_is_paid__the_cheat_is_slashed_
     home = world.home
     _member(world, HONEST)  # joins first: the first in the pool's list takes the first job
     _member(world, CHEAT, "--unsafe-cheat-root")
-    operator = Proc(["pool", "operator", "start", world.pool_address, "--dev", str(OPERATOR), "--price", "0.2",
-                     "--no-withdraw", "--state-dir", str(home / "operator")], home, home / "operator.log")
+    operator = Proc(
+        [
+            "pool",
+            "operator",
+            "start",
+            world.pool_address,
+            "--dev",
+            str(OPERATOR),
+            "--price",
+            "0.2",
+            "--no-withdraw",
+            "--state-dir",
+            str(home / "operator"),
+        ],
+        home,
+        home / "operator.log",
+    )
     world.procs.append(operator)
     operator.wait_for_line("bidding for pool", timeout=120)
 
@@ -143,11 +209,11 @@ def test_pool_of_two_member_processes__the_runner_is_paid__the_cheat_is_slashed_
     # fails and it disputes; the verifier rejects; the slot is slashed and the slash booked to B.
     job2 = requester.submit(TRAIN, options)
     followed: list[JobOutcome] = []
-    follower = threading.Thread(target=lambda: followed.append(requester.follow(job2, home / "out-2",
-                                                                                 timeout_s=180)))
+    follower = threading.Thread(target=lambda: followed.append(requester.follow(job2, home / "out-2", timeout_s=180)))
     follower.start()
-    contracts.chain.wait_until(lambda: contracts.market.slot(job2, 0).status == SlotStatus.DISPUTED,
-                               timeout=180, poll=0.3)
+    contracts.chain.wait_until(
+        lambda: contracts.market.slot(job2, 0).status == SlotStatus.DISPUTED, timeout=180, poll=0.3
+    )
     assert pool.assignment(job2, 0) == cheat
     contracts.market.attest(verifier, job2, 0, Outcome.REJECT)
     follower.join(timeout=120)
@@ -166,10 +232,15 @@ def test_pool_of_two_member_processes__the_runner_is_paid__the_cheat_is_slashed_
     summary = json.loads(shown.stdout)
     by_address = {m["address"]: m for m in summary["members"]}
     assert (by_address[honest]["credit"], by_address[cheat]["credit"], summary["operator_credit"]) == (
-        income - fee, 0, fee)
+        income - fee,
+        0,
+        fee,
+    )
     assert by_address[cheat]["stake"] == STAKE - bill2["slashed"]
     assert [(a["job_id"], a["member"], a["status"], a["booked"]) for a in summary["assignments"]] == [
-        (job1, honest, "paid", True), (job2, cheat, "slashed", True)]
+        (job1, honest, "paid", True),
+        (job2, cheat, "slashed", True),
+    ]
     assert summary["unattributed"] == {"income": 0, "loss": 0}
 
     # From the command line: A withdraws its pay and starts to leave; B has no pay to withdraw.

@@ -117,11 +117,12 @@ def test_a_reserved_window__serves_its_holder_only_records_usage_and_pays_the_pr
 
         # A market job that would run inside the window finds no provider: the one device is reserved.
         market_requester = Requester(contracts, dev_account(MARKET_REQUESTER))
-        market_job = market_requester.submit(ROOT / "examples" / "train_mlp", JobOptions(
-            auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=3, max_price=ONE_TOKEN))
+        market_job = market_requester.submit(
+            ROOT / "examples" / "train_mlp",
+            JobOptions(auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=3, max_price=ONE_TOKEN),
+        )
 
-        outcome = Requester(contracts, holder).run_reserved(rid, bundle, tmp_path / "out", seq=5,
-                                                            record_timeout_s=60)
+        outcome = Requester(contracts, holder).run_reserved(rid, bundle, tmp_path / "out", seq=5, record_timeout_s=60)
         assert outcome.state == "succeeded"
         assert outcome.job_id == reserved_job_id(rid, 5)
         assert "weight" in (outcome.results / "logs" / "stdout.log").read_text()  # the script's own output
@@ -166,7 +167,8 @@ def test_a_usage_record_sent_before_a_crash__is_not_sent_again(contracts: Contra
         reservations.buy_with_permit(dev_account(FIRST_HOLDER), rid, contracts.token, deadline=start)
         chain.time_travel(start + 120 - chain.now())
         outcome = Requester(contracts, dev_account(FIRST_HOLDER)).run_reserved(
-            rid, ROOT / "examples" / "plain_torch", tmp_path / "out", seq=1, record_timeout_s=0)
+            rid, ROOT / "examples" / "plain_torch", tmp_path / "out", seq=1, record_timeout_s=0
+        )
         daemon.step()
         assert reservations.reservation(rid).usage_records == 1
         assert outcome.job_id in daemon.memory.recorded and not daemon.memory.recording
@@ -194,17 +196,27 @@ def test_reports_of_not_served__are_ruled_by_probing_the_worker_in_the_window_an
 ) -> None:
     reservations, chain, token = contracts.require_reservations(), contracts.chain, contracts.token
     provider = start_provider(contracts, tmp_path / "worker")
-    verifier = VerifierDaemon(contracts, dev_account(VERIFIER), VerifierSettings(
-        data_dir=tmp_path / "verifier", poll_interval_s=0.1, capacity_n=128, capacity_at_registration=False,
-        reservation_probe_attempts=2, reservation_probe_interval_s=0.5))
+    verifier = VerifierDaemon(
+        contracts,
+        dev_account(VERIFIER),
+        VerifierSettings(
+            data_dir=tmp_path / "verifier",
+            poll_interval_s=0.1,
+            capacity_n=128,
+            capacity_at_registration=False,
+            reservation_probe_attempts=2,
+            reservation_probe_interval_s=0.5,
+        ),
+    )
     verifier.ensure_registered()
     verifier.start()
     seller, holder = dev_account(PROVIDER), dev_account(FIRST_HOLDER)
     bond = reservations.dispute_bond()
     try:
         t0 = chain.next_timestamp()
-        served, failed, late = (reservations.offer(seller, t0 + offset, 600, 1, ONE_TOKEN)
-                                for offset in (100, 1_000, 2_000))
+        served, failed, late = (
+            reservations.offer(seller, t0 + offset, 600, 1, ONE_TOKEN) for offset in (100, 1_000, 2_000)
+        )
         for rid in (served, failed, late):
             reservations.buy_with_permit(holder, rid, token, deadline=t0 + 90)
         value = reservation_price(1, 600, ONE_TOKEN)
@@ -232,8 +244,10 @@ def test_reports_of_not_served__are_ruled_by_probing_the_worker_in_the_window_an
         assert slashed == value + reservations.call("base_slash")
         assert contracts.registry.total_stake(seller.address) == stake - slashed
         # The holder gets the price, its bond and, as the challenger who reported it, all of the slash.
-        assert token.balance_of(holder.address) + reservations.credits(holder.address) == \
-            holder_before + value + bond + slashed
+        assert (
+            token.balance_of(holder.address) + reservations.credits(holder.address)
+            == holder_before + value + bond + slashed
+        )
 
         # Reported after its window with no usage on chain: nothing to tell, no ruling.
         chain.time_travel(t0 + 2_700 - chain.now())
@@ -254,8 +268,13 @@ def test_reports_of_not_served__are_ruled_by_probing_the_worker_in_the_window_an
 
 
 def _flopex(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FLOPEX, *args], capture_output=True, text=True, timeout=timeout,
-                          env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [*FLOPEX, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def _json(home: Path, *args: str) -> Any:
@@ -271,8 +290,21 @@ def test_reserve_commands__offer_buy_run_and_settle_across_processes(tmp_path: P
     try:
         provider_proc = start_cli_provider(home, PROVIDER, "0.2")[0]
         procs.append(provider_proc)
-        offered = _json(home, "reserve", "offer", "--dev", str(PROVIDER), "--start", "+20", "--duration", "900",
-                        "--gpus", "1", "--price", "1")
+        offered = _json(
+            home,
+            "reserve",
+            "offer",
+            "--dev",
+            str(PROVIDER),
+            "--start",
+            "+20",
+            "--duration",
+            "900",
+            "--gpus",
+            "1",
+            "--price",
+            "1",
+        )
         rid = offered["reservation_id"]
         assert offered["status"] == "offered" and offered["holder"] is None
         assert offered["value"] == reservation_price(1, 900, ONE_TOKEN)
@@ -284,8 +316,9 @@ def test_reserve_commands__offer_buy_run_and_settle_across_processes(tmp_path: P
         assert shown["status"] == "reserved" and shown["holder"] == dev_account(SECOND_HOLDER).address
         assert shown["escrow"] == offered["value"]
         assert _json(home, "reserve", "list", "--for-sale") == []
-        assert [r["reservation_id"] for r in _json(home, "reserve", "list", "--holder",
-                                                  dev_account(SECOND_HOLDER).address)] == [rid]
+        assert [
+            r["reservation_id"] for r in _json(home, "reserve", "list", "--holder", dev_account(SECOND_HOLDER).address)
+        ] == [rid]
 
         bundle = str(ROOT / "examples" / "plain_torch")
         early = _flopex(home, "reserve", "run", str(rid), bundle, "--dev", str(SECOND_HOLDER))
@@ -293,8 +326,9 @@ def test_reserve_commands__offer_buy_run_and_settle_across_processes(tmp_path: P
         time.sleep(max(0.0, shown["start"] - time.time() + 1))  # `chain up` keeps its clock with the wall clock
         stranger = _flopex(home, "reserve", "run", str(rid), bundle, "--dev", str(FIRST_HOLDER))
         assert stranger.returncode != 0 and "held by" in stranger.stderr
-        ran = _json(home, "reserve", "run", str(rid), bundle, "--dev", str(SECOND_HOLDER), "--seq", "3",
-                    "-o", str(home / "out"))
+        ran = _json(
+            home, "reserve", "run", str(rid), bundle, "--dev", str(SECOND_HOLDER), "--seq", "3", "-o", str(home / "out")
+        )
         assert ran["state"] == "succeeded" and ran["job_id"] == reserved_job_id(rid, 3)
         assert ran["recorded_gpu_seconds"] is not None and ran["recorded_gpu_seconds"] >= 1
         assert (home / "out" / "logs" / "stdout.log").is_file()
@@ -302,8 +336,23 @@ def test_reserve_commands__offer_buy_run_and_settle_across_processes(tmp_path: P
         assert too_soon.returncode != 0 and "reservations:" in too_soon.stderr
         # Bad input: one clear line, no traceback, nothing changed on chain.
         for args, says in (
-            (("reserve", "offer", "--dev", str(PROVIDER), "--start", "tomorrow", "--duration", "60", "--gpus", "1",
-              "--price", "1"), "--start takes +SECONDS or a unix time"),
+            (
+                (
+                    "reserve",
+                    "offer",
+                    "--dev",
+                    str(PROVIDER),
+                    "--start",
+                    "tomorrow",
+                    "--duration",
+                    "60",
+                    "--gpus",
+                    "1",
+                    "--price",
+                    "1",
+                ),
+                "--start takes +SECONDS or a unix time",
+            ),
             (("reserve", "show", "99"), "no reservation 99"),
             (("reserve", "buy-resale", str(rid), "--dev", str(FIRST_HOLDER)), "not listed for resale"),
             (("reserve", "resell", str(rid), "--dev", str(SECOND_HOLDER)), "give --price"),

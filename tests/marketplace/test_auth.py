@@ -34,24 +34,21 @@ def test_a_request_signed_by_a_stranger__is_refused(domain: Domain, requester: A
     digest = payload_digest("CancelJob")
     req = sign_request(Account.create().key, domain, 5, "CancelJob", digest)
     with pytest.raises(SignatureError, match="not by the job's requester"):
-        verify_request(domain, req, expected_signer=requester.address, method="CancelJob", job_id=5,
-                       digest=digest)
+        verify_request(domain, req, expected_signer=requester.address, method="CancelJob", job_id=5, digest=digest)
 
 
 def test_an_expired_request__is_refused(domain: Domain, requester: Account) -> None:
     digest = payload_digest("CancelJob")
     req = sign_request(requester.key, domain, 5, "CancelJob", digest, expiry=int(time.time()) - 1)
     with pytest.raises(SignatureError, match="expired"):
-        verify_request(domain, req, expected_signer=requester.address, method="CancelJob", job_id=5,
-                       digest=digest)
+        verify_request(domain, req, expected_signer=requester.address, method="CancelJob", job_id=5, digest=digest)
 
 
 def test_a_request_far_in_the_future__is_refused(domain: Domain, requester: Account) -> None:
     digest = payload_digest("CancelJob")
     req = sign_request(requester.key, domain, 5, "CancelJob", digest, expiry=int(time.time()) + 10**6)
     with pytest.raises(SignatureError, match="ahead"):
-        verify_request(domain, req, expected_signer=requester.address, method="CancelJob", job_id=5,
-                       digest=digest)
+        verify_request(domain, req, expected_signer=requester.address, method="CancelJob", job_id=5, digest=digest)
 
 
 @pytest.mark.parametrize("field", ["method", "job_id", "digest"])

@@ -60,22 +60,23 @@ def test_a_good_job_toml__parses_into_the_spec() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[job]\nargs = []\n[market]\nmax_price = \"1\"", "entrypoint: required"),
-        ("[job]\nentrypoint = \"a.py\"\ncolour = 1\n[market]\nmax_price = \"1\"", "unknown key"),
-        ("[job]\nentrypoint = \"a.py\"\n[resources]\ndevice = \"tpu\"\n[market]\nmax_price = \"1\"",
-         "resources.device"),
-        ("[job]\nentrypoint = \"a.py\"\n[resources]\ngpus = \"2\"\n[market]\nmax_price = \"1\"", "integer"),
-        ("[job]\nentrypoint = \"a.py\"\n[resources]\ngpus = true\n[market]\nmax_price = \"1\"", "integer"),
-        ("[job]\nentrypoint = \"../a.py\"\n[market]\nmax_price = \"1\"", "escapes"),
-        ("[job]\nentrypoint = \"/etc/a.py\"\n[market]\nmax_price = \"1\"", "absolute"),
-        ("[job]\nentrypoint = \"a.py\"\ninputs = [\"x/../../y\"]\n[market]\nmax_price = \"1\"", "escapes"),
-        ("[job]\nentrypoint = \"a.py\"\n[market]\nmax_price = 2.5", "decimal string"),
-        ("[job]\nentrypoint = \"a.py\"\n[market]\nmax_price = \"-1\"", "positive"),
-        ("[job]\nentrypoint = \"a.py\"\n", "missing [market]"),
-        ("[job]\nentrypoint = \"a.py\"\n[verification]\npolicy = \"magic\"\n[market]\nmax_price = \"1\"",
-         "verification.policy"),
+        ('[job]\nargs = []\n[market]\nmax_price = "1"', "entrypoint: required"),
+        ('[job]\nentrypoint = "a.py"\ncolour = 1\n[market]\nmax_price = "1"', "unknown key"),
+        ('[job]\nentrypoint = "a.py"\n[resources]\ndevice = "tpu"\n[market]\nmax_price = "1"', "resources.device"),
+        ('[job]\nentrypoint = "a.py"\n[resources]\ngpus = "2"\n[market]\nmax_price = "1"', "integer"),
+        ('[job]\nentrypoint = "a.py"\n[resources]\ngpus = true\n[market]\nmax_price = "1"', "integer"),
+        ('[job]\nentrypoint = "../a.py"\n[market]\nmax_price = "1"', "escapes"),
+        ('[job]\nentrypoint = "/etc/a.py"\n[market]\nmax_price = "1"', "absolute"),
+        ('[job]\nentrypoint = "a.py"\ninputs = ["x/../../y"]\n[market]\nmax_price = "1"', "escapes"),
+        ('[job]\nentrypoint = "a.py"\n[market]\nmax_price = 2.5', "decimal string"),
+        ('[job]\nentrypoint = "a.py"\n[market]\nmax_price = "-1"', "positive"),
+        ('[job]\nentrypoint = "a.py"\n', "missing [market]"),
+        (
+            '[job]\nentrypoint = "a.py"\n[verification]\npolicy = "magic"\n[market]\nmax_price = "1"',
+            "verification.policy",
+        ),
         ("[job\n", "not valid TOML"),
-        ("[extra]\n[job]\nentrypoint = \"a.py\"\n[market]\nmax_price = \"1\"", "unknown key"),
+        ('[extra]\n[job]\nentrypoint = "a.py"\n[market]\nmax_price = "1"', "unknown key"),
     ],
 )
 def test_a_bad_job_toml__raises_a_clear_bundle_error(text: str, message: str) -> None:
@@ -137,8 +138,14 @@ def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
 
 @pytest.mark.parametrize(
     ("kind", "message"),
-    [("symlink", "not a regular file"), ("hardlink", "not a regular file"), ("device", "not a regular file"),
-     ("absolute", "absolute"), ("dotdot", "escapes"), ("fifo", "not a regular file")],
+    [
+        ("symlink", "not a regular file"),
+        ("hardlink", "not a regular file"),
+        ("device", "not a regular file"),
+        ("absolute", "absolute"),
+        ("dotdot", "escapes"),
+        ("fifo", "not a regular file"),
+    ],
 )
 def test_hostile_archive_members__are_refused(tmp_path: Path, kind: str, message: str) -> None:
     members = [_file("job.toml", GOOD.encode()), _file("train.py", b""), _file("data.bin", b"")]

@@ -113,8 +113,15 @@ def test_sealed_job__two_bidders__lowest_wins_at_second_price_and_is_paid_for_ve
     fee = paid * 100 // 10_000
     assert settled == [
         SlotSettled(
-            job_id=job_id, slot=0, provider=cheap.address, status=SlotStatus.PAID, gpu_seconds=90,
-            paid=paid, fee=fee, refunded=slot_value(3 * ONE_TOKEN, 3_600) - paid, slashed=0,
+            job_id=job_id,
+            slot=0,
+            provider=cheap.address,
+            status=SlotStatus.PAID,
+            gpu_seconds=90,
+            paid=paid,
+            fee=fee,
+            refunded=slot_value(3 * ONE_TOKEN, 3_600) - paid,
+            slashed=0,
         )
     ]
     assert market.job(job_id).status == JobStatus.CLOSED

@@ -11,8 +11,17 @@ import torch
 from marketplace.verify import freivalds
 
 SHAPES = [(96, 128, 80), (300, 2, 500), (17, 4, 20000), (64, 4096, 64), (1, 3000, 1), (512, 512, 512)]
-KINDS = ["gauss", "relu", "uniform", "offset", "scaled rows of b", "outliers", "low rank", "cancelling rows",
-         "cancelling rows, alternating offsets"]
+KINDS = [
+    "gauss",
+    "relu",
+    "uniform",
+    "offset",
+    "scaled rows of b",
+    "outliers",
+    "low rank",
+    "cancelling rows",
+    "cancelling rows, alternating offsets",
+]
 
 
 def operands(kind: str, n: int, k: int, m: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +50,7 @@ def operands(kind: str, n: int, k: int, m: int, seed: int) -> tuple[torch.Tensor
     # Rows positive over the first half of the inner dimension and negative over the second: the
     # partial sums of each entry rise far above the entry and cancel again.
     a = randn(n, k).abs()
-    a[:, k // 2:] *= -1
+    a[:, k // 2 :] *= -1
     if kind == "cancelling rows":
         return a, randn(k, m) + 3
     signs = torch.ones(m)
@@ -114,8 +123,9 @@ def test_freivalds_vector__has_random_signs_and_magnitudes_in_1_to_2() -> None:
 
 
 @pytest.mark.parametrize(("strips", "block"), [(1, 1 << 18), (7, 1 << 18), (301, 1 << 18), (16, 1000), (16, 1)])
-def test_any_strips_and_blocks__give_the_same_verdicts(strips: int, block: int,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_any_strips_and_blocks__give_the_same_verdicts(
+    strips: int, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gen = torch.Generator().manual_seed(2)
     a, b = torch.randn(203, 301, generator=gen), torch.randn(301, 77, generator=gen) + 1  # 301: ragged strips
     c = a @ b
@@ -161,8 +171,11 @@ def test_the_figure__matches_the_documented_tolerance_computed_directly_in_float
     for x in (bd @ r, bd.sum(1) * 2 / math.sqrt(m), bd @ mean * 2 / mean.norm()):
         running = torch.stack([(ad[:, :e] * x[:e]).sum(1) for e in range(width, k + width, width)], 1)
         drift += (running * running).sum(1) * width / k
-    tol = (freivalds.freivalds_tolerance(torch.float32, k) + freivalds.freivalds_tolerance(torch.float32, k, factor=2.0)
-           + freivalds.freivalds_tolerance(torch.float32, m, factor=2.0))
+    tol = (
+        freivalds.freivalds_tolerance(torch.float32, k)
+        + freivalds.freivalds_tolerance(torch.float32, k, factor=2.0)
+        + freivalds.freivalds_tolerance(torch.float32, m, factor=2.0)
+    )
     expected = float(((cd @ r - ad @ (bd @ r)).abs() / (tol * (s_sq + c_sq + drift).sqrt())).max())
     assert not ok and worst == pytest.approx(expected, rel=1e-3)
 
@@ -206,8 +219,9 @@ def test_strided_views_and_other_input_dtypes__give_the_same_verdict() -> None:
     a, b = torch.randn(70, 50, generator=gen), torch.randn(50, 40, generator=gen)
     c = a @ b
     ok, worst = freivalds.freivalds_check(a, b, c, seed=4)
-    ok_t, worst_t = freivalds.freivalds_check(a.t().contiguous().t(), b.t().contiguous().t(), c.t().contiguous().t(),
-                                           seed=4)
+    ok_t, worst_t = freivalds.freivalds_check(
+        a.t().contiguous().t(), b.t().contiguous().t(), c.t().contiguous().t(), seed=4
+    )
     assert ok and ok_t and worst_t == pytest.approx(worst, rel=0.3)  # mat-vecs of strided views round differently
     assert freivalds.freivalds_check(b.t(), a.t(), c.t(), seed=4)[0]
     ai, bi = torch.randint(-5, 5, (30, 20), generator=gen), torch.randint(-5, 5, (20, 10), generator=gen)

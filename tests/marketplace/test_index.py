@@ -49,10 +49,20 @@ def _lease(contracts: Contracts, provider: int, kind: DeviceKind, max_gpu_second
     """Post an instant job and have ``provider`` take it; returns (job id, lease time)."""
     now = contracts.chain.now()
     spec = JobSpec(
-        requester=dev_account(REQUESTER).address, bundle_hash=b"\x42" * 32, device_kind=kind, gpus=1,
-        min_memory_mb=1024, policy=Policy.NONE, auction=Auction.INSTANT, redundancy=1, max_price=10 * ONE_TOKEN,
-        max_gpu_seconds=max_gpu_seconds, bid_deadline=now + 600, reveal_deadline=now + 600,
-        run_duration=30 * 86_400, challenge_window=600,
+        requester=dev_account(REQUESTER).address,
+        bundle_hash=b"\x42" * 32,
+        device_kind=kind,
+        gpus=1,
+        min_memory_mb=1024,
+        policy=Policy.NONE,
+        auction=Auction.INSTANT,
+        redundancy=1,
+        max_price=10 * ONE_TOKEN,
+        max_gpu_seconds=max_gpu_seconds,
+        bid_deadline=now + 600,
+        reveal_deadline=now + 600,
+        run_duration=30 * 86_400,
+        challenge_window=600,
     )
     requester = dev_account(REQUESTER)
     contracts.token.approve(requester, contracts.market.address, spec.escrow)
@@ -109,8 +119,14 @@ def test_twap__is_the_floor_of_the_time_weighted_step_function() -> None:
 
 
 def test_windows__parse_durations_and_refuse_nonsense() -> None:
-    assert [parse_window(w) for w in ("90s", "30m", "1h", "24h", "7d", "all")] == [90, 1_800, 3_600, 86_400,
-                                                                                  604_800, None]
+    assert [parse_window(w) for w in ("90s", "30m", "1h", "24h", "7d", "all")] == [
+        90,
+        1_800,
+        3_600,
+        86_400,
+        604_800,
+        None,
+    ]
     for bad in ("", "0h", "-1h", "1y", "h"):
         with pytest.raises(ConfigError):
             parse_window(bad)
@@ -124,14 +140,18 @@ def test_index__twap_volume_and_prices_per_class_match_the_hand_computed_values(
 
     gpu_all = index.windows["all"][GPU]
     assert gpu_all.twap == (4 * T * (t["b"] - t["a"]) + 5 * T * (t["d"] - t["b"]) + 4 * T * (now - t["d"])) // (
-        now - t["a"])
+        now - t["a"]
+    )
     assert gpu_all.twap_seconds == now - t["a"]
     assert (gpu_all.leases, gpu_all.min, gpu_all.max, gpu_all.open, gpu_all.last) == (3, 4 * T, 5 * T, 4 * T, 4 * T)
     assert gpu_all.leased_gpu_seconds == 3_600 + 3_600 + 7_200
     assert gpu_all.leased_value == 4 * T + 5 * T + 8 * T
     assert gpu_all.vwap == (4 * T * 3_600 + 5 * T * 3_600 + 4 * T * 7_200) // 14_400
     assert (gpu_all.settled_slots, gpu_all.settled_gpu_seconds, gpu_all.settled_paid) == (
-        1, 100, slot_value(4 * T, 100))
+        1,
+        100,
+        slot_value(4 * T, 100),
+    )
     assert index.windows["24h"][GPU].twap == gpu_all.twap  # the whole history is inside 24 h
 
     start = now - 3_600
@@ -154,7 +174,9 @@ def test_index__forward_prices_of_reserved_capacity_are_indexed_in_the_providers
     T = ONE_TOKEN
     history = read_history(world.contracts)
     assert [(r.sale, r.price, r.value, r.gpu_seconds) for r in history.reservations] == [
-        ("bought", 3 * T, 3 * T, 3_600), ("resold", 36 * T // 10, 36 * T // 10, 3_600)]
+        ("bought", 3 * T, 3 * T, 3_600),
+        ("resold", 36 * T // 10, 36 * T // 10, 3_600),
+    ]
     assert {r.device_class for r in history.reservations} == {GPU}
     for window in ("1h", "all"):
         stats = compute_index(history, [window]).windows[window][GPU]
@@ -194,8 +216,9 @@ def deployment_file(world: World, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_cli_market_index_json__is_the_index_read_over_json_rpc(world: World, deployment_file: Path) -> None:
-    result = CliRunner().invoke(cli, ["market", "index", "--json", "--deployment", str(deployment_file)],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["market", "index", "--json", "--deployment", str(deployment_file)], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
     expected = index_document(compute_index(read_history(world.contracts), ["1h", "24h", "all"]))
@@ -204,8 +227,7 @@ def test_cli_market_index_json__is_the_index_read_over_json_rpc(world: World, de
     assert document["windows"]["all"][GPU]["leased_gpu_seconds"] == 14_400
     assert [row["price"] for row in document["series"][GPU]] == [4 * ONE_TOKEN, 5 * ONE_TOKEN, 4 * ONE_TOKEN]
 
-    one = CliRunner().invoke(cli, ["market", "index", "--json", "--window", "1h", "--deployment",
-                                   str(deployment_file)])
+    one = CliRunner().invoke(cli, ["market", "index", "--json", "--window", "1h", "--deployment", str(deployment_file)])
     assert list(json.loads(one.output)["windows"]) == ["1h"]
     text = CliRunner().invoke(cli, ["market", "index", "--deployment", str(deployment_file)])
     assert text.exit_code == 0 and GPU in text.output and "twap" in text.output
@@ -221,7 +243,11 @@ def test_cli_market__without_a_subcommand_still_lists_the_market(deployment_file
     assert document["clearing_prices"]["cuda"] == [4 * ONE_TOKEN, 5 * ONE_TOKEN, 4 * ONE_TOKEN]
     [offer] = document["reservations_for_sale"]  # the unbought one; the bought and resold one is held
     assert (offer["provider"], offer["price"], offer["duration"], offer["holder"]) == (
-        dev_account(H100_A).address, 2 * ONE_TOKEN, 7_200, None)
+        dev_account(H100_A).address,
+        2 * ONE_TOKEN,
+        7_200,
+        None,
+    )
     # options given before the subcommand reach it too
     index = CliRunner().invoke(cli, ["market", "--deployment", str(deployment_file), "index", "--json"])
     assert index.exit_code == 0 and json.loads(index.output)["classes"] == [CPU, GPU]
@@ -229,8 +255,11 @@ def test_cli_market__without_a_subcommand_still_lists_the_market(deployment_file
 
 def test_cli_market_report__writes_a_png_chart(deployment_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.png"
-    result = CliRunner().invoke(cli, ["market", "report", "-o", str(out), "--window", "all", "--json",
-                                      "--deployment", str(deployment_file)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        ["market", "report", "-o", str(out), "--window", "all", "--json", "--deployment", str(deployment_file)],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["report"] == str(out)
     data = out.read_bytes()

@@ -37,8 +37,9 @@ def world() -> tuple[Contracts, Pool]:
         member = dev_account(index)
         contracts.token.approve(member, pool.address, 150 * ONE_TOKEN)
         pool.join(member, 150 * ONE_TOKEN, gpus, 8192, SIGNERS[index], ENDPOINTS[index])
-    settings = OperatorSettings(price_floor=ONE_TOKEN // 5, strategy=FixedFloor(),
-                                device_model="test cpu", device_kind=DeviceKind.CPU)
+    settings = OperatorSettings(
+        price_floor=ONE_TOKEN // 5, strategy=FixedFloor(), device_model="test cpu", device_kind=DeviceKind.CPU
+    )
     covering = register_pool(contracts, pool, dev_account(OPERATOR), settings)
     assert covering is not None and covering.address == dev_account(BIG).address
     plain = dev_account(PLAIN)
@@ -57,10 +58,20 @@ def world() -> tuple[Contracts, Pool]:
 def _post(contracts: Contracts, redundancy: int = 1) -> int:
     now = contracts.chain.now()
     spec = JobSpec(
-        requester=dev_account(REQUESTER).address, bundle_hash=b"\x42" * 32, device_kind=DeviceKind.CPU, gpus=1,
-        min_memory_mb=1024, policy=Policy.NONE, auction=Auction.INSTANT, redundancy=redundancy,
-        max_price=ONE_TOKEN, max_gpu_seconds=360, bid_deadline=now + 600, reveal_deadline=now + 600,
-        run_duration=1_800, challenge_window=60,
+        requester=dev_account(REQUESTER).address,
+        bundle_hash=b"\x42" * 32,
+        device_kind=DeviceKind.CPU,
+        gpus=1,
+        min_memory_mb=1024,
+        policy=Policy.NONE,
+        auction=Auction.INSTANT,
+        redundancy=redundancy,
+        max_price=ONE_TOKEN,
+        max_gpu_seconds=360,
+        bid_deadline=now + 600,
+        reveal_deadline=now + 600,
+        run_duration=1_800,
+        challenge_window=60,
     )
     contracts.token.approve(dev_account(REQUESTER), contracts.market.address, spec.escrow)
     return contracts.market.post_job(dev_account(REQUESTER), spec)
@@ -97,8 +108,11 @@ def test_pool_slot__leased_to_the_assigned_member_only__and_the_requester_finds_
     lease = leases.lease(job_id)
     assert lease is not None and lease.providers == (SIGNERS[SMALL],)
     worker = requester.worker_of(job_id, 0, pool.address, timeout_s=1)
-    assert (worker.endpoint, worker.signer, worker.member) == (ENDPOINTS[SMALL], SIGNERS[SMALL],
-                                                               dev_account(SMALL).address)
+    assert (worker.endpoint, worker.signer, worker.member) == (
+        ENDPOINTS[SMALL],
+        SIGNERS[SMALL],
+        dev_account(SMALL).address,
+    )
 
     # Moved before a result: the lease follows the move.
     pool.assign(operator, job_id, 0, dev_account(BIG).address)
@@ -143,8 +157,9 @@ def _member(name: str, assignments: int = 0, gpus: int = 1, stake: int = 100, me
 
 
 def test_pick_member__fitting_then_least_loaded_then_taking_turns() -> None:
-    spec = JobSpec("0x" + "00" * 20, b"\x00" * 32, DeviceKind.CPU, 2, 4096, Policy.NONE, Auction.INSTANT, 1, 1, 1,
-                   0, 0, 1, 1)
+    spec = JobSpec(
+        "0x" + "00" * 20, b"\x00" * 32, DeviceKind.CPU, 2, 4096, Policy.NONE, Auction.INSTANT, 1, 1, 1, 0, 0, 1, 1
+    )
     a, b, c = _member("a", gpus=2), _member("b", gpus=2), _member("c", gpus=1)
     assert pick_member([a, b, c], spec, 100, {}) == a
     assert pick_member([a, b, c], spec, 100, {"a": 1}) == b  # taking turns
@@ -155,19 +170,35 @@ def test_pick_member__fitting_then_least_loaded_then_taking_turns() -> None:
 
 
 def test_operator_daemon__sealed_bid_through_the_pool__assigns__books_the_pay__collects(
-    world: tuple[Contracts, Pool], tmp_path: Path,
+    world: tuple[Contracts, Pool],
+    tmp_path: Path,
 ) -> None:
     contracts, pool = world
     market, chain = contracts.market, contracts.chain
-    settings = OperatorSettings(price_floor=ONE_TOKEN // 5, strategy=FixedFloor(), device_model="test cpu",
-                                device_kind=DeviceKind.CPU, withdraw=False)
+    settings = OperatorSettings(
+        price_floor=ONE_TOKEN // 5,
+        strategy=FixedFloor(),
+        device_model="test cpu",
+        device_kind=DeviceKind.CPU,
+        withdraw=False,
+    )
     daemon = PoolOperatorDaemon(contracts, dev_account(OPERATOR), pool, settings, tmp_path / "operator.json")
     daemon.memory.last_block = chain.block_number()  # only jobs from now on
     now = chain.now()
     spec = JobSpec(
-        requester=dev_account(REQUESTER).address, bundle_hash=b"\x43" * 32, device_kind=DeviceKind.CPU, gpus=1,
-        min_memory_mb=1024, policy=Policy.NONE, auction=Auction.SEALED, redundancy=1, max_price=ONE_TOKEN,
-        max_gpu_seconds=360, bid_deadline=now + 100, reveal_deadline=now + 200, run_duration=1_800,
+        requester=dev_account(REQUESTER).address,
+        bundle_hash=b"\x43" * 32,
+        device_kind=DeviceKind.CPU,
+        gpus=1,
+        min_memory_mb=1024,
+        policy=Policy.NONE,
+        auction=Auction.SEALED,
+        redundancy=1,
+        max_price=ONE_TOKEN,
+        max_gpu_seconds=360,
+        bid_deadline=now + 100,
+        reveal_deadline=now + 200,
+        run_duration=1_800,
         challenge_window=60,
     )
     contracts.token.approve(dev_account(REQUESTER), market.address, spec.escrow)
@@ -177,7 +208,8 @@ def test_operator_daemon__sealed_bid_through_the_pool__assigns__books_the_pay__c
     chain.time_travel(100)
     daemon.step()
     assert [(e.provider, e.price) for e in market.get_events("BidRevealed", 0, job_id=job_id)] == [
-        (pool.address, ONE_TOKEN // 5)]
+        (pool.address, ONE_TOKEN // 5)
+    ]
     chain.time_travel(100)
     daemon.step()  # finalizes, then assigns the won slot
     member = pool.assignment(job_id, 0)
@@ -186,8 +218,7 @@ def test_operator_daemon__sealed_bid_through_the_pool__assigns__books_the_pay__c
     operator_before = pool.credits(dev_account(OPERATOR).address)
 
     chain.time_travel(60)
-    pool.commit_result(dev_account(BIG if member == dev_account(BIG).address else SMALL), job_id, 0,
-                       b"\x02" * 32, 36)
+    pool.commit_result(dev_account(BIG if member == dev_account(BIG).address else SMALL), job_id, 0, b"\x02" * 32, 36)
     market.accept_result(dev_account(REQUESTER), job_id, 0)
     daemon.step()  # books the slot at the pool (settling it at the market) and collects
     assert pool.booked(job_id, 0) and market.credits(pool.address) == 0

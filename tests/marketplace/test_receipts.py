@@ -20,8 +20,15 @@ def provider() -> Account:
 
 
 def _receipt(address: str) -> UsageReceipt:
-    return UsageReceipt(job_id=9, provider=address, result_root=b"\x11" * 32, device_seconds=3,
-                        cpu_millis=2500, peak_memory_bytes=1 << 28, exit_code=-9)
+    return UsageReceipt(
+        job_id=9,
+        provider=address,
+        result_root=b"\x11" * 32,
+        device_seconds=3,
+        cpu_millis=2500,
+        peak_memory_bytes=1 << 28,
+        exit_code=-9,
+    )
 
 
 def test_a_receipt__verifies_against_the_worker_address(provider: Account) -> None:

@@ -45,10 +45,17 @@ def world() -> Iterator[World]:
         provider,
         Offer("NVIDIA H200", DeviceKind.CUDA, 8, 141_000, 60_000, 3 * ONE_TOKEN, "127.0.0.1:7000", provider.address),
     )
-    yield World(contracts, deploy_reservations(
-        contracts.chain, dev_account(DEPLOYER), contracts.token, contracts.registry,
-        treasury=contracts.deployment.treasury, parameters=PARAMS,
-    ))
+    yield World(
+        contracts,
+        deploy_reservations(
+            contracts.chain,
+            dev_account(DEPLOYER),
+            contracts.token,
+            contracts.registry,
+            treasury=contracts.deployment.treasury,
+            parameters=PARAMS,
+        ),
+    )
 
 
 def test_offer_buy_resell_serve_and_settle__pays_everyone_their_due(world: World) -> None:

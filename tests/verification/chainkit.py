@@ -53,26 +53,38 @@ class Market:
     providers: list[ProviderDaemon] = field(default_factory=list)
     verifiers: list[VerifierDaemon] = field(default_factory=list)
 
-    def add_provider(self, dev: int, cheat: Cheat | None = None, *, claimed_gflops: int = 0,
-                     price: str = "0.2") -> ProviderDaemon:
+    def add_provider(
+        self, dev: int, cheat: Cheat | None = None, *, claimed_gflops: int = 0, price: str = "0.2"
+    ) -> ProviderDaemon:
         contracts = self.contracts
         data = self.home / f"provider-{dev}"
-        config = WorkerConfig(data_dir=data, leases=ChainLeases(contracts), chain_id=contracts.chain.chain_id,
-                              market_address=contracts.market.address)
+        config = WorkerConfig(
+            data_dir=data,
+            leases=ChainLeases(contracts),
+            chain_id=contracts.chain.chain_id,
+            market_address=contracts.market.address,
+        )
         server, port = create_server(config, "127.0.0.1:0")
         devices = server.manager.devices
         settings = ProviderSettings(
-            endpoint=f"127.0.0.1:{port}", price_floor=parse_tokens(price), strategy=strategy_from_spec("fixed"),
-            stake=200 * ONE_TOKEN, device_model=devices[0].model[:64], device_kind=DeviceKind.CPU,
-            gpu_count=len(devices), memory_mb=min(d.memory_bytes for d in devices) >> 20,
-            claimed_gflops=claimed_gflops, poll_interval_s=0.2,
+            endpoint=f"127.0.0.1:{port}",
+            price_floor=parse_tokens(price),
+            strategy=strategy_from_spec("fixed"),
+            stake=200 * ONE_TOKEN,
+            device_model=devices[0].model[:64],
+            device_kind=DeviceKind.CPU,
+            gpu_count=len(devices),
+            memory_mb=min(d.memory_bytes for d in devices) >> 20,
+            claimed_gflops=claimed_gflops,
+            poll_interval_s=0.2,
         )
         account = dev_account(dev)
         if cheat is None:
             daemon = ProviderDaemon(contracts, account, server, settings, data / "provider-state.json")
         else:
-            daemon = CheatingProvider(contracts, account, server, settings, data / "provider-state.json",
-                                      cheat=cheat, seed=dev)
+            daemon = CheatingProvider(
+                contracts, account, server, settings, data / "provider-state.json", cheat=cheat, seed=dev
+            )
         daemon.ensure_registered()
         server.start()
         daemon.start()

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from marketplace.verify import billing, compare, freivalds, sampling
 from marketplace.errors import VerificationError
+from marketplace.verify import billing, compare, freivalds, sampling
 from worker.testing.cheats import Cheat, cheat_run, honest_run
 from worker.verifier.daemon import read_checkpoint_log
 
@@ -92,7 +92,9 @@ def test_verification_seed__depends_on_the_commit_block_job_and_slot() -> None:
 
 
 def test_detection_probability__matches_the_textbook_figure_for_large_jobs() -> None:
-    assert sampling.detection_probability(1000, 500, 7) == pytest.approx(sampling.theoretical_detection(0.5, 7), abs=2e-3)
+    assert sampling.detection_probability(1000, 500, 7) == pytest.approx(
+        sampling.theoretical_detection(0.5, 7), abs=2e-3
+    )
     assert sampling.detection_probability(100, 0, 7) == 0.0
     assert sampling.detection_probability(10, 10, 1) == 1.0
 
@@ -118,8 +120,9 @@ def test_checkpoint_log__with_a_file_changed_after_logging__is_refused(tmp_path:
     import hashlib
 
     digest = hashlib.sha256((tmp_path / "ckpt-00000000.safetensors").read_bytes()).hexdigest()
-    (tmp_path / "checkpoints.jsonl").write_text(json.dumps({"step": 0, "file": "ckpt-00000000.safetensors",
-                                                            "sha256": digest}) + "\n")
+    (tmp_path / "checkpoints.jsonl").write_text(
+        json.dumps({"step": 0, "file": "ckpt-00000000.safetensors", "sha256": digest}) + "\n"
+    )
     assert [e["step"] for e in read_checkpoint_log(tmp_path)] == [0]
     save_file({"w": torch.zeros(2)}, str(tmp_path / "ckpt-00000000.safetensors"))
     with pytest.raises(VerificationError, match="does not match its hash"):

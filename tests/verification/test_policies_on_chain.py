@@ -63,11 +63,17 @@ def test_redundant__three_providers_one_with_random_outputs__dissenter_slashed_m
     market.add_verifier(VERIFIERS[0], billing_overhead_s=1.0)  # a job of seconds: a small start-up allowance
     # A long window: the verifier waits for all three commits (the inflater commits last) rather
     # than judge the first two alone at half the window.
-    outcome = market.run_job(bundle_copy(tmp_path, "replay_mlp", SMALL_REPLAY), auction=Auction.INSTANT,
-                             policy=Policy.REDUNDANT, redundancy=3, challenge_window_s=3_600)
+    outcome = market.run_job(
+        bundle_copy(tmp_path, "replay_mlp", SMALL_REPLAY),
+        auction=Auction.INSTANT,
+        policy=Policy.REDUNDANT,
+        redundancy=3,
+        challenge_window_s=3_600,
+    )
     by_provider = {b["provider"]: b for b in outcome.slots}
-    verdicts = {market.contracts.market.slot(outcome.job_id, s).provider: v
-                for s, v in attested(market, outcome.job_id).items()}
+    verdicts = {
+        market.contracts.market.slot(outcome.job_id, s).provider: v for s, v in attested(market, outcome.job_id).items()
+    }
     assert by_provider[liar.address]["status"] == "slashed"
     assert verdicts[liar.address].outcome == Outcome.REJECT
     assert by_provider[honest.address]["status"] == "paid"
@@ -84,8 +90,12 @@ def test_redundant__two_providers_that_disagree__are_voided_and_the_requester_re
     market.add_provider(PROVIDERS[0])
     market.add_provider(PROVIDERS[1], Cheat("random"))
     market.add_verifier(VERIFIERS[0])
-    outcome = market.run_job(bundle_copy(tmp_path, "replay_mlp", SMALL_REPLAY), auction=Auction.INSTANT,
-                             policy=Policy.REDUNDANT, redundancy=2)
+    outcome = market.run_job(
+        bundle_copy(tmp_path, "replay_mlp", SMALL_REPLAY),
+        auction=Auction.INSTANT,
+        policy=Policy.REDUNDANT,
+        redundancy=2,
+    )
     assert [b["status"] for b in outcome.slots] == ["refunded", "refunded"]
     assert all(v.outcome == Outcome.VOID for v in attested(market, outcome.job_id).values())
     assert sum(b["slashed"] for b in outcome.slots) == 0
@@ -113,8 +123,9 @@ def test_optimistic__a_wrong_result_nobody_disputed__is_disputed_by_a_verifier_r
     cheater = market.add_provider(PROVIDERS[0], Cheat("random"))
     verifiers = {market.add_verifier(v).address for v in VERIFIERS}
     before = {v: market.contracts.market.credits(v) for v in verifiers}
-    outcome = market.run_job(bundle_copy(tmp_path, "replay_mlp", SMALL_REPLAY), auction=Auction.INSTANT,
-                             policy=Policy.OPTIMISTIC)
+    outcome = market.run_job(
+        bundle_copy(tmp_path, "replay_mlp", SMALL_REPLAY), auction=Auction.INSTANT, policy=Policy.OPTIMISTIC
+    )
     [bill] = outcome.slots
     m = market.contracts.market
     # Either verifier may be first to find the wrong result and dispute it; the other one rules.

@@ -20,8 +20,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Skip bwrap-marked tests, with the reason printed, where bubblewrap cannot run."""
     if HAVE_BWRAP:
         return
-    skip = pytest.mark.skip(reason="bubblewrap (Debian package `bubblewrap`) is not installed or cannot "
-                                   "create namespaces here; CI runs these tests")
+    skip = pytest.mark.skip(
+        reason="bubblewrap (Debian package `bubblewrap`) is not installed or cannot "
+        "create namespaces here; CI runs these tests"
+    )
     for item in items:
         if "bwrap" in item.keywords:
             item.add_marker(skip)
@@ -69,14 +71,22 @@ def make_bundle(tmp_path: Path) -> BundleFactory:
     """Write a bundle directory with ``main.py`` = ``code``; return (archive path, bundle hash)."""
     counter = itertools.count()
 
-    def make(code: str, *, device: str = "cpu", gpus: int = 1, timeout_s: int = 60, extra_toml: str = "",
-             files: dict[str, bytes] | None = None) -> tuple[Path, bytes]:
+    def make(
+        code: str,
+        *,
+        device: str = "cpu",
+        gpus: int = 1,
+        timeout_s: int = 60,
+        extra_toml: str = "",
+        files: dict[str, bytes] | None = None,
+    ) -> tuple[Path, bytes]:
         root = tmp_path / f"bundle{next(counter)}"
         root.mkdir()
         (root / "main.py").write_text(textwrap.dedent(code))
         (root / "job.toml").write_text(
             f'[job]\nentrypoint = "main.py"\n{extra_toml}\n[resources]\ndevice = "{device}"\ngpus = {gpus}\n'
-            f'timeout_s = {timeout_s}\n\n[market]\nmax_price = "1"\n')
+            f'timeout_s = {timeout_s}\n\n[market]\nmax_price = "1"\n'
+        )
         for name, data in (files or {}).items():
             (root / name).write_bytes(data)
         archive = root.with_suffix(".tar.gz")
@@ -84,5 +94,3 @@ def make_bundle(tmp_path: Path) -> BundleFactory:
         return archive, load_bundle(root).hash
 
     return make
-
-

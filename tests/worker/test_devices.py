@@ -30,11 +30,14 @@ def test_without_a_gpu__the_cpu_is_offered_in_slots() -> None:
     assert all(d.model and d.memory_bytes > 0 for d in devices)
 
 
-@pytest.mark.parametrize(("kind", "count", "memory", "message"), [
-    ("cuda", 1, 0, "no cuda devices"),
-    ("cpu", 3, 0, "asks for 3 cpu devices"),
-    ("cpu", 1, 9 << 30, "largest has 8.0 GiB"),
-])
+@pytest.mark.parametrize(
+    ("kind", "count", "memory", "message"),
+    [
+        ("cuda", 1, 0, "no cuda devices"),
+        ("cpu", 3, 0, "asks for 3 cpu devices"),
+        ("cpu", 1, 9 << 30, "largest has 8.0 GiB"),
+    ],
+)
 def test_requests_the_worker_can_never_meet__are_failed_precondition(
     kind: str, count: int, memory: int, message: str
 ) -> None:
@@ -93,8 +96,13 @@ def test_importing_the_sdk__stays_light() -> None:
     import sys
 
     code = "import sys, marketplace.sdk; print(sorted(m for m in ('torch', 'web3', 'grpc') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -56,8 +56,7 @@ def test_health_and_reflection__are_served(worker: WorkerProcess) -> None:
         reply = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                            timeout=5)
+        answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         names = {s.name for a in answers for s in a.list_services_response.service}
         assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
 
@@ -84,8 +83,13 @@ def test_a_training_job__streams_its_events_and_returns_verified_results(
 
     results = client.download_results(job_id, tmp_path / "results", provider=worker.provider.daemon)
     names = {f.path for f in results.manifest.files}
-    assert {"output/model.safetensors", "output/metrics.json", "checkpoints/checkpoints.jsonl",
-            "logs/stdout.log", "logs/stderr.log"} <= names
+    assert {
+        "output/model.safetensors",
+        "output/metrics.json",
+        "checkpoints/checkpoints.jsonl",
+        "logs/stdout.log",
+        "logs/stderr.log",
+    } <= names
     assert sum(n.startswith("checkpoints/ckpt-") for n in names) == 4
     assert results.manifest.root == finished.result_root == manifest_of(tmp_path / "results")[0].root
     receipt = verify_receipt(DOMAIN, results.receipt, worker.provider.daemon) if results.receipt else None
@@ -94,13 +98,18 @@ def test_a_training_job__streams_its_events_and_returns_verified_results(
     metrics = json.loads((tmp_path / "results" / "output" / "metrics.json").read_text())
     assert metrics["losses"][-1] < metrics["losses"][0]
     assert set(load_file(str(tmp_path / "results" / "output" / "model.safetensors"))) == {
-        "0.weight", "0.bias", "2.weight", "2.bias"}
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+    }
     log_lines = [json.loads(x) for x in (tmp_path / "results/checkpoints/checkpoints.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log_lines] == [0, 1, 2, 3]
 
 
-def test_a_plain_torch_script__runs_unchanged(worker: WorkerProcess, client: WorkerClient,
-                                              requester: LocalAccount, tmp_path: Path) -> None:
+def test_a_plain_torch_script__runs_unchanged(
+    worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, tmp_path: Path
+) -> None:
     folder = REPO / "examples" / "plain_torch"
     archive = tmp_path / "plain.tar.gz"
     pack_bundle(folder, archive)
@@ -163,8 +172,15 @@ def test_jobs_of_one_device_group__share_its_devices_while_others_run_beside_the
         job_id = next_job_id()
         lease = lease_for(job_id, requester.address, worker.provider.daemon, bhash)
         if group is not None:
-            lease = Lease(job_id, requester.address, (worker.provider.daemon,), None, lease.deadline,
-                          DeviceRequirements("cpu", 1), device_group=group)
+            lease = Lease(
+                job_id,
+                requester.address,
+                (worker.provider.daemon,),
+                None,
+                lease.deadline,
+                DeviceRequirements("cpu", 1),
+                device_group=group,
+            )
             grouped.append(job_id)
         worker.add_lease(lease)
         client.upload_bundle(job_id, archive)
@@ -278,8 +294,9 @@ def test_an_upload_broken_midway__resumes_from_the_offset_the_worker_kept(
     worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
     proxy = _BreakingProxy(worker.port, cut_after=1_600_000)
     try:
-        with WorkerClient(f"127.0.0.1:{proxy.port}", requester_key=requester.key, domain=DOMAIN,
-                          timeout_s=20, backoff_s=0.05) as via_proxy:
+        with WorkerClient(
+            f"127.0.0.1:{proxy.port}", requester_key=requester.key, domain=DOMAIN, timeout_s=20, backoff_s=0.05
+        ) as via_proxy:
             status = via_proxy.upload_bundle(job_id, archive, chunk_size=256 << 10)
             assert status.complete and status.bundle_hash == bhash
             assert proxy.cuts >= 1 and proxy.connections >= 2

@@ -42,8 +42,11 @@ def test_a_restarted_worker__serves_old_results_and_fails_interrupted_jobs(
             archive, bhash = make_bundle("print('kept result')\n")
             done = submit(first, c, requester.address, archive, bhash)
             assert c.wait(done, timeout_s=60).HasField("finished")
-            archive, bhash = make_bundle(f"import time\nprint('{marker}', flush=True)\ntime.sleep(300)\n",
-                                         extra_toml=f'args = ["{marker}"]', timeout_s=600)
+            archive, bhash = make_bundle(
+                f"import time\nprint('{marker}', flush=True)\ntime.sleep(300)\n",
+                extra_toml=f'args = ["{marker}"]',
+                timeout_s=600,
+            )
             running = submit(first, c, requester.address, archive, bhash)
             for event in c.watch(running, timeout_s=60):
                 if event.HasField("log"):
@@ -79,9 +82,29 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
         from cryptography.x509.oid import NameOID
     except ImportError:
         openssl = subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], capture_output=True, check=False)
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            capture_output=True,
+            check=False,
+        )
         if openssl.returncode != 0:
             pytest.skip("neither the cryptography package nor openssl can make a test certificate here")
         return cert, key
@@ -91,23 +114,33 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     import ipaddress
 
     certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            False,
+        )
         .sign(private, hashes.SHA256())
     )
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert, key
 
 
 @pytest.fixture
 def in_process_config(tmp_path: Path) -> WorkerConfig:
-    return WorkerConfig(data_dir=tmp_path / "data", leases=StaticLeases(), market_address=MARKET,
-                        key_file=tmp_path / "receipt.key")
+    return WorkerConfig(
+        data_dir=tmp_path / "data", leases=StaticLeases(), market_address=MARKET, key_file=tmp_path / "receipt.key"
+    )
 
 
 def test_tls__serves_a_client_that_trusts_the_certificate(tmp_path: Path, in_process_config: WorkerConfig) -> None:
@@ -162,8 +195,9 @@ def test_with_the_unsafe_flag__jobs_run_without_bubblewrap(
     import dataclasses
 
     leases = StaticLeases()
-    config = dataclasses.replace(in_process_config, leases=leases, bwrap=str(tmp_path / "no-bwrap-here"),
-                                 allow_unsandboxed=True)
+    config = dataclasses.replace(
+        in_process_config, leases=leases, bwrap=str(tmp_path / "no-bwrap-here"), allow_unsandboxed=True
+    )
     server, port = create_server(config)
     server.start()
     try:

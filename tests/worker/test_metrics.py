@@ -145,15 +145,32 @@ def test_an_idle_provider_with_a_decay_strategy__asks_less_the_longer_it_idles(
     worker = SimpleNamespace(manager=SimpleNamespace(devices=[object(), object()], busy_devices=lambda: set(busy)))
     floor = 2 * ONE_TOKEN
     settings = ProviderSettings(
-        endpoint="127.0.0.1:1", price_floor=floor, strategy=strategy_from_spec("decay:start=1.5,min=1,half_life=1800"),
-        stake=0, device_model="cpu", device_kind=DeviceKind.CPU, gpu_count=2, memory_mb=4096,
+        endpoint="127.0.0.1:1",
+        price_floor=floor,
+        strategy=strategy_from_spec("decay:start=1.5,min=1,half_life=1800"),
+        stake=0,
+        device_model="cpu",
+        device_kind=DeviceKind.CPU,
+        gpu_count=2,
+        memory_mb=4096,
     )
     no_chain = SimpleNamespace(reservations=None)  # pricing alone: nothing here reads the chain
     daemon = ProviderDaemon(no_chain, dev_account(PROVIDER), worker, settings, tmp_path / "state.json")  # type: ignore[arg-type]
     job = JobSpec(
-        requester=dev_account(REQUESTER).address, bundle_hash=b"\x00" * 32, device_kind=DeviceKind.CPU, gpus=1,
-        min_memory_mb=0, policy=Policy.NONE, auction=Auction.SEALED, redundancy=1, max_price=10 * ONE_TOKEN,
-        max_gpu_seconds=3_600, bid_deadline=0, reveal_deadline=0, run_duration=0, challenge_window=0,
+        requester=dev_account(REQUESTER).address,
+        bundle_hash=b"\x00" * 32,
+        device_kind=DeviceKind.CPU,
+        gpus=1,
+        min_memory_mb=0,
+        policy=Policy.NONE,
+        auction=Auction.SEALED,
+        redundancy=1,
+        max_price=10 * ONE_TOKEN,
+        max_gpu_seconds=3_600,
+        bid_deadline=0,
+        reveal_deadline=0,
+        run_duration=0,
+        challenge_window=0,
     )
 
     busy_ask = daemon._ask(job)  # a device is busy: not idle, full premium

@@ -64,8 +64,10 @@ def test_a_bundle_with_a_bad_job_toml__is_invalid_argument_naming_the_key(
 
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w:gz") as tar:
-        for name, content in (("job.toml", b'[job]\nentrypoint = "main.py"\nfrobnicate = 1\n[market]\n'
-                               b'max_price = "1"\n'), ("main.py", b"print(1)\n")):
+        for name, content in (
+            ("job.toml", b'[job]\nentrypoint = "main.py"\nfrobnicate = 1\n[market]\nmax_price = "1"\n'),
+            ("main.py", b"print(1)\n"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
@@ -111,7 +113,10 @@ def test_an_expired_signature__is_permission_denied(
 
 
 def test_a_replayed_request__is_permission_denied(
-    worker: WorkerProcess, requester: LocalAccount, client: WorkerClient, make_bundle: BundleFactory,
+    worker: WorkerProcess,
+    requester: LocalAccount,
+    client: WorkerClient,
+    make_bundle: BundleFactory,
     stub: pb_grpc.WorkerServiceStub,
 ) -> None:
     archive, bhash = make_bundle("print(1)\n")
@@ -191,8 +196,13 @@ def test_a_corrupted_chunk__is_data_loss(
     job_id = next_job_id()
     worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
     sha = hashlib.sha256(data).digest()
-    header = pb.UploadHeader(job_id=job_id, archive_size=len(data), archive_sha256=sha, offset=0,
-                             auth=_auth(requester.key, job_id, "UploadBundle", sha))
+    header = pb.UploadHeader(
+        job_id=job_id,
+        archive_size=len(data),
+        archive_sha256=sha,
+        offset=0,
+        auth=_auth(requester.key, job_id, "UploadBundle", sha),
+    )
     messages = [pb.UploadChunk(header=header), pb.UploadChunk(data=data, sha256=hashlib.sha256(b"other").digest())]
     with pytest.raises(grpc.RpcError) as exc:
         stub.UploadBundle(iter(messages), timeout=10)
@@ -231,8 +241,13 @@ def test_an_upload_at_the_wrong_offset__is_failed_precondition(
     job_id = next_job_id()
     worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
     sha = hashlib.sha256(data).digest()
-    header = pb.UploadHeader(job_id=job_id, archive_size=len(data), archive_sha256=sha, offset=100,
-                             auth=_auth(requester.key, job_id, "UploadBundle", sha))
+    header = pb.UploadHeader(
+        job_id=job_id,
+        archive_size=len(data),
+        archive_sha256=sha,
+        offset=100,
+        auth=_auth(requester.key, job_id, "UploadBundle", sha),
+    )
     with pytest.raises(grpc.RpcError) as exc:
         stub.UploadBundle(iter([pb.UploadChunk(header=header)]), timeout=10)
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION

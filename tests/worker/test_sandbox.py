@@ -26,8 +26,17 @@ def _worker_still_serves(worker: WorkerProcess, client: WorkerClient) -> Iterato
     assert info.provider_address == worker.provider.daemon and info.sandboxed
 
 
-def _run(worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: BundleFactory,
-         code: str, tmp_path: Path, *, timeout_s: int = 60, args: list[str] | None = None) -> tuple[pb.JobEvent, Path]:
+def _run(
+    worker: WorkerProcess,
+    client: WorkerClient,
+    requester: LocalAccount,
+    make_bundle: BundleFactory,
+    code: str,
+    tmp_path: Path,
+    *,
+    timeout_s: int = 60,
+    args: list[str] | None = None,
+) -> tuple[pb.JobEvent, Path]:
     extra = f"args = {json.dumps(args)}" if args else ""
     archive, bhash = make_bundle(code, timeout_s=timeout_s, extra_toml=extra)
     job_id = submit(worker, client, requester.address, archive, bhash)
@@ -76,22 +85,55 @@ def test_a_job__cannot_read_keys_or_host_files_reach_the_network_or_write_outsid
 ) -> None:
     listener = Listener()
     try:
-        final, results = _run(worker, client, requester, make_bundle, PROBES, tmp_path,
-                              args=[str(worker.key_file), str(worker.data_dir), str(listener.port)])
+        final, results = _run(
+            worker,
+            client,
+            requester,
+            make_bundle,
+            PROBES,
+            tmp_path,
+            args=[str(worker.key_file), str(worker.data_dir), str(listener.port)],
+        )
     finally:
         listener.close()
     assert final.HasField("finished"), final
     report = json.loads((results / "output" / "report.json").read_text())
-    for probe in ("read_key_file", "read_etc_shadow", "read_etc_passwd", "list_data_dir", "read_worker_db",
-                  "list_home", "write_usr", "write_root", "write_input", "write_python", "connect_loopback",
-                  "connect_outside"):
+    for probe in (
+        "read_key_file",
+        "read_etc_shadow",
+        "read_etc_passwd",
+        "list_data_dir",
+        "read_worker_db",
+        "list_home",
+        "write_usr",
+        "write_root",
+        "write_input",
+        "write_python",
+        "connect_loopback",
+        "connect_outside",
+    ):
         assert report[probe].startswith("blocked"), (probe, report[probe])
     assert report["write_output"] == "allowed" and report["write_tmp"] == "allowed"
     assert listener.connections == 0
     assert report["uid"] != 0 and int(report["capabilities"], 16) == 0
-    assert all(name.startswith("FLOPEX_") or name in {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONUNBUFFERED",
-               "PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "PWD", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LC_CTYPE"}
-               for name in report["env"]), report["env"]
+    assert all(
+        name.startswith("FLOPEX_")
+        or name
+        in {
+            "PATH",
+            "HOME",
+            "TMPDIR",
+            "LANG",
+            "PYTHONUNBUFFERED",
+            "PYTHONDONTWRITEBYTECODE",
+            "PYTHONPATH",
+            "PWD",
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "LC_CTYPE",
+        }
+        for name in report["env"]
+    ), report["env"]
     assert "home" not in report["root_entries"] and "etc" in report["root_entries"]
     assert len(report["pids_visible"]) <= 3, "the job sees only its own pid namespace"
     assert not Path("/usr/flopex-was-here").exists() and not Path("/flopex-was-here").exists()
@@ -213,6 +255,6 @@ def test_a_python_installation_under_tmp__stays_visible_above_the_private_tmp(
     dirs = {name: tmp_path / name for name in ("bundle", "work", "output", "ckpt")}
     argv = sandbox.argv(SandboxRequest("job", dirs["bundle"], dirs["work"], dirs["output"], dirs["ckpt"], "main.py"))
     tmpfs = argv.index("/tmp", argv.index("--tmpfs"))
-    rebinds = [i for i in range(len(argv) - 2) if argv[i:i + 3] == ["--ro-bind", str(venv), str(venv)]]
+    rebinds = [i for i in range(len(argv) - 2) if argv[i : i + 3] == ["--ro-bind", str(venv), str(venv)]]
     assert rebinds and rebinds[-1] > tmpfs
-    assert not any(argv[i:i + 3] == ["--ro-bind", "/opt/python", "/opt/python"] for i in range(tmpfs, len(argv) - 2))
+    assert not any(argv[i : i + 3] == ["--ro-bind", "/opt/python", "/opt/python"] for i in range(tmpfs, len(argv) - 2))

@@ -31,9 +31,27 @@ def bwrap_works() -> bool:
     path = shutil.which("bwrap")
     if path is None:
         return False
-    done = subprocess.run([path, "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
-                           "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--", "/usr/bin/true"],
-                          capture_output=True)
+    done = subprocess.run(
+        [
+            path,
+            "--unshare-all",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--",
+            "/usr/bin/true",
+        ],
+        capture_output=True,
+    )
     return done.returncode == 0
 
 
@@ -83,9 +101,25 @@ class WorkerProcess:
 
 def start_worker(data_dir: Path, key_file: Path, leases_path: Path, extra: list[str] | None = None) -> WorkerProcess:
     """Start a worker process on a free loopback port and wait until it serves."""
-    args = [sys.executable, "-m", "worker.serve", "--data-dir", str(data_dir), "--leases", str(leases_path),
-            "--key-file", str(key_file), "--chain-id", str(CHAIN_ID), "--market", MARKET, "--print-port",
-            "--log-level", "WARNING", *(extra or [])]
+    args = [
+        sys.executable,
+        "-m",
+        "worker.serve",
+        "--data-dir",
+        str(data_dir),
+        "--leases",
+        str(leases_path),
+        "--key-file",
+        str(key_file),
+        "--chain-id",
+        str(CHAIN_ID),
+        "--market",
+        MARKET,
+        "--print-port",
+        "--log-level",
+        "WARNING",
+        *(extra or []),
+    ]
     log_path = data_dir.parent / f"{data_dir.name}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log_path, "a") as log:
@@ -98,27 +132,62 @@ def start_worker(data_dir: Path, key_file: Path, leases_path: Path, extra: list[
         raise RuntimeError(f"worker did not start: {log_path.read_text()[-3000:]}")
     hello = json.loads(line)
     leases = [Lease.from_json(x) for x in json.loads(leases_path.read_text())] if leases_path.exists() else []
-    return WorkerProcess(data_dir, leases_path, key_file, hello["provider"], hello["port"], proc, args, leases,
-                         log_path)
+    return WorkerProcess(
+        data_dir, leases_path, key_file, hello["provider"], hello["port"], proc, args, leases, log_path
+    )
 
 
-WORKER_FLAGS = ["--cpu-slots", "2", "--memory-limit-mb", "1536", "--max-processes", "64", "--max-file-mb", "8",
-                "--max-disk-mb", "48", "--max-bundle-mb", "4"]
+WORKER_FLAGS = [
+    "--cpu-slots",
+    "2",
+    "--memory-limit-mb",
+    "1536",
+    "--max-processes",
+    "64",
+    "--max-file-mb",
+    "8",
+    "--max-disk-mb",
+    "48",
+    "--max-bundle-mb",
+    "4",
+]
 
 
 BundleFactory = Callable[..., tuple[Path, bytes]]
 """Signature of the ``make_bundle`` fixture."""
 
 
-def lease_for(job_id: int, requester: str, provider: str, bundle_hash: bytes, *, kind: str = "cpu",
-              count: int = 1, deadline: int | None = None) -> Lease:
+def lease_for(
+    job_id: int,
+    requester: str,
+    provider: str,
+    bundle_hash: bytes,
+    *,
+    kind: str = "cpu",
+    count: int = 1,
+    deadline: int | None = None,
+) -> Lease:
     """A lease of ``job_id`` to ``provider``."""
-    return Lease(job_id, requester, (provider,), bundle_hash, deadline or int(time.time()) + 3600,
-                 DeviceRequirements(kind, count))
+    return Lease(
+        job_id,
+        requester,
+        (provider,),
+        bundle_hash,
+        deadline or int(time.time()) + 3600,
+        DeviceRequirements(kind, count),
+    )
 
 
-def submit(worker: WorkerProcess, client: WorkerClient, requester: str, archive: Path, bundle_hash: bytes,
-           *, seed: int = 7, kind: str = "cpu") -> int:
+def submit(
+    worker: WorkerProcess,
+    client: WorkerClient,
+    requester: str,
+    archive: Path,
+    bundle_hash: bytes,
+    *,
+    seed: int = 7,
+    kind: str = "cpu",
+) -> int:
     """Lease, upload and start a job; return its id."""
     job_id = next_job_id()
     worker.add_lease(lease_for(job_id, requester, worker.provider.daemon, bundle_hash, kind=kind))

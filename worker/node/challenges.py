@@ -69,7 +69,7 @@ class ChallengeRunner:
                 if cancelled.is_set():
                     raise WorkerError("the challenge was cancelled", code="CANCELLED")
                 t0 = time.perf_counter()
-                block = a[start:start + _BLOCK_ROWS] @ b
+                block = a[start : start + _BLOCK_ROWS] @ b
                 if kind == "cuda":
                     torch.cuda.synchronize(target)
                 elapsed += time.perf_counter() - t0

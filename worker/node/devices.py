@@ -79,15 +79,17 @@ def _nvml_devices() -> list[DeviceInfo]:
             name = pynvml.nvmlDeviceGetName(handle)
             uuid = pynvml.nvmlDeviceGetUUID(handle)
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-            found.append(DeviceInfo(
-                kind="cuda",
-                index=i,
-                model=name.decode() if isinstance(name, bytes) else str(name),
-                memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
-                uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
-                driver=driver,
-                compute_capability=f"{major}.{minor}",
-            ))
+            found.append(
+                DeviceInfo(
+                    kind="cuda",
+                    index=i,
+                    model=name.decode() if isinstance(name, bytes) else str(name),
+                    memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                    driver=driver,
+                    compute_capability=f"{major}.{minor}",
+                )
+            )
         return found
     finally:
         pynvml.nvmlShutdown()
@@ -101,9 +103,16 @@ def _torch_devices() -> list[DeviceInfo]:
     found = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        found.append(DeviceInfo("cuda", i, props.name, int(props.total_memory),
-                                uuid=str(getattr(props, "uuid", "")),
-                                compute_capability=f"{props.major}.{props.minor}"))
+        found.append(
+            DeviceInfo(
+                "cuda",
+                i,
+                props.name,
+                int(props.total_memory),
+                uuid=str(getattr(props, "uuid", "")),
+                compute_capability=f"{props.major}.{props.minor}",
+            )
+        )
     return found
 
 
@@ -135,8 +144,9 @@ def check_request(devices: Sequence[DeviceInfo], kind: str, count: int, min_memo
         offered = ", ".join(sorted({d.kind for d in devices})) or "none"
         raise WorkerError(f"this worker has no {kind} devices (it offers: {offered})", code="FAILED_PRECONDITION")
     if count > len(matching):
-        raise WorkerError(f"job asks for {count} {kind} devices; this worker has {len(matching)}",
-                          code="FAILED_PRECONDITION")
+        raise WorkerError(
+            f"job asks for {count} {kind} devices; this worker has {len(matching)}", code="FAILED_PRECONDITION"
+        )
     big_enough = [d for d in matching if d.memory_bytes >= min_memory_bytes]
     if len(big_enough) < count:
         most = max(d.memory_bytes for d in matching)

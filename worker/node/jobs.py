@@ -49,27 +49,45 @@ _READ = 1 << 20
 
 def device_proto(d: DeviceInfo, busy: bool = False) -> pb.Device:
     """The wire form of a device."""
-    return pb.Device(kind=d.kind, index=d.index, model=d.model, memory_bytes=d.memory_bytes, uuid=d.uuid,
-                     driver=d.driver, compute_capability=d.compute_capability, busy=busy)
+    return pb.Device(
+        kind=d.kind,
+        index=d.index,
+        model=d.model,
+        memory_bytes=d.memory_bytes,
+        uuid=d.uuid,
+        driver=d.driver,
+        compute_capability=d.compute_capability,
+        busy=busy,
+    )
 
 
 def receipt_proto(data: dict[str, Any] | None) -> pb.Receipt | None:
     """The wire form of a stored receipt."""
     if not data:
         return None
-    return pb.Receipt(job_id=data["job_id"], provider=data["provider"],
-                      result_root=bytes.fromhex(data["result_root"][2:]), device_seconds=data["device_seconds"],
-                      cpu_millis=data["cpu_millis"], peak_memory_bytes=data["peak_memory_bytes"],
-                      exit_code=data["exit_code"], signature=bytes.fromhex(data["signature"][2:]))
+    return pb.Receipt(
+        job_id=data["job_id"],
+        provider=data["provider"],
+        result_root=bytes.fromhex(data["result_root"][2:]),
+        device_seconds=data["device_seconds"],
+        cpu_millis=data["cpu_millis"],
+        peak_memory_bytes=data["peak_memory_bytes"],
+        exit_code=data["exit_code"],
+        signature=bytes.fromhex(data["signature"][2:]),
+    )
 
 
 def metering_proto(data: dict[str, Any] | None) -> pb.Metering | None:
     """The wire form of stored metering."""
     if not data:
         return None
-    m = pb.Metering(wall_millis=data["wall_millis"], device_count=data["device_count"],
-                    device_millis=data["device_millis"], cpu_millis=data["cpu_millis"],
-                    peak_memory_bytes=data["peak_memory_bytes"])
+    m = pb.Metering(
+        wall_millis=data["wall_millis"],
+        device_count=data["device_count"],
+        device_millis=data["device_millis"],
+        cpu_millis=data["cpu_millis"],
+        peak_memory_bytes=data["peak_memory_bytes"],
+    )
     if data.get("gpu_utilization_percent") is not None:
         m.gpu_utilization_percent = data["gpu_utilization_percent"]
     return m
@@ -87,8 +105,15 @@ class _Running:
 class JobManager:
     """Owns the jobs of one worker. All public methods are thread-safe."""
 
-    def __init__(self, config: WorkerConfig, store: JobStore, sandbox: Sandbox, devices: list[DeviceInfo],
-                 signer: LocalAccount, domain: Domain) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        store: JobStore,
+        sandbox: Sandbox,
+        devices: list[DeviceInfo],
+        signer: LocalAccount,
+        domain: Domain,
+    ) -> None:
         self.config = config
         self.store = store
         self.sandbox = sandbox
@@ -169,16 +194,17 @@ class JobManager:
         part = self.part_path(job_id, sha)
         return (part.stat().st_size if part.exists() else 0), False
 
-    def receive_upload(self, lease: Lease, size: int, sha: bytes, offset: int,
-                       chunks: Any) -> tuple[JobRecord, int]:
+    def receive_upload(self, lease: Lease, size: int, sha: bytes, offset: int, chunks: Any) -> tuple[JobRecord, int]:
         """Append the ``(data, sha256)`` chunks to the upload from ``offset``; finish it when complete.
 
         Returns the job and the bytes held. Raises WorkerError with the status code to send.
         """
         job_id = lease.job_id
         if size > self.config.max_bundle_bytes:
-            raise WorkerError(f"bundle archive of {size} bytes exceeds this worker's limit of "
-                              f"{self.config.max_bundle_bytes}", code="RESOURCE_EXHAUSTED")
+            raise WorkerError(
+                f"bundle archive of {size} bytes exceeds this worker's limit of {self.config.max_bundle_bytes}",
+                code="RESOURCE_EXHAUSTED",
+            )
         if len(sha) != 32:
             raise WorkerError("archive_sha256 must be 32 bytes", code="INVALID_ARGUMENT")
         lock = self._upload_lock(job_id)
@@ -194,16 +220,18 @@ class JobManager:
             part = self.part_path(job_id, sha)
             held = part.stat().st_size if part.exists() else 0
             if offset != held:
-                raise WorkerError(f"upload offset {offset} does not match the {held} bytes held; "
-                                  "resume from QueryUpload's received_bytes", code="FAILED_PRECONDITION")
+                raise WorkerError(
+                    f"upload offset {offset} does not match the {held} bytes held; "
+                    "resume from QueryUpload's received_bytes",
+                    code="FAILED_PRECONDITION",
+                )
             running_hash = hashlib.sha256() if held == 0 else None
             with open(part, "ab") as fh:
                 for data, chunk_sha in chunks:
                     if hashlib.sha256(data).digest() != chunk_sha:
                         raise WorkerError(f"chunk at offset {held} does not match its sha256", code="DATA_LOSS")
                     if held + len(data) > size:
-                        raise WorkerError(f"upload is larger than the announced {size} bytes",
-                                          code="INVALID_ARGUMENT")
+                        raise WorkerError(f"upload is larger than the announced {size} bytes", code="INVALID_ARGUMENT")
                     fh.write(data)
                     fh.flush()
                     held += len(data)
@@ -245,12 +273,17 @@ class JobManager:
 
     def _check_bundle(self, lease: Lease, bundle: Bundle) -> None:
         if lease.bundle_hash is not None and bundle.hash != lease.bundle_hash:
-            raise WorkerError(f"bundle hash 0x{bundle.hash.hex()} is not the lease's 0x{lease.bundle_hash.hex()}",
-                              code="PERMISSION_DENIED")
+            raise WorkerError(
+                f"bundle hash 0x{bundle.hash.hex()} is not the lease's 0x{lease.bundle_hash.hex()}",
+                code="PERMISSION_DENIED",
+            )
         res = bundle.spec.resources
         if res.device != lease.devices.kind or res.gpus > lease.devices.count:
-            raise WorkerError(f"bundle asks for {res.gpus} {res.device} devices; the lease pays for "
-                              f"{lease.devices.count} {lease.devices.kind}", code="FAILED_PRECONDITION")
+            raise WorkerError(
+                f"bundle asks for {res.gpus} {res.device} devices; the lease pays for "
+                f"{lease.devices.count} {lease.devices.kind}",
+                code="FAILED_PRECONDITION",
+            )
         check_request(self.devices, res.device, res.gpus, int(res.min_memory_gb * 2**30))
 
     # -- the queue ----------------------------------------------------------------------------
@@ -270,8 +303,10 @@ class JobManager:
             if self._closed:
                 raise WorkerError("the worker is shutting down", code="UNAVAILABLE")
             if not self.sandbox.sandboxed and not self.sandbox.allow_unsandboxed:
-                raise SandboxError("bubblewrap is not available here and this worker refuses to run untrusted "
-                                   "jobs without it (its operator may start it with --unsafe-no-sandbox)")
+                raise SandboxError(
+                    "bubblewrap is not available here and this worker refuses to run untrusted "
+                    "jobs without it (its operator may start it with --unsafe-no-sandbox)"
+                )
             if len(self._queue) >= self.config.max_queued:
                 raise WorkerError(f"the queue is full ({self.config.max_queued} jobs)", code="RESOURCE_EXHAUSTED")
             bundle = load_bundle(self.job_dir(job_id) / "bundle")
@@ -279,8 +314,10 @@ class JobManager:
             check_request(self.devices, res.device, res.gpus, int(res.min_memory_gb * 2**30))
             if lease is not None and lease.device_group is not None:
                 if res.gpus > lease.devices.count:
-                    raise WorkerError(f"the job asks for {res.gpus} devices; its lease holds {lease.devices.count}",
-                                      code="FAILED_PRECONDITION")
+                    raise WorkerError(
+                        f"the job asks for {res.gpus} devices; its lease holds {lease.devices.count}",
+                        code="FAILED_PRECONDITION",
+                    )
                 self._groups[job_id] = (lease.device_group, lease.devices.count)
             self.store.update(job_id, state="queued", seed=seed)
             self._queue.append(job_id)
@@ -292,8 +329,9 @@ class JobManager:
     def _pick(self, bundle: Bundle) -> list[int] | None:
         res = bundle.spec.resources
         need = int(res.min_memory_gb * 2**30)
-        fit = [i for i in sorted(self._free) if self.devices[i].kind == res.device
-               and self.devices[i].memory_bytes >= need]
+        fit = [
+            i for i in sorted(self._free) if self.devices[i].kind == res.device and self.devices[i].memory_bytes >= need
+        ]
         return fit[: res.gpus] if len(fit) >= res.gpus else None
 
     def _dispatch(self) -> None:
@@ -317,8 +355,9 @@ class JobManager:
                 self._free -= set(chosen)
                 run = _Running(job_id, chosen, threading.Event(), group=None if group is None else group[0])
                 self._running[job_id] = run
-                threading.Thread(target=self._run_guarded, args=(run, bundle), name=f"job-{job_id}",
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self._run_guarded, args=(run, bundle), name=f"job-{job_id}", daemon=True
+                ).start()
 
     def _group_busy(self, group: str) -> int:
         """Devices held by running jobs of ``group`` (call with the lock held)."""
@@ -403,26 +442,39 @@ class JobManager:
         limits = self.config.limits
         limits = Limits(
             timeout_s=min(float(spec.resources.timeout_s), self.config.max_timeout_s),
-            memory_bytes=limits.memory_bytes, max_processes=limits.max_processes,
-            max_file_bytes=limits.max_file_bytes, max_disk_bytes=limits.max_disk_bytes,
-            tmp_bytes=limits.tmp_bytes, open_files=limits.open_files,
+            memory_bytes=limits.memory_bytes,
+            max_processes=limits.max_processes,
+            max_file_bytes=limits.max_file_bytes,
+            max_disk_bytes=limits.max_disk_bytes,
+            tmp_bytes=limits.tmp_bytes,
+            open_files=limits.open_files,
         )
         env = {"FLOPEX_SEED": str(job.seed or 0), "FLOPEX_JOB_ID": str(job_id)}
         if spec.resources.device == "cpu":
             threads = max(1, (os.cpu_count() or 1) // max(1, sum(d.kind == "cpu" for d in self.devices)))
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads * len(devices))
         req = SandboxRequest(
-            name=f"job{job_id}", bundle_dir=bundle.root, work_dir=work, output_dir=output, checkpoint_dir=ckpt,
-            entrypoint=spec.job.entrypoint, args=spec.job.args, env=env, device_kind=spec.resources.device,
-            gpu_indices=tuple(d.index for d in devices if d.kind == "cuda"), limits=limits,
+            name=f"job{job_id}",
+            bundle_dir=bundle.root,
+            work_dir=work,
+            output_dir=output,
+            checkpoint_dir=ckpt,
+            entrypoint=spec.job.entrypoint,
+            args=spec.job.args,
+            env=env,
+            device_kind=spec.resources.device,
+            gpu_indices=tuple(d.index for d in devices if d.kind == "cuda"),
+            limits=limits,
         )
         if run.cancelled.is_set():
             self._finish_without_run(job_id, "cancelled by the requester before it ran", "cancelled")
             return
         started = time.time()
         self.store.update(job_id, state="running", started=started)
-        self._event(job_id, started=pb.Started(devices=[device_proto(d, True) for d in devices],
-                                               sandboxed=self.sandbox.sandboxed))
+        self._event(
+            job_id,
+            started=pb.Started(devices=[device_proto(d, True) for d in devices], sandboxed=self.sandbox.sandboxed),
+        )
         try:
             proc = self.sandbox.start(req)
         except SandboxError as exc:
@@ -435,10 +487,16 @@ class JobManager:
         counter = [0]
         counter_lock = threading.Lock()
         readers = [
-            threading.Thread(target=self._pump, args=(job_id, "stdout", proc.stdout, logs / "stdout.log",
-                                                      counter, counter_lock), daemon=True),
-            threading.Thread(target=self._pump, args=(job_id, "stderr", proc.stderr, logs / "stderr.log",
-                                                      counter, counter_lock), daemon=True),
+            threading.Thread(
+                target=self._pump,
+                args=(job_id, "stdout", proc.stdout, logs / "stdout.log", counter, counter_lock),
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._pump,
+                args=(job_id, "stderr", proc.stderr, logs / "stderr.log", counter, counter_lock),
+                daemon=True,
+            ),
         ]
         for reader in readers:
             reader.start()
@@ -451,14 +509,21 @@ class JobManager:
         self._save_manifest(job_id, manifest)
         wall_ms = int(outcome.wall_s * 1000)
         metering = {
-            "wall_millis": wall_ms, "device_count": len(devices), "device_millis": wall_ms * len(devices),
-            "cpu_millis": outcome.cpu_millis, "peak_memory_bytes": outcome.peak_memory_bytes,
+            "wall_millis": wall_ms,
+            "device_count": len(devices),
+            "device_millis": wall_ms * len(devices),
+            "cpu_millis": outcome.cpu_millis,
+            "peak_memory_bytes": outcome.peak_memory_bytes,
             "gpu_utilization_percent": utilization,
         }
         receipt = UsageReceipt(
-            job_id=job_id, provider=self.signer.address, result_root=manifest.root,
-            device_seconds=math.ceil(wall_ms * len(devices) / 1000), cpu_millis=outcome.cpu_millis,
-            peak_memory_bytes=outcome.peak_memory_bytes, exit_code=max(-(2**31), min(2**31 - 1, outcome.exit_code)),
+            job_id=job_id,
+            provider=self.signer.address,
+            result_root=manifest.root,
+            device_seconds=math.ceil(wall_ms * len(devices) / 1000),
+            cpu_millis=outcome.cpu_millis,
+            peak_memory_bytes=outcome.peak_memory_bytes,
+            exit_code=max(-(2**31), min(2**31 - 1, outcome.exit_code)),
         )
         signed = sign_receipt(self.signer.key, self.domain, receipt)
         receipt_data = {**receipt.to_json(), "signature": "0x" + signed.signature.hex()}
@@ -468,18 +533,36 @@ class JobManager:
         state = "succeeded" if ok else ("cancelled" if cancelled else "failed")
         # The devices are free the moment the job ends: before anyone hears it has.
         self._release(run)
-        self.store.update(job_id, state=state, reason=reason, exit_code=outcome.exit_code, result_root=manifest.root,
-                          metering=metering, receipt=receipt_data, finished=time.time())
+        self.store.update(
+            job_id,
+            state=state,
+            reason=reason,
+            exit_code=outcome.exit_code,
+            result_root=manifest.root,
+            metering=metering,
+            receipt=receipt_data,
+            finished=time.time(),
+        )
         rproto, mproto = receipt_proto(receipt_data), metering_proto(metering)
         if ok:
-            self._event(job_id, finished=pb.Finished(exit_code=0, metering=mproto, result_root=manifest.root,
-                                                     receipt=rproto))
+            self._event(
+                job_id, finished=pb.Finished(exit_code=0, metering=mproto, result_root=manifest.root, receipt=rproto)
+            )
         else:
-            self._event(job_id, failed=pb.Failed(reason=reason, exit_code=outcome.exit_code, metering=mproto,
-                                                 result_root=manifest.root, receipt=rproto))
+            self._event(
+                job_id,
+                failed=pb.Failed(
+                    reason=reason,
+                    exit_code=outcome.exit_code,
+                    metering=mproto,
+                    result_root=manifest.root,
+                    receipt=rproto,
+                ),
+            )
 
-    def _pump(self, job_id: int, stream: str, pipe: IO[bytes], path: Path, counter: list[int],
-              lock: threading.Lock) -> None:
+    def _pump(
+        self, job_id: int, stream: str, pipe: IO[bytes], path: Path, counter: list[int], lock: threading.Lock
+    ) -> None:
         with open(path, "wb") as sink:
             for raw in iter(pipe.readline, b""):
                 sink.write(raw)
@@ -490,10 +573,15 @@ class JobManager:
                 if n > MAX_LOG_EVENTS + 1:
                     continue
                 if n == MAX_LOG_EVENTS + 1:
-                    self._event(job_id, log=pb.LogLine(stream="stderr", text="[flopex] more log lines are in "
-                                                       "logs/stdout.log and logs/stderr.log of the results"))
+                    self._event(
+                        job_id,
+                        log=pb.LogLine(
+                            stream="stderr",
+                            text="[flopex] more log lines are in logs/stdout.log and logs/stderr.log of the results",
+                        ),
+                    )
                 elif stream == "stdout" and line.startswith(PROGRESS_PREFIX):
-                    self._event(job_id, progress=self._progress(line[len(PROGRESS_PREFIX):]))
+                    self._event(job_id, progress=self._progress(line[len(PROGRESS_PREFIX) :]))
                 else:
                     self._event(job_id, log=pb.LogLine(stream=stream, text=line))
         with contextlib.suppress(OSError):
@@ -530,8 +618,10 @@ class JobManager:
                 self._cond.wait(min(remaining, 1.0))
 
     def _save_manifest(self, job_id: int, manifest: ResultManifest) -> None:
-        data = {"root": manifest.root.hex(),
-                "files": [[f.path, f.size, f.sha256.hex(), f.chunks] for f in manifest.files]}
+        data = {
+            "root": manifest.root.hex(),
+            "files": [[f.path, f.size, f.sha256.hex(), f.chunks] for f in manifest.files],
+        }
         (self.job_dir(job_id) / "manifest.json").write_text(json.dumps(data))
 
     def _load_manifest(self, job_id: int) -> ResultManifest | None:

@@ -74,8 +74,11 @@ class Lease:
             "providers": list(self.providers),
             "bundle_hash": None if self.bundle_hash is None else "0x" + self.bundle_hash.hex(),
             "deadline": self.deadline,
-            "devices": {"kind": self.devices.kind, "count": self.devices.count,
-                        "min_memory_bytes": self.devices.min_memory_bytes},
+            "devices": {
+                "kind": self.devices.kind,
+                "count": self.devices.count,
+                "min_memory_bytes": self.devices.min_memory_bytes,
+            },
             "device_group": self.device_group,
         }
 
@@ -92,8 +95,9 @@ class Lease:
                 providers=tuple(str(p) for p in data["providers"]),
                 bundle_hash=None if bundle_hash is None else bytes.fromhex(str(bundle_hash).removeprefix("0x")),
                 deadline=int(data["deadline"]),
-                devices=DeviceRequirements(str(dev.get("kind", "cuda")), int(dev.get("count", 1)),
-                                           int(dev.get("min_memory_bytes", 0))),
+                devices=DeviceRequirements(
+                    str(dev.get("kind", "cuda")), int(dev.get("count", 1)), int(dev.get("min_memory_bytes", 0))
+                ),
                 device_group=None if group is None else str(group),
             )
         except (KeyError, TypeError, ValueError) as exc:

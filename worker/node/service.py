@@ -60,8 +60,12 @@ VERIFIER_METHODS = frozenset({"GetJob", "DownloadResults", "DownloadBundle"})
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _STATE = {
-    "uploading": pb.JOB_STATE_UPLOADING, "ready": pb.JOB_STATE_READY, "queued": pb.JOB_STATE_QUEUED,
-    "running": pb.JOB_STATE_RUNNING, "succeeded": pb.JOB_STATE_SUCCEEDED, "failed": pb.JOB_STATE_FAILED,
+    "uploading": pb.JOB_STATE_UPLOADING,
+    "ready": pb.JOB_STATE_READY,
+    "queued": pb.JOB_STATE_QUEUED,
+    "running": pb.JOB_STATE_RUNNING,
+    "succeeded": pb.JOB_STATE_SUCCEEDED,
+    "failed": pb.JOB_STATE_FAILED,
     "cancelled": pb.JOB_STATE_CANCELLED,
 }
 
@@ -106,6 +110,7 @@ def _guard(fn: _F) -> _F:
         context.abort(status_of(exc), _message(exc))
 
     if inspect.isgeneratorfunction(fn):
+
         @functools.wraps(fn)
         def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
@@ -113,6 +118,7 @@ def _guard(fn: _F) -> _F:
             except Exception as exc:
                 if context.is_active():
                     fail(context, exc)
+
         return stream  # type: ignore[return-value]
 
     @functools.wraps(fn)
@@ -122,14 +128,16 @@ def _guard(fn: _F) -> _F:
         except Exception as exc:
             fail(context, exc)
             raise  # unreachable: abort raises
+
     return unary  # type: ignore[return-value]
 
 
 class WorkerServicer(pb_grpc.WorkerServiceServicer):
     """Implements ``flopex.v1.WorkerService`` on top of a :class:`JobManager`."""
 
-    def __init__(self, config: WorkerConfig, manager: JobManager, challenges: ChallengeRunner,
-                 devices: list[DeviceInfo]) -> None:
+    def __init__(
+        self, config: WorkerConfig, manager: JobManager, challenges: ChallengeRunner, devices: list[DeviceInfo]
+    ) -> None:
         self.config = config
         self.manager = manager
         self.challenges = challenges
@@ -151,13 +159,20 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if lease is None:
             raise WorkerError(f"no lease for job {job_id}", code="NOT_FOUND")
         if not lease.names(self.address):
-            raise WorkerError(f"the lease of job {job_id} does not name this worker ({self.address})",
-                              code="PERMISSION_DENIED")
-        req = SignedRequest(job_id, method, digest, int.from_bytes(auth.nonce, "big"), auth.expiry,
-                            auth.signature)
+            raise WorkerError(
+                f"the lease of job {job_id} does not name this worker ({self.address})", code="PERMISSION_DENIED"
+            )
+        req = SignedRequest(job_id, method, digest, int.from_bytes(auth.nonce, "big"), auth.expiry, auth.signature)
         signer = self._signer(lease, req, method)
-        verify_request(self.domain, req, expected_signer=signer, method=method, job_id=job_id,
-                       digest=digest, max_ttl_s=self.config.max_request_ttl_s)
+        verify_request(
+            self.domain,
+            req,
+            expected_signer=signer,
+            method=method,
+            job_id=job_id,
+            digest=digest,
+            max_ttl_s=self.config.max_request_ttl_s,
+        )
         try:
             self.manager.store.use_nonce(signer, req.nonce, req.expiry)
         except NonceReplayed as exc:
@@ -190,15 +205,20 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         except FlopexError as exc:
             raise WorkerError(f"cannot check verifier {signer}: {exc}", code="UNAVAILABLE") from None
         if not allowed:
-            raise SignatureError(f"auth: {signer} is neither the job's requester nor a verifier of a committed "
-                                 "result")
+            raise SignatureError(f"auth: {signer} is neither the job's requester nor a verifier of a committed result")
         return signer
 
     def _status(self, job: JobRecord) -> pb.JobStatus:
-        status = pb.JobStatus(job_id=job.job_id, state=_STATE[job.state], reason=job.reason,
-                              exit_code=job.exit_code, result_root=job.result_root or b"",
-                              queue_position=self.manager.queue_position(job.job_id),
-                              bundle_hash=job.bundle_hash or b"", seed=job.seed or 0)
+        status = pb.JobStatus(
+            job_id=job.job_id,
+            state=_STATE[job.state],
+            reason=job.reason,
+            exit_code=job.exit_code,
+            result_root=job.result_root or b"",
+            queue_position=self.manager.queue_position(job.job_id),
+            bundle_hash=job.bundle_hash or b"",
+            seed=job.seed or 0,
+        )
         metering = metering_proto(job.metering)
         if metering is not None:
             status.metering.CopyFrom(metering)
@@ -218,13 +238,19 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         except metadata.PackageNotFoundError:
             torch_version = ""
         return pb.WorkerInfo(
-            provider_address=self.address, worker_version=marketplace.__version__, protocol_version="flopex.v1",
-            python_version=platform.python_version(), torch_version=torch_version,
+            provider_address=self.address,
+            worker_version=marketplace.__version__,
+            protocol_version="flopex.v1",
+            python_version=platform.python_version(),
+            torch_version=torch_version,
             devices=[device_proto(d, i in busy) for i, d in enumerate(self.devices)],
             prices=[pb.Price(device_kind=k, price_per_hour=str(v)) for k, v in sorted(self.config.prices.items())],
-            max_bundle_bytes=self.config.max_bundle_bytes, chain_id=self.config.chain_id,
-            market_address=self.domain.verifying_contract, sandboxed=self.manager.sandbox.sandboxed,
-            queued_jobs=queued, running_jobs=running,
+            max_bundle_bytes=self.config.max_bundle_bytes,
+            chain_id=self.config.chain_id,
+            market_address=self.domain.verifying_contract,
+            sandboxed=self.manager.sandbox.sandboxed,
+            queued_jobs=queued,
+            running_jobs=running,
         )
 
     @_guard
@@ -236,9 +262,13 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self._authorize("QueryUpload", request.job_id, request.auth, payload_digest("QueryUpload", archive_sha256=sha))
         held, complete = self.manager.upload_offset(request.job_id, sha)
         job = self.manager.store.get(request.job_id)
-        return pb.UploadStatus(job_id=request.job_id, received_bytes=held, complete=complete,
-                               archive_size=(job.archive_size or 0) if job else 0,
-                               bundle_hash=(job.bundle_hash or b"") if job and complete else b"")
+        return pb.UploadStatus(
+            job_id=request.job_id,
+            received_bytes=held,
+            complete=complete,
+            archive_size=(job.archive_size or 0) if job else 0,
+            bundle_hash=(job.bundle_hash or b"") if job and complete else b"",
+        )
 
     @_guard
     def UploadBundle(
@@ -251,8 +281,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         head = first.header
         if len(head.archive_sha256) != 32:
             raise WorkerError("archive_sha256 must be 32 bytes", code="INVALID_ARGUMENT")
-        lease = self._authorize("UploadBundle", head.job_id, head.auth,
-                                payload_digest("UploadBundle", archive_sha256=head.archive_sha256))
+        lease = self._authorize(
+            "UploadBundle", head.job_id, head.auth, payload_digest("UploadBundle", archive_sha256=head.archive_sha256)
+        )
 
         def chunks() -> Iterator[tuple[bytes, bytes]]:
             if first.data:
@@ -263,14 +294,18 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 yield message.data, message.sha256
 
         job, held = self.manager.receive_upload(lease, head.archive_size, head.archive_sha256, head.offset, chunks())
-        return pb.UploadStatus(job_id=job.job_id, received_bytes=held, archive_size=head.archive_size,
-                               complete=job.state != "uploading", bundle_hash=job.bundle_hash or b"")
+        return pb.UploadStatus(
+            job_id=job.job_id,
+            received_bytes=held,
+            archive_size=head.archive_size,
+            complete=job.state != "uploading",
+            bundle_hash=job.bundle_hash or b"",
+        )
 
     @_guard
     def StartJob(self, request: pb.StartJobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
         """Queue an uploaded job."""
-        lease = self._authorize("StartJob", request.job_id, request.auth,
-                                payload_digest("StartJob", seed=request.seed))
+        lease = self._authorize("StartJob", request.job_id, request.auth, payload_digest("StartJob", seed=request.seed))
         return self._status(self.manager.start(request.job_id, request.seed, lease))
 
     @_guard
@@ -306,8 +341,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 quiet_since = None
 
     @_guard
-    def DownloadResults(self, request: pb.DownloadResultsRequest,
-                        context: grpc.ServicerContext) -> Iterator[pb.ResultChunk]:
+    def DownloadResults(
+        self, request: pb.DownloadResultsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ResultChunk]:
         """Stream the manifest, then every result file."""
         self._authorize("DownloadResults", request.job_id, request.auth, payload_digest("DownloadResults"))
         job, manifest, folder = self.manager.results(request.job_id)
@@ -315,7 +351,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
 
         head = pb.ResultManifest(
             files=[pb.ResultFile(path=f.path, size=f.size, sha256=f.sha256, chunks=f.chunks) for f in manifest.files],
-            result_root=manifest.root, state=_STATE[job.state],
+            result_root=manifest.root,
+            state=_STATE[job.state],
         )
         receipt = receipt_proto(job.receipt)
         if receipt is not None:
@@ -332,14 +369,21 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                     offset += len(data)
 
     @_guard
-    def DownloadBundle(self, request: pb.DownloadBundleRequest,
-                       context: grpc.ServicerContext) -> Iterator[pb.ResultChunk]:
+    def DownloadBundle(
+        self, request: pb.DownloadBundleRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ResultChunk]:
         """Stream the job's unpacked bundle: a manifest, then every file."""
         self._authorize("DownloadBundle", request.job_id, request.auth, payload_digest("DownloadBundle"))
         job, manifest, folder = self.manager.bundle_files(request.job_id)
-        yield pb.ResultChunk(manifest=pb.ResultManifest(
-            files=[pb.ResultFile(path=f.path, size=f.size, sha256=f.sha256, chunks=f.chunks) for f in manifest.files],
-            result_root=manifest.root, state=_STATE[job.state]))
+        yield pb.ResultChunk(
+            manifest=pb.ResultManifest(
+                files=[
+                    pb.ResultFile(path=f.path, size=f.size, sha256=f.sha256, chunks=f.chunks) for f in manifest.files
+                ],
+                result_root=manifest.root,
+                state=_STATE[job.state],
+            )
+        )
         for entry in manifest.files:
             with open(folder / entry.path, "rb") as fh:
                 offset = 0
@@ -357,15 +401,21 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         return self._status(self.manager.cancel(request.job_id))
 
     @_guard
-    def CapacityChallenge(self, request: pb.CapacityChallengeRequest,
-                          context: grpc.ServicerContext) -> pb.CapacityChallengeResult:
+    def CapacityChallenge(
+        self, request: pb.CapacityChallengeRequest, context: grpc.ServicerContext
+    ) -> pb.CapacityChallengeResult:
         """Run a timed, seeded matrix product."""
         cancelled = threading.Event()
         context.add_callback(cancelled.set)
         result = self.challenges.run(request.seed, request.n, request.device_kind, cancelled)
-        return pb.CapacityChallengeResult(challenge_id=result.challenge_id, rows_root=result.root,
-                                          elapsed_seconds=result.elapsed_s, flops=result.flops,
-                                          device=device_proto(result.device), n=result.n)
+        return pb.CapacityChallengeResult(
+            challenge_id=result.challenge_id,
+            rows_root=result.root,
+            elapsed_seconds=result.elapsed_s,
+            flops=result.flops,
+            device=device_proto(result.device),
+            n=result.n,
+        )
 
     @_guard
     def ChallengeRows(self, request: pb.ChallengeRowsRequest, context: grpc.ServicerContext) -> pb.ChallengeRowsReply:
@@ -377,8 +427,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
 class WorkerServer:
     """A running worker: the gRPC server plus the parts it owns. Stop it with :meth:`stop`."""
 
-    def __init__(self, server: grpc.Server, manager: JobManager, health_servicer: health.HealthServicer,
-                 port: int) -> None:
+    def __init__(
+        self, server: grpc.Server, manager: JobManager, health_servicer: health.HealthServicer, port: int
+    ) -> None:
         self.server = server
         self.manager = manager
         self.health = health_servicer
@@ -428,8 +479,12 @@ def create_server(config: WorkerConfig, address: str = "127.0.0.1:0") -> tuple[W
     config.data_dir.chmod(0o700)
     key_path = config.key_path()
     signer = load_or_create_key(key_path)
-    sandbox = Sandbox(allow_unsandboxed=config.allow_unsandboxed, protected_paths=[config.data_dir, key_path],
-                      use_cgroups=config.use_cgroups, bwrap=config.bwrap)
+    sandbox = Sandbox(
+        allow_unsandboxed=config.allow_unsandboxed,
+        protected_paths=[config.data_dir, key_path],
+        use_cgroups=config.use_cgroups,
+        bwrap=config.bwrap,
+    )
     devices = detect_devices(config.cpu_slots, use_gpus=config.use_gpus)
     domain = Domain(config.chain_id, config.market_address)
     store = JobStore(config.data_dir / "worker.sqlite3")
@@ -438,8 +493,10 @@ def create_server(config: WorkerConfig, address: str = "127.0.0.1:0") -> tuple[W
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
     )
     pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(config, manager, challenges, devices), server)
     health_servicer = health.HealthServicer()

@@ -118,8 +118,10 @@ class JobStore:
         with self._tx() as db:
             db.execute("DELETE FROM nonces WHERE expiry < ?", (int(time.time()) - 60,))
             try:
-                db.execute("INSERT INTO nonces (signer, nonce, expiry) VALUES (?, ?, ?)",
-                           (signer.lower(), format(nonce, "x"), expiry))
+                db.execute(
+                    "INSERT INTO nonces (signer, nonce, expiry) VALUES (?, ?, ?)",
+                    (signer.lower(), format(nonce, "x"), expiry),
+                )
             except sqlite3.IntegrityError:
                 raise NonceReplayed(f"nonce {nonce:#x} was already used") from None
 
@@ -133,11 +135,40 @@ class JobStore:
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> JobRecord:
-        (job_id, requester, state, sha, size, bhash, seed, reason, code, root, meter, receipt,
-         created, started, finished) = row
-        return JobRecord(job_id, requester, state, sha, size, bhash, seed, reason, code, root,
-                         json.loads(meter) if meter else None, json.loads(receipt) if receipt else None,
-                         created, started, finished)
+        (
+            job_id,
+            requester,
+            state,
+            sha,
+            size,
+            bhash,
+            seed,
+            reason,
+            code,
+            root,
+            meter,
+            receipt,
+            created,
+            started,
+            finished,
+        ) = row
+        return JobRecord(
+            job_id,
+            requester,
+            state,
+            sha,
+            size,
+            bhash,
+            seed,
+            reason,
+            code,
+            root,
+            json.loads(meter) if meter else None,
+            json.loads(receipt) if receipt else None,
+            created,
+            started,
+            finished,
+        )
 
     def upsert_upload(self, job_id: int, requester: str, archive_sha256: bytes, archive_size: int) -> JobRecord:
         """Create the job in state ``uploading`` (or reset its upload to a new archive)."""
@@ -186,8 +217,9 @@ class JobStore:
     def events(self, job_id: int, from_seq: int = 0) -> list[tuple[int, bytes]]:
         """Events of a job from ``from_seq`` on."""
         with self._lock:
-            rows = self._db.execute("SELECT seq, event FROM events WHERE job_id = ? AND seq >= ? ORDER BY seq",
-                                    (job_id, from_seq)).fetchall()
+            rows = self._db.execute(
+                "SELECT seq, event FROM events WHERE job_id = ? AND seq >= ? ORDER BY seq", (job_id, from_seq)
+            ).fetchall()
         return [(int(s), bytes(e)) for s, e in rows]
 
     def event_count(self, job_id: int) -> int:

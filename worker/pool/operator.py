@@ -71,8 +71,11 @@ def pick_member(members: list[PoolMember], spec: JobSpec, min_stake: int, ever: 
     Among bonded members with enough devices and memory: fewest open assignments, then fewest
     assignments ever (``ever``, by address), then the earliest in the pool's list.
     """
-    fitting = [(m.assignments, ever.get(m.address, 0), i, m) for i, m in enumerate(members)
-               if m.fits(spec.gpus, spec.min_memory_mb, min_stake)]
+    fitting = [
+        (m.assignments, ever.get(m.address, 0), i, m)
+        for i, m in enumerate(members)
+        if m.fits(spec.gpus, spec.min_memory_mb, min_stake)
+    ]
     if not fitting:
         return None
     return min(fitting, key=lambda t: t[:3])[3]
@@ -90,15 +93,23 @@ def pool_offer(
         return None
     cover = max(bonded, key=lambda m: (m.gpus, m.memory_mb))
     offer = Offer(
-        device_model=settings.device_model[:64], device_kind=settings.device_kind, gpu_count=cover.gpus,
-        memory_mb=cover.memory_mb, claimed_gflops=settings.claimed_gflops, price_floor=settings.price_floor,
-        endpoint=cover.endpoint, signer=cover.signer,
+        device_model=settings.device_model[:64],
+        device_kind=settings.device_kind,
+        gpu_count=cover.gpus,
+        memory_mb=cover.memory_mb,
+        claimed_gflops=settings.claimed_gflops,
+        price_floor=settings.price_floor,
+        endpoint=cover.endpoint,
+        signer=cover.signer,
     )
     return offer, cover
 
 
 def register_pool(
-    contracts: Contracts, pool: Pool, account: LocalAccount, settings: OperatorSettings,
+    contracts: Contracts,
+    pool: Pool,
+    account: LocalAccount,
+    settings: OperatorSettings,
     members: list[PoolMember] | None = None,
 ) -> PoolMember | None:
     """Register (or refresh) the pool's offer; returns the covering member, or None with no bonded member."""
@@ -129,9 +140,16 @@ class PoolOperatorDaemon(ProviderDaemon):
         if pool.operator() != account.address:
             raise ConfigError(f"{account.address} is not the operator of pool {pool.address}")
         base = ProviderSettings(
-            endpoint="", price_floor=settings.price_floor, strategy=settings.strategy, stake=0,
-            device_model=settings.device_model, device_kind=settings.device_kind, gpu_count=0, memory_mb=0,
-            claimed_gflops=settings.claimed_gflops, poll_interval_s=settings.poll_interval_s,
+            endpoint="",
+            price_floor=settings.price_floor,
+            strategy=settings.strategy,
+            stake=0,
+            device_model=settings.device_model,
+            device_kind=settings.device_kind,
+            gpu_count=0,
+            memory_mb=0,
+            claimed_gflops=settings.claimed_gflops,
+            poll_interval_s=settings.poll_interval_s,
             withdraw=settings.withdraw,
         )
         super().__init__(contracts, account, None, base, state_path)  # type: ignore[arg-type]
@@ -269,8 +287,13 @@ class PoolOperatorDaemon(ProviderDaemon):
     def _assign(self, job_id: int, index: int, spec: JobSpec) -> None:
         member = pick_member(self.members, spec, self.min_stake, self._ever)
         if member is None:
-            log.warning("pool %s: job %d: no bonded member fits it (%d device(s), %d MB)", self.pool.address,
-                        job_id, spec.gpus, spec.min_memory_mb)
+            log.warning(
+                "pool %s: job %d: no bonded member fits it (%d device(s), %d MB)",
+                self.pool.address,
+                job_id,
+                spec.gpus,
+                spec.min_memory_mb,
+            )
             return
         self.pool.assign(self.account, job_id, index, member.address)
         self._ever[member.address] = self._ever.get(member.address, 0) + 1
@@ -324,8 +347,9 @@ class MemberDaemon(ProviderDaemon):
                 )
             balance = token.balance_of(self.address)
             if balance < s.stake:
-                raise ConfigError(f"{self.address} holds {format_tokens(balance)} FLOP; the stake needs "
-                                  f"{format_tokens(s.stake)}")
+                raise ConfigError(
+                    f"{self.address} holds {format_tokens(balance)} FLOP; the stake needs {format_tokens(s.stake)}"
+                )
             token.approve(self.account, pool.address, s.stake)
             pool.join(self.account, s.stake, s.gpu_count, s.memory_mb, signer, s.endpoint)
             log.info("member %s: joined pool %s with %s FLOP", self.address, pool.address, format_tokens(s.stake))
@@ -335,7 +359,10 @@ class MemberDaemon(ProviderDaemon):
             token.approve(self.account, pool.address, missing)
             pool.add_stake(self.account, missing)
         if (member.gpus, member.memory_mb, member.signer, member.endpoint) != (
-            s.gpu_count, s.memory_mb, signer, s.endpoint
+            s.gpu_count,
+            s.memory_mb,
+            signer,
+            s.endpoint,
         ):
             pool.update_devices(self.account, s.gpu_count, s.memory_mb, signer, s.endpoint)
 
@@ -403,4 +430,3 @@ class CheatingMember(MemberDaemon):
 
     def _commit(self, job_id: int, index: int, root: bytes, claimed: int) -> None:
         super()._commit(job_id, index, keccak(b"not the result" + root), claimed)
-

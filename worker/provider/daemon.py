@@ -85,9 +85,12 @@ def chain_worker(
 ) -> tuple[WorkerServer, str]:
     """A worker whose leases are read from the chain, bound (not yet started); returns it and its endpoint."""
     config = WorkerConfig(
-        data_dir=data_dir, leases=ChainLeases(contracts, refresh_s=lease_refresh_s),
-        chain_id=contracts.chain.chain_id, market_address=contracts.market.address,
-        allow_unsandboxed=allow_unsandboxed, cpu_slots=cpu_slots,
+        data_dir=data_dir,
+        leases=ChainLeases(contracts, refresh_s=lease_refresh_s),
+        chain_id=contracts.chain.chain_id,
+        market_address=contracts.market.address,
+        allow_unsandboxed=allow_unsandboxed,
+        cpu_slots=cpu_slots,
         limits=Limits() if memory_limit_mb is None else Limits(memory_bytes=memory_limit_mb << 20),
     )
     server, bound = create_server(config, f"{host}:{port}")
@@ -180,10 +183,16 @@ class ProviderDaemon:
         #: The provider's reservations, when the deployment has the contract.
         self.reserved: ReservedCapacity | None = None
         if self.SERVES_RESERVATIONS and contracts.reservations is not None:
-            self.reserved = ReservedCapacity(contracts.reservations, account, worker,
-                                             tracked=self.memory.reservations, recorded=self.memory.recorded,
-                                             recording=self.memory.recording, save=self._save,
-                                             nudge_clock=self._nudge_clock)
+            self.reserved = ReservedCapacity(
+                contracts.reservations,
+                account,
+                worker,
+                tracked=self.memory.reservations,
+                recorded=self.memory.recorded,
+                recording=self.memory.recording,
+                save=self._save,
+                nudge_clock=self._nudge_clock,
+            )
 
     # ------------------------------------------------------------------ lifecycle
 

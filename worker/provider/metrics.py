@@ -101,8 +101,9 @@ class ProviderMetrics:
     which a background thread calls every ``sample_interval_s`` and every scrape calls too.
     """
 
-    def __init__(self, daemon: ProviderDaemon, *, clock: Callable[[], float] = time.monotonic,
-                 sample_interval_s: float = 0.25) -> None:
+    def __init__(
+        self, daemon: ProviderDaemon, *, clock: Callable[[], float] = time.monotonic, sample_interval_s: float = 0.25
+    ) -> None:
         self.daemon = daemon
         self.clock = clock
         self.sample_interval_s = sample_interval_s
@@ -169,10 +170,16 @@ class ProviderMetrics:
         latest = contracts.chain.block_number()
         start = self._next_block
         if start <= latest:
-            settled = [e for e in market.get_events("SlotSettled", start, provider=self.daemon.holder)
-                       if e.block_number <= latest]
-            withdrawn = [e for e in market.get_events("Withdrawn", start, account=self.daemon.address)
-                         if e.block_number <= latest]
+            settled = [
+                e
+                for e in market.get_events("SlotSettled", start, provider=self.daemon.holder)
+                if e.block_number <= latest
+            ]
+            withdrawn = [
+                e
+                for e in market.get_events("Withdrawn", start, account=self.daemon.address)
+                if e.block_number <= latest
+            ]
             for e in settled:
                 status = e.status.name.lower()
                 self.settled_slots[status] = self.settled_slots.get(status, 0) + 1
@@ -206,20 +213,36 @@ class ProviderMetrics:
         for r in states:
             by_status[r.status.name.lower()] = by_status.get(r.status.name.lower(), 0) + 1
         return [
-            _Family("flopex_provider_reserved_devices", "gauge",
-                    "Devices held now by bought reservations whose window is open.",
-                    [({}, reserved.held_now(now))]),
-            _Family("flopex_provider_reservations", "gauge", "Unsettled reservations of the provider by status.",
-                    [({"status": k}, n) for k, n in sorted(by_status.items())]),
-            _Family("flopex_provider_reservations_settled_total", "counter",
-                    "Reservations of the provider settled on chain.",
-                    [({"status": k}, n) for k, n in sorted(self.reservations_settled.items())]),
-            _Family("flopex_provider_reservation_earned_units_total", "counter",
-                    "Token units credited to the provider by settled reservations (price less the fee).",
-                    [({}, self.reservation_earned)]),
-            _Family("flopex_provider_reserved_gpu_seconds_total", "counter",
-                    "GPU-seconds the holders of its settled reservations used.",
-                    [({}, self.reserved_gpu_seconds)]),
+            _Family(
+                "flopex_provider_reserved_devices",
+                "gauge",
+                "Devices held now by bought reservations whose window is open.",
+                [({}, reserved.held_now(now))],
+            ),
+            _Family(
+                "flopex_provider_reservations",
+                "gauge",
+                "Unsettled reservations of the provider by status.",
+                [({"status": k}, n) for k, n in sorted(by_status.items())],
+            ),
+            _Family(
+                "flopex_provider_reservations_settled_total",
+                "counter",
+                "Reservations of the provider settled on chain.",
+                [({"status": k}, n) for k, n in sorted(self.reservations_settled.items())],
+            ),
+            _Family(
+                "flopex_provider_reservation_earned_units_total",
+                "counter",
+                "Token units credited to the provider by settled reservations (price less the fee).",
+                [({}, self.reservation_earned)],
+            ),
+            _Family(
+                "flopex_provider_reserved_gpu_seconds_total",
+                "counter",
+                "GPU-seconds the holders of its settled reservations used.",
+                [({}, self.reserved_gpu_seconds)],
+            ),
         ]
 
     # ------------------------------------------------------------------ pricing
@@ -227,9 +250,20 @@ class ProviderMetrics:
     def _ask_now(self) -> int | None:
         d = self.daemon
         reference = JobSpec(
-            requester="0x" + "00" * 20, bundle_hash=b"\x00" * 32, device_kind=d.settings.device_kind,
-            gpus=1, min_memory_mb=0, policy=Policy.NONE, auction=Auction.SEALED, redundancy=1, max_price=_NO_CAP,
-            max_gpu_seconds=3_600, bid_deadline=0, reveal_deadline=0, run_duration=0, challenge_window=0,
+            requester="0x" + "00" * 20,
+            bundle_hash=b"\x00" * 32,
+            device_kind=d.settings.device_kind,
+            gpus=1,
+            min_memory_mb=0,
+            policy=Policy.NONE,
+            auction=Auction.SEALED,
+            redundancy=1,
+            max_price=_NO_CAP,
+            max_gpu_seconds=3_600,
+            bid_deadline=0,
+            reveal_deadline=0,
+            run_duration=0,
+            challenge_window=0,
         )
         try:
             return d._ask(reference)
@@ -262,43 +296,97 @@ class ProviderMetrics:
         families = [
             _Family("flopex_provider_devices", "gauge", "Devices the worker offers.", [({}, total)]),
             _Family("flopex_provider_devices_busy", "gauge", "Devices held by running jobs.", [({}, busy)]),
-            _Family("flopex_provider_utilization", "gauge", "Busy devices over all devices.",
-                    [({}, busy / total if total else 0.0)]),
-            _Family("flopex_provider_device_busy_seconds_total", "counter",
-                    "Device-seconds spent running jobs (sampled).", [({}, round(self.busy_seconds, 3))]),
-            _Family("flopex_provider_device_idle_seconds_total", "counter",
-                    "Device-seconds with no job (sampled).", [({}, round(self.idle_seconds, 3))]),
-            _Family("flopex_provider_idle_seconds", "gauge", "Seconds since a device was last busy.",
-                    [({}, 0 if busy else max(0, int(time.time() - d.last_busy)))]),
-            _Family("flopex_worker_jobs", "gauge", "The worker's jobs by state.",
-                    [({"state": s}, n) for s, n in states.items()]),
-            _Family("flopex_provider_bids_total", "counter",
-                    "Bids since start by auction and outcome (committed, won, lost).",
-                    [({"auction": a, "outcome": o}, d.bid_counts.get((a, o), 0))
-                     for a in ("sealed", "instant") for o in ("committed", "won", "lost")
-                     if (a, o) != ("instant", "committed")]),
-            _Family("flopex_provider_price_floor_units", "gauge",
-                    "Registered price floor, token units per GPU-hour.", [({}, d.settings.price_floor)]),
-            _Family("flopex_provider_ask_units", "gauge",
-                    "What the pricing strategy asks now for a 1-GPU job with no price cap, token units per GPU-hour.",
-                    [({"strategy": d.settings.strategy.spec}, ask)] if ask is not None else []),
-            _Family("flopex_provider_last_bid_units", "gauge",
-                    "The last price bid or taken at, token units per GPU-hour.",
-                    [({}, d.last_bid_price)] if d.last_bid_price is not None else []),
-            _Family("flopex_provider_settled_slots_total", "counter", "Slots of the provider settled on chain.",
-                    [({"status": s}, n) for s, n in sorted(self.settled_slots.items())]),
-            _Family("flopex_provider_earned_units_total", "counter",
-                    "Token units credited to the provider by settled slots (pay less the fee).",
-                    [({}, self.earned)]),
-            _Family("flopex_provider_settled_gpu_seconds_total", "counter", "GPU-seconds paid for.",
-                    [({}, self.settled_gpu_seconds)]),
-            _Family("flopex_provider_withdrawn_units_total", "counter", "Token units withdrawn from the market.",
-                    [({}, self.withdrawn)]),
-            _Family("flopex_provider_credit_units", "gauge", "Token units waiting at the market.",
-                    [({}, self.credit)]),
+            _Family(
+                "flopex_provider_utilization",
+                "gauge",
+                "Busy devices over all devices.",
+                [({}, busy / total if total else 0.0)],
+            ),
+            _Family(
+                "flopex_provider_device_busy_seconds_total",
+                "counter",
+                "Device-seconds spent running jobs (sampled).",
+                [({}, round(self.busy_seconds, 3))],
+            ),
+            _Family(
+                "flopex_provider_device_idle_seconds_total",
+                "counter",
+                "Device-seconds with no job (sampled).",
+                [({}, round(self.idle_seconds, 3))],
+            ),
+            _Family(
+                "flopex_provider_idle_seconds",
+                "gauge",
+                "Seconds since a device was last busy.",
+                [({}, 0 if busy else max(0, int(time.time() - d.last_busy)))],
+            ),
+            _Family(
+                "flopex_worker_jobs",
+                "gauge",
+                "The worker's jobs by state.",
+                [({"state": s}, n) for s, n in states.items()],
+            ),
+            _Family(
+                "flopex_provider_bids_total",
+                "counter",
+                "Bids since start by auction and outcome (committed, won, lost).",
+                [
+                    ({"auction": a, "outcome": o}, d.bid_counts.get((a, o), 0))
+                    for a in ("sealed", "instant")
+                    for o in ("committed", "won", "lost")
+                    if (a, o) != ("instant", "committed")
+                ],
+            ),
+            _Family(
+                "flopex_provider_price_floor_units",
+                "gauge",
+                "Registered price floor, token units per GPU-hour.",
+                [({}, d.settings.price_floor)],
+            ),
+            _Family(
+                "flopex_provider_ask_units",
+                "gauge",
+                "What the pricing strategy asks now for a 1-GPU job with no price cap, token units per GPU-hour.",
+                [({"strategy": d.settings.strategy.spec}, ask)] if ask is not None else [],
+            ),
+            _Family(
+                "flopex_provider_last_bid_units",
+                "gauge",
+                "The last price bid or taken at, token units per GPU-hour.",
+                [({}, d.last_bid_price)] if d.last_bid_price is not None else [],
+            ),
+            _Family(
+                "flopex_provider_settled_slots_total",
+                "counter",
+                "Slots of the provider settled on chain.",
+                [({"status": s}, n) for s, n in sorted(self.settled_slots.items())],
+            ),
+            _Family(
+                "flopex_provider_earned_units_total",
+                "counter",
+                "Token units credited to the provider by settled slots (pay less the fee).",
+                [({}, self.earned)],
+            ),
+            _Family(
+                "flopex_provider_settled_gpu_seconds_total",
+                "counter",
+                "GPU-seconds paid for.",
+                [({}, self.settled_gpu_seconds)],
+            ),
+            _Family(
+                "flopex_provider_withdrawn_units_total",
+                "counter",
+                "Token units withdrawn from the market.",
+                [({}, self.withdrawn)],
+            ),
+            _Family("flopex_provider_credit_units", "gauge", "Token units waiting at the market.", [({}, self.credit)]),
             *self._reservation_families(),
-            _Family("flopex_metrics_chain_errors_total", "counter", "Scrapes whose chain reads failed.",
-                    [({}, self.chain_errors)]),
+            _Family(
+                "flopex_metrics_chain_errors_total",
+                "counter",
+                "Scrapes whose chain reads failed.",
+                [({}, self.chain_errors)],
+            ),
         ]
         return families
 

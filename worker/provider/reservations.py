@@ -42,6 +42,7 @@ __all__ = ["ReservedCapacity"]
 
 log = logging.getLogger("flopex.provider.reserved")
 
+
 class ReservedCapacity:
     """The reservations one provider account offered, served through its worker.
 
@@ -92,7 +93,8 @@ class ReservedCapacity:
     def reserved_gpus(self, start: int, end: int) -> int:
         """Devices promised in offers (bought or still for sale) whose windows overlap ``[start, end)``."""
         return sum(
-            r.gpus for r in self.states.values()
+            r.gpus
+            for r in self.states.values()
             if (r.status.serving or r.status == ReservationStatus.OFFERED) and r.start < end and start < r.end
         )
 
@@ -171,8 +173,13 @@ class ReservedCapacity:
                 self.recording.add(job_id)
                 self.save()
                 self.reservations.record_usage(self.account, r.reservation_id, seconds, root)
-                log.info("provider %s: reservation %d: recorded job %d, %d GPU-s", self.account.address,
-                         r.reservation_id, job_id, seconds)
+                log.info(
+                    "provider %s: reservation %d: recorded job %d, %d GPU-s",
+                    self.account.address,
+                    r.reservation_id,
+                    job_id,
+                    seconds,
+                )
             self.recorded.add(job_id)
             self.recording.discard(job_id)
             self.save()
@@ -182,8 +189,10 @@ class ReservedCapacity:
 
     def _on_chain(self, reservation_id: int, root: bytes) -> bool:
         """Whether a ``UsageRecorded`` of the reservation carries result root ``root``."""
-        return any(bytes(e.args["result_root"]) == root
-                   for e in self.reservations.history("UsageRecorded", reservation_id=reservation_id))
+        return any(
+            bytes(e.args["result_root"]) == root
+            for e in self.reservations.history("UsageRecorded", reservation_id=reservation_id)
+        )
 
     def _forget(self, reservation_id: int) -> None:
         self.tracked.discard(reservation_id)

@@ -125,8 +125,10 @@ class Sandbox:
             real = _real(protected)
             for src in [*self._ro_binds, self._sdk_dir, Path("/usr")]:
                 if real == src or real.is_relative_to(src):
-                    raise SandboxError(f"sandbox: {real} would be visible to jobs (it lies under {src}); "
-                                       "move it out of the Python installation and /usr")
+                    raise SandboxError(
+                        f"sandbox: {real} would be visible to jobs (it lies under {src}); "
+                        "move it out of the Python installation and /usr"
+                    )
         self._usable: bool | None = None
         self._lock = threading.Lock()
 
@@ -165,10 +167,23 @@ class Sandbox:
 
     def _base_args(self) -> list[str]:
         args = [
-            "--unshare-all", "--unshare-user", "--uid", str(JOB_UID), "--gid", str(JOB_UID),
-            "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--hostname", "flopex-job", "--clearenv",
-            "--ro-bind", "/usr", "/usr",
+            "--unshare-all",
+            "--unshare-user",
+            "--uid",
+            str(JOB_UID),
+            "--gid",
+            str(JOB_UID),
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--hostname",
+            "flopex-job",
+            "--clearenv",
+            "--ro-bind",
+            "/usr",
+            "/usr",
         ]
         for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
             host = Path("/") / name
@@ -217,18 +232,20 @@ class Sandbox:
     @staticmethod
     def _job_env(req: SandboxRequest, work: str, inp: str, out: str, ckpt: str, sdk: str | None) -> dict[str, str]:
         env = {k: v for k, v in req.env.items() if k.startswith("FLOPEX_")}
-        env.update({
-            "PATH": f"{_real(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": work,
-            "TMPDIR": "/tmp",
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "FLOPEX_INPUT_DIR": inp,
-            "FLOPEX_OUTPUT_DIR": out,
-            "FLOPEX_CHECKPOINT_DIR": ckpt,
-            "FLOPEX_DEVICE": req.device_kind,
-        })
+        env.update(
+            {
+                "PATH": f"{_real(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+                "HOME": work,
+                "TMPDIR": "/tmp",
+                "LANG": "C.UTF-8",
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "FLOPEX_INPUT_DIR": inp,
+                "FLOPEX_OUTPUT_DIR": out,
+                "FLOPEX_CHECKPOINT_DIR": ckpt,
+                "FLOPEX_DEVICE": req.device_kind,
+            }
+        )
         if sdk is not None:
             env["PYTHONPATH"] = sdk
         if req.device_kind == "cuda":
@@ -246,8 +263,10 @@ class Sandbox:
             log.warning("running job %s WITHOUT a sandbox (allow_unsandboxed is set)", req.name)
             argv = [sys.executable, "-u", str(req.work_dir / req.entrypoint), *req.args]
         else:
-            raise SandboxError("sandbox: bubblewrap is not available; this worker refuses untrusted jobs "
-                               "(start it with --unsafe-no-sandbox to run them unconfined)")
+            raise SandboxError(
+                "sandbox: bubblewrap is not available; this worker refuses untrusted jobs "
+                "(start it with --unsafe-no-sandbox to run them unconfined)"
+            )
         return RunningJob(self, req, argv)
 
 
@@ -264,23 +283,34 @@ class RunningJob:
         is_root = os.geteuid() == 0
         cgroup = None
         if sandbox.use_cgroups:
-            cgroup = JobCgroup.create(f"flopex-{os.getpid()}-{req.name}", memory_bytes=limits.memory_bytes,
-                                      max_pids=limits.max_processes)
+            cgroup = JobCgroup.create(
+                f"flopex-{os.getpid()}-{req.name}", memory_bytes=limits.memory_bytes, max_pids=limits.max_processes
+            )
         self.cgroup = cgroup
         unsandboxed = not sandbox.sandboxed
         self._via_bwrap = not unsandboxed
         env = {"PATH": "/usr/bin:/bin"}
         cwd = None
         if unsandboxed:
-            env = Sandbox._job_env(req, str(req.work_dir), str(req.bundle_dir), str(req.output_dir),
-                                   str(req.checkpoint_dir), str(Path(marketplace.__file__).parent.parent))
+            env = Sandbox._job_env(
+                req,
+                str(req.work_dir),
+                str(req.bundle_dir),
+                str(req.output_dir),
+                str(req.checkpoint_dir),
+                str(Path(marketplace.__file__).parent.parent),
+            )
             cwd = str(req.work_dir)
         gate_r, gate_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
                 ["/bin/sh", "-c", _GATE, "sh", *argv],
-                stdin=gate_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, env=env, cwd=cwd,
+                stdin=gate_r,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                env=env,
+                cwd=cwd,
             )
         except OSError as exc:
             os.close(gate_r)
@@ -294,8 +324,11 @@ class RunningJob:
         try:
             if cgroup is not None:
                 cgroup.add(pid)
-            rl = [(resource.RLIMIT_FSIZE, limits.max_file_bytes), (resource.RLIMIT_CORE, 0),
-                  (resource.RLIMIT_NOFILE, limits.open_files)]
+            rl = [
+                (resource.RLIMIT_FSIZE, limits.max_file_bytes),
+                (resource.RLIMIT_CORE, 0),
+                (resource.RLIMIT_NOFILE, limits.open_files),
+            ]
             if cgroup is None and req.device_kind == "cpu":
                 rl.append((resource.RLIMIT_AS, limits.memory_bytes))
             if cgroup is None and not is_root:

@@ -56,8 +56,13 @@ class Cheat:
 
 
 CHEATS = (
-    Cheat("random"), Cheat("skip", fraction=0.1), Cheat("skip", fraction=0.5), Cheat("skip", fraction=1.0),
-    Cheat("half"), Cheat("inflate", factor=3.0), Cheat("capacity", factor=10.0),
+    Cheat("random"),
+    Cheat("skip", fraction=0.1),
+    Cheat("skip", fraction=0.5),
+    Cheat("skip", fraction=1.0),
+    Cheat("half"),
+    Cheat("inflate", factor=3.0),
+    Cheat("capacity", factor=10.0),
 )
 
 
@@ -99,8 +104,9 @@ def tamper_results(result_dir: Path, cheat: Cheat, rng: random.Random) -> None:
     ckpts = sorted(ckpt_dir.glob("ckpt-*.safetensors"))
     if cheat.kind == "random":
         for path in [*outputs, *ckpts]:
-            _rewrite_tensors(path, lambda _k, v: torch.randn(v.shape, generator=gen).to(v.dtype)
-                             if v.is_floating_point() else v)
+            _rewrite_tensors(
+                path, lambda _k, v: torch.randn(v.shape, generator=gen).to(v.dtype) if v.is_floating_point() else v
+            )
     elif cheat.kind == "half":
         for path in [*outputs, *ckpts]:
             _rewrite_tensors(path, lambda _k, v: v.to(torch.float16).to(v.dtype) if v.is_floating_point() else v)

@@ -50,7 +50,6 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
-from marketplace.verify import billing, compare, freivalds, sampling
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.events import ProviderRegistered, ResultCommitted, ResultDisputed
 from marketplace.errors import ContractRevert, FlopexError, VerificationError
@@ -60,6 +59,7 @@ from marketplace.protocol.capacity import challenge_flops, verify_rows
 from marketplace.requester.client import WorkerClient
 from marketplace.sdk import CHECKPOINT_LOG
 from marketplace.types import ONE_TOKEN, JobSpec, Outcome, Policy, SlotStatus
+from marketplace.verify import billing, compare, freivalds, sampling
 from worker.sandbox.runner import Limits, Sandbox
 from worker.verifier.replay import ReplayRun, run_replay
 from worker.verifier.reservations import ReservationReferee
@@ -139,8 +139,11 @@ class VerifierDaemon:
         self.referee: ReservationReferee | None = None
         if contracts.reservations is not None:
             self.referee = ReservationReferee(
-                contracts.reservations, account, self.probe_reservation,
-                attempts=settings.reservation_probe_attempts, interval_s=settings.reservation_probe_interval_s,
+                contracts.reservations,
+                account,
+                self.probe_reservation,
+                attempts=settings.reservation_probe_attempts,
+                interval_s=settings.reservation_probe_interval_s,
             )
 
     @property
@@ -323,10 +326,18 @@ class VerifierDaemon:
     def _attest(self, verdict: Verdict) -> None:
         self.verdicts.append(verdict)
         try:
-            self.contracts.market.attest(self.account, verdict.job_id, verdict.slot, verdict.outcome,
-                                         verdict.verified_gpu_seconds)
-            log.info("verifier: job %d slot %d: %s, %d of %d GPU-s (%s)", verdict.job_id, verdict.slot,
-                     verdict.outcome.name, verdict.verified_gpu_seconds, verdict.claimed_gpu_seconds, verdict.reason)
+            self.contracts.market.attest(
+                self.account, verdict.job_id, verdict.slot, verdict.outcome, verdict.verified_gpu_seconds
+            )
+            log.info(
+                "verifier: job %d slot %d: %s, %d of %d GPU-s (%s)",
+                verdict.job_id,
+                verdict.slot,
+                verdict.outcome.name,
+                verdict.verified_gpu_seconds,
+                verdict.claimed_gpu_seconds,
+                verdict.reason,
+            )
         except ContractRevert as exc:
             log.info("verifier: job %d slot %d: attestation refused: %s", verdict.job_id, verdict.slot, exc.reason)
 
@@ -339,8 +350,11 @@ class VerifierDaemon:
     def _seed(self, job_id: int, slot: int) -> int:
         """The slot's verification seed: the hash of the block holding its ResultCommitted event."""
         market = self.contracts.market
-        events = [e for e in market.get_events("ResultCommitted", market.start_block, job_id=job_id)
-                  if isinstance(e, ResultCommitted) and e.slot == slot]
+        events = [
+            e
+            for e in market.get_events("ResultCommitted", market.start_block, job_id=job_id)
+            if isinstance(e, ResultCommitted) and e.slot == slot
+        ]
         if not events:
             raise VerificationError(f"job {job_id} slot {slot}: no ResultCommitted event")
         chain = self.contracts.chain
@@ -398,24 +412,45 @@ class VerifierDaemon:
                 verdict = self._check_replay(job_id, slot, spec, results, bundle_dir, seed, job_seed, claimed)
         except (VerificationError, FlopexError, OSError) as exc:
             # A provider that cannot show a result matching its commitment has no verified result.
-            verdict = Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
-                              reason=f"result not verifiable: {exc}")
+            verdict = Verdict(
+                job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed, reason=f"result not verifiable: {exc}"
+            )
         cost = time.monotonic() - started
-        return Verdict(verdict.job_id, verdict.slot, verdict.outcome, verdict.verified_gpu_seconds,
-                       verdict.claimed_gpu_seconds, verdict.reason, cost, verdict.details)
+        return Verdict(
+            verdict.job_id,
+            verdict.slot,
+            verdict.outcome,
+            verdict.verified_gpu_seconds,
+            verdict.claimed_gpu_seconds,
+            verdict.reason,
+            cost,
+            verdict.details,
+        )
 
     def _accept(self, job_id: int, slot: int, spec: JobSpec, claimed: int, reason: str, **bounds: Any) -> Verdict:
         provider = self.contracts.market.slot(job_id, slot).provider
         gflops = self.contracts.registry.attestation(provider)[0] or None
         estimate = billing.billing_cap(
-            claimed, attested_gflops=gflops, gpus=spec.gpus, slack=self.settings.billing_slack,
-            overhead_s=self.settings.billing_overhead_s, **bounds)
-        return Verdict(job_id, slot, Outcome.ACCEPT, estimate.verified, claimed, reason,
-                       details={"plausible_gpu_seconds": estimate.plausible, "basis": estimate.basis,
-                                "capped": estimate.capped})
+            claimed,
+            attested_gflops=gflops,
+            gpus=spec.gpus,
+            slack=self.settings.billing_slack,
+            overhead_s=self.settings.billing_overhead_s,
+            **bounds,
+        )
+        return Verdict(
+            job_id,
+            slot,
+            Outcome.ACCEPT,
+            estimate.verified,
+            claimed,
+            reason,
+            details={"plausible_gpu_seconds": estimate.plausible, "basis": estimate.basis, "capped": estimate.capped},
+        )
 
-    def _check_freivalds(self, job_id: int, slot: int, spec: JobSpec, results: Path, bundle_dir: Path,
-                         seed: int, claimed: int) -> Verdict:
+    def _check_freivalds(
+        self, job_id: int, slot: int, spec: JobSpec, results: Path, bundle_dir: Path, seed: int, claimed: int
+    ) -> Verdict:
         import torch
         from safetensors.torch import load_file
 
@@ -426,25 +461,57 @@ class VerifierDaemon:
         inputs = [name for name in job.inputs if name.endswith(".safetensors")]
         product = results / "output" / "product.safetensors"
         if not inputs or not product.exists() or not isinstance(declared, torch.dtype):
-            return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
-                           reason="not a matrix-product job result (inputs.safetensors / product.safetensors)")
+            return Verdict(
+                job_id,
+                slot,
+                Outcome.REJECT,
+                claimed_gpu_seconds=claimed,
+                reason="not a matrix-product job result (inputs.safetensors / product.safetensors)",
+            )
         ab = load_file(str(bundle_dir / inputs[0]))
         c = load_file(str(product)).get("c")
         if c is None or c.dtype != declared:
-            return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
-                           reason=f"the product is not a {dtype_name} tensor named c")
-        ok, worst = freivalds.freivalds_check(ab["a"], ab["b"], c, seed=seed, rounds=self.settings.freivalds_rounds,
-                                           dtype=declared)
+            return Verdict(
+                job_id,
+                slot,
+                Outcome.REJECT,
+                claimed_gpu_seconds=claimed,
+                reason=f"the product is not a {dtype_name} tensor named c",
+            )
+        ok, worst = freivalds.freivalds_check(
+            ab["a"], ab["b"], c, seed=seed, rounds=self.settings.freivalds_rounds, dtype=declared
+        )
         if not ok:
-            return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
-                           reason=f"Freivalds: error {worst:.3g}x the {dtype_name} tolerance")
+            return Verdict(
+                job_id,
+                slot,
+                Outcome.REJECT,
+                claimed_gpu_seconds=claimed,
+                reason=f"Freivalds: error {worst:.3g}x the {dtype_name} tolerance",
+            )
         n, k = ab["a"].shape
         flops = 2 * n * k * ab["b"].shape[1]
-        return self._accept(job_id, slot, spec, claimed, f"Freivalds passed ({worst:.2g} of tolerance)",
-                            flops=flops, estimated_seconds=flops / (self.local_gflops() * 1e9))
+        return self._accept(
+            job_id,
+            slot,
+            spec,
+            claimed,
+            f"Freivalds passed ({worst:.2g} of tolerance)",
+            flops=flops,
+            estimated_seconds=flops / (self.local_gflops() * 1e9),
+        )
 
-    def _check_replay(self, job_id: int, slot: int, spec: JobSpec, results: Path, bundle_dir: Path, seed: int,
-                      job_seed: int, claimed: int) -> Verdict:
+    def _check_replay(
+        self,
+        job_id: int,
+        slot: int,
+        spec: JobSpec,
+        results: Path,
+        bundle_dir: Path,
+        seed: int,
+        job_seed: int,
+        claimed: int,
+    ) -> Verdict:
         from safetensors.torch import load_file
 
         ckpt_dir = results / "checkpoints"
@@ -454,20 +521,38 @@ class VerifierDaemon:
         limits = Limits(memory_bytes=self.settings.memory_limit_bytes)
 
         def run(name: str, **kw: Any) -> ReplayRun:
-            return run_replay(self.sandbox, bundle_dir, replay_root / name, seed=job_seed, job_id=job_id,
-                              limits=limits, threads=self.settings.replay_threads, **kw)
+            return run_replay(
+                self.sandbox,
+                bundle_dir,
+                replay_root / name,
+                seed=job_seed,
+                job_id=job_id,
+                limits=limits,
+                threads=self.settings.replay_threads,
+                **kw,
+            )
 
         if not entries:
             if random.Random(seed ^ 0xF0).random() >= self.settings.full_rerun_rate:
                 return self._accept(job_id, slot, spec, claimed, "not sampled for a full re-run")
             full = run("full")
             if not full.ok:
-                return Verdict(job_id, slot, Outcome.VOID, claimed_gpu_seconds=claimed,
-                               reason=f"the job does not re-run here: {full.reason or full.exit_code}")
+                return Verdict(
+                    job_id,
+                    slot,
+                    Outcome.VOID,
+                    claimed_gpu_seconds=claimed,
+                    reason=f"the job does not re-run here: {full.reason or full.exit_code}",
+                )
             cmp = compare.compare_results(full.directory, results, **tol)
             if not cmp:
-                return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
-                               reason=f"full re-run differs: {cmp.describe()}")
+                return Verdict(
+                    job_id,
+                    slot,
+                    Outcome.REJECT,
+                    claimed_gpu_seconds=claimed,
+                    reason=f"full re-run differs: {cmp.describe()}",
+                )
             return self._accept(job_id, slot, spec, claimed, "full re-run matches", estimated_seconds=full.wall_s)
 
         steps = [int(e["step"]) for e in entries]
@@ -476,36 +561,68 @@ class VerifierDaemon:
         times: list[float] = []
         for index in picks:
             before = steps[index - 1] if index > 0 else None
-            run_i = run(f"segment-{index}", start_step=before,
-                        start_checkpoint=ckpt_dir / entries[index - 1]["file"] if index > 0 else None,
-                        until_step=steps[index])
+            run_i = run(
+                f"segment-{index}",
+                start_step=before,
+                start_checkpoint=ckpt_dir / entries[index - 1]["file"] if index > 0 else None,
+                until_step=steps[index],
+            )
             times.append(run_i.wall_s)
             produced = run_i.checkpoint(steps[index])
             if not run_i.ok or not produced.exists():
-                return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
-                               reason=f"segment {index} does not replay from its checkpoint "
-                                      f"({run_i.reason or run_i.exit_code}: {run_i.log()[-200:]})")
-            cmp = compare.compare_tensors(load_file(str(produced)), load_file(str(ckpt_dir / entries[index]["file"])),
-                                         path=entries[index]["file"], **tol)
+                return Verdict(
+                    job_id,
+                    slot,
+                    Outcome.REJECT,
+                    claimed_gpu_seconds=claimed,
+                    reason=f"segment {index} does not replay from its checkpoint "
+                    f"({run_i.reason or run_i.exit_code}: {run_i.log()[-200:]})",
+                )
+            cmp = compare.compare_tensors(
+                load_file(str(produced)),
+                load_file(str(ckpt_dir / entries[index]["file"])),
+                path=entries[index]["file"],
+                **tol,
+            )
             if not cmp:
-                return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
-                               reason=f"segment {index} replays differently: {cmp.describe()}",
-                               details={"segments": len(steps), "sampled": picks})
+                return Verdict(
+                    job_id,
+                    slot,
+                    Outcome.REJECT,
+                    claimed_gpu_seconds=claimed,
+                    reason=f"segment {index} replays differently: {cmp.describe()}",
+                    details={"segments": len(steps), "sampled": picks},
+                )
         tail = run("tail", start_step=steps[-1], start_checkpoint=ckpt_dir / entries[-1]["file"])
         if not tail.ok:
-            return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
-                           reason=f"the job does not finish from its last checkpoint ({tail.reason or tail.exit_code})")
+            return Verdict(
+                job_id,
+                slot,
+                Outcome.REJECT,
+                claimed_gpu_seconds=claimed,
+                reason=f"the job does not finish from its last checkpoint ({tail.reason or tail.exit_code})",
+            )
         cmp = compare.compare_results(tail.directory, results, **tol)
         if not cmp:
-            return Verdict(job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed,
-                           reason=f"final outputs do not follow from the last checkpoint: {cmp.describe()}")
+            return Verdict(
+                job_id,
+                slot,
+                Outcome.REJECT,
+                claimed_gpu_seconds=claimed,
+                reason=f"final outputs do not follow from the last checkpoint: {cmp.describe()}",
+            )
         # Device time the job plausibly took: start-up (the tail run) plus every segment's own time.
         startup = tail.wall_s
         per_segment = statistics.mean(max(0.0, t - startup) for t in times) if times else 0.0
         estimate = startup + per_segment * len(steps)
-        return self._accept(job_id, slot, spec, claimed,
-                            f"{len(picks)} of {len(steps)} segments and the tail replay within tolerance",
-                            estimated_seconds=estimate)
+        return self._accept(
+            job_id,
+            slot,
+            spec,
+            claimed,
+            f"{len(picks)} of {len(steps)} segments and the tail replay within tolerance",
+            estimated_seconds=estimate,
+        )
 
     def check_redundant(self, job_id: int, spec: JobSpec, slots: list[Any]) -> list[Verdict]:
         """Compare every committed slot's results; the strict majority is accepted, the rest rejected."""
@@ -523,23 +640,48 @@ class VerifierDaemon:
         total = len(fetched) + len(failed)
         winners, groups = compare.majority([p for _s, p in fetched], rtol=self.settings.rtol, atol=self.settings.atol)
         if winners is None or 2 * len(winners) <= total:
-            return [Verdict(job_id, s.slot, Outcome.VOID, claimed_gpu_seconds=s.gpu_seconds,
-                            reason=f"no majority among {total} results (groups {groups})")
-                    for s in [*(s for s, _p in fetched), *failed]]
+            return [
+                Verdict(
+                    job_id,
+                    s.slot,
+                    Outcome.VOID,
+                    claimed_gpu_seconds=s.gpu_seconds,
+                    reason=f"no majority among {total} results (groups {groups})",
+                )
+                for s in [*(s for s, _p in fetched), *failed]
+            ]
         # The work's size is known from the peers who did it: the smallest claim in the majority
         # bounds the others (with the billing slack for slower devices).
         least = float(min(fetched[i][0].gpu_seconds for i in winners))
         verdicts = []
         for i, (s, _path) in enumerate(fetched):
             if i in winners:
-                verdicts.append(self._accept(job_id, s.slot, spec, s.gpu_seconds,
-                                             f"in the majority of {len(winners)} of {total}",
-                                             estimated_seconds=least))
+                verdicts.append(
+                    self._accept(
+                        job_id,
+                        s.slot,
+                        spec,
+                        s.gpu_seconds,
+                        f"in the majority of {len(winners)} of {total}",
+                        estimated_seconds=least,
+                    )
+                )
             else:
-                verdicts.append(Verdict(job_id, s.slot, Outcome.REJECT, claimed_gpu_seconds=s.gpu_seconds,
-                                        reason=f"dissents from the majority of {len(winners)} of {total}"))
-        verdicts.extend(Verdict(job_id, s.slot, Outcome.REJECT, claimed_gpu_seconds=s.gpu_seconds,
-                                reason="served no results to compare") for s in failed)
+                verdicts.append(
+                    Verdict(
+                        job_id,
+                        s.slot,
+                        Outcome.REJECT,
+                        claimed_gpu_seconds=s.gpu_seconds,
+                        reason=f"dissents from the majority of {len(winners)} of {total}",
+                    )
+                )
+        verdicts.extend(
+            Verdict(
+                job_id, s.slot, Outcome.REJECT, claimed_gpu_seconds=s.gpu_seconds, reason="served no results to compare"
+            )
+            for s in failed
+        )
         return verdicts
 
     # ------------------------------------------------------------------ capacity
@@ -588,8 +730,9 @@ class VerifierDaemon:
         with self._client(provider) as client:
             info = client.info()
         if info.provider_address.lower() != offer.signer.lower():
-            raise VerificationError(f"the worker at {offer.endpoint} signs as {info.provider_address}, "
-                                    f"not as the offer's {offer.signer}")
+            raise VerificationError(
+                f"the worker at {offer.endpoint} signs as {info.provider_address}, not as the offer's {offer.signer}"
+            )
         devices = [d for d in info.devices if d.kind == kind]
         if len(devices) < gpus:
             raise VerificationError(f"the worker offers {len(devices)} {kind} device(s); the reservation holds {gpus}")
@@ -601,12 +744,14 @@ class VerifierDaemon:
         n = self.settings.capacity_n
         with chain.locked():
             head = chain.w3.eth.get_block("latest")
-        seed = int.from_bytes(compare.stable_hash([bytes(head["hash"]), bytes.fromhex(provider[2:]),
-                                                  secrets.token_bytes(8)])[:8], "big")
+        seed = int.from_bytes(
+            compare.stable_hash([bytes(head["hash"]), bytes.fromhex(provider[2:]), secrets.token_bytes(8)])[:8], "big"
+        )
         record: dict[str, Any] = {"provider": provider, "n": n, "seed": seed}
         interval = self.settings.capacity_interval_s
-        self.capacity_due[provider] = (time.time() + interval * (0.5 + self._rng.random())) if interval > 0 \
-            else math.inf
+        self.capacity_due[provider] = (
+            (time.time() + interval * (0.5 + self._rng.random())) if interval > 0 else math.inf
+        )
         try:
             gflops, reported, wall = self.prove_capacity(provider, seed, n)
             record.update(reported_s=reported, wall_s=wall, ok=True)

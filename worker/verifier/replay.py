@@ -113,17 +113,32 @@ def run_replay(
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = count
     timeout = float(bundle.spec.resources.timeout_s)
     base = limits or Limits()
-    limits = Limits(timeout_s=min(timeout, base.timeout_s), memory_bytes=base.memory_bytes,
-                    max_processes=base.max_processes, max_file_bytes=base.max_file_bytes,
-                    max_disk_bytes=base.max_disk_bytes, tmp_bytes=base.tmp_bytes, open_files=base.open_files)
+    limits = Limits(
+        timeout_s=min(timeout, base.timeout_s),
+        memory_bytes=base.memory_bytes,
+        max_processes=base.max_processes,
+        max_file_bytes=base.max_file_bytes,
+        max_disk_bytes=base.max_disk_bytes,
+        tmp_bytes=base.tmp_bytes,
+        open_files=base.open_files,
+    )
     req = SandboxRequest(
-        name=f"replay{job_id}-{os.getpid()}-{time.monotonic_ns()}", bundle_dir=bundle.root, work_dir=work,
-        output_dir=output, checkpoint_dir=ckpt, entrypoint=bundle.spec.job.entrypoint, args=bundle.spec.job.args,
-        env=env, device_kind="cpu", limits=limits,
+        name=f"replay{job_id}-{os.getpid()}-{time.monotonic_ns()}",
+        bundle_dir=bundle.root,
+        work_dir=work,
+        output_dir=output,
+        checkpoint_dir=ckpt,
+        entrypoint=bundle.spec.job.entrypoint,
+        args=bundle.spec.job.args,
+        env=env,
+        device_kind="cpu",
+        limits=limits,
     )
     proc = sandbox.start(req)
-    readers = [threading.Thread(target=_drain, args=(proc.stdout, logs / "stdout.log"), daemon=True),
-               threading.Thread(target=_drain, args=(proc.stderr, logs / "stderr.log"), daemon=True)]
+    readers = [
+        threading.Thread(target=_drain, args=(proc.stdout, logs / "stdout.log"), daemon=True),
+        threading.Thread(target=_drain, args=(proc.stderr, logs / "stderr.log"), daemon=True),
+    ]
     for reader in readers:
         reader.start()
     outcome = proc.wait()

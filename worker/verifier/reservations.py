@@ -98,8 +98,9 @@ class ReservationReferee:
         report = self.reports[reservation_id]
         if now >= r.end:
             if r.usage_records > 0:
-                self._rule(reservation_id, "served", f"{r.usage_records} usage record(s) on chain, "
-                                                     f"{r.used_gpu_seconds} GPU-s")
+                self._rule(
+                    reservation_id, "served", f"{r.usage_records} usage record(s) on chain, {r.used_gpu_seconds} GPU-s"
+                )
             else:
                 self._rule(reservation_id, "no ruling", "reported after the window with no usage on chain")
             return
@@ -111,13 +112,19 @@ class ReservationReferee:
             report.failures += 1
             report.last_error = str(exc)
             report.next_probe = time.monotonic() + self.interval_s
-            log.info("verifier: reservation %d: probe %d of %d failed: %s", reservation_id, report.failures,
-                     self.attempts, exc)
+            log.info(
+                "verifier: reservation %d: probe %d of %d failed: %s",
+                reservation_id,
+                report.failures,
+                self.attempts,
+                exc,
+            )
             if report.failures >= self.attempts:
                 self._rule(reservation_id, "failed", f"{report.failures} probes failed; last: {report.last_error}")
             return
-        self._rule(reservation_id, "served", "the worker answered with the reserved devices and proved a "
-                                             "capacity challenge")
+        self._rule(
+            reservation_id, "served", "the worker answered with the reserved devices and proved a capacity challenge"
+        )
 
     def _rule(self, reservation_id: int, outcome: str, reason: str) -> None:
         if outcome == "served":
