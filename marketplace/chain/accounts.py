@@ -12,10 +12,11 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import is_address, to_checksum_address
+from eth_utils.address import is_address, to_checksum_address
 
 from marketplace.errors import KeystoreError
 
@@ -61,7 +62,7 @@ class Keystore:
                 found[to_checksum_address("0x" + address.removeprefix("0x"))] = path
         return found
 
-    def _write(self, account: LocalAccount, password: str, *, kdf: str = "scrypt") -> Path:
+    def _write(self, account: LocalAccount, password: str, *, kdf: Literal["pbkdf2", "scrypt"] = "scrypt") -> Path:
         if not password:
             raise KeystoreError("an empty password would leave the key unprotected")
         if account.address in self._files():

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted
 
@@ -59,7 +59,8 @@ def dev_account(index: int) -> LocalAccount:
     """
     if index < 0:
         raise ConfigError(f"dev account index must be >= 0, got {index}")
-    return Account.from_key(keccak(text=f"flopex-dev-account-{index}"))
+    account: LocalAccount = Account.from_key(keccak(text=f"flopex-dev-account-{index}"))
+    return account
 
 
 def _reason_of(exc: BaseException) -> str | None:
@@ -232,7 +233,7 @@ class Chain:
         Gas is estimated first, so a transaction that would revert raises :class:`ContractRevert`
         with its reason and is never sent.
         """
-        name = function or getattr(fn, "fn_name", "transaction")
+        name = str(function or getattr(fn, "fn_name", "transaction"))
         with self.locked():
             self._sync_clock()
             try:

@@ -13,7 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from eth_abi import encode
+from eth_abi.abi import encode
 from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
 
@@ -132,7 +132,7 @@ class JsonRpcChainServer:
                 response = self._request(method, params)
             except Exception as exc:
                 return {"jsonrpc": "2.0", "id": rid, "error": _error(str(exc))}
-        body = dict(response)
+        body: dict[str, Any] = dict(response)
         body["id"] = rid
         if isinstance(body.get("error"), dict):
             body["error"] = _error(str(body["error"].get("message", "")))

@@ -13,7 +13,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from marketplace.chain.client import Chain
 from marketplace.contracts import events as ev
@@ -52,22 +52,24 @@ class Bound:
     def transact(self, account: LocalAccount, name: str, *args: Any) -> Any:
         return self.chain.transact(account, getattr(self.contract.functions, name)(*args), function=name)
 
-    def events_in(self, receipt: Any) -> list[ev.ChainEvent]:
-        """Decode this contract's events in a transaction receipt."""
-        found: list[ev.ChainEvent] = []
+    def logs_in(self, receipt: Any) -> list[Any]:
+        """This contract's logs in a transaction receipt, decoded by web3 (event name, args, block)."""
+        found = []
+        events = self.contract.all_events()
         for log in receipt["logs"]:
             if to_checksum_address(log["address"]) != self.address:
                 continue
-            for event in self.contract.events:
+            for event in events:
                 try:
-                    decoded = event().process_log(log)
+                    found.append(event.process_log(log))
                 except Exception:
                     continue
-                item = ev.decode(decoded)
-                if item is not None:
-                    found.append(item)
                 break
         return found
+
+    def events_in(self, receipt: Any) -> list[ev.ChainEvent]:
+        """Decode this contract's events in a transaction receipt."""
+        return [item for item in map(ev.decode, self.logs_in(receipt)) if item is not None]
 
     def get_events(self, name: str, from_block: int = 0, **filters: Any) -> list[Any]:
         """Decoded events ``name`` since ``from_block``, filtered on indexed arguments."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 from marketplace.chain.client import Chain
 from marketplace.contracts import events as ev
@@ -191,7 +191,7 @@ class Market(Bound):
 
     def bid_commitment(self, job_id: int, provider: str, price: int, salt: bytes) -> bytes:
         """The commitment of a sealed ask (computed locally, as the contract does)."""
-        from eth_abi import encode
+        from eth_abi.abi import encode
 
         return keccak(encode(["uint256", "address", "uint256", "bytes32"], [job_id, provider, price, salt]))
 

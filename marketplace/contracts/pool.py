@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from marketplace.chain.client import Chain
 from marketplace.contracts.base import Bound, artifact

@@ -29,7 +29,7 @@ from enum import IntEnum
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from marketplace.chain.client import Chain
 from marketplace.contracts.base import Bound, artifact
@@ -314,18 +314,7 @@ class Reservations(Bound):
 
     def events_of(self, receipt: Any) -> list[ReservationEvent]:
         """This contract's events in a transaction receipt, by name."""
-        found: list[ReservationEvent] = []
-        for log in receipt["logs"]:
-            if to_checksum_address(log["address"]) != self.address:
-                continue
-            for event in self.contract.events:
-                try:
-                    decoded = event().process_log(log)
-                except Exception:
-                    continue
-                found.append(ReservationEvent(decoded["event"], dict(decoded["args"]), int(log["blockNumber"])))
-                break
-        return found
+        return [ReservationEvent(d["event"], dict(d["args"]), int(d["blockNumber"])) for d in self.logs_in(receipt)]
 
     def history(self, name: str, from_block: int | None = None, **filters: Any) -> list[ReservationEvent]:
         """Events ``name`` since ``from_block`` (the deployment's first block), filtered on indexed arguments."""

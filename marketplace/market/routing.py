@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.pool import pool_at

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_utils import is_address, to_checksum_address
+from eth_utils.address import is_address, to_checksum_address
 
 from marketplace.errors import SignatureError
 

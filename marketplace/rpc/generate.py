@@ -21,6 +21,8 @@ REPO_ROOT = PACKAGE_DIR.parent.parent
 PROTO_ROOT = REPO_ROOT / "proto"
 PROTO = "flopex/v1/worker.proto"
 GENERATED = ("worker_pb2.py", "worker_pb2.pyi", "worker_pb2_grpc.py")
+#: Typed stubs of the gRPC module, written from the .proto's descriptor (grpcio-tools writes none).
+GRPC_STUB = "worker_pb2_grpc.pyi"
 
 
 def _header(comment: str) -> str:
@@ -50,6 +52,7 @@ def generate(out_dir: Path) -> list[Path]:
                 f"--python_out={tmp}",
                 f"--pyi_out={tmp}",
                 f"--grpc_python_out={tmp}",
+                f"--descriptor_set_out={tmp}/descriptor.pb",
                 str(PROTO_ROOT / PROTO),
             ]
         )
@@ -65,7 +68,54 @@ def generate(out_dir: Path) -> list[Path]:
             target = out_dir / name
             target.write_text(_header("#") + text)
             written.append(target)
+        target = out_dir / GRPC_STUB
+        target.write_text(_header("#") + grpc_stub((Path(tmp) / "descriptor.pb").read_bytes()))
+        written.append(target)
     return written
+
+
+def grpc_stub(descriptor_set: bytes) -> str:
+    """A typed ``.pyi`` for the gRPC module: each stub method takes and returns the proto's messages.
+
+    A client-streaming method takes an iterator of requests; a server-streaming one returns an
+    iterator of responses (also a ``grpc.Call``: ``cancel()`` stops it). Servicer methods are typed
+    loosely, so a servicer may narrow its own signatures.
+    """
+    from google.protobuf import descriptor_pb2
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
+    (proto,) = [f for f in files.file if f.name == PROTO]
+    lines = [
+        "from collections.abc import Iterator",
+        "from typing import Any, Protocol, TypeVar",
+        "",
+        "from marketplace.rpc import worker_pb2",
+        "",
+        '_T_co = TypeVar("_T_co", covariant=True)',
+        "",
+        "class StreamingCall(Iterator[_T_co], Protocol):",
+        "    def cancel(self) -> bool: ...",
+        "",
+    ]
+    for service in proto.service:
+        lines += [f"class {service.name}Stub:", "    def __init__(self, channel: Any) -> None: ..."]
+        for method in service.method:
+            request = "worker_pb2." + method.input_type.rsplit(".", 1)[1]
+            response = "worker_pb2." + method.output_type.rsplit(".", 1)[1]
+            if method.client_streaming:
+                request = f"Iterator[{request}]"
+            if method.server_streaming:
+                response = f"StreamingCall[{response}]"
+            lines.append(f"    def {method.name}(self, request: {request}, **kwargs: Any) -> {response}: ...")
+        lines += ["", f"class {service.name}Servicer:"]
+        for method in service.method:
+            lines.append(f"    def {method.name}(self, request: Any, context: Any) -> Any: ...")
+        lines += [
+            "",
+            f"def add_{service.name}Servicer_to_server(servicer: {service.name}Servicer, server: Any) -> None: ...",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

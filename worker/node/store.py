@@ -196,7 +196,7 @@ class JobStore:
     def jobs_in(self, *states: str, ids: tuple[int, int] | None = None) -> list[JobRecord]:
         """Jobs in any of ``states``, oldest first; only ids in ``[lo, hi]`` when ``ids`` is given."""
         marks = ", ".join("?" for _ in states)
-        where, args = f"state IN ({marks})", tuple(states)
+        where, args = f"state IN ({marks})", tuple[str | int, ...](states)
         if ids is not None:
             where, args = where + " AND job_id BETWEEN ? AND ?", (*args, *ids)
         with self._lock:

@@ -517,7 +517,7 @@ class VerifierDaemon:
         ckpt_dir = results / "checkpoints"
         entries = read_checkpoint_log(ckpt_dir)
         replay_root = self.work / f"job-{job_id}" / f"slot-{slot}" / "replay"
-        tol = {"rtol": self.settings.rtol, "atol": self.settings.atol}
+        rtol, atol = self.settings.rtol, self.settings.atol
         limits = Limits(memory_bytes=self.settings.memory_limit_bytes)
 
         def run(name: str, **kw: Any) -> ReplayRun:
@@ -544,7 +544,7 @@ class VerifierDaemon:
                     claimed_gpu_seconds=claimed,
                     reason=f"the job does not re-run here: {full.reason or full.exit_code}",
                 )
-            cmp = compare.compare_results(full.directory, results, **tol)
+            cmp = compare.compare_results(full.directory, results, rtol=rtol, atol=atol)
             if not cmp:
                 return Verdict(
                     job_id,
@@ -582,7 +582,8 @@ class VerifierDaemon:
                 load_file(str(produced)),
                 load_file(str(ckpt_dir / entries[index]["file"])),
                 path=entries[index]["file"],
-                **tol,
+                rtol=rtol,
+                atol=atol,
             )
             if not cmp:
                 return Verdict(
@@ -602,7 +603,7 @@ class VerifierDaemon:
                 claimed_gpu_seconds=claimed,
                 reason=f"the job does not finish from its last checkpoint ({tail.reason or tail.exit_code})",
             )
-        cmp = compare.compare_results(tail.directory, results, **tol)
+        cmp = compare.compare_results(tail.directory, results, rtol=rtol, atol=atol)
         if not cmp:
             return Verdict(
                 job_id,
@@ -782,7 +783,7 @@ def read_checkpoint_log(ckpt_dir: Path) -> list[dict[str, Any]]:
     path = ckpt_dir / CHECKPOINT_LOG
     if not path.exists():
         return []
-    entries = []
+    entries: list[dict[str, Any]] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue

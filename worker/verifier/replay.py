@@ -112,15 +112,15 @@ def run_replay(
     count = str(threads or max(1, os.cpu_count() or 1))
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = count
     timeout = float(bundle.spec.resources.timeout_s)
-    base = limits or Limits()
-    limits = Limits(
-        timeout_s=min(timeout, base.timeout_s),
-        memory_bytes=base.memory_bytes,
-        max_processes=base.max_processes,
-        max_file_bytes=base.max_file_bytes,
-        max_disk_bytes=base.max_disk_bytes,
-        tmp_bytes=base.tmp_bytes,
-        open_files=base.open_files,
+    given = limits or Limits()
+    capped = Limits(
+        timeout_s=min(timeout, given.timeout_s),
+        memory_bytes=given.memory_bytes,
+        max_processes=given.max_processes,
+        max_file_bytes=given.max_file_bytes,
+        max_disk_bytes=given.max_disk_bytes,
+        tmp_bytes=given.tmp_bytes,
+        open_files=given.open_files,
     )
     req = SandboxRequest(
         name=f"replay{job_id}-{os.getpid()}-{time.monotonic_ns()}",
@@ -132,7 +132,7 @@ def run_replay(
         args=bundle.spec.job.args,
         env=env,
         device_kind="cpu",
-        limits=limits,
+        limits=capped,
     )
     proc = sandbox.start(req)
     readers = [
