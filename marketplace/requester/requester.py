@@ -31,6 +31,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
+from marketplace.contracts import reverts
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.events import SlotSettled
 from marketplace.contracts.reservations import reserved_job_id
@@ -278,7 +279,7 @@ class Requester:
                 try:
                     market.finalize_auction(self.account, job_id)
                 except ContractRevert as exc:
-                    if "not open" not in exc.reason:
+                    if not reverts.job_not_open(exc):
                         raise
                 continue
             time.sleep(0.2)
@@ -413,9 +414,9 @@ class Requester:
                 try:
                     market.settle(self.account, job_id, slot.slot)
                 except ContractRevert as exc:
-                    if exc.reason in ("market: slot already settled", "market: job is not leased"):
+                    if reverts.settled_by_another(exc):
                         pass  # a provider or verifier settled it between our read and our call
-                    elif exc.reason == "market: slot cannot settle yet":
+                    elif reverts.too_early_to_settle(exc):
                         continue
                     else:
                         raise
