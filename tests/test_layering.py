@@ -190,3 +190,12 @@ def test_the_library_imports_without_the_worker_or_the_command_line() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_architecture_page_names_every_layer() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    for name in ALLOWED:
+        short = name.split(".")[-1]
+        if name in ("marketplace", "worker", "worker.__main__"):
+            continue
+        assert f"{short}/" in page or f"{short}.py" in page or f"`{name}`" in page, name
