@@ -39,12 +39,6 @@ interface IProviderRegistry:
     def slash(provider: address, amount: uint256) -> uint256: nonpayable
 
 
-interface IERC20Permit:
-    def permit(
-        owner: address, spender: address, amount: uint256, deadline: uint256, v: uint8, r: bytes32, s: bytes32
-    ): nonpayable
-
-
 # @dev Verification policies.
 POLICY_NONE: public(constant(uint8)) = 0
 POLICY_REDUNDANT: public(constant(uint8)) = 1
@@ -351,9 +345,7 @@ def post_job_with_permit(spec: JobSpec, permit_deadline: uint256, v: uint8, r: b
     @param s The permit signature's s.
     @return The new job's id.
     """
-    extcall IERC20Permit(token.address).permit(
-        msg.sender, self, self._escrow_for(spec), permit_deadline, v, r, s
-    )
+    self._permit(self._escrow_for(spec), permit_deadline, v, r, s)
     return self._post(spec)
 
 
@@ -1063,3 +1055,28 @@ def _set_parameters(
         base_slash=base_slash_,
         slash_requester_bps=slash_requester_bps_,
     )
+
+
+@internal
+def _permit(amount: uint256, deadline: uint256, v: uint8, r: bytes32, s: bytes32):
+    # Anyone may submit a signed permit first and use up its nonce: when the permit fails,
+    # the allowance it set (or an earlier one) is used if it suffices, else its reason stands.
+    ok: bool = False
+    response: Bytes[160] = b""
+    ok, response = raw_call(
+        token.address,
+        abi_encode(
+            msg.sender,
+            self,
+            amount,
+            deadline,
+            v,
+            r,
+            s,
+            method_id=method_id("permit(address,address,uint256,uint256,uint8,bytes32,bytes32)"),
+        ),
+        max_outsize=160,
+        revert_on_failure=False,
+    )
+    if not ok and staticcall token.allowance(msg.sender, self) < amount:
+        raw_revert(response)

@@ -40,12 +40,6 @@ interface IProviderRegistry:
     def slash(provider: address, amount: uint256) -> uint256: nonpayable
 
 
-interface IERC20Permit:
-    def permit(
-        owner: address, spender: address, amount: uint256, deadline: uint256, v: uint8, r: bytes32, s: bytes32
-    ): nonpayable
-
-
 # @dev Seconds in an hour: prices are per GPU-hour, usage is in GPU-seconds.
 SECONDS_PER_HOUR: constant(uint256) = 3_600
 # @dev Basis points in one.
@@ -349,9 +343,7 @@ def buy_with_permit(reservation_id: uint256, permit_deadline: uint256, v: uint8,
     @param r The permit signature's r.
     @param s The permit signature's s.
     """
-    extcall IERC20Permit(token.address).permit(
-        msg.sender, self, self._escrow_value(self._load(reservation_id)), permit_deadline, v, r, s
-    )
+    self._permit(self._escrow_value(self._load(reservation_id)), permit_deadline, v, r, s)
     self._buy(reservation_id)
 
 
@@ -803,3 +795,28 @@ def _set_parameters(
         base_slash=base_slash_,
         slash_holder_bps=slash_holder_bps_,
     )
+
+
+@internal
+def _permit(amount: uint256, deadline: uint256, v: uint8, r: bytes32, s: bytes32):
+    # Anyone may submit a signed permit first and use up its nonce: when the permit fails,
+    # the allowance it set (or an earlier one) is used if it suffices, else its reason stands.
+    ok: bool = False
+    response: Bytes[160] = b""
+    ok, response = raw_call(
+        token.address,
+        abi_encode(
+            msg.sender,
+            self,
+            amount,
+            deadline,
+            v,
+            r,
+            s,
+            method_id=method_id("permit(address,address,uint256,uint256,uint8,bytes32,bytes32)"),
+        ),
+        max_outsize=160,
+        revert_on_failure=False,
+    )
+    if not ok and staticcall token.allowance(msg.sender, self) < amount:
+        raw_revert(response)
