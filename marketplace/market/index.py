@@ -40,7 +40,7 @@ price weighted by those GPU-seconds (``reserved_vwap``, floored) and the last on
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,8 +58,10 @@ __all__ = [
     "MarketIndex",
     "ReservationRecord",
     "SettlementRecord",
+    "assemble_history",
     "compute_index",
     "index_document",
+    "offer_at_block",
     "parse_window",
     "read_history",
     "twap",
@@ -170,18 +172,6 @@ def read_history(contracts: Contracts, *, block: int | None = None) -> History:
     block = latest if block is None else block
     if not start <= block <= latest:
         raise ConfigError(f"index: block {block} is outside this market's history ({start}..{latest})")
-
-    def upto(items: Iterable[Any]) -> list[Any]:
-        return sorted((e for e in items if e.block_number <= block), key=lambda e: (e.block_number, e.log_index))
-
-    specs: dict[int, JobSpec] = {e.job_id: e.spec for e in upto(market.get_events("JobPosted", start))}
-    leased: list[SlotLeased] = upto(market.get_events("SlotLeased", start))
-    settled: list[SlotSettled] = upto(market.get_events("SlotSettled", start))
-    registrations: dict[str, list[int]] = {}
-    for reg in upto(registry.get_events("ProviderRegistered", start)):
-        assert isinstance(reg, ProviderRegistered)
-        registrations.setdefault(reg.provider, []).append(reg.block_number)
-
     times: dict[int, int] = {}
 
     def time_of(number: int) -> int:
@@ -190,6 +180,82 @@ def read_history(contracts: Contracts, *, block: int | None = None) -> History:
                 times[number] = int(chain.w3.eth.get_block(number)["timestamp"])
         return times[number]
 
+    terms: dict[int, Any] = {}
+    sales: list[tuple[int, int, str, Any]] = []
+    if contracts.reservations is not None:
+        terms = {int(e.args["reservation_id"]): e.args for e in contracts.reservations.history("OfferPosted")}
+        for name, sale in (("ReservationBought", "bought"), ("ReservationResold", "resold")):
+            sales += [
+                (e.block_number, int(e.args["reservation_id"]), sale, e.args)
+                for e in contracts.reservations.history(name)
+            ]
+    return assemble_history(
+        chain.chain_id,
+        market.address,
+        start,
+        block,
+        posted=market.get_events("JobPosted", start),
+        leased=market.get_events("SlotLeased", start),
+        settled=market.get_events("SlotSettled", start),
+        registered=registry.get_events("ProviderRegistered", start),
+        offer_terms=terms,
+        sales=sales,
+        time_of=time_of,
+        offer_at=lambda provider, at: offer_at_block(contracts, provider, at),
+    )
+
+
+def offer_at_block(contracts: Contracts, provider: str, block: int) -> tuple[str, int | None]:
+    """(device model, device kind) of ``provider``'s offer as it stood at ``block``.
+
+    A node that cannot answer calls at old blocks gives the current offer; no offer gives ``("", None)``.
+    """
+    chain, registry = contracts.chain, contracts.registry
+    fn = registry.contract.functions.offers(provider)
+    try:
+        with chain.locked():
+            offer = fn.call(block_identifier=block)
+    except Exception:  # a node without old state: the current offer
+        try:
+            offer = registry.call("offers", provider)
+        except Exception:
+            offer = ("", None)
+    return str(offer[0]), None if offer[1] is None else int(offer[1])
+
+
+def assemble_history(
+    chain_id: int,
+    market: str,
+    start: int,
+    block: int,
+    *,
+    posted: Iterable[Any],
+    leased: Iterable[Any],
+    settled: Iterable[Any],
+    registered: Iterable[Any],
+    offer_terms: dict[int, Any],
+    sales: Iterable[tuple[int, int, str, Any]],
+    time_of: Callable[[int], int],
+    offer_at: Callable[[str, int], tuple[str, int | None]],
+) -> History:
+    """The :class:`History` up to ``block`` from a market's decoded events, wherever they were read.
+
+    ``posted``, ``leased``, ``settled`` and ``registered`` are ``JobPosted``, ``SlotLeased``,
+    ``SlotSettled`` and ``ProviderRegistered`` events (:mod:`marketplace.contracts.events`);
+    ``offer_terms`` maps a reservation id to its ``OfferPosted`` arguments and ``sales`` lists
+    ``(block, reservation id, "bought" | "resold", arguments)``; ``time_of`` gives a block's
+    timestamp and ``offer_at`` a provider's ``(model, kind)`` as registered at a block.
+    :func:`read_history` reads them from the chain; a cache of the same events gives the same history.
+    """
+
+    def upto(items: Iterable[Any]) -> list[Any]:
+        return sorted((e for e in items if e.block_number <= block), key=lambda e: (e.block_number, e.log_index))
+
+    specs: dict[int, JobSpec] = {e.job_id: e.spec for e in upto(posted)}
+    registrations: dict[str, list[int]] = {}
+    for reg in upto(registered):
+        assert isinstance(reg, ProviderRegistered)
+        registrations.setdefault(reg.provider, []).append(reg.block_number)
     offers: dict[tuple[str, int], tuple[str, int | None]] = {}
 
     def offer_of(provider: str, at: int) -> tuple[str, int | None]:
@@ -199,26 +265,15 @@ def read_history(contracts: Contracts, *, block: int | None = None) -> History:
             return "", None
         key = (provider, regs[-1])
         if key not in offers:
-            fn = registry.contract.functions.offers(provider)
-            try:
-                with chain.locked():
-                    offer = fn.call(block_identifier=regs[-1])
-            except Exception:  # a node without old state: the current offer
-                try:
-                    offer = registry.call("offers", provider)
-                except Exception:
-                    offer = ("", None)
-            offers[key] = (str(offer[0]), None if offer[1] is None else int(offer[1]))
+            offers[key] = offer_at(provider, regs[-1])
         return offers[key]
-
-    def model_of(provider: str, at: int) -> str:
-        return offer_of(provider, at)[0]
 
     leases: list[LeaseRecord] = []
     class_of: dict[tuple[int, int], str] = {}
-    for e in leased:
+    for e in upto(leased):
+        assert isinstance(e, SlotLeased)
         spec = specs[e.job_id]
-        cls = _device_class(spec.device_kind.name.lower(), model_of(e.provider, e.block_number))
+        cls = _device_class(spec.device_kind.name.lower(), offer_of(e.provider, e.block_number)[0])
         class_of[(e.job_id, e.slot)] = cls
         leases.append(
             LeaseRecord(
@@ -234,7 +289,8 @@ def read_history(contracts: Contracts, *, block: int | None = None) -> History:
             )
         )
     settlements: list[SettlementRecord] = []
-    for s in settled:
+    for s in upto(settled):
+        assert isinstance(s, SlotSettled)
         cls = class_of.get((s.job_id, s.slot), specs[s.job_id].device_kind.name.lower())
         settlements.append(
             SettlementRecord(
@@ -250,33 +306,23 @@ def read_history(contracts: Contracts, *, block: int | None = None) -> History:
                 s.fee,
             )
         )
-    reservations = _reservation_sales(contracts, upto_block=block, offer_of=offer_of, time_of=time_of)
-    return History(
-        chain.chain_id, market.address, start, block, time_of(block), tuple(leases), tuple(settlements), reservations
+    reservations = _reservation_sales(
+        {rid: args for rid, args in offer_terms.items()},
+        [sale for sale in sales if sale[0] <= block],
+        offer_of=offer_of,
+        time_of=time_of,
     )
+    return History(chain_id, market, start, block, time_of(block), tuple(leases), tuple(settlements), reservations)
 
 
 def _reservation_sales(
-    contracts: Contracts,
+    terms: dict[int, Any],
+    sales: list[tuple[int, int, str, Any]],
     *,
-    upto_block: int,
-    offer_of: Any,
-    time_of: Any,
+    offer_of: Callable[[str, int], tuple[str, int | None]],
+    time_of: Callable[[int], int],
 ) -> tuple[ReservationRecord, ...]:
-    """Every reservation bought or resold up to ``upto_block``, oldest first."""
-    reservations = contracts.reservations
-    if reservations is None:
-        return ()
-    terms = {
-        int(e.args["reservation_id"]): e.args
-        for e in reservations.history("OfferPosted")
-        if e.block_number <= upto_block
-    }
-    sales: list[tuple[int, int, str, Any]] = []
-    for name, sale in (("ReservationBought", "bought"), ("ReservationResold", "resold")):
-        for e in reservations.history(name):
-            if e.block_number <= upto_block:
-                sales.append((e.block_number, int(e.args["reservation_id"]), sale, e.args))
+    """Every reservation bought or resold, oldest first, with the terms of its offer."""
     records = []
     for block, rid, sale, args in sorted(sales, key=lambda x: (x[0], x[1], x[2] == "resold")):
         offer = terms[rid]
