@@ -459,31 +459,9 @@ def job_submit(
 
 
 def _job_summary(contracts: Any, job_id: int) -> dict[str, Any]:
-    market = contracts.market
-    spec = market.spec(job_id)
-    state = market.job(job_id)
-    return {
-        "job_id": job_id,
-        "status": state.status.name.lower(),
-        "requester": spec.requester,
-        "auction": spec.auction.name.lower(),
-        "policy": spec.policy.name.lower(),
-        "redundancy": spec.redundancy,
-        "max_price": spec.max_price,
-        "max_gpu_seconds": spec.max_gpu_seconds,
-        "escrow": state.escrow,
-        "slots": [
-            {
-                "slot": s.slot,
-                "provider": s.provider,
-                "status": s.status.name.lower(),
-                "price": s.price,
-                "gpu_seconds": s.gpu_seconds,
-                "result_root": "0x" + s.result_root.hex(),
-            }
-            for s in market.slots_of(job_id)
-        ],
-    }
+    from marketplace.market.summary import job_summary
+
+    return job_summary(contracts, job_id)
 
 
 @job.command("status")
@@ -701,7 +679,7 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
         prices.setdefault(kind, []).append(event.price)
     for_sale = []
     if contracts.reservations is not None:
-        from flopex.cli.reserve import reservation_summary
+        from marketplace.market.summary import reservation_summary
 
         now = contracts.chain.next_timestamp()
         for rid in range(1, contracts.reservations.offer_count() + 1):

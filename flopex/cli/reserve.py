@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from flopex.cli.common import account_options, chain_options, emit_json, load_signer, open_contracts
+from marketplace.market.summary import reservation_summary
 
 __all__ = ["reservation_summary", "reserve"]
 
@@ -29,28 +30,6 @@ def _tokens(text: str) -> int:
     from marketplace.types import parse_tokens
 
     return int(parse_tokens(text))
-
-
-def reservation_summary(state: Any, now: int) -> dict[str, Any]:
-    """A reservation as JSON data: terms, holder, usage, money (token units), open window, for sale now."""
-    return {
-        "reservation_id": state.reservation_id,
-        "provider": state.provider,
-        "status": state.status.name.lower(),
-        "start": state.start,
-        "end": state.end,
-        "duration": state.duration,
-        "gpus": state.gpus,
-        "price": state.price,
-        "value": state.value,
-        "holder": state.holder,
-        "resale_price": state.resale_price,
-        "used_gpu_seconds": state.used_gpu_seconds,
-        "usage_records": state.usage_records,
-        "escrow": state.escrow,
-        "window_open": state.start <= now < state.end,
-        "for_sale": state.for_sale(now),
-    }
 
 
 def _describe(s: dict[str, Any]) -> str:
