@@ -577,8 +577,9 @@ def member_start(
     import logging
 
     from marketplace.market.pricing import FixedFloor
-    from worker.pool.operator import CheatingMember, MemberDaemon
+    from worker.pool.operator import MemberDaemon
     from worker.provider.daemon import ProviderSettings, chain_worker, device_terms
+    from worker.testing.cheats import CheatingMember
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     contracts = open_contracts(rpc_url, deployment_path)

@@ -26,7 +26,7 @@ from marketplace.requester.requester import JobOptions, Requester
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Policy, SlotStatus, parse_tokens, slot_value
 from tests.e2e.providerkit import start_provider
-from worker.provider import daemon as provider_module
+from worker.provider import bidding as bidding_module
 from worker.provider.daemon import ProviderDaemon, ProviderSettings
 from worker.provider.metrics import CONTENT_TYPE, parse_metrics, serve_metrics
 
@@ -127,7 +127,7 @@ def test_metrics__scraped_over_http__show_the_job_the_bid_the_busy_time_and_the_
 
 
 class _Clock:
-    """Stands in for the ``time`` module in worker.provider.daemon."""
+    """Stands in for the ``time`` module in worker.provider.bidding."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -140,7 +140,7 @@ def test_an_idle_provider_with_a_decay_strategy__asks_less_the_longer_it_idles(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = _Clock(1_000_000.0)
-    monkeypatch.setattr(provider_module, "time", clock)
+    monkeypatch.setattr(bidding_module, "time", clock)
     busy: set[int] = {0}
     worker = SimpleNamespace(manager=SimpleNamespace(devices=[object(), object()], busy_devices=lambda: set(busy)))
     floor = 2 * ONE_TOKEN
@@ -173,13 +173,13 @@ def test_an_idle_provider_with_a_decay_strategy__asks_less_the_longer_it_idles(
         challenge_window=0,
     )
 
-    busy_ask = daemon._ask(job)  # a device is busy: not idle, full premium
+    busy_ask = daemon.bidder.ask(job)  # a device is busy: not idle, full premium
     assert busy_ask == floor * 3 // 2
     busy.clear()  # the job ends; the clock runs on with nothing to do
     asks = []
     for idle in (0, 900, 1_800, 3_600, 36_000):
         clock.now = 1_000_000.0 + idle
-        asks.append(daemon._ask(job))
+        asks.append(daemon.bidder.ask(job))
     premium = Fraction(floor, 2)
     assert asks == [
         busy_ask,
@@ -190,7 +190,7 @@ def test_an_idle_provider_with_a_decay_strategy__asks_less_the_longer_it_idles(
     ]
     assert all(a > b for a, b in itertools.pairwise(asks))
     busy.add(1)  # busy again: the premium is back
-    assert daemon._ask(job) == busy_ask
+    assert daemon.bidder.ask(job) == busy_ask
 
 
 @pytest.mark.bwrap

@@ -1,18 +1,22 @@
 """Provider pools off chain: the operator's daemon and the member's daemon.
 
 A pool (``contracts/ProviderPool.vy``, bound by :mod:`marketplace.contracts.pool`) is one provider address
-at the market. Two daemons drive it, both built on :class:`~worker.provider.daemon.ProviderDaemon`:
+at the market. Two daemons drive it:
 
 - :class:`PoolOperatorDaemon` (the operator's account, no worker of its own) registers the pool's
   offer, covered by its best-equipped bonded member, watches ``JobPosted`` and bids through the
   pool (sealed commit/reveal or instant take, by its pricing strategy), assigns each slot the pool
   wins to a member whose devices fit (the least loaded: fewest open assignments, then fewest
   assignments ever, then list order, so equal members take turns), books each slot at the pool
-  once it can end (``pool.settle``), collects the pool's market credit and withdraws its fee.
+  once it can end (``pool.settle``), collects the pool's market credit and withdraws its fee. It
+  bids with the provider's :class:`~worker.provider.bidding.Bidder`, through a :class:`PoolVenue`,
+  with the pool's members as the bidder's supply.
 - :class:`MemberDaemon` (a member's account, with its own worker) joins the pool with its worker's
   devices, receipt signer and endpoint, watches ``SlotAssigned`` for slots assigned to it, commits
   its worker's result root and metered GPU-seconds through the pool (``pool.commit_result``),
-  books the slot when it can end and withdraws its pool credit.
+  books the slot when it can end and withdraws its pool credit. It is a
+  :class:`~worker.provider.daemon.ProviderDaemon` whose market calls go through the pool and
+  which never bids.
 
 The requester and the member's worker find the member from the chain (``pool.assignments``), see
 :func:`marketplace.market.routing.slot_worker`.
@@ -22,25 +26,28 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
 
+from marketplace.contracts import reverts
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.pool import Pool, PoolMember
 from marketplace.errors import ConfigError, ContractRevert
 from marketplace.market.pricing import PricingStrategy
 from marketplace.types import DeviceKind, JobSpec, JobStatus, Offer, SlotStatus, format_tokens
 from worker.node.service import WorkerServer
+from worker.provider.bidding import Bidder, BidTerms
 from worker.provider.daemon import ProviderDaemon, ProviderSettings
+from worker.provider.loop import ChainDaemon, can_settle
 
 __all__ = [
-    "CheatingMember",
     "MemberDaemon",
     "OperatorSettings",
     "PoolOperatorDaemon",
+    "PoolVenue",
     "pick_member",
     "pool_offer",
     "register_pool",
@@ -124,10 +131,42 @@ def register_pool(
     return cover
 
 
-class PoolOperatorDaemon(ProviderDaemon):
-    """The operator of one pool: register, bid, assign, book, collect."""
+class PoolVenue:
+    """Bids through the pool contract, which holds the slots; an instant take pays the pool's registered price."""
 
-    SERVES_RESERVATIONS = False  # the pool is the registered provider; it offers no reservations
+    def __init__(self, pool: Pool, account: LocalAccount, price_floor: int) -> None:
+        self.pool = pool
+        self.account = account
+        self.price_floor = price_floor
+
+    @property
+    def holder(self) -> str:
+        """The pool holds the slots."""
+        return self.pool.address
+
+    def instant_price(self, ask: Callable[[], int | None]) -> int | None:
+        """The pool's registered price: its offer is the pool contract's, posted by the operator."""
+        return self.price_floor
+
+    def post_price(self, price: int) -> None:
+        """The pool's price is posted with its registration (``register_pool``), not per take."""
+
+    def take(self, job_id: int) -> None:
+        self.pool.take_job(self.account, job_id)
+
+    def commit_bid(self, job_id: int, price: int) -> bytes:
+        return self.pool.commit_bid(self.account, job_id, price)
+
+    def reveal(self, job_id: int, price: int, salt: bytes) -> None:
+        self.pool.reveal_bid(self.account, job_id, price, salt)
+
+
+class PoolOperatorDaemon(ChainDaemon):
+    """The operator of one pool: register, bid, assign, book, collect.
+
+    Its :class:`~worker.provider.bidding.Bidder` bids through the pool (a :class:`PoolVenue`) for
+    the pool's members (the daemon is the bidder's :class:`~worker.provider.bidding.Supply`).
+    """
 
     def __init__(
         self,
@@ -139,27 +178,20 @@ class PoolOperatorDaemon(ProviderDaemon):
     ) -> None:
         if pool.operator() != account.address:
             raise ConfigError(f"{account.address} is not the operator of pool {pool.address}")
-        base = ProviderSettings(
-            endpoint="",
-            price_floor=settings.price_floor,
-            strategy=settings.strategy,
-            stake=0,
-            device_model=settings.device_model,
-            device_kind=settings.device_kind,
-            gpu_count=0,
-            memory_mb=0,
-            claimed_gflops=settings.claimed_gflops,
-            poll_interval_s=settings.poll_interval_s,
-            withdraw=settings.withdraw,
+        super().__init__(
+            contracts, account, state_path, poll_interval_s=settings.poll_interval_s, role="pool operator", log=log
         )
-        super().__init__(contracts, account, None, base, state_path)  # type: ignore[arg-type]
         self.pool = pool
-        self.operator_settings = settings
+        self.settings = settings
         self.min_stake = pool.min_member_stake()
         self.members: list[PoolMember] = []
         self._ever: dict[str, int] = {}
         self._assigned_block = -1
         self._offer_checked = 0.0
+        terms = BidTerms(settings.price_floor, settings.strategy, settings.device_kind)
+        venue = PoolVenue(pool, account, settings.price_floor)
+        #: Bids through the pool for its members.
+        self.bidder = Bidder(contracts, account, self.memory, terms, venue, self, role="pool operator")
 
     @property
     def holder(self) -> str:
@@ -174,7 +206,7 @@ class PoolOperatorDaemon(ProviderDaemon):
 
     def desired_offer(self) -> tuple[Offer, PoolMember] | None:
         """The offer the pool should have and its covering member, or None with no bonded member."""
-        return pool_offer(self.members, self.min_stake, self.operator_settings)
+        return pool_offer(self.members, self.min_stake, self.settings)
 
     def ensure_registered(self) -> None:
         """Register (or refresh) the pool's offer; a :class:`ConfigError` while no member is bonded."""
@@ -185,49 +217,30 @@ class PoolOperatorDaemon(ProviderDaemon):
         """Register (or refresh) the pool's offer; False while no member is bonded."""
         self.members = self.pool.members()
         self._offer_checked = time.monotonic()
-        return register_pool(self.contracts, self.pool, self.account, self.operator_settings, self.members) is not None
-
-    # ------------------------------------------------------------------ market hooks
-
-    def _instant_price(self, spec: JobSpec) -> int | None:
-        """The pool's registered price: its offer is the pool contract's, posted by the operator."""
-        return self.settings.price_floor
-
-    def _post_price(self, price: int) -> None:
-        """The pool's price is posted with its registration (``register_pool``), not per take."""
-
-    def _take(self, job_id: int) -> None:
-        self.pool.take_job(self.account, job_id)
-
-    def _commit_bid(self, job_id: int, price: int) -> bytes:
-        return self.pool.commit_bid(self.account, job_id, price)
-
-    def _reveal(self, job_id: int, price: int, salt: bytes) -> None:
-        self.pool.reveal_bid(self.account, job_id, price, salt)
-
-    def _commit(self, job_id: int, index: int, root: bytes, claimed: int) -> None:
-        self.pool.commit_result(self.account, job_id, index, root, claimed)
-
-    def _settle(self, job_id: int, index: int) -> None:
-        self.pool.settle(self.account, job_id, index)
+        return register_pool(self.contracts, self.pool, self.account, self.settings, self.members) is not None
 
     def _withdraw(self) -> None:
         if self.pool.credits(self.address) > 0:
             amount = self.pool.withdraw(self.account)
             log.info("pool %s: operator withdrew %s FLOP", self.pool.address, format_tokens(amount))
 
-    def _capacity(self) -> int:
+    # ------------------------------------------------------------------ the bidder's supply: the members
+
+    def fits(self, spec: JobSpec) -> bool:
+        """Whether some bonded member has the devices and memory per device for a slot of ``spec``."""
+        return any(m.fits(spec.gpus, spec.min_memory_mb, self.min_stake) for m in self.members)
+
+    def capacity(self) -> int:
+        """Slots it can run at once: one per bonded member."""
         return max(1, len(self.bonded()))
 
-    def _busy(self) -> int:
+    def busy(self) -> int:
+        """Members busy now: the pool's open assignments."""
         return self.pool.open_assignments()
 
-    def _can_run(self, spec: JobSpec) -> bool:
-        return (
-            spec.requester not in (self.address, self.holder)
-            and spec.device_kind == self.settings.device_kind
-            and any(m.fits(spec.gpus, spec.min_memory_mb, self.min_stake) for m in self.members)
-        )
+    def free_for(self, spec: JobSpec, lease_start: int) -> bool:
+        """A pool offers no reservations: nothing of its members is reserved."""
+        return True
 
     # ------------------------------------------------------------------ one pass
 
@@ -238,10 +251,9 @@ class PoolOperatorDaemon(ProviderDaemon):
         else:
             self.members = self.pool.members()
         self._read_assignments()
-        self._read_new_jobs()
+        self.bidder.read_new_jobs()
         now = self.now()
-        for job_id, spec in list(self.open_jobs.items()):
-            self._bid(job_id, spec, now)
+        self.bidder.bid(now)
         for job_id in list(self.memory.slots):
             if job_id not in self.memory.done:
                 self._serve(job_id, now)
@@ -277,11 +289,11 @@ class PoolOperatorDaemon(ProviderDaemon):
                         # The member missed the run deadline: settle and book the slash to it.
                         self._book(job_id, index)
                 return
-            if slot.status.terminal or self._can_settle(slot.status, slot.committed_at, spec, now):
+            if slot.status.terminal or can_settle(slot.status, slot.committed_at, spec, now):
                 self._book(job_id, index)
         except ContractRevert as exc:
             log.info("pool %s: job %d: %s", self.pool.address, job_id, exc.reason)
-            if exc.reason == "pool: slot already booked":
+            if reverts.already_booked(exc):
                 self.memory.done.add(job_id)
 
     def _assign(self, job_id: int, index: int, spec: JobSpec) -> None:
@@ -326,7 +338,7 @@ class MemberDaemon(ProviderDaemon):
         settings: ProviderSettings,
         state_path: Path,
     ) -> None:
-        super().__init__(contracts, account, worker, settings, state_path)
+        super().__init__(contracts, account, worker, settings, state_path, role="member")
         self.pool = pool
 
     @property
@@ -366,7 +378,7 @@ class MemberDaemon(ProviderDaemon):
         ):
             pool.update_devices(self.account, s.gpu_count, s.memory_mb, signer, s.endpoint)
 
-    # ------------------------------------------------------------------ market hooks
+    # ------------------------------------------------------------------ market calls, through the pool
 
     def _commit(self, job_id: int, index: int, root: bytes, claimed: int) -> None:
         self.pool.commit_result(self.account, job_id, index, root, claimed)
@@ -415,18 +427,11 @@ class MemberDaemon(ProviderDaemon):
             spec = market.spec(job_id)
             if slot.status == SlotStatus.ASSIGNED:
                 self._maybe_commit(job_id, index, spec, now)
-            elif slot.status.terminal or self._can_settle(slot.status, slot.committed_at, spec, now):
+            elif slot.status.terminal or can_settle(slot.status, slot.committed_at, spec, now):
                 if not self.pool.booked(job_id, index):
                     self._settle(job_id, index)
                 self.memory.done.add(job_id)
         except ContractRevert as exc:
             log.info("member %s: job %d: %s", self.address, job_id, exc.reason)
-            if exc.reason == "pool: slot already booked":
+            if reverts.already_booked(exc):
                 self.memory.done.add(job_id)
-
-
-class CheatingMember(MemberDaemon):
-    """A member that commits a root its worker did not produce. Tests only: never on a real market."""
-
-    def _commit(self, job_id: int, index: int, root: bytes, claimed: int) -> None:
-        super()._commit(job_id, index, keccak(b"not the result" + root), claimed)

@@ -129,8 +129,6 @@ class ProviderMetrics:
 
     def _devices(self) -> tuple[int, int]:
         worker = self.daemon.worker
-        if worker is None:
-            return 0, 0
         return len(worker.manager.devices), len(worker.manager.busy_devices())
 
     def sample(self) -> None:
@@ -266,8 +264,8 @@ class ProviderMetrics:
             challenge_window=0,
         )
         try:
-            return d._ask(reference)
-        except Exception:  # a pool without a worker, a closed store: no ask to show
+            return d.bidder.ask(reference)
+        except Exception:  # a closed store: no ask to show
             return None
 
     # ------------------------------------------------------------------ rendering
@@ -286,12 +284,11 @@ class ProviderMetrics:
             log.warning("metrics: chain read failed: %s", exc)
         total, busy = self._devices()
         states = dict.fromkeys(JOB_STATES, 0)
-        if d.worker is not None:
-            try:
-                for job in d.worker.manager.store.jobs_in(*JOB_STATES):
-                    states[job.state] = states.get(job.state, 0) + 1
-            except Exception as exc:  # the store closes when the worker stops
-                log.debug("metrics: job store unreadable: %s", exc)
+        try:
+            for job in d.worker.manager.store.jobs_in(*JOB_STATES):
+                states[job.state] = states.get(job.state, 0) + 1
+        except Exception as exc:  # the store closes when the worker stops
+            log.debug("metrics: job store unreadable: %s", exc)
         ask = self._ask_now()
         families = [
             _Family("flopex_provider_devices", "gauge", "Devices the worker offers.", [({}, total)]),
@@ -318,7 +315,7 @@ class ProviderMetrics:
                 "flopex_provider_idle_seconds",
                 "gauge",
                 "Seconds since a device was last busy.",
-                [({}, 0 if busy else max(0, int(time.time() - d.last_busy)))],
+                [({}, 0 if busy else max(0, int(time.time() - d.bidder.last_busy)))],
             ),
             _Family(
                 "flopex_worker_jobs",
@@ -331,7 +328,7 @@ class ProviderMetrics:
                 "counter",
                 "Bids since start by auction and outcome (committed, won, lost).",
                 [
-                    ({"auction": a, "outcome": o}, d.bid_counts.get((a, o), 0))
+                    ({"auction": a, "outcome": o}, d.bidder.bid_counts.get((a, o), 0))
                     for a in ("sealed", "instant")
                     for o in ("committed", "won", "lost")
                     if (a, o) != ("instant", "committed")
@@ -353,7 +350,7 @@ class ProviderMetrics:
                 "flopex_provider_last_bid_units",
                 "gauge",
                 "The last price bid or taken at, token units per GPU-hour.",
-                [({}, d.last_bid_price)] if d.last_bid_price is not None else [],
+                [({}, d.bidder.last_bid_price)] if d.bidder.last_bid_price is not None else [],
             ),
             _Family(
                 "flopex_provider_settled_slots_total",

@@ -14,6 +14,9 @@ the results its worker produces before the worker hashes them, so the results it
 signed receipt and the root it commits agree: only verification can tell. The ``*_run``
 functions produce honest and cheating checkpoint sequences of ``examples/replay_mlp``
 in-process, for the benchmark's many trials.
+
+:class:`CheatingMember` is a pool's :class:`~worker.pool.operator.MemberDaemon` that commits,
+through the pool, a root its worker did not produce (the requester's check catches it).
 """
 
 from __future__ import annotations
@@ -26,15 +29,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eth_utils.crypto import keccak
+
 from marketplace.protocol.merkle import EMPTY_ROOT
 from marketplace.sdk import CHECKPOINT_LOG
 from marketplace.types import JobStatus
+from worker.pool.operator import MemberDaemon
 from worker.provider.daemon import ProviderDaemon
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CHEATS", "Cheat", "CheatingProvider", "cheat_run", "honest_run", "load_replay_mlp", "tamper_results"]
+__all__ = [
+    "CHEATS",
+    "Cheat",
+    "CheatingMember",
+    "CheatingProvider",
+    "cheat_run",
+    "honest_run",
+    "load_replay_mlp",
+    "tamper_results",
+]
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,13 @@ class CheatingProvider(ProviderDaemon):
             self._nudge_clock()  # as an honest provider does while the chain's clock lags
             return  # wait until the chain believes the inflated claim
         market.commit_result(self.account, job_id, index, record.result_root or EMPTY_ROOT, min(claim, held))
+
+
+class CheatingMember(MemberDaemon):
+    """A pool member that commits a root its worker did not produce. Tests only: never on a real market."""
+
+    def _commit(self, job_id: int, index: int, root: bytes, claimed: int) -> None:
+        super()._commit(job_id, index, keccak(b"not the result" + root), claimed)
 
 
 class _TamperingRun:
