@@ -168,6 +168,7 @@ class _Stage:
         )
         account = dev_account(ROLES[name])
         state = data / "provider-state.json"
+        daemon: ProviderDaemon
         if name == CHEATER:
             daemon = CheatingProvider(contracts, account, server, settings, state, cheat=Cheat("random"), seed=7)
         else:
@@ -327,7 +328,11 @@ def _capacity(contracts: Contracts, stage: _Stage, step: Callable[[str], None]) 
     out: dict[str, dict[str, Any]] = {}
     for name in PROVIDER_PRICES:
         address = dev_account(ROLES[name]).address
-        contracts.chain.wait_until(lambda a=address: contracts.registry.attestation(a)[2] > 0, timeout=120)
+
+        def attested(a: str = address) -> bool:
+            return contracts.registry.attestation(a)[2] > 0
+
+        contracts.chain.wait_until(attested, timeout=120)
         gflops, _verifier, _at, flagged = contracts.registry.attestation(address)
         out[name] = {"gflops": gflops, "flagged": flagged}
     line = ", ".join(f"{n} {v['gflops']} GFLOP/s" for n, v in out.items())
