@@ -97,6 +97,8 @@ class DemoReport:
     steps: list[str] = field(default_factory=list)
     conserved: bool = False
     seconds: float = 0.0
+    #: The market the story ran on (its embedded chain stays up as long as this is held); not in the JSON.
+    contracts: Contracts | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The report as one JSON-ready document (amounts as integers and as decimal strings)."""
@@ -320,6 +322,7 @@ def run_demo(say: Callable[[str], None] = lambda _line: None) -> DemoReport:
         and token.balance_of(reservations.address) == 0
     )
     report.seconds = time.monotonic() - started
+    report.contracts = contracts
     return report
 
 

@@ -27,6 +27,7 @@ from flopex.cli.common import (
     load_signer,
     open_contracts,
 )
+from flopex.cli.console import console
 from flopex.cli.pool import pool
 from flopex.cli.reserve import reserve
 
@@ -48,8 +49,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the whole story as one JSON document.")
-def demo(as_json: bool) -> None:
-    """Run the whole market in one process on the embedded chain."""
+@click.option("--console", "with_console", is_flag=True, help="Afterwards keep the chain up and serve the web console.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="The console's port.")
+def demo(as_json: bool, with_console: bool, port: int) -> None:
+    """Run the whole market in one process on the embedded chain (and, with --console, browse it)."""
     from flopex.demo import run_demo
     from marketplace.types import format_tokens
 
@@ -59,6 +62,8 @@ def demo(as_json: bool) -> None:
     report = run_demo(say)
     if as_json:
         emit_json(report.to_json())
+        if with_console:
+            _demo_console(report, port, err=True)
         return
     click.echo("\nbalances (wallet + credit + stake, FLOP):")
     for name in report.accounts:
@@ -69,6 +74,24 @@ def demo(as_json: bool) -> None:
             f"  {name:<11} {format_tokens(before):>14} -> {format_tokens(after):>14}  ({sign}{format_tokens(change)})"
         )
     click.echo(f"\ntokens conserved: {'yes' if report.conserved else 'NO'}; took {report.seconds:.1f} s")
+    if with_console:
+        _demo_console(report, port)
+
+
+def _demo_console(report: Any, port: int, err: bool = False) -> None:
+    """Serve the console over the demo's embedded chain, with the requester's key for its jobs' logs."""
+    from flopex.cli.console import serve_console
+    from flopex.demo import ROLES
+    from marketplace.chain.client import dev_account
+
+    click.echo("\nthe chain stays up; the console reads it (the demo's workers have stopped: no live logs)", err=err)
+    serve_console(
+        report.contracts,
+        port=port,
+        deployment="demo (embedded chain)",
+        requester=dev_account(ROLES["requester"]),
+        err=err,
+    )
 
 
 # ---------------------------------------------------------------------- chain
@@ -791,6 +814,7 @@ def market_report(
         click.echo(f"price index chart written to {path}")
 
 
+cli.add_command(console)
 cli.add_command(pool)
 cli.add_command(reserve)
 
