@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,7 +35,7 @@ from worker.node.config import WorkerConfig
 from worker.node.devices import DeviceInfo, UtilizationSampler, check_request
 from worker.node.leases import Lease
 from worker.node.store import TERMINAL, JobRecord, JobStore
-from worker.sandbox.runner import INPUT, Limits, Sandbox, SandboxRequest
+from worker.sandbox.runner import JobSpace, Limits, Sandbox, SandboxRequest
 
 __all__ = ["MAX_LOG_EVENTS", "JobManager", "device_proto", "receipt_proto"]
 
@@ -411,54 +411,36 @@ class JobManager:
             self._groups.pop(run.job_id, None)
             self._cond.notify_all()
 
-    def _prepare(self, job_id: int, bundle: Bundle) -> tuple[Path, Path, Path, Path]:
-        root = self.job_dir(job_id)
-        work, result = root / "work", root / "result"
-        for path in (work, result):
-            shutil.rmtree(path, ignore_errors=True)
-        output, ckpt, logs = result / "output", result / "checkpoints", result / "logs"
-        for path in (work, output, ckpt, logs):
-            path.mkdir(parents=True)
-        inputs = set(bundle.spec.job.inputs)
-        for dirpath, _dirs, files in os.walk(bundle.root):
-            for name in files:
-                src = Path(dirpath) / name
-                rel = src.relative_to(bundle.root)
-                dst = work / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if rel.as_posix() in inputs:
-                    base = INPUT if self.sandbox.sandboxed else str(bundle.root)
-                    dst.symlink_to(f"{base}/{rel.as_posix()}")
-                else:
-                    shutil.copyfile(src, dst)
-        return work, output, ckpt, logs
-
     def _run(self, run: _Running, bundle: Bundle) -> None:
+        job_id = run.job_id
+        spec = bundle.spec
+        shutil.rmtree(self.job_dir(job_id) / "result", ignore_errors=True)
+        limits = replace(self.config.limits, timeout_s=min(float(spec.resources.timeout_s), self.config.max_timeout_s))
+        try:
+            # The job's writable space (work, output, checkpoints, logs, tmp): the sandbox makes it,
+            # this manager takes the results out of it and releases it.
+            space = self.sandbox.create_space(limits, bundle.root, spec.job.inputs)
+        except SandboxError as exc:
+            self._finish_without_run(job_id, str(exc), "failed")
+            return
+        try:
+            self._run_in(run, bundle, space, limits)
+        finally:
+            space.release()
+
+    def _run_in(self, run: _Running, bundle: Bundle, space: JobSpace, limits: Limits) -> None:
         job_id = run.job_id
         job = self.get(job_id)
         spec = bundle.spec
         devices = [self.devices[i] for i in run.devices]
-        work, output, ckpt, logs = self._prepare(job_id, bundle)
-        limits = self.config.limits
-        limits = Limits(
-            timeout_s=min(float(spec.resources.timeout_s), self.config.max_timeout_s),
-            memory_bytes=limits.memory_bytes,
-            max_processes=limits.max_processes,
-            max_file_bytes=limits.max_file_bytes,
-            max_disk_bytes=limits.max_disk_bytes,
-            tmp_bytes=limits.tmp_bytes,
-            open_files=limits.open_files,
-        )
+        logs = space.logs
         env = {"FLOPEX_SEED": str(job.seed or 0), "FLOPEX_JOB_ID": str(job_id)}
         if spec.resources.device == "cpu":
             threads = max(1, (os.cpu_count() or 1) // max(1, sum(d.kind == "cpu" for d in self.devices)))
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads * len(devices))
         req = SandboxRequest(
             name=f"job{job_id}",
-            bundle_dir=bundle.root,
-            work_dir=work,
-            output_dir=output,
-            checkpoint_dir=ckpt,
+            space=space,
             entrypoint=spec.job.entrypoint,
             args=spec.job.args,
             env=env,
@@ -466,6 +448,7 @@ class JobManager:
             gpu_indices=tuple(d.index for d in devices if d.kind == "cuda"),
             limits=limits,
         )
+
         if run.cancelled.is_set():
             self._finish_without_run(job_id, "cancelled by the requester before it ran", "cancelled")
             return
@@ -504,7 +487,8 @@ class JobManager:
         for reader in readers:
             reader.join(timeout=10)
         utilization = sampler.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        space.export_results(self.job_dir(job_id) / "result")
+        space.release()
         manifest, _ = manifest_of(self.job_dir(job_id) / "result")
         self._save_manifest(job_id, manifest)
         wall_ms = int(outcome.wall_s * 1000)

@@ -6,22 +6,32 @@ What a sandboxed job sees (every other host path is absent, not merely unreadabl
   (``sys.prefix``, ``sys.base_prefix``) read-only; the ``marketplace`` package (for the SDK)
   read-only at ``/opt/flopex``; a few ``/etc`` files the dynamic loader reads;
 - ``/job/input`` (the unpacked bundle, read-only), ``/job/work`` (its working copy: the current
-  directory and ``HOME``), ``/job/output`` and ``/job/checkpoints`` — the only writable places
-  besides a private, size-capped ``/tmp``;
-- a private ``/proc`` (new pid namespace) and a minimal ``/dev``, plus the GPUs it was given.
+  directory and ``HOME``), ``/job/output``, ``/job/checkpoints``, ``/tmp`` and ``/dev/shm`` — the
+  only writable places, all in the job's :class:`~worker.sandbox.space.JobSpace`;
+- a private ``/proc`` whose ``/proc/sys`` is read-only, and a minimal, read-only ``/dev``, plus the
+  GPUs it was given.
 
-Namespaces: all of them (network, pid, ipc, uts, cgroup, user); inside, the job runs as uid
-65534 with no capabilities and cannot create further user namespaces. The environment is
-cleared (``--clearenv``); only ``FLOPEX_*``, ``PATH``, ``HOME`` and a few runtime variables are
-set. ``--die-with-parent`` and ``--new-session`` tie the sandbox's life to the worker's.
+Who the job is. When the worker runs as root (and can mount), every job gets a host uid of its own
+(:func:`~worker.sandbox.space.lease_uid`: 2000000 and up, no passwd entry) and bubblewrap is
+started as that uid through ``setpriv`` (util-linux), with no groups, no capabilities and an empty
+bounding set: bubblewrap then builds an unprivileged user namespace in which the job is uid 65534.
+A job is never host root, so ``RLIMIT_NPROC`` binds it and nothing it does runs with the worker's
+authority. Without root, bubblewrap runs as the worker's uid, as it must. Either way the job has no
+capabilities, cannot create further user namespaces (``--disable-userns``), and runs under the
+seccomp filter of :mod:`worker.sandbox.seccomp` (``--seccomp``).
+
+Namespaces: all of them (network, pid, ipc, uts, cgroup, user). The environment is cleared
+(``--clearenv``); only ``FLOPEX_*``, ``PATH``, ``HOME`` and a few runtime variables are set.
+``--die-with-parent`` and ``--new-session`` tie the sandbox's life to the worker's.
 
 Limits: memory and process count through a cgroup when the host allows one (see
 :mod:`worker.sandbox.cgroups`), else ``RLIMIT_AS`` (CPU jobs only: CUDA reserves huge address space)
-and ``RLIMIT_NPROC`` (effective only when the worker is not root: the kernel exempts uid 0);
-``RLIMIT_FSIZE`` per file, a disk quota over the writable directories checked by a watchdog,
-``RLIMIT_CORE=0``, ``RLIMIT_NOFILE``, and the wall-clock timeout. Limits are applied while the
-child waits on a pipe, before it execs bubblewrap, so no job code runs unconstrained, and
-without a ``preexec_fn`` (unsafe in a threaded server).
+and ``RLIMIT_NPROC`` (whenever the job's host uid is not 0); the job's space is one filesystem
+limited in bytes and inodes, checked by a watchdog through ``statvfs`` (a walk of its directories
+when no filesystem can be mounted); ``RLIMIT_FSIZE`` per file, ``RLIMIT_CORE=0``,
+``RLIMIT_NOFILE``, and the wall-clock timeout. Limits are applied while the child waits on a pipe,
+before it execs bubblewrap, so no job code runs unconstrained, and without a ``preexec_fn`` (unsafe
+in a threaded server).
 
 Cancellation and timeouts SIGKILL the process group of the outer bubblewrap; its child, the
 pid namespace's init, dies with it (``--die-with-parent``) and the kernel then kills every
@@ -40,7 +50,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -48,40 +59,60 @@ from typing import IO
 import marketplace
 from marketplace.errors import SandboxError
 from worker.sandbox.cgroups import JobCgroup
+from worker.sandbox.seccomp import program_fd
+from worker.sandbox.space import JOB_UID_BASE, JobSpace, Spaces, probe_mount
 
-__all__ = ["Limits", "RunOutcome", "RunningJob", "Sandbox", "SandboxRequest"]
+__all__ = ["JobSpace", "Limits", "RunOutcome", "RunningJob", "Sandbox", "SandboxRequest"]
 
 log = logging.getLogger(__name__)
 
 JOB_UID = 65534
+"""The job's uid and gid inside its user namespace."""
 INPUT, WORK, OUTPUT, CHECKPOINTS = "/job/input", "/job/work", "/job/output", "/job/checkpoints"
 SDK_ROOT = "/opt/flopex"
 _ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime")
 _GATE = 'read _ || exit 125; exec </dev/null; exec "$@"'
+_GPU_CONTROL = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+_DROP = (
+    "import ctypes, os, sys\n"
+    "uid = int(sys.argv[1])\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "for cap in range(64):\n"
+    "    libc.prctl(24, cap, 0, 0, 0)\n"
+    "os.setgroups([])\n"
+    "os.setresgid(uid, uid, uid)\n"
+    "os.setresuid(uid, uid, uid)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+"""What ``setpriv`` does, for hosts without it: drop the bounding set, the groups, then the uid; exec."""
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Resource limits of one job."""
+    """Resource limits of one job.
+
+    ``max_disk_bytes`` and ``max_inodes`` bound the job's whole space (work, output, checkpoints,
+    logs and, when the worker is root, /tmp and /dev/shm); ``tmp_bytes`` and ``shm_bytes`` size
+    the RAM-backed /tmp and /dev/shm a job gets when the worker is not root.
+    """
 
     timeout_s: float = 3600.0
     memory_bytes: int = 4 << 30
     max_processes: int = 256
     max_file_bytes: int = 1 << 30
     max_disk_bytes: int = 4 << 30
+    max_inodes: int = 100_000
     tmp_bytes: int = 256 << 20
+    shm_bytes: int = 256 << 20
     open_files: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class SandboxRequest:
-    """What to run: the host directories mapped into the sandbox, the entrypoint and its environment."""
+    """What to run: the job's space (from :meth:`Sandbox.create_space`), the entrypoint and its environment."""
 
     name: str
-    bundle_dir: Path
-    work_dir: Path
-    output_dir: Path
-    checkpoint_dir: Path
+    space: JobSpace
     entrypoint: str
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
@@ -106,7 +137,14 @@ def _real(path: str | os.PathLike[str]) -> Path:
 
 
 class Sandbox:
-    """Starts jobs in bubblewrap (or, only when explicitly allowed, without a sandbox)."""
+    """Starts jobs in bubblewrap (or, only when explicitly allowed, without a sandbox).
+
+    ``drop_uid`` (default: when the worker is root) gives each job a host uid of its own;
+    ``seccomp`` installs the syscall filter; ``work_root`` holds ext4 images and directory spaces
+    (default ``/var/tmp/flopex``); ``space_backend`` forces ``tmpfs``, ``ext4`` or ``dir`` instead
+    of choosing by the disk limit (a tmpfs up to ``tmpfs_max_bytes``); ``uid_base`` is the first
+    host uid of jobs. Call :meth:`close` when done (it also runs when the object is collected).
+    """
 
     def __init__(
         self,
@@ -115,10 +153,22 @@ class Sandbox:
         protected_paths: Sequence[str | os.PathLike[str]] = (),
         bwrap: str | None = None,
         use_cgroups: bool = True,
+        drop_uid: bool | None = None,
+        seccomp: bool = True,
+        work_root: Path | None = None,
+        space_backend: str = "auto",
+        tmpfs_max_bytes: int = 256 << 20,
+        uid_base: int = JOB_UID_BASE,
+        setpriv: str | None = None,
     ) -> None:
         self.allow_unsandboxed = allow_unsandboxed
         self.use_cgroups = use_cgroups
+        self.seccomp = seccomp
         self._bwrap = bwrap if bwrap is not None else shutil.which("bwrap")
+        self._setpriv = setpriv if setpriv is not None else shutil.which("setpriv")
+        self._want_drop = (os.geteuid() == 0) if drop_uid is None else drop_uid
+        self._space_options = {"work_root": work_root, "backend": space_backend, "tmpfs_max_bytes": tmpfs_max_bytes}
+        self._uid_base = uid_base
         self._ro_binds = self._python_binds()
         self._sdk_dir = _real(Path(marketplace.__file__).parent)
         for protected in protected_paths:
@@ -131,6 +181,9 @@ class Sandbox:
                     )
         self._usable: bool | None = None
         self._lock = threading.Lock()
+        self._spaces: Spaces | None = None
+        self._mode = "user"
+        self._closer = weakref.finalize(self, _close_spaces, [])
 
     @staticmethod
     def _python_binds() -> list[Path]:
@@ -148,19 +201,124 @@ class Sandbox:
     def sandboxed(self) -> bool:
         """Whether jobs run in bubblewrap (bubblewrap present and working here)."""
         with self._lock:
-            if self._usable is None:
-                self._usable = self._probe()
+            self._setup()
+            assert self._usable is not None
             return self._usable
+
+    @property
+    def mode(self) -> str:
+        """``drop`` (root worker; each job has a host uid of its own), ``root`` (root worker that cannot
+        drop: jobs are host uid 0 in their namespace) or ``user`` (the worker is not root)."""
+        with self._lock:
+            self._setup()
+            return self._mode
+
+    def _setup(self) -> None:
+        """Once: the host set-up (directories, read-only binds, stale mounts swept) and the probe."""
+        if self._usable is not None:
+            return
+        root = os.geteuid() == 0
+        options = self._space_options
+        work_root = options["work_root"]
+        assert work_root is None or isinstance(work_root, Path)
+        backend, tmpfs_max = str(options["backend"]), int(str(options["tmpfs_max_bytes"]))
+
+        def spaces(mount: bool, drop: bool) -> Spaces:
+            made = Spaces(
+                mount=mount,
+                drop_uid=drop,
+                work_root=work_root,
+                tmpfs_max_bytes=tmpfs_max,
+                backend=backend,
+                uid_base=self._uid_base,
+            )
+            made.setup()
+            return made
+
+        if root:
+            first = spaces(mount=False, drop=False)
+            can_mount = probe_mount(first.run_dir)
+            first.close()
+            drop = self._want_drop and can_mount and self._bwrap is not None
+            self._spaces = spaces(can_mount, drop)
+            self._mode = "drop" if drop else "root"
+        else:
+            self._spaces = spaces(False, False)
+            self._mode = "user"
+        self._closer.detach()
+        self._closer = weakref.finalize(self, _close_spaces, [self._spaces])
+        self._usable = self._probe()
+        if not self._usable and self._mode == "drop":
+            log.warning("bubblewrap does not work as an unprivileged job uid here; jobs will run as host root")
+            self._spaces.close()
+            self._spaces = spaces(can_mount, False)
+            self._closer.detach()
+            self._closer = weakref.finalize(self, _close_spaces, [self._spaces])
+            self._mode = "root"
+            self._usable = self._probe()
+        if self._usable and self._mode == "root":
+            log.warning(
+                "the worker is root but cannot give jobs a uid of their own (no mounts, or drop_uid=False): "
+                "jobs run as host uid 0 inside their user namespace"
+            )
+
+    def close(self) -> None:
+        """Unmount the read-only binds and remove the sandbox's directories (spaces are released by their owners)."""
+        self._closer()
+
+    def _source(self, path: Path) -> Path:
+        """Where bubblewrap (as the job's uid) can bind ``path`` from."""
+        if self._spaces is None or self._mode != "drop":
+            return path
+        return self._spaces.readable_source(path)
+
+    def _drop_prefix(self, uid: int | None) -> list[str]:
+        if uid is None or os.geteuid() != 0:
+            return []
+        if self._setpriv is not None:
+            return [
+                self._setpriv,
+                f"--reuid={uid}",
+                f"--regid={uid}",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+            ]
+        return [sys.executable, "-I", "-S", "-c", _DROP, str(uid)]
 
     def _probe(self) -> bool:
         if self._bwrap is None:
             return False
-        argv = [self._bwrap, *self._base_args(), "--remount-ro", "/", "--", "/bin/true"]
+        spaces = self._spaces
+        lease = None
+        if spaces is not None and self._mode == "drop":
+            from worker.sandbox.space import lease_uid
+
+            lease = lease_uid(self._uid_base, run_root=spaces.run_root)
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            prefix = self._drop_prefix(None if lease is None else lease.uid)
+            fd = program_fd() if self.seccomp else None
+            argv = [*prefix, self._bwrap, *self._base_args(), "--remount-ro", "/dev"]
+            argv += [] if fd is None else ["--seccomp", str(fd)]
+            argv += ["--remount-ro", "/", "--", "/bin/true"]
+            try:
+                done = subprocess.run(
+                    argv,
+                    capture_output=True,
+                    timeout=30,
+                    env={"PATH": "/usr/bin:/bin"},
+                    pass_fds=() if fd is None else (fd,),
+                )
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        except (OSError, subprocess.TimeoutExpired, SandboxError) as exc:
             log.warning("bubblewrap does not work here: %s", exc)
             return False
+        finally:
+            if lease is not None:
+                lease.release()
         if done.returncode != 0:
             log.warning("bubblewrap does not work here: %s", done.stderr.decode(errors="replace").strip())
         return done.returncode == 0
@@ -194,34 +352,60 @@ class Sandbox:
         for etc in _ETC_FILES:
             if os.path.exists(etc):
                 args += ["--ro-bind", etc, etc]
-        for root in self._python_binds():
-            args += ["--ro-bind", str(root), str(root)]
-        args += ["--proc", "/proc", "--dev", "/dev"]
+        for root in self._ro_binds:
+            args += ["--ro-bind", str(self._source(root)), str(root)]
+        args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
         return args
 
-    def argv(self, req: SandboxRequest) -> list[str]:
-        """The bubblewrap command line that runs ``req``."""
+    def create_space(self, limits: Limits, bundle_root: Path, inputs: Iterable[str] = ()) -> JobSpace:
+        """A new space for a job of ``bundle_root``: its filesystem, a copy of the bundle in ``work``
+        (``inputs`` become links into /job/input) and the bundle bound read-only for /job/input.
+
+        The caller owns the space: it runs the job with it, takes the results
+        (:meth:`JobSpace.export_results`) and calls :meth:`JobSpace.release`.
+        """
+        sandboxed = self.sandboxed
+        assert self._spaces is not None
+        space = self._spaces.create(limits.max_disk_bytes, limits.max_inodes)
+        try:
+            space.fill_work(bundle_root, inputs, INPUT if sandboxed else str(bundle_root))
+            if sandboxed and self._mode == "drop":
+                space.attach_input(bundle_root)
+        except BaseException:
+            space.release()
+            raise
+        return space
+
+    def argv(self, req: SandboxRequest, seccomp_fd: int | None = None) -> list[str]:
+        """The command line that runs ``req`` (``setpriv`` first when the job drops to its own uid)."""
         if self._bwrap is None:
             raise SandboxError("sandbox: bubblewrap is not installed")
-        args = [self._bwrap, *self._base_args()]
-        args += ["--size", str(req.limits.tmp_bytes), "--tmpfs", "/tmp"]
-        for root in self._python_binds():
+        space = req.space
+        args = [*self._drop_prefix(space.uid), self._bwrap, *self._base_args()]
+        if space.mounted:
+            args += ["--bind", str(space.tmp), "/tmp", "--bind", str(space.shm), "/dev/shm"]
+        else:
+            args += ["--size", str(req.limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+            args += ["--size", str(req.limits.shm_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
+        for root in self._ro_binds:
             if root.is_relative_to("/tmp"):
                 # The private /tmp just hid a Python installation that lives under the host's /tmp
                 # (a virtual environment in a scratch checkout, say): bind it again on top.
-                args += ["--ro-bind", str(root), str(root)]
-        args += ["--ro-bind", str(self._sdk_dir), f"{SDK_ROOT}/marketplace"]
-        args += ["--ro-bind", str(req.bundle_dir), INPUT]
-        args += ["--bind", str(req.work_dir), WORK]
-        args += ["--bind", str(req.output_dir), OUTPUT]
-        args += ["--bind", str(req.checkpoint_dir), CHECKPOINTS]
+                args += ["--ro-bind", str(self._source(root)), str(root)]
+        args += ["--ro-bind", str(self._source(self._sdk_dir)), f"{SDK_ROOT}/marketplace"]
+        if space.input_source is not None:
+            args += ["--ro-bind", str(space.input_source), INPUT]
+        args += ["--bind", str(space.work), WORK]
+        args += ["--bind", str(space.output), OUTPUT]
+        args += ["--bind", str(space.checkpoints), CHECKPOINTS]
         if req.gpu_indices:
-            for dev in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"):
+            # The device nodes must be readable and writable by the job's host uid (nvidia's are 0666).
+            for dev in (*_GPU_CONTROL, *(f"/dev/nvidia{i}" for i in req.gpu_indices)):
                 if os.path.exists(dev):
                     args += ["--dev-bind", dev, dev]
-            for index in req.gpu_indices:
-                if os.path.exists(f"/dev/nvidia{index}"):
-                    args += ["--dev-bind", f"/dev/nvidia{index}", f"/dev/nvidia{index}"]
+        args += ["--remount-ro", "/dev"]
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
         env = self._job_env(req, WORK, INPUT, OUTPUT, CHECKPOINTS, SDK_ROOT)
         for key, value in env.items():
             args += ["--setenv", key, value]
@@ -257,24 +441,38 @@ class Sandbox:
 
     def start(self, req: SandboxRequest) -> RunningJob:
         """Start ``req``; raise :class:`SandboxError` when it cannot run safely."""
+        fds: tuple[int, ...] = ()
         if self.sandboxed:
-            argv = self.argv(req)
+            if self.seccomp:
+                fds = (program_fd(),)
+            argv = self.argv(req, fds[0] if fds else None)
         elif self.allow_unsandboxed:
             log.warning("running job %s WITHOUT a sandbox (allow_unsandboxed is set)", req.name)
-            argv = [sys.executable, "-u", str(req.work_dir / req.entrypoint), *req.args]
+            argv = [sys.executable, "-u", str(req.space.work / req.entrypoint), *req.args]
         else:
             raise SandboxError(
                 "sandbox: bubblewrap is not available; this worker refuses untrusted jobs "
                 "(start it with --unsafe-no-sandbox to run them unconfined)"
             )
-        return RunningJob(self, req, argv)
+        try:
+            return RunningJob(self, req, argv, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _close_spaces(spaces: list[Spaces]) -> None:
+    for item in spaces:
+        with contextlib.suppress(OSError):
+            item.close()
 
 
 class RunningJob:
     """A started job: its output pipes, its watchdog and, once it ends, its :class:`RunOutcome`."""
 
-    def __init__(self, sandbox: Sandbox, req: SandboxRequest, argv: list[str]) -> None:
+    def __init__(self, sandbox: Sandbox, req: SandboxRequest, argv: list[str], pass_fds: tuple[int, ...] = ()) -> None:
         self.req = req
+        self.space = req.space
         self._reason: str | None = None
         self._done = threading.Event()
         self._sampled_cpu_ms = 0
@@ -292,15 +490,16 @@ class RunningJob:
         env = {"PATH": "/usr/bin:/bin"}
         cwd = None
         if unsandboxed:
+            space = req.space
             env = Sandbox._job_env(
                 req,
-                str(req.work_dir),
-                str(req.bundle_dir),
-                str(req.output_dir),
-                str(req.checkpoint_dir),
+                str(space.work),
+                str(space.bundle),
+                str(space.output),
+                str(space.checkpoints),
                 str(Path(marketplace.__file__).parent.parent),
             )
-            cwd = str(req.work_dir)
+            cwd = str(space.work)
         gate_r, gate_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
@@ -311,6 +510,7 @@ class RunningJob:
                 start_new_session=True,
                 env=env,
                 cwd=cwd,
+                pass_fds=pass_fds,
             )
         except OSError as exc:
             os.close(gate_r)
@@ -331,7 +531,8 @@ class RunningJob:
             ]
             if cgroup is None and req.device_kind == "cpu":
                 rl.append((resource.RLIMIT_AS, limits.memory_bytes))
-            if cgroup is None and not is_root:
+            if cgroup is None and (not is_root or req.space.uid is not None):
+                # Binds only a job whose host uid is not 0 (it counts every process of that uid).
                 rl.append((resource.RLIMIT_NPROC, limits.max_processes))
             for which, value in rl:
                 _, hard = resource.getrlimit(which)
@@ -367,14 +568,31 @@ class RunningJob:
         if self.cgroup is not None:
             self.cgroup.kill_all()
 
-    def _disk_use(self) -> int:
-        total = 0
-        for root in (self.req.work_dir, self.req.output_dir, self.req.checkpoint_dir):
-            for dirpath, _dirs, files in os.walk(root):
-                for name in files:
-                    with contextlib.suppress(OSError):
-                        total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-        return total
+    def _disk_reason(self, final: bool = False) -> str | None:
+        """Why the job's space is over its limits, or None."""
+        limits = self.req.limits
+        try:
+            usage = self.space.usage()
+        except OSError:
+            return None
+        if usage.bytes > limits.max_disk_bytes:
+            return f"disk limit: the job wrote more than {limits.max_disk_bytes} bytes"
+        if usage.inodes > limits.max_inodes:
+            return f"inode limit: the job created more than {limits.max_inodes} files"
+        if not final:
+            return None
+        bytes_full, inodes_full = self.space.full()
+        if bytes_full:
+            return f"disk limit: the job filled its {limits.max_disk_bytes}-byte space"
+        if inodes_full:
+            return f"inode limit: the job used up its {limits.max_inodes} files"
+        apparent = self.space.apparent_result_bytes()
+        if apparent > limits.max_disk_bytes:
+            return (
+                f"disk limit: the job's output and checkpoint files add up to {apparent} bytes "
+                f"(sparse files at their full size), more than {limits.max_disk_bytes}"
+            )
+        return None
 
     def _sample_tree(self) -> None:
         """Sample CPU time and resident memory of the process tree (used when there is no cgroup).
@@ -417,16 +635,22 @@ class RunningJob:
     def _watch(self) -> None:
         limits = self.req.limits
         deadline = self.started + limits.timeout_s
+        next_disk = 0.0
         while not self._done.wait(0.25):
             if self.cgroup is None:
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     self._sample_tree()
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 self.kill(f"timeout: the job ran longer than {limits.timeout_s:g} s")
                 return
-            if self._disk_use() > limits.max_disk_bytes:
-                self.kill(f"disk limit: the job wrote more than {limits.max_disk_bytes} bytes")
-                return
+            if now >= next_disk:
+                reason = self._disk_reason()
+                if reason is not None:
+                    self.kill(reason)
+                    return
+                # statvfs costs nothing; a walk of a directory space is paced by what it costs.
+                next_disk = now + 4 * (time.monotonic() - now)
 
     def wait(self) -> RunOutcome:
         """Wait for the job's process tree to end; return how it ended and what it used."""
@@ -437,6 +661,8 @@ class RunningJob:
         self._watchdog.join(timeout=2)
         code = self.proc.returncode
         peak = int(usage.ru_maxrss) * 1024
+        if self._reason is None:
+            self._reason = self._disk_reason(final=True)
         cpu_ms = int((usage.ru_utime + usage.ru_stime) * 1000)
         reason = self._reason
         if self.cgroup is not None:

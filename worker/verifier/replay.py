@@ -19,13 +19,13 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
 from marketplace.protocol.bundle import load_bundle
 from marketplace.sdk import REPLAY_FROM, REPLAY_UNTIL, checkpoint_name
-from worker.sandbox.runner import INPUT, Limits, Sandbox, SandboxRequest
+from worker.sandbox.runner import Limits, Sandbox, SandboxRequest
 
 __all__ = ["ReplayRun", "run_replay"]
 
@@ -86,63 +86,41 @@ def run_replay(
     """Run the job of ``bundle_dir`` in ``directory`` (created fresh) and wait for it to end."""
     bundle = load_bundle(bundle_dir)
     shutil.rmtree(directory, ignore_errors=True)
-    work, output, ckpt, logs = (directory / name for name in ("work", "output", "checkpoints", "logs"))
-    for path in (work, output, ckpt, logs):
-        path.mkdir(parents=True)
-    inputs = set(bundle.spec.job.inputs)
-    for dirpath, _dirs, files in os.walk(bundle.root):
-        for name in files:
-            src = Path(dirpath) / name
-            rel = src.relative_to(bundle.root)
-            dst = work / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if rel.as_posix() in inputs:
-                base = INPUT if sandbox.sandboxed else str(bundle.root)
-                dst.symlink_to(f"{base}/{rel.as_posix()}")
-            else:
-                shutil.copyfile(src, dst)
     env = {"FLOPEX_SEED": str(seed), "FLOPEX_JOB_ID": str(job_id)}
+    if start_step is not None and start_checkpoint is None:
+        raise ValueError("replay: a start step needs its committed checkpoint")
     if start_step is not None:
-        if start_checkpoint is None:
-            raise ValueError("replay: a start step needs its committed checkpoint")
-        shutil.copyfile(start_checkpoint, ckpt / checkpoint_name(start_step))
         env[REPLAY_FROM] = str(start_step)
     if until_step is not None:
         env[REPLAY_UNTIL] = str(until_step)
     count = str(threads or max(1, os.cpu_count() or 1))
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = count
-    timeout = float(bundle.spec.resources.timeout_s)
     given = limits or Limits()
-    capped = Limits(
-        timeout_s=min(timeout, given.timeout_s),
-        memory_bytes=given.memory_bytes,
-        max_processes=given.max_processes,
-        max_file_bytes=given.max_file_bytes,
-        max_disk_bytes=given.max_disk_bytes,
-        tmp_bytes=given.tmp_bytes,
-        open_files=given.open_files,
-    )
-    req = SandboxRequest(
-        name=f"replay{job_id}-{os.getpid()}-{time.monotonic_ns()}",
-        bundle_dir=bundle.root,
-        work_dir=work,
-        output_dir=output,
-        checkpoint_dir=ckpt,
-        entrypoint=bundle.spec.job.entrypoint,
-        args=bundle.spec.job.args,
-        env=env,
-        device_kind="cpu",
-        limits=capped,
-    )
-    proc = sandbox.start(req)
-    readers = [
-        threading.Thread(target=_drain, args=(proc.stdout, logs / "stdout.log"), daemon=True),
-        threading.Thread(target=_drain, args=(proc.stderr, logs / "stderr.log"), daemon=True),
-    ]
-    for reader in readers:
-        reader.start()
-    outcome = proc.wait()
-    for reader in readers:
-        reader.join(timeout=10)
-    shutil.rmtree(work, ignore_errors=True)
+    capped = replace(given, timeout_s=min(float(bundle.spec.resources.timeout_s), given.timeout_s))
+    space = sandbox.create_space(capped, bundle.root, bundle.spec.job.inputs)
+    try:
+        if start_step is not None and start_checkpoint is not None:
+            space.copy_in(start_checkpoint, space.checkpoints / checkpoint_name(start_step))
+        req = SandboxRequest(
+            name=f"replay{job_id}-{os.getpid()}-{time.monotonic_ns()}",
+            space=space,
+            entrypoint=bundle.spec.job.entrypoint,
+            args=bundle.spec.job.args,
+            env=env,
+            device_kind="cpu",
+            limits=capped,
+        )
+        proc = sandbox.start(req)
+        readers = [
+            threading.Thread(target=_drain, args=(proc.stdout, space.logs / "stdout.log"), daemon=True),
+            threading.Thread(target=_drain, args=(proc.stderr, space.logs / "stderr.log"), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        outcome = proc.wait()
+        for reader in readers:
+            reader.join(timeout=10)
+        space.export_results(directory)
+    finally:
+        space.release()
     return ReplayRun(directory, outcome.exit_code, outcome.reason, outcome.wall_s)
