@@ -456,9 +456,11 @@ def job_submit(
     as_json: bool,
 ) -> None:
     """Post BUNDLE's job; with --wait, follow it to results and a bill."""
+    from marketplace.protocol.bundle import load_bundle
     from marketplace.requester.requester import JobOptions, Requester
     from marketplace.types import Auction, Policy, parse_tokens
 
+    load_bundle(bundle)  # a bad job.toml is one line before anything touches the chain
     contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
     say = (lambda _line: None) if as_json else click.echo

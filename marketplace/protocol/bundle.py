@@ -32,6 +32,18 @@ from typing import Any, Literal, cast, get_args
 from marketplace.errors import BundleError
 
 __all__ = [
+    "MAX_ARGS",
+    "MAX_ARGS_BYTES",
+    "MAX_ENTRIES",
+    "MAX_EXTENDED_HEADER_BYTES",
+    "MAX_GPUS",
+    "MAX_GPU_HOURS",
+    "MAX_JOB_TOML_BYTES",
+    "MAX_MIN_MEMORY_GB",
+    "MAX_NAME_BYTES",
+    "MAX_PATH_BYTES",
+    "MAX_REDUNDANCY",
+    "MAX_TIMEOUT_S",
     "TOKEN_DECIMALS",
     "Auction",
     "Bundle",
@@ -43,6 +55,7 @@ __all__ = [
     "ResourcesSection",
     "VerificationSection",
     "bundle_hash",
+    "check_path_length",
     "load_bundle",
     "pack_bundle",
     "parse_job_toml",
@@ -60,6 +73,35 @@ Auction = Literal["sealed", "instant"]
 
 _HASH_DOMAIN = b"flopex-bundle-v1\0"
 _READ = 1 << 20
+
+# Bounds of a job.toml: each is checked at submit (the requester's load_bundle) and again on the
+# worker, and each breach is one BundleError line naming the key.
+MAX_JOB_TOML_BYTES = 256 << 10
+"""Largest job.toml read (its text is parsed whole)."""
+MAX_TIMEOUT_S = 7 * 24 * 3600
+"""Largest ``resources.timeout_s``: 7 days."""
+MAX_GPUS = 1024
+"""Largest ``resources.gpus`` (devices on one provider)."""
+MAX_MIN_MEMORY_GB = 16384.0
+"""Largest ``resources.min_memory_gb`` per device: 16 TiB."""
+MAX_GPU_HOURS = 1_000_000.0
+"""Largest ``resources.max_gpu_hours``."""
+MAX_REDUNDANCY = 5
+"""Most providers running one job (the market contract's ``MAX_REDUNDANCY``)."""
+MAX_ARGS = 1024
+"""Most ``job.args``."""
+MAX_ARGS_BYTES = 64 << 10
+"""Most bytes of ``job.args`` together (UTF-8)."""
+
+# Bounds of an archive, checked while it is read, before anything of a member is kept.
+MAX_ENTRIES = 10_000
+"""Most archive members, directories included."""
+MAX_EXTENDED_HEADER_BYTES = 64 << 10
+"""Largest pax or GNU long-name header: tarfile reads one whole into memory, so its size is checked first."""
+MAX_PATH_BYTES = 1024
+"""Longest member path, in UTF-8 bytes."""
+MAX_NAME_BYTES = 255
+"""Longest component of a member path, in UTF-8 bytes (the Linux NAME_MAX)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,22 +195,35 @@ def _table(data: Mapping[str, Any], name: str, required: bool) -> Mapping[str, A
     return value
 
 
-def _int(where: str, value: object, minimum: int) -> int:
+def _short(value: object) -> str:
+    """``repr(value)`` cut to 60 characters, so an error about a huge value stays one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _int(where: str, value: object, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BundleError(f"{where}: expected an integer, got {value!r}")
+        raise BundleError(f"{where}: expected an integer, got {_short(value)}")
     if value < minimum:
-        raise BundleError(f"{where}: must be at least {minimum}, got {value}")
+        raise BundleError(f"{where}: must be at least {minimum}, got {_short(value)}")
+    if maximum is not None and value > maximum:
+        raise BundleError(f"{where}: must be at most {maximum}, got {_short(value)}")
     return value
 
 
-def _float(where: str, value: object, minimum: float, *, strict: bool = False) -> float:
+def _float(where: str, value: object, minimum: float, *, strict: bool = False, maximum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BundleError(f"{where}: expected a number, got {value!r}")
-    number = float(value)
+        raise BundleError(f"{where}: expected a number, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise BundleError(f"{where}: must be at most {maximum}, got {_short(value)}") from None
     if number != number or number in (float("inf"), float("-inf")):
         raise BundleError(f"{where}: must be finite, got {value!r}")
     if number < minimum or (strict and number == minimum):
-        raise BundleError(f"{where}: must be {'above' if strict else 'at least'} {minimum}, got {value!r}")
+        raise BundleError(f"{where}: must be {'above' if strict else 'at least'} {minimum}, got {_short(value)}")
+    if maximum is not None and number > maximum:
+        raise BundleError(f"{where}: must be at most {maximum:g}, got {_short(value)}")
     return number
 
 
@@ -180,8 +235,33 @@ def _choice(where: str, value: object, choices: tuple[str, ...]) -> str:
 
 def _str_list(where: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BundleError(f"{where}: expected a list of strings, got {value!r}")
+        raise BundleError(f"{where}: expected a list of strings, got {_short(value)}")
     return tuple(value)
+
+
+def _args(value: object) -> tuple[str, ...]:
+    args = _str_list("job.args", value)
+    if len(args) > MAX_ARGS:
+        raise BundleError(f"job.args: at most {MAX_ARGS} arguments, got {len(args)}")
+    size = sum(len(a.encode("utf-8", "surrogatepass")) for a in args)
+    if size > MAX_ARGS_BYTES:
+        raise BundleError(f"job.args: at most {MAX_ARGS_BYTES} bytes in all, got {size}")
+    if any("\0" in a for a in args):
+        raise BundleError("job.args: an argument holds a NUL character")
+    return args
+
+
+def check_path_length(where: str, path: str) -> None:
+    """Raise :class:`BundleError` when ``path`` (or one of its components) is too long to create."""
+    size = len(path.encode("utf-8", "surrogateescape"))
+    if size > MAX_PATH_BYTES:
+        raise BundleError(f"{where}: a path of {size} bytes is longer than the limit of {MAX_PATH_BYTES}")
+    for part in path.split("/"):
+        length = len(part.encode("utf-8", "surrogateescape"))
+        if length > MAX_NAME_BYTES:
+            raise BundleError(
+                f"{where}: the name {part[:40]!r}... is {length} bytes, longer than the limit of {MAX_NAME_BYTES}"
+            )
 
 
 def safe_relpath(where: str, value: str) -> str:
@@ -200,11 +280,18 @@ def safe_relpath(where: str, value: str) -> str:
 
 
 def parse_job_toml(text: str) -> JobSpec:
-    """Parse and validate the text of a ``job.toml``; raise :class:`BundleError` naming the problem."""
+    """Parse and validate the text of a ``job.toml``; raise :class:`BundleError` naming the problem.
+
+    Every bound (``MAX_*`` of this module) is checked here, so a bad value is one line at submit.
+    """
+    if len(text) > MAX_JOB_TOML_BYTES:
+        raise BundleError(f"job.toml: longer than the limit of {MAX_JOB_TOML_BYTES} bytes")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BundleError(f"job.toml: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise BundleError("job.toml: arrays or tables nested too deeply") from None
     _check_keys("job.toml", data, {"job", "resources", "verification", "market"})
 
     job = _table(data, "job", True)
@@ -217,23 +304,27 @@ def parse_job_toml(text: str) -> JobSpec:
     entry = safe_relpath("job.entrypoint", entry)
     if not entry.endswith(".py"):
         raise BundleError(f"job.entrypoint: must be a .py file, got {entry!r}")
-    args = _str_list("job.args", job.get("args", []))
+    args = _args(job.get("args", []))
     inputs = tuple(safe_relpath("job.inputs", p) for p in _str_list("job.inputs", job.get("inputs", [])))
 
     res = _table(data, "resources", False)
     _check_keys("[resources]", res, {"device", "gpus", "min_memory_gb", "max_gpu_hours", "timeout_s"})
     resources = ResourcesSection(
         device=cast(Device, _choice("resources.device", res.get("device", "cuda"), get_args(Device))),
-        gpus=_int("resources.gpus", res.get("gpus", 1), 1),
-        min_memory_gb=_float("resources.min_memory_gb", res.get("min_memory_gb", 0.0), 0.0),
-        max_gpu_hours=_float("resources.max_gpu_hours", res.get("max_gpu_hours", 1.0), 0.0, strict=True),
-        timeout_s=_int("resources.timeout_s", res.get("timeout_s", 3600), 1),
+        gpus=_int("resources.gpus", res.get("gpus", 1), 1, MAX_GPUS),
+        min_memory_gb=_float("resources.min_memory_gb", res.get("min_memory_gb", 0.0), 0.0, maximum=MAX_MIN_MEMORY_GB),
+        max_gpu_hours=_float(
+            "resources.max_gpu_hours", res.get("max_gpu_hours", 1.0), 0.0, strict=True, maximum=MAX_GPU_HOURS
+        ),
+        timeout_s=_int("resources.timeout_s", res.get("timeout_s", 3600), 1, MAX_TIMEOUT_S),
     )
 
     ver = _table(data, "verification", False)
     _check_keys("[verification]", ver, {"policy", "redundancy", "replay_fraction", "tolerance"})
     policy = cast(Policy, _choice("verification.policy", ver.get("policy", "none"), get_args(Policy)))
-    redundancy = _int("verification.redundancy", ver.get("redundancy", 2 if policy == "redundant" else 1), 1)
+    redundancy = _int(
+        "verification.redundancy", ver.get("redundancy", 2 if policy == "redundant" else 1), 1, MAX_REDUNDANCY
+    )
     if policy == "redundant" and redundancy < 2:
         raise BundleError("verification.redundancy: the redundant policy needs at least 2 providers")
     fraction = _float("verification.replay_fraction", ver.get("replay_fraction", 0.1), 0.0, strict=True)
@@ -258,13 +349,26 @@ def parse_job_toml(text: str) -> JobSpec:
 
 
 def _walk_regular(root: Path) -> list[tuple[str, Path]]:
-    """List the bundle's regular files (sorted); refuse symlinks and special files anywhere."""
+    """List the bundle's regular files (sorted); refuse symlinks, special files and what no worker would unpack.
+
+    The archive bounds hold here too (entries, path lengths, UTF-8 names), so a requester learns at
+    submit what a worker would refuse.
+    """
     found: list[tuple[str, Path]] = []
+    entries = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        entries += len(dirnames) + len(filenames)
+        if entries > MAX_ENTRIES:
+            raise BundleError(f"bundle: more than {MAX_ENTRIES} files and directories")
         for name in [*dirnames, *filenames]:
             full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BundleError(f"bundle: a file name is not valid UTF-8: {rel!r}") from None
+            check_path_length("bundle", rel)
             if full.is_symlink():
-                rel = full.relative_to(root).as_posix()
                 raise BundleError(f"bundle: symbolic links are not allowed: {rel}")
         for name in filenames:
             full = Path(dirpath) / name
@@ -295,6 +399,8 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     files = dict(_walk_regular(root))
     if "job.toml" not in files:
         raise BundleError("bundle: no job.toml at its root")
+    if files["job.toml"].stat().st_size > MAX_JOB_TOML_BYTES:
+        raise BundleError(f"job.toml: longer than the limit of {MAX_JOB_TOML_BYTES} bytes")
     try:
         text = files["job.toml"].read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -332,32 +438,87 @@ def pack_bundle(directory: str | os.PathLike[str], archive: str | os.PathLike[st
     return data
 
 
+_EXTENDED = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
+_KEPT = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE})
+_MAX_CHAINED_HEADERS = 8
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header checked before :mod:`tarfile` acts on it.
+
+    tarfile reads a pax or GNU long-name header's payload whole into memory, follows chains of them
+    recursively and builds sparse maps of any length; here the header block's size field is checked
+    first (at most :data:`MAX_EXTENDED_HEADER_BYTES`), chains are cut at a few headers, sparse
+    members are refused, and links, devices and FIFOs are refused before their payload is read.
+    """
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        chained = getattr(tarfile_, "_flopex_chained", 0)
+        if self.type in _EXTENDED:
+            if self.size > MAX_EXTENDED_HEADER_BYTES:
+                raise BundleError(
+                    f"bundle archive: an extended (pax or GNU long-name) header of {self.size} bytes "
+                    f"exceeds the limit of {MAX_EXTENDED_HEADER_BYTES}"
+                )
+            if chained >= _MAX_CHAINED_HEADERS:
+                raise BundleError(f"bundle archive: more than {_MAX_CHAINED_HEADERS} extended headers in a row")
+            tarfile_._flopex_chained = chained + 1  # type: ignore[attr-defined]
+        else:
+            tarfile_._flopex_chained = 0  # type: ignore[attr-defined]
+            if self.type not in _KEPT:
+                raise BundleError(
+                    f"bundle archive: member {self.name[:80]!r} is not a regular file (links, devices, "
+                    "FIFOs and sparse files are refused)"
+                )
+        result: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return result
+
+    def _refuse_sparse(self, *args: object) -> None:
+        raise BundleError("bundle archive: sparse members are refused")
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
 def unpack_bundle(
     archive: str | os.PathLike[str],
     dest: str | os.PathLike[str],
     *,
     max_bytes: int,
-    max_files: int = 10_000,
+    max_files: int = MAX_ENTRIES,
 ) -> Bundle:
     """Extract an untrusted bundle archive into the new directory ``dest`` and validate it.
 
-    Refuses links, devices, FIFOs, absolute or ``..`` member names, duplicate members, more than
-    ``max_files`` files and more than ``max_bytes`` of content; bytes are counted as they are
-    written (a header's size is never trusted). On any error ``dest`` is left partial and the
-    caller discards it.
+    Refuses links, devices, FIFOs, sparse files, absolute or ``..`` member names, duplicate
+    members, more than ``max_files`` members (directories count), paths longer than
+    :data:`MAX_PATH_BYTES` (or a name longer than :data:`MAX_NAME_BYTES`), extended headers over
+    :data:`MAX_EXTENDED_HEADER_BYTES` (checked on the header block, before tarfile reads them)
+    and more than ``max_bytes`` of content; bytes are counted as they are written (a header's size
+    is never trusted). The archive is read as a stream, once. On any error ``dest`` is left partial
+    and the caller discards it.
     """
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=False)
     total = 0
+    entries = 0
     seen: set[str] = set()
     try:
-        tar = tarfile.open(archive, mode="r:gz")
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        tar = tarfile.open(archive, mode="r|gz", tarinfo=_BoundedTarInfo)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise BundleError(f"bundle archive: not a readable .tar.gz: {exc}") from None
+    except RecursionError:
+        raise BundleError("bundle archive: extended headers nested too deeply") from None
     with tar:
         try:
             for member in tar:
-                name = safe_relpath(f"bundle archive member {member.name!r}", member.name)
+                entries += 1
+                if entries > max_files:
+                    raise BundleError(f"bundle archive: more than {max_files} entries (files and directories)")
+                tar.members.clear()  # type: ignore[attr-defined]  # a stream needs no index of what it passed
+                where = f"bundle archive member {member.name[:80]!r}"
+                check_path_length(where, member.name)
+                name = safe_relpath(where, member.name)
                 if member.isdir():
                     (out / name).mkdir(parents=True, exist_ok=True)
                     continue
@@ -369,8 +530,6 @@ def unpack_bundle(
                 if name in seen:
                     raise BundleError(f"bundle archive: duplicate member {name!r}")
                 seen.add(name)
-                if len(seen) > max_files:
-                    raise BundleError(f"bundle archive: more than {max_files} files")
                 target = out / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 parent = target.parent
@@ -387,4 +546,8 @@ def unpack_bundle(
                         fh.write(block)
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise BundleError(f"bundle archive: corrupt: {exc}") from None
+        except RecursionError:
+            raise BundleError("bundle archive: extended headers nested too deeply") from None
+        except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            raise BundleError(f"bundle archive: a member clashes with another: {exc.strerror}") from None
     return load_bundle(out)

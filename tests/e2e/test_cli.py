@@ -178,3 +178,26 @@ def test_chain_up__serves_a_chain_other_processes_share(tmp_path: Path) -> None:
         proc.wait(timeout=30)
     assert proc.returncode == 0
     assert "chain stopped" in proc.stdout.read()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[job]\nentrypoint = "main.py"\n[resources]\ntimeout_s = 18446744073709551616\n[market]\nmax_price = "1"\n',
+        '[job]\nentrypoint = "main.py"\n[resources]\nmin_memory_gb = 1e300\n[market]\nmax_price = "1"\n',
+        '[job]\nentrypoint = "main.py"\nargs = [' + '"a",' * 5000 + ']\n[market]\nmax_price = "1"\n',
+        "x = " + "[" * 100_000 + "]" * 100_000 + "\n",
+    ],
+    ids=["timeout-2**64", "memory-1e300", "5000-args", "deep-arrays"],
+)
+def test_job_submit__a_job_toml_beyond_its_bounds__is_one_line_before_any_chain(tmp_path: Path, text: str) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "main.py").write_text("print(1)\n")
+    (bundle / "job.toml").write_text(text)
+    result = CliRunner().invoke(
+        cli, ["job", "submit", str(bundle), "--dev", "2", "--rpc-url", "http://127.0.0.1:9"], obj={}
+    )
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith(("error: resources.", "error: job.")), lines[0]

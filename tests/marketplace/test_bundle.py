@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import resource
 import tarfile
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 
 from marketplace.errors import BundleError
 from marketplace.protocol.bundle import (
+    MAX_ENTRIES,
+    MAX_EXTENDED_HEADER_BYTES,
     bundle_hash,
     load_bundle,
     pack_bundle,
@@ -17,6 +20,7 @@ from marketplace.protocol.bundle import (
     parse_price,
     unpack_bundle,
 )
+from worker.testing.bombs import directories_bomb, gzip_of, long_name_bomb, pax_bomb, tar_header
 
 GOOD = """
 [job]
@@ -181,3 +185,110 @@ def test_a_corrupt_archive__is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"\x1f\x8b\x08garbage" * 10)
     with pytest.raises(BundleError):
         unpack_bundle(path, tmp_path / "out", max_bytes=1 << 20)
+
+
+def _toml(resources: str) -> str:
+    return f'[job]\nentrypoint = "a.py"\n[resources]\n{resources}\n[market]\nmax_price = "1"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_toml("timeout_s = 604801"), "resources.timeout_s: must be at most 604800"),
+        (_toml(f"timeout_s = {2**64}"), "resources.timeout_s: must be at most 604800"),
+        (_toml(f"timeout_s = {10**400}"), "resources.timeout_s: must be at most"),
+        (_toml("min_memory_gb = 1e300"), "resources.min_memory_gb: must be at most 16384"),
+        (_toml(f"min_memory_gb = {10**400}"), "resources.min_memory_gb: must be at most"),
+        (_toml("gpus = 100000"), "resources.gpus: must be at most 1024"),
+        (_toml("max_gpu_hours = 1e12"), "resources.max_gpu_hours: must be at most"),
+        ('[job]\nentrypoint = "a.py"\n[verification]\nredundancy = 300\n[market]\nmax_price = "1"', "at most 5"),
+        ('[job]\nentrypoint = "a.py"\nargs = [' + '"a",' * 2000 + ']\n[market]\nmax_price = "1"', "at most 1024 arg"),
+        ('[job]\nentrypoint = "a.py"\nargs = ["' + "x" * 70000 + '"]\n[market]\nmax_price = "1"', "bytes in all"),
+        ('[job]\nentrypoint = "a.py"\nargs = ["a\\u0000b"]\n[market]\nmax_price = "1"', "NUL"),
+        ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
+        ("# " + "x" * (300 << 10) + "\n", "longer than the limit"),
+    ],
+    ids=[
+        "timeout-over-7-days",
+        "timeout-2**64",
+        "timeout-huge",
+        "memory-1e300",
+        "memory-huge-int",
+        "gpus",
+        "gpu-hours",
+        "redundancy",
+        "args-count",
+        "args-bytes",
+        "args-nul",
+        "deep-arrays",
+        "huge-file",
+    ],
+)
+def test_job_toml_beyond_its_bounds__is_one_short_bundle_error(text: str, message: str) -> None:
+    with pytest.raises(BundleError, match=message.replace("[", r"\[")) as exc:
+        parse_job_toml(text)
+    assert "\n" not in str(exc.value) and len(str(exc.value)) < 200
+
+
+def test_a_bundle_with_a_name_too_long__is_refused_at_submit(bundle_dir: Path) -> None:
+    deep = bundle_dir.joinpath(*(c * 250 for c in "nmopq"))
+    deep.mkdir(parents=True)
+    (deep / "file").write_text("x")
+    with pytest.raises(BundleError, match="longer than the limit of 1024"):
+        load_bundle(bundle_dir)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("bomb", [long_name_bomb, pax_bomb], ids=["gnu-long-name", "pax"])
+def test_an_extended_header_of_a_gib__is_refused_on_its_size_field_without_reading_it(
+    tmp_path: Path, bomb: object
+) -> None:
+    archive = tmp_path / "bomb.tar.gz"
+    archive.write_bytes(bomb(1 << 30))  # type: ignore[operator]
+    assert archive.stat().st_size < 2 << 20
+    before = _peak_rss_mib()
+    with pytest.raises(
+        BundleError, match=f"header of {1 << 30} bytes exceeds the limit of {MAX_EXTENDED_HEADER_BYTES}"
+    ):
+        unpack_bundle(archive, tmp_path / "out", max_bytes=4 << 30)
+    assert _peak_rss_mib() - before < 64  # tarfile would have read the whole GiB into memory
+
+
+def test_a_chain_of_extended_headers__is_cut_short(tmp_path: Path) -> None:
+    record = b"20 comment=aaaaaaaa\n"
+    link = [tar_header("././@PaxHeader", len(record), tarfile.XHDTYPE), record + bytes(512 - len(record))]
+    archive = tmp_path / "chain.tar.gz"
+    archive.write_bytes(gzip_of([*link * 5000, tar_header("a"), bytes(1024)]))
+    with pytest.raises(BundleError, match="extended headers in a row"):
+        unpack_bundle(archive, tmp_path / "out", max_bytes=1 << 20)
+
+
+@pytest.mark.slow
+def test_a_bundle_of_100k_directories__is_refused_by_the_entry_limit(tmp_path: Path) -> None:
+    archive = tmp_path / "dirs.tar.gz"
+    archive.write_bytes(directories_bomb(100_000))
+    with pytest.raises(BundleError, match=f"more than {MAX_ENTRIES} entries"):
+        unpack_bundle(archive, tmp_path / "out", max_bytes=1 << 20)
+    assert sum(1 for _ in (tmp_path / "out").rglob("*")) <= MAX_ENTRIES + 1
+
+
+def test_a_member_named_with_300_characters__is_a_bundle_error_not_an_os_error(tmp_path: Path) -> None:
+    members = [_file("job.toml", GOOD.encode()), _file("train.py", b""), _file("x" * 300, b"x")]
+    with pytest.raises(BundleError, match="is 300 bytes, longer than the limit of 255"):
+        unpack_bundle(_archive(tmp_path, members), tmp_path / "out", max_bytes=1 << 20)
+
+
+def test_a_file_where_a_directory_must_go__is_a_bundle_error(tmp_path: Path) -> None:
+    members = [_file("job.toml", GOOD.encode()), _file("a", b"x"), _file("a/b", b"y")]
+    with pytest.raises(BundleError, match="clashes"):
+        unpack_bundle(_archive(tmp_path, members), tmp_path / "out", max_bytes=1 << 20)
+
+
+def test_a_sparse_member__is_refused(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("sparse")
+    info.type = tarfile.GNUTYPE_SPARSE
+    with pytest.raises(BundleError, match="not a regular file"):
+        unpack_bundle(_archive(tmp_path, [(info, None)]), tmp_path / "out", max_bytes=1 << 20)
