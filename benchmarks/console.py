@@ -3,7 +3,7 @@
 ``python -m benchmarks.console`` deploys flopex on the embedded chain, registers ``--providers``
 providers (three device classes, prices spread out) and a verifier, posts ``--jobs`` jobs (a
 fifth of them sealed auctions with three bidders, the rest instant), runs ``--settled`` of them to
-settlement through the contracts (commit, verifier's ruling, settle; every tenth rejected and
+settlement through the contracts (commit, verifier's ruling, settle; one in ten rejected and
 slashed) and leaves the others open, then measures:
 
 * ``direct``: reading what the market page shows straight from the node on each load, as
@@ -129,7 +129,7 @@ def _finish(contracts: Contracts, leased: list[tuple[int, Any]], made: dict[str,
     for job_id, winner in leased:
         market.commit_result(winner, job_id, 0, job_id.to_bytes(32, "big"), 600)
     for job_id, _winner in leased:
-        reject = job_id % 10 == 0
+        reject = job_id % 10 == 3
         market.attest(verifier, job_id, 0, Outcome.REJECT if reject else Outcome.ACCEPT, 0 if reject else 540)
         market.settle(requester, job_id, 0)
         made["slashed" if reject else "paid"].append(job_id)
