@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from eth_account.signers.local import LocalAccount
-from workerkit import BundleFactory, Listener, WorkerProcess, submit
 
 from marketplace.requester.client import WorkerClient
 from marketplace.rpc import worker_pb2 as pb
+from tests.worker.workerkit import BundleFactory, Listener, WorkerProcess, submit
 from worker.sandbox.cgroups import JobCgroup
 
-pytestmark = pytest.mark.bwrap
+pytestmark = [pytest.mark.bwrap, pytest.mark.slow]  # a sandboxed worker and jobs that hit its limits
 
 
 @pytest.fixture(autouse=True)
 def _worker_still_serves(worker: WorkerProcess, client: WorkerClient) -> Iterator[None]:
     yield
     info = client.info()
-    assert info.provider_address == worker.provider.daemon and info.sandboxed
+    assert info.provider_address == worker.provider and info.sandboxed
 
 
 def _run(
@@ -41,7 +44,7 @@ def _run(
     archive, bhash = make_bundle(code, timeout_s=timeout_s, extra_toml=extra)
     job_id = submit(worker, client, requester.address, archive, bhash)
     final = client.wait(job_id, timeout_s=120)
-    results = client.download_results(job_id, tmp_path / f"r{job_id}", provider=worker.provider.daemon)
+    results = client.download_results(job_id, tmp_path / f"r{job_id}", provider=worker.provider)
     return final, results.directory
 
 
@@ -150,8 +153,8 @@ def _cgroups_here() -> bool:
 def test_a_fork_bomb__is_bounded_by_the_process_limit(
     worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: BundleFactory, tmp_path: Path
 ) -> None:
-    if os.geteuid() == 0 and not _cgroups_here():
-        pytest.skip("root without writable cgroups: RLIMIT_NPROC does not bind uid 0, only the timeout does")
+    if os.geteuid() == 0 and not _cgroups_here() and shutil.which("setpriv") is None:
+        pytest.skip("root without writable cgroups or setpriv: RLIMIT_NPROC does not bind uid 0, only the timeout does")
     code = """
         import os, sys, time
         made = failed = 0
@@ -225,7 +228,7 @@ def test_filling_the_disk__is_stopped_at_the_disk_limit(
 def test_a_job_outliving_its_timeout__is_killed_with_its_children(
     worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: BundleFactory, tmp_path: Path
 ) -> None:
-    from workerkit import processes_with
+    from tests.worker.workerkit import processes_with
 
     marker = f"outlive{os.getpid()}{time.monotonic_ns()}"
     code = f"""
@@ -247,14 +250,87 @@ def test_a_python_installation_under_tmp__stays_visible_above_the_private_tmp(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # A scratch checkout's virtual environment may live under /tmp, which each job gets privately.
-    from worker.sandbox.runner import Sandbox, SandboxRequest
+    from worker.sandbox.runner import JobSpace, Sandbox, SandboxRequest
 
     venv = Path("/tmp/flopex-checkout/.venv")
     monkeypatch.setattr(Sandbox, "_python_binds", staticmethod(lambda: [Path("/opt/python"), venv]))
     sandbox = Sandbox(bwrap="/usr/bin/bwrap", use_cgroups=False)
-    dirs = {name: tmp_path / name for name in ("bundle", "work", "output", "ckpt")}
-    argv = sandbox.argv(SandboxRequest("job", dirs["bundle"], dirs["work"], dirs["output"], dirs["ckpt"], "main.py"))
+    space = JobSpace(tmp_path, "dir", capacity_bytes=1 << 20, uid=None)
+    argv = sandbox.argv(SandboxRequest("job", space, "main.py"))
     tmpfs = argv.index("/tmp", argv.index("--tmpfs"))
     rebinds = [i for i in range(len(argv) - 2) if argv[i : i + 3] == ["--ro-bind", str(venv), str(venv)]]
     assert rebinds and rebinds[-1] > tmpfs
     assert not any(argv[i : i + 3] == ["--ro-bind", "/opt/python", "/opt/python"] for i in range(tmpfs, len(argv) - 2))
+    assert (
+        argv.index("--remount-ro") > argv.index("/dev/shm")
+        and ["--ro-bind", "/proc/sys", "/proc/sys"] == argv[argv.index("/proc/sys") - 1 : argv.index("/proc/sys") + 2]
+    )
+
+
+def _job_mounts(worker: WorkerProcess) -> list[Path]:
+    """The job spaces the worker process has mounted now."""
+    from worker.sandbox.space import RUN_ROOT, mountpoints_under
+
+    return [
+        p
+        for p in mountpoints_under(RUN_ROOT)
+        if p.parent.name == "jobs" and p.parts[3].startswith(f"{worker.proc.pid}-")
+    ]
+
+
+def test_a_job__runs_as_its_own_host_uid_in_a_filesystem_of_its_own_removed_when_it_ends(
+    worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("per-job uids and filesystems need a root worker (CI runs as root)")
+    code = """
+        import os
+        print(os.stat(os.environ["FLOPEX_OUTPUT_DIR"]).st_uid, os.getuid(), flush=True)
+        for line in open("/proc/self/mountinfo"):
+            if " /job/output " in line:
+                print(line.split(" - ")[1].split()[1], flush=True)
+        import time
+        time.sleep(1)
+    """
+    archive, bhash = make_bundle(code, timeout_s=60)
+    job_id = submit(worker, client, requester.address, archive, bhash)
+    seen_uid: set[int] = set()
+    mounted: list[Path] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            mounted.extend(_job_mounts(worker))
+            for pid in worker_children(worker):
+                with contextlib.suppress(OSError, StopIteration):
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    seen_uid.add(int(next(x for x in status.splitlines() if x.startswith("Uid:")).split()[1]))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        final = client.wait(job_id, timeout_s=60)
+    finally:
+        done.set()
+        sampler.join()
+    assert final.HasField("finished"), final
+    results = client.download_results(job_id, tmp_path / "r", provider=worker.provider)
+    owner, inside, source = (results.directory / "logs" / "stdout.log").read_text().split()
+    assert owner == inside == "65534" and source == "flopex-job"
+    assert seen_uid and all(uid >= 2_000_000 for uid in seen_uid), seen_uid
+    assert _job_mounts(worker) == [], "the job's filesystem is unmounted once its results are taken"
+    assert all(not p.exists() for p in mounted)
+
+
+def worker_children(worker: WorkerProcess) -> list[int]:
+    """Pids of the worker's descendants that run the job's Python (not the gate or bubblewrap)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if len(argv) > 2 and argv[2] == b"/job/work/main.py":
+                found.append(int(entry.name))
+    return found
