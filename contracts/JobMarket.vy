@@ -31,11 +31,11 @@ exports: (ownable.owner, ownable.transfer_ownership)
 
 
 interface IProviderRegistry:
-    def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_mb: uint32) -> bool: view
+    def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_mb: uint32, collateral: uint256) -> bool: view
     def price_floor(provider: address) -> uint256: view
     def is_active_verifier(account: address) -> bool: view
-    def lock(provider: address): nonpayable
-    def release(provider: address, completed: bool): nonpayable
+    def lock(provider: address, amount: uint256) -> bool: nonpayable
+    def release(provider: address, amount: uint256, completed: bool): nonpayable
     def slash(provider: address, amount: uint256) -> uint256: nonpayable
 
 
@@ -66,6 +66,8 @@ BPS: constant(uint256) = 10_000
 MAX_PRICE: public(constant(uint256)) = 2**96 - 1
 # @dev Largest dispute bond the owner may set (keeps a job's escrow within its packed 160 bits).
 MAX_DISPUTE_BOND: public(constant(uint256)) = 2**128
+# @dev Largest base slash the owner may set (a slot keeps the one it was leased under in 96 bits).
+MAX_BASE_SLASH: public(constant(uint256)) = 2**96 - 1
 # @dev Masks of the packed storage words.
 MASK_64: constant(uint256) = 2**64 - 1
 MASK_96: constant(uint256) = 2**96 - 1
@@ -153,7 +155,8 @@ job_hashes: HashMap[uint256, bytes32]
 job_words: HashMap[uint256, uint256]
 # @dev Each slot's head: provider | status << 160 | committed_at << 176.
 slot_heads: HashMap[uint256, HashMap[uint256, uint256]]
-# @dev Each slot's terms: price | gpu_seconds << 96.
+# @dev Each slot's terms: price | gpu_seconds << 96 | base_slash << 160 (the base slash when it was
+# leased: its collateral, value at price + base slash, is what the registry locked and a slash takes).
 slot_terms: HashMap[uint256, HashMap[uint256, uint256]]
 # @dev Each slot's result root.
 slot_roots: HashMap[uint256, HashMap[uint256, bytes32]]
@@ -364,7 +367,8 @@ def cancel_job(job_id: uint256, spec: JobSpec):
     assert job.status == JobStatus.OPEN, "market: job is not open"
     assert block.timestamp < convert(spec.bid_deadline, uint256), "market: bid deadline passed"
     refund: uint256 = job.escrow
-    self._release_taken(job_id, spec, job.count)
+    if spec.auction == AUCTION_INSTANT:
+        self._release_taken(job_id, spec, job.count)
     job.status = JobStatus.CANCELLED
     job.escrow = 0
     self._put_job(job_id, job)
@@ -390,7 +394,7 @@ def commit_bid(job_id: uint256, spec: JobSpec, commitment: bytes32):
     assert commitment != empty(bytes32), "market: empty commitment"
     assert msg.sender != spec.requester, "market: requester cannot bid on its own job"
     assert self.commitments[job_id][msg.sender] == empty(bytes32), "market: bid already committed"
-    self._check_eligible(msg.sender, spec)
+    self._check_eligible(msg.sender, spec, self._value(spec.max_price, spec.max_gpu_seconds))
     self.commitments[job_id][msg.sender] = commitment
     log BidCommitted(job_id=job_id, provider=msg.sender)
 
@@ -416,7 +420,7 @@ def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32):
     assert keccak256(abi_encode(job_id, msg.sender, price, salt)) == commitment, "market: reveal does not match commitment"
     assert price > 0, "market: zero ask"
     assert price <= spec.max_price, "market: ask above max price"
-    self._check_eligible(msg.sender, spec)
+    self._check_eligible(msg.sender, spec, self._value(price, spec.max_gpu_seconds))
     self.commitments[job_id][msg.sender] = empty(bytes32)
 
     # Insertion into the sorted list of the lowest `redundancy + 1` asks.
@@ -461,28 +465,40 @@ def finalize_auction(job_id: uint256, spec: JobSpec):
     else:
         assert block.timestamp >= convert(spec.bid_deadline, uint256), "market: bidding still open"
 
-    if n < k:
-        # Too few asks: no lease, everything back to the requester.
+    clearing: uint256 = spec.max_price
+    slot_value: uint256 = 0
+    asks: uint8 = job.count
+    won: uint256 = n
+    if spec.auction == AUCTION_SEALED:
+        won = 0
+    if n >= k and spec.auction == AUCTION_SEALED:
+        # Sealed with k asks: uniform price at the (k+1)-th ask, capped by the max. The winners'
+        # collateral is locked now: a winner that unbonded or deregistered since its reveal is
+        # skipped and the next ask wins in its place, at the same price (never below its ask).
+        if n > k:
+            clearing = self.asks[job_id][k] >> 160
+        slot_value = self._value(clearing, spec.max_gpu_seconds)
+        collateral: uint256 = slot_value + self.base_slash
+        for i: uint256 in range(n, bound=MAX_SLOTS + 1):
+            if won == k:
+                break
+            provider: address = convert(self.asks[job_id][i] & MASK_160, address)
+            if extcall registry.lock(provider, collateral):
+                self._assign(job_id, won, provider, clearing)
+                log SlotLeased(job_id=job_id, slot=convert(won, uint8), provider=provider, price=clearing)
+                won += 1
+
+    if won < k:
+        # Too few asks (or winners able to lock their collateral): no lease, all back to the requester.
         refund: uint256 = job.escrow
-        if spec.auction == AUCTION_INSTANT:
-            self._release_taken(job_id, spec, job.count)
+        self._release_taken(job_id, spec, convert(won, uint8))
         job.status = JobStatus.EXPIRED
         job.escrow = 0
         self._put_job(job_id, job)
         self._credit(spec.requester, refund)
-        log JobExpired(job_id=job_id, asks=job.count, refunded=refund)
+        log JobExpired(job_id=job_id, asks=asks, refunded=refund)
         return
 
-    # Sealed with k winners: uniform price at the (k+1)-th ask, capped by the max.
-    clearing: uint256 = spec.max_price
-    if n > k:
-        clearing = self.asks[job_id][k] >> 160
-    slot_value: uint256 = self._value(clearing, spec.max_gpu_seconds)
-    for i: uint256 in range(k, bound=MAX_SLOTS):
-        provider: address = convert(self.asks[job_id][i] & (2**160 - 1), address)
-        self._assign(job_id, i, provider, clearing)
-        extcall registry.lock(provider)
-        log SlotLeased(job_id=job_id, slot=convert(i, uint8), provider=provider, price=clearing)
     refund: uint256 = job.escrow - slot_value * k
     self._start_lease(job_id, job, spec, refund, clearing)
 
@@ -507,14 +523,14 @@ def take_job(job_id: uint256, spec: JobSpec) -> uint8:
     assert job.status == JobStatus.OPEN, "market: job is not open"
     assert block.timestamp < convert(spec.bid_deadline, uint256), "market: bidding closed"
     assert msg.sender != spec.requester, "market: requester cannot take its own job"
-    self._check_eligible(msg.sender, spec)
     price: uint256 = staticcall registry.price_floor(msg.sender)
     assert price <= spec.max_price, "market: price floor above max price"
+    self._check_eligible(msg.sender, spec, self._value(price, spec.max_gpu_seconds))
     n: uint256 = convert(job.count, uint256)
     for i: uint256 in range(n, bound=MAX_SLOTS):
         assert self._slot(job_id, i).provider != msg.sender, "market: provider already holds a slot"
     self._assign(job_id, n, msg.sender, price)
-    extcall registry.lock(msg.sender)
+    assert extcall registry.lock(msg.sender, self._value(price, spec.max_gpu_seconds) + self.base_slash), "market: provider not eligible"
     log SlotLeased(job_id=job_id, slot=convert(n, uint8), provider=msg.sender, price=price)
     # Escrow above this provider's price is refunded at once.
     # A difference of slot values, so that no rounding dust is left in escrow.
@@ -696,6 +712,8 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     now: uint256 = block.timestamp
     window_end: uint256 = self._window_end(s, spec)
     slot_value: uint256 = self._value(s.price, spec.max_gpu_seconds)
+    # What the lease locked, and all a slash on it takes: the slot's value and its base slash.
+    collateral: uint256 = slot_value + self._slot_base_slash(job_id, index)
 
     paid: uint256 = 0
     fee: uint256 = 0
@@ -744,7 +762,7 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
 
     if final == SlotStatus.SLASHED:
         # Interactions: take the stake, then share it out.
-        slashed = extcall registry.slash(s.provider, slot_value + self.base_slash)
+        slashed = extcall registry.slash(s.provider, collateral)
         to_requester: uint256 = slashed * self.slash_requester_bps // BPS
         self._credit(spec.requester, to_requester)
         rest: uint256 = slashed - to_requester
@@ -753,7 +771,7 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
             self._credit(disputer, bond + rest)
         else:
             self._credit(self.treasury, rest)
-    extcall registry.release(s.provider, final == SlotStatus.PAID)
+    extcall registry.release(s.provider, collateral, final == SlotStatus.PAID)
 
     log SlotSettled(
         job_id=job_id,
@@ -906,32 +924,23 @@ def _start_lease(job_id: uint256, job: Job, spec: JobSpec, refund: uint256, clea
 
 @internal
 def _release_taken(job_id: uint256, spec: JobSpec, taken: uint8):
-    # Instant slots already taken go back to their providers unharmed.
-    if spec.auction != AUCTION_INSTANT:
-        return
+    # Slots already taken (instant) or locked (sealed, with too few winners) go back to their
+    # providers unharmed, with their collateral.
     for i: uint256 in range(convert(taken, uint256), bound=MAX_SLOTS):
         s: Slot = self._slot(job_id, i)
         s.status = SlotStatus.RELEASED
         self._put_slot(job_id, i, s)
-        extcall registry.release(s.provider, False)
+        extcall registry.release(
+            s.provider, self._value(s.price, spec.max_gpu_seconds) + self._slot_base_slash(job_id, i), False
+        )
 
 
 @internal
 def _assign(job_id: uint256, index: uint256, provider: address, price: uint256):
     # Two words for a fresh slot: its root and disputer stay empty until used.
-    self._put_slot(
-        job_id,
-        index,
-        Slot(
-            provider=provider,
-            status=SlotStatus.ASSIGNED,
-            price=price,
-            result_root=empty(bytes32),
-            gpu_seconds=0,
-            committed_at=0,
-            disputer=empty(address),
-        ),
-    )
+    # The base slash it is leased under is kept with its terms: the collateral stays what was locked.
+    self.slot_heads[job_id][index] = convert(provider, uint256) | (convert(SlotStatus.ASSIGNED, uint256) << 160)
+    self.slot_terms[job_id][index] = price | (self.base_slash << 160)
 
 
 @internal
@@ -971,7 +980,7 @@ def _slot(job_id: uint256, index: uint256) -> Slot:
         status=convert((head >> 160) & 65_535, SlotStatus),
         price=terms & MASK_96,
         result_root=empty(bytes32),
-        gpu_seconds=convert(terms >> 96, uint64),
+        gpu_seconds=convert((terms >> 96) & MASK_64, uint64),
         committed_at=convert((head >> 176) & MASK_64, uint64),
         disputer=empty(address),
     )
@@ -982,7 +991,15 @@ def _put_slot(job_id: uint256, index: uint256, s: Slot):
     self.slot_heads[job_id][index] = (
         convert(s.provider, uint256) | (convert(s.status, uint256) << 160) | (convert(s.committed_at, uint256) << 176)
     )
-    self.slot_terms[job_id][index] = s.price | (convert(s.gpu_seconds, uint256) << 96)
+    self.slot_terms[job_id][index] = (
+        s.price | (convert(s.gpu_seconds, uint256) << 96) | ((self.slot_terms[job_id][index] >> 160) << 160)
+    )
+
+
+@internal
+@view
+def _slot_base_slash(job_id: uint256, index: uint256) -> uint256:
+    return self.slot_terms[job_id][index] >> 160
 
 
 @internal
@@ -1009,9 +1026,10 @@ def _load(job_id: uint256, spec: JobSpec) -> Job:
 
 @internal
 @view
-def _check_eligible(provider: address, spec: JobSpec):
+def _check_eligible(provider: address, spec: JobSpec, slot_value: uint256):
+    # Registered, with the minimum stake and free stake for the lease's collateral.
     assert staticcall registry.is_eligible(
-        provider, spec.device_kind, spec.gpus, spec.min_memory_mb
+        provider, spec.device_kind, spec.gpus, spec.min_memory_mb, slot_value + self.base_slash
     ), "market: provider not eligible"
 
 
@@ -1043,6 +1061,7 @@ def _set_parameters(
     assert fee_bps_ <= 1_000, "market: fee above 10%"
     assert slash_requester_bps_ <= BPS, "market: share above 100%"
     assert dispute_bond_ <= MAX_DISPUTE_BOND, "market: dispute bond too large"
+    assert base_slash_ <= MAX_BASE_SLASH, "market: base slash too large"
     self.treasury = treasury_
     self.fee_bps = fee_bps_
     self.dispute_bond = dispute_bond_

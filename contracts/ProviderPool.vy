@@ -46,6 +46,7 @@ struct RegistryStake:
     unbonding: uint256  # on its way out, still slashable
     unbond_at: uint256  # when `unbonding` may be withdrawn
     active_jobs: uint256  # leases held against the stake
+    locked: uint256  # part of `active` the leases lock as collateral
 
 
 struct JobSpec:
@@ -837,7 +838,8 @@ def _sync():
         self._bond(extra)
     elif reg.unbonding == 0:
         # One batch in flight at a time: a new request would restart the registry's clock.
-        need: uint256 = min(owed - self.released, reg.active)
+        # Only free stake may unbond: what running leases lock stays until they end.
+        need: uint256 = min(owed - self.released, reg.active - min(reg.locked, reg.active))
         if need > 0:
             extcall registry.request_unbond(need)
             log RegistryUnbondRequested(amount=need, unbond_at=(staticcall registry.stakes(self)).unbond_at)

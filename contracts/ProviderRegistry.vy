@@ -8,7 +8,9 @@
         publish (devices, price floor, gRPC endpoint, receipt-signing key),
         their reputation counters and the throughput verifiers attested for
         them. Stake leaves only after an unbonding delay and never while the
-        provider holds a lease; only the market and the accounts the owner
+        provider holds a lease. Each lease locks an amount of the active stake
+        (at least what a slash on it could take), and only free stake
+        (active less locked) backs new leases or may unbond; only the market and the accounts the owner
         authorized (the reservations contract) may lock, release and slash.
 @dev Every token this contract holds is someone's stake:
      `token.balanceOf(self) == sum(active + unbonding)` over all accounts.
@@ -29,6 +31,7 @@ DEVICE_CUDA: public(constant(uint8)) = 1
 # @dev A provider is flagged when its claimed throughput exceeds the attested one
 # by more than this factor (in basis points: 20_000 = 2x).
 CAPACITY_FLAG_BPS: public(constant(uint256)) = 20_000
+MASK_64: constant(uint256) = 2**64 - 1
 
 
 struct Offer:
@@ -47,6 +50,14 @@ struct Stake:
     unbonding: uint256  # stake on its way out, still slashable
     unbond_at: uint256  # when `unbonding` may be withdrawn
     active_jobs: uint256  # leases the market holds against this stake
+    locked: uint256  # part of `active` the leases lock as collateral
+
+
+struct StakeWords:
+    active: uint256
+    unbonding: uint256
+    unbond_at: uint256
+    leases: uint256  # active_jobs | locked << 64: one word, so a lease costs one write
 
 
 struct Reputation:
@@ -75,8 +86,8 @@ min_verifier_stake: public(uint256)
 # @dev Seconds between asking to unbond and being able to withdraw.
 unbonding_period: public(uint256)
 
-# @dev Stakes of every account.
-stakes: public(HashMap[address, Stake])
+# @dev Stakes of every account (read them through `stakes`).
+stake_words: HashMap[address, StakeWords]
 # @dev Offers of registered providers.
 offers: public(HashMap[address, Offer])
 # @dev Whether an account has a registered offer.
@@ -144,12 +155,16 @@ event ThroughputAttested:
 event StakeLocked:
     provider: indexed(address)
     active_jobs: uint256
+    amount: uint256
+    locked: uint256
 
 
 event StakeReleased:
     provider: indexed(address)
     completed: bool
     active_jobs: uint256
+    amount: uint256
+    locked: uint256
 
 
 event StakeSlashed:
@@ -249,8 +264,8 @@ def stake(amount: uint256):
     @param amount Token units to stake.
     """
     assert amount > 0, "registry: zero stake"
-    self.stakes[msg.sender].active += amount
-    log Staked(account=msg.sender, amount=amount, active=self.stakes[msg.sender].active)
+    self.stake_words[msg.sender].active += amount
+    log Staked(account=msg.sender, amount=amount, active=self.stake_words[msg.sender].active)
     # Effects first, then pull the tokens.
     assert extcall token.transferFrom(msg.sender, self, amount, default_return_value=True), "registry: transfer failed"
 
@@ -264,12 +279,14 @@ def request_unbond(amount: uint256):
     @param amount Token units to unbond.
     """
     assert amount > 0, "registry: zero amount"
-    s: Stake = self.stakes[msg.sender]
+    s: StakeWords = self.stake_words[msg.sender]
     assert s.active >= amount, "registry: amount exceeds active stake"
+    # Stake locked as collateral for running leases stays until they end.
+    assert s.active - amount >= s.leases >> 64, "registry: amount exceeds free stake"
     s.active -= amount
     s.unbonding += amount
     s.unbond_at = block.timestamp + self.unbonding_period
-    self.stakes[msg.sender] = s
+    self.stake_words[msg.sender] = s
     log UnbondRequested(account=msg.sender, amount=amount, unbond_at=s.unbond_at)
 
 
@@ -280,12 +297,12 @@ def withdraw_unbonded():
     @notice Withdraws the caller's unbonded stake after the unbonding period.
     @dev Non-reentrant: moves tokens out. The stake is zeroed before the transfer.
     """
-    s: Stake = self.stakes[msg.sender]
+    s: StakeWords = self.stake_words[msg.sender]
     assert s.unbonding > 0, "registry: nothing unbonding"
     assert block.timestamp >= s.unbond_at, "registry: still unbonding"
-    assert s.active_jobs == 0, "registry: provider holds leases"
+    assert s.leases & MASK_64 == 0, "registry: provider holds leases"
     amount: uint256 = s.unbonding
-    self.stakes[msg.sender].unbonding = 0
+    self.stake_words[msg.sender].unbonding = 0
     log StakeWithdrawn(account=msg.sender, amount=amount)
     assert extcall token.transfer(msg.sender, amount, default_return_value=True), "registry: transfer failed"
 
@@ -299,7 +316,7 @@ def register_provider(offer: Offer):
     @notice Registers the caller as a provider with `offer`, or replaces its offer.
     @param offer Devices, price floor, endpoint and receipt signer.
     """
-    assert self.stakes[msg.sender].active >= self.min_provider_stake, "registry: stake below minimum"
+    assert self.stake_words[msg.sender].active >= self.min_provider_stake, "registry: stake below minimum"
     assert offer.device_kind <= DEVICE_CUDA, "registry: unknown device kind"
     assert offer.gpu_count > 0, "registry: no devices"
     assert offer.memory_mb > 0, "registry: no device memory"
@@ -348,7 +365,7 @@ def register_verifier():
     """
     @notice Registers the caller as a verifier; it needs the minimum verifier stake.
     """
-    assert self.stakes[msg.sender].active >= self.min_verifier_stake, "registry: stake below minimum"
+    assert self.stake_words[msg.sender].active >= self.min_verifier_stake, "registry: stake below minimum"
     self.is_verifier[msg.sender] = True
     log VerifierRegistered(verifier=msg.sender)
 
@@ -389,33 +406,48 @@ def attest_throughput(provider: address, gflops: uint64):
 
 
 @external
-def lock(provider: address):
+def lock(provider: address, amount: uint256) -> bool:
     """
-    @notice Counts a new lease against `provider`'s stake; while it holds any,
-            its unbonding stake cannot leave.
+    @notice Locks `amount` of `provider`'s free stake (active less locked) as the
+            collateral of a new lease; while it holds any lease, its unbonding
+            stake cannot leave, and locked stake cannot unbond.
+    @dev Returns False and changes nothing when `provider` is not a registered
+         provider with at least the minimum active stake and `amount` of free stake.
     @param provider The leased provider.
+    @param amount Token units to lock: at least what a slash on the lease can take.
+    @return Whether the stake was locked.
     """
     self._check_locker()
-    active_jobs: uint256 = self.stakes[provider].active_jobs + 1
-    self.stakes[provider].active_jobs = active_jobs
-    log StakeLocked(provider=provider, active_jobs=active_jobs)
+    active: uint256 = self.stake_words[provider].active
+    leases: uint256 = self.stake_words[provider].leases
+    locked: uint256 = leases >> 64
+    if not self.is_provider[provider] or active < self.min_provider_stake or active - min(locked, active) < amount:
+        return False
+    locked += amount
+    active_jobs: uint256 = (leases & MASK_64) + 1
+    self.stake_words[provider].leases = active_jobs | (locked << 64)
+    log StakeLocked(provider=provider, active_jobs=active_jobs, amount=amount, locked=locked)
+    return True
 
 
 @external
-def release(provider: address, completed: bool):
+def release(provider: address, amount: uint256, completed: bool):
     """
-    @notice Ends a lease of `provider` and counts how it ended.
+    @notice Ends a lease of `provider`, unlocks the `amount` it locked and counts how it ended.
     @param provider The provider whose lease ended.
+    @param amount The collateral the lease locked.
     @param completed True when the provider was paid, False otherwise.
     """
     self._check_locker()
-    active_jobs: uint256 = self.stakes[provider].active_jobs - 1
-    self.stakes[provider].active_jobs = active_jobs
+    leases: uint256 = self.stake_words[provider].leases
+    active_jobs: uint256 = (leases & MASK_64) - 1
+    locked: uint256 = (leases >> 64) - amount
+    self.stake_words[provider].leases = active_jobs | (locked << 64)
     if completed:
         self.reputation[provider].completed += 1
     else:
         self.reputation[provider].failed += 1
-    log StakeReleased(provider=provider, completed=completed, active_jobs=active_jobs)
+    log StakeReleased(provider=provider, completed=completed, active_jobs=active_jobs, amount=amount, locked=locked)
 
 
 @external
@@ -431,12 +463,12 @@ def slash(provider: address, amount: uint256) -> uint256:
     @return The amount actually taken.
     """
     self._check_locker()
-    s: Stake = self.stakes[provider]
+    s: StakeWords = self.stake_words[provider]
     taken: uint256 = min(amount, s.active + s.unbonding)
     from_active: uint256 = min(taken, s.active)
     s.active -= from_active
     s.unbonding -= taken - from_active
-    self.stakes[provider] = s
+    self.stake_words[provider] = s
     self.reputation[provider].slashed += 1
     log StakeSlashed(provider=provider, amount=taken)
     if taken > 0:
@@ -449,18 +481,22 @@ def slash(provider: address, amount: uint256) -> uint256:
 
 @external
 @view
-def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_mb: uint32) -> bool:
+def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_mb: uint32, collateral: uint256) -> bool:
     """
-    @notice Whether `provider` may bid for a job with these requirements.
+    @notice Whether `provider` may bid for a job with these requirements and lock `collateral` for it.
     @param provider The provider.
     @param device_kind Device kind the job needs.
     @param gpus Devices the job needs.
     @param min_memory_mb Memory per device the job needs.
-    @return True when registered, staked and its devices meet the requirements.
+    @param collateral Stake the lease would lock.
+    @return True when registered, staked with the minimum and `collateral` of free stake,
+            and its devices meet the requirements.
     """
     if not self.is_provider[provider]:
         return False
-    if self.stakes[provider].active < self.min_provider_stake:
+    # Field by field (two words, not four). Stake locked by running leases backs no new bid.
+    active: uint256 = self.stake_words[provider].active
+    if active < self.min_provider_stake or active - min(self.stake_words[provider].leases >> 64, active) < collateral:
         return False
     # Field by field: loading the whole offer would read its strings too (eight more slots).
     return (
@@ -468,6 +504,32 @@ def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_
         and self.offers[provider].gpu_count >= gpus
         and self.offers[provider].memory_mb >= min_memory_mb
     )
+
+
+@external
+@view
+def stakes(account: address) -> Stake:
+    """
+    @notice An account's stake.
+    @param account The account.
+    @return Active, unbonding, unbond time, leases held and the stake they lock.
+    """
+    s: StakeWords = self.stake_words[account]
+    return Stake(
+        active=s.active, unbonding=s.unbonding, unbond_at=s.unbond_at, active_jobs=s.leases & MASK_64, locked=s.leases >> 64
+    )
+
+
+@external
+@view
+def free_stake(account: address) -> uint256:
+    """
+    @notice Active stake no lease locks: what backs new leases and may unbond.
+    @param account The account.
+    @return Active less locked stake (zero when slashes took locked stake).
+    """
+    s: StakeWords = self.stake_words[account]
+    return s.active - min(s.leases >> 64, s.active)
 
 
 @external
@@ -500,13 +562,13 @@ def total_stake(account: address) -> uint256:
     @param account The account.
     @return Active plus unbonding stake.
     """
-    return self.stakes[account].active + self.stakes[account].unbonding
+    return self.stake_words[account].active + self.stake_words[account].unbonding
 
 
 @internal
 @view
 def _is_active_verifier(account: address) -> bool:
-    return self.is_verifier[account] and self.stakes[account].active >= self.min_verifier_stake
+    return self.is_verifier[account] and self.stake_words[account].active >= self.min_verifier_stake
 
 
 @internal

@@ -33,10 +33,10 @@ exports: (ownable.owner, ownable.transfer_ownership)
 
 
 interface IProviderRegistry:
-    def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_mb: uint32) -> bool: view
+    def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_mb: uint32, collateral: uint256) -> bool: view
     def is_active_verifier(account: address) -> bool: view
-    def lock(provider: address): nonpayable
-    def release(provider: address, completed: bool): nonpayable
+    def lock(provider: address, amount: uint256) -> bool: nonpayable
+    def release(provider: address, amount: uint256, completed: bool): nonpayable
     def slash(provider: address, amount: uint256) -> uint256: nonpayable
 
 
@@ -117,6 +117,8 @@ holders: HashMap[uint256, uint256]
 usage_digests: HashMap[uint256, bytes32]
 # @dev Bond each disputed reservation holds, as paid at the dispute.
 dispute_bonds: public(HashMap[uint256, uint256])
+# @dev Stake each bought reservation locked in the registry: its price and the base slash at purchase.
+collaterals: public(HashMap[uint256, uint256])
 # @dev Tokens each account can withdraw.
 credits: public(HashMap[address, uint256])
 # @dev Sum of all credits, for the solvency invariant.
@@ -280,7 +282,7 @@ def offer(start: uint64, duration: uint64, gpus: uint16, price: uint256) -> uint
     assert duration > 0 and convert(duration, uint256) <= MAX_DURATION, "reservations: bad duration"
     assert gpus > 0, "reservations: no devices"
     assert price > 0 and price <= MAX_PRICE, "reservations: bad price"
-    self._check_eligible(msg.sender, gpus)
+    self._check_eligible(msg.sender, gpus, 0)
     escrow: uint256 = self._price_of(gpus, duration, price)
     assert escrow > 0, "reservations: escrow rounds to zero"
     reservation_id: uint256 = self.offer_count + 1
@@ -533,6 +535,8 @@ def settle(reservation_id: uint256):
     value: uint256 = self._escrow_value(r)
     # The bond this reservation's dispute paid, not the current parameter.
     bond: uint256 = self.dispute_bonds[reservation_id]
+    # What the purchase locked, and all a slash takes.
+    collateral: uint256 = self.collaterals[reservation_id]
 
     paid: uint256 = 0
     fee: uint256 = 0
@@ -562,7 +566,7 @@ def settle(reservation_id: uint256):
     else:
         self._credit(r.holder, refunded)
         # Interactions: take the stake, then share it out.
-        slashed = extcall registry.slash(r.provider, value + self.base_slash)
+        slashed = extcall registry.slash(r.provider, collateral)
         if bond > 0:
             # A successful report: the bond back, and as the challenger the holder earns
             # the rest of the slash on top of its share: all of it.
@@ -571,7 +575,7 @@ def settle(reservation_id: uint256):
             to_holder: uint256 = slashed * self.slash_holder_bps // BPS
             self._credit(r.holder, to_holder)
             self._credit(self.treasury, slashed - to_holder)
-    extcall registry.release(r.provider, final == Status.PAID)
+    extcall registry.release(r.provider, collateral, final == Status.PAID)
     log ReservationSettled(
         reservation_id=reservation_id,
         provider=r.provider,
@@ -655,22 +659,24 @@ def _buy(reservation_id: uint256):
     assert block.timestamp < convert(r.start, uint256), "reservations: window already started"
     assert msg.sender != r.provider, "reservations: provider cannot buy its own offer"
     # Still registered and staked: the stake about to be locked must back the window.
-    self._check_eligible(r.provider, r.gpus)
     escrow: uint256 = self._escrow_value(r)
+    collateral: uint256 = escrow + self.base_slash
+    self._check_eligible(r.provider, r.gpus, collateral)
+    self.collaterals[reservation_id] = collateral
     self._put_status(reservation_id, r, Status.RESERVED)
     self.holders[reservation_id] = convert(msg.sender, uint256)
     log ReservationBought(reservation_id=reservation_id, buyer=msg.sender, provider=r.provider, escrow=escrow)
     # Interactions: lock the provider's stake, then pull the escrow.
-    extcall registry.lock(r.provider)
+    assert extcall registry.lock(r.provider, collateral), "reservations: provider not eligible"
     assert extcall token.transferFrom(msg.sender, self, escrow, default_return_value=True), "reservations: transfer failed"
 
 
 @internal
 @view
-def _check_eligible(provider: address, gpus: uint16):
+def _check_eligible(provider: address, gpus: uint16, collateral: uint256):
     # A reservation may be of either device kind: the provider's registered offer says which.
-    assert staticcall registry.is_eligible(provider, DEVICE_CUDA, gpus, 0) or staticcall registry.is_eligible(
-        provider, DEVICE_CPU, gpus, 0
+    assert staticcall registry.is_eligible(provider, DEVICE_CUDA, gpus, 0, collateral) or staticcall registry.is_eligible(
+        provider, DEVICE_CPU, gpus, 0, collateral
     ), "reservations: provider not eligible"
 
 

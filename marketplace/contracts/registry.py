@@ -29,6 +29,12 @@ class StakeState:
     unbonding: int
     unbond_at: int
     active_jobs: int
+    locked: int = 0  # part of ``active`` running leases lock as collateral
+
+    @property
+    def free(self) -> int:
+        """Active stake no lease locks: what backs new leases and may unbond."""
+        return max(self.active - self.locked, 0)
 
 
 class Registry(Bound):
@@ -88,9 +94,16 @@ class Registry(Bound):
         """Whether ``account`` may attest."""
         return bool(self.call("is_active_verifier", account))
 
-    def is_eligible(self, provider: str, spec: JobSpec) -> bool:
-        """Whether ``provider`` may bid for a job with ``spec``."""
-        return bool(self.call("is_eligible", provider, int(spec.device_kind), spec.gpus, spec.min_memory_mb))
+    def is_eligible(self, provider: str, spec: JobSpec, collateral: int = 0) -> bool:
+        """Whether ``provider`` may bid for a job with ``spec`` and lock ``collateral`` of free stake for it
+        (the market asks for the slot's value at the max price plus the base slash)."""
+        return bool(
+            self.call("is_eligible", provider, int(spec.device_kind), spec.gpus, spec.min_memory_mb, collateral)
+        )
+
+    def free_stake(self, account: str) -> int:
+        """Active stake no lease locks: what backs new leases and may unbond."""
+        return int(self.call("free_stake", account))
 
     def reputation(self, provider: str) -> tuple[int, int, int]:
         """``(completed, failed, slashed)`` counters."""

@@ -14,11 +14,9 @@ from eth_account import Account
 
 from tests.contracts.contract_helpers import (
     BASE_SLASH,
-    DISPUTE_BOND,
     E18,
     MAX_UINT,
     MIN_PROVIDER_STAKE,
-    UNBONDING_PERIOD,
     make_spec,
     now,
     sign_permit,
@@ -96,3 +94,85 @@ def test_buy_with_permit__permit_front_run_by_a_stranger__buys_with_the_allowanc
         res.buy_with_permit(rid, deadline, v, r, s)
     assert res.reservations(rid).holder == acct.address
     assert token.balanceOf(acct.address) == 0
+
+
+# ---------------------------------------------------------------- (b) collateral per lease
+
+
+def test_take_job__one_minimum_stake_for_many_jobs__leases_only_what_its_free_stake_covers(
+    flow, market, registry, requester, stranger
+):
+    # Each 400-token slot locks 400 + the base slash: a 1,000 stake backs two, not ten.
+    cheat = stranger
+    flow.register_provider(cheat, price_floor=400 * E18)
+    spec = make_spec(requester, auction=1, max_price=400 * E18, max_gpu_seconds=3_600)
+    collateral = value(400 * E18, 3_600) + BASE_SLASH
+    first = flow.post(spec)
+    flow.take(first, spec, cheat)
+    assert registry.stakes(cheat).locked == collateral
+    assert registry.free_stake(cheat) == MIN_PROVIDER_STAKE - collateral
+    second = flow.post(spec)
+    flow.take(second, spec, cheat)
+    assert registry.free_stake(cheat) == MIN_PROVIDER_STAKE - 2 * collateral == 0
+    third = flow.post(spec)
+    with boa.env.prank(cheat), boa.reverts("market: provider not eligible"):
+        market.take_job(third, spec)
+
+
+def test_request_unbond__stake_locked_by_a_lease__reverts(flow, registry, requester, provider):
+    spec = make_spec(requester, auction=1)
+    job_id = flow.post(spec)
+    flow.take(job_id, spec, provider)
+    locked = registry.stakes(provider).locked
+    assert locked > 0
+    with boa.env.prank(provider), boa.reverts("registry: amount exceeds free stake"):
+        registry.request_unbond(MIN_PROVIDER_STAKE - locked + 1)
+    with boa.env.prank(provider):
+        registry.request_unbond(MIN_PROVIDER_STAKE - locked)
+
+
+def test_finalize_auction__winner_unbonded_between_reveal_and_finalize__next_ask_wins_at_the_same_price(
+    flow, market, registry, requester, provider, provider2, provider3
+):
+    spec = make_spec(requester)
+    job_id = flow.post(spec)
+    flow.sealed_auction(job_id, spec, [(provider, 5 * E18), (provider2, 6 * E18)], finalize=False)
+    with boa.env.prank(provider):
+        registry.request_unbond(MIN_PROVIDER_STAKE)
+    flow.finalize(job_id, spec)
+    s = market.slots(job_id, 0)
+    assert (s.provider, s.price) == (provider2, 6 * E18)
+    assert registry.stakes(provider).active_jobs == 0
+    assert registry.stakes(provider2).locked == value(6 * E18, spec.max_gpu_seconds) + BASE_SLASH
+
+
+def test_finalize_auction__only_winner_deregistered_after_reveal__expires_and_locks_nothing(
+    flow, market, registry, requester, provider
+):
+    spec = make_spec(requester)
+    job_id = flow.post(spec)
+    flow.sealed_auction(job_id, spec, [(provider, 5 * E18)], finalize=False)
+    with boa.env.prank(provider):
+        registry.deregister_provider()
+    flow.finalize(job_id, spec)
+    assert market.jobs(job_id).status == 8  # EXPIRED
+    assert registry.stakes(provider).locked == 0
+
+
+def test_settle__slashed_slot__takes_and_unlocks_exactly_its_collateral(flow, registry, requester, provider):
+    spec = make_spec(requester, auction=1)
+    job_id = flow.post(spec)
+    flow.take(job_id, spec, provider)
+    collateral = registry.stakes(provider).locked
+    travel_to(now() + spec.run_duration + 1)
+    flow.settle(job_id, spec, 0)
+    s = registry.stakes(provider)
+    assert (s.locked, s.active_jobs, s.active) == (0, 0, MIN_PROVIDER_STAKE - collateral)
+
+
+def test_buy__reservation__locks_its_price_and_the_base_slash(res, registry, provider, requester):
+    with boa.env.prank(provider):
+        rid = res.offer(now() + DAY, DURATION, GPUS, PRICE)
+    with boa.env.prank(requester):
+        res.buy(rid)
+    assert registry.stakes(provider).locked == ESCROW + BASE_SLASH

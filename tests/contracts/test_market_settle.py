@@ -200,17 +200,20 @@ def test_settle__no_result_at_the_run_deadline__cannot_settle_yet(market, reques
         market.settle(leased, ispec, 0)
 
 
-def test_settle__slash__takes_unbonding_stake_when_active_is_short(
+def test_settle__slash__takes_the_collateral_the_lease_kept_from_unbonding(
     market, token, registry, providers, provider, leased, ispec
 ):
-    with boa.env.prank(provider):
+    # The lease locked its value and the base slash: that part of the stake cannot unbond.
+    slash = SLOT_VALUE + BASE_SLASH
+    with boa.env.prank(provider), boa.reverts("registry: amount exceeds free stake"):
         registry.request_unbond(MIN_PROVIDER_STAKE - 10 * E18)
+    with boa.env.prank(provider):
+        registry.request_unbond(MIN_PROVIDER_STAKE - slash)
     travel_to(market.jobs(leased).lease_start + ispec.run_duration + 1)
     providers.settle(leased, ispec, 0)
-    slash = SLOT_VALUE + BASE_SLASH
     assert settled(market).slashed == slash
     s = registry.stakes(provider)
-    assert (s.active, s.unbonding) == (0, MIN_PROVIDER_STAKE - slash)
+    assert (s.active, s.unbonding, s.locked) == (0, MIN_PROVIDER_STAKE - slash, 0)
     assert_solvent(market, token, [leased])
 
 
@@ -218,7 +221,7 @@ def test_settle__slash__takes_at_most_what_is_staked(
     market, token, registry, providers, provider, provider2, provider3, verifier, requester, treasury, leased, ispec
 ):
     with boa.env.prank(provider):
-        registry.request_unbond(MIN_PROVIDER_STAKE)
+        registry.request_unbond(MIN_PROVIDER_STAKE - registry.stakes(provider).locked)
     boa.env.time_travel(seconds=UNBONDING_PERIOD)
     with boa.env.prank(provider), boa.reverts("registry: provider holds leases"):
         registry.withdraw_unbonded()

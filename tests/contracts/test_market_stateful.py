@@ -283,7 +283,13 @@ class MarketMachine(RuleBasedStateMachine):
             and self.market.jobs(job_id).status == JOB_OPEN
             and now() < spec.bid_deadline
             and (job_id, provider) not in self.bids
-            and self.registry.is_eligible(provider, spec.device_kind, spec.gpus, spec.min_memory_mb)
+            and self.registry.is_eligible(
+                provider,
+                spec.device_kind,
+                spec.gpus,
+                spec.min_memory_mb,
+                value(spec.max_price, spec.max_gpu_seconds) + self.market.base_slash(),
+            )
         )
         commitment = self.market.bid_commitment(job_id, provider, price, salt)
         if self._call(ok, provider, self.market.commit_bid, job_id, spec, commitment, job_id=job_id):
@@ -317,7 +323,13 @@ class MarketMachine(RuleBasedStateMachine):
             and self.market.commitments(job_id, provider) != b"\x00" * 32
             and not wrong_salt
             and 0 < price <= spec.max_price
-            and self.registry.is_eligible(provider, spec.device_kind, spec.gpus, spec.min_memory_mb)
+            and self.registry.is_eligible(
+                provider,
+                spec.device_kind,
+                spec.gpus,
+                spec.min_memory_mb,
+                value(price, spec.max_gpu_seconds) + self.market.base_slash(),
+            )
         )
         self._call(ok, provider, self.market.reveal_bid, job_id, spec, price, salt, job_id=job_id)
 
@@ -346,8 +358,14 @@ class MarketMachine(RuleBasedStateMachine):
             and self.market.jobs(job_id).status == JOB_OPEN
             and now() < spec.bid_deadline
             and taker != spec.requester
-            and self.registry.is_eligible(taker, spec.device_kind, spec.gpus, spec.min_memory_mb)
             and self.registry.price_floor(taker) <= spec.max_price
+            and self.registry.is_eligible(
+                taker,
+                spec.device_kind,
+                spec.gpus,
+                spec.min_memory_mb,
+                value(self.registry.price_floor(taker), spec.max_gpu_seconds) + self.market.base_slash(),
+            )
             and taker not in holders
         )
         self._call(ok, taker, self.market.take_job, job_id, spec, job_id=job_id)
@@ -579,7 +597,8 @@ class MarketMachine(RuleBasedStateMachine):
             # The verifier stays on duty: unbonding it below its minimum would leave every later
             # attestation reverting, and the machine would never rule on a result.
             amount = min(amount, max(0, self.registry.stakes(account).active - MIN_VERIFIER_STAKE))
-        ok = 0 < amount <= self.registry.stakes(account).active
+        # Stake locked as the collateral of running leases cannot unbond.
+        ok = 0 < amount <= self.registry.free_stake(account)
         self._call(ok, account, self.registry.request_unbond, amount)
 
     @rule(who=st.integers(0, 3))

@@ -19,6 +19,11 @@ def test_set_parameters__with_a_dispute_bond_beyond_the_packed_escrow__reverts(m
     assert market.dispute_bond() == 2**128
 
 
+def test_set_parameters__with_a_base_slash_beyond_a_slot_s_packed_terms__reverts(market, owner, treasury):
+    with boa.env.prank(owner), boa.reverts("market: base slash too large"):
+        market.set_parameters(treasury, 100, 0, 2**96, 5_000)
+
+
 def test_largest_job__round_trips_through_the_packed_words(
     deployment, market, registry, token, providers, requester, provider, verifier, owner, treasury
 ):
@@ -35,6 +40,9 @@ def test_largest_job__round_trips_through_the_packed_words(
         challenge_window=3_600,
     )
     fund(deployment, requester, market.escrow_for(spec))
+    # The lease locks its whole value and the base slash: the provider stakes that much.
+    fund(deployment, provider, market.escrow_for(spec) + market.base_slash())
+    providers.stake(provider, market.escrow_for(spec) + market.base_slash())
     job_id = providers.post(spec)
     with boa.env.prank(provider):
         market.take_job(job_id, spec)

@@ -397,8 +397,8 @@ def test_register__publishes_one_offer_covered_by_a_member__and_logs(members, re
     )
     assert registry.is_provider(members.address)
     assert registry.offers(members.address).gpu_count == 8
-    assert registry.is_eligible(members.address, 1, 8, 80_000)
-    assert not registry.is_eligible(members.address, 1, 9, 80_000)
+    assert registry.is_eligible(members.address, 1, 8, 80_000, 0)
+    assert not registry.is_eligible(members.address, 1, 9, 80_000, 0)
 
 
 def test_register__by_a_stranger__reverts(members, stranger, provider):

@@ -288,7 +288,8 @@ class PoolMachine(RuleBasedStateMachine):
         )
         with boa.env.prank(self.requester):
             job_id = self.market.post_job(spec)
-        eligible = self.registry.is_eligible(self.pool.address, spec.device_kind, gpus, spec.min_memory_mb)
+        collateral = value(self.registry.price_floor(self.pool.address), max_gpu_seconds) + BASE_SLASH
+        eligible = self.registry.is_eligible(self.pool.address, spec.device_kind, gpus, spec.min_memory_mb, collateral)
         if not eligible or self.pool.draining():
             with boa.env.prank(self.operator), boa.reverts():
                 self.pool.take_job(job_id, spec)

@@ -251,12 +251,12 @@ def test_register_provider__with_a_bad_offer__reverts(registry, flow, provider, 
 
 def test_deregister_provider__stops_eligibility__and_logs(registry, flow, provider):
     flow.register_provider(provider)
-    assert registry.is_eligible(provider, DEVICE_CUDA, 1, 1)
+    assert registry.is_eligible(provider, DEVICE_CUDA, 1, 1, 0)
     with boa.env.prank(provider):
         registry.deregister_provider()
     assert one_event(registry, "ProviderDeregistered").provider == provider
     assert not registry.is_provider(provider)
-    assert not registry.is_eligible(provider, DEVICE_CUDA, 1, 1)
+    assert not registry.is_eligible(provider, DEVICE_CUDA, 1, 1, 0)
 
 
 def test_deregister_provider__when_not_registered__reverts(registry, stranger):
@@ -290,15 +290,17 @@ def test_set_price_floor__by_a_non_provider_or_to_zero__reverts(registry, flow, 
 
 def test_is_eligible__checks_registration_stake_kind_devices_and_memory(registry, owner, flow, provider, stranger):
     flow.register_provider(provider)
-    assert registry.is_eligible(provider, DEVICE_CUDA, 8, 141_000)
-    assert not registry.is_eligible(provider, DEVICE_CPU, 1, 1)
-    assert not registry.is_eligible(provider, DEVICE_CUDA, 9, 1)
-    assert not registry.is_eligible(provider, DEVICE_CUDA, 1, 141_001)
-    assert not registry.is_eligible(stranger, DEVICE_CUDA, 1, 1)
+    assert registry.is_eligible(provider, DEVICE_CUDA, 8, 141_000, 0)
+    assert not registry.is_eligible(provider, DEVICE_CPU, 1, 1, 0)
+    assert not registry.is_eligible(provider, DEVICE_CUDA, 9, 1, 0)
+    # Stake locked by leases backs no new bid: eligibility needs the lease's collateral free.
+    assert not registry.is_eligible(provider, DEVICE_CUDA, 1, 1, MIN_PROVIDER_STAKE + 1)
+    assert not registry.is_eligible(provider, DEVICE_CUDA, 1, 141_001, 0)
+    assert not registry.is_eligible(stranger, DEVICE_CUDA, 1, 1, 0)
     # Raising the minimum stake makes an under-staked provider ineligible.
     with boa.env.prank(owner):
         registry.set_parameters(MIN_PROVIDER_STAKE + 1, MIN_VERIFIER_STAKE, UNBONDING_PERIOD)
-    assert not registry.is_eligible(provider, DEVICE_CUDA, 1, 1)
+    assert not registry.is_eligible(provider, DEVICE_CUDA, 1, 1, 0)
 
 
 # ---------------------------------------------------------------- verifiers
@@ -391,7 +393,7 @@ def test_attest_throughput__on_an_unregistered_account__reverts(registry, flow, 
 @pytest.mark.parametrize("call", ["lock", "release", "slash"])
 def test_market_only_functions__called_by_a_stranger__revert(registry, flow, provider, stranger, call):
     flow.register_provider(provider)
-    args = {"lock": (provider,), "release": (provider, True), "slash": (provider, 1)}[call]
+    args = {"lock": (provider, 1), "release": (provider, 1, True), "slash": (provider, 1)}[call]
     with boa.env.prank(stranger), boa.reverts("registry: caller may not lock or slash"):
         getattr(registry, call)(*args)
 
@@ -400,17 +402,20 @@ def test_lock_release_slash__called_by_the_market__count_leases_reputation_and_s
     registry, market, token, flow, provider
 ):
     flow.register_provider(provider, stake=MIN_PROVIDER_STAKE)
+    with boa.env.prank(market.address):
+        assert registry.lock(provider, 300 * E18)
+        log = one_event(registry, "StakeLocked")
+        assert (log.provider, log.active_jobs, log.amount, log.locked) == (provider, 1, 300 * E18, 300 * E18)
+        registry.lock(provider, 400 * E18)
     with boa.env.prank(provider):
         registry.request_unbond(300 * E18)
     with boa.env.prank(market.address):
-        registry.lock(provider)
-        log = one_event(registry, "StakeLocked")
-        assert (log.provider, log.active_jobs) == (provider, 1)
-        registry.lock(provider)
-        registry.release(provider, True)
+        # Nothing free is left, and the active stake is below the minimum: no new lease.
+        assert not registry.lock(provider, 1)
+        registry.release(provider, 400 * E18, True)
         log = one_event(registry, "StakeReleased")
-        assert (log.provider, log.completed, log.active_jobs) == (provider, True, 1)
-        registry.release(provider, False)
+        assert (log.provider, log.completed, log.active_jobs, log.locked) == (provider, True, 1, 300 * E18)
+        registry.release(provider, 300 * E18, False)
         # Active stake first, then unbonding: unbonding stake is still slashable.
         taken = registry.slash(provider, MIN_PROVIDER_STAKE - 100 * E18)
         assert one_event(registry, "StakeSlashed").amount == MIN_PROVIDER_STAKE - 100 * E18

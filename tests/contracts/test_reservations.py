@@ -123,12 +123,12 @@ def test_set_authorized__by_the_owner__lets_the_account_lock_and_logs(registry, 
     assert (e.account, e.authorized) == (stranger, True)
     assert registry.authorized(stranger)
     with boa.env.prank(stranger):
-        registry.lock(provider)
+        registry.lock(provider, 1)
     assert registry.stakes(provider).active_jobs == 1
     with boa.env.prank(owner):
         registry.set_authorized(stranger, False)
     with boa.env.prank(stranger), boa.reverts("registry: caller may not lock or slash"):
-        registry.release(provider, True)
+        registry.release(provider, 1, True)
 
 
 def test_set_authorized__by_a_stranger__reverts(registry, stranger):
@@ -324,8 +324,11 @@ def test_buy__before_the_start__escrows_the_price_and_locks_the_stake(res, token
 
 def test_buy__locks_the_stake__so_the_provider_cannot_unbond_away(res, registry, provider, requester):
     rid = bought(res, provider, requester)
-    with boa.env.prank(provider):
+    # The price and the base slash stay locked; the rest may unbond but not leave before the lease ends.
+    with boa.env.prank(provider), boa.reverts("registry: amount exceeds free stake"):
         registry.request_unbond(MIN_PROVIDER_STAKE)
+    with boa.env.prank(provider):
+        registry.request_unbond(MIN_PROVIDER_STAKE - ESCROW - BASE_SLASH)
     travel_to(now() + UNBONDING_PERIOD)
     with boa.env.prank(provider), boa.reverts("registry: provider holds leases"):
         registry.withdraw_unbonded()

@@ -144,8 +144,8 @@ class ReservationsMachine(RuleBasedStateMachine):
                 fn(*args)
         return None
 
-    def _eligible(self, provider: str, gpus: int) -> bool:
-        return bool(self.registry.is_eligible(provider, 1, gpus, 0))
+    def _eligible(self, provider: str, gpus: int, collateral: int = 0) -> bool:
+        return bool(self.registry.is_eligible(provider, 1, gpus, 0, collateral))
 
     def _credit(self, account: str, amount: int) -> None:
         self.credits[account] += amount
@@ -205,7 +205,9 @@ class ReservationsMachine(RuleBasedStateMachine):
         if rid is None:
             return
         m, buyer = self.r[rid], self.buyers[b]
-        ok = m["status"] == OFFERED and now() < m["start"] and self._eligible(m["provider"], m["gpus"])
+        # The purchase locks the price and the base slash of the provider's free stake.
+        collateral = m["value"] + BASE_SLASH
+        ok = m["status"] == OFFERED and now() < m["start"] and self._eligible(m["provider"], m["gpus"], collateral)
         self._call(ok, buyer, self.res.buy, rid)
         if ok:
             m.update(status=RESERVED, holder=buyer)
