@@ -153,7 +153,7 @@ class CheatingProvider(ProviderDaemon):
             honest_start = sandbox.start
 
             def start(req: Any) -> Any:
-                return _TamperingRun(honest_start(req), req.output_dir.parent, cheat, self.rng)
+                return _TamperingRun(honest_start(req), req.space.result, cheat, self.rng)
 
             sandbox.start = start  # type: ignore[method-assign]
 
