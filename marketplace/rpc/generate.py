@@ -71,7 +71,18 @@ def generate(out_dir: Path) -> list[Path]:
         target = out_dir / GRPC_STUB
         target.write_text(_header("#") + grpc_stub((Path(tmp) / "descriptor.pb").read_bytes()))
         written.append(target)
+    _format_stubs([p for p in written if p.suffix == ".pyi"])
     return written
+
+
+def _format_stubs(paths: list[Path]) -> None:
+    """Lay the typed stubs out as ``ruff format`` does with the repository's settings (CI checks them)."""
+    import subprocess
+
+    config = REPO_ROOT / "pyproject.toml"
+    subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--quiet", "--config", str(config), *map(str, paths)], check=True
+    )
 
 
 def grpc_stub(descriptor_set: bytes) -> str:
