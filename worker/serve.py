@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-file-mb", type=int, default=1024, help="largest file a job may write")
     p.add_argument("--max-disk-mb", type=int, default=4096, help="disk a job may fill")
     p.add_argument("--max-bundle-mb", type=int, default=1024, help="largest bundle archive accepted")
+    p.add_argument("--max-log-mb", type=int, default=64, help="bytes of each job output stream kept (then truncated)")
+    p.add_argument("--max-result-files", type=int, default=100_000, help="files and directories of a job's results")
+    p.add_argument("--upload-idle-s", type=float, default=3600.0, help="delete an unfinished upload idle this long")
     p.add_argument(
         "--price",
         action="append",
@@ -80,6 +83,9 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         cpu_slots=args.cpu_slots,
         use_gpus=not args.no_gpus,
         max_bundle_bytes=args.max_bundle_mb << 20,
+        max_log_bytes=args.max_log_mb << 20,
+        max_result_entries=args.max_result_files,
+        upload_idle_s=args.upload_idle_s,
         limits=Limits(
             memory_bytes=args.memory_limit_mb << 20,
             max_processes=args.max_processes,

@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from eth_hash.auto import keccak
 
+from marketplace.errors import WorkerError
+
 __all__ = [
     "CHUNK_SIZE",
     "EMPTY_ROOT",
     "FileEntry",
     "ResultManifest",
+    "bounded_manifest",
     "chunk_leaf",
     "file_leaves",
     "list_files",
@@ -168,3 +173,67 @@ def manifest_of(directory: str | os.PathLike[str]) -> tuple[ResultManifest, list
             leaves.append(leaf)
         entries.append(FileEntry(rel, size, sha.digest(), count))
     return ResultManifest(tuple(entries), merkle_root(leaves)), leaves
+
+
+def _over(what: str) -> WorkerError:
+    return WorkerError(f"results: {what}", code="RESOURCE_EXHAUSTED")
+
+
+def bounded_manifest(
+    directory: str | os.PathLike[str], *, max_entries: int, max_bytes: int, deadline: float
+) -> tuple[ResultManifest, list[str]]:
+    """:func:`manifest_of` for untrusted output, within bounds; also returns the names left out.
+
+    Walks without following links, counting every entry (directories, links and special files
+    too) and raises :class:`WorkerError` (``RESOURCE_EXHAUSTED``) past ``max_entries`` entries,
+    past ``max_bytes`` of regular files by their *apparent* size (a sparse file counts whole: it
+    would be hashed whole) or past ``deadline`` (a ``time.monotonic()`` value), checked between
+    chunks. A path that is not valid UTF-8 cannot be named in the manifest: it is left out and
+    returned (as :func:`os.fsdecode` gives it) in the second list.
+    """
+    base = os.fspath(directory)
+    entries = 0
+    total = 0
+    found: list[tuple[bytes, str, str]] = []
+    invalid: list[str] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(base, rel_dir) if rel_dir else base) as it:
+            for entry in it:
+                entries += 1
+                if entries > max_entries:
+                    raise _over(f"more than {max_entries} files and directories")
+                if entries % 256 == 0 and time.monotonic() > deadline:
+                    raise _over("listing them took longer than the time left to the job")
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    stack.append(rel)
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    continue
+                try:
+                    key = rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    invalid.append(rel)
+                    continue
+                total += info.st_size
+                if total > max_bytes:
+                    raise _over(f"more than {max_bytes} bytes in all (sparse files count whole)")
+                found.append((key, rel, entry.path))
+    found.sort()
+    leaves: list[bytes] = []
+    files: list[FileEntry] = []
+    for _key, rel, full in found:
+        sha = hashlib.sha256()
+        size = count = 0
+        for leaf, chunk in file_leaves(rel, full):
+            if time.monotonic() > deadline:
+                raise _over("hashing them took longer than the time left to the job")
+            sha.update(chunk)
+            size += len(chunk)
+            count += 1
+            leaves.append(leaf)
+        files.append(FileEntry(rel, size, sha.digest(), count))
+    return ResultManifest(tuple(files), merkle_root(leaves)), sorted(invalid)

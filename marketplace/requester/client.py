@@ -123,6 +123,11 @@ class _StreamVerifier:
         return {n: h.digest() for n, h in self._sha.items()}, merkle_root(leaves)
 
 
+def _prepend(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
 def _sha256_file(path: Path) -> bytes:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -386,42 +391,75 @@ class WorkerClient:
         return self._retrying(fetch)
 
     def _stream_files(self, call: Callable[[], Any], out: Path) -> tuple[ResultManifest, Any]:
-        """Receive a manifest and its files into ``out``, checking each sha256 and the Merkle root."""
+        """Receive a manifest (and the pages of a long file list) and its files into ``out``.
+
+        Checks each path, each file's size and sha256 and the Merkle root. Files arrive in manifest
+        order and are opened one at a time, so a result of many files needs no more handles.
+        """
         out.mkdir(parents=True, exist_ok=True)
         stream = call()
         first = next(stream)
         if first.WhichOneof("kind") != "manifest":
             raise VerificationError("results: the stream did not start with a manifest")
         m = first.manifest
-        expected = {f.path: f for f in m.files}
+        files = list(m.files)
+        message: Any = None
+        for message in stream:
+            if message.WhichOneof("kind") != "files" or len(files) >= m.total_files:
+                break
+            files.extend(message.files.files)
+            message = None
+        if len(files) < m.total_files:
+            raise VerificationError(f"results: the manifest lists {len(files)} of its {m.total_files} files")
+        expected = {f.path: f for f in files}
+        if len(expected) != len(files):
+            raise VerificationError("results: the manifest lists a file twice")
         for name in expected:
             try:
                 safe_relpath("result path", name)
             except BundleError as exc:
                 raise VerificationError(f"results: unsafe path in manifest: {exc}") from None
-        verifier = _StreamVerifier(list(expected))
-        handles: dict[str, Any] = {}
-        try:
-            for name in expected:
-                target = out / name
+        order = list(expected)
+        verifier = _StreamVerifier(order)
+        position = -1
+        handle: Any = None
+
+        def advance_to(name: str) -> Any:
+            nonlocal position, handle
+            while position < len(order) - 1:
+                if handle is not None:
+                    handle.close()
+                position += 1
+                target = out / order[position]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                handles[name] = open(target, "wb")
-            for message in stream:
+                handle = open(target, "wb")
+                if order[position] == name:
+                    return handle
+            raise VerificationError(f"results: unexpected file {name!r}")
+
+        try:
+            rest = stream if message is None else _prepend(message, stream)
+            for message in rest:
                 chunk = message.chunk
-                if chunk.path not in handles:
+                if message.WhichOneof("kind") != "chunk":
+                    raise VerificationError("results: a manifest page after the file chunks")
+                if chunk.path not in expected:
                     raise VerificationError(f"results: unexpected file {chunk.path!r}")
-                handles[chunk.path].write(chunk.data)
+                fh = handle if position >= 0 and order[position] == chunk.path else advance_to(chunk.path)
+                fh.write(chunk.data)
                 verifier.feed(chunk.path, chunk.data)
+            if position < len(order) - 1:
+                advance_to(order[-1])  # the files no chunk was sent for (empty ones) exist too
         finally:
-            for fh in handles.values():
-                fh.close()
+            if handle is not None:
+                handle.close()
             digests, root = verifier.finish()
         for name, entry in expected.items():
             if digests[name] != entry.sha256 or (out / name).stat().st_size != entry.size:
                 raise VerificationError(f"results: {name} does not match its sha256 in the manifest")
         if root != m.result_root:
             raise VerificationError("results: the files do not give the manifest's Merkle root")
-        manifest = ResultManifest(tuple(FileEntry(f.path, f.size, f.sha256, f.chunks) for f in m.files), root)
+        manifest = ResultManifest(tuple(FileEntry(f.path, f.size, f.sha256, f.chunks) for f in files), root)
         return manifest, m
 
     def _domain_or_fail(self) -> Domain:

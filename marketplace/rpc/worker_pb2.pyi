@@ -509,22 +509,31 @@ class ResultFile(_message.Message):
     ) -> None: ...
 
 class ResultManifest(_message.Message):
-    __slots__ = ("files", "result_root", "receipt", "state")
+    __slots__ = ("files", "result_root", "receipt", "state", "total_files")
     FILES_FIELD_NUMBER: _ClassVar[int]
     RESULT_ROOT_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FILES_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedCompositeFieldContainer[ResultFile]
     result_root: bytes
     receipt: Receipt
     state: JobState
+    total_files: int
     def __init__(
         self,
         files: _Optional[_Iterable[_Union[ResultFile, _Mapping]]] = ...,
         result_root: _Optional[bytes] = ...,
         receipt: _Optional[_Union[Receipt, _Mapping]] = ...,
         state: _Optional[_Union[JobState, str]] = ...,
+        total_files: _Optional[int] = ...,
     ) -> None: ...
+
+class ResultFilesPage(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[ResultFile]
+    def __init__(self, files: _Optional[_Iterable[_Union[ResultFile, _Mapping]]] = ...) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("path", "offset", "data")
@@ -539,15 +548,18 @@ class FileChunk(_message.Message):
     ) -> None: ...
 
 class ResultChunk(_message.Message):
-    __slots__ = ("manifest", "chunk")
+    __slots__ = ("manifest", "chunk", "files")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
     manifest: ResultManifest
     chunk: FileChunk
+    files: ResultFilesPage
     def __init__(
         self,
         manifest: _Optional[_Union[ResultManifest, _Mapping]] = ...,
         chunk: _Optional[_Union[FileChunk, _Mapping]] = ...,
+        files: _Optional[_Union[ResultFilesPage, _Mapping]] = ...,
     ) -> None: ...
 
 class CancelJobRequest(_message.Message):

@@ -147,7 +147,8 @@ class WorkerServiceServicer:
 
     def DownloadResults(self, request, context):
         """Streams a finished job's results: first the manifest (file hashes, result root, receipt),
-        then each file's bytes in order.
+        then, when the file list does not fit one message, the rest of it in pages, then each file's
+        bytes in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,6 +47,16 @@ class WorkerConfig:
     allow_insecure_public: bool = False
     max_challenge_n: int = 4096
     max_request_ttl_s: int = 3600
+    max_log_bytes: int = 64 << 20
+    """Bytes of each of a job's stdout and stderr kept in its log file; beyond, a truncation line."""
+    max_result_entries: int = 100_000
+    """Files and directories a job's results may hold; beyond, only its logs are kept and it fails."""
+    max_result_bytes: int | None = None
+    """Apparent bytes of a job's results (sparse files count whole); None: the disk limit plus the logs."""
+    min_collect_s: float = 60.0
+    """Time listing and hashing a job's results always get, even past its timeout (billed as run time)."""
+    upload_idle_s: float = 3600.0
+    """An unfinished upload untouched this long is deleted (and at start-up)."""
 
     def key_path(self) -> Path:
         """Where the receipt key lives."""

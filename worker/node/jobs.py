@@ -27,7 +27,7 @@ from eth_account.signers.local import LocalAccount
 from marketplace.errors import BundleError, SandboxError, VerificationError, WorkerError
 from marketplace.protocol.auth import Domain
 from marketplace.protocol.bundle import Bundle, load_bundle, unpack_bundle
-from marketplace.protocol.merkle import EMPTY_ROOT, FileEntry, ResultManifest, manifest_of
+from marketplace.protocol.merkle import EMPTY_ROOT, FileEntry, ResultManifest, bounded_manifest, manifest_of
 from marketplace.protocol.receipts import UsageReceipt, sign_receipt
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.sdk import PROGRESS_PREFIX
@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 MAX_LOG_EVENTS = 5000
 """Log lines streamed as events per job; the rest are only in the result's log files."""
 MAX_LINE = 4096
+"""Longest log line sent to watchers, in bytes; the rest of a longer line is only in the log file."""
 _READ = 1 << 20
+_PIPE_READ = 64 << 10
 
 
 def device_proto(d: DeviceInfo, busy: bool = False) -> pb.Device:
@@ -131,6 +133,8 @@ class JobManager:
         self._upload_locks: dict[int, threading.Lock] = {}
         self._closed = False
         self.fail_interrupted()
+        self.expire_uploads()  # what a previous run left behind
+        threading.Thread(target=self._expire_loop, name="upload-janitor", daemon=True).start()
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -185,6 +189,46 @@ class JobManager:
     def part_path(self, job_id: int, sha: bytes) -> Path:
         """Where the partial archive of an upload lives."""
         return self.data_dir / "uploads" / f"{job_id}-{sha.hex()}.part"
+
+    def expire_uploads(self) -> int:
+        """Delete unfinished uploads untouched for ``config.upload_idle_s``; return how many.
+
+        An upload in progress holds its job's lock and is never deleted under it; its requester
+        resumes from QueryUpload's answer (0 once its part is gone).
+        """
+        cutoff = time.time() - self.config.upload_idle_s
+        removed = 0
+        for part in (self.data_dir / "uploads").glob("*.part"):
+            try:
+                job_id = int(part.name.split("-", 1)[0])
+                if part.stat().st_mtime >= cutoff:
+                    continue
+            except (ValueError, OSError):
+                continue
+            lock = self._upload_lock(job_id)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+                    log.info("deleted the upload %s, idle for over %.0f s", part.name, self.config.upload_idle_s)
+            except OSError:
+                pass
+            finally:
+                lock.release()
+        return removed
+
+    def _expire_loop(self) -> None:
+        interval = min(60.0, max(0.5, self.config.upload_idle_s / 4))
+        while True:
+            with self._cond:
+                if self._cond.wait_for(lambda: self._closed, timeout=interval):
+                    return
+            try:
+                self.expire_uploads()
+            except Exception:  # the janitor must outlive a bad directory entry
+                log.exception("expiring uploads failed")
 
     def upload_offset(self, job_id: int, sha: bytes) -> tuple[int, bool]:
         """(bytes held, complete) for an upload of the archive with sha256 ``sha``."""
@@ -397,8 +441,26 @@ class JobManager:
         except Exception as exc:  # a bug here must not leave the job running forever
             log.exception("job %s crashed the worker's runner", run.job_id)
             job = self.store.get(run.job_id)
-            if job is not None and not job.terminal:
-                self._finish_without_run(run.job_id, f"worker error: {type(exc).__name__}: {exc}", "failed")
+            reason = f"worker error: {type(exc).__name__}: {exc}"
+            if job is not None and job.state == "running" and job.started is not None:
+                # It ran: its time is billed, with whatever logs made it out, and it ends failed.
+                try:
+                    self._end(
+                        run,
+                        self._logs_only(run.job_id),
+                        wall_s=max(0.0, time.time() - job.started),
+                        cpu_millis=0,
+                        peak_memory_bytes=0,
+                        exit_code=-1,
+                        reason=reason,
+                        state="failed",
+                        utilization=None,
+                    )
+                except Exception:
+                    log.exception("job %s: ending it after a crash failed", run.job_id)
+                    self._finish_without_run(run.job_id, reason, "failed")
+            elif job is not None and not job.terminal:
+                self._finish_without_run(run.job_id, reason, "failed")
         finally:
             self._release(run)
             self._dispatch()
@@ -484,51 +546,138 @@ class JobManager:
         for reader in readers:
             reader.start()
         outcome = proc.wait()
+        ended = time.monotonic()
         for reader in readers:
             reader.join(timeout=10)
         utilization = sampler.stop()
-        space.export_results(self.job_dir(job_id) / "result")
-        space.release()
-        manifest, _ = manifest_of(self.job_dir(job_id) / "result")
+        # Listing and hashing the results hold the devices, so they count as run time; they get the
+        # time left to the job's timeout, and at least config.min_collect_s.
+        deadline = ended + max(self.config.min_collect_s, limits.timeout_s - outcome.wall_s)
+        try:
+            space.export_results(self.job_dir(job_id) / "result")
+            space.release()
+            manifest, problem = self._collect(job_id, deadline)
+        except Exception as exc:  # whatever fails after the job ran, it ends billed and in a clear state
+            log.exception("job %s: collecting its results failed", job_id)
+            manifest = self._logs_only(job_id)
+            problem = f"the worker could not collect the results ({type(exc).__name__}); only the logs are kept"
+        wall_s = outcome.wall_s + (time.monotonic() - ended)
+        cancelled = run.cancelled.is_set()
+        ok = outcome.exit_code == 0 and outcome.reason is None and not cancelled and problem is None
+        reasons = [r for r in (outcome.reason, problem) if r]
+        if not reasons and outcome.exit_code != 0:
+            reasons.append(f"the job exited with status {outcome.exit_code}")
+        state = "succeeded" if ok else ("cancelled" if cancelled else "failed")
+        self._end(
+            run,
+            manifest,
+            wall_s=wall_s,
+            cpu_millis=outcome.cpu_millis,
+            peak_memory_bytes=outcome.peak_memory_bytes,
+            exit_code=outcome.exit_code,
+            reason="; ".join(reasons),
+            state=state,
+            utilization=utilization,
+        )
+
+    def _collect(self, job_id: int, deadline: float) -> tuple[ResultManifest, str | None]:
+        """The manifest of a job's results within the worker's bounds, and why the job fails if it must.
+
+        Over a bound (entries, bytes, time) the results are cut to the job's logs; names that are
+        not UTF-8 are deleted from the results and named (escaped) in the reason.
+        """
+        folder = self.job_dir(job_id) / "result"
+        limits = self.config.limits
+        max_bytes = self.config.max_result_bytes or (limits.max_disk_bytes + 2 * self.config.max_log_bytes + (1 << 20))
+        try:
+            manifest, invalid = bounded_manifest(
+                folder, max_entries=self.config.max_result_entries, max_bytes=max_bytes, deadline=deadline
+            )
+        except WorkerError as exc:
+            return self._logs_only(job_id), f"{exc.message}; only the logs are kept"
+        if not invalid:
+            return manifest, None
+        for rel in invalid:
+            with contextlib.suppress(OSError):
+                os.unlink(folder / rel)
+        example = os.fsencode(invalid[0]).decode("utf-8", "backslashreplace")
+        problem = (
+            f"results: {len(invalid)} file name(s) are not valid UTF-8 and were left out of the results, "
+            f"e.g. {example[:200]!r}"
+        )
+        return manifest, problem
+
+    def _logs_only(self, job_id: int) -> ResultManifest:
+        """Cut a job's results to its logs (or to nothing when even they cannot be listed); their manifest."""
+        folder = self.job_dir(job_id) / "result"
+        for name in ("output", "checkpoints"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+        try:
+            manifest, invalid = bounded_manifest(
+                folder,
+                max_entries=16,
+                max_bytes=4 * self.config.max_log_bytes + (1 << 20),
+                deadline=time.monotonic() + 600,
+            )
+            if not invalid:
+                return manifest
+        except (OSError, WorkerError):
+            log.exception("job %s: its logs cannot be listed either; it keeps no results", job_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        return ResultManifest((), EMPTY_ROOT)
+
+    def _end(
+        self,
+        run: _Running,
+        manifest: ResultManifest,
+        *,
+        wall_s: float,
+        cpu_millis: int,
+        peak_memory_bytes: int,
+        exit_code: int,
+        reason: str,
+        state: str,
+        utilization: float | None,
+    ) -> None:
+        """End a job that ran: save its manifest, meter and sign its run, free its devices, tell watchers."""
+        job_id = run.job_id
         self._save_manifest(job_id, manifest)
-        wall_ms = int(outcome.wall_s * 1000)
+        devices = len(run.devices)
+        wall_ms = int(wall_s * 1000)
         metering = {
             "wall_millis": wall_ms,
-            "device_count": len(devices),
-            "device_millis": wall_ms * len(devices),
-            "cpu_millis": outcome.cpu_millis,
-            "peak_memory_bytes": outcome.peak_memory_bytes,
+            "device_count": devices,
+            "device_millis": wall_ms * devices,
+            "cpu_millis": cpu_millis,
+            "peak_memory_bytes": peak_memory_bytes,
             "gpu_utilization_percent": utilization,
         }
         receipt = UsageReceipt(
             job_id=job_id,
             provider=self.signer.address,
             result_root=manifest.root,
-            device_seconds=math.ceil(wall_ms * len(devices) / 1000),
-            cpu_millis=outcome.cpu_millis,
-            peak_memory_bytes=outcome.peak_memory_bytes,
-            exit_code=max(-(2**31), min(2**31 - 1, outcome.exit_code)),
+            device_seconds=math.ceil(wall_ms * devices / 1000),
+            cpu_millis=cpu_millis,
+            peak_memory_bytes=peak_memory_bytes,
+            exit_code=max(-(2**31), min(2**31 - 1, exit_code)),
         )
         signed = sign_receipt(self.signer.key, self.domain, receipt)
         receipt_data = {**receipt.to_json(), "signature": "0x" + signed.signature.hex()}
-        cancelled = run.cancelled.is_set()
-        ok = outcome.exit_code == 0 and outcome.reason is None and not cancelled
-        reason = "" if ok else (outcome.reason or f"the job exited with status {outcome.exit_code}")
-        state = "succeeded" if ok else ("cancelled" if cancelled else "failed")
         # The devices are free the moment the job ends: before anyone hears it has.
         self._release(run)
         self.store.update(
             job_id,
             state=state,
             reason=reason,
-            exit_code=outcome.exit_code,
+            exit_code=exit_code,
             result_root=manifest.root,
             metering=metering,
             receipt=receipt_data,
             finished=time.time(),
         )
         rproto, mproto = receipt_proto(receipt_data), metering_proto(metering)
-        if ok:
+        if state == "succeeded":
             self._event(
                 job_id, finished=pb.Finished(exit_code=0, metering=mproto, result_root=manifest.root, receipt=rproto)
             )
@@ -537,7 +686,7 @@ class JobManager:
                 job_id,
                 failed=pb.Failed(
                     reason=reason,
-                    exit_code=outcome.exit_code,
+                    exit_code=exit_code,
                     metering=mproto,
                     result_root=manifest.root,
                     receipt=rproto,
@@ -547,29 +696,83 @@ class JobManager:
     def _pump(
         self, job_id: int, stream: str, pipe: IO[bytes], path: Path, counter: list[int], lock: threading.Lock
     ) -> None:
-        with open(path, "wb") as sink:
-            for raw in iter(pipe.readline, b""):
-                sink.write(raw)
-                line = raw.decode("utf-8", errors="replace").rstrip("\n")[:MAX_LINE]
-                with lock:
-                    counter[0] += 1
-                    n = counter[0]
-                if n > MAX_LOG_EVENTS + 1:
-                    continue
-                if n == MAX_LOG_EVENTS + 1:
-                    self._event(
-                        job_id,
-                        log=pb.LogLine(
-                            stream="stderr",
-                            text="[flopex] more log lines are in logs/stdout.log and logs/stderr.log of the results",
-                        ),
-                    )
-                elif stream == "stdout" and line.startswith(PROGRESS_PREFIX):
-                    self._event(job_id, progress=self._progress(line[len(PROGRESS_PREFIX) :]))
-                else:
-                    self._event(job_id, log=pb.LogLine(stream=stream, text=line))
-        with contextlib.suppress(OSError):
-            pipe.close()
+        """Copy one output stream of a job into its log file and to watchers, in bounded memory.
+
+        The pipe is read in chunks of at most 64 KiB, never by line (one line may be gigabytes).
+        The log file keeps the first ``config.max_log_bytes`` bytes, then a line saying it was
+        truncated; the rest is read and dropped, so the job never blocks on a full pipe and is not
+        killed for what it prints. A line sent to watchers is cut at ``MAX_LINE`` bytes and the
+        rest of it dropped. A log file that cannot be written (the job's space is full) stops
+        growing; the stream is still drained.
+        """
+        cap = self.config.max_log_bytes
+        written = 0
+        sink: IO[bytes] | None = None
+        try:
+            sink = open(path, "wb")
+        except OSError as exc:
+            log.warning("job %s: cannot write %s: %s", job_id, path.name, exc)
+        line = bytearray()
+        fd = pipe.fileno()
+        try:
+            while data := os.read(fd, _PIPE_READ):
+                if sink is not None:
+                    out, keep = sink, data[: cap - written]
+                    try:
+                        out.write(keep)
+                        written += len(keep)
+                        if len(keep) < len(data):
+                            sink = None
+                            out.write(
+                                f"\n[flopex] log truncated: the job wrote more than {cap} bytes to {stream}; "
+                                "the rest was dropped\n".encode()
+                            )
+                            out.close()
+                    except OSError as exc:
+                        log.warning("job %s: %s stopped growing: %s", job_id, path.name, exc)
+                        sink = None
+                        with contextlib.suppress(OSError):
+                            out.close()
+                if counter[0] > MAX_LOG_EVENTS:
+                    continue  # no more events: the bytes only go to the file
+                start = 0
+                while (end := data.find(b"\n", start)) >= 0:
+                    if len(line) < MAX_LINE:
+                        line += data[start : min(end, start + MAX_LINE - len(line))]
+                    self._log_line(job_id, stream, bytes(line), counter, lock)
+                    line.clear()
+                    start = end + 1
+                if len(line) < MAX_LINE:
+                    line += data[start : start + MAX_LINE - len(line)]
+            if line:
+                self._log_line(job_id, stream, bytes(line), counter, lock)
+        finally:
+            if sink is not None:
+                with contextlib.suppress(OSError):
+                    sink.close()
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+    def _log_line(self, job_id: int, stream: str, raw: bytes, counter: list[int], lock: threading.Lock) -> None:
+        """Send one line (already cut at ``MAX_LINE`` bytes) as a log or progress event."""
+        line = raw.decode("utf-8", errors="replace")
+        with lock:
+            counter[0] += 1
+            n = counter[0]
+        if n > MAX_LOG_EVENTS + 1:
+            return
+        if n == MAX_LOG_EVENTS + 1:
+            self._event(
+                job_id,
+                log=pb.LogLine(
+                    stream="stderr",
+                    text="[flopex] more log lines are in logs/stdout.log and logs/stderr.log of the results",
+                ),
+            )
+        elif stream == "stdout" and line.startswith(PROGRESS_PREFIX):
+            self._event(job_id, progress=self._progress(line[len(PROGRESS_PREFIX) :]))
+        else:
+            self._event(job_id, log=pb.LogLine(stream=stream, text=line))
 
     @staticmethod
     def _progress(text: str) -> pb.Progress:
@@ -647,6 +850,7 @@ class JobManager:
         """Stop starting jobs and kill the running ones (they are marked failed)."""
         with self._cond:
             self._closed = True
+            self._cond.notify_all()
             running = list(self._running.values())
         for run in running:
             if run.kill is not None:

@@ -36,6 +36,7 @@ from marketplace.errors import (
     WorkerError,
 )
 from marketplace.protocol.auth import Domain, SignedRequest, payload_digest, recover_request_signer, verify_request
+from marketplace.protocol.merkle import ResultManifest
 from marketplace.rpc import SERVICE_NAME
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.rpc import worker_pb2_grpc as pb_grpc
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 8 << 20
 """Largest message the server accepts (upload chunks are at most 4 MiB)."""
 DOWNLOAD_CHUNK = 1 << 20
+MANIFEST_PAGE_BYTES = 1 << 20
+"""About how many bytes of file list one download message carries (the list may be far longer)."""
 VERIFIER_METHODS = frozenset({"GetJob", "DownloadResults", "DownloadBundle"})
 """Read-only rpcs a registered verifier may call for a committed result (see ``_signer``)."""
 
@@ -344,29 +347,13 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def DownloadResults(
         self, request: pb.DownloadResultsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ResultChunk]:
-        """Stream the manifest, then every result file."""
+        """Stream the manifest (its file list in pages when it is long), then every result file."""
         self._authorize("DownloadResults", request.job_id, request.auth, payload_digest("DownloadResults"))
         job, manifest, folder = self.manager.results(request.job_id)
         from worker.node.jobs import receipt_proto
 
-        head = pb.ResultManifest(
-            files=[pb.ResultFile(path=f.path, size=f.size, sha256=f.sha256, chunks=f.chunks) for f in manifest.files],
-            result_root=manifest.root,
-            state=_STATE[job.state],
-        )
-        receipt = receipt_proto(job.receipt)
-        if receipt is not None:
-            head.receipt.CopyFrom(receipt)
-        yield pb.ResultChunk(manifest=head)
-        for entry in manifest.files:
-            with open(folder / entry.path, "rb") as fh:
-                offset = 0
-                while context.is_active():
-                    data = fh.read(DOWNLOAD_CHUNK)
-                    if not data:
-                        break
-                    yield pb.ResultChunk(chunk=pb.FileChunk(path=entry.path, offset=offset, data=data))
-                    offset += len(data)
+        yield from _manifest_messages(manifest, _STATE[job.state], receipt_proto(job.receipt))
+        yield from _file_chunks(manifest, folder, context)
 
     @_guard
     def DownloadBundle(
@@ -375,24 +362,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         """Stream the job's unpacked bundle: a manifest, then every file."""
         self._authorize("DownloadBundle", request.job_id, request.auth, payload_digest("DownloadBundle"))
         job, manifest, folder = self.manager.bundle_files(request.job_id)
-        yield pb.ResultChunk(
-            manifest=pb.ResultManifest(
-                files=[
-                    pb.ResultFile(path=f.path, size=f.size, sha256=f.sha256, chunks=f.chunks) for f in manifest.files
-                ],
-                result_root=manifest.root,
-                state=_STATE[job.state],
-            )
-        )
-        for entry in manifest.files:
-            with open(folder / entry.path, "rb") as fh:
-                offset = 0
-                while context.is_active():
-                    data = fh.read(DOWNLOAD_CHUNK)
-                    if not data:
-                        break
-                    yield pb.ResultChunk(chunk=pb.FileChunk(path=entry.path, offset=offset, data=data))
-                    offset += len(data)
+        yield from _manifest_messages(manifest, _STATE[job.state], None)
+        yield from _file_chunks(manifest, folder, context)
 
     @_guard
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
@@ -422,6 +393,52 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         """Rows of a challenge's product with proofs."""
         rows = self.challenges.rows(request.challenge_id, list(request.rows))
         return pb.ChallengeRowsReply(rows=[pb.ChallengeRow(index=i, data=d, proof=p) for i, d, p in rows])
+
+
+def _manifest_messages(
+    manifest: ResultManifest, state: pb.JobState, receipt: pb.Receipt | None
+) -> Iterator[pb.ResultChunk]:
+    """The manifest message, then the rest of its file list in pages of about MANIFEST_PAGE_BYTES.
+
+    A short list fits the manifest whole, as older clients expect; ``total_files`` says how many
+    files the whole list has, so newer clients read the pages that follow.
+    """
+    head = pb.ResultManifest(result_root=manifest.root, state=state, total_files=len(manifest.files))
+    if receipt is not None:
+        head.receipt.CopyFrom(receipt)
+    page: list[pb.ResultFile] = []
+    size = 0
+    first = True
+    for f in manifest.files:
+        entry = pb.ResultFile(path=f.path, size=f.size, sha256=f.sha256, chunks=f.chunks)
+        size += entry.ByteSize() + 8
+        page.append(entry)
+        if size >= MANIFEST_PAGE_BYTES:
+            if first:
+                head.files.extend(page)
+                yield pb.ResultChunk(manifest=head)
+                first = False
+            else:
+                yield pb.ResultChunk(files=pb.ResultFilesPage(files=page))
+            page, size = [], 0
+    if first:
+        head.files.extend(page)
+        yield pb.ResultChunk(manifest=head)
+    elif page:
+        yield pb.ResultChunk(files=pb.ResultFilesPage(files=page))
+
+
+def _file_chunks(manifest: ResultManifest, folder: Path, context: grpc.ServicerContext) -> Iterator[pb.ResultChunk]:
+    """Every file's bytes in manifest order, in chunks of DOWNLOAD_CHUNK."""
+    for entry in manifest.files:
+        with open(folder / entry.path, "rb") as fh:
+            offset = 0
+            while context.is_active():
+                data = fh.read(DOWNLOAD_CHUNK)
+                if not data:
+                    break
+                yield pb.ResultChunk(chunk=pb.FileChunk(path=entry.path, offset=offset, data=data))
+                offset += len(data)
 
 
 class WorkerServer:
