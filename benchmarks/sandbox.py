@@ -3,12 +3,17 @@
 ``python -m benchmarks.sandbox [--runs 20]`` measures, in the same run:
 
 - ``plain``: ``subprocess.run([python, -u, main.py])`` on a script that does nothing;
-- ``sandboxed``: the same command through :class:`worker.sandbox.runner.Sandbox` with every limit
-  (bubblewrap namespaces and mounts, cgroup or rlimits, the start gate, the watchdog, wait4);
+- ``sandboxed``: the same command through :class:`worker.sandbox.runner.Sandbox` with every control
+  of a job: its space created (a tmpfs for a small disk limit, an ext4 image for a large one, a
+  directory without root), the bundle copied in, the uid dropped (``setpriv``, as root), bubblewrap's
+  namespaces and mounts, read-only ``/proc/sys`` and ``/dev``, the seccomp filter, cgroup or rlimits,
+  the start gate, the watchdog, wait4, and the space released;
 - ``upload_to_first_line``: a worker process on loopback; from the start of ``upload_bundle``
   of a small bundle (signed upload, unpack, StartJob) to the job's first log event on WatchJob.
 
-It prints one JSON document with medians and the environment it ran on.
+Rounds are interleaved (plain, then each sandboxed kind) so load on a shared machine hits them
+alike. It prints one JSON document with medians, the overhead over plain and the ratio, the
+sandbox's mode (``drop``: the job has a host uid of its own) and the environment it ran on.
 """
 
 from __future__ import annotations
@@ -44,34 +49,45 @@ def main(argv: list[str] | None = None) -> int:
 
     repo = Path(__file__).resolve().parent.parent
     plain: list[float] = []
-    boxed: list[float] = []
+    kinds = {
+        "small_disk_limit": Limits(timeout_s=60, max_disk_bytes=64 << 20),
+        "large_disk_limit": Limits(timeout_s=60),
+    }
+    boxed: dict[str, list[float]] = {name: [] for name in kinds}
+    backends: dict[str, str] = {}
     sandbox = Sandbox()
     with tempfile.TemporaryDirectory(prefix="flopex-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        for name in ("bundle", "work", "output", "ckpt"):
-            (tmp / name).mkdir()
-        (tmp / "work" / "main.py").write_text("pass\n")
-        request = SandboxRequest(
-            "bench", tmp / "bundle", tmp / "work", tmp / "output", tmp / "ckpt", "main.py", limits=Limits(timeout_s=60)
-        )
+        bundle = tmp / "bundle"
+        bundle.mkdir()
+        (bundle / "main.py").write_text("pass\n")
         sandboxed = sandbox.sandboxed
         for i in range(args.runs + 2):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-u", str(tmp / "work" / "main.py")], check=True, capture_output=True)
+            subprocess.run([sys.executable, "-u", str(bundle / "main.py")], check=True, capture_output=True)
             t_plain = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            if sandboxed:
-                job = sandbox.start(request)
-                job.stdout.read()
-                job.stderr.read()
-                outcome = job.wait()
-                assert outcome.exit_code == 0, outcome
-                for pipe in (job.stdout, job.stderr):
-                    pipe.close()
-            t_box = time.perf_counter() - t0
+            times: dict[str, float] = {}
+            for name, limits in kinds.items():
+                if not sandboxed:
+                    break
+                t0 = time.perf_counter()
+                space = sandbox.create_space(limits, bundle)
+                backends[name] = space.backend
+                try:
+                    job = sandbox.start(SandboxRequest("bench", space, "main.py", limits=limits))
+                    job.stdout.read()
+                    job.stderr.read()
+                    outcome = job.wait()
+                    assert outcome.exit_code == 0, outcome
+                    for pipe in (job.stdout, job.stderr):
+                        pipe.close()
+                finally:
+                    space.release()
+                times[name] = time.perf_counter() - t0
             if i >= 2:  # two warm-up rounds
                 plain.append(t_plain)
-                boxed.append(t_box)
+                for name, value in times.items():
+                    boxed[name].append(value)
 
         # Upload to first line, through a worker process.
         market = "0x" + "5a" * 20
@@ -145,20 +161,33 @@ def main(argv: list[str] | None = None) -> int:
             worker.wait(30)
             worker.stdout.close()
 
+    plain_ms = _median_ms(plain)
+    per_kind = {}
+    for name, samples in boxed.items():
+        if samples:
+            median = _median_ms(samples)
+            per_kind[name] = {
+                "space": backends[name],
+                "start_ms": median,
+                "overhead_ms": round(median - plain_ms, 2),
+                "ratio_to_plain": round(median / plain_ms, 2),
+            }
     report = {
         "benchmark": "sandbox",
         "runs": args.runs,
         "sandboxed": sandboxed,
+        "mode": sandbox.mode if sandboxed else None,
+        "seccomp": sandbox.seccomp,
         "bwrap": sandbox.bwrap_path,
-        "plain_start_ms": _median_ms(plain),
-        "sandboxed_start_ms": _median_ms(boxed) if sandboxed else None,
-        "sandbox_overhead_ms": round(_median_ms(boxed) - _median_ms(plain), 2) if sandboxed else None,
+        "plain_start_ms": plain_ms,
+        "controls": per_kind or None,
         "goal_overhead_ms": 50,
         "upload_to_first_line_ms": _median_ms(first_line),
-        "upload_to_first_line_includes": "signed upload, unpack, bundle hash, StartJob, sandbox start, "
+        "upload_to_first_line_includes": "signed upload, unpack, bundle hash, StartJob, job space, sandbox start, "
         "interpreter start, first print, event streamed back",
         "environment": environment(),
     }
+    sandbox.close()
     print(json.dumps(report, indent=2))
     return 0
 

@@ -617,6 +617,9 @@ class Spaces:
         self.run_dir = run_root / self.tag
         self.data_dir = work_root / self.tag
         self._ro: dict[Path, Path] = {}
+        self._spares: dict[tuple[int, int], list[Path]] = {}
+        self._formatting: set[tuple[int, int]] = set()
+        self._spare_lock = threading.Lock()
 
     def setup(self) -> None:
         """Create this sandbox's directories (and sweep what dead workers left), once per worker start."""
@@ -672,9 +675,7 @@ class Spaces:
                 options = f"size={capacity},nr_inodes={inodes + 64},mode=0700"
                 _mount(NEUTRAL_SOURCE, root, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
             elif backend == "ext4":
-                image = self.data_dir / f"{name}.img"
-                owner = uid.uid if uid is not None else os.geteuid()
-                self._format_ext4(image, capacity + 256 * inodes + capacity // 50, inodes + 320 + inodes // 100, owner)
+                image = self._ext4_image((capacity + 256 * inodes + capacity // 50, inodes + 320 + inodes // 100))
                 done = subprocess.run(
                     ["mount", "-o", "loop,nosuid,nodev,noatime", str(image), str(root)], capture_output=True, text=True
                 )
@@ -696,8 +697,40 @@ class Spaces:
             raise
         return space
 
+    def _ext4_image(self, key: tuple[int, int]) -> Path:
+        """A freshly formatted image of ``key`` = (bytes, inodes): a spare formatted ahead, or a new one.
+
+        mkfs is most of an ext4 space's set-up time, so after each use a spare of the same shape
+        is formatted in the background for the next job.
+        """
+        with self._spare_lock:
+            spares = self._spares.get(key, [])
+            image = spares.pop() if spares else None
+        if image is None:
+            image = self.data_dir / f"{secrets.token_hex(12)}.img"
+            self._format_ext4(image, *key)
+        with self._spare_lock:
+            if key not in self._formatting and not self._spares.get(key):
+                self._formatting.add(key)
+                threading.Thread(target=self._format_spare, args=(key,), name="ext4-spare", daemon=True).start()
+        return image
+
+    def _format_spare(self, key: tuple[int, int]) -> None:
+        image = self.data_dir / f"spare-{secrets.token_hex(12)}.img"
+        try:
+            self._format_ext4(image, *key)
+        except OSError as exc:
+            log.info("no spare ext4 image: %s", exc)
+            image.unlink(missing_ok=True)
+            return
+        finally:
+            with self._spare_lock:
+                self._formatting.discard(key)
+        with self._spare_lock:
+            self._spares.setdefault(key, []).append(image)
+
     @staticmethod
-    def _format_ext4(image: Path, size: int, inodes: int, owner: int) -> None:
+    def _format_ext4(image: Path, size: int, inodes: int, owner: int = 0) -> None:
         with open(image, "wb") as fh:
             fh.truncate(size)
         done = subprocess.run(
@@ -722,7 +755,9 @@ class Spaces:
             raise OSError(f"mkfs.ext4: {done.stderr.strip()}")
 
     def close(self) -> None:
-        """Unmount the read-only binds and remove this sandbox's directories."""
+        """Unmount the read-only binds and remove this sandbox's directories (spare images included)."""
+        with self._spare_lock:
+            self._spares.clear()
         for target in self._ro.values():
             _umount(target)
         self._ro.clear()
