@@ -481,6 +481,13 @@ def job_submit(
     outcome = requester.follow(job_id, output or Path(f"results-{job_id}"))
     if as_json:
         emit_json(outcome.to_json())
+    if outcome.unverified:
+        from marketplace.errors import VerificationError
+
+        slots = ", ".join(str(s) for s in sorted(outcome.unverified))
+        raise VerificationError(
+            f"job {job_id}: the results of slot(s) {slots} could not be downloaded; disputed, not accepted"
+        )
 
 
 def _job_summary(contracts: Any, job_id: int) -> dict[str, Any]:
@@ -552,7 +559,7 @@ def job_result(
     output: Path,
 ) -> None:
     """Download a job's results from its provider(s) and check them against the on-chain root."""
-    from marketplace.errors import VerificationError
+    from marketplace.errors import VerificationError, WorkerError
     from marketplace.protocol.auth import Domain
     from marketplace.requester.client import WorkerClient
 
@@ -561,18 +568,26 @@ def job_result(
     domain = Domain(contracts.chain.chain_id, contracts.market.address)
     from marketplace.market.routing import slot_worker
 
+    failed: list[int] = []
     for slot in contracts.market.slots_of(job_id):
         worker = slot_worker(contracts, job_id, slot.slot, slot.provider)  # a pool's slot: its member's worker
         if worker is None:
             raise VerificationError(f"job {job_id} slot {slot.slot}: the pool has not assigned it to a member yet")
-        with WorkerClient(worker.endpoint, requester_key=signer.key, domain=domain) as client:
-            results = client.download_results(job_id, output / f"slot-{slot.slot}", provider=worker.signer)
+        try:
+            with WorkerClient(worker.endpoint, requester_key=signer.key, domain=domain) as client:
+                results = client.download_results(job_id, output / f"slot-{slot.slot}", provider=worker.signer)
+        except WorkerError as exc:  # nothing is said to match what never arrived
+            click.echo(f"slot {slot.slot}: results not downloaded: {exc}", err=True)
+            failed.append(slot.slot)
+            continue
         if slot.result_root != results.manifest.root:
             raise VerificationError(f"job {job_id} slot {slot.slot}: results differ from the root committed on chain")
         click.echo(
             f"slot {slot.slot}: {len(results.manifest.files)} file(s) in {output / f'slot-{slot.slot}'}, "
             f"root {results.manifest.root.hex()[:16]}… matches the chain"
         )
+    if failed:
+        raise WorkerError(f"job {job_id}: the results of slot(s) {', '.join(map(str, failed))} could not be downloaded")
 
 
 # ---------------------------------------------------------------------- verifier

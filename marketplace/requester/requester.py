@@ -78,6 +78,10 @@ class JobOutcome:
     results: list[Path] = field(default_factory=list)
     slots: list[dict[str, Any]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    verified: set[int] = field(default_factory=set)
+    """Slots whose results were downloaded and matched their on-chain commitment."""
+    unverified: list[int] = field(default_factory=list)
+    """Slots whose job ran but whose results could not be downloaded (disputed, never accepted)."""
 
     @property
     def paid(self) -> int:
@@ -86,7 +90,13 @@ class JobOutcome:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary."""
-        return {"job_id": self.job_id, "results": [str(p) for p in self.results], "slots": self.slots}
+        return {
+            "job_id": self.job_id,
+            "results": [str(p) for p in self.results],
+            "slots": self.slots,
+            "verified_slots": sorted(self.verified),
+            "undownloaded_slots": sorted(self.unverified),
+        }
 
 
 @dataclass
@@ -309,8 +319,10 @@ class Requester:
                 future.result()
         outcome.results.sort()
         if spec.policy == Policy.NONE:
+            # Only results downloaded and checked against their commitment are accepted; any other
+            # committed slot is disputed (a failed download) or left to settlement.
             for slot in market.slots_of(job_id):
-                if slot.status == SlotStatus.COMMITTED:
+                if slot.status == SlotStatus.COMMITTED and slot.slot in outcome.verified:
                     market.accept_result(self.account, job_id, slot.slot)
         outcome.slots = self.settle(job_id, timeout_s=timeout_s)
         return outcome
@@ -321,6 +333,16 @@ class Requester:
         """Run one slot; a provider that fails or cheats is left to settlement (refund, slash) or disputed."""
         try:
             self._run_slot(job_id, slot, archive, out_dir, timeout_s, outcome)
+        except _DownloadFailed as exc:
+            # The job ran but its results never arrived whole: they cannot be checked, so they are
+            # disputed, never accepted.
+            self.say(f"job {job_id} slot {slot.slot}: {exc}; disputing the result")
+            outcome.unverified.append(slot.slot)
+            try:
+                self._wait_commit(job_id, slot.slot, timeout_s)
+                self.dispute(job_id, slot.slot)
+            except (ChainError, ContractRevert) as failed:
+                self.say(f"job {job_id} slot {slot.slot}: could not dispute: {failed}")
         except VerificationError as exc:
             # The provider's results do not match what it committed: dispute, a verifier rules.
             self.say(f"job {job_id} slot {slot.slot}: {exc}; disputing the result")
@@ -354,7 +376,7 @@ class Requester:
                     outcome.events.append(line)
                     self.say(f"job {job_id}: {line}")
             dest = Path(out_dir) / f"slot-{slot.slot}"
-            results = client.download_results(job_id, dest, provider=worker.signer)
+            results = self._download(client, job_id, dest, worker.signer)
             outcome.results.append(dest)
             committed = self._wait_commit(job_id, slot.slot, timeout_s)
             if committed.result_root != results.manifest.root:
@@ -362,7 +384,25 @@ class Requester:
                     f"job {job_id}: the results do not match the root the provider committed on chain"
                 )
             root = committed.result_root.hex()[:16]
+            outcome.verified.add(slot.slot)
             self.say(f"job {job_id}: results verified against the on-chain root {root}…")
+
+    def _download(self, client: WorkerClient, job_id: int, dest: Path, signer: str, attempts: int = 3) -> Any:
+        """Download and check results, trying ``attempts`` times; raise :class:`_DownloadFailed` after.
+
+        A mismatch against the worker's own manifest or receipt is a :class:`VerificationError`
+        (the worker cheated); anything else that stops the download is a failed download.
+        """
+        last: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                return client.download_results(job_id, dest, provider=signer)
+            except VerificationError:
+                raise
+            except (WorkerError, OSError) as exc:
+                last = exc
+                time.sleep(0.5 * (attempt + 1))
+        raise _DownloadFailed(f"the results could not be downloaded ({last})")
 
     def worker_of(self, job_id: int, slot: int, provider: str, *, timeout_s: float = 600.0) -> SlotWorker:
         """The worker that runs a slot: the provider's own, or, for a pool, the assigned member's.
@@ -446,6 +486,10 @@ class Requester:
                     "slashed": event.slashed,
                 }
         raise ChainError(f"job {job_id} slot {slot} has no settlement event")
+
+
+class _DownloadFailed(WorkerError):
+    """Raised when a slot's results could not be downloaded after retries."""
 
 
 def _job_state(state: int) -> str:

@@ -27,6 +27,7 @@ def demo_json() -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_demo__sealed_training_job__lowest_ask_wins_at_the_second_lowest(demo_json: dict) -> None:
     job = demo_json["jobs"][1]
     asks = sorted(job["bids"].values())
@@ -36,6 +37,7 @@ def test_demo__sealed_training_job__lowest_ask_wins_at_the_second_lowest(demo_js
     assert job["clearing_price"] == asks[1]
 
 
+@pytest.mark.slow
 def test_demo__replay_verified_job__is_paid_verified_seconds_times_the_clearing_price(demo_json: dict) -> None:
     job = demo_json["jobs"][1]
     assert job["verified"] is True and job["status"] == "paid" and job["gpu_seconds"] > 0
@@ -45,6 +47,7 @@ def test_demo__replay_verified_job__is_paid_verified_seconds_times_the_clearing_
     assert demo_json["balances"][job["winner"]]["change"] == job["paid"] - job["fee"]
 
 
+@pytest.mark.slow
 def test_demo__provider_returning_a_wrong_product__is_caught_by_freivalds_and_slashed(demo_json: dict) -> None:
     job = demo_json["jobs"][0]
     assert (job["auction"], job["policy"], job["winner"]) == ("instant", "freivalds", "provider-c")
@@ -55,6 +58,7 @@ def test_demo__provider_returning_a_wrong_product__is_caught_by_freivalds_and_sl
     assert demo_json["balances"]["provider-c"]["change"] == -job["slashed"]
 
 
+@pytest.mark.slow
 def test_demo__pool_job__pays_the_member_that_ran_it_less_the_operators_fee(demo_json: dict) -> None:
     job = demo_json["jobs"][2]
     assert (job["winner"], job["status"], job["auction"]) == ("pool", "paid", "instant")
@@ -69,6 +73,7 @@ def test_demo__pool_job__pays_the_member_that_ran_it_less_the_operators_fee(demo
     assert job["pool"]["member_gpu_seconds"][runner] == job["gpu_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_demo__reservation__runs_the_holders_job_without_an_auction_and_pays_the_whole_window(
     demo_json: dict,
 ) -> None:
@@ -82,17 +87,20 @@ def test_demo__reservation__runs_the_holders_job_without_an_auction_and_pays_the
     assert demo_json["balances"]["provider-b"]["change"] == r["paid"] - r["fee"]
 
 
+@pytest.mark.slow
 def test_demo__capacity_of_every_provider__is_measured_and_none_flagged(demo_json: dict) -> None:
     assert set(demo_json["capacity"]) == {"provider-a", "provider-b", "provider-c"}
     assert all(c["gflops"] > 0 and not c["flagged"] for c in demo_json["capacity"].values())
 
 
+@pytest.mark.slow
 def test_demo__balances__are_conserved(demo_json: dict) -> None:
     changes = [b["change"] for b in demo_json["balances"].values()]
     assert sum(changes) == 0
     assert demo_json["conserved"] is True
 
 
+@pytest.mark.slow
 def test_demo__human_output__tells_the_story() -> None:
     result = CliRunner().invoke(cli, ["demo"], obj={})
     assert result.exit_code == 0, result.output
@@ -125,6 +133,7 @@ def test_deploy__with_no_chain_at_the_url__prints_one_line_and_fails() -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_deploy__without_a_key__explains_how_to_give_one(anvil_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FLOPEX_DEPLOYER_KEY"}
     result = CliRunner(env=env).invoke(cli, ["deploy", "--rpc-url", anvil_url], obj={})
@@ -132,6 +141,7 @@ def test_deploy__without_a_key__explains_how_to_give_one(anvil_url: str) -> None
     assert "set FLOPEX_DEPLOYER_KEY" in result.stderr
 
 
+@pytest.mark.slow
 def test_deploy__to_anvil__writes_a_deployment_that_binds(anvil_url: str, tmp_path: Path) -> None:
     path = tmp_path / "deployment.json"
     result = CliRunner().invoke(
@@ -143,6 +153,7 @@ def test_deploy__to_anvil__writes_a_deployment_that_binds(anvil_url: str, tmp_pa
     assert contracts.token.balance_of(dev_account(3).address) == 100_000 * ONE_TOKEN
 
 
+@pytest.mark.slow
 def test_chain_up__serves_a_chain_other_processes_share(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "deployment.json"
@@ -201,3 +212,34 @@ def test_job_submit__a_job_toml_beyond_its_bounds__is_one_line_before_any_chain(
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert lines[0].startswith(("error: resources.", "error: job.")), lines[0]
+
+
+def test_job_result__a_download_that_fails__says_so_and_never_that_it_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from eth_account import Account
+
+    import flopex.cli.main as main
+    import marketplace.market.routing as routing
+    from marketplace.errors import WorkerError
+    from marketplace.requester.client import WorkerClient
+
+    slot = SimpleNamespace(slot=0, provider="0x" + "11" * 20, result_root=b"\1" * 32)
+    market = SimpleNamespace(address="0x" + "22" * 20, slots_of=lambda job_id: [slot])
+    fake = SimpleNamespace(chain=SimpleNamespace(chain_id=31337), market=market)
+    monkeypatch.setattr(main, "open_contracts", lambda *a: fake)
+    monkeypatch.setattr(main, "load_signer", lambda *a: Account.create())
+    monkeypatch.setattr(
+        routing, "slot_worker", lambda *a: SimpleNamespace(endpoint="127.0.0.1:9", signer=slot.provider)
+    )
+
+    def broken(*a: object, **k: object) -> None:
+        raise WorkerError("the stream broke after the manifest", code="UNAVAILABLE")
+
+    monkeypatch.setattr(WorkerClient, "download_results", broken)
+    result = CliRunner().invoke(cli, ["job", "result", "1", "-o", str(tmp_path / "r")], obj={})
+    assert result.exit_code == 1, result.output
+    assert "matches" not in result.output and "results not downloaded" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: job 1: the results of slot(s) 0")

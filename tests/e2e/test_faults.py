@@ -10,6 +10,7 @@ import pytest
 from marketplace.chain.client import Chain, dev_account
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.devmarket import setup_dev_market
+from marketplace.errors import WorkerError
 from marketplace.requester.client import WorkerClient
 from marketplace.requester.requester import JobOptions, Requester
 from marketplace.types import Auction, JobStatus, Policy, SlotStatus, slot_value
@@ -177,5 +178,32 @@ def test_an_instant_job__is_taken_at_the_strategys_ask__posted_first(contracts: 
         [slot] = market.slots_of(job_id)
         assert slot.provider == provider.daemon.address and slot.price == posted
         assert [e.price_floor for e in registry.get_events("PriceFloorChanged", 0)] == [posted]
+    finally:
+        provider.stop()
+
+
+def test_a_download_that_fails__is_disputed_and_never_accepted_or_called_verified(
+    contracts: Contracts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = start_provider(contracts, tmp_path / "worker")
+    try:
+        said: list[str] = []
+        requester = Requester(contracts, dev_account(REQUESTER), say=said.append)
+        options = JobOptions(auction=Auction.INSTANT, policy=Policy.NONE, challenge_window_s=300, bid_window_s=60)
+        job_id = requester.submit(ROOT / "examples" / "train_mlp", options)
+        attempts: list[int] = []
+
+        def broken(self: WorkerClient, job_id: int, dest: object, *, provider: str | None = None) -> None:
+            attempts.append(job_id)
+            raise WorkerError("the stream broke after the manifest", code="UNAVAILABLE")
+
+        monkeypatch.setattr(WorkerClient, "download_results", broken)
+        monkeypatch.setattr(requester, "settle", lambda job_id, timeout_s=0.0: [])  # no verifier rules here
+        outcome = requester.follow(job_id, tmp_path / "results", timeout_s=120)
+        assert len(attempts) == 3  # retried before giving up
+        assert outcome.unverified == [0] and not outcome.verified
+        assert contracts.market.slot(job_id, 0).status == SlotStatus.DISPUTED  # disputed, not accepted
+        assert not any("verified" in line for line in said), said
+        assert any("could not be downloaded" in line and "disputing" in line for line in said), said
     finally:
         provider.stop()
