@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the root on the path
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.allocation import (  # noqa: E402
+from benchmarks.allocation import (
     DONE,
     DROPPED,
     POLICIES,
@@ -23,7 +18,7 @@ from benchmarks.allocation import (  # noqa: E402
     run_benchmark,
     simulate,
 )
-from marketplace.market.auction import slot_value  # noqa: E402
+from marketplace.market.auction import slot_value
 
 QUICK = SimulationParams(providers=60, jobs=400, requesters=30, loads=(0.6, 1.2))
 

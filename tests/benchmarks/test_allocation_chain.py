@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -11,13 +10,9 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the root on the path
-    sys.path.insert(0, str(ROOT))
-
-import benchmarks.allocation as allocation  # noqa: E402
-from benchmarks.allocation import DONE, RunResult, make_workload, policy_rng_seed, simulate  # noqa: E402
-from benchmarks.allocation_chain import (  # noqa: E402
+import benchmarks.allocation as allocation
+from benchmarks.allocation import DONE, RunResult, make_workload, policy_rng_seed, simulate
+from benchmarks.allocation_chain import (
     FIELDS,
     ChainRunParams,
     compare,
@@ -26,11 +21,12 @@ from benchmarks.allocation_chain import (  # noqa: E402
     replay,
     run,
 )
-from marketplace.chain.anvil import Anvil, find_anvil  # noqa: E402
-from marketplace.chain.client import Chain  # noqa: E402
-from marketplace.market.auction import Ask, Clearing, sealed_vickrey, slot_value  # noqa: E402
+from marketplace.chain.anvil import Anvil, find_anvil
+from marketplace.chain.client import Chain
+from marketplace.market.auction import Ask, Clearing, sealed_vickrey, slot_value
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+# The simulator's leases replayed on the real contracts: a chain per test.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
 # Six providers with all four pricing strategies, twelve jobs: seven sealed auctions with two or
 # more bids, a dropped job under each policy, four instant takes above the taker's floor.

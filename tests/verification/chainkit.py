@@ -4,7 +4,6 @@ verifier daemons and a requester: the verification policies end to end through t
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from worker.testing.cheats import Cheat, CheatingProvider
 from worker.verifier.daemon import VerifierDaemon, VerifierSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 REQUESTER = 2
 PROVIDERS = (3, 4, 5)
 VERIFIERS = (6, 7)

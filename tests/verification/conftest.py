@@ -6,12 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chainkit import Market
 
 from marketplace.chain.client import Chain
 from marketplace.contracts.deployment import MarketParameters
 from marketplace.contracts.devmarket import setup_dev_market
 from marketplace.types import ONE_TOKEN
+from tests.verification.chainkit import Market
 
 
 @pytest.fixture

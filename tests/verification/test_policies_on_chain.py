@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chainkit import PROVIDERS, VERIFIERS, Market, bundle_copy
 
 from marketplace.contracts.events import ResultAttested, ResultDisputed, SlotSettled
 from marketplace.types import Auction, Outcome, Policy, SlotStatus
+from tests.verification.chainkit import PROVIDERS, VERIFIERS, Market, bundle_copy
 from worker.testing.cheats import Cheat
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
