@@ -14,7 +14,8 @@ from typing import Any
 
 import boa
 import pytest
-from contract_helpers import Deployment, Flow, Spec, deploy, fund, make_spec
+
+from tests.contracts.contract_helpers import Deployment, Flow, Spec, deploy, fund, make_spec
 
 # ---------------------------------------------------------------- actors
 

@@ -9,6 +9,7 @@ tokens and approve the market and the registry for them.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,34 @@ JOB_OPEN, JOB_LEASED, JOB_CLOSED, JOB_EXPIRED, JOB_CANCELLED = (1 << i for i in 
 
 DEFAULT_PRICE_FLOOR = 4 * E18
 ROOT_HASH = b"\x11" * 32
+
+
+@functools.cache
+def deployer(name: str) -> Any:
+    """``contracts/<name>.vy`` compiled once per test session.
+
+    ``boa.load`` parses, analyses and compiles the source (and every snekmate module it imports)
+    on every call, a second or more per contract; every deployment of the suite goes through
+    here instead. It is still compiled from the source, so titanoboa's source-level revert
+    reasons (``boa.reverts("...")``) and stack traces work as with ``boa.load``.
+    """
+    path = CONTRACTS / f"{name}.vy"
+    return boa.loads_partial(path.read_text(), name=name, filename=str(path))
+
+
+def load(name: str, *args: Any) -> Any:
+    """Deploys ``contracts/<name>.vy`` with constructor ``args``, like ``boa.load`` but compiled once."""
+    return deployer(name).deploy(*args, contract_name=name)
+
+
+@functools.cache
+def _compiled_source(source: str) -> Any:
+    return boa.loads_partial(source)
+
+
+def loads(source: str, *args: Any) -> Any:
+    """Deploys Vyper ``source`` with constructor ``args``, like ``boa.loads`` but compiled once."""
+    return _compiled_source(source).deploy(*args)
 
 
 class Spec(NamedTuple):
@@ -246,16 +275,16 @@ class Deployment:
 def deploy(owner: str, treasury: str) -> Deployment:
     """Deploys token, registry and market as ``owner`` and wires the registry to the market."""
     with boa.env.prank(owner):
-        token = boa.load(str(CONTRACTS / "ComputeToken.vy"), "Compute", "FLOP", "flopex", "1")
-        registry = boa.load(
-            str(CONTRACTS / "ProviderRegistry.vy"),
+        token = load("ComputeToken", "Compute", "FLOP", "flopex", "1")
+        registry = load(
+            "ProviderRegistry",
             token.address,
             MIN_PROVIDER_STAKE,
             MIN_VERIFIER_STAKE,
             UNBONDING_PERIOD,
         )
-        market = boa.load(
-            str(CONTRACTS / "JobMarket.vy"),
+        market = load(
+            "JobMarket",
             token.address,
             registry.address,
             treasury,
@@ -406,16 +435,16 @@ def transferFrom(owner: address, to: address, amount: uint256) -> bool:
 def deploy_with_false_token(owner: str, treasury: str) -> Deployment:
     """Registry and market over a token whose transfers can be made to return False."""
     with boa.env.prank(owner):
-        token = boa.loads(FALSE_TOKEN_SOURCE)
-        registry = boa.load(
-            str(CONTRACTS / "ProviderRegistry.vy"),
+        token = loads(FALSE_TOKEN_SOURCE)
+        registry = load(
+            "ProviderRegistry",
             token.address,
             MIN_PROVIDER_STAKE,
             MIN_VERIFIER_STAKE,
             UNBONDING_PERIOD,
         )
-        market = boa.load(
-            str(CONTRACTS / "JobMarket.vy"),
+        market = load(
+            "JobMarket",
             token.address,
             registry.address,
             treasury,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import boa
 import pytest
-from contract_helpers import (
+
+from tests.contracts.contract_helpers import (
     AUCTION_INSTANT,
     DEFAULT_PRICE_FLOOR,
     E18,
@@ -273,7 +274,7 @@ def test_finalize__k2_exactly_two_asks__clears_at_the_max_price(market, provider
 def test_finalize__k3_many_asks__keeps_only_the_k_plus_1_lowest(deployment, market, flow, requester):
     bidders = [boa.env.generate_address(f"bidder{i}") for i in range(6)]
     for b in bidders:
-        from contract_helpers import fund
+        from tests.contracts.contract_helpers import fund
 
         fund(deployment, b)
         flow.register_provider(b)
@@ -480,7 +481,7 @@ def test_finalize__instant_unfilled__expires_and_releases_the_taken_slots(
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_sealed_job__with_k_winners__leases_k_slots_at_one_price(market, token, deployment, flow, requester, k):
-    from contract_helpers import fund
+    from tests.contracts.contract_helpers import fund
 
     bidders = [boa.env.generate_address(f"k-bidder{i}") for i in range(k + 1)]
     for b in bidders:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import boa
 import pytest
-from contract_helpers import (
+from eth_account import Account
+
+from tests.contracts.contract_helpers import (
     AUCTION_INSTANT,
     AUCTION_SEALED,
     BASE_SLASH,
@@ -27,7 +29,6 @@ from contract_helpers import (
     sign_permit,
     value,
 )
-from eth_account import Account
 
 ZERO = "0x" + "00" * 20
 

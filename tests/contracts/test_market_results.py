@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import boa
 import pytest
-from contract_helpers import (
+
+from tests.contracts.contract_helpers import (
     AUCTION_INSTANT,
     DISPUTE_BOND,
     OUTCOME_ACCEPT,

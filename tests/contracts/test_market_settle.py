@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import boa
 import pytest
-from contract_helpers import (
+
+from tests.contracts.contract_helpers import (
     AUCTION_INSTANT,
     BASE_SLASH,
     DEFAULT_PRICE_FLOOR,
@@ -246,7 +247,7 @@ def test_settle__dispute_upheld__pays_the_challenger_bond_and_the_rest_of_the_sl
     market, token, providers, provider, requester, treasury, verifier, committed, ispec
 ):
     challenger = boa.env.generate_address("challenger")
-    from contract_helpers import fund
+    from tests.contracts.contract_helpers import fund
 
     fund(providers.d, challenger)
     providers.register_verifier(challenger)

@@ -14,19 +14,22 @@ asserts it; a revert must leave the balances and the job untouched. After every 
   and finalize/settle are called for what is left; every job reaches a terminal state and the
   market still balances.
 
-``settings``: CI runs 200 examples of 30 steps (the default). Set ``FLOPEX_STATEFUL_PROFILE=dev``
-for a quick local run of 25 examples.
+``settings``: the loaded Hypothesis profile (tests/conftest.py): CI runs 200 examples of 30
+steps, a local run a few short ones; ``HYPOTHESIS_PROFILE=ci`` runs CI's locally.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from typing import Any
 
 import boa
 import pytest
-from contract_helpers import (
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+
+from tests.contracts.contract_helpers import (
     AUCTION_INSTANT,
     AUCTION_SEALED,
     DISPUTE_BOND,
@@ -56,30 +59,6 @@ from contract_helpers import (
     now,
     value,
 )
-from hypothesis import HealthCheck, event, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
-
-PROFILES = {
-    # CI runs one fixed, reproducible sequence of examples: a red run can be replayed, and the
-    # coverage check below cannot flip with the draw.
-    "ci": settings(
-        max_examples=200,
-        stateful_step_count=30,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    ),
-    "dev": settings(
-        max_examples=25,
-        stateful_step_count=30,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    ),
-}
-PROFILE = PROFILES[os.environ.get("FLOPEX_STATEFUL_PROFILE", "ci")]
 
 TERMINAL = (JOB_CLOSED, JOB_EXPIRED, JOB_CANCELLED)
 FINAL_SLOT = (SLOT_PAID, SLOT_SLASHED, SLOT_REFUNDED)
@@ -694,10 +673,13 @@ def test_market__random_lifecycles__keep_every_invariant(
         "stranger": stranger,
     }
     STATS.clear()
-    run_state_machine_as_test(lambda: MarketMachine(d, actors), settings=PROFILE)
+    run_state_machine_as_test(
+        lambda: MarketMachine(d, actors),
+        settings=settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]),
+    )
     print("\nstateful outcomes:", dict(sorted(STATS.items())))
-    # The machine must reach the paths it is there to check (the small local profile may not).
-    if PROFILE is not PROFILES["ci"]:
+    # The machine must reach the paths it is there to check (the quick local profile may not).
+    if settings.get_current_profile_name() != "ci":
         return
     for path in (
         "take_job: ok",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import boa
-from contract_helpers import fund, make_offer, make_spec, now, travel_to
+
+from tests.contracts.contract_helpers import fund, make_offer, make_spec, now, travel_to
 
 MAX_U64 = 2**64 - 1
 AUCTION_INSTANT = 1

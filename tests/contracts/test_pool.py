@@ -13,7 +13,8 @@ from typing import Any
 
 import boa
 import pytest
-from contract_helpers import (
+
+from tests.contracts.contract_helpers import (
     AUCTION_INSTANT,
     BASE_SLASH,
     CONTRACTS,
@@ -37,6 +38,7 @@ from contract_helpers import (
     Spec,
     deploy,
     fund,
+    load,
     make_offer,
     make_spec,
     now,
@@ -62,8 +64,8 @@ def deploy_pool(
     unbonding_period: int = MEMBER_UNBONDING,
 ) -> Any:
     """Deploys a pool over ``d``'s token, registry and market."""
-    pool = boa.load(
-        str(CONTRACTS / "ProviderPool.vy"),
+    pool = load(
+        "ProviderPool",
         d.token.address,
         d.registry.address,
         d.market.address,
@@ -236,8 +238,8 @@ def test_deploy__over_contracts_that_do_not_belong_together__reverts(deployment,
     ]
     for (token, registry, market), reason in mixes:
         with boa.reverts(reason):
-            boa.load(
-                str(CONTRACTS / "ProviderPool.vy"),
+            load(
+                "ProviderPool",
                 token.address,
                 registry.address,
                 market.address,
@@ -248,11 +250,11 @@ def test_deploy__over_contracts_that_do_not_belong_together__reverts(deployment,
             )
     # A registry whose market was never set does not serve this market.
     with boa.env.prank(owner):
-        lone = boa.load(str(CONTRACTS / "ProviderRegistry.vy"), deployment.token.address, 1, 1, 1)
-        market = boa.load(str(CONTRACTS / "JobMarket.vy"), deployment.token.address, lone.address, treasury, 0, 0, 0, 0)
+        lone = load("ProviderRegistry", deployment.token.address, 1, 1, 1)
+        market = load("JobMarket", deployment.token.address, lone.address, treasury, 0, 0, 0, 0)
     with boa.reverts("pool: registry does not serve the market"):
-        boa.load(
-            str(CONTRACTS / "ProviderPool.vy"),
+        load(
+            "ProviderPool",
             deployment.token.address,
             lone.address,
             market.address,

@@ -16,40 +16,11 @@ its stake less its slashes, plus its pay, and the pool is left with nothing.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import boa
+import pytest
 from boa.contracts.base_evm_contract import BoaError
-from contract_helpers import (
-    AUCTION_INSTANT,
-    BASE_SLASH,
-    CONTRACTS,
-    DISPUTE_BOND,
-    E18,
-    FEE_BPS,
-    MAX_UINT,
-    MIN_PROVIDER_STAKE,
-    MIN_VERIFIER_STAKE,
-    OUTCOME_ACCEPT,
-    OUTCOME_REJECT,
-    OUTCOME_VOID,
-    ROOT_HASH,
-    SLASH_REQUESTER_BPS,
-    SLOT_ACCEPTED,
-    SLOT_ASSIGNED,
-    SLOT_COMMITTED,
-    SLOT_PAID,
-    SLOT_REJECTED,
-    SLOT_SLASHED,
-    SLOT_VOIDED,
-    UNBONDING_PERIOD,
-    Deployment,
-    fund,
-    make_spec,
-    now,
-    value,
-)
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -60,39 +31,43 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from test_pool import MEMBER_UNBONDING, MIN_MEMBER_STAKE, POOL_FEE_BPS, pool_offer
+
+from tests.contracts.contract_helpers import (
+    AUCTION_INSTANT,
+    BASE_SLASH,
+    E18,
+    FEE_BPS,
+    MAX_UINT,
+    OUTCOME_ACCEPT,
+    OUTCOME_REJECT,
+    OUTCOME_VOID,
+    ROOT_HASH,
+    SLOT_ACCEPTED,
+    SLOT_ASSIGNED,
+    SLOT_COMMITTED,
+    SLOT_PAID,
+    SLOT_REJECTED,
+    SLOT_SLASHED,
+    SLOT_VOIDED,
+    UNBONDING_PERIOD,
+    deploy,
+    fund,
+    load,
+    make_spec,
+    now,
+    value,
+)
+from tests.contracts.test_pool import MEMBER_UNBONDING, MIN_MEMBER_STAKE, POOL_FEE_BPS, pool_offer
 
 FINAL = SLOT_PAID | SLOT_SLASHED | 256 | 512
 GPUS = (8, 4, 1, 2)  # devices of member 0..3
 MEMORY = (141_000, 80_000, 24_000, 48_000)
 MAX_OPEN_JOBS = 4
 
-# Compiled once: `boa.load` compiles on every call, which would cost seconds per example.
-_DEPLOYERS: dict[str, Any] = {}
-
-
-def _deployer(name: str) -> Any:
-    if name not in _DEPLOYERS:
-        _DEPLOYERS[name] = boa.load_partial(str(CONTRACTS / f"{name}.vy"))
-    return _DEPLOYERS[name]
-
-
-def _deploy(owner: str, treasury: str) -> Deployment:
-    """``contract_helpers.deploy`` with cached compilations."""
-    with boa.env.prank(owner):
-        token = _deployer("ComputeToken").deploy("Compute", "FLOP", "flopex", "1")
-        registry = _deployer("ProviderRegistry").deploy(
-            token.address, MIN_PROVIDER_STAKE, MIN_VERIFIER_STAKE, UNBONDING_PERIOD
-        )
-        market = _deployer("JobMarket").deploy(
-            token.address, registry.address, treasury, FEE_BPS, DISPUTE_BOND, BASE_SLASH, SLASH_REQUESTER_BPS
-        )
-        registry.set_market(market.address)
-    return Deployment(token, registry, market, owner, treasury)
-
-
 # The deployment every example starts from; built by the test before the examples run.
 _world: dict[str, Any] = {}
+
+pytestmark = pytest.mark.slow  # minutes under the ci Hypothesis profile
 
 
 def _setup_world() -> None:
@@ -100,7 +75,7 @@ def _setup_world() -> None:
     _world.clear()
     if not _world:
         owner = boa.env.generate_address("pool-sm-owner")
-        d = _deploy(owner, boa.env.generate_address("pool-sm-treasury"))
+        d = deploy(owner, boa.env.generate_address("pool-sm-treasury"))
         operator = boa.env.generate_address("pool-sm-operator")
         requester = boa.env.generate_address("pool-sm-requester")
         verifier = boa.env.generate_address("pool-sm-verifier")
@@ -110,7 +85,8 @@ def _setup_world() -> None:
         with boa.env.prank(verifier):
             d.registry.stake(10_000 * E18)
             d.registry.register_verifier()
-        pool = _deployer("ProviderPool").deploy(
+        pool = load(
+            "ProviderPool",
             d.token.address,
             d.registry.address,
             d.market.address,
@@ -504,16 +480,10 @@ class PoolMachine(RuleBasedStateMachine):
         assert self.pool.total_unbonding() == 0
 
 
-SETTINGS = settings(
-    max_examples=int(os.environ.get("POOL_EXAMPLES", "200")),
-    stateful_step_count=30,
-    deadline=None,
-    database=None,
-    derandomize=True,  # one fixed, reproducible sequence in CI: a red run can be replayed
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-
-
 def test_pool__under_random_operations__keeps_its_ledger_and_owes_everyone_exactly_its_due() -> None:
     _setup_world()
-    run_state_machine_as_test(PoolMachine, settings=SETTINGS)
+    run_state_machine_as_test(
+        PoolMachine,
+        # The loaded Hypothesis profile (tests/conftest.py): 200 runs of 30 steps in CI.
+        settings=settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]),
+    )

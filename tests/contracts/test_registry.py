@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import boa
 import pytest
-from contract_helpers import (
+
+from tests.contracts.contract_helpers import (
     AUCTION_INSTANT,
     BASE_SLASH,
-    CONTRACTS,
     DEFAULT_PRICE_FLOOR,
     DEVICE_CPU,
     DEVICE_CUDA,
@@ -17,6 +17,7 @@ from contract_helpers import (
     MIN_VERIFIER_STAKE,
     UNBONDING_PERIOD,
     deploy_with_false_token,
+    load,
     make_offer,
     make_spec,
     now,
@@ -49,7 +50,7 @@ def test_set_market__by_a_stranger__reverts(registry, stranger):
 
 def test_set_market__on_a_fresh_registry__sets_it_once__and_logs(token, owner, stranger):
     with boa.env.prank(owner):
-        fresh = boa.load(str(CONTRACTS / "ProviderRegistry.vy"), token.address, 1, 1, 1)
+        fresh = load("ProviderRegistry", token.address, 1, 1, 1)
         with boa.reverts("registry: market is the zero address"):
             fresh.set_market("0x" + "00" * 20)
         fresh.set_market(stranger)

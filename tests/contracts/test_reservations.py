@@ -14,7 +14,9 @@ from typing import Any
 
 import boa
 import pytest
-from contract_helpers import (
+from eth_account import Account
+
+from tests.contracts.contract_helpers import (
     BASE_SLASH,
     CONTRACTS,
     DEVICE_CPU,
@@ -28,13 +30,13 @@ from contract_helpers import (
     UNBONDING_PERIOD,
     deploy_with_false_token,
     fund,
+    load,
     make_offer,
     now,
     one_event,
     sign_permit,
     travel_to,
 )
-from eth_account import Account
 
 CHALLENGE = 3_600
 DAY = 86_400
@@ -60,7 +62,7 @@ def deploy_reservations(token: Any, registry: Any, owner: str, treasury: str, **
     }
     args.update(overrides)
     with boa.env.prank(owner):
-        res = boa.load(str(CONTRACTS / "Reservations.vy"), token.address, registry.address, *args.values())
+        res = load("Reservations", token.address, registry.address, *args.values())
         registry.set_authorized(res.address, True)
     return res
 

@@ -14,24 +14,10 @@ state (settled or cancelled), every credit is withdrawn and the contract holds n
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import boa
-from contract_helpers import (
-    BASE_SLASH,
-    CONTRACTS,
-    DISPUTE_BOND,
-    E18,
-    FEE_BPS,
-    MIN_PROVIDER_STAKE,
-    MIN_VERIFIER_STAKE,
-    SLASH_REQUESTER_BPS,
-    UNBONDING_PERIOD,
-    fund,
-    make_offer,
-    now,
-)
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -43,6 +29,21 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.contracts.contract_helpers import (
+    BASE_SLASH,
+    DISPUTE_BOND,
+    E18,
+    FEE_BPS,
+    MIN_PROVIDER_STAKE,
+    MIN_VERIFIER_STAKE,
+    SLASH_REQUESTER_BPS,
+    UNBONDING_PERIOD,
+    fund,
+    load,
+    make_offer,
+    now,
+)
+
 CHALLENGE = 3_600
 OFFERED, CANCELLED, RESERVED, DISPUTED, SERVED, FAILED, PAID, SLASHED, REFUNDED = (1 << i for i in range(9))
 HELD = (RESERVED, DISPUTED, SERVED, FAILED)
@@ -50,15 +51,9 @@ TERMINAL = (CANCELLED, PAID, SLASHED, REFUNDED)
 PROVIDER_GPUS = (8, 4)
 MAX_RESERVATIONS = 6
 
-_DEPLOYERS: dict[str, Any] = {}
 _world: dict[str, Any] = {}
 
-
-def _deployer(name: str) -> Any:
-    # Compiled once: `boa.load` compiles on every call.
-    if name not in _DEPLOYERS:
-        _DEPLOYERS[name] = boa.load_partial(str(CONTRACTS / f"{name}.vy"))
-    return _DEPLOYERS[name]
+pytestmark = pytest.mark.slow  # minutes under the ci Hypothesis profile
 
 
 def _setup_world() -> None:
@@ -67,12 +62,18 @@ def _setup_world() -> None:
     owner = boa.env.generate_address("res-sm-owner")
     treasury = boa.env.generate_address("res-sm-treasury")
     with boa.env.prank(owner):
-        token = _deployer("ComputeToken").deploy("Compute", "FLOP", "flopex", "1")
-        registry = _deployer("ProviderRegistry").deploy(
-            token.address, MIN_PROVIDER_STAKE, MIN_VERIFIER_STAKE, UNBONDING_PERIOD
-        )
-        res = _deployer("Reservations").deploy(
-            token.address, registry.address, CHALLENGE, treasury, FEE_BPS, DISPUTE_BOND, BASE_SLASH, SLASH_REQUESTER_BPS
+        token = load("ComputeToken", "Compute", "FLOP", "flopex", "1")
+        registry = load("ProviderRegistry", token.address, MIN_PROVIDER_STAKE, MIN_VERIFIER_STAKE, UNBONDING_PERIOD)
+        res = load(
+            "Reservations",
+            token.address,
+            registry.address,
+            CHALLENGE,
+            treasury,
+            FEE_BPS,
+            DISPUTE_BOND,
+            BASE_SLASH,
+            SLASH_REQUESTER_BPS,
         )
         registry.set_authorized(res.address, True)
 
@@ -412,16 +413,14 @@ class ReservationsMachine(RuleBasedStateMachine):
             assert self.registry.stakes(p).active_jobs == 0
 
 
-SETTINGS = settings(
-    max_examples=int(os.environ.get("RESERVATIONS_EXAMPLES", "300")),
-    stateful_step_count=30,
-    deadline=None,
-    database=None,
-    derandomize=True,  # one fixed, reproducible sequence in CI: a red run can be replayed
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-
-
 def test_reservations__under_random_operations__stay_solvent_and_pay_each_reservation_once() -> None:
     _setup_world()
-    run_state_machine_as_test(ReservationsMachine, settings=SETTINGS)
+    run_state_machine_as_test(
+        ReservationsMachine,
+        # The loaded Hypothesis profile (tests/conftest.py) with half again its runs, as this
+        # machine has always had: 300 runs of 30 steps in CI.
+        settings=settings(
+            max_examples=settings.default.max_examples * 3 // 2,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from contract_helpers import CONTRACTS, ROOT
+from tests.contracts.contract_helpers import CONTRACTS, ROOT
 
 TESTS = sorted((ROOT / "tests" / "contracts").glob("test_*.py"))
 REASON = re.compile(r'"((?:market|registry): [^"]+)"')

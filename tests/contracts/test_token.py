@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import boa
-from contract_helpers import E18, one_event, sign_permit
 from eth_account import Account
+
+from tests.contracts.contract_helpers import E18, one_event, sign_permit
 
 
 def test_token__deploys_with_its_names__and_eighteen_decimals(token, owner):
