@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from workerkit import DOMAIN, HAVE_BWRAP, WORKER_FLAGS, BundleFactory, WorkerProcess, start_worker
 
 from marketplace.protocol.bundle import load_bundle, pack_bundle
 from marketplace.requester.client import WorkerClient
+from tests.worker.workerkit import DOMAIN, HAVE_BWRAP, WORKER_FLAGS, BundleFactory, WorkerProcess, start_worker
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,7 +15,14 @@ from eth_account.signers.local import LocalAccount
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from safetensors.torch import load_file
-from workerkit import (
+
+from marketplace.protocol.bundle import load_bundle, pack_bundle
+from marketplace.protocol.merkle import manifest_of
+from marketplace.protocol.receipts import verify_receipt
+from marketplace.requester.client import WorkerClient
+from marketplace.rpc import SERVICE_NAME
+from marketplace.rpc import worker_pb2 as pb
+from tests.worker.workerkit import (
     DOMAIN,
     REPO,
     BundleFactory,
@@ -25,13 +32,6 @@ from workerkit import (
     processes_with,
     submit,
 )
-
-from marketplace.protocol.bundle import load_bundle, pack_bundle
-from marketplace.protocol.merkle import manifest_of
-from marketplace.protocol.receipts import verify_receipt
-from marketplace.requester.client import WorkerClient
-from marketplace.rpc import SERVICE_NAME
-from marketplace.rpc import worker_pb2 as pb
 from worker.node.leases import DeviceRequirements, Lease
 
 
@@ -41,7 +41,7 @@ def _kinds(events: list[pb.JobEvent]) -> list[str]:
 
 def test_get_info__describes_devices_prices_and_the_receipt_key(client: WorkerClient, worker: WorkerProcess) -> None:
     info = client.info()
-    assert info.provider_address == worker.provider.daemon
+    assert info.provider_address == worker.provider
     assert [d.kind for d in info.devices] == ["cpu", "cpu"]
     assert all(d.memory_bytes > 0 and d.model for d in info.devices)
     assert {p.device_kind for p in info.prices} >= {"cpu"}
@@ -61,6 +61,7 @@ def test_health_and_reflection__are_served(worker: WorkerProcess) -> None:
         assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
 
 
+@pytest.mark.slow  # a real training run
 def test_a_training_job__streams_its_events_and_returns_verified_results(
     worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, tmp_path: Path
 ) -> None:
@@ -81,7 +82,7 @@ def test_a_training_job__streams_its_events_and_returns_verified_results(
     assert finished.metering.cpu_millis > 0 and finished.metering.peak_memory_bytes > 0
     assert finished.metering.device_millis == finished.metering.wall_millis * finished.metering.device_count
 
-    results = client.download_results(job_id, tmp_path / "results", provider=worker.provider.daemon)
+    results = client.download_results(job_id, tmp_path / "results", provider=worker.provider)
     names = {f.path for f in results.manifest.files}
     assert {
         "output/model.safetensors",
@@ -92,7 +93,7 @@ def test_a_training_job__streams_its_events_and_returns_verified_results(
     } <= names
     assert sum(n.startswith("checkpoints/ckpt-") for n in names) == 4
     assert results.manifest.root == finished.result_root == manifest_of(tmp_path / "results")[0].root
-    receipt = verify_receipt(DOMAIN, results.receipt, worker.provider.daemon) if results.receipt else None
+    receipt = verify_receipt(DOMAIN, results.receipt, worker.provider) if results.receipt else None
     assert receipt is not None and receipt.exit_code == 0 and receipt.result_root == results.manifest.root
     assert receipt.device_seconds * 1000 >= finished.metering.device_millis
     metrics = json.loads((tmp_path / "results" / "output" / "metrics.json").read_text())
@@ -107,6 +108,7 @@ def test_a_training_job__streams_its_events_and_returns_verified_results(
     assert [x["step"] for x in log_lines] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_plain_torch_script__runs_unchanged(
     worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, tmp_path: Path
 ) -> None:
@@ -116,7 +118,7 @@ def test_a_plain_torch_script__runs_unchanged(
     job_id = submit(worker, client, requester.address, archive, load_bundle(folder).hash)
     final = client.wait(job_id, timeout_s=120)
     assert final.HasField("finished")
-    results = client.download_results(job_id, tmp_path / "r", provider=worker.provider.daemon)
+    results = client.download_results(job_id, tmp_path / "r", provider=worker.provider)
     assert "weight 3.0" in (results.directory / "logs" / "stdout.log").read_text()
 
 
@@ -129,11 +131,12 @@ def test_a_failing_job__ends_failed_with_its_exit_code_and_a_receipt(
     assert final.HasField("failed")
     assert final.failed.exit_code == 3 and "status 3" in final.failed.reason
     assert final.failed.receipt.exit_code == 3
-    results = client.download_results(job_id, tmp_path / "r", provider=worker.provider.daemon)
+    results = client.download_results(job_id, tmp_path / "r", provider=worker.provider)
     assert (results.directory / "logs" / "stderr.log").read_text() == "bad input\n"
     assert client.get_job(job_id).state == pb.JOB_STATE_FAILED
 
 
+@pytest.mark.slow
 def test_jobs__run_at_once_on_distinct_devices_and_extra_ones_queue(
     worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: BundleFactory
 ) -> None:
@@ -142,7 +145,7 @@ def test_jobs__run_at_once_on_distinct_devices_and_extra_ones_queue(
     for _ in range(3):
         archive, bhash = make_bundle(code)
         job_id = next_job_id()
-        worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
+        worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
         client.upload_bundle(job_id, archive)
         jobs.append(job_id)
     for job_id in jobs:  # started back to back, once all are uploaded
@@ -160,6 +163,7 @@ def test_jobs__run_at_once_on_distinct_devices_and_extra_ones_queue(
     assert third[0] >= min(first[1], second[1]) - 50, "the third job waited for a free device"
 
 
+@pytest.mark.slow
 def test_jobs_of_one_device_group__share_its_devices_while_others_run_beside_them(
     worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: BundleFactory
 ) -> None:
@@ -170,12 +174,12 @@ def test_jobs_of_one_device_group__share_its_devices_while_others_run_beside_the
     for group in ("reservation:9", "reservation:9", None):
         archive, bhash = make_bundle(code)
         job_id = next_job_id()
-        lease = lease_for(job_id, requester.address, worker.provider.daemon, bhash)
+        lease = lease_for(job_id, requester.address, worker.provider, bhash)
         if group is not None:
             lease = Lease(
                 job_id,
                 requester.address,
-                (worker.provider.daemon,),
+                (worker.provider,),
                 None,
                 lease.deadline,
                 DeviceRequirements("cpu", 1),
@@ -230,7 +234,7 @@ def test_a_queued_job__can_be_cancelled_before_it_runs(
 ) -> None:
     archive, bhash = make_bundle("print('never')\n")
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
     client.upload_bundle(job_id, archive)
     status = client.cancel(job_id)
     assert status.state == pb.JOB_STATE_CANCELLED
@@ -291,7 +295,7 @@ def test_an_upload_broken_midway__resumes_from_the_offset_the_worker_kept(
     payload = os.urandom(3 << 20)
     archive, bhash = make_bundle("import os\nprint(os.path.getsize('blob.bin'))\n", files={"blob.bin": payload})
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
     proxy = _BreakingProxy(worker.port, cut_after=1_600_000)
     try:
         with WorkerClient(
@@ -306,7 +310,7 @@ def test_an_upload_broken_midway__resumes_from_the_offset_the_worker_kept(
     finally:
         proxy.close()
     with WorkerClient(worker.target, requester_key=requester.key, domain=DOMAIN) as direct:
-        results = direct.download_results(job_id, tmp_path / "r", provider=worker.provider.daemon)
+        results = direct.download_results(job_id, tmp_path / "r", provider=worker.provider)
     assert (results.directory / "logs" / "stdout.log").read_text().strip() == str(len(payload))
 
 

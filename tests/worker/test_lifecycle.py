@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from workerkit import (
+
+from marketplace.errors import ConfigError, WorkerError
+from marketplace.requester.client import WorkerClient
+from marketplace.rpc import worker_pb2 as pb
+from tests.worker.workerkit import (
     DOMAIN,
     MARKET,
     REPO,
@@ -23,15 +27,12 @@ from workerkit import (
     start_worker,
     submit,
 )
-
-from marketplace.errors import ConfigError, WorkerError
-from marketplace.requester.client import WorkerClient
-from marketplace.rpc import worker_pb2 as pb
 from worker.node.config import WorkerConfig
 from worker.node.leases import StaticLeases
 from worker.node.service import create_server
 
 
+@pytest.mark.slow  # two worker processes, one killed mid-job
 def test_a_restarted_worker__serves_old_results_and_fails_interrupted_jobs(
     tmp_path: Path, provider_key: Path, requester: LocalAccount, make_bundle: BundleFactory
 ) -> None:
@@ -231,10 +232,10 @@ def test_a_data_dir_inside_the_python_installation__is_refused(in_process_config
 
 
 def test_regenerating_the_grpc_code__yields_the_committed_files(tmp_path: Path) -> None:
-    from marketplace.rpc.generate import GENERATED, generate
+    from marketplace.rpc.generate import GENERATED, GRPC_STUB, generate
 
     fresh = {p.name: p.read_bytes() for p in generate(tmp_path)}
-    assert set(fresh) == set(GENERATED)
+    assert set(fresh) == {*GENERATED, GRPC_STUB}
     for name, data in fresh.items():
         assert data == (REPO / "marketplace" / "rpc" / name).read_bytes(), f"{name} is stale"
     header = fresh["worker_pb2.py"].decode().splitlines()[0]

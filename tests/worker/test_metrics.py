@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
-from workerkit import WorkerProcess, submit
 
 from marketplace.chain.client import Chain, dev_account
 from marketplace.contracts.deployment import Contracts
@@ -26,6 +25,7 @@ from marketplace.requester.requester import JobOptions, Requester
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Policy, SlotStatus, parse_tokens, slot_value
 from tests.e2e.providerkit import start_provider
+from tests.worker.workerkit import WorkerProcess, submit
 from worker.provider import bidding as bidding_module
 from worker.provider.daemon import ProviderDaemon, ProviderSettings
 from worker.provider.metrics import CONTENT_TYPE, parse_metrics, serve_metrics
@@ -193,6 +193,7 @@ def test_an_idle_provider_with_a_decay_strategy__asks_less_the_longer_it_idles(
     assert daemon.bidder.ask(job) == busy_ask
 
 
+@pytest.mark.slow
 @pytest.mark.bwrap
 def test_a_finished_job__has_released_its_devices_when_its_finished_event_arrives(
     worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: Any

@@ -10,13 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 from eth_account.signers.local import LocalAccount
-from workerkit import DOMAIN, BundleFactory, WorkerProcess, lease_for, next_job_id
 
 from marketplace.errors import WorkerError
 from marketplace.protocol.auth import payload_digest, sign_request
 from marketplace.requester.client import WorkerClient
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.rpc import worker_pb2_grpc as pb_grpc
+from tests.worker.workerkit import DOMAIN, BundleFactory, WorkerProcess, lease_for, next_job_id
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def stub(worker: WorkerProcess) -> Iterator[pb_grpc.WorkerServiceStub]:
 def _worker_still_serves(worker: WorkerProcess) -> Iterator[None]:
     yield
     with WorkerClient(worker.target, timeout_s=10) as c:
-        assert c.info().provider_address == worker.provider.daemon
+        assert c.info().provider_address == worker.provider
 
 
 def _code(exc: pytest.ExceptionInfo[WorkerError]) -> str | None:
@@ -48,7 +48,7 @@ def test_a_malformed_bundle__is_invalid_argument(
     archive = tmp_path / "junk.tar.gz"
     archive.write_bytes(b"this is not a gzip file at all")
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, b"\x00" * 32))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, b"\x00" * 32))
     with pytest.raises(WorkerError) as exc:
         client.upload_bundle(job_id, archive)
     assert _code(exc) == "INVALID_ARGUMENT" and "tar.gz" in exc.value.message
@@ -72,7 +72,7 @@ def test_a_bundle_with_a_bad_job_toml__is_invalid_argument_naming_the_key(
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
     with pytest.raises(WorkerError) as exc:
         client.upload_bundle(job_id, data.getvalue())
     assert _code(exc) == "INVALID_ARGUMENT" and "frobnicate" in exc.value.message
@@ -83,7 +83,7 @@ def test_a_bundle_that_is_not_the_leased_one__is_permission_denied(
 ) -> None:
     archive, _ = make_bundle("print(1)\n")
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, b"\x11" * 32))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, b"\x11" * 32))
     with pytest.raises(WorkerError) as exc:
         client.upload_bundle(job_id, archive)
     assert _code(exc) == "PERMISSION_DENIED" and "bundle hash" in exc.value.message
@@ -94,7 +94,7 @@ def test_a_request_signed_by_a_stranger__is_permission_denied(
 ) -> None:
     archive, bhash = make_bundle("print(1)\n")
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
     with WorkerClient(worker.target, requester_key=stranger.key, domain=DOMAIN) as foreign:
         with pytest.raises(WorkerError) as exc:
             foreign.upload_bundle(job_id, archive)
@@ -105,7 +105,7 @@ def test_an_expired_signature__is_permission_denied(
     worker: WorkerProcess, requester: LocalAccount, stub: pb_grpc.WorkerServiceStub
 ) -> None:
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, b"\x00" * 32))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, b"\x00" * 32))
     auth = _auth(requester.key, job_id, "GetJob", payload_digest("GetJob"), expiry=int(time.time()) - 5)
     with pytest.raises(grpc.RpcError) as exc:
         stub.GetJob(pb.GetJobRequest(job_id=job_id, auth=auth), timeout=10)
@@ -121,7 +121,7 @@ def test_a_replayed_request__is_permission_denied(
 ) -> None:
     archive, bhash = make_bundle("print(1)\n")
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
     client.upload_bundle(job_id, archive)
     request = pb.GetJobRequest(job_id=job_id, auth=_auth(requester.key, job_id, "GetJob", payload_digest("GetJob")))
     assert stub.GetJob(request, timeout=10).state == pb.JOB_STATE_READY
@@ -134,7 +134,7 @@ def test_a_signature_for_another_method__is_permission_denied(
     worker: WorkerProcess, requester: LocalAccount, stub: pb_grpc.WorkerServiceStub
 ) -> None:
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, b"\x00" * 32))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, b"\x00" * 32))
     auth = _auth(requester.key, job_id, "GetJob", payload_digest("CancelJob"))
     with pytest.raises(grpc.RpcError) as exc:
         stub.CancelJob(pb.CancelJobRequest(job_id=job_id, auth=auth), timeout=10)
@@ -169,7 +169,7 @@ def test_a_leased_job_never_uploaded__is_not_found(
     worker: WorkerProcess, requester: LocalAccount, client: WorkerClient
 ) -> None:
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, b"\x00" * 32))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, b"\x00" * 32))
     with pytest.raises(WorkerError) as exc:
         client.get_job(job_id)
     assert _code(exc) == "NOT_FOUND"
@@ -182,7 +182,7 @@ def test_an_oversized_upload__is_resource_exhausted(
 
     archive, bhash = make_bundle("print(1)\n", files={"big.bin": os.urandom(5 << 20)})
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
     with pytest.raises(WorkerError) as exc:
         client.upload_bundle(job_id, archive)
     assert _code(exc) == "RESOURCE_EXHAUSTED"
@@ -194,7 +194,7 @@ def test_a_corrupted_chunk__is_data_loss(
     archive, bhash = make_bundle("print(1)\n")
     data = archive.read_bytes()
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
     sha = hashlib.sha256(data).digest()
     header = pb.UploadHeader(
         job_id=job_id,
@@ -215,7 +215,7 @@ def test_a_device_request_the_worker_cannot_meet__is_failed_precondition(
     for device, gpus in (("cuda", 1), ("cpu", 3)):
         archive, bhash = make_bundle("print(1)\n", device=device, gpus=gpus)
         job_id = next_job_id()
-        worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash, kind=device, count=gpus))
+        worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash, kind=device, count=gpus))
         with pytest.raises(WorkerError) as exc:
             client.upload_bundle(job_id, archive)
         assert _code(exc) == "FAILED_PRECONDITION", exc.value.message
@@ -226,7 +226,7 @@ def test_results_of_a_job_not_yet_run__are_failed_precondition(
 ) -> None:
     archive, bhash = make_bundle("print(1)\n")
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
     client.upload_bundle(job_id, archive)
     with pytest.raises(WorkerError) as exc:
         client.download_results(job_id, tmp_path / "r")
@@ -239,7 +239,7 @@ def test_an_upload_at_the_wrong_offset__is_failed_precondition(
     archive, bhash = make_bundle("print(1)\n")
     data = archive.read_bytes()
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
     sha = hashlib.sha256(data).digest()
     header = pb.UploadHeader(
         job_id=job_id,
@@ -264,7 +264,7 @@ def test_an_expired_lease__refuses_new_uploads(
 ) -> None:
     archive, bhash = make_bundle("print(1)\n")
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider.daemon, bhash, deadline=int(time.time()) - 1))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash, deadline=int(time.time()) - 1))
     with pytest.raises(WorkerError) as exc:
         client.upload_bundle(job_id, archive)
     assert _code(exc) == "FAILED_PRECONDITION" and "lease" in exc.value.message

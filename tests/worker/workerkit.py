@@ -190,7 +190,7 @@ def submit(
 ) -> int:
     """Lease, upload and start a job; return its id."""
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester, worker.provider.daemon, bundle_hash, kind=kind))
+    worker.add_lease(lease_for(job_id, requester, worker.provider, bundle_hash, kind=kind))
     client.upload_bundle(job_id, archive)
     client.start_job(job_id, seed)
     return job_id
