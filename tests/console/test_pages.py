@@ -98,6 +98,7 @@ def test_market__provider_endpoints_are_probed_and_reported_unreachable(client: 
     assert "GetInfo" in next(iter(probes.values()))["reach_detail"]
 
 
+@pytest.mark.slow  # the index over the chain, once per window
 @pytest.mark.parametrize("window", WINDOWS)
 def test_chart__stats_per_window_match_the_index_read_from_the_chain(
     client: TestClient, market: SmallMarket, window: str

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 DEPLOYER, TREASURY, REQUESTER, CHEAP, DEAR, VERIFIER, STRANGER = range(7)
 
 
-@pytest.fixture(params=["embedded", "anvil"])
+@pytest.fixture(params=["embedded", pytest.param("anvil", marks=[pytest.mark.anvil, pytest.mark.slow])])
 def world(request: pytest.FixtureRequest) -> Iterator[Contracts]:
     """A fresh market on the embedded chain, or on the session's anvil node."""
     if request.param == "embedded":
@@ -214,6 +214,7 @@ def test_connect__with_nothing_listening__raises_chain_error() -> None:
         Chain.connect("localhost:8545")
 
 
+@pytest.mark.slow  # compiles every contract
 def test_artifacts__match_the_contract_sources() -> None:
     from marketplace.contracts import build
 

@@ -170,6 +170,7 @@ def test_index__twap_volume_and_prices_per_class_match_the_hand_computed_values(
     assert (cpu_1h.leases, cpu_1h.leased_gpu_seconds, cpu_1h.settled_gpu_seconds) == (1, 3_600, 0)
 
 
+@pytest.mark.slow
 def test_index__forward_prices_of_reserved_capacity_are_indexed_in_the_providers_class(world: World) -> None:
     T = ONE_TOKEN
     history = read_history(world.contracts)
@@ -189,6 +190,7 @@ def test_index__forward_prices_of_reserved_capacity_are_indexed_in_the_providers
     assert document["windows"]["all"][GPU]["reserved_last"] == 36 * T // 10
 
 
+@pytest.mark.slow
 def test_index__as_of_an_earlier_block_ignores_what_came_later(world: World) -> None:
     contracts = world.contracts
     leases = contracts.market.get_events("SlotLeased", contracts.deployment.start_block)
@@ -215,6 +217,7 @@ def deployment_file(world: World, tmp_path_factory: pytest.TempPathFactory) -> I
     server.shutdown()
 
 
+@pytest.mark.slow
 def test_cli_market_index_json__is_the_index_read_over_json_rpc(world: World, deployment_file: Path) -> None:
     result = CliRunner().invoke(
         cli, ["market", "index", "--json", "--deployment", str(deployment_file)], catch_exceptions=False
@@ -235,6 +238,7 @@ def test_cli_market_index_json__is_the_index_read_over_json_rpc(world: World, de
     assert bad.exit_code == 1 and "window '1y'" in bad.output
 
 
+@pytest.mark.slow
 def test_cli_market__without_a_subcommand_still_lists_the_market(deployment_file: Path) -> None:
     result = CliRunner().invoke(cli, ["market", "--json", "--deployment", str(deployment_file)])
     assert result.exit_code == 0, result.output
@@ -253,6 +257,7 @@ def test_cli_market__without_a_subcommand_still_lists_the_market(deployment_file
     assert index.exit_code == 0 and json.loads(index.output)["classes"] == [CPU, GPU]
 
 
+@pytest.mark.slow
 def test_cli_market_report__writes_a_png_chart(deployment_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.png"
     result = CliRunner().invoke(

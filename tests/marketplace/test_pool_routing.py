@@ -169,6 +169,7 @@ def test_pick_member__fitting_then_least_loaded_then_taking_turns() -> None:
     assert pick_member([replace(a, memory_mb=1024)], spec, 100, {}) is None
 
 
+@pytest.mark.slow
 def test_operator_daemon__sealed_bid_through_the_pool__assigns__books_the_pay__collects(
     world: tuple[Contracts, Pool],
     tmp_path: Path,
