@@ -520,8 +520,7 @@ def unpack_bundle(
                 check_path_length(where, member.name)
                 name = safe_relpath(where, member.name)
                 if member.isdir():
-                    (out / name).mkdir(parents=True, exist_ok=True)
-                    continue
+                    continue  # counted, never created: a bundle is its regular files (their parents are made)
                 if not member.isreg():
                     raise BundleError(
                         f"bundle archive: member {member.name!r} is not a regular file (links, "

@@ -109,11 +109,11 @@ def test_an_upload_with_a_header_of_a_gib__is_invalid_argument_and_the_worker_st
 
 
 def test_an_upload_of_100k_directories__is_refused_by_the_entry_limit(
-    worker: WorkerProcess, client: WorkerClient, requester: LocalAccount
+    worker: WorkerProcess, requester: LocalAccount
 ) -> None:
     job_id = next_job_id()
     worker.add_lease(lease_for(job_id, requester.address, worker.provider, b"\0" * 32))
-    with pytest.raises(WorkerError) as exc:
+    with _client(worker, requester) as client, pytest.raises(WorkerError) as exc:
         client.upload_bundle(job_id, directories_bomb(100_000))
     assert exc.value.code == "INVALID_ARGUMENT" and "more than 10000 entries" in exc.value.message
     assert not (worker.data_dir / "jobs" / str(job_id)).exists()
