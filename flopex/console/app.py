@@ -128,28 +128,27 @@ def create_app(reader: MarketReader, *, poll_s: float = 1.0) -> Starlette:
     async def _live(request: Request, job_id: int, data: dict[str, Any]) -> AsyncIterator[str]:
         lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         stop = threading.Event()
-        watching = False
-        leased = any(s["lease"] for s in data["slots"])
-        if data["logs_allowed"] and leased:
-            watching = True
+        started = watching = False
 
-            def pump() -> None:
-                try:
-                    for item in reader.worker_events(job_id, stop):
-                        lines.put(item)
-                except FlopexError as exc:
-                    lines.put({"kind": "notice", "text": str(exc)})
-                finally:
-                    lines.put(None)
+        def pump() -> None:
+            try:
+                for item in reader.worker_events(job_id, stop):
+                    lines.put(item)
+            except FlopexError as exc:
+                lines.put({"kind": "notice", "text": str(exc)})
+            finally:
+                lines.put(None)
 
-            threading.Thread(target=pump, name=f"console-watch-{job_id}", daemon=True).start()
-        elif not data["logs_allowed"]:
+        if not data["logs_allowed"]:
             yield _sse("notice", {"text": _no_key_notice(data)})
         last = ""
         try:
             while True:
                 if await request.is_disconnected():
                     return
+                if data["logs_allowed"] and not started and any(s["lease"] for s in data["slots"]):
+                    started = watching = True  # the worker's log lines, once a slot is leased
+                    threading.Thread(target=pump, name=f"console-watch-{job_id}", daemon=True).start()
                 while True:
                     try:
                         item = lines.get_nowait()
@@ -159,22 +158,18 @@ def create_app(reader: MarketReader, *, poll_s: float = 1.0) -> Starlette:
                         watching = False
                     else:
                         yield _sse(str(item["kind"]), item)
+                html = env.get_template("job_live.html").render(job=data, job_id=job_id)
+                if html != last:
+                    last = html
+                    yield _sse("state", {"status": data["status"], "block": reader.ledger.synced, "html": html})
+                if data["terminal"] and not watching:
+                    yield _sse("end", {"status": data["status"]})
+                    return
+                await asyncio.sleep(poll_s)
                 try:
                     data = await read(reader.job, job_id)
                 except ChainError as exc:
                     yield _sse("notice", {"text": f"the chain does not answer: {exc}"})
-                    await asyncio.sleep(poll_s)
-                    continue
-                html = env.get_template("job_live.html").render(job=data, job_id=job_id)
-                if html != last:
-                    last = html
-                    yield _sse(
-                        "state", {"status": data["summary"]["status"], "block": reader.ledger.synced, "html": html}
-                    )
-                if data["terminal"] and not watching:
-                    yield _sse("end", {"status": data["summary"]["status"]})
-                    return
-                await asyncio.sleep(poll_s)
         finally:
             stop.set()
 

@@ -426,7 +426,9 @@ class MarketReader:
             "slots": slots,
             "refunded_at_lease": refunded_at_lease,
             "refunded_at_end": int(ended.args["refunded"]) if ended is not None else 0,
-            "terminal": JobStatus[summary["status"].upper()].terminal,
+            # As the logs read so far tell it (the views above may already be a block ahead).
+            "status": row.status.name.lower(),
+            "terminal": row.status.terminal,
             "logs_allowed": self.requester is not None
             and to_checksum_address(row.spec.requester) == self.requester.address,
         }
@@ -452,8 +454,12 @@ class MarketReader:
         }
         return {"step": words.get(g.name, g.name), "event": g.name, "block": g.block, "tx": g.tx_hash, "time": g.time}
 
-    def worker_events(self, job_id: int, stop: threading.Event) -> Iterator[dict[str, Any]]:
-        """The job's progress and log lines from its workers, signed with the requester's key."""
+    def worker_events(self, job_id: int, stop: threading.Event, retry_s: float = 1.0) -> Iterator[dict[str, Any]]:
+        """The job's progress and log lines from its workers, signed with the requester's key.
+
+        A worker that does not know the job yet (the requester has not uploaded it) is asked
+        again while the job runs; once the job has ended, one failed attempt is the answer.
+        """
         from marketplace.protocol.auth import Domain
         from marketplace.requester.client import WorkerClient
 
@@ -461,30 +467,46 @@ class MarketReader:
             return
         domain = Domain(self.chain.chain_id, self.contracts.market.address)
         for slot in self.contracts.market.slots_of(job_id):
-            worker = slot_worker(self.contracts, job_id, slot.slot, slot.provider)
-            if worker is None:
-                yield {"kind": "notice", "text": f"slot {slot.slot}: the pool has not assigned a member yet"}
-                continue
-            try:
-                with WorkerClient(worker.endpoint, requester_key=self.requester.key, domain=domain, retries=2) as c:
-                    for event in c.watch(job_id, timeout_s=3600):
-                        if stop.is_set():
-                            return
-                        kind = event.WhichOneof("kind")
-                        if kind == "log":
-                            yield {"kind": "log", "slot": slot.slot, "stream": event.log.stream, "text": event.log.text}
-                        elif kind == "progress":
-                            fraction = event.progress.fraction if event.progress.HasField("fraction") else None
-                            yield {
-                                "kind": "progress",
-                                "slot": slot.slot,
-                                "fraction": fraction,
-                                "text": event.progress.message,
-                            }
-                        elif kind:
-                            yield {"kind": "notice", "slot": slot.slot, "text": f"worker: {kind}"}
-            except WorkerError as exc:
-                yield {"kind": "notice", "slot": slot.slot, "text": f"worker at {worker.endpoint} not answering: {exc}"}
+            told = False
+            while not stop.is_set():
+                worker = slot_worker(self.contracts, job_id, slot.slot, slot.provider)
+                if worker is None:
+                    if not told:
+                        yield {"kind": "notice", "text": f"slot {slot.slot}: the pool has not assigned a member yet"}
+                        told = True
+                    if self.contracts.market.job(job_id).status.terminal:
+                        break
+                    stop.wait(retry_s)
+                    continue
+                try:
+                    with WorkerClient(worker.endpoint, requester_key=self.requester.key, domain=domain, retries=2) as c:
+                        yield from self._watch(c, job_id, slot.slot, stop)
+                    break
+                except WorkerError as exc:
+                    if not told:
+                        yield {
+                            "kind": "notice",
+                            "slot": slot.slot,
+                            "text": f"worker at {worker.endpoint} not answering: {exc}",
+                        }
+                        told = True
+                    if self.contracts.market.job(job_id).status.terminal:
+                        break
+                    stop.wait(retry_s)
+
+    @staticmethod
+    def _watch(client: Any, job_id: int, slot: int, stop: threading.Event) -> Iterator[dict[str, Any]]:
+        for event in client.watch(job_id, timeout_s=3600):
+            if stop.is_set():
+                return
+            kind = event.WhichOneof("kind")
+            if kind == "log":
+                yield {"kind": "log", "slot": slot, "stream": event.log.stream, "text": event.log.text}
+            elif kind == "progress":
+                fraction = event.progress.fraction if event.progress.HasField("fraction") else None
+                yield {"kind": "progress", "slot": slot, "fraction": fraction, "text": event.progress.message}
+            elif kind:
+                yield {"kind": "notice", "slot": slot, "text": f"worker: job {kind}"}
 
     # ------------------------------------------------------------------ an account
 

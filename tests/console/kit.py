@@ -25,10 +25,10 @@ class SmallMarket:
     pool: Pool
 
 
-def small_market(chain: Chain | None = None) -> SmallMarket:
+def small_market(chain: Chain | None = None, accounts: int = 12) -> SmallMarket:
     """Six providers in three device classes, a verifier; jobs 1 (sealed) and 2 paid, 3 slashed, 4 and 5 open;
     a reservation for sale; a pool of one member registered as a provider."""
-    contracts = setup_dev_market(chain or Chain.embedded(), accounts=12)
+    contracts = setup_dev_market(chain or Chain.embedded(), accounts=max(12, accounts))
     made = build_market(contracts, providers=6, jobs=5, settled=3)
     operator, member = dev_account(OPERATOR), dev_account(MEMBER)
     pool = deploy_pool(contracts.chain, operator, contracts, POOL_FEE_BPS, 100 * ONE_TOKEN, 3_600)
