@@ -60,7 +60,7 @@ import marketplace
 from marketplace.errors import SandboxError
 from worker.sandbox.cgroups import JobCgroup
 from worker.sandbox.seccomp import program_fd
-from worker.sandbox.space import JOB_UID_BASE, JobSpace, Spaces, probe_mount
+from worker.sandbox.space import JOB_UID_BASE, JobSpace, Spaces, lease_uid, probe_mount
 
 __all__ = ["JobSpace", "Limits", "RunOutcome", "RunningJob", "Sandbox", "SandboxRequest"]
 
@@ -167,7 +167,9 @@ class Sandbox:
         self._bwrap = bwrap if bwrap is not None else shutil.which("bwrap")
         self._setpriv = setpriv if setpriv is not None else shutil.which("setpriv")
         self._want_drop = (os.geteuid() == 0) if drop_uid is None else drop_uid
-        self._space_options = {"work_root": work_root, "backend": space_backend, "tmpfs_max_bytes": tmpfs_max_bytes}
+        self._work_root = work_root
+        self._space_backend = space_backend
+        self._tmpfs_max_bytes = tmpfs_max_bytes
         self._uid_base = uid_base
         self._ro_binds = self._python_binds()
         self._sdk_dir = _real(Path(marketplace.__file__).parent)
@@ -218,21 +220,20 @@ class Sandbox:
         if self._usable is not None:
             return
         root = os.geteuid() == 0
-        options = self._space_options
-        work_root = options["work_root"]
-        assert work_root is None or isinstance(work_root, Path)
-        backend, tmpfs_max = str(options["backend"]), int(str(options["tmpfs_max_bytes"]))
 
         def spaces(mount: bool, drop: bool) -> Spaces:
             made = Spaces(
                 mount=mount,
                 drop_uid=drop,
-                work_root=work_root,
-                tmpfs_max_bytes=tmpfs_max,
-                backend=backend,
+                work_root=self._work_root,
+                tmpfs_max_bytes=self._tmpfs_max_bytes,
+                backend=self._space_backend,
                 uid_base=self._uid_base,
             )
             made.setup()
+            if drop:  # bind what the job's uid cannot reach once, here, not from concurrent job starts
+                for source in [*self._ro_binds, self._sdk_dir]:
+                    made.readable_source(source)
             return made
 
         if root:
@@ -293,8 +294,6 @@ class Sandbox:
         spaces = self._spaces
         lease = None
         if spaces is not None and self._mode == "drop":
-            from worker.sandbox.space import lease_uid
-
             lease = lease_uid(self._uid_base, run_root=spaces.run_root)
         try:
             prefix = self._drop_prefix(None if lease is None else lease.uid)

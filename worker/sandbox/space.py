@@ -641,12 +641,13 @@ class Spaces:
         """
         if not self.drop_uid or reachable_by_others(path):
             return path
-        if path not in self._ro:
-            target = self.run_dir / "ro" / str(len(self._ro))
-            target.mkdir(mode=0o755, exist_ok=True)
-            _bind_read_only(path, target)
-            self._ro[path] = target
-        return self._ro[path]
+        with self._spare_lock:
+            if path not in self._ro:
+                target = self.run_dir / "ro" / str(len(self._ro))
+                target.mkdir(mode=0o755, exist_ok=True)
+                _bind_read_only(path, target)
+                self._ro[path] = target
+            return self._ro[path]
 
     def pick_backend(self, disk_bytes: int) -> str:
         """The backend a space with this disk limit gets."""
