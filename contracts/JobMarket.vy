@@ -1,5 +1,7 @@
 # pragma version ~=0.4.3
 # pragma nonreentrancy off
+# pragma experimental-codegen
+# pragma optimize codesize
 """
 @title flopex job market and escrow
 @custom:contract-name JobMarket
