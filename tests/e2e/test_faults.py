@@ -198,7 +198,7 @@ def test_a_download_that_fails__is_disputed_and_never_accepted_or_called_verifie
             raise WorkerError("the stream broke after the manifest", code="UNAVAILABLE")
 
         monkeypatch.setattr(WorkerClient, "download_results", broken)
-        monkeypatch.setattr(requester, "settle", lambda job_id, timeout_s=0.0: [])  # no verifier rules here
+        monkeypatch.setattr(requester, "settle", lambda job_id, **kwargs: [])  # no verifier rules here
         outcome = requester.follow(job_id, tmp_path / "results", timeout_s=120)
         assert len(attempts) == 3  # retried before giving up
         assert outcome.unverified == [0] and not outcome.verified
