@@ -481,13 +481,8 @@ def job_submit(
     outcome = requester.follow(job_id, output or Path(f"results-{job_id}"))
     if as_json:
         emit_json(outcome.to_json())
-    if outcome.unverified:
-        from marketplace.errors import VerificationError
-
-        slots = ", ".join(str(s) for s in sorted(outcome.unverified))
-        raise VerificationError(
-            f"job {job_id}: the results of slot(s) {slots} could not be downloaded; disputed, not accepted"
-        )
+    if not outcome.ok:  # failed, expired, cancelled, slashed, a dispute lost, refunded, undelivered
+        fail(f"job {job_id} {outcome.status}: {outcome.reason}")
 
 
 def _job_summary(contracts: Any, job_id: int) -> dict[str, Any]:
@@ -507,8 +502,11 @@ def job_status(job_id: int, rpc_url: str | None, deployment_path: Path, as_json:
         emit_json(summary)
         return
     click.echo(f"job {job_id}: {summary['status']} ({summary['auction']} auction, {summary['policy']} verification)")
+    if summary["reason"]:
+        click.echo(f"  {summary['reason']}")
     for s in summary["slots"]:
-        click.echo(f"  slot {s['slot']}: {s['provider']} {s['status']} at {s['price']} units/GPU-h")
+        line = f"  slot {s['slot']}: {s['provider']} {s['status']} at {s['price']} units/GPU-h"
+        click.echo(line + (f": {s['reason']}" if s["reason"] else ""))
 
 
 @job.command("list")

@@ -4,13 +4,98 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from marketplace.types import JobSpec, SlotStatus
+from marketplace.types import Auction, JobSpec, SlotStatus, format_tokens
 
 if TYPE_CHECKING:  # the command line imports this module at start: keep web3 out of it
     from marketplace.contracts.deployment import Contracts
     from marketplace.contracts.reservations import ReservationState
 
-__all__ = ["job_summary", "reservation_summary"]
+__all__ = ["OUTCOME_NAMES", "job_reasons", "job_summary", "reservation_summary"]
+
+#: ``ResultAttested.outcome`` codes (``OUTCOME_*`` in JobMarket.vy) by name.
+OUTCOME_NAMES = {0: "accept", 1: "reject", 2: "void"}
+
+
+def job_reasons(contracts: Contracts, job_id: int, spec: JobSpec | None = None) -> dict[str, Any]:
+    """Why job ``job_id`` and each of its slots stand as they do, read from the market's events.
+
+    Returns ``{"reason": str | None, "slots": {slot: {"reason", "rulings", "disputed", "accepted_by"}}}``:
+    the job's reason when it expired or was cancelled (how many asks it drew against how many
+    slots), and per slot the verifiers' rulings (``ResultAttested``), whether it was disputed and
+    one line saying why it was paid, refunded or slashed.
+    """
+    market = contracts.market
+    spec = spec or market.spec(job_id)
+    start = market.start_block
+    reason: str | None = None
+    for expired in market.get_events("JobExpired", start, job_id=job_id):
+        deadline = "reveal" if spec.auction == Auction.SEALED else "bid"
+        reason = (
+            f"{expired.asks} valid ask(s) at or below {format_tokens(spec.max_price)} FLOP/GPU-h for "
+            f"{spec.redundancy} slot(s) by the {deadline} deadline; escrow of {format_tokens(expired.refunded)} "
+            "FLOP refunded"
+        )
+    for cancelled in market.get_events("JobCancelled", start, job_id=job_id):
+        reason = f"cancelled by the requester; {format_tokens(cancelled.refunded)} FLOP refunded"
+    slots: dict[int, dict[str, Any]] = {}
+
+    def entry(slot: int) -> dict[str, Any]:
+        return slots.setdefault(slot, {"reason": None, "rulings": [], "disputed": False, "accepted_by": None})
+
+    committed: set[int] = set()
+    if reason is None:
+        for event in market.get_events("ResultCommitted", start, job_id=job_id):
+            committed.add(event.slot)
+        for event in market.get_events("ResultAccepted", start, job_id=job_id):
+            entry(event.slot)["accepted_by"] = "requester"
+        for event in market.get_events("ResultDisputed", start, job_id=job_id):
+            entry(event.slot)["disputed"] = True
+        for event in market.get_events("ResultAttested", start, job_id=job_id):
+            entry(event.slot)["rulings"].append(
+                {
+                    "verifier": event.verifier,
+                    "outcome": OUTCOME_NAMES.get(event.outcome, str(event.outcome)),
+                    "claimed_gpu_seconds": event.claimed_gpu_seconds,
+                    "verified_gpu_seconds": event.verified_gpu_seconds,
+                }
+            )
+        for event in market.get_events("SlotSettled", start, job_id=job_id):
+            e = entry(event.slot)
+            e["reason"] = _settled_reason(event.status, e, event.slot in committed)
+    return {"reason": reason, "slots": slots}
+
+
+def _settled_reason(status: SlotStatus, slot: dict[str, Any], committed: bool) -> str:
+    """One line saying why a settled slot ended ``status``."""
+    ruling = slot["rulings"][-1] if slot["rulings"] else None
+    by = f"verifier {ruling['verifier']}" if ruling else ""
+    if status == SlotStatus.PAID:
+        if ruling and ruling["outcome"] == "accept":
+            head = (
+                f"verified by {by}: {ruling['verified_gpu_seconds']} of {ruling['claimed_gpu_seconds']} claimed GPU-s"
+            )
+            return head + (
+                "; the requester's dispute was lost (its bond went to the provider)" if slot["disputed"] else ""
+            )
+        if slot["accepted_by"] == "requester":
+            return "accepted by the requester (no verifier ruled)"
+        return "unchallenged past the challenge window (no verifier ruled)"
+    if status == SlotStatus.SLASHED:
+        if ruling and ruling["outcome"] == "reject":
+            return (
+                f"rejected by {by}: claimed {ruling['claimed_gpu_seconds']} GPU-s, "
+                f"{ruling['verified_gpu_seconds']} verified; the requester refunded, the provider's stake slashed"
+            )
+        if not committed:
+            return "no result committed by the run deadline; the requester refunded, the provider's stake slashed"
+        return "rejected; the requester refunded, the provider's stake slashed"
+    if status == SlotStatus.REFUNDED:
+        if ruling and ruling["outcome"] == "void":
+            return f"voided by {by}: the check could not decide; refunded, nobody slashed"
+        if slot["disputed"]:
+            return "disputed and no verifier ruled within the second window; refunded, nobody slashed"
+        return "refunded, nobody slashed"
+    return status.name.lower()
 
 
 def job_summary(contracts: Contracts, job_id: int, spec: JobSpec | None = None) -> dict[str, Any]:
@@ -22,6 +107,8 @@ def job_summary(contracts: Contracts, job_id: int, spec: JobSpec | None = None) 
     spec = spec or market.spec(job_id)
     state = market.job(job_id)
     slots = [market.slot(job_id, i) for i in range(spec.redundancy)]
+    reasons = job_reasons(contracts, job_id, spec)
+    none: dict[str, Any] = {"reason": None, "rulings": []}
     return {
         "job_id": job_id,
         "status": state.status.name.lower(),
@@ -32,6 +119,7 @@ def job_summary(contracts: Contracts, job_id: int, spec: JobSpec | None = None) 
         "max_price": spec.max_price,
         "max_gpu_seconds": spec.max_gpu_seconds,
         "escrow": state.escrow,
+        "reason": reasons["reason"],
         "slots": [
             {
                 "slot": s.slot,
@@ -40,6 +128,8 @@ def job_summary(contracts: Contracts, job_id: int, spec: JobSpec | None = None) 
                 "price": s.price,
                 "gpu_seconds": s.gpu_seconds,
                 "result_root": "0x" + s.result_root.hex(),
+                "reason": reasons["slots"].get(s.slot, none)["reason"],
+                "rulings": reasons["slots"].get(s.slot, none)["rulings"],
             }
             for s in slots
             if s.status != SlotStatus.NONE

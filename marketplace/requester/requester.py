@@ -51,7 +51,7 @@ from marketplace.types import (
     format_tokens,
 )
 
-__all__ = ["JobOptions", "JobOutcome", "Requester", "ReservedOutcome", "spec_for_bundle"]
+__all__ = ["OUTCOMES", "JobOptions", "JobOutcome", "Requester", "ReservedOutcome", "spec_for_bundle"]
 
 MIB = 1 << 20
 
@@ -70,9 +70,22 @@ class JobOptions:
     run_slack_s: int = 120
 
 
+#: Job outcomes :meth:`Requester.follow` can report; only ``succeeded`` is a success.
+OUTCOMES = ("succeeded", "failed", "expired", "cancelled", "slashed", "dispute_lost", "refunded", "undelivered")
+
+
 @dataclass
 class JobOutcome:
-    """What a job came to: per slot, its provider, price, seconds and money."""
+    """What a job came to: its outcome and why, and per slot its provider, run, price, seconds and money.
+
+    ``status`` is one of :data:`OUTCOMES`: ``succeeded`` when every slot ran to exit status 0 and
+    was paid; ``failed`` when a slot's process exited non-zero or its run failed (its run time is
+    billed all the same, as for every job that ran); ``expired`` or ``cancelled`` when it was
+    never leased; ``slashed`` when a slot's provider was slashed (rejected by a verifier, or no
+    result by the run deadline); ``dispute_lost`` when the requester disputed a result a verifier
+    then accepted; ``refunded`` when a slot was voided or its dispute went unruled;
+    ``undelivered`` when results could not be downloaded. ``reason`` says why in one line.
+    """
 
     job_id: int
     results: list[Path] = field(default_factory=list)
@@ -82,19 +95,44 @@ class JobOutcome:
     """Slots whose results were downloaded and matched their on-chain commitment."""
     unverified: list[int] = field(default_factory=list)
     """Slots whose job ran but whose results could not be downloaded (disputed, never accepted)."""
+    runs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Per slot, how the worker says the run ended: ``state``, ``exit_code`` and ``reason``."""
+    status: str = "succeeded"
+    reason: str | None = None
+    refunded_at_lease: int = 0
+    """Escrow returned when the lease started (what the clearing price left of the max price)."""
+
+    @property
+    def ok(self) -> bool:
+        """True only when the job succeeded."""
+        return self.status == "succeeded"
 
     @property
     def paid(self) -> int:
         """Tokens paid to providers (fees included)."""
         return sum(int(s.get("paid", 0)) for s in self.slots)
 
+    @property
+    def ruled(self) -> list[int]:
+        """Slots a verifier accepted (the only results called verified)."""
+        return sorted(
+            s["slot"]
+            for s in self.slots
+            if any(r["outcome"] == "accept" for r in s.get("rulings", ())) and s["status"] == "paid"
+        )
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary."""
         return {
             "job_id": self.job_id,
+            "status": self.status,
+            "ok": self.ok,
+            "reason": self.reason,
             "results": [str(p) for p in self.results],
             "slots": self.slots,
-            "verified_slots": sorted(self.verified),
+            "refunded_at_lease": self.refunded_at_lease,
+            "matched_slots": sorted(self.verified),
+            "verified_slots": self.ruled,
             "undownloaded_slots": sorted(self.unverified),
         }
 
@@ -304,7 +342,11 @@ class Requester:
         outcome = JobOutcome(job_id)
         status = self.wait_for_lease(job_id, timeout_s=timeout_s)
         if status != JobStatus.LEASED:
-            self.say(f"job {job_id} {status.name.lower()}: escrow refunded")
+            from marketplace.market.summary import job_reasons
+
+            outcome.status = status.name.lower() if status in (JobStatus.EXPIRED, JobStatus.CANCELLED) else "expired"
+            outcome.reason = job_reasons(self.contracts, job_id, spec)["reason"] or "never leased; escrow refunded"
+            self.say(f"job {job_id} {outcome.status}: {outcome.reason}")
             return outcome
         archive = archive or self._archives.get(job_id)
         if archive is None:
@@ -324,7 +366,13 @@ class Requester:
             for slot in market.slots_of(job_id):
                 if slot.status == SlotStatus.COMMITTED and slot.slot in outcome.verified:
                     market.accept_result(self.account, job_id, slot.slot)
-        outcome.slots = self.settle(job_id, timeout_s=timeout_s)
+        outcome.slots = self.settle(job_id, timeout_s=timeout_s, runs=outcome.runs)
+        for leased in market.get_events("JobLeased", market.start_block, job_id=job_id):
+            outcome.refunded_at_lease = leased.refunded
+        outcome.status, outcome.reason = _judge(outcome)
+        if outcome.refunded_at_lease:
+            self.say(f"job {job_id}: {format_tokens(outcome.refunded_at_lease)} FLOP of escrow refunded at the lease")
+        self.say(f"job {job_id} {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
         return outcome
 
     def _follow_slot(
@@ -375,6 +423,19 @@ class Requester:
                 if line:
                     outcome.events.append(line)
                     self.say(f"job {job_id}: {line}")
+                kind = event.WhichOneof("kind")
+                if kind == "finished":
+                    outcome.runs[slot.slot] = {
+                        "state": "succeeded",
+                        "exit_code": event.finished.exit_code,
+                        "reason": None,
+                    }
+                elif kind == "failed":
+                    outcome.runs[slot.slot] = {
+                        "state": "failed",
+                        "exit_code": event.failed.exit_code,
+                        "reason": event.failed.reason,
+                    }
             dest = Path(out_dir) / f"slot-{slot.slot}"
             results = self._download(client, job_id, dest, worker.signer)
             outcome.results.append(dest)
@@ -385,7 +446,7 @@ class Requester:
                 )
             root = committed.result_root.hex()[:16]
             outcome.verified.add(slot.slot)
-            self.say(f"job {job_id}: results verified against the on-chain root {root}…")
+            self.say(f"job {job_id} slot {slot.slot}: the results match the root committed on chain {root}…")
 
     def _download(self, client: WorkerClient, job_id: int, dest: Path, signer: str, attempts: int = 3) -> Any:
         """Download and check results, trying ``attempts`` times; raise :class:`_DownloadFailed` after.
@@ -438,8 +499,14 @@ class Requester:
             time.sleep(0.2)
         raise ChainError(f"job {job_id}: the provider did not commit a result within {timeout_s:.0f} s")
 
-    def settle(self, job_id: int, *, timeout_s: float = 3600.0) -> list[dict[str, Any]]:
-        """Settle every slot once it can end (waiting for verifiers or windows); returns the bill."""
+    def settle(
+        self, job_id: int, *, timeout_s: float = 3600.0, runs: dict[int, dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Settle every slot once it can end (waiting for verifiers or windows); returns the bill.
+
+        Each slot's bill carries the reason it ended as it did (from the chain's events) and, with
+        ``runs`` (how each slot's run ended, from its worker), the run's state and exit status.
+        """
         market = self.contracts.market
         spec = market.spec(job_id)
         deadline = time.monotonic() + timeout_s
@@ -463,11 +530,25 @@ class Requester:
                 bills[slot.slot] = self._bill(job_id, slot.slot)
             if len(bills) < spec.redundancy:
                 time.sleep(0.3)
+        from marketplace.market.summary import job_reasons
+
+        reasons = job_reasons(self.contracts, job_id, spec)["slots"]
         for bill in bills.values():
+            why = reasons.get(bill["slot"], {"reason": None, "rulings": []})
+            bill["reason"] = why["reason"]
+            bill["rulings"] = why["rulings"]
+            run = (runs or {}).get(bill["slot"])
+            bill["run"] = run["state"] if run else None
+            bill["exit_code"] = run["exit_code"] if run else None
+            bill["run_reason"] = run["reason"] if run else None
+            head = f"job {job_id} slot {bill['slot']}: {bill['status']}"
+            if run and run["state"] == "failed":
+                head += f" for a run that failed ({run['reason'] or 'exit status ' + str(run['exit_code'])})"
             self.say(
-                f"job {job_id} slot {bill['slot']}: {bill['status']}: {bill['gpu_seconds']} GPU-s, "
+                f"{head}: {bill['gpu_seconds']} GPU-s, "
                 f"paid {format_tokens(bill['paid'])} FLOP (fee {format_tokens(bill['fee'])}), "
                 f"refunded {format_tokens(bill['refunded'])}, slashed {format_tokens(bill['slashed'])}"
+                + (f"; {bill['reason']}" if bill["reason"] else "")
             )
         return [bills[k] for k in sorted(bills)]
 
@@ -486,6 +567,38 @@ class Requester:
                     "slashed": event.slashed,
                 }
         raise ChainError(f"job {job_id} slot {slot} has no settlement event")
+
+
+def _judge(outcome: JobOutcome) -> tuple[str, str | None]:
+    """A settled job's outcome (one of :data:`OUTCOMES`) and the reason, worst first."""
+    by_slot = {b["slot"]: b for b in outcome.slots}
+    for bill in outcome.slots:
+        if bill["status"] == "slashed":
+            return "slashed", f"slot {bill['slot']}: {bill.get('reason') or 'slashed'}"
+    for bill in outcome.slots:
+        if bill["status"] == "paid" and (bill.get("reason") or "").find("dispute was lost") >= 0:
+            return "dispute_lost", f"slot {bill['slot']}: {bill['reason']}"
+    for slot, run in sorted(outcome.runs.items()):
+        if run["state"] == "failed" or run["exit_code"] != 0:
+            why = run["reason"] or f"the job exited with status {run['exit_code']}"
+            run_bill = by_slot.get(slot)
+            billed = (
+                f"; its {run_bill['gpu_seconds']} GPU-s of run time billed ({format_tokens(run_bill['paid'])} FLOP), "
+                "as for every job that ran"
+                if run_bill is not None and run_bill["status"] == "paid"
+                else ""
+            )
+            return "failed", f"slot {slot}: {why} (exit status {run['exit_code']}){billed}"
+    if outcome.unverified:
+        slots = ", ".join(str(s) for s in sorted(outcome.unverified))
+        return "undelivered", f"the results of slot(s) {slots} could not be downloaded; disputed, not accepted"
+    for bill in outcome.slots:
+        if bill["status"] != "paid":
+            return "refunded", f"slot {bill['slot']}: {bill.get('reason') or bill['status']}"
+    for slot in sorted(by_slot):
+        if slot not in outcome.runs:
+            return "failed", f"slot {slot}: the run's end was never seen (the provider failed or vanished)"
+    return "succeeded", None
 
 
 class _DownloadFailed(WorkerError):

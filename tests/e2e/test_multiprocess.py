@@ -99,6 +99,7 @@ def test_provider_killed_mid_job__requester_is_refunded_and_the_provider_slashed
         provider.stop("kill")
         [bill] = requester.settle(job_id, timeout_s=120)
         assert bill["status"] == "slashed"
+        assert bill["reason"].startswith("no result committed by the run deadline")
         assert bill["refunded"] == slot_value(parse_tokens("0.2"), contracts.market.spec(job_id).max_gpu_seconds)
         assert contracts.registry.total_stake(address) == stake - bill["slashed"]
         assert bill["slashed"] == bill["refunded"] + 50 * ONE_TOKEN

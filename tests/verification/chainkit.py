@@ -31,14 +31,16 @@ VERIFIERS = (6, 7)
 class _Requester(Requester):
     """The requester, tolerant of a provider daemon settling a slot between its read and its settle."""
 
-    def settle(self, job_id: int, *, timeout_s: float = 3600.0) -> list[dict[str, Any]]:
+    def settle(
+        self, job_id: int, *, timeout_s: float = 3600.0, runs: dict[int, dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
         for _attempt in range(5):
             try:
-                return super().settle(job_id, timeout_s=timeout_s)
+                return super().settle(job_id, timeout_s=timeout_s, runs=runs)
             except ContractRevert as exc:
                 if exc.reason not in ("market: slot already settled", "market: job is not leased"):
                     raise
-        return super().settle(job_id, timeout_s=timeout_s)
+        return super().settle(job_id, timeout_s=timeout_s, runs=runs)
 
 
 @dataclass

@@ -38,6 +38,9 @@ def test_replay__honest_provider__is_accepted_and_paid_for_verified_seconds(mark
     assert verdict.outcome == Outcome.ACCEPT
     assert 0 < verdict.verified_gpu_seconds <= verdict.claimed_gpu_seconds
     assert bill["gpu_seconds"] == verdict.verified_gpu_seconds
+    # Called verified because a verifier ruled; the bill says who and how much.
+    assert bill["reason"].startswith(f"verified by verifier {verdict.verifier}")
+    assert outcome.status == "succeeded" and outcome.to_json()["verified_slots"] == [0]
 
 
 def test_replay__provider_skipping_half_the_segments__is_slashed_and_the_requester_refunded(
@@ -52,6 +55,11 @@ def test_replay__provider_skipping_half_the_segments__is_slashed_and_the_request
     assert bill["status"] == "slashed" and bill["paid"] == 0 and bill["slashed"] > 0
     assert market.contracts.registry.total_stake(cheater.address) == stake - bill["slashed"]
     assert bill["refunded"] > 0
+    # The slash carries its reason: the verifier's rejection and what it verified of the claim.
+    verifier = attested(market, outcome.job_id)[0].verifier
+    assert bill["reason"].startswith(f"rejected by verifier {verifier}: claimed ")
+    assert bill["rulings"][0]["outcome"] == "reject"
+    assert outcome.status == "slashed" and outcome.reason == f"slot 0: {bill['reason']}"
 
 
 def test_redundant__three_providers_one_with_random_outputs__dissenter_slashed_majority_paid_inflated_claim_capped(
@@ -98,6 +106,8 @@ def test_redundant__two_providers_that_disagree__are_voided_and_the_requester_re
     )
     assert [b["status"] for b in outcome.slots] == ["refunded", "refunded"]
     assert all(v.outcome == Outcome.VOID for v in attested(market, outcome.job_id).values())
+    assert all("the check could not decide" in b["reason"] for b in outcome.slots)
+    assert outcome.status == "refunded" and not outcome.ok
     assert sum(b["slashed"] for b in outcome.slots) == 0
 
 
