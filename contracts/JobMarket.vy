@@ -74,6 +74,13 @@ MAX_BASE_SLASH: public(constant(uint256)) = 2**96 - 1
 MASK_64: constant(uint256) = 2**64 - 1
 MASK_96: constant(uint256) = 2**96 - 1
 MASK_160: constant(uint256) = 2**160 - 1
+# @dev Hard limit of every window bound the owner may set: 30 days.
+MAX_WINDOW: public(constant(uint64)) = 2_592_000
+# @dev Default bounds: bid (and reveal) window 1 day; run duration 8 days (a bundle's longest timeout, 7 days,
+# plus the requester's slack); challenge window 7 days.
+DEFAULT_MAX_BID_WINDOW: constant(uint64) = 86_400
+DEFAULT_MAX_RUN_DURATION: constant(uint64) = 691_200
+DEFAULT_MAX_CHALLENGE_WINDOW: constant(uint64) = 604_800
 
 
 flag JobStatus:
@@ -146,6 +153,9 @@ dispute_bond: public(uint256)
 base_slash: public(uint256)
 # @dev Share of a slash credited to the requester, in basis points.
 slash_requester_bps: public(uint256)
+
+# @dev Window bounds a job must keep: max bid window | max run duration << 64 | max challenge window << 128.
+bounds_word: uint256
 
 # @dev Number of jobs posted; job ids start at 1.
 job_count: public(uint256)
@@ -271,6 +281,12 @@ event Withdrawn:
     amount: uint256
 
 
+event WindowBoundsChanged:
+    max_bid_window: uint64
+    max_run_duration: uint64
+    max_challenge_window: uint64
+
+
 event ParametersChanged:
     treasury: address
     fee_bps: uint256
@@ -303,6 +319,35 @@ def __init__(
     token = token_
     registry = registry_
     self._set_parameters(treasury_, fee_bps_, dispute_bond_, base_slash_, slash_requester_bps_)
+    self._set_window_bounds(DEFAULT_MAX_BID_WINDOW, DEFAULT_MAX_RUN_DURATION, DEFAULT_MAX_CHALLENGE_WINDOW)
+
+
+@external
+def set_window_bounds(max_bid_window: uint64, max_run_duration: uint64, max_challenge_window: uint64):
+    """
+    @notice Changes the longest windows a new job may ask for, each between 1 second and MAX_WINDOW.
+            Jobs already posted keep theirs.
+    @param max_bid_window Longest bid window (post to bid deadline) and reveal window (sealed).
+    @param max_run_duration Longest run duration.
+    @param max_challenge_window Longest challenge window.
+    """
+    ownable._check_owner()
+    self._set_window_bounds(max_bid_window, max_run_duration, max_challenge_window)
+
+
+@external
+@view
+def window_bounds() -> (uint64, uint64, uint64):
+    """
+    @notice The longest windows a new job may ask for.
+    @return The max bid (and reveal) window, the max run duration and the max challenge window, in seconds.
+    """
+    word: uint256 = self.bounds_word
+    return (
+        convert(word & MASK_64, uint64),
+        convert((word >> 64) & MASK_64, uint64),
+        convert(word >> 128, uint64),
+    )
 
 
 @external
@@ -890,10 +935,17 @@ def _post(spec: JobSpec) -> uint256:
     assert spec.max_price > 0 and spec.max_price <= MAX_PRICE, "market: bad max price"
     assert spec.max_gpu_seconds > 0, "market: no GPU-seconds"
     assert convert(spec.bid_deadline, uint256) > block.timestamp, "market: bid deadline passed"
+    # Every window is bounded: a provider's collateral and a requester's escrow are locked at most
+    # bid window + reveal window + run duration + 2 x challenge window.
+    bounds: uint256 = self.bounds_word
+    assert convert(spec.bid_deadline, uint256) - block.timestamp <= bounds & MASK_64, "market: bid window above the maximum"
     if spec.auction == AUCTION_SEALED:
         assert spec.reveal_deadline > spec.bid_deadline, "market: reveal deadline before bid deadline"
+        assert convert(spec.reveal_deadline - spec.bid_deadline, uint256) <= bounds & MASK_64, "market: reveal window above the maximum"
     assert spec.run_duration > 0, "market: no run time"
+    assert convert(spec.run_duration, uint256) <= (bounds >> 64) & MASK_64, "market: run duration above the maximum"
     assert spec.challenge_window > 0, "market: no challenge window"
+    assert convert(spec.challenge_window, uint256) <= bounds >> 128, "market: challenge window above the maximum"
     escrow: uint256 = self._escrow_for(spec)
     assert escrow > 0, "market: escrow rounds to zero"
 
@@ -1075,6 +1127,20 @@ def _set_parameters(
         dispute_bond=dispute_bond_,
         base_slash=base_slash_,
         slash_requester_bps=slash_requester_bps_,
+    )
+
+
+@internal
+def _set_window_bounds(max_bid_window: uint64, max_run_duration: uint64, max_challenge_window: uint64):
+    for bound: uint64 in [max_bid_window, max_run_duration, max_challenge_window]:
+        assert bound >= 1 and bound <= MAX_WINDOW, "market: window bound out of range"
+    self.bounds_word = (
+        convert(max_bid_window, uint256)
+        | (convert(max_run_duration, uint256) << 64)
+        | (convert(max_challenge_window, uint256) << 128)
+    )
+    log WindowBoundsChanged(
+        max_bid_window=max_bid_window, max_run_duration=max_run_duration, max_challenge_window=max_challenge_window
     )
 
 

@@ -206,3 +206,8 @@ class Market(Bound):
     def treasury(self) -> str:
         """Where fees go."""
         return str(self.call("treasury"))
+
+    def window_bounds(self) -> tuple[int, int, int]:
+        """The longest bid (and reveal) window, run duration and challenge window a new job may ask for."""
+        bid, run, challenge = self.call("window_bounds")
+        return int(bid), int(run), int(challenge)

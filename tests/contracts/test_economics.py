@@ -176,3 +176,66 @@ def test_buy__reservation__locks_its_price_and_the_base_slash(res, registry, pro
     with boa.env.prank(requester):
         res.buy(rid)
     assert registry.stakes(provider).locked == ESCROW + BASE_SLASH
+
+
+# ---------------------------------------------------------------- (c) item 5: bounded windows
+
+DAY_S = 86_400
+
+
+@pytest.mark.parametrize(
+    ("terms", "reason"),
+    [
+        ({"bid_deadline": 1 * DAY_S + 1}, "market: bid window above the maximum"),
+        ({"bid_deadline": 3_600, "reveal_deadline": 3_600 + DAY_S + 1}, "market: reveal window above the maximum"),
+        ({"run_duration": 8 * DAY_S + 1}, "market: run duration above the maximum"),
+        ({"challenge_window": 7 * DAY_S + 1}, "market: challenge window above the maximum"),
+        ({"challenge_window": 2**64 - 1}, "market: challenge window above the maximum"),
+    ],
+)
+def test_post_job__window_above_the_market_bound__reverts(flow, market, requester, terms, reason):
+    t = now()
+    fields = {k: (t + v if k.endswith("deadline") else v) for k, v in terms.items()}
+    spec = make_spec(requester, **fields)
+    with boa.env.prank(requester), boa.reverts(reason):
+        market.post_job(spec)
+
+
+def test_post_job__windows_at_the_market_bounds__posts(flow, market, requester):
+    t = now()
+    spec = make_spec(
+        requester,
+        bid_deadline=t + DAY_S,
+        reveal_deadline=t + 2 * DAY_S,
+        run_duration=8 * DAY_S,
+        challenge_window=7 * DAY_S,
+    )
+    assert flow.post(spec) >= 1
+    assert market.window_bounds() == (DAY_S, 8 * DAY_S, 7 * DAY_S)
+
+
+def test_set_window_bounds__above_the_hard_limit_or_by_a_stranger__reverts(market, owner, stranger):
+    limit = market.MAX_WINDOW()
+    assert limit == 30 * DAY_S
+    with boa.env.prank(owner), boa.reverts("market: window bound out of range"):
+        market.set_window_bounds(DAY_S, limit + 1, DAY_S)
+    with boa.env.prank(owner), boa.reverts("market: window bound out of range"):
+        market.set_window_bounds(0, DAY_S, DAY_S)
+    with boa.env.prank(stranger), boa.reverts():
+        market.set_window_bounds(DAY_S, DAY_S, DAY_S)
+
+
+def test_finalize_auction__instant_slot_of_a_job_that_never_filled__unlocks_its_collateral_without_penalty(
+    flow, market, registry, requester, provider
+):
+    # k = 2, one slot taken: the provider leaves after the (bounded) bid deadline, stake whole.
+    spec = make_spec(requester, auction=1, redundancy=2, bid_deadline=now() + DAY_S)
+    job_id = flow.post(spec)
+    flow.take(job_id, spec, provider)
+    assert registry.stakes(provider).locked > 0
+    travel_to(spec.bid_deadline)
+    with boa.env.prank(provider):
+        market.finalize_auction(job_id, spec)
+    s = registry.stakes(provider)
+    assert (s.locked, s.active_jobs, s.active) == (0, 0, MIN_PROVIDER_STAKE)
+    assert market.jobs(job_id).status == 8  # EXPIRED

@@ -433,9 +433,13 @@ def test_instant_job__with_rounding_in_the_refund__leaves_no_dust_in_escrow(
 
 
 def test_instant_job__with_the_longest_windows__can_still_be_committed_and_settled(
-    market, token, providers, provider, requester
+    market, token, providers, provider, requester, owner
 ):
-    spec = make_spec(requester, auction=AUCTION_INSTANT, run_duration=2**64 - 1, challenge_window=2**64 - 1)
+    # The longest windows the hard limit lets the owner allow.
+    limit = market.MAX_WINDOW()
+    with boa.env.prank(owner):
+        market.set_window_bounds(limit, limit, limit)
+    spec = make_spec(requester, auction=AUCTION_INSTANT, run_duration=limit, challenge_window=limit)
     job_id = providers.post(spec)
     providers.take(job_id, spec, provider)
     boa.env.time_travel(seconds=60)

@@ -61,7 +61,7 @@ def _lease(contracts: Contracts, provider: int, kind: DeviceKind, max_gpu_second
         max_gpu_seconds=max_gpu_seconds,
         bid_deadline=now + 600,
         reveal_deadline=now + 600,
-        run_duration=30 * 86_400,
+        run_duration=8 * 86_400,  # the longest run the market allows by default
         challenge_window=600,
     )
     requester = dev_account(REQUESTER)
