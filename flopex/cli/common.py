@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import click
 
@@ -22,6 +22,7 @@ __all__ = [
     "chain_options",
     "emit_json",
     "fail",
+    "hold_data_dir",
     "load_signer",
     "open_contracts",
 ]
@@ -124,3 +125,40 @@ def load_signer(account_address: str | None, dev_index: int | None, password_fil
     if password is None:
         password = click.prompt(f"password for {account_address}", hide_input=True)
     return Keystore(DEFAULT_HOME / "keystore").unlock(account_address, password)
+
+
+#: Locks held on daemons' data folders, kept open (and so held) until the process exits.
+_HELD: list[IO[str]] = []
+
+
+def hold_data_dir(data_dir: Path, role: str) -> Path:
+    """Create ``data_dir`` and lock it for this process, or refuse when another live daemon holds it.
+
+    The lock is an exclusive ``flock`` on ``data_dir/daemon.lock`` (its text: the holder's pid and
+    role), held until this process exits; the kernel lets it go when the holder dies, so a crash
+    leaves nothing to clean up. Raises :class:`ConfigError` naming the holder when it is taken.
+    """
+    import fcntl
+
+    from marketplace.errors import ConfigError
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        handle = (data_dir / "daemon.lock").open("a+")
+    except OSError as exc:
+        raise ConfigError(f"cannot use {data_dir} as a data folder: {exc.strerror}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"{data_dir} is in use by a running daemon ({holder}); give this {role} a --data-dir of its own"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{role} pid {os.getpid()}")
+    handle.flush()
+    _HELD.append(handle)
+    return data_dir

@@ -24,6 +24,7 @@ from flopex.cli.common import (
     chain_options,
     emit_json,
     fail,
+    hold_data_dir,
     load_signer,
     open_contracts,
 )
@@ -293,9 +294,9 @@ def provider() -> None:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_HOME / "provider",
-    show_default=True,
-    help="Worker state, uploads, jobs and its receipt key.",
+    default=None,
+    help=f"Worker state, uploads, jobs and its receipt key [default: {DEFAULT_HOME}/provider-ADDRESS]; "
+    "one daemon at a time.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the worker binds.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any).")
@@ -328,7 +329,7 @@ def provider_start(
     account_address: str | None,
     dev_index: int | None,
     password_file: Path | None,
-    data_dir: Path,
+    data_dir: Path | None,
     host: str,
     port: int,
     price_text: str,
@@ -350,8 +351,10 @@ def provider_start(
     from worker.provider.daemon import ProviderDaemon, ProviderSettings, chain_worker, device_terms
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
+    # Each account its own folder by default, and one live daemon per folder.
+    data_dir = hold_data_dir(data_dir or DEFAULT_HOME / f"provider-{signer.address}", "provider")
+    contracts = open_contracts(rpc_url, deployment_path)
     server, endpoint = chain_worker(
         contracts,
         data_dir,
@@ -602,9 +605,8 @@ def verifier() -> None:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_HOME / "verifier",
-    show_default=True,
-    help="Where fetched results and replays go.",
+    default=None,
+    help=f"Where fetched results and replays go [default: {DEFAULT_HOME}/verifier-ADDRESS]; one daemon at a time.",
 )
 @click.option("--stake", "stake_text", default="100", show_default=True, help="Tokens to keep staked.")
 @click.option(
@@ -642,7 +644,7 @@ def verifier_start(
     account_address: str | None,
     dev_index: int | None,
     password_file: Path | None,
-    data_dir: Path,
+    data_dir: Path | None,
     stake_text: str,
     replay_fraction: float,
     capacity_interval: float,
@@ -660,8 +662,9 @@ def verifier_start(
     from worker.verifier.daemon import VerifierSettings, run_verifier
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
+    data_dir = hold_data_dir(data_dir or DEFAULT_HOME / f"verifier-{signer.address}", "verifier")
+    contracts = open_contracts(rpc_url, deployment_path)
     settings = VerifierSettings(
         data_dir=data_dir,
         stake=parse_tokens(stake_text),
