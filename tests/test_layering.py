@@ -33,7 +33,7 @@ LIBRARY = {
     "marketplace.requester",
 }
 BASE = {"marketplace.errors", "marketplace.types"}
-WORKER = {"worker.sandbox", "worker.node", "worker.provider", "worker.pool", "worker.verifier"}
+WORKER = {"worker.daemon", "worker.sandbox", "worker.node", "worker.provider", "worker.pool", "worker.verifier"}
 
 #: layer -> the layers it may import (besides itself).
 ALLOWED: dict[str, set[str]] = {
@@ -49,11 +49,12 @@ ALLOWED: dict[str, set[str]] = {
     "marketplace.market": BASE | {"marketplace.chain", "marketplace.contracts", "marketplace.protocol"},
     "marketplace.requester": LIBRARY - {"marketplace.requester"},
     "worker": set(),
+    "worker.daemon": LIBRARY,  # the step loop every daemon runs
     "worker.sandbox": {"marketplace", "marketplace.errors", "marketplace.sdk"},
     "worker.node": LIBRARY | {"worker.sandbox"},
-    "worker.provider": LIBRARY | {"worker.sandbox", "worker.node"},
-    "worker.pool": LIBRARY | {"worker.sandbox", "worker.node", "worker.provider"},
-    "worker.verifier": LIBRARY | {"worker.sandbox", "worker.node"},
+    "worker.provider": LIBRARY | {"worker.daemon", "worker.sandbox", "worker.node"},
+    "worker.pool": LIBRARY | {"worker.daemon", "worker.sandbox", "worker.node", "worker.provider"},
+    "worker.verifier": LIBRARY | {"worker.daemon", "worker.sandbox", "worker.node"},
     "worker.testing": LIBRARY | WORKER,
     "worker.serve": LIBRARY | {"worker.sandbox", "worker.node"},
     "worker.__main__": {"worker.serve"},

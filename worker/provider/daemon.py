@@ -141,7 +141,7 @@ class ProviderDaemon(ChainDaemon):
                 recorded=self.memory.recorded,
                 recording=self.memory.recording,
                 save=self._save,
-                nudge_clock=self._nudge_clock,
+                nudge_clock=self.nudge_clock,
             )
         terms = BidTerms(settings.price_floor, settings.strategy, settings.device_kind)
         #: Bids at the market for the worker's devices.
@@ -269,7 +269,7 @@ class ProviderDaemon(ChainDaemon):
             # travel) only moves it with new blocks. Ask for one (dev chains mine on request; other
             # chains refuse and make blocks on their own) and wait, unless the run deadline nears.
             if now - lease_start < spec.run_duration * NO_UPLOAD_COMMIT_AT:
-                self._nudge_clock()
+                self.nudge_clock()
                 return
             claimed = held
         self._commit(job_id, index, root, claimed)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,9 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from marketplace.contracts.deployment import Contracts
-from marketplace.errors import FlopexError, WorkerError
+from marketplace.errors import WorkerError
 from marketplace.types import JobSpec, SlotStatus
+from worker.daemon import StepLoop
 
 __all__ = ["ChainDaemon", "Memory", "can_settle"]
 
@@ -77,8 +77,8 @@ def can_settle(status: SlotStatus, committed_at: int, spec: JobSpec, now: int) -
     return False
 
 
-class ChainDaemon:
-    """One account on the market, stepped in a loop; subclasses say what a :meth:`step` does.
+class ChainDaemon(StepLoop):
+    """A :class:`~worker.daemon.StepLoop` that remembers its bids and slots in a JSON state file.
 
     ``role`` names it in logs and its thread's name (``provider``, ``member``, ``pool operator``).
     """
@@ -93,97 +93,14 @@ class ChainDaemon:
         role: str,
         log: logging.Logger,
     ) -> None:
-        self.contracts = contracts
-        self.account = account
+        super().__init__(contracts, account, poll_interval_s=poll_interval_s, role=role, log=log)
         self.state_path = state_path
-        self.poll_interval_s = poll_interval_s
-        self.role = role
-        self.log = log
         self.memory = self._load()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        #: Why the daemon stopped by itself, if it did.
-        self.fatal: str | None = None
-
-    @property
-    def address(self) -> str:
-        """The daemon's account on chain."""
-        return self.account.address
-
-    def step(self) -> None:
-        """Do everything that can be done now."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        """Run :meth:`step` in a background thread until :meth:`stop`."""
-        name = f"{self.role.replace(' ', '-')}-{self.address[:8]}"
-        self._thread = threading.Thread(target=self.run, name=name, daemon=True)
-        self._thread.start()
-
-    def run(self) -> None:
-        """Step until stopped; errors of one step are logged and the next step tries again.
-
-        An unreachable chain is retried; a chain that no longer has the market (a dev chain that
-        was restarted) stops the daemon with a clear reason in :attr:`fatal`.
-        """
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except FlopexError as exc:
-                if self._market_gone():
-                    self.fatal = (
-                        f"the chain no longer has the market at {self.contracts.market.address} "
-                        "(was it restarted?); redeploy and start again"
-                    )
-                    self.log.error("%s %s: %s", self.role, self.address, self.fatal)
-                    self._stop.set()
-                    break
-                self.log.warning("%s %s: %s", self.role, self.address, exc)
-            except Exception as exc:
-                if self._stop.is_set():
-                    break  # stopping: the worker may already be closed under us
-                # A bug, not a condition of the market: stop with the reason rather than hang on
-                # a dead thread while the process looks alive.
-                self.log.exception("%s %s: unexpected error", self.role, self.address)
-                self.fatal = f"unexpected error: {type(exc).__name__}: {exc}"
-                self._stop.set()
-                break
-            self._stop.wait(self.poll_interval_s)
-
-    def _market_gone(self) -> bool:
-        """True when the chain answers but has no code at the market's address."""
-        try:
-            with self.contracts.chain.locked():
-                return not self.contracts.chain.w3.eth.get_code(self.contracts.market.address)
-        except Exception:  # unreachable: not gone, just away
-            return False
-
-    @property
-    def stopped(self) -> bool:
-        """True once the loop has ended (stopped or failed)."""
-        return self._stop.is_set()
 
     def stop(self) -> None:
         """Stop the loop (a worker is stopped by its owner) and save the memory."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        super().stop()
         self._save()
-
-    # ------------------------------------------------------------------ the chain's clock
-
-    def now(self) -> int:
-        """The time deadlines are judged by: the chain's, or the wall clock if the chain is idle."""
-        return self.contracts.chain.next_timestamp()
-
-    def _nudge_clock(self) -> None:
-        """Ask a dev chain for a block, so its clock catches up; other chains make blocks on their own."""
-        try:
-            self.contracts.chain.mine()
-        except FlopexError:
-            pass  # not a dev chain: its blocks come on their own
 
     # ------------------------------------------------------------------ memory
 

@@ -171,7 +171,7 @@ class CheatingProvider(ProviderDaemon):
         claim = min(spec.max_gpu_seconds, math.ceil(honest * self.cheat.factor))
         held = max(0, now - lease_start) * spec.gpus
         if held < claim and now < lease_start + spec.run_duration * 3 // 4:
-            self._nudge_clock()  # as an honest provider does while the chain's clock lags
+            self.nudge_clock()  # as an honest provider does while the chain's clock lags
             return  # wait until the chain believes the inflated claim
         market.commit_result(self.account, job_id, index, record.result_root or EMPTY_ROOT, min(claim, held))
 

@@ -52,7 +52,7 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.events import ProviderRegistered, ResultCommitted, ResultDisputed
-from marketplace.errors import ContractRevert, FlopexError, VerificationError
+from marketplace.errors import ContractRevert, FlopexError, VerificationError, WorkerError
 from marketplace.protocol.auth import Domain
 from marketplace.protocol.bundle import bundle_hash, load_bundle
 from marketplace.protocol.capacity import challenge_flops, verify_rows
@@ -60,6 +60,7 @@ from marketplace.requester.client import WorkerClient
 from marketplace.sdk import CHECKPOINT_LOG
 from marketplace.types import ONE_TOKEN, JobSpec, Outcome, Policy, SlotStatus
 from marketplace.verify import billing, compare, freivalds, sampling
+from worker.daemon import StepLoop
 from worker.sandbox.runner import Limits, Sandbox
 from worker.verifier.replay import ReplayRun, run_replay
 from worker.verifier.reservations import ReservationReferee
@@ -112,12 +113,13 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class VerifierDaemon:
+class VerifierDaemon(StepLoop):
     """One verifier account on the market."""
 
     def __init__(self, contracts: Contracts, account: LocalAccount, settings: VerifierSettings) -> None:
-        self.contracts = contracts
-        self.account = account
+        super().__init__(
+            contracts, account, poll_interval_s=settings.poll_interval_s, role="verifier", log=log, join_timeout_s=120
+        )
         self.settings = settings
         self.domain = Domain(contracts.chain.chain_id, contracts.market.address)
         self.sandbox = Sandbox(allow_unsandboxed=settings.allow_unsandboxed, use_cgroups=settings.use_cgroups)
@@ -132,8 +134,6 @@ class VerifierDaemon:
         self.verdicts: list[Verdict] = []
         self.capacity_log: list[dict[str, Any]] = []
         self._local_gflops: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._rng = random.SystemRandom()
         #: Rules on reservations reported not served, when the deployment has reservations.
         self.referee: ReservationReferee | None = None
@@ -145,11 +145,6 @@ class VerifierDaemon:
                 attempts=settings.reservation_probe_attempts,
                 interval_s=settings.reservation_probe_interval_s,
             )
-
-    @property
-    def address(self) -> str:
-        """The verifier's account."""
-        return self.account.address
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -163,32 +158,7 @@ class VerifierDaemon:
         if not registry.is_active_verifier(self.address):
             registry.register_verifier(self.account)
 
-    def start(self) -> None:
-        """Run :meth:`step` in a background thread until :meth:`stop`."""
-        self._thread = threading.Thread(target=self.run, name=f"verifier-{self.address[:8]}", daemon=True)
-        self._thread.start()
-
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Step until stopped; one step's errors are logged and the next step tries again."""
-        stop = stop or self._stop
-        while not stop.is_set() and not self._stop.is_set():
-            try:
-                self.step()
-            except FlopexError as exc:
-                log.warning("verifier %s: %s", self.address, exc)
-            stop.wait(self.settings.poll_interval_s)
-
-    def stop(self) -> None:
-        """Stop the loop."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=120)
-
     # ------------------------------------------------------------------ one pass
-
-    def now(self) -> int:
-        """The time deadlines are judged by."""
-        return self.contracts.chain.next_timestamp()
 
     def step(self) -> None:
         """Read new events, then check what can be checked and challenge who is due."""
@@ -808,4 +778,6 @@ def run_verifier(
     daemon = VerifierDaemon(contracts, account, settings)
     daemon.ensure_registered()
     daemon.run(stop_event)
+    if daemon.fatal:
+        raise WorkerError(f"verifier stopped: {daemon.fatal}")
     return daemon
