@@ -4,10 +4,17 @@
 deployment file and answers JSON-RPC requests, so separate processes (providers, requesters,
 verifiers) share one chain with zero set-up. Besides the standard ``eth_*`` methods it answers
 ``evm_mine`` and ``evm_setNextBlockTimestamp`` (as anvil does), so dev tooling can move its clock.
+
+``eth_getLogs`` is answered from an index of the chain's logs (:class:`LogIndex`), kept up to date
+block by block, rather than by eth-tester, which walks every block of the range and finds each
+transaction's receipt by scanning the chain: on a chain of hours (a block a second while clients
+poll) that took seconds per query, past the clients' timeout. Blocks without transactions cost a
+header read once; a query costs the logs it returns.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +26,7 @@ from web3 import EthereumTesterProvider, Web3
 
 from marketplace.chain.client import sync_tester_clock
 
-__all__ = ["JsonRpcChainServer"]
+__all__ = ["JsonRpcChainServer", "LogIndex"]
 
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 REVERT_PREFIX = "execution reverted: "
@@ -55,6 +62,99 @@ def _error(message: str) -> dict[str, Any]:
     return {"code": 3, "message": message, "data": data}
 
 
+class LogIndex:
+    """Every log of an eth-tester chain's mined blocks, in order, answering ``eth_getLogs`` filters.
+
+    :meth:`update` reads the blocks mined since the last call straight from py-evm (a header per
+    empty block; the receipts of blocks with transactions); :meth:`query` filters by block range,
+    addresses and topics as JSON-RPC nodes do. Not thread-safe: the server calls it under its lock.
+    """
+
+    def __init__(self, tester: Any) -> None:
+        self.tester = tester
+        self.chain = tester.backend.chain
+        self.next_block = 0
+        self.logs: list[dict[str, Any]] = []
+        self._blocks: list[int] = []  # block number of each entry of ``logs``, for bisecting
+
+    def head(self) -> int:
+        """The latest mined block's number."""
+        return int(self.chain.get_block().number) - 1
+
+    def update(self) -> None:
+        """Index the blocks mined since the last update."""
+        from eth.constants import BLANK_ROOT_HASH
+        from eth_utils.address import to_checksum_address
+
+        head = self.head()
+        while self.next_block <= head:
+            number = self.next_block
+            header = self.chain.get_canonical_block_header_by_number(number)
+            if header.transaction_root != BLANK_ROOT_HASH:
+                block = self.chain.get_canonical_block_by_number(number)
+                receipts = block.get_receipts(self.chain.chaindb)
+                block_hash = "0x" + bytes(block.hash).hex()
+                for tx_index, (tx, receipt) in enumerate(zip(block.transactions, receipts, strict=True)):
+                    for log_index, log in enumerate(receipt.logs):
+                        self.logs.append(
+                            {
+                                "type": "mined",
+                                "logIndex": log_index,
+                                "transactionIndex": tx_index,
+                                "transactionHash": "0x" + bytes(tx.hash).hex(),
+                                "blockHash": block_hash,
+                                "blockNumber": number,
+                                "address": to_checksum_address(log.address),
+                                "data": "0x" + bytes(log.data).hex(),
+                                "topics": ["0x" + topic.to_bytes(32, "big").hex() for topic in log.topics],
+                            }
+                        )
+                        self._blocks.append(number)
+            self.next_block = number + 1
+
+    def _block(self, tag: Any, default: int) -> int:
+        if tag is None:
+            return default
+        if isinstance(tag, int):
+            return tag
+        if tag in ("latest", "pending", "safe", "finalized"):
+            return self.head()
+        if tag == "earliest":
+            return 0
+        return int(str(tag), 16)
+
+    def query(self, criteria: dict[str, Any]) -> list[dict[str, Any]]:
+        """The logs matching an ``eth_getLogs`` filter object (fromBlock, toBlock, address, topics)."""
+        self.update()
+        head = self.head()
+        start = self._block(criteria.get("fromBlock"), head)
+        end = self._block(criteria.get("toBlock"), head)
+        address = criteria.get("address")
+        addresses = None
+        if address:
+            addresses = {a.lower() for a in ([address] if isinstance(address, str) else address)}
+        topics = criteria.get("topics") or []
+        wanted: list[set[str] | None] = []
+        for topic in topics:
+            if topic is None:
+                wanted.append(None)
+            elif isinstance(topic, str):
+                wanted.append({topic.lower()})
+            else:
+                options = {t.lower() for t in topic if t is not None}
+                wanted.append(None if not options or None in topic else options)
+        found = []
+        for i in range(bisect.bisect_left(self._blocks, start), bisect.bisect_right(self._blocks, end)):
+            log = self.logs[i]
+            if addresses is not None and log["address"].lower() not in addresses:
+                continue
+            if len(wanted) > len(log["topics"]):
+                continue
+            if all(w is None or log["topics"][j].lower() in w for j, w in enumerate(wanted)):
+                found.append(log)
+        return found
+
+
 class JsonRpcChainServer:
     """Serve an eth-tester chain over HTTP JSON-RPC; one request at a time reaches the chain."""
 
@@ -65,6 +165,7 @@ class JsonRpcChainServer:
         w3 = Web3(provider, middleware=[])
         self._request = provider.request_func(w3, w3.middleware_onion)
         self._lock = threading.Lock()
+        self.logs = LogIndex(tester)
         # eth-tester wants a sender that can afford gas even for calls; its first account can.
         self.default_sender = tester.get_accounts()[0]
         handler = self._handler_class()
@@ -119,6 +220,8 @@ class JsonRpcChainServer:
             try:
                 if method in CLOCKED:
                     sync_tester_clock(self.tester)
+                if method == "eth_getLogs" and params and isinstance(params[0], dict) and "blockHash" not in params[0]:
+                    return {"jsonrpc": "2.0", "id": rid, "result": self.logs.query(params[0])}
                 if method == "evm_mine":
                     self.tester.mine_blocks(1)
                     return {"jsonrpc": "2.0", "id": rid, "result": "0x0"}
