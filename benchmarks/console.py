@@ -87,8 +87,8 @@ def build_market(
             redundancy=1,
             max_price=50 * ONE_TOKEN,
             max_gpu_seconds=1_800,
-            bid_deadline=now + (120 if sealed else 30 * 86_400),
-            reveal_deadline=now + (240 if sealed else 30 * 86_400 + 60),
+            bid_deadline=now + (120 if sealed else 80_000),  # the market's longest bid window is a day
+            reveal_deadline=now + (240 if sealed else 80_060),
             run_duration=3_600,
             challenge_window=900,
         )

@@ -355,7 +355,13 @@ class MarketReader:
             count = len(self.ledger.jobs)
             known = f"jobs 1..{count}" if count else "no jobs yet"
             raise NotFound(f"no job {job_id} on this market ({known})")
-        summary = job_summary(self.contracts, job_id, row.spec)
+        logged = list(row.logs)
+
+        def events(name: str) -> list[Any]:
+            """The job's events ``name`` from the logs read so far (never a log query per job)."""
+            return [e for e in (g.event() for g in logged if g.name == name) if e is not None]
+
+        summary = job_summary(self.contracts, job_id, row.spec, events)
         timeline = [self._step(g) for g in row.logs]
         bids = sorted(
             (

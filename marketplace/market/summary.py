@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from marketplace.types import Auction, JobSpec, SlotStatus, format_tokens
@@ -16,26 +17,37 @@ __all__ = ["OUTCOME_NAMES", "job_reasons", "job_summary", "reservation_summary"]
 OUTCOME_NAMES = {0: "accept", 1: "reject", 2: "void"}
 
 
-def job_reasons(contracts: Contracts, job_id: int, spec: JobSpec | None = None) -> dict[str, Any]:
+def job_reasons(
+    contracts: Contracts,
+    job_id: int,
+    spec: JobSpec | None = None,
+    events: Callable[[str], Iterable[Any]] | None = None,
+) -> dict[str, Any]:
     """Why job ``job_id`` and each of its slots stand as they do, read from the market's events.
 
     Returns ``{"reason": str | None, "slots": {slot: {"reason", "rulings", "disputed", "accepted_by"}}}``:
     the job's reason when it expired or was cancelled (how many asks it drew against how many
     slots), and per slot the verifiers' rulings (``ResultAttested``), whether it was disputed and
-    one line saying why it was paid, refunded or slashed.
+    one line saying why it was paid, refunded or slashed. ``events(name)`` gives the job's decoded
+    events of one kind (:mod:`marketplace.contracts.events`) where the caller has them already (an
+    index of the chain's logs); by default they are read from the chain.
     """
     market = contracts.market
     spec = spec or market.spec(job_id)
     start = market.start_block
+
+    def read(name: str) -> Iterable[Any]:
+        return events(name) if events is not None else market.get_events(name, start, job_id=job_id)
+
     reason: str | None = None
-    for expired in market.get_events("JobExpired", start, job_id=job_id):
+    for expired in read("JobExpired"):
         deadline = "reveal" if spec.auction == Auction.SEALED else "bid"
         reason = (
             f"{expired.asks} valid ask(s) at or below {format_tokens(spec.max_price)} FLOP/GPU-h for "
             f"{spec.redundancy} slot(s) by the {deadline} deadline; escrow of {format_tokens(expired.refunded)} "
             "FLOP refunded"
         )
-    for cancelled in market.get_events("JobCancelled", start, job_id=job_id):
+    for cancelled in read("JobCancelled"):
         reason = f"cancelled by the requester; {format_tokens(cancelled.refunded)} FLOP refunded"
     slots: dict[int, dict[str, Any]] = {}
 
@@ -44,13 +56,13 @@ def job_reasons(contracts: Contracts, job_id: int, spec: JobSpec | None = None) 
 
     committed: set[int] = set()
     if reason is None:
-        for event in market.get_events("ResultCommitted", start, job_id=job_id):
+        for event in read("ResultCommitted"):
             committed.add(event.slot)
-        for event in market.get_events("ResultAccepted", start, job_id=job_id):
+        for event in read("ResultAccepted"):
             entry(event.slot)["accepted_by"] = "requester"
-        for event in market.get_events("ResultDisputed", start, job_id=job_id):
+        for event in read("ResultDisputed"):
             entry(event.slot)["disputed"] = True
-        for event in market.get_events("ResultAttested", start, job_id=job_id):
+        for event in read("ResultAttested"):
             entry(event.slot)["rulings"].append(
                 {
                     "verifier": event.verifier,
@@ -59,7 +71,7 @@ def job_reasons(contracts: Contracts, job_id: int, spec: JobSpec | None = None) 
                     "verified_gpu_seconds": event.verified_gpu_seconds,
                 }
             )
-        for event in market.get_events("SlotSettled", start, job_id=job_id):
+        for event in read("SlotSettled"):
             e = entry(event.slot)
             e["reason"] = _settled_reason(event.status, e, event.slot in committed)
     return {"reason": reason, "slots": slots}
@@ -98,16 +110,22 @@ def _settled_reason(status: SlotStatus, slot: dict[str, Any], committed: bool) -
     return status.name.lower()
 
 
-def job_summary(contracts: Contracts, job_id: int, spec: JobSpec | None = None) -> dict[str, Any]:
+def job_summary(
+    contracts: Contracts,
+    job_id: int,
+    spec: JobSpec | None = None,
+    events: Callable[[str], Iterable[Any]] | None = None,
+) -> dict[str, Any]:
     """Where job ``job_id`` stands on chain: its terms, status, escrow and every slot with a provider.
 
-    ``spec`` saves looking the terms up from the job's ``JobPosted`` event when the caller has them.
+    ``spec`` saves looking the terms up from the job's ``JobPosted`` event, and ``events`` reading
+    its events (see :func:`job_reasons`), when the caller has them.
     """
     market = contracts.market
     spec = spec or market.spec(job_id)
     state = market.job(job_id)
     slots = [market.slot(job_id, i) for i in range(spec.redundancy)]
-    reasons = job_reasons(contracts, job_id, spec)
+    reasons = job_reasons(contracts, job_id, spec, events)
     none: dict[str, Any] = {"reason": None, "rulings": []}
     return {
         "job_id": job_id,
