@@ -178,9 +178,10 @@ slot_disputers: HashMap[uint256, HashMap[uint256, address]]
 commitments: public(HashMap[uint256, HashMap[address, bytes32]])
 # @dev Lowest revealed asks, ascending: job id -> rank -> price << 160 | provider.
 asks: public(HashMap[uint256, HashMap[uint256, uint256]])
-# @dev Bond each disputed slot holds: job id -> slot index -> tokens, as paid at the dispute
-# (the `dispute_bond` parameter may change before the slot settles).
-dispute_bonds: public(HashMap[uint256, HashMap[uint256, uint256]])
+# @dev Each slot's dispute bond and over-claim: bond | claim << 160. The bond is the one paid at the
+# dispute (the `dispute_bond` parameter may change before the slot settles); the claim is kept only
+# when a verifier accepted fewer GPU-seconds than it (the slot's GPU-seconds are then the verified ones).
+slot_bonds: HashMap[uint256, HashMap[uint256, uint256]]
 # @dev Tokens each account can withdraw.
 credits: public(HashMap[address, uint256])
 # @dev Sum of all credits, for the solvency invariant.
@@ -674,7 +675,7 @@ def dispute_result(job_id: uint256, spec: JobSpec, slot: uint8):
     s.status = SlotStatus.DISPUTED
     self._put_slot(job_id, index, s)
     self.slot_disputers[job_id][index] = msg.sender
-    self.dispute_bonds[job_id][index] = bond
+    self.slot_bonds[job_id][index] = bond
     job: Job = self._job(job_id)
     job.escrow += bond
     self._put_job(job_id, job)
@@ -719,6 +720,9 @@ def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified
         verified = min(verified_gpu_seconds, claimed)
         s.status = SlotStatus.ACCEPTED
         s.gpu_seconds = verified
+        if verified < claimed:
+            # An over-claim: the claim is kept for the proportional slash at settlement.
+            self.slot_bonds[job_id][index] |= convert(claimed, uint256) << 160
     elif outcome == OUTCOME_REJECT:
         s.status = SlotStatus.REJECTED
     self._put_slot(job_id, index, s)
@@ -741,7 +745,9 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     """
     @notice Settles a slot; anyone may call once the slot can end:
             accepted → the provider is paid verified GPU-seconds x price (less the
-            fee), the rest is refunded; committed and unchallenged past the window
+            fee), the rest is refunded, and if the verifier cut the claim its stake pays
+            collateral x (claim - verified) / claim (shared as a slash; a dispute's bond
+            goes back to its challenger); committed and unchallenged past the window
             → paid on its claim; rejected, or no result by the run deadline →
             refunded and the provider slashed; voided, or disputed with no ruling
             by the end of the second window → refunded, nobody slashed.
@@ -767,11 +773,15 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     slashed: uint256 = 0
     refunded: uint256 = slot_value
     final: SlotStatus = SlotStatus.REFUNDED
-    # The bond this slot's dispute paid, not the current parameter.
-    bond: uint256 = self.dispute_bonds[job_id][index]
+    # The bond this slot's dispute paid (not the current parameter), and a cut claim.
+    packed: uint256 = self.slot_bonds[job_id][index]
+    bond: uint256 = packed & MASK_160
+    claimed: uint256 = packed >> 160
     disputer: address = empty(address)
     if bond > 0:
         disputer = self.slot_disputers[job_id][index]
+    # What the provider's stake pays: all of its collateral on a failure, a share of it on an over-claim.
+    penalty: uint256 = 0
 
     if s.status == SlotStatus.ACCEPTED or (s.status == SlotStatus.COMMITTED and now >= window_end):
         # Pay for the verified (or unchallenged) GPU-seconds, capped by the slot's escrow.
@@ -781,13 +791,20 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
         refunded = slot_value - paid
         self._credit(s.provider, paid - fee)
         self._credit(self.treasury, fee)
-        if bond > 0:
+        if claimed > 0:
+            # Over-claimed: the stake pays the collateral in proportion to the cut, and a dispute
+            # was right (its bond goes back, below).
+            penalty = collateral * (claimed - convert(s.gpu_seconds, uint256)) // claimed
+            if penalty == 0:
+                self._credit(disputer, bond)
+        elif bond > 0:
             # The dispute failed: its bond compensates the provider.
             self._credit(s.provider, bond)
     elif s.status == SlotStatus.REJECTED or (
         s.status == SlotStatus.ASSIGNED and now > convert(job.lease_start, uint256) + convert(spec.run_duration, uint256)
     ):
         final = SlotStatus.SLASHED
+        penalty = collateral
     elif s.status == SlotStatus.VOIDED or (
         s.status == SlotStatus.DISPUTED and now >= window_end + convert(spec.challenge_window, uint256)
     ):
@@ -807,14 +824,14 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     self._put_job(job_id, job)
     self._credit(spec.requester, refunded)
 
-    if final == SlotStatus.SLASHED:
+    if penalty > 0:
         # Interactions: take the stake, then share it out.
-        slashed = extcall registry.slash(s.provider, collateral)
+        slashed = extcall registry.slash(s.provider, penalty)
         to_requester: uint256 = slashed * self.slash_requester_bps // BPS
         self._credit(spec.requester, to_requester)
         rest: uint256 = slashed - to_requester
         if bond > 0:
-            # A successful dispute: bond back, and the challenger earns the rest.
+            # A successful dispute (a rejection or a cut claim): bond back, and the challenger earns the rest.
             self._credit(disputer, bond + rest)
         else:
             self._credit(self.treasury, rest)
@@ -903,6 +920,42 @@ def jobs(job_id: uint256) -> Job:
     job: Job = self._job(job_id)
     job.spec_hash = self.job_hashes[job_id]
     return job
+
+
+@external
+@view
+def dispute_bonds(job_id: uint256, slot: uint256) -> uint256:
+    """
+    @notice The bond a slot's dispute paid (held until the slot settles).
+    @param job_id The job.
+    @param slot The slot index.
+    @return The bond, in token units; 0 if the slot was not disputed.
+    """
+    return self.slot_bonds[job_id][slot] & MASK_160
+
+
+@external
+@view
+def base_slashes(job_id: uint256, slot: uint256) -> uint256:
+    """
+    @notice The base slash a slot was leased under: its collateral is its value plus this.
+    @param job_id The job.
+    @param slot The slot index.
+    @return The base slash, in token units.
+    """
+    return self._slot_base_slash(job_id, slot)
+
+
+@external
+@view
+def over_claims(job_id: uint256, slot: uint256) -> uint64:
+    """
+    @notice The GPU-seconds a slot claimed when a verifier accepted fewer (0 when none were cut).
+    @param job_id The job.
+    @param slot The slot index.
+    @return The original claim.
+    """
+    return convert(self.slot_bonds[job_id][slot] >> 160, uint64)
 
 
 @external

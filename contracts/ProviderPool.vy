@@ -103,8 +103,9 @@ interface IJobMarket:
     def slots(job_id: uint256, index: uint256) -> MarketSlot: view
     def credits(account: address) -> uint256: view
     def fee_bps() -> uint256: view
-    def dispute_bond() -> uint256: view
-    def base_slash() -> uint256: view
+    def dispute_bonds(job_id: uint256, slot: uint256) -> uint256: view
+    def base_slashes(job_id: uint256, slot: uint256) -> uint256: view
+    def over_claims(job_id: uint256, slot: uint256) -> uint64: view
     def commit_bid(job_id: uint256, spec: JobSpec, commitment: bytes32): nonpayable
     def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32): nonpayable
     def take_job(job_id: uint256, spec: JobSpec) -> uint8: nonpayable
@@ -657,12 +658,19 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
         slot_value: uint256 = s.price * convert(spec.max_gpu_seconds, uint256) // SECONDS_PER_HOUR
         paid: uint256 = min(s.price * convert(s.gpu_seconds, uint256) // SECONDS_PER_HOUR, slot_value)
         expected: uint256 = paid - paid * staticcall market.fee_bps() // BPS
-        if s.disputer != empty(address):
-            expected += staticcall market.dispute_bond()
+        # The slot's own terms: the bond its dispute paid and the base slash it was leased under.
+        claimed: uint256 = convert(staticcall market.over_claims(job_id, index), uint256)
+        if claimed > 0:
+            # A verifier cut the claim: no bond for the pool, and the stake paid for the cut.
+            collateral: uint256 = slot_value + staticcall market.base_slashes(job_id, index)
+            penalty: uint256 = collateral * (claimed - convert(s.gpu_seconds, uint256)) // claimed
+            loss = min(penalty, self._unbooked_loss())
+        else:
+            expected += staticcall market.dispute_bonds(job_id, index)
         income = min(expected, self._unbooked_income())
     elif s.status == SLOT_SLASHED:
         slot_value: uint256 = s.price * convert(spec.max_gpu_seconds, uint256) // SECONDS_PER_HOUR
-        loss = min(slot_value + staticcall market.base_slash(), self._unbooked_loss())
+        loss = min(slot_value + staticcall market.base_slashes(job_id, index), self._unbooked_loss())
 
     # Effects: the slot is booked and the assignment closed.
     self.booked[job_id][index] = True

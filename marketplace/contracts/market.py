@@ -207,6 +207,10 @@ class Market(Bound):
         """Where fees go."""
         return str(self.call("treasury"))
 
+    def over_claim(self, job_id: int, slot: int) -> int:
+        """The GPU-seconds slot ``slot`` claimed when a verifier accepted fewer; 0 when none were cut."""
+        return int(self.call("over_claims", job_id, slot))
+
     def window_bounds(self) -> tuple[int, int, int]:
         """The longest bid (and reveal) window, run duration and challenge window a new job may ask for."""
         bid, run, challenge = self.call("window_bounds")

@@ -14,9 +14,14 @@ from eth_account import Account
 
 from tests.contracts.contract_helpers import (
     BASE_SLASH,
+    DISPUTE_BOND,
     E18,
+    FEE_BPS,
     MAX_UINT,
     MIN_PROVIDER_STAKE,
+    OUTCOME_ACCEPT,
+    SLASH_REQUESTER_BPS,
+    fund,
     make_spec,
     now,
     sign_permit,
@@ -239,3 +244,76 @@ def test_finalize_auction__instant_slot_of_a_job_that_never_filled__unlocks_its_
     s = registry.stakes(provider)
     assert (s.locked, s.active_jobs, s.active) == (0, 0, MIN_PROVIDER_STAKE)
     assert market.jobs(job_id).status == 8  # EXPIRED
+
+
+# ---------------------------------------------------------------- (d) item 3: over-claims
+
+
+def _challenger(providers: Any) -> str:
+    challenger = boa.env.generate_address("challenger")
+    fund(providers.d, challenger)
+    providers.register_verifier(challenger)
+    return challenger
+
+
+def test_settle__verifier_cut_a_disputed_claim__returns_the_bond_and_slashes_in_proportion(
+    providers, market, registry, requester, provider, verifier
+):
+    challenger = _challenger(providers)
+    spec = make_spec(requester, auction=1)
+    job_id = providers.committed_job(spec, provider, 3_600)
+    with boa.env.prank(challenger):
+        market.dispute_result(job_id, spec, 0)
+    with boa.env.prank(verifier):
+        market.attest(job_id, spec, 0, OUTCOME_ACCEPT, 900)  # a quarter of the claim holds
+    assert market.over_claims(job_id, 0) == 3_600
+    assert market.dispute_bonds(job_id, 0) == DISPUTE_BOND
+    price = market.slots(job_id, 0).price
+    slot_value = value(price, spec.max_gpu_seconds)
+    collateral = slot_value + BASE_SLASH
+    provider_before, requester_before = market.credits(provider), market.credits(requester)
+    providers.settle(job_id, spec, 0)
+
+    penalty = collateral * (3_600 - 900) // 3_600
+    paid = value(price, 900)
+    fee = paid * FEE_BPS // 10_000
+    to_requester = penalty * SLASH_REQUESTER_BPS // 10_000
+    assert market.credits(provider) - provider_before == paid - fee  # no bond for the provider
+    assert market.credits(challenger) == DISPUTE_BOND + penalty - to_requester
+    assert market.credits(requester) - requester_before == slot_value - paid + to_requester
+    s = registry.stakes(provider)
+    assert (s.locked, s.active) == (0, MIN_PROVIDER_STAKE - penalty)
+
+
+def test_settle__verifier_cut_an_undisputed_claim__slashes_in_proportion_to_the_cut(
+    providers, market, registry, treasury, requester, provider, verifier
+):
+    spec = make_spec(requester, auction=1)
+    job_id = providers.committed_job(spec, provider, 3_600)
+    with boa.env.prank(verifier):
+        market.attest(job_id, spec, 0, OUTCOME_ACCEPT, 3_000)
+    collateral = value(market.slots(job_id, 0).price, spec.max_gpu_seconds) + BASE_SLASH
+    treasury_before = market.credits(treasury)
+    providers.settle(job_id, spec, 0)
+    penalty = collateral * 600 // 3_600
+    assert registry.stakes(provider).active == MIN_PROVIDER_STAKE - penalty
+    assert market.credits(treasury) - treasury_before >= penalty - penalty * SLASH_REQUESTER_BPS // 10_000
+
+
+def test_settle__verifier_accepted_the_whole_claim__pays_the_bond_to_the_provider_and_slashes_nothing(
+    providers, market, registry, requester, provider, verifier
+):
+    challenger = _challenger(providers)
+    spec = make_spec(requester, auction=1)
+    job_id = providers.committed_job(spec, provider, 3_600)
+    with boa.env.prank(challenger):
+        market.dispute_result(job_id, spec, 0)
+    with boa.env.prank(verifier):
+        market.attest(job_id, spec, 0, OUTCOME_ACCEPT, 3_600)
+    assert market.over_claims(job_id, 0) == 0
+    price = market.slots(job_id, 0).price
+    paid = value(price, 3_600)
+    providers.settle(job_id, spec, 0)
+    assert market.credits(provider) == paid - paid * FEE_BPS // 10_000 + DISPUTE_BOND
+    assert market.credits(challenger) == 0
+    assert registry.stakes(provider).active == MIN_PROVIDER_STAKE

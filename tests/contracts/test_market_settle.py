@@ -75,6 +75,9 @@ def test_settle__an_accepted_result__pays_verified_time_less_fee__and_refunds_th
     providers.settle(committed, ispec, 0)
     paid = 1_000 * PRICE // 3_600
     fee = paid * FEE_BPS // 10_000
+    # The claim (1,800) was cut to 1,000: the stake pays the collateral in proportion to the cut.
+    penalty = (SLOT_VALUE + BASE_SLASH) * 800 // 1_800
+    to_requester = penalty * SLASH_REQUESTER_BPS // 10_000
     log = settled(market)
     assert (log.job_id, log.slot, log.provider, log.status, log.gpu_seconds) == (
         committed,
@@ -83,17 +86,17 @@ def test_settle__an_accepted_result__pays_verified_time_less_fee__and_refunds_th
         SLOT_PAID,
         1_000,
     )
-    assert (log.paid, log.fee, log.refunded, log.slashed) == (paid, fee, SLOT_VALUE - paid, 0)
+    assert (log.paid, log.fee, log.refunded, log.slashed) == (paid, fee, SLOT_VALUE - paid, penalty)
     assert one_event(market, "JobClosed").job_id == committed
     assert market.credits(provider) == paid - fee
-    assert market.credits(treasury) == fee
-    assert market.credits(requester) == EARLY_REFUND + SLOT_VALUE - paid
+    assert market.credits(treasury) == fee + penalty - to_requester
+    assert market.credits(requester) == EARLY_REFUND + SLOT_VALUE - paid + to_requester
     assert market.slots(committed, 0).status == SLOT_PAID
     job = market.jobs(committed)
     assert (job.status, job.escrow, job.count) == (JOB_CLOSED, 0, 0)
     assert registry.stakes(provider).active_jobs == 0
     assert registry.reputation(provider).completed == 1
-    assert registry.stakes(provider).active == MIN_PROVIDER_STAKE
+    assert registry.stakes(provider).active == MIN_PROVIDER_STAKE - penalty
     assert_solvent(market, token, [committed])
 
 

@@ -754,12 +754,31 @@ def test_settle__a_disputed_result_that_stands__pays_the_member_the_bond_too(
     with boa.env.prank(requester):
         flow.market.dispute_result(job_id, instant, 0)
     with boa.env.prank(verifier):
-        flow.market.attest(job_id, instant, 0, OUTCOME_ACCEPT, 1_500)
+        flow.market.attest(job_id, instant, 0, OUTCOME_ACCEPT, 1_800)  # the whole claim stands
     flow.settle(job_id, instant, 0)  # settled at the market first: the pool computes the bond in
     registered.settle(job_id, instant, 0)
-    income = market_net(DEFAULT_PRICE_FLOOR, 1_500) + DISPUTE_BOND
+    income = market_net(DEFAULT_PRICE_FLOOR, 1_800) + DISPUTE_BOND
     assert pool_event(registered, "SlotBooked").income == income
     assert registered.credits(provider) == split(income)[0]
+    assert registered.unattributed() == (0, 0)
+    assert_pool_solvent(registered, deployment)
+
+
+def test_settle__a_claim_the_verifier_cut_settled_by_another__books_the_cut_penalty_to_its_member_without_the_bond(
+    registered, deployment, flow, operator, provider, requester, verifier, instant
+):
+    job_id = _paid_slot(registered, flow, operator, provider, instant, 1_800, accept=False)
+    with boa.env.prank(requester):
+        flow.market.dispute_result(job_id, instant, 0)
+    with boa.env.prank(verifier):
+        flow.market.attest(job_id, instant, 0, OUTCOME_ACCEPT, 1_500)
+    stake_before = registered.members(provider).stake
+    flow.settle(job_id, instant, 0)  # settled at the market first: the pool computes the penalty
+    registered.settle(job_id, instant, 0)
+    penalty = (value(DEFAULT_PRICE_FLOOR, 3_600) + BASE_SLASH) * 300 // 1_800
+    log = pool_event(registered, "SlotBooked")
+    assert (log.income, log.loss) == (market_net(DEFAULT_PRICE_FLOOR, 1_500), penalty)
+    assert registered.members(provider).stake == stake_before - penalty
     assert registered.unattributed() == (0, 0)
     assert_pool_solvent(registered, deployment)
 
