@@ -658,7 +658,8 @@ def dispute_result(job_id: uint256, spec: JobSpec, slot: uint8):
             the dispute bond. Only the requester or a staked verifier may dispute.
             A verifier then rules: a rejection returns the bond and pays the
             challenger the non-requester share of the slash; an acceptance gives
-            the bond to the provider; no ruling within a second window voids it.
+            the bond to the provider; so does no ruling within a second window
+            (the slot is then paid on its claim).
     @dev Non-reentrant: pulls the bond in.
     @param job_id The job.
     @param spec Its terms.
@@ -749,8 +750,9 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
             collateral x (claim - verified) / claim (shared as a slash; a dispute's bond
             goes back to its challenger); committed and unchallenged past the window
             → paid on its claim; rejected, or no result by the run deadline →
-            refunded and the provider slashed; voided, or disputed with no ruling
-            by the end of the second window → refunded, nobody slashed.
+            refunded and the provider slashed; disputed with no ruling by the end of
+            the second window → paid on its claim, the bond to the provider; voided →
+            refunded, nobody slashed.
     @dev Non-reentrant: credits payments and calls the registry.
     @param job_id The job.
     @param spec Its terms.
@@ -783,8 +785,13 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     # What the provider's stake pays: all of its collateral on a failure, a share of it on an over-claim.
     penalty: uint256 = 0
 
-    if s.status == SlotStatus.ACCEPTED or (s.status == SlotStatus.COMMITTED and now >= window_end):
-        # Pay for the verified (or unchallenged) GPU-seconds, capped by the slot's escrow.
+    if (
+        s.status == SlotStatus.ACCEPTED
+        or (s.status == SlotStatus.COMMITTED and now >= window_end)
+        or (s.status == SlotStatus.DISPUTED and now >= window_end + convert(spec.challenge_window, uint256))
+    ):
+        # Pay for the verified (or unchallenged) GPU-seconds, capped by the slot's escrow. A dispute
+        # nobody ruled on by the end of the second window is paid on its claim, like a failed one.
         final = SlotStatus.PAID
         paid = min(self._value(s.price, s.gpu_seconds), slot_value)
         fee = paid * self.fee_bps // BPS
@@ -805,9 +812,7 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     ):
         final = SlotStatus.SLASHED
         penalty = collateral
-    elif s.status == SlotStatus.VOIDED or (
-        s.status == SlotStatus.DISPUTED and now >= window_end + convert(spec.challenge_window, uint256)
-    ):
+    elif s.status == SlotStatus.VOIDED:
         final = SlotStatus.REFUNDED
         if bond > 0:
             self._credit(disputer, bond)

@@ -86,8 +86,20 @@ def _settled_reason(status: SlotStatus, slot: dict[str, Any], committed: bool) -
             head = (
                 f"verified by {by}: {ruling['verified_gpu_seconds']} of {ruling['claimed_gpu_seconds']} claimed GPU-s"
             )
+            if ruling["verified_gpu_seconds"] < ruling["claimed_gpu_seconds"]:
+                # An over-claim: the stake paid for the cut and a dispute's bond went back.
+                return (
+                    head
+                    + "; the claim was cut, the provider's stake paid in proportion"
+                    + ("; the dispute's bond returned" if slot["disputed"] else "")
+                )
             return head + (
                 "; the requester's dispute was lost (its bond went to the provider)" if slot["disputed"] else ""
+            )
+        if slot["disputed"]:
+            return (
+                "disputed and no verifier ruled within the second window: paid on its claim; "
+                "the dispute was lost (its bond went to the provider)"
             )
         if slot["accepted_by"] == "requester":
             return "accepted by the requester (no verifier ruled)"
@@ -104,8 +116,6 @@ def _settled_reason(status: SlotStatus, slot: dict[str, Any], committed: bool) -
     if status == SlotStatus.REFUNDED:
         if ruling and ruling["outcome"] == "void":
             return f"voided by {by}: the check could not decide; refunded, nobody slashed"
-        if slot["disputed"]:
-            return "disputed and no verifier ruled within the second window; refunded, nobody slashed"
         return "refunded, nobody slashed"
     return status.name.lower()
 

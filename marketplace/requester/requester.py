@@ -83,7 +83,7 @@ class JobOutcome:
     billed all the same, as for every job that ran); ``expired`` or ``cancelled`` when it was
     never leased; ``slashed`` when a slot's provider was slashed (rejected by a verifier, or no
     result by the run deadline); ``dispute_lost`` when the requester disputed a result a verifier
-    then accepted; ``refunded`` when a slot was voided or its dispute went unruled;
+    then accepted in full or nobody ruled on; ``refunded`` when a slot was voided;
     ``undelivered`` when results could not be downloaded. ``reason`` says why in one line.
     """
 

@@ -317,3 +317,25 @@ def test_settle__verifier_accepted_the_whole_claim__pays_the_bond_to_the_provide
     assert market.credits(provider) == paid - paid * FEE_BPS // 10_000 + DISPUTE_BOND
     assert market.credits(challenger) == 0
     assert registry.stakes(provider).active == MIN_PROVIDER_STAKE
+
+
+# ---------------------------------------------------------------- (e) item 4: a dispute nobody rules on
+
+
+def test_settle__dispute_nobody_ruled_on__pays_the_claim_and_gives_the_bond_to_the_provider(
+    providers, market, registry, requester, provider
+):
+    spec = make_spec(requester, auction=1)
+    job_id = providers.committed_job(spec, provider, 1_800)
+    with boa.env.prank(requester):
+        market.dispute_result(job_id, spec, 0)  # and no verifier ever rules
+    travel_to(market.slots(job_id, 0).committed_at + 2 * spec.challenge_window)
+    requester_before = market.credits(requester)
+    providers.settle(job_id, spec, 0)
+    price = market.slots(job_id, 0).price
+    paid = value(price, 1_800)
+    assert market.slots(job_id, 0).status == 64  # PAID
+    assert market.credits(provider) == paid - paid * FEE_BPS // 10_000 + DISPUTE_BOND
+    # The requester is refunded only the escrow above the claim: its bond is gone.
+    assert market.credits(requester) - requester_before == value(price, spec.max_gpu_seconds) - paid
+    assert registry.stakes(provider).active == MIN_PROVIDER_STAKE

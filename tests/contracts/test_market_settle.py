@@ -284,7 +284,7 @@ def test_settle__dispute_rejected__gives_the_bond_to_the_provider(
     assert_solvent(market, token, [committed])
 
 
-def test_settle__dispute_without_a_ruling__refunds_everyone_after_the_second_window(
+def test_settle__dispute_without_a_ruling__pays_the_claim_and_the_bond_to_the_provider_after_the_second_window(
     market, token, registry, providers, provider, requester, committed, ispec
 ):
     with boa.env.prank(requester):
@@ -294,12 +294,14 @@ def test_settle__dispute_without_a_ruling__refunds_everyone_after_the_second_win
         market.settle(committed, ispec, 0)
     travel_to(window_end(market, committed, ispec, windows=2))
     providers.settle(committed, ispec, 0)
+    paid = 1_800 * PRICE // 3_600
+    fee = paid * FEE_BPS // 10_000
     log = settled(market)
-    assert (log.status, log.paid, log.refunded, log.slashed) == (SLOT_REFUNDED, 0, SLOT_VALUE, 0)
-    assert market.credits(requester) == EARLY_REFUND + SLOT_VALUE + DISPUTE_BOND
-    assert market.credits(provider) == 0
+    assert (log.status, log.paid, log.refunded, log.slashed) == (SLOT_PAID, paid, SLOT_VALUE - paid, 0)
+    assert market.credits(requester) == EARLY_REFUND + SLOT_VALUE - paid
+    assert market.credits(provider) == paid - fee + DISPUTE_BOND
     assert registry.stakes(provider).active == MIN_PROVIDER_STAKE
-    assert registry.reputation(provider).failed == 1
+    assert registry.reputation(provider).completed == 1
     assert_solvent(market, token, [committed])
 
 
@@ -329,13 +331,14 @@ def test_settle__voided_dispute__returns_the_bond_to_the_challenger(
 
 
 def test_settle__after_the_dispute_bond_changed__returns_the_bond_that_was_paid(
-    market, token, owner, treasury, providers, requester, committed, ispec
+    market, token, owner, treasury, providers, requester, verifier, committed, ispec
 ):
     with boa.env.prank(requester):
         market.dispute_result(committed, ispec, 0)
     with boa.env.prank(owner):
         market.set_parameters(treasury, FEE_BPS, 3 * DISPUTE_BOND, BASE_SLASH, SLASH_REQUESTER_BPS)
-    travel_to(window_end(market, committed, ispec, windows=2))
+    with boa.env.prank(verifier):
+        market.attest(committed, ispec, 0, OUTCOME_VOID, 0)
     providers.settle(committed, ispec, 0)
     assert market.credits(requester) == EARLY_REFUND + SLOT_VALUE + DISPUTE_BOND
     assert_solvent(market, token, [committed])
