@@ -6,6 +6,11 @@ testnet). Transactions are signed locally with the sender's key and sent raw, so
 same. A revert surfaces as :class:`~marketplace.errors.ContractRevert` with the contract's reason,
 whether the node is eth-tester (``TransactionFailed``) or a JSON-RPC node (``ContractLogicError``).
 
+Gas limits are the node's estimate with a margin (:func:`gas_limit`): an estimate is made on the
+state before the block, and a transaction mined after another in the same block (two providers
+taking the two slots of one instant job) may need more, the last take leasing the job. One that
+still runs out of gas is sent again, estimated afresh, with at least twice the limit it had.
+
 All access to the connection goes through one lock: the embedded chain is not thread-safe, and a
 single lock keeps each account's nonces in order when several threads share a client.
 """
@@ -27,7 +32,7 @@ from web3.exceptions import ContractLogicError, TimeExhausted
 
 from marketplace.errors import ChainError, ConfigError, ContractRevert, FlopexError
 
-__all__ = ["DEFAULT_GAS_PRICE_CAP", "Chain", "dev_account", "map_revert", "sync_tester_clock"]
+__all__ = ["DEFAULT_GAS_PRICE_CAP", "Chain", "dev_account", "gas_limit", "map_revert", "sync_tester_clock"]
 
 T = TypeVar("T")
 
@@ -35,6 +40,12 @@ T = TypeVar("T")
 DEV_ETHER = 1_000 * 10**18
 #: Highest fee per gas the client will offer on any chain (a guard against runaway fees).
 DEFAULT_GAS_PRICE_CAP = 500 * 10**9
+
+#: Margin on estimated gas: limit = estimate x 5/4 + 25,000 (capped at the block's gas limit).
+GAS_MARGIN = (5, 4)
+GAS_EXTRA = 25_000
+#: Times a transaction that ran out of gas is sent again, each with at least twice the last limit.
+OUT_OF_GAS_RETRIES = 2
 
 _REASON = re.compile(r"execution reverted:?\s*(.*)", re.DOTALL)
 
@@ -49,6 +60,17 @@ def sync_tester_clock(tester: Any) -> None:
     now = int(time.time())
     if tester.get_block_by_number("pending")["timestamp"] < now:
         tester.time_travel(now)
+
+
+def gas_limit(estimate: int, block_limit: int | None = None) -> int:
+    """The gas limit to send with a transaction the node estimated at ``estimate``: with a margin."""
+    limit = estimate * GAS_MARGIN[0] // GAS_MARGIN[1] + GAS_EXTRA
+    return min(limit, block_limit) if block_limit else limit
+
+
+def _out_of_gas(receipt: Any, limit: int) -> bool:
+    """True when a failed transaction used (nearly) all its gas: it ran out rather than reverted."""
+    return int(receipt["gasUsed"]) * 64 >= limit * 63
 
 
 def dev_account(index: int) -> LocalAccount:
@@ -94,6 +116,7 @@ class Chain:
         self._tester = embedded_tester
         self._lock = threading.RLock()
         self._nonces: dict[str, int] = {}
+        self._gas_cap: int | None = None
         self.chain_id: int = w3.eth.chain_id
 
     # ------------------------------------------------------------------ constructors
@@ -235,14 +258,23 @@ class Chain:
         """
         name = str(function or getattr(fn, "fn_name", "transaction"))
         with self.locked():
-            self._sync_clock()
-            try:
-                tx = fn.build_transaction(
-                    {"from": account.address, "nonce": self._next_nonce(account.address), "value": value}
-                )
-            except Exception as exc:
-                raise map_revert(exc, name) from exc
-            return self._send(account, tx, name)
+            floor = 0
+            for attempt in range(OUT_OF_GAS_RETRIES + 1):
+                self._sync_clock()
+                try:
+                    tx = fn.build_transaction(
+                        {"from": account.address, "nonce": self._next_nonce(account.address), "value": value}
+                    )
+                except Exception as exc:
+                    raise map_revert(exc, name) from exc
+                tx["gas"] = max(gas_limit(int(tx["gas"]), self._block_gas_limit()), min(floor, self._block_gas_limit()))
+                receipt = self._send(account, tx, name, check=False)
+                if receipt["status"] == 1:
+                    return receipt
+                if attempt == OUT_OF_GAS_RETRIES or not _out_of_gas(receipt, int(tx["gas"])):
+                    raise ContractRevert(self._replay_reason(tx, receipt), function=name)
+                floor = 2 * int(tx["gas"])  # it ran out of gas: again, with at least twice as much
+            raise AssertionError("unreachable")
 
     def deploy(self, account: LocalAccount, abi: list[dict[str, Any]], bytecode: str, *args: Any) -> Any:
         """Deploy a contract and return its receipt (``contractAddress`` is set)."""
@@ -254,17 +286,25 @@ class Chain:
                 )
             except Exception as exc:
                 raise map_revert(exc, "constructor") from exc
+            tx["gas"] = gas_limit(int(tx["gas"]), self._block_gas_limit())
             receipt = self._send(account, tx, "constructor")
             if not self.w3.eth.get_code(receipt["contractAddress"]):
                 raise ChainError("deployment left no code at its address")
             return receipt
+
+    def _block_gas_limit(self) -> int:
+        """The latest block's gas limit (read once: dev chains and testnets keep it)."""
+        if self._gas_cap is None:
+            self._gas_cap = int(self.w3.eth.get_block("latest")["gasLimit"])
+        return self._gas_cap
 
     def _next_nonce(self, address: str) -> int:
         on_chain = int(self.w3.eth.get_transaction_count(address, "pending"))  # type: ignore[arg-type]
         nonce = max(on_chain, self._nonces.get(address, 0))
         return nonce
 
-    def _send(self, account: LocalAccount, tx: dict[str, Any], name: str) -> Any:
+    def _send(self, account: LocalAccount, tx: dict[str, Any], name: str, *, check: bool = True) -> Any:
+        """Sign, send and wait for ``tx``; with ``check``, a failed one raises :class:`ContractRevert`."""
         if "maxFeePerGas" in tx and tx["maxFeePerGas"] > DEFAULT_GAS_PRICE_CAP:
             raise ChainError(f"{name}: fee per gas {tx['maxFeePerGas']} above the cap {DEFAULT_GAS_PRICE_CAP}")
         signed = account.sign_transaction(tx)
@@ -277,7 +317,7 @@ class Chain:
             receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.05)
         except TimeExhausted as exc:
             raise ChainError(f"{name}: no receipt for {tx_hash.hex()} after 120 s") from exc
-        if receipt["status"] != 1:
+        if check and receipt["status"] != 1:
             raise ContractRevert(self._replay_reason(tx, receipt), function=name)
         return receipt
 
