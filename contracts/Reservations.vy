@@ -68,7 +68,7 @@ flag Status:
     FAILED  # a verifier attested the provider did not serve; awaits settlement
     PAID  # settled: the provider was paid the escrow less the fee (terminal)
     SLASHED  # settled: the holder was refunded and the provider slashed (terminal)
-    REFUNDED  # settled: a dispute nobody ruled on; the holder refunded, nobody slashed (terminal)
+    REFUNDED  # no longer reached: a dispute nobody rules on is paid (kept for the flag's values)
 
 
 struct Reservation:
@@ -452,13 +452,13 @@ def record_usage(reservation_id: uint256, gpu_seconds: uint64, result_root: byte
 @nonreentrant
 def report_not_served(reservation_id: uint256):
     """
-    @notice The holder reports that the provider did not serve its jobs,
-            from the window's start until the end of the challenge period,
-            putting up the dispute bond (approve first). A staked verifier
-            then rules: failure → refund, slash, bond back and the rest of the
-            slash to the holder; served → the bond goes to the provider; no
-            ruling within a second challenge period → refund, bond back,
-            nobody slashed.
+    @notice The holder reports that the provider is not serving its jobs,
+            while the window is open (a report after it could not be checked:
+            an idle window is not a failure), putting up the dispute bond
+            (approve first). A staked verifier then rules: failure → refund,
+            slash, bond back and the rest of the slash to the holder; served →
+            the bond goes to the provider; no ruling by the end of the second
+            challenge period → paid as served, the bond to the provider.
     @dev Non-reentrant: pulls the bond in.
     @param reservation_id The reservation.
     """
@@ -468,7 +468,7 @@ def report_not_served(reservation_id: uint256):
     assert r.status == Status.RESERVED, "reservations: not reserved"
     end: uint256 = self._window_end(r)
     assert block.timestamp >= convert(r.start, uint256), "reservations: window not started"
-    assert block.timestamp < end + challenge_period, "reservations: challenge period over"
+    assert block.timestamp < end, "reservations: window over"
     bond: uint256 = self.dispute_bond
     self._put_status(reservation_id, r, Status.DISPUTED)
     self.dispute_bonds[reservation_id] = bond
@@ -523,8 +523,7 @@ def settle(reservation_id: uint256):
             reserved (or served by ruling) past the window and the challenge
             period → the provider is paid the whole price, used and unused
             time, less the fee (plus the bond of a dispute ruled against the
-            holder); disputed with no ruling past the second period → refunded,
-            bond back, nobody slashed.
+            holder, or of a dispute nobody ruled on by the end of the second period).
     @dev Non-reentrant: credits payments and calls the registry.
     @param reservation_id The reservation.
     """
@@ -546,13 +545,13 @@ def settle(reservation_id: uint256):
     if r.status == Status.FAILED:
         final = Status.SLASHED
         refunded = value
-    elif r.status in (Status.RESERVED | Status.SERVED) and block.timestamp >= open_until:
+    elif (r.status in (Status.RESERVED | Status.SERVED) and block.timestamp >= open_until) or (
+        r.status == Status.DISPUTED and block.timestamp >= open_until + challenge_period
+    ):
+        # Served, unchallenged, or a report nobody ruled on: the report failed, the provider is paid.
         final = Status.PAID
         paid = value
         fee = paid * self.fee_bps // BPS
-    elif r.status == Status.DISPUTED and block.timestamp >= open_until + challenge_period:
-        final = Status.REFUNDED
-        refunded = value
     else:
         raise "reservations: cannot settle yet"
 
@@ -561,8 +560,6 @@ def settle(reservation_id: uint256):
     if final == Status.PAID:
         self._credit(r.provider, paid - fee + bond)
         self._credit(self.treasury, fee)
-    elif final == Status.REFUNDED:
-        self._credit(r.holder, refunded + bond)
     else:
         self._credit(r.holder, refunded)
         # Interactions: take the stake, then share it out.

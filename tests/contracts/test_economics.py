@@ -28,7 +28,17 @@ from tests.contracts.contract_helpers import (
     travel_to,
     value,
 )
-from tests.contracts.test_reservations import DAY, DURATION, ESCROW, GPUS, PRICE, deploy_reservations
+from tests.contracts.test_reservations import (
+    CHALLENGE,
+    DAY,
+    DURATION,
+    ESCROW,
+    GPUS,
+    PRICE,
+    bought,
+    deploy_reservations,
+    window,
+)
 
 # ---------------------------------------------------------------- fixtures
 
@@ -339,3 +349,35 @@ def test_settle__dispute_nobody_ruled_on__pays_the_claim_and_gives_the_bond_to_t
     # The requester is refunded only the escrow above the claim: its bond is gone.
     assert market.credits(requester) - requester_before == value(price, spec.max_gpu_seconds) - paid
     assert registry.stakes(provider).active == MIN_PROVIDER_STAKE
+
+
+# ---------------------------------------------------------------- (f) item 7: idle reservation refunded later
+
+
+def test_report_not_served__idle_window_reported_after_it_ended__reverts_and_the_provider_is_paid(
+    res, registry, provider, requester
+):
+    rid = bought(res, provider, requester)
+    _, end = window(res, rid)
+    travel_to(end + 10)  # the holder never ran a job, and reports once the window is over
+    with boa.env.prank(requester), boa.reverts("reservations: window over"):
+        res.report_not_served(rid)
+    travel_to(end + CHALLENGE)
+    res.settle(rid)
+    assert res.credits(requester) == 0
+    assert res.credits(provider) == ESCROW - ESCROW * FEE_BPS // 10_000
+    assert registry.stakes(provider).locked == 0
+
+
+def test_report_not_served__idle_window_reported_and_nobody_ruled__pays_the_provider_and_the_bond(
+    res, provider, requester
+):
+    rid = bought(res, provider, requester)
+    _, end = window(res, rid)
+    travel_to(end - 1)  # within the window, no usage, and no verifier rules
+    with boa.env.prank(requester):
+        res.report_not_served(rid)
+    travel_to(end + 2 * CHALLENGE)
+    res.settle(rid)
+    assert res.credits(requester) == 0
+    assert res.credits(provider) == ESCROW - ESCROW * FEE_BPS // 10_000 + res.dispute_bonds(rid)

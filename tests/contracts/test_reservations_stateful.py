@@ -261,7 +261,7 @@ class ReservationsMachine(RuleBasedStateMachine):
         if rid is None:
             return
         m, t = self.r[rid], now()
-        ok = m["status"] == RESERVED and m["start"] <= t < m["end"] + CHALLENGE
+        ok = m["status"] == RESERVED and m["start"] <= t < m["end"]
         self._call(ok, m["holder"] or self.buyers[0], self.res.report_not_served, rid)
         if ok:
             m.update(status=DISPUTED, bond=DISPUTE_BOND)
@@ -320,10 +320,7 @@ class ReservationsMachine(RuleBasedStateMachine):
                 self._credit(m["holder"], share)
                 self._credit(self.treasury, slashed - share)
             m["status"] = SLASHED
-        elif s == DISPUTED:
-            self._credit(m["holder"], value + bond)
-            m["status"] = REFUNDED
-        else:
+        else:  # served, unchallenged, or a report nobody ruled on: paid, the bond to the provider
             fee = value * FEE_BPS // 10_000
             self._credit(m["provider"], value - fee + bond)
             self._credit(self.treasury, fee)

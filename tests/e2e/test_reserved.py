@@ -28,7 +28,7 @@ from marketplace.contracts.reservations import (
     reserved_job_id,
     reserved_job_ids,
 )
-from marketplace.errors import ConfigError, WorkerError
+from marketplace.errors import ConfigError, ContractRevert, WorkerError
 from marketplace.requester.client import WorkerClient
 from marketplace.requester.requester import JobOptions, Requester
 from marketplace.types import ONE_TOKEN, Auction, JobStatus, Policy
@@ -249,12 +249,11 @@ def test_reports_of_not_served__are_ruled_by_probing_the_worker_in_the_window_an
             == holder_before + value + bond + slashed
         )
 
-        # Reported after its window with no usage on chain: nothing to tell, no ruling.
+        # After its window an idle reservation cannot be reported (it could not be checked): it is paid.
         chain.time_travel(t0 + 2_700 - chain.now())
-        report(late)
-        _wait(lambda: any(r.reservation_id == late for r in verifier.referee.rulings))
-        assert verifier.referee.rulings[-1].outcome == "no ruling"
-        assert reservations.reservation(late).status == ReservationStatus.DISPUTED
+        with pytest.raises(ContractRevert, match="reservations: window over"):
+            report(late)
+        assert reservations.reservation(late).status == ReservationStatus.RESERVED
 
         # The report ruled down settles as served: the provider is paid the window and the bond.
         chain.time_travel(reservations.challenge_period())
