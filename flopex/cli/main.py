@@ -280,6 +280,86 @@ def account_list(as_json: bool) -> None:
             click.echo(address)
 
 
+@account.command("balance")
+@click.argument("address", required=False)
+@chain_options
+@click.option("--account", "account_address", default=None, help="Address of a keystore key (same as ADDRESS).")
+@click.option("--dev", "dev_index", type=click.IntRange(0, 1000), default=None, help="Dev account N.")
+@click.option("--json", "as_json", is_flag=True)
+def account_balance_cmd(
+    address: str | None,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    as_json: bool,
+) -> None:
+    """An account's wallet, credits to withdraw (market, reservations, pools), stake, locked and unbonding."""
+    from marketplace.chain.client import dev_account
+    from marketplace.errors import ConfigError
+    from marketplace.market.balances import account_balance, checked_address
+    from marketplace.types import format_tokens
+
+    given = [a for a in (address, account_address) if a is not None]
+    if len(given) + (dev_index is not None) != 1:
+        raise ConfigError("name one account: ADDRESS, --account ADDRESS or --dev N")
+    who = dev_account(dev_index).address if dev_index is not None else checked_address(given[0])
+    balance = account_balance(open_contracts(rpc_url, deployment_path), who)
+    if as_json:
+        emit_json(balance)
+        return
+    credits, stake = balance["credits"], balance["stake"]
+    click.echo(f"account {balance['address']}")
+    click.echo(f"  wallet       {format_tokens(balance['wallet']):>16} FLOP")
+    click.echo(f"  credits      {format_tokens(balance['credits_total']):>16} FLOP to withdraw", nl=False)
+    parts = [f"market {format_tokens(credits['market'])}"]
+    if "reservations" in credits:
+        parts.append(f"reservations {format_tokens(credits['reservations'])}")
+    parts += [f"pool {p} {format_tokens(v)}" for p, v in credits["pools"].items()]
+    click.echo(f" ({', '.join(parts)})")
+    click.echo(
+        f"  stake        {format_tokens(stake['active']):>16} FLOP active ({format_tokens(stake['locked'])} locked by "
+        f"{stake['active_jobs']} running lease(s)), {format_tokens(stake['unbonding'])} unbonding"
+    )
+    for pool_address, member in balance["pool_stakes"].items():
+        click.echo(
+            f"  pool stake   {format_tokens(member['stake']):>16} FLOP in {pool_address}, "
+            f"{format_tokens(member['unbonding'])} unbonding"
+        )
+    click.echo(f"  total        {format_tokens(balance['total']):>16} FLOP")
+
+
+@account.command("withdraw")
+@chain_options
+@account_options
+@click.option("--json", "as_json", is_flag=True)
+def account_withdraw(
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Pull every credit of the account (market, reservations, pools) into its wallet."""
+    from marketplace.market.balances import withdraw_all
+    from marketplace.types import format_tokens
+
+    contracts = open_contracts(rpc_url, deployment_path)
+    signer = load_signer(account_address, dev_index, password_file)
+    pulled = withdraw_all(contracts, signer)
+    wallet = contracts.token.balance_of(signer.address)
+    if as_json:
+        emit_json({"address": signer.address, "withdrawn": pulled, "total": sum(pulled.values()), "wallet": wallet})
+        return
+    if not pulled:
+        click.echo(f"{signer.address} has no credit to withdraw")
+        return
+    for source, amount in pulled.items():
+        click.echo(f"withdrew {format_tokens(amount)} FLOP from the {source}")
+    click.echo(f"{signer.address} now holds {format_tokens(wallet)} FLOP in its wallet")
+
+
 # ---------------------------------------------------------------------- provider
 
 
@@ -542,7 +622,10 @@ def job_cancel(
     contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
     contracts.market.cancel_job(signer, job_id)
-    click.echo(f"job {job_id} cancelled; {contracts.market.credits(signer.address)} units to withdraw")
+    from marketplace.types import format_tokens
+
+    credit = format_tokens(contracts.market.credits(signer.address))
+    click.echo(f"job {job_id} cancelled; {credit} FLOP to withdraw (`flopex account withdraw`)")
 
 
 @job.command("result")
