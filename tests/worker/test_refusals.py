@@ -98,7 +98,7 @@ def test_a_request_signed_by_a_stranger__is_permission_denied(
     with WorkerClient(worker.target, requester_key=stranger.key, domain=DOMAIN) as foreign:
         with pytest.raises(WorkerError) as exc:
             foreign.upload_bundle(job_id, archive)
-    assert _code(exc) == "PERMISSION_DENIED" and "not by the job's requester" in exc.value.message
+    assert _code(exc) == "PERMISSION_DENIED" and "no lease" in exc.value.message
 
 
 def test_an_expired_signature__is_permission_denied(
@@ -159,10 +159,17 @@ def test_a_lease_naming_another_provider__is_permission_denied(
     assert _code(exc) == "PERMISSION_DENIED" and "does not name this worker" in exc.value.message
 
 
-def test_a_job_without_a_lease__is_not_found(client: WorkerClient) -> None:
-    with pytest.raises(WorkerError) as exc:
-        client.get_job(next_job_id())
-    assert _code(exc) == "NOT_FOUND"
+def test_a_job_without_a_lease__is_permission_denied_like_someone_elses(
+    worker: WorkerProcess, requester: LocalAccount, stranger: LocalAccount
+) -> None:
+    with WorkerClient(worker.target, requester_key=stranger.key, domain=DOMAIN, timeout_s=20) as theirs:
+        with pytest.raises(WorkerError) as unleased:
+            theirs.get_job(next_job_id())
+        job_id = next_job_id()
+        worker.add_lease(lease_for(job_id, requester.address, worker.provider, b"\x00" * 32))
+        with pytest.raises(WorkerError) as leased:
+            theirs.get_job(job_id)
+    assert _code(unleased) == _code(leased) == "PERMISSION_DENIED" and "no lease" in unleased.value.message
 
 
 def test_a_leased_job_never_uploaded__is_not_found(

@@ -11,6 +11,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from marketplace.errors import ConfigError
+from worker.node.admission import AdmissionLimits
 from worker.node.leases import LeaseLookup
 from worker.sandbox.runner import Limits
 
@@ -57,6 +58,20 @@ class WorkerConfig:
     """Time listing and hashing a job's results always get, even past its timeout (billed as run time)."""
     upload_idle_s: float = 3600.0
     """An unfinished upload untouched this long is deleted (and at start-up)."""
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    """Caps on concurrent calls (globally and per peer) and the capacity-challenge rate."""
+    upload_first_message_s: float = 10.0
+    """An upload stream whose header does not arrive this soon is cancelled."""
+    upload_silence_s: float = 60.0
+    """An upload stream silent this long between two chunks is cancelled."""
+    keepalive_s: float = 60.0
+    """The worker pings an idle connection this often and drops it when no answer comes in 20 s."""
+    min_client_ping_s: float = 10.0
+    """Clients pinging more often than this (twice) are disconnected."""
+    max_connection_idle_s: float = 900.0
+    """A connection with no call for this long is closed."""
+    max_streams_per_connection: int = 64
+    """HTTP/2 streams one connection may have open at once."""
 
     def key_path(self) -> Path:
         """Where the receipt key lives."""

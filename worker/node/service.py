@@ -40,6 +40,7 @@ from marketplace.protocol.merkle import ResultManifest
 from marketplace.rpc import SERVICE_NAME
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.rpc import worker_pb2_grpc as pb_grpc
+from worker.node.admission import Admission, TokenBucket, Watchdog, peer_host
 from worker.node.challenges import ChallengeRunner
 from worker.node.config import WorkerConfig, load_or_create_key
 from worker.node.devices import DeviceInfo, detect_devices
@@ -57,6 +58,8 @@ MAX_MESSAGE_BYTES = 8 << 20
 DOWNLOAD_CHUNK = 1 << 20
 MANIFEST_PAGE_BYTES = 1 << 20
 """About how many bytes of file list one download message carries (the list may be far longer)."""
+HEALTH_THREADS = 8
+"""Threads of the server's pool beyond every admitted call: health checks and reflection always find one."""
 VERIFIER_METHODS = frozenset({"GetJob", "DownloadResults", "DownloadBundle"})
 """Read-only rpcs a registered verifier may call for a committed result (see ``_signer``)."""
 
@@ -108,6 +111,10 @@ def _guard(fn: _F) -> _F:
     """Turn exceptions of a handler (unary or streaming) into explicit status codes."""
 
     def fail(context: grpc.ServicerContext, exc: Exception) -> None:
+        if not context.is_active() or isinstance(exc, grpc.RpcError):
+            # The client cancelled, its deadline passed or the connection dropped: nothing to answer.
+            log.info("%s from %s ended by the client (%s)", fn.__name__, context.peer(), type(exc).__name__)
+            return
         if not isinstance(exc, FlopexError):
             log.exception("unexpected error in %s", fn.__name__)
         context.abort(status_of(exc), _message(exc))
@@ -119,8 +126,7 @@ def _guard(fn: _F) -> _F:
             try:
                 yield from fn(self, request, context)
             except Exception as exc:
-                if context.is_active():
-                    fail(context, exc)
+                fail(context, exc)
 
         return stream  # type: ignore[return-value]
 
@@ -130,7 +136,7 @@ def _guard(fn: _F) -> _F:
             return fn(self, request, context)
         except Exception as exc:
             fail(context, exc)
-            raise  # unreachable: abort raises
+            return None  # the client is gone: no answer reaches it
 
     return unary  # type: ignore[return-value]
 
@@ -147,26 +153,51 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self.devices = devices
         self.address = manager.signer.address
         self.domain = manager.domain
+        self.watchdog = Watchdog()
+        lim = config.admission
+        self.lookups = TokenBucket(
+            lim.lookup_rate_per_peer, lim.lookup_burst_per_peer, lim.lookup_rate, lim.lookup_burst
+        )
 
     # -- authorization ------------------------------------------------------------------------
 
-    def _authorize(self, method: str, job_id: int, auth: pb.RequestAuth, digest: bytes) -> Lease:
+    def _authorize(
+        self, context: grpc.ServicerContext, method: str, job_id: int, auth: pb.RequestAuth, digest: bytes
+    ) -> Lease:
+        """The lease a request may act on; the signature is checked before the lease is looked up.
+
+        Everything a signature can be checked for without the lease (form, expiry, reach into the
+        future, a recoverable signer) is checked first, so garbage never costs a chain look-up.
+        A signer who is not the lease's requester (nor an admitted verifier) gets the same answer
+        whether or not the job is leased here, so strangers learn nothing about the leases.
+        """
         if not auth.signature:
             raise _Unauthenticated(f"{method} needs a RequestAuth signed by the job's requester")
         if len(auth.signature) != 65 or len(auth.nonce) != 32:
             raise _Unauthenticated("malformed RequestAuth: a 32-byte nonce and a 65-byte signature are required")
+        req = SignedRequest(job_id, method, digest, int.from_bytes(auth.nonce, "big"), auth.expiry, auth.signature)
+        now = time.time()
+        if req.expiry < now:
+            raise SignatureError(f"auth: signature expired at {req.expiry}")
+        if req.expiry > now + self.config.max_request_ttl_s:
+            raise SignatureError(f"auth: signature expiry is more than {self.config.max_request_ttl_s} s ahead")
+        claimed = recover_request_signer(self.domain, req)
+        if not self.lookups.take(peer_host(context.peer() or "")):
+            raise WorkerError("too many lease look-ups from this peer; retry later", code="RESOURCE_EXHAUSTED")
         try:
             lease = self.config.leases.lease(job_id)
         except FlopexError as exc:
             raise WorkerError(f"cannot read the lease of job {job_id}: {exc}", code="UNAVAILABLE") from None
+        refused = SignatureError(f"auth: {claimed} holds no lease of job {job_id} on this worker (no lease here)")
         if lease is None:
-            raise WorkerError(f"no lease for job {job_id}", code="NOT_FOUND")
+            raise refused
+        if claimed.lower() != lease.requester.lower() and method not in VERIFIER_METHODS:
+            raise refused
+        signer = self._signer(lease, req, method, claimed, refused)
         if not lease.names(self.address):
             raise WorkerError(
                 f"the lease of job {job_id} does not name this worker ({self.address})", code="PERMISSION_DENIED"
             )
-        req = SignedRequest(job_id, method, digest, int.from_bytes(auth.nonce, "big"), auth.expiry, auth.signature)
-        signer = self._signer(lease, req, method)
         verify_request(
             self.domain,
             req,
@@ -174,6 +205,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             method=method,
             job_id=job_id,
             digest=digest,
+            now=now,
             max_ttl_s=self.config.max_request_ttl_s,
         )
         try:
@@ -184,32 +216,41 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             raise WorkerError(f"the lease of job {job_id} ended at {lease.deadline}", code="FAILED_PRECONDITION")
         return lease
 
-    def _signer(self, lease: Lease, req: SignedRequest, method: str) -> str:
-        """Who must have signed: the lease's requester, or a verifier allowed to read a committed result.
+    def _signer(self, lease: Lease, req: SignedRequest, method: str, claimed: str, refused: SignatureError) -> str:
+        """Who signed ``req`` (``claimed``): the lease's requester, or a verifier allowed to read a committed result.
 
         A staked, registered verifier may read (GetJob, DownloadResults, DownloadBundle) a job whose
         result this worker's provider has committed on chain: the commitment binds the provider
         before anyone checks it, and the verifier's stake answers for what it does with the data.
         The lease lookup decides (``verifier_may_read``); lookups without it admit only requesters.
+        Anyone else is ``refused``, with the answer a job without a lease gets.
         """
-        if method not in VERIFIER_METHODS:
+        if claimed.lower() == lease.requester.lower():
             return lease.requester
         may_read = getattr(self.config.leases, "verifier_may_read", None)
-        if may_read is None:
-            return lease.requester
+        if method not in VERIFIER_METHODS or may_read is None:
+            raise refused
         try:
-            signer = recover_request_signer(self.domain, req)
-        except SignatureError:
-            return lease.requester
-        if signer.lower() == lease.requester.lower():
-            return lease.requester
-        try:
-            allowed = bool(may_read(lease.job_id, signer, self.address))
+            allowed = bool(may_read(lease.job_id, claimed, self.address))
         except FlopexError as exc:
-            raise WorkerError(f"cannot check verifier {signer}: {exc}", code="UNAVAILABLE") from None
+            raise WorkerError(f"cannot check verifier {claimed}: {exc}", code="UNAVAILABLE") from None
         if not allowed:
-            raise SignatureError(f"auth: {signer} is neither the job's requester nor a verifier of a committed result")
-        return signer
+            raise refused
+        return claimed
+
+    def _timed(self, messages: Iterator[pb.UploadChunk], context: grpc.ServicerContext) -> Iterator[pb.UploadChunk]:
+        """``messages``, cancelling the call after ``upload_first_message_s`` or ``upload_silence_s`` of silence."""
+        limit = self.config.upload_first_message_s
+        while True:
+            alarm = self.watchdog.arm(limit, context.cancel)
+            try:
+                message = next(messages, None)
+            finally:
+                self.watchdog.disarm(alarm)
+            if message is None:
+                return
+            yield message
+            limit = self.config.upload_silence_s
 
     def _status(self, job: JobRecord) -> pb.JobStatus:
         status = pb.JobStatus(
@@ -262,7 +303,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         sha = request.archive_sha256
         if len(sha) != 32:
             raise WorkerError("archive_sha256 must be 32 bytes", code="INVALID_ARGUMENT")
-        self._authorize("QueryUpload", request.job_id, request.auth, payload_digest("QueryUpload", archive_sha256=sha))
+        self._authorize(
+            context, "QueryUpload", request.job_id, request.auth, payload_digest("QueryUpload", archive_sha256=sha)
+        )
         held, complete = self.manager.upload_offset(request.job_id, sha)
         job = self.manager.store.get(request.job_id)
         return pb.UploadStatus(
@@ -277,7 +320,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def UploadBundle(
         self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
     ) -> pb.UploadStatus:
-        """Receive (part of) a bundle archive."""
+        """Receive (part of) a bundle archive; a stream silent too long (see ``_timed``) is cancelled."""
+        request_iterator = self._timed(request_iterator, context)
         first = next(request_iterator, None)
         if first is None or not first.HasField("header"):
             raise WorkerError("the first upload message must carry the header", code="INVALID_ARGUMENT")
@@ -285,7 +329,11 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if len(head.archive_sha256) != 32:
             raise WorkerError("archive_sha256 must be 32 bytes", code="INVALID_ARGUMENT")
         lease = self._authorize(
-            "UploadBundle", head.job_id, head.auth, payload_digest("UploadBundle", archive_sha256=head.archive_sha256)
+            context,
+            "UploadBundle",
+            head.job_id,
+            head.auth,
+            payload_digest("UploadBundle", archive_sha256=head.archive_sha256),
         )
 
         def chunks() -> Iterator[tuple[bytes, bytes]]:
@@ -297,6 +345,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 yield message.data, message.sha256
 
         job, held = self.manager.receive_upload(lease, head.archive_size, head.archive_sha256, head.offset, chunks())
+        if not context.is_active():
+            log.info("UploadBundle from %s ended by the client at %d bytes of job %d", context.peer(), held, job.job_id)
         return pb.UploadStatus(
             job_id=job.job_id,
             received_bytes=held,
@@ -308,19 +358,21 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     @_guard
     def StartJob(self, request: pb.StartJobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
         """Queue an uploaded job."""
-        lease = self._authorize("StartJob", request.job_id, request.auth, payload_digest("StartJob", seed=request.seed))
+        lease = self._authorize(
+            context, "StartJob", request.job_id, request.auth, payload_digest("StartJob", seed=request.seed)
+        )
         return self._status(self.manager.start(request.job_id, request.seed, lease))
 
     @_guard
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
         """A job's state."""
-        self._authorize("GetJob", request.job_id, request.auth, payload_digest("GetJob"))
+        self._authorize(context, "GetJob", request.job_id, request.auth, payload_digest("GetJob"))
         return self._status(self.manager.get(request.job_id))
 
     @_guard
     def WatchJob(self, request: pb.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
         """Stream a job's events until its final one."""
-        self._authorize("WatchJob", request.job_id, request.auth, payload_digest("WatchJob"))
+        self._authorize(context, "WatchJob", request.job_id, request.auth, payload_digest("WatchJob"))
         self.manager.get(request.job_id)
         seq = request.from_seq
         quiet_since: float | None = None
@@ -348,7 +400,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self, request: pb.DownloadResultsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ResultChunk]:
         """Stream the manifest (its file list in pages when it is long), then every result file."""
-        self._authorize("DownloadResults", request.job_id, request.auth, payload_digest("DownloadResults"))
+        self._authorize(context, "DownloadResults", request.job_id, request.auth, payload_digest("DownloadResults"))
         job, manifest, folder = self.manager.results(request.job_id)
         from worker.node.jobs import receipt_proto
 
@@ -360,7 +412,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self, request: pb.DownloadBundleRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ResultChunk]:
         """Stream the job's unpacked bundle: a manifest, then every file."""
-        self._authorize("DownloadBundle", request.job_id, request.auth, payload_digest("DownloadBundle"))
+        self._authorize(context, "DownloadBundle", request.job_id, request.auth, payload_digest("DownloadBundle"))
         job, manifest, folder = self.manager.bundle_files(request.job_id)
         yield from _manifest_messages(manifest, _STATE[job.state], None)
         yield from _file_chunks(manifest, folder, context)
@@ -368,7 +420,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     @_guard
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
         """Cancel a job."""
-        self._authorize("CancelJob", request.job_id, request.auth, payload_digest("CancelJob"))
+        self._authorize(context, "CancelJob", request.job_id, request.auth, payload_digest("CancelJob"))
         return self._status(self.manager.cancel(request.job_id))
 
     @_guard
@@ -483,6 +535,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def server_options(config: WorkerConfig) -> list[tuple[str, int]]:
+    """The gRPC server's channel options: message sizes, keepalive enforcement, connection limits."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(config.min_client_ping_s * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", int(config.max_connection_idle_s * 1000)),
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+    ]
+
+
 def create_server(config: WorkerConfig, address: str = "127.0.0.1:0") -> tuple[WorkerServer, int]:
     """Build a worker for ``config`` bound to ``address``; return it (not started) and its port.
 
@@ -508,12 +574,14 @@ def create_server(config: WorkerConfig, address: str = "127.0.0.1:0") -> tuple[W
     manager = JobManager(config, store, sandbox, devices, signer, domain)
     challenges = ChallengeRunner(devices, config.max_challenge_n)
 
+    admission = Admission(config.admission)
+    threads = config.admission.threads(HEALTH_THREADS)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
+        interceptors=[admission],
+        options=server_options(config),
+        # A backstop on calls queued for a thread; the admission caps act long before it.
+        maximum_concurrent_rpcs=4 * threads,
     )
     pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(config, manager, challenges, devices), server)
     health_servicer = health.HealthServicer()
