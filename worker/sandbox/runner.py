@@ -5,6 +5,10 @@ What a sandboxed job sees (every other host path is absent, not merely unreadabl
 - ``/usr`` and the ``/lib*``, ``/bin`` links, read-only; the Python installation that runs jobs
   (``sys.prefix``, ``sys.base_prefix``) read-only; the ``marketplace`` package (for the SDK)
   read-only at ``/opt/flopex``; a few ``/etc`` files the dynamic loader reads;
+- generated, read-only: ``/etc/hosts`` (``localhost`` and the sandbox's host name on loopback, so
+  ``torchrun`` and anything resolving ``localhost`` work with no network), ``/etc/nsswitch.conf``
+  (hosts from files) and ``/etc/fonts/fonts.conf`` (the system's font folders, a cache in
+  ``/tmp``: matplotlib's ``fc-list`` finds fonts and prints no "Fontconfig error");
 - ``/job/input`` (the unpacked bundle, read-only), ``/job/work`` (its working copy: the current
   directory and ``HOME``), ``/job/output``, ``/job/checkpoints``, ``/tmp`` and ``/dev/shm`` — the
   only writable places, all in the job's :class:`~worker.sandbox.space.JobSpace`;
@@ -48,6 +52,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -71,6 +76,18 @@ JOB_UID = 65534
 INPUT, WORK, OUTPUT, CHECKPOINTS = "/job/input", "/job/work", "/job/output", "/job/checkpoints"
 SDK_ROOT = "/opt/flopex"
 _ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime")
+HOSTNAME = "flopex-job"
+#: Files generated for every sandbox, bound read-only at these paths.
+ETC_GENERATED = {
+    "hosts": ("/etc/hosts", f"127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+    "nsswitch.conf": ("/etc/nsswitch.conf", "hosts: files\n"),
+    "fonts.conf": (
+        "/etc/fonts/fonts.conf",
+        '<?xml version="1.0"?>\n<!DOCTYPE fontconfig SYSTEM "urn:fontconfig:fonts.dtd">\n<fontconfig>\n'
+        "  <dir>/usr/share/fonts</dir>\n  <dir>/usr/local/share/fonts</dir>\n"
+        "  <cachedir>/tmp/.fontconfig-cache</cachedir>\n</fontconfig>\n",
+    ),
+}
 _GATE = 'read _ || exit 125; exec </dev/null; exec "$@"'
 _GPU_CONTROL = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 _DROP = (
@@ -173,6 +190,8 @@ class Sandbox:
         self._uid_base = uid_base
         self._ro_binds = self._python_binds()
         self._sdk_dir = _real(Path(marketplace.__file__).parent)
+        self._etc_dir = _write_etc()
+        self._etc_closer = weakref.finalize(self, shutil.rmtree, self._etc_dir, True)
         for protected in protected_paths:
             real = _real(protected)
             for src in [*self._ro_binds, self._sdk_dir, Path("/usr")]:
@@ -232,7 +251,7 @@ class Sandbox:
             )
             made.setup()
             if drop:  # bind what the job's uid cannot reach once, here, not from concurrent job starts
-                for source in [*self._ro_binds, self._sdk_dir]:
+                for source in [*self._ro_binds, self._sdk_dir, self._etc_dir]:
                     made.readable_source(source)
             return made
 
@@ -266,6 +285,7 @@ class Sandbox:
     def close(self) -> None:
         """Unmount the read-only binds and remove the sandbox's directories (spaces are released by their owners)."""
         self._closer()
+        self._etc_closer()
 
     def _source(self, path: Path) -> Path:
         """Where bubblewrap (as the job's uid) can bind ``path`` from."""
@@ -336,7 +356,7 @@ class Sandbox:
             "--cap-drop",
             "ALL",
             "--hostname",
-            "flopex-job",
+            HOSTNAME,
             "--clearenv",
             "--ro-bind",
             "/usr",
@@ -351,6 +371,9 @@ class Sandbox:
         for etc in _ETC_FILES:
             if os.path.exists(etc):
                 args += ["--ro-bind", etc, etc]
+        generated = self._source(self._etc_dir)
+        for name, (target, _text) in ETC_GENERATED.items():
+            args += ["--ro-bind", str(generated / name), target]
         for root in self._ro_binds:
             args += ["--ro-bind", str(self._source(root)), str(root)]
         args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
@@ -458,6 +481,16 @@ class Sandbox:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _write_etc() -> Path:
+    """A folder of the files in :data:`ETC_GENERATED`, readable by any uid."""
+    folder = Path(tempfile.mkdtemp(prefix="flopex-etc-"))
+    folder.chmod(0o755)
+    for name, (_target, text) in ETC_GENERATED.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o644)
+    return folder
 
 
 def _close_spaces(spaces: list[Spaces]) -> None:
