@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import tarfile
 import tomllib
 import zlib
@@ -92,6 +93,16 @@ MAX_ARGS = 1024
 """Most ``job.args``."""
 MAX_ARGS_BYTES = 64 << 10
 """Most bytes of ``job.args`` together (UTF-8)."""
+MAX_ENV = 64
+"""Most ``job.env`` variables."""
+MAX_ENV_BYTES = 16 << 10
+"""Most bytes of ``job.env`` names and values together (UTF-8)."""
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+"""What a ``job.env`` name looks like."""
+RESERVED_ENV = frozenset(
+    {"PATH", "HOME", "TMPDIR", "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"}
+)
+"""Names the sandbox sets (or that change what the loader runs) and ``job.env`` may not."""
 
 # Bounds of an archive, checked while it is read, before anything of a member is kept.
 MAX_ENTRIES = 10_000
@@ -106,11 +117,13 @@ MAX_NAME_BYTES = 255
 
 @dataclass(frozen=True, slots=True)
 class JobSection:
-    """``[job]``: what to run. ``entrypoint`` runs as ``python entrypoint *args``."""
+    """``[job]``: what to run. ``entrypoint`` runs as ``python entrypoint *args`` with ``env`` set."""
 
     entrypoint: str
     args: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    """``job.env``: environment variables for the job, as (name, value) pairs sorted by name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +252,29 @@ def _str_list(where: str, value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _env(value: object) -> tuple[tuple[str, str], ...]:
+    """``job.env``, checked: a table of at most :data:`MAX_ENV` string variables, :data:`MAX_ENV_BYTES` in all,
+    named ``[A-Z_][A-Z0-9_]*``, none ``FLOPEX_*`` (the worker's) nor in :data:`RESERVED_ENV`."""
+    if not isinstance(value, dict):
+        raise BundleError(f'job.env: expected a table of NAME = "value", got {value!r}')
+    if len(value) > MAX_ENV:
+        raise BundleError(f"job.env: at most {MAX_ENV} variables, got {len(value)}")
+    size = 0
+    for name, text in value.items():
+        if not ENV_NAME.fullmatch(name):
+            raise BundleError(f"job.env: {name!r} is not a variable name (capitals, digits and _, not first a digit)")
+        if name.startswith("FLOPEX_") or name in RESERVED_ENV:
+            raise BundleError(f"job.env: {name} is set by the worker; choose another name")
+        if not isinstance(text, str):
+            raise BundleError(f"job.env.{name}: expected a string, got {text!r}")
+        if "\0" in text:
+            raise BundleError(f"job.env.{name}: holds a NUL character")
+        size += len(name) + len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_ENV_BYTES:
+        raise BundleError(f"job.env: at most {MAX_ENV_BYTES} bytes of names and values in all, got {size}")
+    return tuple(sorted(value.items()))
+
+
 def _args(value: object) -> tuple[str, ...]:
     args = _str_list("job.args", value)
     if len(args) > MAX_ARGS:
@@ -295,7 +331,7 @@ def parse_job_toml(text: str) -> JobSpec:
     _check_keys("job.toml", data, {"job", "resources", "verification", "market"})
 
     job = _table(data, "job", True)
-    _check_keys("[job]", job, {"entrypoint", "args", "inputs"})
+    _check_keys("[job]", job, {"entrypoint", "args", "inputs", "env"})
     if "entrypoint" not in job:
         raise BundleError("job.entrypoint: required (the Python script to run)")
     entry = job["entrypoint"]
@@ -345,7 +381,8 @@ def parse_job_toml(text: str) -> JobSpec:
         max_price=parse_price(mkt["max_price"]),
         auction=cast(Auction, _choice("market.auction", mkt.get("auction", "sealed"), get_args(Auction))),
     )
-    return JobSpec(JobSection(entry, args, inputs), resources, verification, market)
+    env = _env(job.get("env", {}))
+    return JobSpec(JobSection(entry, args, inputs, env), resources, verification, market)
 
 
 def _walk_regular(root: Path) -> list[tuple[str, Path]]:

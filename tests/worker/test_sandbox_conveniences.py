@@ -61,3 +61,22 @@ def test_a_sandboxed_job__resolves_localhost_and_its_host_name_and_lists_fonts_w
     assert report["rendezvous"] == "connected"
     if shutil.which("fc-list"):
         assert report["fc_list"]["code"] == 0 and "Fontconfig error" not in report["fc_list"]["stderr"]
+
+
+@pytest.mark.bwrap
+@pytest.mark.slow
+def test_job_env__reaches_the_job_and_the_worker_keeps_its_own_variables(
+    worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, make_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    code = (
+        "import json, os\n"
+        "names = ('WANDB_MODE', 'MY_FLAG', 'HOME', 'FLOPEX_JOB_ID')\n"
+        "json.dump({k: os.environ.get(k) for k in names},"
+        " open(os.path.join(os.environ['FLOPEX_OUTPUT_DIR'], 'env.json'), 'w'))\n"
+    )
+    archive, bhash = make_bundle(code, extra_toml='env = { WANDB_MODE = "offline", MY_FLAG = "a b=c" }')
+    job_id = submit(worker, client, requester.address, archive, bhash)
+    assert client.wait(job_id, timeout_s=120).WhichOneof("kind") == "finished"
+    results = client.download_results(job_id, tmp_path / "r", provider=worker.provider).directory
+    env = json.loads((results / "output" / "env.json").read_text())
+    assert env == {"WANDB_MODE": "offline", "MY_FLAG": "a b=c", "HOME": "/job/work", "FLOPEX_JOB_ID": str(job_id)}

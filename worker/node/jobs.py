@@ -506,6 +506,7 @@ class JobManager:
             entrypoint=spec.job.entrypoint,
             args=spec.job.args,
             env=env,
+            job_env=dict(spec.job.env),
             device_kind=spec.resources.device,
             gpu_indices=tuple(d.index for d in devices if d.kind == "cuda"),
             limits=limits,

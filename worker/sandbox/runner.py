@@ -133,6 +133,8 @@ class SandboxRequest:
     entrypoint: str
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    job_env: Mapping[str, str] = field(default_factory=dict)
+    """The bundle's ``job.env`` (checked when the bundle was read): set first, the worker's own over it."""
     device_kind: str = "cpu"
     gpu_indices: tuple[int, ...] = ()
     limits: Limits = field(default_factory=Limits)
@@ -437,7 +439,8 @@ class Sandbox:
 
     @staticmethod
     def _job_env(req: SandboxRequest, work: str, inp: str, out: str, ckpt: str, sdk: str | None) -> dict[str, str]:
-        env = {k: v for k, v in req.env.items() if k.startswith("FLOPEX_")}
+        env = {k: v for k, v in req.job_env.items() if not k.startswith("FLOPEX_")}
+        env.update({k: v for k, v in req.env.items() if k.startswith("FLOPEX_")})
         env.update(
             {
                 "PATH": f"{_real(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",

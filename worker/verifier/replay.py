@@ -107,6 +107,7 @@ def run_replay(
             entrypoint=bundle.spec.job.entrypoint,
             args=bundle.spec.job.args,
             env=env,
+            job_env=dict(bundle.spec.job.env),
             device_kind="cpu",
             limits=capped,
         )
