@@ -256,8 +256,12 @@ def test_a_client_abort_inside_an_upload__is_one_log_line(
         call.cancel()
         release.set()
     deadline = time.monotonic() + 5
-    while not any("ended by the client" in r.message for r in caplog.records) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not any(
+        r.message.startswith("UploadBundle") and "ended by the client" in r.message for r in caplog.records
+    ):
         time.sleep(0.05)
     lines = [r for r in caplog.records if r.name == "worker.node.service"]
-    assert any("UploadBundle" in r.message and "ended by the client" in r.message for r in lines)
+    assert any("UploadBundle" in r.message and "ended by the client" in r.message for r in lines), [
+        (r.levelname, r.message) for r in caplog.records
+    ]
     assert not any(r.exc_info or r.levelno >= logging.ERROR for r in lines)
