@@ -380,6 +380,17 @@ def provider() -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the worker binds.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any).")
+@click.option(
+    "--advertise", "advertise_host", default=None, help="Host the offer names [default: --host; needed for 0.0.0.0]."
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM certificate [default: self-signed, made in the data folder on first start].",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option("--plaintext", is_flag=True, help="Serve without TLS (loopback addresses only).")
 @click.option("--price", "price_text", default="1", show_default=True, help="Price floor, tokens per GPU-hour.")
 @click.option(
     "--strategy",
@@ -412,6 +423,10 @@ def provider_start(
     data_dir: Path | None,
     host: str,
     port: int,
+    advertise_host: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    plaintext: bool,
     price_text: str,
     strategy: str,
     stake_text: str,
@@ -443,6 +458,10 @@ def provider_start(
         cpu_slots=cpu_slots,
         allow_unsandboxed=unsafe_no_sandbox,
         memory_limit_mb=memory_limit_mb,
+        tls=not plaintext,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        advertise_host=advertise_host,
     )
     terms = device_terms(server)
     settings = ProviderSettings(

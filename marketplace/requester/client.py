@@ -29,6 +29,7 @@ from marketplace.protocol.bundle import safe_relpath
 from marketplace.protocol.capacity import verify_rows
 from marketplace.protocol.merkle import CHUNK_SIZE, FileEntry, ResultManifest, chunk_leaf, merkle_root
 from marketplace.protocol.receipts import SignedReceipt, UsageReceipt, verify_receipt
+from marketplace.protocol.tls import worker_channel
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.rpc import worker_pb2_grpc as pb_grpc
 
@@ -150,28 +151,55 @@ class WorkerClient:
         retries: int = 4,
         backoff_s: float = 0.2,
         server_name: str | None = None,
+        allow_plaintext: bool = False,
     ) -> None:
+        """Connect to ``target``: an offer's endpoint (``host:port#tls-spki=<hex>`` for TLS pinned to the
+        worker's key, see :mod:`marketplace.protocol.tls`; plaintext ``host:port`` only on loopback
+        unless ``allow_plaintext``), or ``host:port`` with ``root_certificates`` to trust.
+
+        The pinned certificate is fetched and checked on the first call; a key that is not the pinned
+        one is a :class:`WorkerError` (``PERMISSION_DENIED``) and nothing is sent.
+        """
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
+        self._target = target
+        self._options = options
+        self._allow_plaintext = allow_plaintext
+        self._channel: grpc.Channel | None = None
+        self._stub_cache: pb_grpc.WorkerServiceStub | None = None
+        self._open_lock = threading.Lock()
         if root_certificates is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             self._channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
-        self._stub = pb_grpc.WorkerServiceStub(self._channel)
+            self._stub_cache = pb_grpc.WorkerServiceStub(self._channel)
         self._key = requester_key
         self._domain = domain
         self.timeout_s = timeout_s
         self.retries = max(1, retries)
         self.backoff_s = backoff_s
 
+    @property
+    def _stub(self) -> pb_grpc.WorkerServiceStub:
+        """The stub, opening the channel (and checking a TLS pin) on first use."""
+        with self._open_lock:
+            if self._stub_cache is None:
+                self._channel = worker_channel(
+                    self._target,
+                    options=self._options,
+                    allow_plaintext=self._allow_plaintext,
+                    timeout_s=min(self.timeout_s, 30.0),
+                )
+                self._stub_cache = pb_grpc.WorkerServiceStub(self._channel)
+            return self._stub_cache
+
     def close(self) -> None:
         """Close the channel."""
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
     def __enter__(self) -> WorkerClient:
         return self

@@ -31,13 +31,21 @@ class Provider:
 
 
 def start_provider(
-    contracts: Contracts, data_dir: Path, *, account: int = PROVIDER, run: bool = True, strategy: str = "fixed"
+    contracts: Contracts,
+    data_dir: Path,
+    *,
+    account: int = PROVIDER,
+    run: bool = True,
+    strategy: str = "fixed",
+    tls: bool = False,
+    host: str = "127.0.0.1",
 ) -> Provider:
     """Start a one-device CPU worker on loopback and its provider daemon, staked and registered.
 
     With ``run=False`` the daemon's loop is not started: the test calls ``daemon.step()`` itself.
+    With ``tls`` the worker serves TLS with a self-signed certificate its offer's endpoint pins.
     """
-    server, endpoint = chain_worker(contracts, data_dir, lease_refresh_s=0.1)
+    server, endpoint = chain_worker(contracts, data_dir, lease_refresh_s=0.1, tls=tls, host=host)
     server.start()
     settings = ProviderSettings(
         endpoint=endpoint,

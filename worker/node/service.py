@@ -37,6 +37,7 @@ from marketplace.errors import (
 )
 from marketplace.protocol.auth import Domain, SignedRequest, payload_digest, recover_request_signer, verify_request
 from marketplace.protocol.merkle import ResultManifest
+from marketplace.protocol.tls import Endpoint, spki_sha256
 from marketplace.rpc import SERVICE_NAME
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.rpc import worker_pb2_grpc as pb_grpc
@@ -503,6 +504,12 @@ class WorkerServer:
         self.manager = manager
         self.health = health_servicer
         self.port = port
+        self.tls_pin: bytes | None = None
+        """sha256 of the TLS certificate's public key (what an offer's endpoint pins), None in plaintext."""
+
+    def endpoint(self, host: str) -> str:
+        """The endpoint an offer registers for this worker reached at ``host``: its pin included."""
+        return str(Endpoint(host, self.port, self.tls_pin))
 
     @property
     def provider_address(self) -> str:
@@ -593,10 +600,15 @@ def create_server(config: WorkerConfig, address: str = "127.0.0.1:0") -> tuple[W
     )
     if tls:
         assert config.tls_cert is not None and config.tls_key is not None
-        creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+        cert_pem = Path(config.tls_cert).read_bytes()
+        creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), cert_pem)])
         port = server.add_secure_port(address, creds)
+        pin: bytes | None = spki_sha256(cert_pem)
     else:
         port = server.add_insecure_port(address)
+        pin = None
     if port == 0:
         raise ConfigError(f"worker: cannot bind {address}")
-    return WorkerServer(server, manager, health_servicer, port), port
+    worker = WorkerServer(server, manager, health_servicer, port)
+    worker.tls_pin = pin
+    return worker, port

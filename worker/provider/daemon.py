@@ -34,9 +34,10 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from marketplace.contracts.deployment import Contracts
-from marketplace.errors import ContractRevert, WorkerError
+from marketplace.errors import ConfigError, ContractRevert, WorkerError
 from marketplace.market.pricing import PricingStrategy
 from marketplace.protocol.merkle import EMPTY_ROOT
+from marketplace.protocol.tls import ensure_certificate, is_loopback
 from marketplace.types import DeviceKind, JobSpec, JobStatus, Offer, SlotStatus
 from worker.node.chain_leases import ChainLeases
 from worker.node.config import WorkerConfig
@@ -81,8 +82,33 @@ def chain_worker(
     allow_unsandboxed: bool = False,
     memory_limit_mb: int | None = None,
     lease_refresh_s: float = 1.0,
+    tls: bool | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    advertise_host: str | None = None,
 ) -> tuple[WorkerServer, str]:
-    """A worker whose leases are read from the chain, bound (not yet started); returns it and its endpoint."""
+    """A worker whose leases are read from the chain, bound (not yet started); returns it and its endpoint.
+
+    With ``tls`` (the default off loopback) it serves TLS with ``tls_cert``/``tls_key``, or with a
+    self-signed certificate made on first start in ``data_dir`` (``tls.crt``, ``tls.key``), and the
+    endpoint pins its key (``host:port#tls-spki=<hex>``, :mod:`marketplace.protocol.tls`). Plaintext
+    is served only on loopback. ``advertise_host`` is the host the offer names (default ``host``).
+    """
+    if tls is None:
+        tls = not is_loopback(host) or tls_cert is not None
+    if not tls and not is_loopback(host):
+        raise ConfigError(f"provider: plaintext is served on loopback only, not on {host}")
+    if tls and (tls_cert is None) != (tls_key is None):
+        raise ConfigError("provider: give both --tls-cert and --tls-key, or neither")
+    if tls and tls_cert is None:
+        tls_cert, tls_key = data_dir / "tls.crt", data_dir / "tls.key"
+        ensure_certificate(tls_cert, tls_key)
+    if advertise_host is None:
+        if host in ("0.0.0.0", "::", ""):
+            raise ConfigError(
+                f"provider: bound to {host or 'every address'}; name the address offers carry (--advertise)"
+            )
+        advertise_host = host
     config = WorkerConfig(
         data_dir=data_dir,
         leases=ChainLeases(contracts, refresh_s=lease_refresh_s),
@@ -91,9 +117,11 @@ def chain_worker(
         allow_unsandboxed=allow_unsandboxed,
         cpu_slots=cpu_slots,
         limits=Limits() if memory_limit_mb is None else Limits(memory_bytes=memory_limit_mb << 20),
+        tls_cert=tls_cert if tls else None,
+        tls_key=tls_key if tls else None,
     )
-    server, bound = create_server(config, f"{host}:{port}")
-    return server, f"{host}:{bound}"
+    server, _ = create_server(config, f"{host}:{port}")
+    return server, server.endpoint(advertise_host)
 
 
 def device_terms(worker: WorkerServer) -> dict[str, Any]:
