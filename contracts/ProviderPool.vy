@@ -190,6 +190,11 @@ total_gpus: public(uint256)
 booked_registry_stake: public(uint256)
 # @dev Tokens withdrawn from the registry, held here for members' exits.
 released: public(uint256)
+# @dev Released stake earmarked for each member whose exit was due when its batch came out; it is
+# that member's alone (a later exit cannot take it), and never more than the member's unbonding.
+pots: public(HashMap[address, uint256])
+# @dev Sum of the pots.
+earmarked: public(uint256)
 # @dev Tokens collected from the market and not yet withdrawn as credit.
 cash: public(uint256)
 # @dev All market credit the pool ever collected.
@@ -449,7 +454,11 @@ def withdraw_stake() -> uint256:
     """
     @notice Withdraws the caller's unbonding stake once its period has passed,
             it holds no assignment and the registry has released the tokens
-            (`sync` moves them along). A member with nothing left leaves the pool.
+            (`sync` moves them along: its own pot first, then released stake no
+            earlier exit claimed). The pool must hold no running lease and no
+            unbooked slash, so that a leaver bears its pro-rata share of every
+            slash of a lease that ran while its stake backed the pool. A member
+            with nothing left leaves the pool.
     @dev Non-reentrant: moves tokens out. The stake is zeroed before the transfer.
     @return The amount withdrawn.
     """
@@ -459,8 +468,14 @@ def withdraw_stake() -> uint256:
     assert m.assignments == 0, "pool: member holds assignments"
     self._sync()
     amount: uint256 = m.unbonding
-    assert self.released >= amount, "pool: stake not yet released by the registry"
+    pot: uint256 = self.pots[msg.sender]
+    assert pot + (self.released - self.earmarked) >= amount, "pool: stake not yet released by the registry"
+    # A slash still to book, or a lease still running, may take a share of this stake.
+    assert self._unbooked_loss() == 0, "pool: a slash is not yet booked"
+    assert (staticcall registry.stakes(self)).active_jobs == 0, "pool: leases still run"
     # First zero the stake, then send the tokens.
+    self.earmarked -= pot
+    self.pots[msg.sender] = 0
     self.released -= amount
     self.members[msg.sender].unbonding = 0
     self.total_unbonding -= amount
@@ -802,8 +817,9 @@ def unattributed() -> (uint256, uint256):
 @view
 def draining() -> bool:
     """
-    @notice Whether bidding is paused so that members' exits can leave the
-            registry: a batch's unbonding has passed but the pool holds leases.
+    @notice Whether bidding is paused so that members' exits can leave: a
+            batch's unbonding has passed, or released stake waits in a member's
+            pot, and the pool holds leases.
     @return True while commit_bid and take_job revert.
     """
     return self._draining()
@@ -836,6 +852,17 @@ def _sync():
         log RegistryStakeReleased(amount=reg.unbonding)
         extcall registry.withdraw_unbonded()
         reg.unbonding = 0
+        # Each exit due now gets its pot, in member order, before a later one can claim the tokens.
+        free: uint256 = self.released - self.earmarked
+        for a: address in self.member_list:
+            if free == 0:
+                break
+            m: Member = self.members[a]
+            if m.unbonding > 0 and block.timestamp >= m.unbond_at:
+                add: uint256 = min(m.unbonding - self.pots[a], free)
+                self.pots[a] += add
+                self.earmarked += add
+                free -= add
     owed: uint256 = self.total_unbonding
     if self.released > owed:
         # Losses booked to leaving members' released stake: the rest bonds back.
@@ -898,6 +925,11 @@ def _cut(member: address, amount: uint256, job_id: uint256, culprit: bool) -> ui
     from_stake: uint256 = min(taken, m.stake)
     self.members[member].stake = m.stake - from_stake
     self.members[member].unbonding = m.unbonding - (taken - from_stake)
+    pot: uint256 = self.pots[member]
+    if pot > m.unbonding - (taken - from_stake):
+        # A pot is never more than the unbonding stake it pays out.
+        self.earmarked -= pot - (m.unbonding - (taken - from_stake))
+        self.pots[member] = m.unbonding - (taken - from_stake)
     self.total_stake -= from_stake
     self.total_unbonding -= taken - from_stake
     log MemberSlashed(member=member, job_id=job_id, amount=taken, culprit=culprit)
@@ -965,7 +997,11 @@ def _stray() -> uint256:
 @view
 def _draining() -> bool:
     reg: RegistryStake = staticcall registry.stakes(self)
-    return reg.unbonding > 0 and block.timestamp >= reg.unbond_at and reg.active_jobs > 0
+    # A batch due at the registry, or released stake earmarked for a member that may only leave
+    # once no lease runs: new leases wait until the running ones end.
+    return reg.active_jobs > 0 and (
+        (reg.unbonding > 0 and block.timestamp >= reg.unbond_at) or self.earmarked > 0
+    )
 
 
 @internal

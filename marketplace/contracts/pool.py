@@ -246,6 +246,10 @@ class Pool(Bound):
         """Tokens out of the registry, held for leaving members."""
         return int(self.call("released"))
 
+    def pot(self, member: str) -> int:
+        """Released stake earmarked for ``member``'s exit (its alone; withdrawn by ``withdraw_stake``)."""
+        return int(self.call("pots", member))
+
     def cash(self) -> int:
         """Collected tokens not yet withdrawn as credit."""
         return int(self.call("cash"))

@@ -1077,6 +1077,65 @@ def test_gas__of_pool_operations__stays_within_budget(
         assert used < 400_000, (step, used)
 
 
+def test_settle__slashed_slot_settled_by_another_after_the_base_slash_fell__books_the_slots_own_base_slash(
+    registered, deployment, flow, operator, owner, treasury, provider, instant
+):
+    job_id = pool_takes(flow, registered, operator, instant)
+    assign(registered, operator, job_id, instant, provider)
+    with boa.env.prank(owner):  # the parameter changes while the slot runs
+        flow.market.set_parameters(treasury, FEE_BPS, DISPUTE_BOND, 0, SLASH_REQUESTER_BPS)
+    travel_to(now() + instant.run_duration + 1)  # no result by the run deadline
+    flow.settle(job_id, instant, 0)  # settled at the market first: the pool computes the loss
+    registered.settle(job_id, instant, 0)
+    loss = value(DEFAULT_PRICE_FLOOR, 3_600) + BASE_SLASH
+    assert pool_event(registered, "SlotBooked").loss == loss
+    assert registered.unattributed() == (0, 0)
+    assert_pool_solvent(registered, deployment)
+
+
+def test_withdraw_stake__a_later_exit_due_too__cannot_take_the_released_pot_of_an_earlier_one(
+    registered, provider, provider2
+):
+    with boa.env.prank(provider):
+        registered.request_leave(100 * E18)
+    boa.env.time_travel(seconds=86_400)
+    with boa.env.prank(provider2):
+        registered.request_leave(100 * E18)  # its batch waits for the first one
+    boa.env.time_travel(seconds=UNBONDING_PERIOD)
+    registered.sync()  # the first batch (provider's 100) is out; both exits are due
+    assert registered.pots(provider) == 100 * E18 and registered.pots(provider2) == 0
+    with boa.env.prank(provider2), boa.reverts("pool: stake not yet released by the registry"):
+        registered.withdraw_stake()
+    with boa.env.prank(provider):
+        assert registered.withdraw_stake() == 100 * E18
+
+
+def test_withdraw_stake__while_a_lease_it_backed_runs__reverts__and_the_leaver_pays_its_pro_rata_share(
+    registered, deployment, token, flow, operator, provider, provider3, requester, stakes
+):
+    with boa.env.prank(provider):  # the pool stays above the registry's minimum stake after the exit
+        token.approve(registered.address, stakes[provider3])
+        registered.add_stake(stakes[provider3])
+    with boa.env.prank(provider3):
+        registered.request_leave(stakes[provider3])
+    travel_to(now() + UNBONDING_PERIOD)
+    registered.sync()  # its stake is out of the registry, waiting for it
+    instant = make_spec(requester, auction=AUCTION_INSTANT)
+    job_id = pool_takes(flow, registered, operator, instant)  # a lease nobody is assigned: it will fail
+    with boa.env.prank(provider3), boa.reverts("pool: leases still run"):
+        registered.withdraw_stake()
+    travel_to(now() + instant.run_duration + 1)
+    flow.settle(job_id, instant, 0)  # slashed at the market, not yet booked by the pool
+    with boa.env.prank(provider3), boa.reverts("pool: a slash is not yet booked"):
+        registered.withdraw_stake()
+    registered.settle(job_id, instant, 0)
+    share = {e.member: e.amount for e in pool_events(registered, "MemberSlashed")}[provider3]
+    assert share > 0
+    with boa.env.prank(provider3):
+        assert registered.withdraw_stake() == stakes[provider3] - share
+    assert_pool_solvent(registered, deployment)
+
+
 # ---------------------------------------------------------------- revert coverage
 
 # Reachable only with a token that returns False instead of reverting, or a market that pays

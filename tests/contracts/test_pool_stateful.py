@@ -383,8 +383,11 @@ class PoolMachine(RuleBasedStateMachine):
                 amount = self.pool.withdraw_stake()
         except BoaError:
             return
-        # A member holding an assignment can never get its stake out.
+        # A member holding an assignment can never get its stake out, nor while any lease it backs
+        # runs or a slash is unbooked (its pro-rata share of every slash is taken first).
         assert self.open_assign[m] == 0
+        assert self.registry.stakes(self.pool.address).active_jobs == 0
+        assert self.pool.unattributed()[1] == 0
         assert now() >= self.unbond_at[m]
         assert amount == self.unbonding[m]
         self.unbonding[m] = 0
@@ -426,6 +429,10 @@ class PoolMachine(RuleBasedStateMachine):
         if not any(j["market_settled"] and not j["booked"] for j in self.jobs.values()):
             assert (income, loss) == (0, 0)
         assert self.pool.booked_registry_stake() + self.pool.released() == owes - self.pool.total_credits()
+        # Released stake earmarked for exits: each pot is its member's alone, never above its unbonding.
+        pots = [self.pool.pots(m) for m in self.members]
+        assert sum(pots) == self.pool.earmarked() <= self.pool.released()
+        assert all(p <= self.pool.members(m).unbonding for p, m in zip(pots, self.members, strict=True))
 
     @invariant()
     def every_member_holds_what_the_model_says(self) -> None:
