@@ -39,6 +39,7 @@ def _cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedPr
         text=True,
         timeout=timeout,
         env={"FLOPEX_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        cwd=home,  # results land in ./results-JOB
     )
 
 
