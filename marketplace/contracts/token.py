@@ -50,14 +50,18 @@ class Token(Bound):
         """All tokens in existence."""
         return int(self.call("totalSupply"))
 
+    def permit_domain(self) -> dict[str, Any]:
+        """The EIP-712 domain ``permit`` checks, as the token itself reports it (ERC-5267 ``eip712Domain()``).
+
+        The token's domain name ("flopex") is not its ERC-20 ``name()`` ("flopex Compute"): a permit
+        built from ``name()`` recovers the wrong signer and reverts. Read the domain, never guess it.
+        """
+        _fields, name, version, chain_id, contract, _salt, _extensions = self.call("eip712Domain")
+        return {"name": name, "version": version, "chainId": int(chain_id), "verifyingContract": contract}
+
     def sign_permit(self, owner: LocalAccount, spender: str, amount: int, deadline: int) -> tuple[int, bytes, bytes]:
-        """Sign an EIP-2612 permit; returns ``(v, r, s)``."""
-        domain = {
-            "name": "flopex",
-            "version": "1",
-            "chainId": self.chain.chain_id,
-            "verifyingContract": self.address,
-        }
+        """Sign an EIP-2612 permit in the token's own EIP-712 domain (:meth:`permit_domain`); returns ``(v, r, s)``."""
+        domain = self.permit_domain()
         types = {
             "Permit": [
                 {"name": "owner", "type": "address"},

@@ -99,6 +99,7 @@ class WorkerInfo(_message.Message):
         "sandboxed",
         "queued_jobs",
         "running_jobs",
+        "receipt_signer",
     )
     PROVIDER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WORKER_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +114,7 @@ class WorkerInfo(_message.Message):
     SANDBOXED_FIELD_NUMBER: _ClassVar[int]
     QUEUED_JOBS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_SIGNER_FIELD_NUMBER: _ClassVar[int]
     provider_address: str
     worker_version: str
     protocol_version: str
@@ -126,6 +128,7 @@ class WorkerInfo(_message.Message):
     sandboxed: bool
     queued_jobs: int
     running_jobs: int
+    receipt_signer: str
     def __init__(
         self,
         provider_address: _Optional[str] = ...,
@@ -141,6 +144,7 @@ class WorkerInfo(_message.Message):
         sandboxed: _Optional[bool] = ...,
         queued_jobs: _Optional[int] = ...,
         running_jobs: _Optional[int] = ...,
+        receipt_signer: _Optional[str] = ...,
     ) -> None: ...
 
 class QueryUploadRequest(_message.Message):

@@ -82,3 +82,15 @@ def test_the_provider__serves_tls_off_loopback_and_plaintext_only_on_it(tmp_path
         chain_worker(None, tmp_path, host="0.0.0.0", tls=False)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="--advertise"):
         chain_worker(None, tmp_path, host="0.0.0.0")  # type: ignore[arg-type]
+
+
+def test_an_unregistered_worker__advertises_prices_of_the_kinds_it_has_only(tls_worker: WorkerServer) -> None:
+    with WorkerClient(tls_worker.endpoint("127.0.0.1"), timeout_s=10) as client:
+        info = client.info()
+        assert {p.device_kind for p in info.prices} <= {d.kind for d in info.devices}
+        assert info.provider_address == info.receipt_signer == tls_worker.provider_address
+        tls_worker.advertise("0x" + "ab" * 20, {"cpu": 7})
+        info = client.info()
+    assert info.provider_address == "0x" + "ab" * 20 and [(p.device_kind, p.price_per_hour) for p in info.prices] == [
+        ("cpu", "7")
+    ]

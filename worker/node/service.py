@@ -155,6 +155,10 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self.address = manager.signer.address
         self.domain = manager.domain
         self.watchdog = Watchdog()
+        self.advertised_provider: str | None = None
+        """The staked account whose offer this worker serves (set by the provider daemon once registered)."""
+        self.advertised_prices: dict[str, int] | None = None
+        """The registered prices per device-hour by device kind (None: the configured ones)."""
         lim = config.admission
         self.lookups = TokenBucket(
             lim.lookup_rate_per_peer, lim.lookup_burst_per_peer, lim.lookup_rate, lim.lookup_burst
@@ -282,14 +286,19 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             torch_version = metadata.version("torch")
         except metadata.PackageNotFoundError:
             torch_version = ""
+        kinds = {d.kind for d in self.devices}
+        prices = self.advertised_prices
+        if prices is None:
+            prices = {k: v for k, v in self.config.prices.items() if k in kinds}
         return pb.WorkerInfo(
-            provider_address=self.address,
+            provider_address=self.advertised_provider or self.address,
+            receipt_signer=self.address,
             worker_version=marketplace.__version__,
             protocol_version="flopex.v1",
             python_version=platform.python_version(),
             torch_version=torch_version,
             devices=[device_proto(d, i in busy) for i, d in enumerate(self.devices)],
-            prices=[pb.Price(device_kind=k, price_per_hour=str(v)) for k, v in sorted(self.config.prices.items())],
+            prices=[pb.Price(device_kind=k, price_per_hour=str(v)) for k, v in sorted(prices.items())],
             max_bundle_bytes=self.config.max_bundle_bytes,
             chain_id=self.config.chain_id,
             market_address=self.domain.verifying_contract,
@@ -507,6 +516,14 @@ class WorkerServer:
         self.tls_pin: bytes | None = None
         """sha256 of the TLS certificate's public key (what an offer's endpoint pins), None in plaintext."""
 
+    servicer: WorkerServicer | None = None
+
+    def advertise(self, provider: str, prices: dict[str, int]) -> None:
+        """Say in GetInfo which staked account this worker serves and the prices it registered."""
+        if self.servicer is not None:
+            self.servicer.advertised_provider = provider
+            self.servicer.advertised_prices = dict(prices)
+
     def endpoint(self, host: str) -> str:
         """The endpoint an offer registers for this worker reached at ``host``: its pin included."""
         return str(Endpoint(host, self.port, self.tls_pin))
@@ -590,7 +607,8 @@ def create_server(config: WorkerConfig, address: str = "127.0.0.1:0") -> tuple[W
         # A backstop on calls queued for a thread; the admission caps act long before it.
         maximum_concurrent_rpcs=4 * threads,
     )
-    pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(config, manager, challenges, devices), server)
+    servicer = WorkerServicer(config, manager, challenges, devices)
+    pb_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -611,4 +629,5 @@ def create_server(config: WorkerConfig, address: str = "127.0.0.1:0") -> tuple[W
         raise ConfigError(f"worker: cannot bind {address}")
     worker = WorkerServer(server, manager, health_servicer, port)
     worker.tls_pin = pin
+    worker.servicer = servicer
     return worker, port

@@ -212,6 +212,7 @@ class ProviderDaemon(ChainDaemon):
         )
         if not registry.is_provider(self.address) or registry.offer(self.address) != offer:
             registry.register_provider(self.account, offer)
+        self.worker.advertise(self.address, {offer.device_kind.name.lower(): offer.price_floor})
 
     # ------------------------------------------------------------------ the bidder's supply: the worker's devices
 

@@ -700,9 +700,10 @@ class VerifierDaemon(StepLoop):
         kind = offer.device_kind.name.lower()
         with self._client(provider) as client:
             info = client.info()
-        if info.provider_address.lower() != offer.signer.lower():
+        signer = info.receipt_signer or info.provider_address  # older workers report the signer only
+        if signer.lower() != offer.signer.lower():
             raise VerificationError(
-                f"the worker at {offer.endpoint} signs as {info.provider_address}, not as the offer's {offer.signer}"
+                f"the worker at {offer.endpoint} signs as {signer}, not as the offer's {offer.signer}"
             )
         devices = [d for d in info.devices if d.kind == kind]
         if len(devices) < gpus:
