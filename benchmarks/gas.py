@@ -91,7 +91,7 @@ def _finish(contracts: Contracts, job_id: int, steps: dict[str, int]) -> None:
     winner = dev_account(FIRST_PROVIDER)
     chain.time_travel(600)
     steps["commit_result"] = _gas(market.commit_result(winner, job_id, 0, b"\x77" * 32, 500))
-    steps["attest"] = _gas(market.attest(verifier, job_id, 0, Outcome.ACCEPT, 480))
+    steps["attest"] = _gas(market.attest(verifier, job_id, 0, Outcome.ACCEPT, 500))
     steps["settle"] = _gas(market.settle(requester, job_id, 0))
     steps["withdraw_provider"] = _gas(contracts.chain.transact(winner, market.contract.functions.withdraw()))
     steps["withdraw_requester"] = _gas(contracts.chain.transact(requester, market.contract.functions.withdraw()))
