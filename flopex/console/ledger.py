@@ -258,9 +258,7 @@ class Ledger:
         found: list[Log] = []
         for a in range(first, last + 1, CHUNK):
             b = min(last, a + CHUNK - 1)
-            with self.chain.locked():
-                query: Any = {"address": addresses, "fromBlock": a, "toBlock": b}
-                raw = self.chain.w3.eth.get_logs(query)
+            raw = self.chain.logs(addresses, a, b)
             for log in raw:
                 address = to_checksum_address(log["address"])
                 abi = self._events.get((address, bytes(log["topics"][0]))) if log["topics"] else None
