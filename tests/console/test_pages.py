@@ -316,3 +316,18 @@ def test_cli__console_without_a_deployment__one_line_and_non_zero(tmp_path: Path
 def test_cli__console_and_demo_console_are_commands() -> None:
     assert "--rpc-url" in CliRunner().invoke(cli, ["console", "--help"]).output
     assert "--console" in CliRunner().invoke(cli, ["demo", "--help"]).output
+
+
+def test_chain_logs__on_the_embedded_chain__are_what_eth_getlogs_answers(market: SmallMarket) -> None:
+    c = market.contracts
+    addresses = [c.market.address, c.registry.address, market.pool.address]
+    last = c.chain.block_number()
+    with c.chain.locked():
+        slow = list(c.chain.w3.eth.get_logs({"address": addresses, "fromBlock": 0, "toBlock": last}))
+    fast = c.chain.logs(addresses, 0, last)
+
+    def key(g: dict) -> tuple:
+        topics = [bytes(t) for t in g["topics"]]
+        return g["blockNumber"], g["logIndex"], g["address"], topics, bytes(g["data"]), bytes(g["transactionHash"])
+
+    assert len(fast) > 20 and sorted(map(key, fast)) == sorted(map(key, slow))
