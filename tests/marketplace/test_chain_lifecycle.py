@@ -105,7 +105,8 @@ def test_sealed_job__two_bidders__lowest_wins_at_second_price_and_is_paid_for_ve
     assert market.credits(requester.address) == refund
 
     world.chain.time_travel(120)
-    market.commit_result(cheap, job_id, 0, b"\x01" * 32, 100)
+    # The verifier accepts the whole claim (a cut claim would slash the provider, docs/economics.md item 3).
+    market.commit_result(cheap, job_id, 0, b"\x01" * 32, 90)
     market.attest(verifier, job_id, 0, Outcome.ACCEPT, 90)
     settled = [e for e in market.events_in(market.settle(requester, job_id, 0)) if isinstance(e, SlotSettled)]
 
