@@ -215,6 +215,7 @@ def set_market(market_: address):
     ownable._check_owner()
     assert self.market == empty(address), "registry: market already set"
     assert market_ != empty(address), "registry: market is the zero address"
+    assert market_ != ownable.owner, "registry: owner cannot slash"
     self.market = market_
     log MarketSet(market=market_)
 
@@ -223,12 +224,17 @@ def set_market(market_: address):
 def set_authorized(account: address, authorized_: bool):
     """
     @notice Allows (or stops) `account` to lock, release and slash stakes like the market.
+            Only a contract other than the owner may be allowed: the owner cannot give
+            itself (or any externally owned account) the power to slash.
     @dev For contracts that hold providers to terms of their own, such as reservations.
     @param account The contract to authorize.
     @param authorized_ True to allow, False to revoke.
     """
     ownable._check_owner()
     assert account != empty(address), "registry: account is the zero address"
+    if authorized_:
+        assert account != ownable.owner, "registry: owner cannot slash"
+        assert account.is_contract, "registry: account is not a contract"
     self.authorized[account] = authorized_
     log AuthorizationChanged(account=account, authorized=authorized_)
 

@@ -22,6 +22,7 @@ from tests.contracts.contract_helpers import (
     OUTCOME_ACCEPT,
     SLASH_REQUESTER_BPS,
     fund,
+    load,
     make_spec,
     now,
     sign_permit,
@@ -381,3 +382,22 @@ def test_report_not_served__idle_window_reported_and_nobody_ruled__pays_the_prov
     res.settle(rid)
     assert res.credits(requester) == 0
     assert res.credits(provider) == ESCROW - ESCROW * FEE_BPS // 10_000 + res.dispute_bonds(rid)
+
+
+# ---------------------------------------------------------------- (h) item 10: owner powers (the slashing part)
+
+
+def test_set_authorized__the_owner_itself_or_an_externally_owned_account__reverts(registry, owner, stranger):
+    with boa.env.prank(owner), boa.reverts("registry: owner cannot slash"):
+        registry.set_authorized(owner, True)
+    with boa.env.prank(owner), boa.reverts("registry: account is not a contract"):
+        registry.set_authorized(stranger, True)
+    with boa.env.prank(owner):
+        registry.set_authorized(stranger, False)  # revoking stays possible for any account
+
+
+def test_set_market__the_owner_itself__reverts(owner, token):
+    with boa.env.prank(owner):
+        fresh = load("ProviderRegistry", token.address, MIN_PROVIDER_STAKE, MIN_PROVIDER_STAKE, 86_400)
+    with boa.env.prank(owner), boa.reverts("registry: owner cannot slash"):
+        fresh.set_market(owner)

@@ -118,18 +118,20 @@ def _gas(contract: Any) -> int:
 # ---------------------------------------------------------------- registry authorization
 
 
-def test_set_authorized__by_the_owner__lets_the_account_lock_and_logs(registry, owner, stranger, provider, providers):
+def test_set_authorized__by_the_owner__lets_the_account_lock_and_logs(registry, owner, token, provider, providers):
+    # Only a contract may be authorized; any contract address serves to lock here.
+    holder = token.address
     with boa.env.prank(owner):
-        registry.set_authorized(stranger, True)
+        registry.set_authorized(holder, True)
     e = one_event(registry, "AuthorizationChanged")
-    assert (e.account, e.authorized) == (stranger, True)
-    assert registry.authorized(stranger)
-    with boa.env.prank(stranger):
+    assert (e.account, e.authorized) == (holder, True)
+    assert registry.authorized(holder)
+    with boa.env.prank(holder):
         registry.lock(provider, 1)
     assert registry.stakes(provider).active_jobs == 1
     with boa.env.prank(owner):
-        registry.set_authorized(stranger, False)
-    with boa.env.prank(stranger), boa.reverts("registry: caller may not lock or slash"):
+        registry.set_authorized(holder, False)
+    with boa.env.prank(holder), boa.reverts("registry: caller may not lock or slash"):
         registry.release(provider, 1, True)
 
 
