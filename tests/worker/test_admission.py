@@ -93,7 +93,7 @@ def test_silent_uploads__are_capped_and_cancelled_while_calls_and_health_go_on(
         try:
             time.sleep(0.5)
             refused = [c for c in calls if c.done() and c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
-            assert len(refused) == 40 - AdmissionLimits().streams_per_peer  # the rest refused at once
+            assert len(refused) == 40 - AdmissionLimits().uploads_per_peer  # the rest refused at once
             assert _healthy(target)
             archive, bhash = make_bundle("print(1)\n")
             job_id = next_job_id()
@@ -252,10 +252,12 @@ def test_a_client_abort_inside_an_upload__is_one_log_line(
     caplog.set_level(logging.INFO, logger="worker.node.service")
     with grpc.insecure_channel(target) as channel:
         call = pb_grpc.WorkerServiceStub(channel).UploadBundle.future(messages(), timeout=30)  # type: ignore[attr-defined]
-        time.sleep(0.5)
+        deadline = time.monotonic() + 15
+        while server.manager.upload_offset(job_id, sha)[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the worker holds the first chunk: the abort is inside the upload
         call.cancel()
         release.set()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not any(
         r.message.startswith("UploadBundle") and "ended by the client" in r.message for r in caplog.records
     ):

@@ -1,7 +1,7 @@
 """Admission control of the worker's gRPC service: nobody can freeze a worker without paying for it.
 
 :class:`Admission` is a server interceptor on ``flopex.v1.WorkerService`` (health checks and
-reflection pass untouched). Every rpc belongs to a class — ``stream`` (uploads, watches,
+reflection pass untouched). Every rpc belongs to a class — ``upload``, ``stream`` (watches,
 downloads), ``call`` (the other signed unary rpcs and GetInfo) or ``challenge`` (the public
 CapacityChallenge and ChallengeRows) — and each class has a global cap and a per-peer cap on
 concurrent calls; a call beyond either is refused at once with RESOURCE_EXHAUSTED, before it is
@@ -30,12 +30,19 @@ from marketplace.rpc import SERVICE_NAME
 
 __all__ = ["STREAM_METHODS", "Admission", "AdmissionLimits", "TokenBucket", "Watchdog", "method_class", "peer_host"]
 
-STREAM_METHODS = frozenset({"UploadBundle", "WatchJob", "DownloadResults", "DownloadBundle"})
+STREAM_METHODS = frozenset({"WatchJob", "DownloadResults", "DownloadBundle"})
 CHALLENGE_METHODS = frozenset({"CapacityChallenge", "ChallengeRows"})
 
 
 def method_class(method: str) -> str:
-    """The admission class of an rpc name: ``stream``, ``challenge`` or ``call``."""
+    """The admission class of an rpc name: ``upload``, ``stream``, ``challenge`` or ``call``.
+
+    Uploads have a class of their own: they are the only stream that can be opened before anything
+    is signed (the signature is in the first message), so a flood of them leaves watches and
+    downloads alone.
+    """
+    if method == "UploadBundle":
+        return "upload"
     if method in STREAM_METHODS:
         return "stream"
     if method in CHALLENGE_METHODS:
@@ -57,6 +64,8 @@ def peer_host(peer: str) -> str:
 class AdmissionLimits:
     """Caps on concurrent calls per class, globally and per peer host; challenge rates."""
 
+    uploads: int = 32
+    uploads_per_peer: int = 8
     streams: int = 64
     streams_per_peer: int = 16
     calls: int = 32
@@ -78,6 +87,8 @@ class AdmissionLimits:
 
     def cap(self, cls: str) -> tuple[int, int]:
         """(global, per-peer) caps of class ``cls``."""
+        if cls == "upload":
+            return self.uploads, self.uploads_per_peer
         if cls == "stream":
             return self.streams, self.streams_per_peer
         if cls == "challenge":
@@ -86,7 +97,7 @@ class AdmissionLimits:
 
     def threads(self, reserve: int = 8) -> int:
         """Threads the server needs so that every admitted call and ``reserve`` more (health) run."""
-        return self.streams + self.calls + self.challenges + reserve
+        return self.uploads + self.streams + self.calls + self.challenges + reserve
 
 
 class TokenBucket:
