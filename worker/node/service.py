@@ -193,7 +193,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             lease = self.config.leases.lease(job_id)
         except FlopexError as exc:
             raise WorkerError(f"cannot read the lease of job {job_id}: {exc}", code="UNAVAILABLE") from None
-        refused = SignatureError(f"auth: {claimed} holds no lease of job {job_id} on this worker (no lease here)")
+        refused = SignatureError(
+            f"auth: signed by {claimed}: no lease here, or not the job's requester, for job {job_id} on this worker"
+        )
         if lease is None:
             raise refused
         if claimed.lower() != lease.requester.lower() and method not in VERIFIER_METHODS:
