@@ -19,7 +19,8 @@ treasury's credit against the fees; and that the market holds exactly the credit
 
 How the replay follows the simulation:
 
-* Providers stake the minimum and register their devices, memory and price floor; requesters
+* Providers stake the minimum plus what backs every lease they may hold at once (each lease
+  locks its value and the base slash) and register their devices, memory and price floor; requesters
   are dev accounts of their own (a requester never bids on its own job).
 * The chain's clock follows the simulation's: an action due at simulated second ``t`` runs once
   the chain reaches ``T0 + t`` (a dev chain's clock is moved forward, never back). Each block
@@ -76,6 +77,9 @@ from marketplace.contracts.devmarket import setup_dev_market
 from marketplace.errors import ChainError, FlopexError
 from marketplace.market.auction import settle, slot_value
 from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Offer, Policy
+
+#: Stake each provider adds to the minimum to back its concurrent leases (dev accounts hold 100,000).
+COLLATERAL_STAKE = 20_000 * ONE_TOKEN
 
 __all__ = [
     "FIELDS",
@@ -241,6 +245,10 @@ class _Replay:
         self.requesters = [dev_account(2 + n_providers + r) for r in range(n_requesters)]
         self.index: dict[str, int] = {a.address: p for p, a in enumerate(self.providers)}
         self.contracts: Contracts = setup_dev_market(chain, accounts=self.accounts)
+        # The simulated market lets a job wait as long as its patience (hours to days): the owner
+        # (dev account 0) opens the market's window bounds to the hard limit in its code.
+        longest = self.contracts.market.max_window()
+        self.contracts.market.set_window_bounds(dev_account(0), longest, longest, longest)
         self.fee_bps = self.contracts.market.fee_bps()
         self.posted_floor = list(w.p_floor)
         self.price_reposts = 0
@@ -260,7 +268,9 @@ class _Replay:
     def register(self) -> None:
         """Stakes and registers every provider; requesters approve the market once."""
         c, w = self.contracts, self.w
-        stake = c.registry.min_provider_stake()
+        # Each lease locks its value plus the base slash of free stake; the simulator never refuses
+        # a provider for its stake, so every provider backs more leases than it can hold at once.
+        stake = c.registry.min_provider_stake() + COLLATERAL_STAKE
         for p, account in enumerate(self.providers):
             c.token.approve(account, c.registry.address, stake)
             c.registry.stake(account, stake)

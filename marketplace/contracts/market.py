@@ -211,6 +211,14 @@ class Market(Bound):
         """The GPU-seconds slot ``slot`` claimed when a verifier accepted fewer; 0 when none were cut."""
         return int(self.call("over_claims", job_id, slot))
 
+    def set_window_bounds(self, owner: LocalAccount, bid: int, run: int, challenge: int) -> Any:
+        """Change the longest windows a new job may ask for (the owner's; each at most ``MAX_WINDOW``)."""
+        return self.transact(owner, "set_window_bounds", bid, run, challenge)
+
+    def max_window(self) -> int:
+        """The hard limit, in the contract's code, on every window bound."""
+        return int(self.call("MAX_WINDOW"))
+
     def window_bounds(self) -> tuple[int, int, int]:
         """The longest bid (and reveal) window, run duration and challenge window a new job may ask for."""
         bid, run, challenge = self.call("window_bounds")
