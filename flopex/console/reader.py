@@ -10,7 +10,6 @@ it may hold is the requester's, to sign requests for a job's log lines.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -26,15 +25,13 @@ from eth_utils.address import is_address, to_checksum_address
 from flopex.console.ledger import JobRow, Ledger, Log
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.pool import Pool, pool_at
-from marketplace.errors import ChainError, FlopexError, WorkerError
+from marketplace.errors import FlopexError, WorkerError
 from marketplace.market.index import compute_index, parse_window, twap
 from marketplace.market.routing import slot_worker
 from marketplace.market.summary import job_summary, reservation_summary
 from marketplace.types import DeviceKind, JobStatus, Outcome, SlotStatus
 
-__all__ = ["WINDOWS", "BadInput", "MarketReader", "NotFound", "check_chain", "parse_address", "parse_job_id"]
-
-log = logging.getLogger("flopex.console")
+__all__ = ["WINDOWS", "BadInput", "MarketReader", "NotFound", "parse_address", "parse_job_id"]
 
 #: Windows the price chart offers.
 WINDOWS = ("1h", "24h", "7d", "all")
@@ -634,13 +631,3 @@ class MarketReader:
             if g.name == "ReservationSettled":
                 return f"reservation {g.args['reservation_id']}: a verifier attested it was not served"
         return "slashed (no settlement in the same transaction)"
-
-
-def check_chain(reader: MarketReader) -> None:
-    """Raise :class:`ChainError` when the node does not answer (the pages then say so)."""
-    try:
-        reader.chain.block_number()
-    except ChainError:
-        raise
-    except Exception as exc:
-        raise ChainError(f"the chain does not answer: {type(exc).__name__}") from exc
