@@ -439,6 +439,10 @@ class JobManager:
         try:
             self._run(run, bundle)
         except Exception as exc:  # a bug here must not leave the job running forever
+            if self._closed:
+                # Shut down under the job (its store may be closed already): nothing is left to record.
+                log.warning("job %s: the worker shut down while the job ended (%s)", run.job_id, exc)
+                return
             log.exception("job %s crashed the worker's runner", run.job_id)
             job = self.store.get(run.job_id)
             reason = f"worker error: {type(exc).__name__}: {exc}"
