@@ -25,6 +25,7 @@ __all__ = [
     "hold_data_dir",
     "load_signer",
     "open_contracts",
+    "worker_options",
 ]
 
 
@@ -55,6 +56,22 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def emit_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, default=str))
+
+
+def worker_options(fn: Any) -> Any:
+    """--cpu-slots, --unsafe-no-sandbox and --memory-limit-mb, for every command that runs a worker."""
+    fn = click.option("--memory-limit-mb", type=click.IntRange(64), default=4096, show_default=True)(fn)
+    fn = click.option(
+        "--unsafe-no-sandbox", is_flag=True, help="Run jobs without bubblewrap (only for code you trust)."
+    )(fn)
+    fn = click.option(
+        "--cpu-slots",
+        type=click.IntRange(1, 256),
+        default=1,
+        show_default=True,
+        help="CPU devices to offer when there is no GPU.",
+    )(fn)
+    return fn
 
 
 def chain_options(fn: Any) -> Any:

@@ -27,6 +27,7 @@ from flopex.cli.common import (
     hold_data_dir,
     load_signer,
     open_contracts,
+    worker_options,
 )
 from flopex.cli.console import console
 from flopex.cli.pool import pool
@@ -399,15 +400,7 @@ def provider() -> None:
     help="Pricing strategy: fixed | ramp:slope=S | decay:start=A,min=B,half_life=T | follow:undercut=U.",
 )
 @click.option("--stake", "stake_text", default="200", show_default=True, help="Tokens to keep staked.")
-@click.option(
-    "--cpu-slots",
-    type=click.IntRange(1, 256),
-    default=1,
-    show_default=True,
-    help="CPU devices to offer when there is no GPU.",
-)
-@click.option("--unsafe-no-sandbox", is_flag=True, help="Run jobs without bubblewrap (only for code you trust).")
-@click.option("--memory-limit-mb", type=click.IntRange(64), default=4096, show_default=True)
+@worker_options
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),

@@ -17,7 +17,16 @@ from typing import Any
 
 import click
 
-from flopex.cli.common import DEFAULT_HOME, account_options, chain_options, emit_json, fail, load_signer, open_contracts
+from flopex.cli.common import (
+    DEFAULT_HOME,
+    account_options,
+    chain_options,
+    emit_json,
+    fail,
+    load_signer,
+    open_contracts,
+    worker_options,
+)
 
 __all__ = ["pool"]
 
@@ -540,15 +549,7 @@ def member_group() -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the worker binds.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any).")
-@click.option(
-    "--cpu-slots",
-    type=click.IntRange(1, 256),
-    default=1,
-    show_default=True,
-    help="CPU devices to offer when there is no GPU.",
-)
-@click.option("--unsafe-no-sandbox", is_flag=True, help="Run jobs without bubblewrap (only for code you trust).")
-@click.option("--memory-limit-mb", type=click.IntRange(64), default=4096, show_default=True)
+@worker_options
 @click.option("--withdraw/--no-withdraw", default=True, show_default=True, help="Withdraw pay as it is booked.")
 @click.option(
     "--unsafe-cheat-root", is_flag=True, hidden=True, help="Tests only: commit a root the worker did not produce."
