@@ -248,7 +248,10 @@ class _Replay:
         # The simulated market lets a job wait as long as its patience (hours to days): the owner
         # (dev account 0) opens the market's window bounds to the hard limit in its code.
         longest = self.contracts.market.max_window()
-        self.contracts.market.set_window_bounds(dev_account(0), longest, longest, longest)
+        market, owner = self.contracts.market, dev_account(0)
+        ready = market.queue_change(owner, "set_window_bounds", longest, longest, longest)
+        chain.time_travel(ready - chain.now())  # the owner's change waits out its delay
+        market.set_window_bounds(owner, longest, longest, longest)
         self.fee_bps = self.contracts.market.fee_bps()
         self.posted_floor = list(w.p_floor)
         self.price_reposts = 0

@@ -81,6 +81,14 @@ MAX_WINDOW: public(constant(uint64)) = 2_592_000
 DEFAULT_MAX_BID_WINDOW: constant(uint64) = 86_400
 DEFAULT_MAX_RUN_DURATION: constant(uint64) = 691_200
 DEFAULT_MAX_CHALLENGE_WINDOW: constant(uint64) = 604_800
+# @dev Share of a slot's value a requester that never delivered a runnable bundle pays its provider.
+NO_SHOW_FEE_BPS: public(constant(uint256)) = 1_000
+# @dev The result root a provider commits, with 0 GPU-seconds, to report that the requester delivered no runnable bundle.
+NO_SHOW_ROOT: public(constant(bytes32)) = 0x0000000000000000000000000000000000000000000000000000000000000001
+# @dev Cuts of a claim up to this share are billing noise: paid on the verified GPU-seconds, not penalised.
+OVER_CLAIM_TOLERANCE_BPS: public(constant(uint256)) = 500
+# @dev Seconds between queueing an owner's change and making it: two days' notice.
+CHANGE_DELAY: public(constant(uint256)) = 172_800
 
 
 flag JobStatus:
@@ -102,6 +110,7 @@ flag SlotStatus:
     SLASHED  # settled: requester refunded, provider slashed
     REFUNDED  # settled: requester refunded, nobody slashed
     RELEASED  # the job was cancelled or expired before the slot started
+    NO_SHOW  # its provider reported that the requester never delivered a runnable bundle; awaits settlement
 
 
 struct JobSpec:
@@ -182,6 +191,8 @@ asks: public(HashMap[uint256, HashMap[uint256, uint256]])
 # dispute (the `dispute_bond` parameter may change before the slot settles); the claim is kept only
 # when a verifier accepted fewer GPU-seconds than it (the slot's GPU-seconds are then the verified ones).
 slot_bonds: HashMap[uint256, HashMap[uint256, uint256]]
+# @dev Owner's changes waiting out CHANGE_DELAY: keccak256 of the change's calldata -> earliest time to make it.
+queued_changes: public(HashMap[bytes32, uint256])
 # @dev Tokens each account can withdraw.
 credits: public(HashMap[address, uint256])
 # @dev Sum of all credits, for the solvency invariant.
@@ -277,6 +288,17 @@ event SlotSettled:
     slashed: uint256
 
 
+event BidForfeited:
+    job_id: indexed(uint256)
+    provider: indexed(address)
+    amount: uint256
+
+
+event ChangeQueued:
+    change: indexed(bytes32)
+    eta: uint256
+
+
 event Withdrawn:
     account: indexed(address)
     amount: uint256
@@ -327,12 +349,13 @@ def __init__(
 def set_window_bounds(max_bid_window: uint64, max_run_duration: uint64, max_challenge_window: uint64):
     """
     @notice Changes the longest windows a new job may ask for, each between 1 second and MAX_WINDOW.
-            Jobs already posted keep theirs.
+            Jobs already posted keep theirs. The change must have been queued CHANGE_DELAY before.
     @param max_bid_window Longest bid window (post to bid deadline) and reveal window (sealed).
     @param max_run_duration Longest run duration.
     @param max_challenge_window Longest challenge window.
     """
     ownable._check_owner()
+    self._take_queued(keccak256(slice(msg.data, 0, 100)))
     self._set_window_bounds(max_bid_window, max_run_duration, max_challenge_window)
 
 
@@ -356,7 +379,8 @@ def set_parameters(
     treasury_: address, fee_bps_: uint256, dispute_bond_: uint256, base_slash_: uint256, slash_requester_bps_: uint256
 ):
     """
-    @notice Changes the treasury, fee, dispute bond and slashing terms.
+    @notice Changes the treasury, fee, dispute bond and slashing terms; the change must have been
+            queued CHANGE_DELAY before. Slots keep the base slash and the bond they started with.
     @param treasury_ Who receives fees and the rest of slashes.
     @param fee_bps_ Protocol fee in basis points.
     @param dispute_bond_ Bond to dispute a result.
@@ -364,7 +388,21 @@ def set_parameters(
     @param slash_requester_bps_ Share of a slash that goes to the requester.
     """
     ownable._check_owner()
+    self._take_queued(keccak256(slice(msg.data, 0, 164)))
     self._set_parameters(treasury_, fee_bps_, dispute_bond_, base_slash_, slash_requester_bps_)
+
+
+@external
+def queue_change(change: bytes32):
+    """
+    @notice Announces an owner's change: `set_parameters` or `set_window_bounds` called with the
+            calldata hashed here can be made CHANGE_DELAY from now, once.
+    @param change keccak256 of the change's calldata.
+    """
+    ownable._check_owner()
+    eta: uint256 = block.timestamp + CHANGE_DELAY
+    self.queued_changes[change] = eta
+    log ChangeQueued(change=change, eta=eta)
 
 
 # ---------------------------------------------------------------- post
@@ -442,7 +480,9 @@ def commit_bid(job_id: uint256, spec: JobSpec, commitment: bytes32):
     assert commitment != empty(bytes32), "market: empty commitment"
     assert msg.sender != spec.requester, "market: requester cannot bid on its own job"
     assert self.commitments[job_id][msg.sender] == empty(bytes32), "market: bid already committed"
-    self._check_eligible(msg.sender, spec, self._value(spec.max_price, spec.max_gpu_seconds))
+    # Free stake for the lease's collateral at the max price and for the reveal bond (the base slash),
+    # which `forfeit_unrevealed` takes if the bid is not revealed.
+    self._check_eligible(msg.sender, spec, self._value(spec.max_price, spec.max_gpu_seconds) + self.base_slash)
     self.commitments[job_id][msg.sender] = commitment
     log BidCommitted(job_id=job_id, provider=msg.sender)
 
@@ -468,7 +508,10 @@ def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32):
     assert keccak256(abi_encode(job_id, msg.sender, price, salt)) == commitment, "market: reveal does not match commitment"
     assert price > 0, "market: zero ask"
     assert price <= spec.max_price, "market: ask above max price"
-    self._check_eligible(msg.sender, spec, self._value(price, spec.max_gpu_seconds))
+    # Still registered with the minimum stake and the devices; the collateral is locked when the auction ends.
+    assert staticcall registry.is_eligible(
+        msg.sender, spec.device_kind, spec.gpus, spec.min_memory_mb, 0
+    ), "market: provider not eligible"
     self.commitments[job_id][msg.sender] = empty(bytes32)
 
     # Insertion into the sorted list of the lowest `redundancy + 1` asks.
@@ -551,6 +594,30 @@ def finalize_auction(job_id: uint256, spec: JobSpec):
     self._start_lease(job_id, job, spec, refund, clearing)
 
 
+@external
+@nonreentrant
+def forfeit_unrevealed(job_id: uint256, spec: JobSpec, provider: address) -> uint256:
+    """
+    @notice Takes the reveal bond (the base slash) from a provider that committed a sealed bid and
+            did not reveal it by the reveal deadline, for the treasury (never the requester: a
+            requester's shill bids would get it back). Anyone may call; a cancelled job's bids are void.
+    @dev Non-reentrant: calls the registry.
+    @param job_id The job.
+    @param spec Its terms.
+    @param provider The bidder.
+    @return The amount taken.
+    """
+    job: Job = self._load(job_id, spec)
+    assert job.status != JobStatus.CANCELLED, "market: job was cancelled"
+    assert block.timestamp >= convert(spec.reveal_deadline, uint256), "market: reveal still open"
+    assert self.commitments[job_id][provider] != empty(bytes32), "market: no unrevealed bid"
+    self.commitments[job_id][provider] = empty(bytes32)
+    taken: uint256 = extcall registry.slash(provider, self.base_slash)
+    self._credit(self.treasury, taken)
+    log BidForfeited(job_id=job_id, provider=provider, amount=taken)
+    return taken
+
+
 # ---------------------------------------------------------------- instant auction
 
 
@@ -602,6 +669,10 @@ def commit_result(job_id: uint256, spec: JobSpec, slot: uint8, result_root: byte
     @notice Commits the result of a leased slot before the run deadline: the
             Merkle root of its outputs and the GPU-seconds it claims, which can
             be no more than the job's max nor the devices' time since the lease.
+            NO_SHOW_ROOT with 0 GPU-seconds reports instead that the requester delivered no
+            runnable bundle (none uploaded, one the worker refused, or never started), from a
+            quarter of the run window after the lease: the slot then settles without a slash,
+            the provider paid NO_SHOW_FEE_BPS of its value for the device time held.
     @param job_id The job.
     @param spec Its terms.
     @param slot The caller's slot.
@@ -623,6 +694,10 @@ def commit_result(job_id: uint256, spec: JobSpec, slot: uint8, result_root: byte
     held: uint256 = (block.timestamp - convert(lease_start, uint256)) * convert(spec.gpus, uint256)
     assert convert(gpu_seconds, uint256) <= held, "market: claim above device time held"
     s.status = SlotStatus.COMMITTED
+    if result_root == NO_SHOW_ROOT:
+        assert gpu_seconds == 0, "market: a no-show claims no GPU-seconds"
+        assert block.timestamp - convert(lease_start, uint256) >= convert(spec.run_duration // 4, uint256), "market: too early to report a no-show"
+        s.status = SlotStatus.NO_SHOW
     s.gpu_seconds = gpu_seconds
     s.committed_at = convert(block.timestamp, uint64)
     self._put_slot(job_id, index, s)
@@ -746,13 +821,14 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     """
     @notice Settles a slot; anyone may call once the slot can end:
             accepted → the provider is paid verified GPU-seconds x price (less the
-            fee), the rest is refunded, and if the verifier cut the claim its stake pays
-            collateral x (claim - verified) / claim (shared as a slash; a dispute's bond
-            goes back to its challenger); committed and unchallenged past the window
+            fee), the rest is refunded, and if the verifier cut the claim by more than
+            OVER_CLAIM_TOLERANCE_BPS its stake pays collateral x (claim - verified) / claim
+            (shared as a slash; a dispute's bond goes back to its challenger); committed and unchallenged past the window
             → paid on its claim; rejected, or no result by the run deadline →
             refunded and the provider slashed; disputed with no ruling by the end of
             the second window → paid on its claim, the bond to the provider; voided →
-            refunded, nobody slashed.
+            refunded, nobody slashed; a no-show → the provider paid NO_SHOW_FEE_BPS of the
+            slot's value, the rest refunded, nobody slashed.
     @dev Non-reentrant: credits payments and calls the registry.
     @param job_id The job.
     @param spec Its terms.
@@ -784,6 +860,7 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
         disputer = self.slot_disputers[job_id][index]
     # What the provider's stake pays: all of its collateral on a failure, a share of it on an over-claim.
     penalty: uint256 = 0
+    no_show: bool = False
 
     if (
         s.status == SlotStatus.ACCEPTED
@@ -800,8 +877,10 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
         self._credit(self.treasury, fee)
         if claimed > 0:
             # Over-claimed: the stake pays the collateral in proportion to the cut, and a dispute
-            # was right (its bond goes back, below).
-            penalty = collateral * (claimed - convert(s.gpu_seconds, uint256)) // claimed
+            # was right (its bond goes back, below). A cut within the tolerance is metering noise.
+            cut: uint256 = claimed - convert(s.gpu_seconds, uint256)
+            if cut * BPS > claimed * OVER_CLAIM_TOLERANCE_BPS:
+                penalty = collateral * cut // claimed
             if penalty == 0:
                 self._credit(disputer, bond)
         elif bond > 0:
@@ -812,6 +891,15 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     ):
         final = SlotStatus.SLASHED
         penalty = collateral
+    elif s.status == SlotStatus.NO_SHOW:
+        # The requester never delivered a runnable bundle: nobody is slashed, and the provider is
+        # paid a share of the slot's value for the devices it held ready.
+        no_show = True
+        paid = slot_value * NO_SHOW_FEE_BPS // BPS
+        fee = paid * self.fee_bps // BPS
+        refunded = slot_value - paid
+        self._credit(s.provider, paid - fee)
+        self._credit(self.treasury, fee)
     elif s.status == SlotStatus.VOIDED:
         final = SlotStatus.REFUNDED
         if bond > 0:
@@ -840,7 +928,8 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
             self._credit(disputer, bond + rest)
         else:
             self._credit(self.treasury, rest)
-    extcall registry.release(s.provider, collateral, final == SlotStatus.PAID)
+    # A no-show is the requester's failure, not the provider's.
+    extcall registry.release(s.provider, collateral, final == SlotStatus.PAID or no_show)
 
     log SlotSettled(
         job_id=job_id,
@@ -1200,6 +1289,14 @@ def _set_window_bounds(max_bid_window: uint64, max_run_duration: uint64, max_cha
     log WindowBoundsChanged(
         max_bid_window=max_bid_window, max_run_duration=max_run_duration, max_challenge_window=max_challenge_window
     )
+
+
+@internal
+def _take_queued(change: bytes32):
+    eta: uint256 = self.queued_changes[change]
+    assert eta != 0, "market: change not queued"
+    assert block.timestamp >= eta, "market: change still delayed"
+    self.queued_changes[change] = 0
 
 
 @internal

@@ -31,6 +31,8 @@ DEVICE_CUDA: public(constant(uint8)) = 1
 # @dev A provider is flagged when its claimed throughput exceeds the attested one
 # by more than this factor (in basis points: 20_000 = 2x).
 CAPACITY_FLAG_BPS: public(constant(uint256)) = 20_000
+# @dev Seconds between queueing an owner's change and making it, once the market is set: two days' notice.
+CHANGE_DELAY: public(constant(uint256)) = 172_800
 MASK_64: constant(uint256) = 2**64 - 1
 
 
@@ -98,6 +100,8 @@ is_verifier: public(HashMap[address, bool])
 reputation: public(HashMap[address, Reputation])
 # @dev Latest capacity attestation of each provider.
 attestations: public(HashMap[address, Attestation])
+# @dev Owner's changes waiting out CHANGE_DELAY: keccak256 of the change's calldata -> earliest time to make it.
+queued_changes: public(HashMap[bytes32, uint256])
 
 
 event Staked:
@@ -181,6 +185,11 @@ event AuthorizationChanged:
     authorized: bool
 
 
+event ChangeQueued:
+    change: indexed(bytes32)
+    eta: uint256
+
+
 event ParametersChanged:
     min_provider_stake: uint256
     min_verifier_stake: uint256
@@ -225,7 +234,8 @@ def set_authorized(account: address, authorized_: bool):
     """
     @notice Allows (or stops) `account` to lock, release and slash stakes like the market.
             Only a contract other than the owner may be allowed: the owner cannot give
-            itself (or any externally owned account) the power to slash.
+            itself (or any externally owned account) the power to slash. Once the market is
+            set, an authorization must have been queued CHANGE_DELAY before (a revocation is at once).
     @dev For contracts that hold providers to terms of their own, such as reservations.
     @param account The contract to authorize.
     @param authorized_ True to allow, False to revoke.
@@ -235,6 +245,7 @@ def set_authorized(account: address, authorized_: bool):
     if authorized_:
         assert account != ownable.owner, "registry: owner cannot slash"
         assert account.is_contract, "registry: account is not a contract"
+        self._take_queued(keccak256(slice(msg.data, 0, 68)))
     self.authorized[account] = authorized_
     log AuthorizationChanged(account=account, authorized=authorized_)
 
@@ -242,12 +253,14 @@ def set_authorized(account: address, authorized_: bool):
 @external
 def set_parameters(min_provider_stake_: uint256, min_verifier_stake_: uint256, unbonding_period_: uint256):
     """
-    @notice Changes the minimum stakes and the unbonding period.
+    @notice Changes the minimum stakes and the unbonding period; once the market is set, the
+            change must have been queued CHANGE_DELAY before.
     @param min_provider_stake_ Least active stake to register and bid.
     @param min_verifier_stake_ Least active stake to attest.
     @param unbonding_period_ Seconds a withdrawal waits.
     """
     ownable._check_owner()
+    self._take_queued(keccak256(slice(msg.data, 0, 100)))
     self.min_provider_stake = min_provider_stake_
     self.min_verifier_stake = min_verifier_stake_
     self.unbonding_period = unbonding_period_
@@ -256,6 +269,19 @@ def set_parameters(min_provider_stake_: uint256, min_verifier_stake_: uint256, u
         min_verifier_stake=min_verifier_stake_,
         unbonding_period=unbonding_period_,
     )
+
+
+@external
+def queue_change(change: bytes32):
+    """
+    @notice Announces an owner's change: `set_parameters` or `set_authorized` called with the
+            calldata hashed here can be made CHANGE_DELAY from now, once.
+    @param change keccak256 of the change's calldata.
+    """
+    ownable._check_owner()
+    eta: uint256 = block.timestamp + CHANGE_DELAY
+    self.queued_changes[change] = eta
+    log ChangeQueued(change=change, eta=eta)
 
 
 # ---------------------------------------------------------------- stake
@@ -575,6 +601,17 @@ def total_stake(account: address) -> uint256:
 @view
 def _is_active_verifier(account: address) -> bool:
     return self.is_verifier[account] and self.stake_words[account].active >= self.min_verifier_stake
+
+
+@internal
+def _take_queued(change: bytes32):
+    # Before the market is set the owner configures freely: nobody can have been leased yet.
+    if self.market == empty(address):
+        return
+    eta: uint256 = self.queued_changes[change]
+    assert eta != 0, "registry: change not queued"
+    assert block.timestamp >= eta, "registry: change still delayed"
+    self.queued_changes[change] = 0
 
 
 @internal

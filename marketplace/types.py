@@ -104,6 +104,7 @@ class SlotStatus(IntEnum):
     SLASHED = 128
     REFUNDED = 256
     RELEASED = 512
+    NO_SHOW = 1024
 
     @property
     def terminal(self) -> bool:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from marketplace.chain.client import Chain
 from marketplace.contracts import events as ev
@@ -51,6 +52,20 @@ class Bound:
 
     def transact(self, account: LocalAccount, name: str, *args: Any) -> Any:
         return self.chain.transact(account, getattr(self.contract.functions, name)(*args), function=name)
+
+    def change_id(self, name: str, *args: Any) -> bytes:
+        """The id an owner's delayed change is queued under: keccak256 of the calldata that makes it."""
+        return bytes(keccak(hexstr=self.contract.encode_abi(name, args=list(args))))
+
+    def queue_change(self, owner: LocalAccount, name: str, *args: Any) -> int:
+        """Announce the owner's call ``name(*args)``; returns the earliest time it can be made."""
+        change = self.change_id(name, *args)
+        self.transact(owner, "queue_change", change)
+        return int(self.call("queued_changes", change))
+
+    def change_ready_at(self, name: str, *args: Any) -> int:
+        """When a queued change ``name(*args)`` can be made; 0 when it is not queued."""
+        return int(self.call("queued_changes", self.change_id(name, *args)))
 
     def logs_in(self, receipt: Any) -> list[Any]:
         """This contract's logs in a transaction receipt, decoded by web3 (event name, args, block)."""

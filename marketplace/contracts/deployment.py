@@ -179,7 +179,6 @@ def deploy_all(
         parameters=params,
     )
     contracts = load_contracts(chain, deployment)
-    contracts.registry.set_market(deployer, market)
     if reservations:
         bound = deploy_reservations(
             chain,
@@ -192,4 +191,7 @@ def deploy_all(
         bound.start_block = start_block
         contracts.reservations = bound
         contracts.deployment = replace(deployment, reservations=bound.address)
+    # The market last: until it is set the registry's owner authorizes contracts at once, after it
+    # every authorization and parameter change waits out the registry's change delay.
+    contracts.registry.set_market(deployer, market)
     return contracts

@@ -14,6 +14,7 @@ from marketplace.types import JobSpec, SlotStatus
 
 __all__ = [
     "BidCommitted",
+    "BidForfeited",
     "BidRevealed",
     "ChainEvent",
     "JobCancelled",
@@ -95,6 +96,15 @@ class BidCommitted(ChainEvent):
 
     job_id: int
     provider: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BidForfeited(ChainEvent):
+    """A sealed bid was not revealed: its reveal bond went to the treasury."""
+
+    job_id: int
+    provider: str
+    amount: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +250,7 @@ _TYPES: dict[str, type[ChainEvent]] = {
         JobLeased,
         JobClosed,
         BidCommitted,
+        BidForfeited,
         BidRevealed,
         SlotLeased,
         ResultCommitted,

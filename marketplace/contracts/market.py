@@ -26,7 +26,11 @@ from marketplace.types import (
 if TYPE_CHECKING:
     pass
 
-__all__ = ["JobState", "Market", "SlotState"]
+__all__ = ["NO_SHOW_ROOT", "JobState", "Market", "SlotState"]
+
+#: The result root a provider commits, with 0 GPU-seconds, to report that the requester delivered
+#: no runnable bundle (JobMarket's ``NO_SHOW_ROOT``).
+NO_SHOW_ROOT = (1).to_bytes(32, "big")
 
 
 @dataclass(frozen=True)
@@ -212,8 +216,38 @@ class Market(Bound):
         return int(self.call("over_claims", job_id, slot))
 
     def set_window_bounds(self, owner: LocalAccount, bid: int, run: int, challenge: int) -> Any:
-        """Change the longest windows a new job may ask for (the owner's; each at most ``MAX_WINDOW``)."""
+        """Change the longest windows a new job may ask for (the owner's; each at most ``MAX_WINDOW``).
+
+        The change must have been queued ``change_delay()`` seconds before:
+        ``queue_change(owner, "set_window_bounds", bid, run, challenge)``.
+        """
         return self.transact(owner, "set_window_bounds", bid, run, challenge)
+
+    def change_delay(self) -> int:
+        """Seconds between queueing an owner's change and making it."""
+        return int(self.call("CHANGE_DELAY"))
+
+    def forfeit_unrevealed(self, account: LocalAccount, job_id: int, provider: str) -> int:
+        """Take the reveal bond of ``provider``'s unrevealed sealed bid for the treasury; returns it."""
+        spec = self.spec(job_id)
+        receipt = self.transact(account, "forfeit_unrevealed", job_id, spec.as_tuple(), provider)
+        for log in self.logs_in(receipt):
+            if log["event"] == "BidForfeited":
+                return int(log["args"]["amount"])
+        return 0
+
+    def bidders(self, job_id: int) -> list[str]:
+        """Providers that committed a sealed bid on ``job_id``, in commit order."""
+        committed = self.get_events("BidCommitted", self.start_block, job_id=job_id)
+        return list(dict.fromkeys(e.provider for e in committed))
+
+    def report_no_show(self, account: LocalAccount, job_id: int, slot: int) -> Any:
+        """Report that the requester delivered no runnable bundle for ``slot``: it settles unslashed, with the no-show fee."""
+        return self.commit_result(account, job_id, slot, NO_SHOW_ROOT, 0)
+
+    def unrevealed_bids(self, job_id: int) -> list[str]:
+        """Providers whose sealed bid on ``job_id`` is committed and not revealed (nor forfeited)."""
+        return [p for p in self.bidders(job_id) if self.call("commitments", job_id, p) != bytes(32)]
 
     def max_window(self) -> int:
         """The hard limit, in the contract's code, on every window bound."""

@@ -131,10 +131,18 @@ class Registry(Bound):
         """Whether ``account`` (a contract such as the reservations one) may lock, release and slash stakes."""
         return bool(self.call("authorized", account))
 
+    def market(self) -> str:
+        """The job market the registry serves (the zero address until it is set)."""
+        return str(self.call("market"))
+
     def set_market(self, owner: LocalAccount, market: str) -> Any:
         """Link the registry to its job market (the owner's, once at deployment)."""
         return self.transact(owner, "set_market", market)
 
     def set_authorized(self, owner: LocalAccount, account: str, allowed: bool) -> Any:
-        """Let ``account`` lock, release and slash stakes, or stop it (the owner's)."""
+        """Let ``account`` lock, release and slash stakes, or stop it (the owner's).
+
+        Once the market is set, an authorization must have been queued ``CHANGE_DELAY`` before
+        (``queue_change(owner, "set_authorized", account, True)``); a revocation is made at once.
+        """
         return self.transact(owner, "set_authorized", account, allowed)

@@ -55,7 +55,10 @@ JOB_OPEN, JOB_LEASED, JOB_CLOSED, JOB_EXPIRED, JOB_CANCELLED = (1 << i for i in 
     SLOT_SLASHED,
     SLOT_REFUNDED,
     SLOT_RELEASED,
-) = (1 << i for i in range(10))
+    SLOT_NO_SHOW,
+) = (1 << i for i in range(11))
+NO_SHOW_ROOT = (1).to_bytes(32, "big")
+CHANGE_DELAY = 2 * 86_400
 
 DEFAULT_PRICE_FLOOR = 4 * E18
 ROOT_HASH = b"\x11" * 32
@@ -132,6 +135,36 @@ def travel_to(timestamp: int) -> None:
     assert delta >= 0, "cannot travel back in time"
     if delta:
         boa.env.time_travel(seconds=delta)
+
+
+def queue_owner_change(contract: Any, owner: str, name: str, *args: Any) -> None:
+    """Queues an owner's delayed change ``name(*args)`` and waits out ``CHANGE_DELAY``."""
+    with boa.env.prank(owner):
+        contract.queue_change(keccak(getattr(contract, name).prepare_calldata(*args)))
+    boa.env.time_travel(seconds=CHANGE_DELAY)
+
+
+def owner_change(contract: Any, owner: str, name: str, *args: Any) -> Any:
+    """Makes an owner's delayed change: queues its calldata, waits out ``CHANGE_DELAY``, makes it."""
+    queue_owner_change(contract, owner, name, *args)
+    with boa.env.prank(owner):
+        return getattr(contract, name)(*args)
+
+
+def owner_change_queued_earlier(contract: Any, owner: str, name: str, *args: Any) -> Any:
+    """Makes now an owner's change as if it had been queued ``CHANGE_DELAY`` earlier.
+
+    The change is queued, the clock moved past the delay for the change alone and set back: for
+    tests of what a change does to slots already under way, whose windows are shorter than the delay.
+    """
+    t = now()
+    with boa.env.prank(owner):
+        contract.queue_change(keccak(getattr(contract, name).prepare_calldata(*args)))
+        boa.env.evm.patch.timestamp = t + CHANGE_DELAY
+        try:
+            return getattr(contract, name)(*args)
+        finally:
+            boa.env.evm.patch.timestamp = t
 
 
 def value(price: int, gpu_seconds: int) -> int:

@@ -11,20 +11,28 @@ from typing import Any
 import boa
 import pytest
 from eth_account import Account
+from eth_utils import keccak
 
 from tests.contracts.contract_helpers import (
     BASE_SLASH,
+    CHANGE_DELAY,
+    DEFAULT_PRICE_FLOOR,
     DISPUTE_BOND,
     E18,
     FEE_BPS,
     MAX_UINT,
     MIN_PROVIDER_STAKE,
+    NO_SHOW_ROOT,
     OUTCOME_ACCEPT,
     SLASH_REQUESTER_BPS,
+    SLOT_NO_SHOW,
+    SLOT_REFUNDED,
+    assert_solvent,
     fund,
     load,
     make_spec,
     now,
+    queue_owner_change,
     sign_permit,
     travel_to,
     value,
@@ -233,8 +241,10 @@ def test_post_job__windows_at_the_market_bounds__posts(flow, market, requester):
 def test_set_window_bounds__above_the_hard_limit_or_by_a_stranger__reverts(market, owner, stranger):
     limit = market.MAX_WINDOW()
     assert limit == 30 * DAY_S
+    queue_owner_change(market, owner, "set_window_bounds", DAY_S, limit + 1, DAY_S)
     with boa.env.prank(owner), boa.reverts("market: window bound out of range"):
         market.set_window_bounds(DAY_S, limit + 1, DAY_S)
+    queue_owner_change(market, owner, "set_window_bounds", 0, DAY_S, DAY_S)
     with boa.env.prank(owner), boa.reverts("market: window bound out of range"):
         market.set_window_bounds(0, DAY_S, DAY_S)
     with boa.env.prank(stranger), boa.reverts():
@@ -330,6 +340,34 @@ def test_settle__verifier_accepted_the_whole_claim__pays_the_bond_to_the_provide
     assert registry.stakes(provider).active == MIN_PROVIDER_STAKE
 
 
+def test_settle__cut_within_the_tolerance__pays_the_verified_seconds_and_slashes_nothing(
+    providers, market, registry, requester, provider, verifier
+):
+    # Metering noise: 5 % below the claim (3,420 of 3,600 s) is paid as verified, never penalised.
+    spec = make_spec(requester, auction=1)
+    job_id = providers.committed_job(spec, provider, 3_600)
+    tolerated = 3_600 - 3_600 * market.OVER_CLAIM_TOLERANCE_BPS() // 10_000
+    assert tolerated == 3_420
+    with boa.env.prank(verifier):
+        market.attest(job_id, spec, 0, OUTCOME_ACCEPT, tolerated)
+    paid = value(market.slots(job_id, 0).price, tolerated)
+    providers.settle(job_id, spec, 0)
+    assert market.credits(provider) == paid - paid * FEE_BPS // 10_000
+    assert registry.stakes(provider).active == MIN_PROVIDER_STAKE
+
+
+def test_settle__cut_just_beyond_the_tolerance__slashes_in_proportion(
+    providers, market, registry, requester, provider, verifier
+):
+    spec = make_spec(requester, auction=1)
+    job_id = providers.committed_job(spec, provider, 3_600)
+    with boa.env.prank(verifier):
+        market.attest(job_id, spec, 0, OUTCOME_ACCEPT, 3_419)
+    collateral = value(market.slots(job_id, 0).price, spec.max_gpu_seconds) + BASE_SLASH
+    providers.settle(job_id, spec, 0)
+    assert registry.stakes(provider).active == MIN_PROVIDER_STAKE - collateral * 181 // 3_600
+
+
 # ---------------------------------------------------------------- (e) item 4: a dispute nobody rules on
 
 
@@ -384,6 +422,203 @@ def test_report_not_served__idle_window_reported_and_nobody_ruled__pays_the_prov
     assert res.credits(provider) == ESCROW - ESCROW * FEE_BPS // 10_000 + res.dispute_bonds(rid)
 
 
+# ---------------------------------------------------------------- (g) item 2: a requester that never delivers
+
+
+def _leased_instant(flow: Any, requester: str, provider: str, **overrides: Any) -> tuple[int, Any]:
+    spec = make_spec(requester, auction=1, **overrides)
+    job_id = flow.post(spec)
+    flow.take(job_id, spec, provider)
+    return job_id, spec
+
+
+def test_commit_result__no_show_reported__settles_unslashed_with_the_no_show_fee(
+    flow, market, registry, token, treasury, requester, provider
+):
+    # The requester never uploads: before, the provider's only way out was an empty result that a
+    # verifier rejected (slot value + base slash gone); now it reports the no-show and is paid a fee.
+    job_id, spec = _leased_instant(flow, requester, provider)
+    requester_before = market.credits(requester)
+    completed = registry.reputation(provider).completed
+    travel_to(market.jobs(job_id).lease_start + spec.run_duration // 4)
+    flow.commit_result(job_id, spec, 0, 0, root=NO_SHOW_ROOT)
+    assert market.slots(job_id, 0).status == SLOT_NO_SHOW
+    flow.settle(job_id, spec, 0, caller=provider)
+    slot_value = value(DEFAULT_PRICE_FLOOR, spec.max_gpu_seconds)
+    fee_for_holding = slot_value * market.NO_SHOW_FEE_BPS() // 10_000  # 10 %: 0.4 tokens here
+    protocol_fee = fee_for_holding * FEE_BPS // 10_000
+    assert market.credits(provider) == fee_for_holding - protocol_fee
+    assert market.credits(requester) - requester_before == slot_value - fee_for_holding
+    assert market.slots(job_id, 0).status == SLOT_REFUNDED
+    stake = registry.stakes(provider)
+    assert (stake.active, stake.locked, stake.active_jobs) == (MIN_PROVIDER_STAKE, 0, 0)
+    assert registry.reputation(provider).completed == completed + 1
+    assert_solvent(market, token, [job_id])
+
+
+def test_attest__on_a_no_show_report__reverts__nobody_can_turn_it_into_a_slash(
+    flow, providers, market, requester, provider, verifier
+):
+    job_id, spec = _leased_instant(flow, requester, provider)
+    travel_to(market.jobs(job_id).lease_start + spec.run_duration // 4)
+    flow.commit_result(job_id, spec, 0, 0, root=NO_SHOW_ROOT)
+    with boa.env.prank(verifier), boa.reverts("market: result is not committed"):
+        market.attest(job_id, spec, 0, 1, 0)
+    with boa.env.prank(requester), boa.reverts("market: result is not committed"):
+        market.dispute_result(job_id, spec, 0)
+
+
+def test_commit_result__no_show_before_a_quarter_of_the_run_window__reverts(flow, market, requester, provider):
+    # A provider cannot take the fee without giving the requester time to upload.
+    job_id, spec = _leased_instant(flow, requester, provider)
+    travel_to(market.jobs(job_id).lease_start + spec.run_duration // 4 - 1)
+    with boa.env.prank(provider), boa.reverts("market: too early to report a no-show"):
+        market.commit_result(job_id, spec, 0, NO_SHOW_ROOT, 0)
+
+
+def test_commit_result__no_show_that_claims_seconds__reverts(flow, market, requester, provider):
+    job_id, spec = _leased_instant(flow, requester, provider)
+    travel_to(market.jobs(job_id).lease_start + spec.run_duration // 4)
+    with boa.env.prank(provider), boa.reverts("market: a no-show claims no GPU-seconds"):
+        market.commit_result(job_id, spec, 0, NO_SHOW_ROOT, 1)
+
+
+def test_no_show_griefing__costs_the_requester_the_fee_each_time__and_the_provider_nothing(
+    flow, market, registry, token, requester, provider
+):
+    # The attack of the review, four rounds in a row: the requester posts, never uploads, and
+    # before the fix came out ahead each round (escrow back plus half the slash).
+    wallet_before = token.balanceOf(requester) + market.credits(requester)
+    for _ in range(4):
+        job_id, spec = _leased_instant(flow, requester, provider)
+        travel_to(market.jobs(job_id).lease_start + spec.run_duration // 4)
+        flow.commit_result(job_id, spec, 0, 0, root=NO_SHOW_ROOT)
+        flow.settle(job_id, spec, 0, caller=provider)
+    slot_value = value(DEFAULT_PRICE_FLOOR, 3_600)
+    lost = wallet_before - token.balanceOf(requester) - market.credits(requester)
+    assert lost == 4 * (slot_value * market.NO_SHOW_FEE_BPS() // 10_000)
+    assert registry.stakes(provider).active == MIN_PROVIDER_STAKE
+
+
+# ---------------------------------------------------------------- (i) item 6: shill reveals
+
+
+def _shills(flow: Any, n: int) -> list[str]:
+    shills = [boa.env.generate_address(f"shill{i}") for i in range(n)]
+    for shill in shills:
+        fund(flow.d, shill)
+        flow.register_provider(shill)
+    return shills
+
+
+def test_shill_ladder__unrevealed_rungs_forfeit_their_bonds__the_attack_loses(
+    flow, market, registry, token, treasury, requester, provider, provider2
+):
+    # Honest asks 5 and 9 (k = 1: the winner is paid the second ask, 9). The requester's shills
+    # commit a ladder and, after the honest reveals, reveal only the rung just above 5.
+    ladder = [51 * E18 // 10, 6 * E18, 7 * E18, 8 * E18]
+    shills = _shills(flow, len(ladder))
+    before = sum(token.balanceOf(a) + market.credits(a) + registry.total_stake(a) for a in [requester, *shills])
+    spec = make_spec(requester)
+    job_id = flow.post(spec)
+    flow.commit(job_id, spec, provider, 5 * E18)
+    flow.commit(job_id, spec, provider2, 9 * E18)
+    for shill, price in zip(shills, ladder, strict=True):
+        flow.commit(job_id, spec, shill, price)
+    travel_to(spec.bid_deadline)
+    flow.reveal(job_id, spec, provider, 5 * E18)
+    flow.reveal(job_id, spec, provider2, 9 * E18)
+    flow.reveal(job_id, spec, shills[0], ladder[0])
+    travel_to(spec.reveal_deadline)
+    flow.finalize(job_id, spec)
+    assert market.slots(job_id, 0).price == ladder[0]  # the shill moved the price from 9 to 5.1
+    # Anyone (here the treasury's keeper) takes the unrevealed rungs' bonds.
+    treasury_before = market.credits(treasury)
+    for shill in shills[1:]:
+        with boa.env.prank(treasury):
+            assert market.forfeit_unrevealed(job_id, spec, shill) == BASE_SLASH
+    assert market.credits(treasury) - treasury_before == 3 * BASE_SLASH
+    with boa.env.prank(treasury), boa.reverts("market: no unrevealed bid"):
+        market.forfeit_unrevealed(job_id, spec, shills[1])
+    with boa.env.prank(treasury), boa.reverts("market: no unrevealed bid"):
+        market.forfeit_unrevealed(job_id, spec, provider)  # revealed: nothing to take
+    # The saving on one GPU-hour: 9 - 5.1 = 3.9 tokens; the forfeits: 3 x 100.
+    refunded = market.credits(requester)
+    after = sum(token.balanceOf(a) + market.credits(a) + registry.total_stake(a) for a in [requester, *shills])
+    gain = value(9 * E18 - ladder[0], spec.max_gpu_seconds)
+    assert after - before == -value(ladder[0], spec.max_gpu_seconds) - 3 * BASE_SLASH
+    assert gain - 3 * BASE_SLASH < 0
+    assert refunded > 0
+
+
+def test_forfeit_unrevealed__before_the_reveal_deadline__reverts(flow, market, requester, provider):
+    spec = make_spec(requester)
+    job_id = flow.post(spec)
+    flow.commit(job_id, spec, provider, 5 * E18)
+    travel_to(spec.bid_deadline)
+    with boa.env.prank(requester), boa.reverts("market: reveal still open"):
+        market.forfeit_unrevealed(job_id, spec, provider)
+
+
+def test_forfeit_unrevealed__bid_on_a_cancelled_job__reverts(flow, market, registry, requester, provider):
+    spec = make_spec(requester)
+    job_id = flow.post(spec)
+    flow.commit(job_id, spec, provider, 5 * E18)
+    with boa.env.prank(requester):
+        market.cancel_job(job_id, spec)
+    travel_to(spec.reveal_deadline)
+    with boa.env.prank(requester), boa.reverts("market: job was cancelled"):
+        market.forfeit_unrevealed(job_id, spec, provider)
+    assert registry.stakes(provider).active == MIN_PROVIDER_STAKE
+
+
+def _lock_all_but(flow: Any, provider: str, requester: str, keep: int) -> None:
+    """Leases ``provider`` an instant job whose collateral leaves about ``keep`` of its free stake."""
+    free = flow.registry.free_stake(provider)
+    seconds = (free - keep - BASE_SLASH) * 3_600 // DEFAULT_PRICE_FLOOR
+    blocker = make_spec(requester, auction=1, max_price=DEFAULT_PRICE_FLOOR, max_gpu_seconds=seconds)
+    flow.take(flow.post(blocker), blocker, provider)
+    assert keep <= flow.registry.free_stake(provider) < keep + E18 // 100
+
+
+def test_commit_bid__free_stake_short_of_the_reveal_bond__reverts(flow, market, requester, provider):
+    # Committing needs free stake for the lease at the max price and for the reveal bond.
+    spec = make_spec(requester, max_price=10 * E18, max_gpu_seconds=3_600)
+    needed = value(10 * E18, 3_600) + 2 * BASE_SLASH  # 210 tokens
+    job_id = flow.post(spec)
+    _lock_all_but(flow, provider, requester, needed - E18)
+    with boa.env.prank(provider), boa.reverts("market: provider not eligible"):
+        market.commit_bid(job_id, spec, b"\x01" * 32)
+
+
+def test_commit_bid__free_stake_for_the_lease_and_the_reveal_bond__commits(flow, market, requester, provider):
+    spec = make_spec(requester, max_price=10 * E18, max_gpu_seconds=3_600)
+    job_id = flow.post(spec)
+    _lock_all_but(flow, provider, requester, value(10 * E18, 3_600) + 2 * BASE_SLASH)
+    flow.commit(job_id, spec, provider, 5 * E18)
+    assert market.commitments(job_id, provider) != b"\x00" * 32
+
+
+def test_reveal_bid__stake_locked_since_the_commit__still_reveals__and_the_auction_skips_it(
+    flow, market, registry, requester, provider, provider2
+):
+    # An honest bidder whose free stake another lease took after its commit is not made to forfeit:
+    # it reveals, and the auction passes over it to the next ask.
+    spec = make_spec(requester)
+    job_id = flow.post(spec)
+    flow.commit(job_id, spec, provider, 5 * E18)
+    flow.commit(job_id, spec, provider2, 6 * E18)
+    _lock_all_but(flow, provider, requester, E18)
+    travel_to(spec.bid_deadline)
+    flow.reveal(job_id, spec, provider, 5 * E18)
+    flow.reveal(job_id, spec, provider2, 6 * E18)
+    travel_to(spec.reveal_deadline)
+    flow.finalize(job_id, spec)
+    assert (market.slots(job_id, 0).provider, market.slots(job_id, 0).price) == (provider2, 6 * E18)
+    with boa.env.prank(requester), boa.reverts("market: no unrevealed bid"):
+        market.forfeit_unrevealed(job_id, spec, provider)
+
+
 # ---------------------------------------------------------------- (h) item 10: owner powers (the slashing part)
 
 
@@ -394,6 +629,27 @@ def test_set_authorized__the_owner_itself_or_an_externally_owned_account__revert
         registry.set_authorized(stranger, True)
     with boa.env.prank(owner):
         registry.set_authorized(stranger, False)  # revoking stays possible for any account
+
+
+def test_set_authorized__once_the_market_is_set__waits_out_the_change_delay__revocation_at_once(
+    registry, owner, market
+):
+    # Any contract will do as the authorized one: the token's code is there already.
+    helper = market.token()
+    with boa.env.prank(owner), boa.reverts("registry: change not queued"):
+        registry.set_authorized(helper, True)
+    with boa.env.prank(owner):
+        registry.queue_change(keccak(registry.set_authorized.prepare_calldata(helper, True)))
+    boa.env.time_travel(seconds=CHANGE_DELAY - 1)
+    with boa.env.prank(owner), boa.reverts("registry: change still delayed"):
+        registry.set_authorized(helper, True)
+    boa.env.time_travel(seconds=1)
+    with boa.env.prank(owner):
+        registry.set_authorized(helper, True)
+    assert registry.authorized(helper)
+    with boa.env.prank(owner):
+        registry.set_authorized(helper, False)
+    assert not registry.authorized(helper)
 
 
 def test_set_market__the_owner_itself__reverts(owner, token):

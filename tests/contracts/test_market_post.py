@@ -5,11 +5,13 @@ from __future__ import annotations
 import boa
 import pytest
 from eth_account import Account
+from eth_utils import keccak
 
 from tests.contracts.contract_helpers import (
     AUCTION_INSTANT,
     AUCTION_SEALED,
     BASE_SLASH,
+    CHANGE_DELAY,
     DEFAULT_PRICE_FLOOR,
     DISPUTE_BOND,
     E18,
@@ -26,6 +28,8 @@ from tests.contracts.contract_helpers import (
     make_spec,
     now,
     one_event,
+    owner_change,
+    queue_owner_change,
     sign_permit,
     value,
 )
@@ -54,8 +58,7 @@ def test_market__deploys_with_its_parameters(market, token, registry, owner, tre
 
 
 def test_set_parameters__by_the_owner__changes_them__and_logs(market, owner, stranger):
-    with boa.env.prank(owner):
-        market.set_parameters(stranger, 1_000, 1, 2, 10_000)
+    owner_change(market, owner, "set_parameters", stranger, 1_000, 1, 2, 10_000)
     log = one_event(market, "ParametersChanged")
     assert (log.treasury, log.fee_bps, log.dispute_bond, log.base_slash, log.slash_requester_bps) == (
         stranger,
@@ -86,15 +89,41 @@ def test_set_parameters__by_a_stranger__reverts(market, stranger):
 )
 def test_set_parameters__out_of_range__reverts(market, owner, treasury, args, reason):
     args = tuple(treasury if a == "treasury" else a for a in args)
+    queue_owner_change(market, owner, "set_parameters", *args)
     with boa.env.prank(owner), boa.reverts(reason):
         market.set_parameters(*args)
+
+
+def test_set_parameters__not_queued_or_before_the_delay__reverts__and_is_made_once(market, owner, treasury):
+    args = (treasury, 200, 0, 0, 0)
+    with boa.env.prank(owner), boa.reverts("market: change not queued"):
+        market.set_parameters(*args)
+    with boa.env.prank(owner):
+        market.queue_change(keccak(market.set_parameters.prepare_calldata(*args)))
+    assert one_event(market, "ChangeQueued").eta == now() + CHANGE_DELAY == now() + market.CHANGE_DELAY()
+    boa.env.time_travel(seconds=CHANGE_DELAY - 1)
+    with boa.env.prank(owner), boa.reverts("market: change still delayed"):
+        market.set_parameters(*args)
+    # Only the queued change: other values are not covered by it.
+    boa.env.time_travel(seconds=1)
+    with boa.env.prank(owner), boa.reverts("market: change not queued"):
+        market.set_parameters(treasury, 300, 0, 0, 0)
+    with boa.env.prank(owner):
+        market.set_parameters(*args)
+    assert market.fee_bps() == 200
+    with boa.env.prank(owner), boa.reverts("market: change not queued"):
+        market.set_parameters(*args)
+
+
+def test_queue_change__by_a_stranger__reverts(market, stranger):
+    with boa.env.prank(stranger), boa.reverts("ownable: caller is not the owner"):
+        market.queue_change(b"\x01" * 32)
 
 
 def test_transfer_ownership__hands_the_owner_role_over(market, owner, stranger, treasury):
     with boa.env.prank(owner):
         market.transfer_ownership(stranger)
-    with boa.env.prank(stranger):
-        market.set_parameters(treasury, 0, 0, 0, 0)
+    owner_change(market, stranger, "set_parameters", treasury, 0, 0, 0, 0)
     with boa.env.prank(owner), boa.reverts("ownable: caller is not the owner"):
         market.set_parameters(treasury, 0, 0, 0, 0)
 

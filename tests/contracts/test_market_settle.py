@@ -28,6 +28,8 @@ from tests.contracts.contract_helpers import (
     make_offer,
     make_spec,
     one_event,
+    owner_change,
+    owner_change_queued_earlier,
     travel_to,
     value,
 )
@@ -335,8 +337,9 @@ def test_settle__after_the_dispute_bond_changed__returns_the_bond_that_was_paid(
 ):
     with boa.env.prank(requester):
         market.dispute_result(committed, ispec, 0)
-    with boa.env.prank(owner):
-        market.set_parameters(treasury, FEE_BPS, 3 * DISPUTE_BOND, BASE_SLASH, SLASH_REQUESTER_BPS)
+    owner_change_queued_earlier(
+        market, owner, "set_parameters", treasury, FEE_BPS, 3 * DISPUTE_BOND, BASE_SLASH, SLASH_REQUESTER_BPS
+    )
     with boa.env.prank(verifier):
         market.attest(committed, ispec, 0, OUTCOME_VOID, 0)
     providers.settle(committed, ispec, 0)
@@ -443,8 +446,7 @@ def test_instant_job__with_the_longest_windows__can_still_be_committed_and_settl
 ):
     # The longest windows the hard limit lets the owner allow.
     limit = market.MAX_WINDOW()
-    with boa.env.prank(owner):
-        market.set_window_bounds(limit, limit, limit)
+    owner_change(market, owner, "set_window_bounds", limit, limit, limit)
     spec = make_spec(requester, auction=AUCTION_INSTANT, run_duration=limit, challenge_window=limit)
     job_id = providers.post(spec)
     providers.take(job_id, spec, provider)

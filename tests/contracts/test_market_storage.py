@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import boa
 
-from tests.contracts.contract_helpers import fund, make_offer, make_spec, now, travel_to
+from tests.contracts.contract_helpers import (
+    fund,
+    make_offer,
+    make_spec,
+    now,
+    owner_change,
+    queue_owner_change,
+    travel_to,
+)
 
 MAX_U64 = 2**64 - 1
 AUCTION_INSTANT = 1
@@ -13,14 +21,15 @@ SLOT_DISPUTED = 4
 
 
 def test_set_parameters__with_a_dispute_bond_beyond_the_packed_escrow__reverts(market, owner, treasury):
+    queue_owner_change(market, owner, "set_parameters", treasury, 100, 2**128 + 1, 0, 5_000)
     with boa.env.prank(owner), boa.reverts("market: dispute bond too large"):
         market.set_parameters(treasury, 100, 2**128 + 1, 0, 5_000)
-    with boa.env.prank(owner):
-        market.set_parameters(treasury, 100, 2**128, 0, 5_000)
+    owner_change(market, owner, "set_parameters", treasury, 100, 2**128, 0, 5_000)
     assert market.dispute_bond() == 2**128
 
 
 def test_set_parameters__with_a_base_slash_beyond_a_slot_s_packed_terms__reverts(market, owner, treasury):
+    queue_owner_change(market, owner, "set_parameters", treasury, 100, 0, 2**96, 5_000)
     with boa.env.prank(owner), boa.reverts("market: base slash too large"):
         market.set_parameters(treasury, 100, 0, 2**96, 5_000)
 
@@ -38,7 +47,7 @@ def test_largest_job__round_trips_through_the_packed_words(
         max_price=floor,
         max_gpu_seconds=MAX_U64,
         run_duration=8 * 86_400,  # the longest run the market allows by default
-        challenge_window=3_600,
+        challenge_window=3 * 86_400,  # longer than the owner's change delay, which passes before the dispute
     )
     fund(deployment, requester, market.escrow_for(spec))
     # The lease locks its whole value and the base slash: the provider stakes that much.
@@ -63,6 +72,7 @@ def test_largest_job__round_trips_through_the_packed_words(
         b"\xff" * 32,
     )
 
+    queue_owner_change(market, owner, "set_parameters", treasury, 100, 2**128, 0, 5_000)
     with boa.env.prank(owner):
         market.set_parameters(treasury, 100, 2**128, 0, 5_000)
     fund(deployment, requester, 2**128)

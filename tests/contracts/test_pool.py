@@ -42,6 +42,7 @@ from tests.contracts.contract_helpers import (
     make_offer,
     make_spec,
     now,
+    owner_change_queued_earlier,
     travel_to,
     value,
 )
@@ -685,8 +686,9 @@ def test_settle__a_rejected_result__slashes_its_member_only__when_its_stake_cove
 def test_settle__a_slash_beyond_the_culprit_s_stake__takes_the_rest_from_the_others_pro_rata(
     registered, deployment, flow, owner, treasury, operator, provider, provider2, provider3, instant, stakes
 ):
-    with boa.env.prank(owner):
-        flow.market.set_parameters(treasury, FEE_BPS, DISPUTE_BOND, 300 * E18, SLASH_REQUESTER_BPS)
+    owner_change_queued_earlier(
+        flow.market, owner, "set_parameters", treasury, FEE_BPS, DISPUTE_BOND, 300 * E18, SLASH_REQUESTER_BPS
+    )
     job_id = pool_takes(flow, registered, operator, instant)
     assign(registered, operator, job_id, instant, provider3)
     travel_to(now() + instant.run_duration + 1)  # no result by the run deadline
@@ -1082,8 +1084,10 @@ def test_settle__slashed_slot_settled_by_another_after_the_base_slash_fell__book
 ):
     job_id = pool_takes(flow, registered, operator, instant)
     assign(registered, operator, job_id, instant, provider)
-    with boa.env.prank(owner):  # the parameter changes while the slot runs
-        flow.market.set_parameters(treasury, FEE_BPS, DISPUTE_BOND, 0, SLASH_REQUESTER_BPS)
+    # The parameter changes while the slot runs.
+    owner_change_queued_earlier(
+        flow.market, owner, "set_parameters", treasury, FEE_BPS, DISPUTE_BOND, 0, SLASH_REQUESTER_BPS
+    )
     travel_to(now() + instant.run_duration + 1)  # no result by the run deadline
     flow.settle(job_id, instant, 0)  # settled at the market first: the pool computes the loss
     registered.settle(job_id, instant, 0)

@@ -22,6 +22,7 @@ from tests.contracts.contract_helpers import (
     make_spec,
     now,
     one_event,
+    owner_change,
 )
 
 # ---------------------------------------------------------------- owner
@@ -59,8 +60,9 @@ def test_set_market__on_a_fresh_registry__sets_it_once__and_logs(token, owner, s
 
 
 def test_set_parameters__by_the_owner__changes_them__and_logs(registry, owner):
-    with boa.env.prank(owner):
+    with boa.env.prank(owner), boa.reverts("registry: change not queued"):
         registry.set_parameters(2 * E18, 3 * E18, 60)
+    owner_change(registry, owner, "set_parameters", 2 * E18, 3 * E18, 60)
     log = one_event(registry, "ParametersChanged")
     assert (log.min_provider_stake, log.min_verifier_stake, log.unbonding_period) == (2 * E18, 3 * E18, 60)
     assert registry.min_provider_stake() == 2 * E18
@@ -299,8 +301,7 @@ def test_is_eligible__checks_registration_stake_kind_devices_and_memory(registry
     assert not registry.is_eligible(provider, DEVICE_CUDA, 1, 141_001, 0)
     assert not registry.is_eligible(stranger, DEVICE_CUDA, 1, 1, 0)
     # Raising the minimum stake makes an under-staked provider ineligible.
-    with boa.env.prank(owner):
-        registry.set_parameters(MIN_PROVIDER_STAKE + 1, MIN_VERIFIER_STAKE, UNBONDING_PERIOD)
+    owner_change(registry, owner, "set_parameters", MIN_PROVIDER_STAKE + 1, MIN_VERIFIER_STAKE, UNBONDING_PERIOD)
     assert not registry.is_eligible(provider, DEVICE_CUDA, 1, 1, 0)
 
 

@@ -34,6 +34,7 @@ from tests.contracts.contract_helpers import (
     make_offer,
     now,
     one_event,
+    owner_change,
     sign_permit,
     travel_to,
 )
@@ -63,7 +64,7 @@ def deploy_reservations(token: Any, registry: Any, owner: str, treasury: str, **
     args.update(overrides)
     with boa.env.prank(owner):
         res = load("Reservations", token.address, registry.address, *args.values())
-        registry.set_authorized(res.address, True)
+    owner_change(registry, owner, "set_authorized", res.address, True)
     return res
 
 
@@ -121,8 +122,7 @@ def _gas(contract: Any) -> int:
 def test_set_authorized__by_the_owner__lets_the_account_lock_and_logs(registry, owner, token, provider, providers):
     # Only a contract may be authorized; any contract address serves to lock here.
     holder = token.address
-    with boa.env.prank(owner):
-        registry.set_authorized(holder, True)
+    owner_change(registry, owner, "set_authorized", holder, True)
     e = one_event(registry, "AuthorizationChanged")
     assert (e.account, e.authorized) == (holder, True)
     assert registry.authorized(holder)
