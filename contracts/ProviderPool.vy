@@ -129,6 +129,10 @@ SLOT_ASSIGNED: constant(uint256) = 1
 SLOT_PAID: constant(uint256) = 64
 SLOT_SLASHED: constant(uint256) = 128
 SLOT_REFUNDED: constant(uint256) = 256
+# @dev JobMarket's NO_SHOW_FEE_BPS, OVER_CLAIM_TOLERANCE_BPS and NO_SHOW_ROOT.
+NO_SHOW_FEE_BPS: constant(uint256) = 1_000
+OVER_CLAIM_TOLERANCE_BPS: constant(uint256) = 500
+NO_SHOW_ROOT: constant(bytes32) = 0x0000000000000000000000000000000000000000000000000000000000000001
 SLOT_RELEASED: constant(uint256) = 512
 SLOT_FINAL: constant(uint256) = SLOT_PAID | SLOT_SLASHED | SLOT_REFUNDED | SLOT_RELEASED
 
@@ -647,7 +651,8 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
             slot and the market's terms, never more than what arrived unbooked.
             Paid: the member is credited the pay less the operator's fee.
             Slashed: the loss is taken from the member's stake, then from every
-            member's stake pro rata. Refunded or released: no money moves.
+            member's stake pro rata. A no-show the member reported: the no-show fee,
+            booked as pay. Otherwise refunded or released: no money moves.
     @dev Non-reentrant: calls the market, which pays and slashes.
     @param job_id The job.
     @param spec Its terms.
@@ -677,15 +682,20 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
         claimed: uint256 = convert(staticcall market.over_claims(job_id, index), uint256)
         if claimed > 0:
             # A verifier cut the claim: no bond for the pool, and the stake paid for the cut.
-            collateral: uint256 = slot_value + staticcall market.base_slashes(job_id, index)
-            penalty: uint256 = collateral * (claimed - convert(s.gpu_seconds, uint256)) // claimed
-            loss = min(penalty, self._unbooked_loss())
+            cut: uint256 = claimed - convert(s.gpu_seconds, uint256)
+            if cut * BPS > claimed * OVER_CLAIM_TOLERANCE_BPS:
+                collateral: uint256 = slot_value + staticcall market.base_slashes(job_id, index)
+                loss = min(collateral * cut // claimed, self._unbooked_loss())
         else:
             expected += staticcall market.dispute_bonds(job_id, index)
         income = min(expected, self._unbooked_income())
     elif s.status == SLOT_SLASHED:
         slot_value: uint256 = s.price * convert(spec.max_gpu_seconds, uint256) // SECONDS_PER_HOUR
         loss = min(slot_value + staticcall market.base_slashes(job_id, index), self._unbooked_loss())
+    elif s.status == SLOT_REFUNDED and s.result_root == NO_SHOW_ROOT:
+        # A no-show the member reported: the market paid the pool the no-show fee.
+        fee: uint256 = s.price * convert(spec.max_gpu_seconds, uint256) // SECONDS_PER_HOUR * NO_SHOW_FEE_BPS // BPS
+        income = min(fee - fee * staticcall market.fee_bps() // BPS, self._unbooked_income())
 
     # Effects: the slot is booked and the assignment closed.
     self.booked[job_id][index] = True

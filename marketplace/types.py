@@ -16,6 +16,7 @@ from marketplace.errors import ConfigError
 
 __all__ = [
     "DECIMALS",
+    "NO_SHOW_ROOT",
     "ONE_TOKEN",
     "Address",
     "Auction",
@@ -88,6 +89,11 @@ class JobStatus(IntEnum):
     def terminal(self) -> bool:
         """True once the job can change no more."""
         return self in (JobStatus.CLOSED, JobStatus.EXPIRED, JobStatus.CANCELLED)
+
+
+#: The result root a provider commits, with 0 GPU-seconds, to report that the requester delivered
+#: no runnable bundle (JobMarket's ``NO_SHOW_ROOT``).
+NO_SHOW_ROOT = (1).to_bytes(32, "big")
 
 
 class SlotStatus(IntEnum):

@@ -17,6 +17,7 @@ from marketplace.contracts.base import Bound
 from marketplace.contracts.token import Token
 from marketplace.errors import ChainError
 from marketplace.types import (
+    NO_SHOW_ROOT,
     JobSpec,
     JobStatus,
     Outcome,
@@ -26,11 +27,7 @@ from marketplace.types import (
 if TYPE_CHECKING:
     pass
 
-__all__ = ["NO_SHOW_ROOT", "JobState", "Market", "SlotState"]
-
-#: The result root a provider commits, with 0 GPU-seconds, to report that the requester delivered
-#: no runnable bundle (JobMarket's ``NO_SHOW_ROOT``).
-NO_SHOW_ROOT = (1).to_bytes(32, "big")
+__all__ = ["JobState", "Market", "SlotState"]
 
 
 @dataclass(frozen=True)
@@ -223,6 +220,10 @@ class Market(Bound):
         """
         return self.transact(owner, "set_window_bounds", bid, run, challenge)
 
+    def base_slash(self) -> int:
+        """Slashed on top of a failed slot's value for new leases; also a sealed bid's reveal bond."""
+        return int(self.call("base_slash"))
+
     def change_delay(self) -> int:
         """Seconds between queueing an owner's change and making it."""
         return int(self.call("CHANGE_DELAY"))
@@ -242,7 +243,7 @@ class Market(Bound):
         return list(dict.fromkeys(e.provider for e in committed))
 
     def report_no_show(self, account: LocalAccount, job_id: int, slot: int) -> Any:
-        """Report that the requester delivered no runnable bundle for ``slot``: it settles unslashed, with the no-show fee."""
+        """Report that the requester delivered no runnable bundle for ``slot``: it settles unslashed, with a fee."""
         return self.commit_result(account, job_id, slot, NO_SHOW_ROOT, 0)
 
     def unrevealed_bids(self, job_id: int) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from marketplace.types import Auction, JobSpec, SlotStatus, format_tokens
+from marketplace.types import NO_SHOW_ROOT, Auction, JobSpec, SlotStatus, format_tokens
 
 if TYPE_CHECKING:  # the command line imports this module at start: keep web3 out of it
     from marketplace.contracts.deployment import Contracts
@@ -58,6 +58,8 @@ def job_reasons(
     if reason is None:
         for event in read("ResultCommitted"):
             committed.add(event.slot)
+            if event.result_root == NO_SHOW_ROOT:
+                entry(event.slot)["no_show"] = True
         for event in read("ResultAccepted"):
             entry(event.slot)["accepted_by"] = "requester"
         for event in read("ResultDisputed"):
@@ -74,6 +76,12 @@ def job_reasons(
         for event in read("SlotSettled"):
             e = entry(event.slot)
             e["reason"] = _settled_reason(event.status, e, event.slot in committed)
+            if e.get("no_show"):
+                e["reason"] = (
+                    "the provider reported a no-show: no runnable bundle arrived (none uploaded, one refused, "
+                    "or never started); nobody slashed, the provider paid a no-show fee of "
+                    f"{format_tokens(event.paid)} FLOP, {format_tokens(event.refunded)} FLOP refunded"
+                )
     return {"reason": reason, "slots": slots}
 
 

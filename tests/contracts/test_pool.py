@@ -23,6 +23,7 @@ from tests.contracts.contract_helpers import (
     E18,
     FEE_BPS,
     MIN_PROVIDER_STAKE,
+    NO_SHOW_ROOT,
     OUTCOME_ACCEPT,
     OUTCOME_REJECT,
     OUTCOME_VOID,
@@ -632,6 +633,33 @@ def test_settle__a_slot_someone_else_settled__books_the_same_pay(
     assert registered.unattributed() == (income, 0)
     registered.settle(job_id, instant, 0)
     assert pool_event(registered, "SlotBooked").income == income
+    assert registered.credits(provider2) == split(income)[0]
+    assert registered.unattributed() == (0, 0)
+    assert_pool_solvent(registered, deployment)
+
+
+def _no_show_slot(registered: Any, flow: Flow, operator: str, member: str, spec: Spec) -> tuple[int, int]:
+    """The pool's slot of ``spec``, assigned to ``member``, reported as a no-show; returns it and the fee."""
+    job_id = pool_takes(flow, registered, operator, spec)
+    assign(registered, operator, job_id, spec, member)
+    travel_to(flow.market.jobs(job_id).lease_start + spec.run_duration // 4)
+    with boa.env.prank(member):
+        registered.commit_result(job_id, spec, 0, NO_SHOW_ROOT, 0)
+    fee = value(DEFAULT_PRICE_FLOOR, spec.max_gpu_seconds) * 1_000 // 10_000
+    return job_id, fee - fee * FEE_BPS // 10_000
+
+
+@pytest.mark.parametrize("settled_by_the_market_first", [False, True])
+def test_settle__a_no_show_its_member_reported__books_the_no_show_fee_as_pay(
+    registered, deployment, flow, market, operator, provider2, stranger, instant, settled_by_the_market_first
+):
+    job_id, income = _no_show_slot(registered, flow, operator, provider2, instant)
+    if settled_by_the_market_first:
+        flow.settle(job_id, instant, 0)
+    with boa.env.prank(stranger):
+        registered.settle(job_id, instant, 0)
+    log = pool_event(registered, "SlotBooked")
+    assert (log.status, log.income, log.loss) == (SLOT_REFUNDED, income, 0)
     assert registered.credits(provider2) == split(income)[0]
     assert registered.unattributed() == (0, 0)
     assert_pool_solvent(registered, deployment)

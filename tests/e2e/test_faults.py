@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from marketplace.chain.client import Chain, dev_account
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.devmarket import setup_dev_market
 from marketplace.errors import WorkerError
+from marketplace.market.summary import job_summary
+from marketplace.protocol.bundle import pack_bundle
 from marketplace.requester.client import WorkerClient
 from marketplace.requester.requester import JobOptions, Requester
 from marketplace.types import Auction, JobStatus, Policy, SlotStatus, slot_value
@@ -205,5 +208,65 @@ def test_a_download_that_fails__is_disputed_and_never_accepted_or_called_verifie
         assert contracts.market.slot(job_id, 0).status == SlotStatus.DISPUTED  # disputed, not accepted
         assert not any("verified" in line for line in said), said
         assert any("could not be downloaded" in line and "disputing" in line for line in said), said
+    finally:
+        provider.stop()
+
+
+def _leased(contracts: Contracts, requester: Requester, bundle: Path = ROOT / "examples" / "train_mlp") -> int:
+    options = JobOptions(auction=Auction.INSTANT, policy=Policy.NONE, challenge_window_s=30, bid_window_s=60)
+    job_id = requester.submit(bundle, options)
+    requester.wait_for_lease(job_id, timeout_s=60)
+    return job_id
+
+
+def _no_show_settled(contracts: Contracts, job_id: int) -> None:
+    """Move the chain half-way through the run window and wait for the provider's no-show to settle."""
+    spec = contracts.market.spec(job_id)
+    contracts.chain.time_travel(spec.run_duration // 2 + 1)
+    contracts.chain.wait_until(lambda: contracts.market.slot(job_id, 0).status == SlotStatus.REFUNDED, timeout=90)
+
+
+@pytest.mark.parametrize("delivery", ["nothing", "a refused archive", "an upload never started"])
+def test_requester_that_delivers_no_runnable_bundle__provider_reports_a_no_show__paid_a_fee_never_slashed(
+    contracts: Contracts, tmp_path: Path, delivery: str
+) -> None:
+    # Before, the provider committed an empty result that any verifier rejected: it lost the slot's
+    # value and the base slash, and the requester gained half of that. Now the slot settles unslashed.
+    provider = start_provider(contracts, tmp_path / "worker")
+    address = dev_account(PROVIDER).address
+    try:
+        stake = contracts.registry.stakes(address).active
+        wallet = contracts.token.balance_of(address) + contracts.market.credits(address)
+        requester = Requester(contracts, dev_account(REQUESTER))
+        job_id = _leased(contracts, requester)
+        offer = contracts.registry.offer(address)
+        client = WorkerClient(offer.endpoint, requester_key=dev_account(REQUESTER).key, domain=requester.domain)
+        with client:
+            if delivery == "a refused archive":
+                other = tmp_path / "other"
+                shutil.copytree(ROOT / "examples" / "train_mlp", other)
+                (other / "extra.txt").write_text("not the bundle that was posted\n")
+                with pytest.raises(WorkerError, match="bundle"):
+                    client.upload_bundle(job_id, pack_bundle(other))
+            elif delivery == "an upload never started":
+                client.upload_bundle(job_id, requester._archives[job_id])
+            _no_show_settled(contracts, job_id)
+            # The job is closed on the worker: a late upload is refused and a late start runs nothing.
+            record = provider.server.manager.get(job_id)
+            assert record.state == "cancelled" and "no-show" in record.reason and record.started is None
+            if delivery == "an upload never started":
+                client.start_job(job_id, seed=1)
+                assert provider.server.manager.get(job_id).started is None
+            else:
+                with pytest.raises(WorkerError, match=r"is closed"):
+                    client.upload_bundle(job_id, requester._archives[job_id])
+        summary = job_summary(contracts, job_id)
+        reason = summary["slots"][0]["reason"]
+        assert "no-show" in reason and "nobody slashed" in reason, summary
+        value = slot_value(PRICE, contracts.market.spec(job_id).max_gpu_seconds)
+        fee = value // 10
+        assert contracts.registry.stakes(address).active == stake
+        contracts.chain.wait_until(lambda: contracts.market.credits(address) == 0, timeout=60)  # withdrawn
+        assert contracts.token.balance_of(address) - wallet == fee - fee // 100
     finally:
         provider.stop()

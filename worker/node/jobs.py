@@ -230,6 +230,30 @@ class JobManager:
             except Exception:  # the janitor must outlive a bad directory entry
                 log.exception("expiring uploads failed")
 
+    def refuse(self, job_id: int, reason: str) -> bool:
+        """Close a job to its requester for good, before it ran (its provider reported a no-show).
+
+        A pending upload is deleted, a bundle that was never started is dropped, and any later
+        upload or start is refused with ``reason``. Returns False, changing nothing, while an
+        upload stream holds the job (the caller tries again) or once the job has started.
+        """
+        lock = self._upload_lock(job_id)
+        if not lock.acquire(timeout=5):
+            return False
+        try:
+            job = self.store.get(job_id)
+            if job is None:
+                job = self.store.upsert_upload(job_id, "", bytes(32), 0)
+            if job.state not in ("uploading", "ready"):
+                return job.state == "cancelled" and job.started is None
+            for part in (self.data_dir / "uploads").glob(f"{job_id}-*.part"):
+                part.unlink(missing_ok=True)
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            self._finish_without_run(job_id, reason, "cancelled")
+            return True
+        finally:
+            lock.release()
+
     def upload_offset(self, job_id: int, sha: bytes) -> tuple[int, bool]:
         """(bytes held, complete) for an upload of the archive with sha256 ``sha``."""
         job = self.store.get(job_id)
@@ -256,6 +280,8 @@ class JobManager:
             raise WorkerError(f"another upload of job {job_id} is in progress", code="ABORTED")
         try:
             existing = self.store.get(job_id)
+            if existing is not None and existing.state == "cancelled" and existing.started is None:
+                raise WorkerError(f"job {job_id} is closed: {existing.reason}", code="FAILED_PRECONDITION")
             if existing is not None and existing.state != "uploading":
                 if existing.archive_sha256 == sha:
                     return existing, int(existing.archive_size or 0)

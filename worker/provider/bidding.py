@@ -33,7 +33,7 @@ from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.events import BidRevealed, JobPosted
 from marketplace.errors import ContractRevert
 from marketplace.market.pricing import PricingContext, PricingStrategy
-from marketplace.types import Auction, DeviceKind, JobSpec, JobStatus, SlotStatus
+from marketplace.types import Auction, DeviceKind, JobSpec, JobStatus, SlotStatus, format_tokens, slot_value
 from worker.provider.loop import Memory
 
 __all__ = ["BidTerms", "Bidder", "MarketVenue", "Supply", "Venue"]
@@ -276,16 +276,58 @@ class Bidder:
             if now >= spec.reveal_deadline:
                 if market.job(job_id).status == JobStatus.OPEN:
                     market.finalize_auction(self.account, job_id)
+                self._forfeit_unrevealed(job_id)
                 self._track_slots(job_id)
                 self._tally(job_id, spec)
                 self.open_jobs.pop(job_id, None)
         except ContractRevert as exc:
-            log.info("%s %s: job %d: %s", self.role, self.address, job_id, exc.reason)
+            if "not eligible" in (exc.reason or ""):
+                self._say_why_not_eligible(job_id, spec)
+            else:
+                log.info("%s %s: job %d: %s", self.role, self.address, job_id, exc.reason)
             if spec.auction == Auction.INSTANT or reverts.auction_over(exc):
                 self._track_slots(job_id)
                 if spec.auction == Auction.INSTANT or bid is not None:
                     self._tally(job_id, spec)
                 self.open_jobs.pop(job_id, None)
+
+    def _forfeit_unrevealed(self, job_id: int) -> None:
+        """Take the reveal bonds of bids committed on ``job_id`` and never revealed (for the treasury).
+
+        A sealed bid left unrevealed is how a shill moves the clearing price after seeing the
+        honest reveals; every bidder of the job has a stake in making that cost its bond.
+        """
+        market = self.contracts.market
+        for provider in market.unrevealed_bids(job_id):
+            if provider == self.venue.holder:
+                continue
+            try:
+                taken = market.forfeit_unrevealed(self.account, job_id, provider)
+                log.info(
+                    "%s %s: job %d: took %d of %s's unrevealed bid", self.role, self.address, job_id, taken, provider
+                )
+            except ContractRevert as exc:
+                log.info("%s %s: job %d: forfeit of %s: %s", self.role, self.address, job_id, provider, exc.reason)
+
+    def _say_why_not_eligible(self, job_id: int, spec: JobSpec) -> None:
+        """One warning saying what stake the market asks for and what the holder has free."""
+        registry, market = self.contracts.registry, self.contracts.market
+        holder = self.venue.holder
+        free, minimum = registry.free_stake(holder), registry.min_provider_stake()
+        stake = registry.stakes(holder).active
+        needed = slot_value(spec.max_price, spec.max_gpu_seconds) + 2 * market.base_slash()
+        log.warning(
+            "%s %s: not eligible to bid on job %d: stake %s FLOP (minimum %s), free %s FLOP; a bid locks up to "
+            "%s FLOP (the lease at the max price, its base slash and the reveal bond): stake more or wait for "
+            "running leases to end",
+            self.role,
+            self.address,
+            job_id,
+            format_tokens(stake),
+            format_tokens(minimum),
+            format_tokens(free),
+            format_tokens(needed),
+        )
 
     def _count_bid(self, spec: JobSpec, outcome: str) -> None:
         key = (spec.auction.name.lower(), outcome)

@@ -12,8 +12,9 @@ server that runs the jobs). Each :meth:`~ProviderDaemon.step`:
 3. ends auctions it bid in once the reveal deadline passes (anyone may; the first call wins);
 4. for each slot it holds, commits the worker's result root and metered device-seconds once the
    job has ended (capped by the job's max and by the device time since the lease); a job whose
-   requester never uploaded is committed empty, with zero seconds, before the run deadline so the
-   provider is not slashed for the requester's absence;
+   requester delivered nothing runnable (no upload, an archive the worker refused, an upload never
+   started, a job cancelled before it ran) is reported on chain as a no-show half-way through the run
+   window: the slot settles without a slash and pays the no-show fee, and a late upload is refused;
 5. settles its slots once they can end and withdraws its credit;
 6. serves its reservations (:mod:`worker.provider.reservations`): records the usage of the holder's jobs, settles
    and withdraws, and keeps reserved devices out of the job market while their windows overlap a
@@ -38,10 +39,11 @@ from marketplace.errors import ConfigError, ContractRevert, WorkerError
 from marketplace.market.pricing import PricingStrategy
 from marketplace.protocol.merkle import EMPTY_ROOT
 from marketplace.protocol.tls import ensure_certificate, is_loopback
-from marketplace.types import DeviceKind, JobSpec, JobStatus, Offer, SlotStatus
+from marketplace.types import NO_SHOW_ROOT, DeviceKind, JobSpec, JobStatus, Offer, SlotStatus
 from worker.node.chain_leases import ChainLeases
 from worker.node.config import WorkerConfig
 from worker.node.service import WorkerServer, create_server
+from worker.node.store import JobRecord
 from worker.provider.bidding import Bidder, BidTerms, MarketVenue
 from worker.provider.loop import ChainDaemon, can_settle
 from worker.provider.reservations import ReservedCapacity
@@ -51,8 +53,13 @@ __all__ = ["ProviderDaemon", "ProviderSettings", "chain_worker", "device_terms"]
 
 log = logging.getLogger("flopex.provider")
 
-#: Fraction of the run window after which a lease with no upload is committed empty.
-NO_UPLOAD_COMMIT_AT = Fraction(3, 4)
+#: Fraction of the run window after which a lease whose requester delivered nothing runnable is
+#: reported as a no-show (the market allows it from a quarter on; half leaves a late upload room).
+NO_SHOW_REPORT_AT = Fraction(1, 2)
+#: Fraction of the run window after which a commit no longer waits for the chain's clock to catch up.
+CLOCK_WAIT_UNTIL = Fraction(3, 4)
+#: Worker states of a job whose requester has not (yet) delivered a runnable bundle.
+NOT_DELIVERED = ("uploading", "ready")
 
 
 @dataclass(frozen=True)
@@ -282,12 +289,13 @@ class ProviderDaemon(ChainDaemon):
             record = self.worker.manager.get(job_id)
         except WorkerError:
             record = None
+        if _no_show(record):
+            if now - lease_start >= spec.run_duration * NO_SHOW_REPORT_AT:
+                self._report_no_show(job_id, index, record)
+            return
         if record is not None and record.terminal:
             root = record.result_root or EMPTY_ROOT
             claimed = int((record.metering or {}).get("device_millis", 0) + 999) // 1000
-        elif record is None and now - lease_start >= spec.run_duration * NO_UPLOAD_COMMIT_AT:
-            # The requester never uploaded: commit nothing done rather than be slashed.
-            root, claimed = EMPTY_ROOT, 0
         else:
             return
         claimed = min(claimed, spec.max_gpu_seconds)
@@ -297,9 +305,32 @@ class ProviderDaemon(ChainDaemon):
             # for: a dev chain whose clock ran ahead of the wall clock (a burst of blocks, a time
             # travel) only moves it with new blocks. Ask for one (dev chains mine on request; other
             # chains refuse and make blocks on their own) and wait, unless the run deadline nears.
-            if now - lease_start < spec.run_duration * NO_UPLOAD_COMMIT_AT:
+            if now - lease_start < spec.run_duration * CLOCK_WAIT_UNTIL:
                 self.nudge_clock()
                 return
             claimed = held
         self._commit(job_id, index, root, claimed)
         log.info("provider %s: committed job %d: %d GPU-s, root %s", self.address, job_id, claimed, root.hex()[:16])
+
+    def _report_no_show(self, job_id: int, index: int, record: JobRecord | None) -> None:
+        # Close the job first, so that a late upload cannot make the worker run unpaid work.
+        if not self.worker.manager.refuse(
+            job_id, "its provider reported a no-show: no runnable bundle arrived in time"
+        ):
+            return  # an upload is streaming in right now: look again next step
+        self._commit(job_id, index, NO_SHOW_ROOT, 0)
+        state = record.state if record is not None else "no upload"
+        log.warning(
+            "provider %s: job %d: reported a no-show (%s); the slot settles unslashed with the no-show fee",
+            self.address,
+            job_id,
+            state,
+        )
+
+
+def _no_show(record: JobRecord | None) -> bool:
+    """Whether the requester has delivered nothing runnable: no upload, one unfinished or refused
+    (the worker keeps such a job ``uploading``), one never started, or a job it cancelled before it ran."""
+    if record is None or record.state in NOT_DELIVERED:
+        return True
+    return record.state == "cancelled" and record.started is None

@@ -68,7 +68,7 @@ class Memory:
 
 def can_settle(status: SlotStatus, committed_at: int, spec: JobSpec, now: int) -> bool:
     """Whether a slot in ``status``, committed at ``committed_at``, can be settled at ``now``."""
-    if status in (SlotStatus.ACCEPTED, SlotStatus.REJECTED, SlotStatus.VOIDED):
+    if status in (SlotStatus.ACCEPTED, SlotStatus.REJECTED, SlotStatus.VOIDED, SlotStatus.NO_SHOW):
         return True
     if status == SlotStatus.COMMITTED:
         return now >= committed_at + spec.challenge_window
