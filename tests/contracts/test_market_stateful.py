@@ -25,6 +25,7 @@ from typing import Any
 
 import boa
 import pytest
+from eth_utils import keccak
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
@@ -32,6 +33,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from tests.contracts.contract_helpers import (
     AUCTION_INSTANT,
     AUCTION_SEALED,
+    CHANGE_DELAY,
     DISPUTE_BOND,
     E18,
     JOB_CANCELLED,
@@ -41,12 +43,14 @@ from tests.contracts.contract_helpers import (
     JOB_OPEN,
     MIN_PROVIDER_STAKE,
     MIN_VERIFIER_STAKE,
+    NO_SHOW_ROOT,
     OUTCOME_ACCEPT,
     POLICY_REDUNDANT,
     SLOT_ACCEPTED,
     SLOT_ASSIGNED,
     SLOT_COMMITTED,
     SLOT_DISPUTED,
+    SLOT_NO_SHOW,
     SLOT_PAID,
     SLOT_REFUNDED,
     SLOT_REJECTED,
@@ -62,6 +66,7 @@ from tests.contracts.contract_helpers import (
 
 TERMINAL = (JOB_CLOSED, JOB_EXPIRED, JOB_CANCELLED)
 FINAL_SLOT = (SLOT_PAID, SLOT_SLASHED, SLOT_REFUNDED)
+NO_SHOW_FEE_BPS = 1_000
 FAR_FUTURE = 10**6  # seconds: past every deadline the machine posts
 
 # Price floors of the three providers, per GPU-hour: one of them is above most max prices.
@@ -187,6 +192,10 @@ class MarketMachine(RuleBasedStateMachine):
                 assert log.fee <= log.paid
                 if log.status == SLOT_PAID:
                     assert log.paid == min(value(slot.price, log.gpu_seconds), slot_value)
+                elif slot.result_root == NO_SHOW_ROOT:
+                    assert log.status == SLOT_REFUNDED and log.slashed == 0
+                    assert log.paid == slot_value * NO_SHOW_FEE_BPS // 10_000
+                    _note("slot settled: a no-show")
                 else:
                     assert log.paid == 0
                 slashed += log.slashed
@@ -233,7 +242,19 @@ class MarketMachine(RuleBasedStateMachine):
         )
         escrow = k * value(max_price, max_gpu_seconds)
         before = self.token.balanceOf(self.market.address)
+        max_bid, max_run, max_window = self.market.window_bounds()
+        within = (
+            bid_in <= max_bid
+            and (auction == AUCTION_INSTANT or reveal_in <= max_bid)
+            and run <= max_run
+            and window <= max_window
+        )
         with boa.env.prank(requester):
+            if not within:
+                with boa.reverts():
+                    self.market.post_job(spec)
+                _note("post_job: reverted outside the window bounds")
+                return
             if escrow == 0:
                 with boa.reverts("market: escrow rounds to zero"):
                     self.market.post_job(spec)
@@ -267,7 +288,8 @@ class MarketMachine(RuleBasedStateMachine):
                 spec.device_kind,
                 spec.gpus,
                 spec.min_memory_mb,
-                value(spec.max_price, spec.max_gpu_seconds) + self.market.base_slash(),
+                # The lease at the max price, its base slash and the reveal bond.
+                value(spec.max_price, spec.max_gpu_seconds) + 2 * self.market.base_slash(),
             )
         )
         commitment = self.market.bid_commitment(job_id, provider, price, salt)
@@ -302,13 +324,8 @@ class MarketMachine(RuleBasedStateMachine):
             and self.market.commitments(job_id, provider) != b"\x00" * 32
             and not wrong_salt
             and 0 < price <= spec.max_price
-            and self.registry.is_eligible(
-                provider,
-                spec.device_kind,
-                spec.gpus,
-                spec.min_memory_mb,
-                value(price, spec.max_gpu_seconds) + self.market.base_slash(),
-            )
+            # Registered with the minimum stake: the collateral is locked when the auction ends.
+            and self.registry.is_eligible(provider, spec.device_kind, spec.gpus, spec.min_memory_mb, 0)
         )
         self._call(ok, provider, self.market.reveal_bid, job_id, spec, price, salt, job_id=job_id)
 
@@ -361,6 +378,14 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.specs)
     @rule(ix=st.integers(0, 50), slot=st.integers(0, 3), share=st.integers(0, 11_000), sloppy=st.booleans())
     def commit_result(self, ix, slot, share, sloppy):
+        self._commit_result(ix, slot, share, sloppy, no_show=False)
+
+    @precondition(lambda self: self.specs)
+    @rule(ix=st.integers(0, 50), slot=st.integers(0, 3), claims=st.booleans(), sloppy=st.booleans())
+    def report_no_show(self, ix, slot, claims, sloppy):
+        self._commit_result(ix, slot, 10_000 if claims else 0, sloppy, no_show=True)
+
+    def _commit_result(self, ix: int, slot: int, share: int, sloppy: bool, no_show: bool) -> None:
         job_id, spec = self._job(ix, None if sloppy else self._has_slot((SLOT_ASSIGNED,)))
         slot = self._slot(job_id, slot, None if sloppy else (SLOT_ASSIGNED,))
         job = self.market.jobs(job_id)
@@ -377,6 +402,9 @@ class MarketMachine(RuleBasedStateMachine):
             and gpu_seconds <= held
         )
         root = bytes([slot + 1]) * 32
+        if no_show:
+            root = NO_SHOW_ROOT
+            ok = ok and gpu_seconds == 0 and now() - job.lease_start >= spec.run_duration // 4
         self._call(ok, s.provider, self.market.commit_result, job_id, spec, slot, root, gpu_seconds, job_id=job_id)
 
     @precondition(lambda self: self.specs)
@@ -438,7 +466,15 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.specs)
     @rule(ix=st.integers(0, 50), slot=st.integers(0, 3), caller=st.integers(0, 6), sloppy=st.booleans())
     def settle(self, ix, slot, caller, sloppy):
-        open_slots = (SLOT_ASSIGNED, SLOT_COMMITTED, SLOT_DISPUTED, SLOT_ACCEPTED, SLOT_REJECTED, SLOT_VOIDED)
+        open_slots = (
+            SLOT_ASSIGNED,
+            SLOT_COMMITTED,
+            SLOT_DISPUTED,
+            SLOT_ACCEPTED,
+            SLOT_REJECTED,
+            SLOT_VOIDED,
+            SLOT_NO_SHOW,
+        )
         job_id, spec = self._job(ix, None if sloppy else self._has_slot(open_slots))
         slot = self._slot(job_id, slot, None if sloppy else open_slots)
         ok = self._can_settle(job_id, spec, slot)
@@ -452,7 +488,7 @@ class MarketMachine(RuleBasedStateMachine):
         t = now()
         end = s.committed_at + spec.challenge_window
         return (
-            s.status in (SLOT_ACCEPTED, SLOT_REJECTED, SLOT_VOIDED)
+            s.status in (SLOT_ACCEPTED, SLOT_REJECTED, SLOT_VOIDED, SLOT_NO_SHOW)
             or (s.status == SLOT_COMMITTED and t >= end)
             or (s.status == SLOT_ASSIGNED and t > job.lease_start + spec.run_duration)
             or (s.status == SLOT_DISPUTED and t >= end + spec.challenge_window)
@@ -504,7 +540,11 @@ class MarketMachine(RuleBasedStateMachine):
                 s = slots[i]
                 run_deadline = job.lease_start + spec.run_duration
                 if s.status == SLOT_ASSIGNED:
-                    if branch == 3 and t <= run_deadline:
+                    if branch == 2 and share % 4 == 0 and t <= run_deadline:
+                        # The requester never delivered: the provider reports a no-show.
+                        travel_past(job.lease_start + spec.run_duration // 4)
+                        self.report_no_show(0, i, False, False)
+                    elif branch == 3 and t <= run_deadline:
                         boa.env.time_travel(seconds=1 + share % 3_000)
                     elif t <= run_deadline:
                         if t == job.lease_start:
@@ -555,6 +595,41 @@ class MarketMachine(RuleBasedStateMachine):
         self._progress(ix, branches, a, share)
 
     # ------------------------------------------------------------ rules: money and stake
+
+    @precondition(lambda self: self.bids)
+    @rule(ix=st.integers(0, 50), caller=st.integers(0, 6), sloppy=st.booleans())
+    def forfeit_unrevealed(self, ix, caller, sloppy):
+        keys = sorted(self.bids)
+        if not sloppy:
+            keys = [
+                (j, p)
+                for j, p in keys
+                if now() >= self.specs[j].reveal_deadline and self.market.commitments(j, p) != b"\x00" * 32
+            ] or keys
+        job_id, provider = keys[ix % len(keys)]
+        spec = self.specs[job_id]
+        ok = (
+            self.market.jobs(job_id).status != JOB_CANCELLED
+            and now() >= spec.reveal_deadline
+            and self.market.commitments(job_id, provider) != b"\x00" * 32
+        )
+        stake = self.registry.total_stake(provider)
+        treasury = self.market.credits(self.d.treasury)
+        if self._call(ok, self.accounts[caller], self.market.forfeit_unrevealed, job_id, spec, provider):
+            taken = min(self.market.base_slash(), stake)
+            assert self.registry.total_stake(provider) == stake - taken
+            assert self.market.credits(self.d.treasury) == treasury + taken
+
+    @rule(bid=st.integers(60, 6_000), run=st.integers(60, 8_000), window=st.integers(60, 6_000))
+    def change_window_bounds(self, bid, run, window):
+        # The owner's change waits out its delay: queued, two days pass, then made.
+        with boa.env.prank(self.d.owner):
+            self.market.queue_change(keccak(self.market.set_window_bounds.prepare_calldata(bid, run, window)))
+        boa.env.time_travel(seconds=CHANGE_DELAY)
+        with boa.env.prank(self.d.owner):
+            self.market.set_window_bounds(bid, run, window)
+        assert self.market.window_bounds() == (bid, run, window)
+        _note("window bounds changed")
 
     @rule(who=st.integers(0, 6))
     def withdraw(self, who):
@@ -691,5 +766,8 @@ def test_market__random_lifecycles__keep_every_invariant(
         "attest: ok",
         "settle: ok",
         "withdraw: ok",
+        "slot settled: a no-show",
+        "forfeit_unrevealed: ok",
+        "window bounds changed",
     ):
         assert STATS[path] > 0, f"the machine never reached {path}"
