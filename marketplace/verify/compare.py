@@ -20,7 +20,17 @@ from marketplace.errors import VerificationError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ATOL", "RTOL", "Comparison", "Mismatch", "compare_results", "compare_tensors", "majority"]
+__all__ = [
+    "ATOL",
+    "RTOL",
+    "Comparison",
+    "Judgement",
+    "Mismatch",
+    "compare_results",
+    "compare_tensors",
+    "judge_by_reruns",
+    "majority",
+]
 
 
 #: Relative tolerance of tensor comparisons. Honest reruns of the example jobs on this machine
@@ -176,6 +186,54 @@ def compare_results(
         elif _sha256(a_files[rel]) != _sha256(b_files[rel]):
             mismatches.append(Mismatch(rel, "", "files differ"))
     return Comparison(tuple(mismatches), max_abs, max_rel, tuple(sorted(set(a_files) | set(b_files))))
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A provider's results judged by two re-runs of the verifier's own.
+
+    ``verdict`` is ``"match"`` (every file the job reproduces agrees), ``"differs"`` (a file both
+    re-runs reproduce identically differs in the provider's results: ``decisive``) or
+    ``"undecidable"`` (only files that differ between the re-runs themselves differ, and nothing
+    reproducible is left to compare). ``unstable`` names the files the job does not reproduce.
+    """
+
+    verdict: str
+    decisive: tuple[Mismatch, ...]
+    unstable: tuple[str, ...]
+    checked: tuple[str, ...]
+
+    def describe(self) -> str:
+        """One line for the ruling's reason."""
+        skipped = (
+            f"; {len(self.unstable)} file(s) differ between two re-runs here and were not judged "
+            f"({', '.join(self.unstable[:3])}{', …' if len(self.unstable) > 3 else ''})"
+            if self.unstable
+            else ""
+        )
+        if self.verdict == "differs":
+            return Comparison(self.decisive).describe() + skipped
+        if self.verdict == "undecidable":
+            return "nothing the job writes re-runs identically here" + skipped
+        return f"{len(self.checked)} reproducible file(s) match" + skipped
+
+
+def judge_by_reruns(
+    rerun: str | Path, control: str | Path, provided: str | Path, *, rtol: float = RTOL, atol: float = ATOL
+) -> Judgement:
+    """Judge the ``provided`` results by the verifier's ``rerun`` and an independent ``control`` re-run.
+
+    A file the two re-runs disagree on (a timestamp in a PDF, a random temporary name) says nothing
+    about the provider: it is left out. The provider is found wrong only on a file the job
+    reproduces; a job that reproduces nothing cannot be judged, which must never cost an honest
+    provider its stake.
+    """
+    unstable = {m.path for m in compare_results(rerun, control, rtol=rtol, atol=atol).mismatches}
+    against = compare_results(rerun, provided, rtol=rtol, atol=atol)
+    decisive = tuple(m for m in against.mismatches if m.path not in unstable)
+    checked = tuple(f for f in against.compared_files if f not in unstable)
+    verdict = "differs" if decisive else ("match" if checked else "undecidable")
+    return Judgement(verdict, decisive, tuple(sorted(unstable)), checked)
 
 
 def _sha256(path: Path) -> bytes:

@@ -139,3 +139,39 @@ def test_default_tolerances__hold_for_honest_reruns_and_catch_half_precision_tra
     half = cheat_run(11, 6, 5, Cheat("half"), random.Random(1))
     assert all(compare.compare_tensors(x, y).agree for x, y in zip(rerun, honest, strict=True))
     assert not compare.compare_tensors(half[-1], honest[-1]).agree
+
+
+def _result(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / "output" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_judge_by_reruns__a_file_the_reruns_disagree_on__is_not_held_against_the_provider(tmp_path: Path) -> None:
+    # A plot with a creation timestamp: every run writes another, the provider's too.
+    rerun = _result(tmp_path / "a", {"loss.txt": "0.125", "plot.pdf": "created 10:00"})
+    control = _result(tmp_path / "b", {"loss.txt": "0.125", "plot.pdf": "created 10:05"})
+    honest = _result(tmp_path / "p", {"loss.txt": "0.125", "plot.pdf": "created 09:30"})
+    judged = compare.judge_by_reruns(rerun, control, honest)
+    assert (judged.verdict, judged.unstable, judged.checked) == ("match", ("plot.pdf",), ("loss.txt",))
+    assert "1 reproducible file(s) match" in judged.describe() and "plot.pdf" in judged.describe()
+
+
+def test_judge_by_reruns__a_reproducible_file_that_differs__is_decisive(tmp_path: Path) -> None:
+    rerun = _result(tmp_path / "a", {"loss.txt": "0.125", "plot.pdf": "created 10:00"})
+    control = _result(tmp_path / "b", {"loss.txt": "0.125", "plot.pdf": "created 10:05"})
+    cheat = _result(tmp_path / "p", {"loss.txt": "0.5", "plot.pdf": "created 09:30"})
+    judged = compare.judge_by_reruns(rerun, control, cheat)
+    assert judged.verdict == "differs" and [m.path for m in judged.decisive] == ["loss.txt"]
+    missing = _result(tmp_path / "q", {"plot.pdf": "created 09:30"})
+    assert compare.judge_by_reruns(rerun, control, missing).verdict == "differs"
+
+
+def test_judge_by_reruns__nothing_reproducible__is_undecidable(tmp_path: Path) -> None:
+    rerun = _result(tmp_path / "a", {"stamp.txt": "1"})
+    control = _result(tmp_path / "b", {"stamp.txt": "2"})
+    provided = _result(tmp_path / "p", {"stamp.txt": "3"})
+    judged = compare.judge_by_reruns(rerun, control, provided)
+    assert judged.verdict == "undecidable" and judged.checked == ()

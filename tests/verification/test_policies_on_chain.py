@@ -163,3 +163,41 @@ def test_capacity__an_honest_claim_stands_and_a_tenfold_claim_is_flagged(market:
     assert records[honest.address]["ok"] and records[faker.address]["ok"]
     assert registry.attestation(honest.address)[3] is False
     assert registry.attestation(faker.address)[3] is True
+
+
+def _stamped_job(tmp_path: Path, reproducible: bool) -> Path:
+    """A job without checkpoints whose outputs carry a timestamp (and a reproducible answer, or not)."""
+    bundle = tmp_path / f"stamped-{reproducible}"
+    bundle.mkdir()
+    (bundle / "job.toml").write_text(
+        '[job]\nentrypoint = "job.py"\n[resources]\ndevice = "cpu"\ntimeout_s = 120\nmax_gpu_hours = 0.05\n'
+        '[verification]\npolicy = "replay"\n[market]\nmax_price = "0.5"\n'
+    )
+    answer = "(out / 'answer.txt').write_text(str(sum(i * i for i in range(1000))))\n" if reproducible else ""
+    (bundle / "job.py").write_text(
+        "import os, time\nfrom pathlib import Path\n"
+        "out = Path(os.environ['FLOPEX_OUTPUT_DIR'])\nout.mkdir(parents=True, exist_ok=True)\n"
+        "(out / 'made_at.txt').write_text(str(time.time_ns()))\n" + answer
+    )
+    return bundle
+
+
+@pytest.mark.parametrize("reproducible", [True, False])
+def test_replay__outputs_that_differ_between_reruns__never_slash_an_honest_provider(
+    market: Market, tmp_path: Path, reproducible: bool
+) -> None:
+    # A full re-run of an honest job whose output carries a timestamp used to differ byte for byte
+    # and slash the provider. A second re-run shows the file is not reproducible: it is not judged.
+    provider = market.add_provider(PROVIDERS[0])
+    market.add_verifier(VERIFIERS[0], full_rerun_rate=1.0)
+    stake = market.contracts.registry.total_stake(provider.address)
+    outcome = market.run_job(_stamped_job(tmp_path, reproducible), auction=Auction.INSTANT)
+    [bill] = outcome.slots
+    verdict = attested(market, outcome.job_id)[0]
+    assert bill["slashed"] == 0 and market.contracts.registry.total_stake(provider.address) == stake
+    if reproducible:
+        # The answer re-runs identically and matches: paid, with the timestamp named as not judged.
+        assert verdict.outcome == Outcome.ACCEPT and bill["status"] == "paid"
+    else:
+        # Nothing re-runs identically: the check cannot judge, so it voids (refund, nobody slashed).
+        assert verdict.outcome == Outcome.VOID and bill["status"] == "refunded"

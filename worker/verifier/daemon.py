@@ -516,12 +516,8 @@ class VerifierDaemon(StepLoop):
                 )
             cmp = compare.compare_results(full.directory, results, rtol=rtol, atol=atol)
             if not cmp:
-                return Verdict(
-                    job_id,
-                    slot,
-                    Outcome.REJECT,
-                    claimed_gpu_seconds=claimed,
-                    reason=f"full re-run differs: {cmp.describe()}",
+                return self._judge_mismatch(
+                    job_id, slot, spec, claimed, results, full, run("full-control"), "full re-run", full.wall_s
                 )
             return self._accept(job_id, slot, spec, claimed, "full re-run matches", estimated_seconds=full.wall_s)
 
@@ -573,19 +569,16 @@ class VerifierDaemon(StepLoop):
                 claimed_gpu_seconds=claimed,
                 reason=f"the job does not finish from its last checkpoint ({tail.reason or tail.exit_code})",
             )
-        cmp = compare.compare_results(tail.directory, results, rtol=rtol, atol=atol)
-        if not cmp:
-            return Verdict(
-                job_id,
-                slot,
-                Outcome.REJECT,
-                claimed_gpu_seconds=claimed,
-                reason=f"final outputs do not follow from the last checkpoint: {cmp.describe()}",
-            )
         # Device time the job plausibly took: start-up (the tail run) plus every segment's own time.
         startup = tail.wall_s
         per_segment = statistics.mean(max(0.0, t - startup) for t in times) if times else 0.0
         estimate = startup + per_segment * len(steps)
+        cmp = compare.compare_results(tail.directory, results, rtol=rtol, atol=atol)
+        if not cmp:
+            control = run("tail-control", start_step=steps[-1], start_checkpoint=ckpt_dir / entries[-1]["file"])
+            return self._judge_mismatch(
+                job_id, slot, spec, claimed, results, tail, control, "replay from the last checkpoint", estimate
+            )
         return self._accept(
             job_id,
             slot,
@@ -594,6 +587,45 @@ class VerifierDaemon(StepLoop):
             f"{len(picks)} of {len(steps)} segments and the tail replay within tolerance",
             estimated_seconds=estimate,
         )
+
+    def _judge_mismatch(
+        self,
+        job_id: int,
+        slot: int,
+        spec: JobSpec,
+        claimed: int,
+        results: Path,
+        rerun: ReplayRun,
+        control: ReplayRun,
+        what: str,
+        estimate: float,
+    ) -> Verdict:
+        """Rule on results that differ from a re-run, by a second, independent re-run.
+
+        Files the two re-runs disagree on are not the job's answer to judge (a timestamp, a random
+        name); the provider is rejected only for a file the job reproduces. When nothing is left,
+        the slot is voided: a check that cannot judge never slashes.
+        """
+        if not control.ok:
+            return Verdict(
+                job_id,
+                slot,
+                Outcome.VOID,
+                claimed_gpu_seconds=claimed,
+                reason=f"the {what} differs and a second one does not run here "
+                f"({control.reason or control.exit_code}): cannot judge",
+            )
+        rtol, atol = self.settings.rtol, self.settings.atol
+        judged = compare.judge_by_reruns(rerun.directory, control.directory, results, rtol=rtol, atol=atol)
+        if judged.verdict == "differs":
+            return Verdict(
+                job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed, reason=f"{what} differs: {judged.describe()}"
+            )
+        if judged.verdict == "undecidable":
+            return Verdict(
+                job_id, slot, Outcome.VOID, claimed_gpu_seconds=claimed, reason=f"cannot judge: {judged.describe()}"
+            )
+        return self._accept(job_id, slot, spec, claimed, f"{what}: {judged.describe()}", estimated_seconds=estimate)
 
     def check_redundant(self, job_id: int, spec: JobSpec, slots: list[Any]) -> list[Verdict]:
         """Compare every committed slot's results; the strict majority is accepted, the rest rejected."""
