@@ -74,6 +74,31 @@ def worker_options(fn: Any) -> Any:
     return fn
 
 
+def serve_options(fn: Any) -> Any:
+    """--host, --port, --advertise, --tls-cert, --tls-key and --plaintext: how a worker serves strangers.
+
+    TLS is the default: the certificate's key is pinned in the endpoint the offer names, so clients
+    need no certificate authority; plaintext only on loopback, and only when asked for.
+    """
+    fn = click.option("--plaintext", is_flag=True, help="Serve without TLS (loopback addresses only).")(fn)
+    fn = click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)(fn)
+    fn = click.option(
+        "--tls-cert",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="PEM certificate [default: self-signed, made in the data folder on first start].",
+    )(fn)
+    fn = click.option(
+        "--advertise",
+        "advertise_host",
+        default=None,
+        help="Host the offer names [default: --host; needed for 0.0.0.0].",
+    )(fn)
+    fn = click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any).")(fn)
+    fn = click.option("--host", default="127.0.0.1", show_default=True, help="Address the worker binds.")(fn)
+    return fn
+
+
 def chain_options(fn: Any) -> Any:
     """--rpc-url and --deployment, for every command that talks to a chain."""
     fn = click.option(

@@ -27,6 +27,7 @@ from flopex.cli.common import (
     hold_data_dir,
     load_signer,
     open_contracts,
+    serve_options,
     worker_options,
 )
 from flopex.cli.console import console
@@ -379,19 +380,7 @@ def provider() -> None:
     help=f"Worker state, uploads, jobs and its receipt key [default: {DEFAULT_HOME}/provider-ADDRESS]; "
     "one daemon at a time.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the worker binds.")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any).")
-@click.option(
-    "--advertise", "advertise_host", default=None, help="Host the offer names [default: --host; needed for 0.0.0.0]."
-)
-@click.option(
-    "--tls-cert",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="PEM certificate [default: self-signed, made in the data folder on first start].",
-)
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
-@click.option("--plaintext", is_flag=True, help="Serve without TLS (loopback addresses only).")
+@serve_options
 @click.option("--price", "price_text", default="1", show_default=True, help="Price floor, tokens per GPU-hour.")
 @click.option(
     "--strategy",

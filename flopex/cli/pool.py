@@ -23,8 +23,10 @@ from flopex.cli.common import (
     chain_options,
     emit_json,
     fail,
+    hold_data_dir,
     load_signer,
     open_contracts,
+    serve_options,
     worker_options,
 )
 
@@ -543,12 +545,11 @@ def member_group() -> None:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_HOME / "member",
-    show_default=True,
-    help="Worker state, uploads, jobs and its receipt key.",
+    default=None,
+    help=f"Worker state, uploads, jobs and its receipt key [default: {DEFAULT_HOME}/member-ADDRESS]; "
+    "one daemon at a time.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the worker binds.")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any).")
+@serve_options
 @worker_options
 @click.option("--withdraw/--no-withdraw", default=True, show_default=True, help="Withdraw pay as it is booked.")
 @click.option(
@@ -562,9 +563,13 @@ def member_start(
     dev_index: int | None,
     password_file: Path | None,
     stake_text: str,
-    data_dir: Path,
+    data_dir: Path | None,
     host: str,
     port: int,
+    advertise_host: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    plaintext: bool,
     cpu_slots: int,
     unsafe_no_sandbox: bool,
     memory_limit_mb: int,
@@ -586,6 +591,8 @@ def member_start(
     contracts = open_contracts(rpc_url, deployment_path)
     pool_ = _pool(contracts, pool_address)
     signer = load_signer(account_address, dev_index, password_file)
+    # Each account its own folder by default, and one live daemon per folder.
+    data_dir = hold_data_dir(data_dir or DEFAULT_HOME / f"member-{signer.address}", "pool member")
     stake = _tokens(stake_text)
     if not pool_.member(signer.address).joined:
         _check_stake(pool_, contracts, signer.address, stake)
@@ -597,6 +604,10 @@ def member_start(
         cpu_slots=cpu_slots,
         allow_unsandboxed=unsafe_no_sandbox,
         memory_limit_mb=memory_limit_mb,
+        tls=not plaintext,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        advertise_host=advertise_host,
     )
     terms = device_terms(server)
     settings = ProviderSettings(

@@ -181,6 +181,21 @@ def test_pool_of_two_member_processes__the_runner_is_paid__the_cheat_is_slashed_
     honest, cheat, op = (dev_account(i).address for i in (HONEST, CHEAT, OPERATOR))
     assert contracts.registry.is_provider(pool.address)
     assert [m.stake for m in pool.members()] == [STAKE, STAKE]
+    # Members serve TLS by default, their key pinned in the endpoint the pool lists; one daemon a folder.
+    assert all("#tls-spki=" in m.endpoint for m in pool.members())
+    again = _flopex(
+        home,
+        "pool",
+        "member",
+        "start",
+        world.pool_address,
+        "--dev",
+        str(HONEST),
+        "--data-dir",
+        str(home / f"member-{HONEST}"),
+    )
+    assert again.returncode == 1 and again.stderr.count("\n") == 1
+    assert f"member-{HONEST} is in use by a running daemon (pool member pid" in again.stderr
     requester = Requester(contracts, dev_account(REQUESTER))
     options = JobOptions(auction=Auction.INSTANT, policy=Policy.NONE, bid_window_s=30, challenge_window_s=30)
 
