@@ -389,6 +389,20 @@ def provider() -> None:
     help="Pricing strategy: fixed | ramp:slope=S | decay:start=A,min=B,half_life=T | follow:undercut=U.",
 )
 @click.option("--stake", "stake_text", default="200", show_default=True, help="Tokens to keep staked.")
+@click.option(
+    "--max-run-hours",
+    type=click.FloatRange(min=0, min_open=True),
+    default=48.0,
+    show_default=True,
+    help="Bid only for jobs whose run duration is at most this (each lease locks stake that long).",
+)
+@click.option(
+    "--max-challenge-hours",
+    type=click.FloatRange(min=0, min_open=True),
+    default=24.0,
+    show_default=True,
+    help="Bid only for jobs whose challenge window is at most this.",
+)
 @worker_options
 @click.option(
     "--metrics-port",
@@ -412,6 +426,8 @@ def provider_start(
     price_text: str,
     strategy: str,
     stake_text: str,
+    max_run_hours: float,
+    max_challenge_hours: float,
     cpu_slots: int,
     unsafe_no_sandbox: bool,
     memory_limit_mb: int,
@@ -451,6 +467,8 @@ def provider_start(
         price_floor=parse_tokens(price_text),
         strategy=strategy_from_spec(strategy),
         stake=parse_tokens(stake_text),
+        max_run_s=int(max_run_hours * 3600),
+        max_challenge_s=int(max_challenge_hours * 3600),
         **terms,
     )
     daemon = ProviderDaemon(contracts, signer, server, settings, data_dir / "provider-state.json")

@@ -39,13 +39,14 @@ def start_provider(
     strategy: str = "fixed",
     tls: bool = False,
     host: str = "127.0.0.1",
+    cpu_slots: int = 1,
 ) -> Provider:
-    """Start a one-device CPU worker on loopback and its provider daemon, staked and registered.
+    """Start a CPU worker (one device, or ``cpu_slots``) on loopback and its provider daemon, staked and registered.
 
     With ``run=False`` the daemon's loop is not started: the test calls ``daemon.step()`` itself.
     With ``tls`` the worker serves TLS with a self-signed certificate its offer's endpoint pins.
     """
-    server, endpoint = chain_worker(contracts, data_dir, lease_refresh_s=0.1, tls=tls, host=host)
+    server, endpoint = chain_worker(contracts, data_dir, lease_refresh_s=0.1, tls=tls, host=host, cpu_slots=cpu_slots)
     server.start()
     settings = ProviderSettings(
         endpoint=endpoint,
@@ -54,7 +55,7 @@ def start_provider(
         stake=200 * ONE_TOKEN,
         device_model="cpu",
         device_kind=DeviceKind.CPU,
-        gpu_count=1,
+        gpu_count=cpu_slots,
         memory_mb=4096,
         poll_interval_s=0.1,
     )

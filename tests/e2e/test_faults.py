@@ -270,3 +270,35 @@ def test_requester_that_delivers_no_runnable_bundle__provider_reports_a_no_show_
         assert contracts.token.balance_of(address) - wallet == fee - fee // 100
     finally:
         provider.stop()
+
+
+def test_provider_bounds__jobs_that_would_hold_its_stake_too_long__are_not_bid_on(
+    contracts: Contracts, tmp_path: Path
+) -> None:
+    # The market caps every window (days); a provider caps them tighter for itself: by default a run
+    # of at most two days, a challenge window of at most one, and at most an hour of waiting for the
+    # other slots of an instant job to fill while its own collateral is locked.
+    provider = start_provider(contracts, tmp_path / "worker", run=False, cpu_slots=2)
+    try:
+        requester = Requester(contracts, dev_account(REQUESTER))
+        market, bundle = contracts.market, ROOT / "examples" / "train_mlp"
+        instant = {"auction": Auction.INSTANT, "policy": Policy.NONE}
+        long_run = requester.submit(bundle, JobOptions(**instant, bid_window_s=600, run_slack_s=3 * 86_400))
+        long_window = requester.submit(bundle, JobOptions(**instant, bid_window_s=600, challenge_window_s=2 * 86_400))
+        far_fill = requester.submit(
+            bundle,
+            JobOptions(auction=Auction.INSTANT, policy=Policy.REDUNDANT, redundancy=2, bid_window_s=2 * 3_600),
+        )
+        within = requester.submit(bundle, JobOptions(**instant, bid_window_s=600))
+        for _ in range(3):
+            provider.daemon.step()
+        assert [len(market.slots_of(j)) for j in (long_run, long_window, far_fill)] == [0, 0, 0]
+        assert market.job(within).status == JobStatus.LEASED
+        # Within an hour of its deadline the two-slot job is worth the wait: the provider takes a slot.
+        contracts.chain.time_travel(3_600 + 60)
+        for _ in range(2):
+            provider.daemon.step()
+        [slot] = market.slots_of(far_fill)
+        assert slot.provider == dev_account(PROVIDER).address
+    finally:
+        provider.stop()

@@ -43,11 +43,16 @@ log = logging.getLogger("flopex.provider")
 
 @dataclass(frozen=True)
 class BidTerms:
-    """What a bidder prices by: its floor per GPU-hour, its strategy and the kind of device it offers."""
+    """What a bidder prices by: its floor per GPU-hour, its strategy and the kind of device it offers;
+    and the longest a job may hold its stake: run duration, challenge window, and (for an instant
+    job with several slots, whose first takers wait for the rest) time left to fill."""
 
     price_floor: int
     strategy: PricingStrategy
     device_kind: DeviceKind
+    max_run_s: int = 2 * 86_400
+    max_challenge_s: int = 86_400
+    max_fill_wait_s: int = 3_600
 
 
 class Venue(Protocol):
@@ -202,11 +207,14 @@ class Bidder:
         self.memory.last_block = latest
 
     def can_run(self, spec: JobSpec) -> bool:
-        """Whether it bids for ``spec``: not its own job, its kind of device, and its supply fits it."""
+        """Whether it bids for ``spec``: not its own job, its kind of device, its supply fits it, and
+        the job holds its stake no longer than its own bounds allow."""
         return (
             spec.requester not in (self.address, self.venue.holder)
             and spec.device_kind == self.terms.device_kind
             and self.supply.fits(spec)
+            and spec.run_duration <= self.terms.max_run_s
+            and spec.challenge_window <= self.terms.max_challenge_s
         )
 
     # ------------------------------------------------------------------ pricing
@@ -244,6 +252,10 @@ class Bidder:
         bid = self.memory.bids.get(job_id)
         try:
             if spec.auction == Auction.INSTANT:
+                # A slot of a job with several holds its collateral until the last is taken or the
+                # bid deadline passes: only take it when that wait is within bounds.
+                if spec.redundancy > 1 and spec.bid_deadline - now > self.terms.max_fill_wait_s:
+                    return  # look again when the deadline is nearer
                 if now < spec.bid_deadline and self._has_room() and self.supply.free_for(spec, now):
                     price = self.venue.instant_price(lambda: self.ask(spec))
                     if price is not None and price <= spec.max_price:

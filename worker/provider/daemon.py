@@ -77,6 +77,10 @@ class ProviderSettings:
     claimed_gflops: int = 0
     poll_interval_s: float = 0.5
     withdraw: bool = True
+    #: The longest run duration, challenge window and wait for an instant job's other slots it bids for.
+    max_run_s: int = 2 * 86_400
+    max_challenge_s: int = 86_400
+    max_fill_wait_s: int = 3_600
 
 
 def chain_worker(
@@ -178,7 +182,14 @@ class ProviderDaemon(ChainDaemon):
                 save=self._save,
                 nudge_clock=self.nudge_clock,
             )
-        terms = BidTerms(settings.price_floor, settings.strategy, settings.device_kind)
+        terms = BidTerms(
+            settings.price_floor,
+            settings.strategy,
+            settings.device_kind,
+            max_run_s=settings.max_run_s,
+            max_challenge_s=settings.max_challenge_s,
+            max_fill_wait_s=settings.max_fill_wait_s,
+        )
         #: Bids at the market for the worker's devices.
         self.bidder = Bidder(contracts, account, self.memory, terms, MarketVenue(contracts, account), self, role=role)
 
