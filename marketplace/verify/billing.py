@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     pass
 
-__all__ = ["CAPACITY_MARGIN", "BillingEstimate", "attested_gflops", "billing_cap"]
+__all__ = [
+    "CAPACITY_ATTEMPTS",
+    "CAPACITY_FLAG_BPS",
+    "CAPACITY_MARGIN",
+    "BillingEstimate",
+    "attested_gflops",
+    "billing_cap",
+    "capacity_flagged",
+]
 
 
 #: A verifier attests this fraction of the throughput it measured, so that measurement noise never
@@ -68,6 +76,18 @@ def billing_cap(
     seconds, basis = min(bounds)
     plausible = math.ceil((seconds * slack + overhead_s) * max(1, gpus))
     return BillingEstimate(claimed, plausible, min(claimed, plausible), basis)
+
+
+#: ProviderRegistry's CAPACITY_FLAG_BPS: a claim beyond twice the attested throughput is flagged.
+CAPACITY_FLAG_BPS = 20_000
+
+#: Challenges a verifier runs, while the best so far would flag the claim, before it attests.
+CAPACITY_ATTEMPTS = 5
+
+
+def capacity_flagged(claimed_gflops: int, attested: int) -> bool:
+    """The registry's rule: whether a claim of ``claimed_gflops`` is flagged against ``attested``."""
+    return claimed_gflops * 10_000 > attested * CAPACITY_FLAG_BPS
 
 
 def attested_gflops(flops: int, reported_s: float, wall_s: float, *, margin: float = CAPACITY_MARGIN) -> int:

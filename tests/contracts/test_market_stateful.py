@@ -526,6 +526,10 @@ class MarketMachine(RuleBasedStateMachine):
                         self.reveal_bid(0, branch == 0 and p == a, False)
                 travel_past(spec.reveal_deadline)
                 self.finalize(0, a, False)
+                # A bid left unrevealed (branch 0's wrong salt, branch 3's missing reveal) forfeits its bond.
+                for p in self.providers:
+                    if (job_id, p) in self.bids and self.market.commitments(job_id, p) != b"\x00" * 32:
+                        self._forfeit(job_id, p, self.accounts[a])
             elif job.status == JOB_OPEN:
                 # Every provider tries to take a slot (branch 3: only one), then the deadline.
                 for p in range(3) if branch < 3 else [a]:
@@ -571,6 +575,8 @@ class MarketMachine(RuleBasedStateMachine):
                         self.settle(0, i, a, False)
                 else:
                     self.settle(0, i, a, False)
+                if branch == 1 and self.market.credits(spec.requester) > 0:
+                    self.withdraw(self.accounts.index(spec.requester))
         finally:
             self.forced = None
 
@@ -608,6 +614,9 @@ class MarketMachine(RuleBasedStateMachine):
                 if now() >= self.specs[j].reveal_deadline and self.market.commitments(j, p) != b"\x00" * 32
             ] or keys
         job_id, provider = keys[ix % len(keys)]
+        self._forfeit(job_id, provider, self.accounts[caller])
+
+    def _forfeit(self, job_id: int, provider: str, caller: str) -> None:
         spec = self.specs[job_id]
         ok = (
             self.market.jobs(job_id).status != JOB_CANCELLED
@@ -616,7 +625,7 @@ class MarketMachine(RuleBasedStateMachine):
         )
         stake = self.registry.total_stake(provider)
         treasury = self.market.credits(self.d.treasury)
-        if self._call(ok, self.accounts[caller], self.market.forfeit_unrevealed, job_id, spec, provider):
+        if self._call(ok, caller, self.market.forfeit_unrevealed, job_id, spec, provider):
             taken = min(self.market.base_slash(), stake)
             assert self.registry.total_stake(provider) == stake - taken
             assert self.market.credits(self.d.treasury) == treasury + taken
