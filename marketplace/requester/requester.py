@@ -276,7 +276,7 @@ class Requester:
         )
         self._archives[job_id] = archive
         if self.records is not None:
-            self.records.save(
+            self._keep_record(
                 JobRecord(
                     job_id=job_id,
                     chain_id=self.contracts.chain.chain_id,
@@ -295,6 +295,17 @@ class Requester:
             f"FLOP/GPU-h, escrow {format_tokens(spec.escrow)} FLOP"
         )
         return job_id
+
+    def _keep_record(self, record: JobRecord) -> None:
+        """Write a posted job's record; a failure is said, never raised: the job is on chain already."""
+        assert self.records is not None
+        try:
+            self.records.save(record)
+        except ConfigError as exc:
+            self.say(
+                f"job {record.job_id} is posted, but {exc}; `flopex job follow {record.job_id} --bundle DIR` "
+                "picks it up without one"
+            )
 
     def run_reserved(
         self,
@@ -477,8 +488,10 @@ class Requester:
         record = self._record(job_id, spec.bundle_hash)
         if out_dir is None:
             out_dir = record.out_dir if record is not None and record.out_dir else f"results-{job_id}"
+        if bundle_dir is not None:  # given: it must be the bundle posted, and it is the one uploaded
+            archive = self._bundle_for(job_id, spec.bundle_hash, None, bundle_dir)
         if archive is None:
-            archive = self._archives.get(job_id) or self._bundle_for(job_id, spec.bundle_hash, record, bundle_dir)
+            archive = self._archives.get(job_id) or self._bundle_for(job_id, spec.bundle_hash, record, None)
         outcome = JobOutcome(job_id)
         status = market.job(job_id).status
         if status == JobStatus.OPEN:
