@@ -824,6 +824,10 @@ def _judge(outcome: JobOutcome) -> tuple[str, str | None]:
     for bill in outcome.slots:
         if bill["status"] == "paid" and (bill.get("reason") or "").find("dispute was lost") >= 0:
             return "dispute_lost", f"slot {bill['slot']}: {bill['reason']}"
+    for bill in outcome.slots:
+        if bill.get("reason") and "reported a no-show" in bill["reason"]:
+            # No runnable bundle reached the provider in time (a requester resumed too late, say).
+            return "refunded", f"slot {bill['slot']}: {bill['reason']}"
     for slot, run in sorted(outcome.runs.items()):
         if run["state"] == "failed" or run["exit_code"] != 0:
             why = run["reason"] or f"the job exited with status {run['exit_code']}"
