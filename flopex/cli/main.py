@@ -538,7 +538,12 @@ def _follow_to_the_end(requester: Any, records: Any, job_id: int, as_json: bool,
         with records.hold(contracts.chain.chain_id, contracts.market.address, job_id):
             outcome = requester.follow(job_id, **follow)
     except KeyboardInterrupt:
-        fail(f"interrupted; job {job_id} goes on without you: `flopex job follow {job_id}` picks it up", code=130)
+        click.echo(f"error: interrupted; job {job_id} goes on: `flopex job follow {job_id}` picks it up", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # At once: a slot's thread may be watching a long run, and waiting for it is what Ctrl-C
+        # asked not to do. The job's record is on disk already (written atomically).
+        os._exit(130)
     if as_json:
         emit_json(outcome.to_json())
     if not outcome.ok:  # failed, expired, cancelled, slashed, a dispute lost, refunded, undelivered

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,10 +138,22 @@ def test_requester_killed_mid_job__follow_resumes_it__paid_and_closed(market: Ma
     assert (market.home / "again" / "slot-0" / "output" / "model.safetensors").is_file()
 
 
-def test_follow__of_an_open_job_posted_without_wait__ends_the_auction_uploads_from_the_record_and_is_paid(
+def test_submit_wait_interrupted_while_open__follow_ends_the_auction_uploads_from_the_record_and_is_paid(
     market: Market,
 ) -> None:
-    job_id = market.submit(str(TRAIN), "--verify", "none", "--bid-window", "8")
+    submit = Proc(
+        ["job", "submit", str(TRAIN), "--dev", str(REQUESTER), "--verify", "none", "--bid-window", "8", "--wait"],
+        market.home / ".flopex",
+        market.home / "interrupted.log",
+    )
+    job_id = int(re.search(r"job (\d+) posted", submit.wait_for_line("posted", timeout=120))[1])  # type: ignore[index]
+    submit.wait_for_line(f"job {job_id}: open", timeout=60)
+    submit.process.send_signal(signal.SIGINT)  # Ctrl-C
+    assert submit.process.wait(timeout=60) == 130
+    submit.stop()
+    assert f"error: interrupted; job {job_id} goes on: `flopex job follow {job_id}` picks it up" in (
+        submit.log.read_text()
+    )
     contracts = market.contracts()
     assert contracts.market.job(job_id).status == JobStatus.OPEN
     follower = Proc(
@@ -149,7 +162,7 @@ def test_follow__of_an_open_job_posted_without_wait__ends_the_auction_uploads_fr
         market.home / "open.log",
     )
     try:
-        follower.wait_for_line(f"job {job_id}: open", timeout=120)
+        follower.wait_for_line(f"job {job_id} slot 0: leased to", timeout=180)
         # One follower at a time: a second is refused while the first holds the job.
         code, _, err = market.follow(job_id)
         assert code == 1 and err.startswith(f"error: job {job_id} is being followed by pid") and err.count("\n") == 1
