@@ -119,6 +119,9 @@ def test_requester_killed_mid_job__follow_resumes_it__paid_and_closed(market: Ma
     record = market.home / ".flopex" / f"requester-{ADDRESS}" / "jobs"
     [kept] = list(record.glob(f"*/job-{job_id}.json"))
     assert json.loads(kept.read_text())["out_dir"] == str(out)
+    status = market.flopex("job", "status", str(job_id))
+    assert status.returncode == 0, status.stderr
+    assert f"next: leased: `flopex job follow {job_id}` (as its requester) uploads the bundle" in status.stdout
 
     code, outcome, err = market.follow(job_id)
     assert code == 0, err
