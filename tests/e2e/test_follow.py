@@ -241,3 +241,28 @@ def test_follow__without_a_record__asks_for_the_bundle_and_uploads_the_one_given
     assert (market.home / f"results-{job_id}" / "slot-0" / "output" / "model.safetensors").is_file()
     assert contracts.market.job(job_id).status == JobStatus.CLOSED
     market.assert_nothing_held()
+
+
+def test_requester_killed_once_the_run_finished__follow_fetches_checks_accepts_and_is_paid(market: Market) -> None:
+    out = market.home / "out-committed"
+    submit = ["job", "submit", str(TRAIN), "--dev", str(REQUESTER), "--verify", "none", "--auction", "instant"]
+    requester = Proc([*submit, "--wait", "-o", str(out)], market.home / ".flopex", market.home / "committed.log")
+    job_id = int(re.search(r"job (\d+) posted", requester.wait_for_line("posted", timeout=120))[1])  # type: ignore[index]
+    requester.wait_for_line(f"job {job_id}: finished", timeout=180)
+    assert requester.stop("kill") == -9
+    contracts = market.contracts()
+    # The provider commits its result; nobody accepts it yet (the challenge window is 60 s).
+    contracts.chain.wait_until(lambda: contracts.market.slot(job_id, 0).status == SlotStatus.COMMITTED, timeout=120)
+    root = contracts.market.slot(job_id, 0).result_root
+
+    done = market.flopex("job", "follow", str(job_id), "--dev", str(REQUESTER))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the worker holds it (succeeded); following it" in done.stdout
+    assert f"the results match the root committed on chain {root.hex()[:16]}" in done.stdout
+    assert f"job {job_id} succeeded" in done.stdout
+    assert (out / "slot-0" / "output" / "model.safetensors").is_file()
+    m = contracts.market
+    [accepted] = m.get_events("ResultAccepted", m.start_block, job_id=job_id)
+    assert accepted.slot == 0  # accepted by the requester, before its window ran out
+    assert m.slot(job_id, 0).status == SlotStatus.PAID and m.job(job_id).status == JobStatus.CLOSED
+    market.assert_nothing_held()
