@@ -515,6 +515,41 @@ def job() -> None:
     """Submit and follow jobs."""
 
 
+def _requester_data_dir(fn: Any) -> Any:
+    """--data-dir for the requester's job records."""
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help=f"Where the requester keeps a record of each job it posts [default: {DEFAULT_HOME}/requester-ADDRESS].",
+    )(fn)
+
+
+def _records(data_dir: Path | None, address: str) -> Any:
+    from marketplace.requester.records import RecordStore
+
+    return RecordStore(data_dir or DEFAULT_HOME / f"requester-{address}")
+
+
+def _follow_to_the_end(requester: Any, records: Any, job_id: int, as_json: bool, **follow: Any) -> None:
+    """Follow a job to its end under its lock, print its outcome, and exit non-zero unless it succeeded."""
+    contracts = requester.contracts
+    try:
+        with records.hold(contracts.chain.chain_id, contracts.market.address, job_id):
+            outcome = requester.follow(job_id, **follow)
+    except KeyboardInterrupt:
+        click.echo(f"error: interrupted; job {job_id} goes on: `flopex job follow {job_id}` picks it up", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # At once: a slot's thread may be watching a long run, and waiting for it is what Ctrl-C
+        # asked not to do. The job's record is on disk already (written atomically).
+        os._exit(130)
+    if as_json:
+        emit_json(outcome.to_json())
+    if not outcome.ok:  # failed, expired, cancelled, slashed, a dispute lost, refunded, undelivered
+        fail(f"job {job_id} {outcome.status}: {outcome.reason}")
+
+
 @job.command("submit")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @chain_options
@@ -539,6 +574,7 @@ def job() -> None:
     default=None,
     help="Where results go (with --wait) [default: ./results-JOB].",
 )
+@_requester_data_dir
 @click.option("--json", "as_json", is_flag=True)
 def job_submit(
     bundle: Path,
@@ -555,9 +591,14 @@ def job_submit(
     challenge_window: int,
     wait: bool,
     output: Path | None,
+    data_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Post BUNDLE's job; with --wait, follow it to results and a bill."""
+    """Post BUNDLE's job; with --wait, follow it to results and a bill.
+
+    The job's record (bundle, output folder, options) is kept in the requester's data folder, so
+    `flopex job follow JOB` picks it up after a crash, a Ctrl-C or a submit without --wait.
+    """
     from marketplace.protocol.bundle import load_bundle
     from marketplace.requester.requester import JobOptions, Requester
     from marketplace.types import Auction, Policy, parse_tokens
@@ -566,7 +607,8 @@ def job_submit(
     contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
     say = (lambda _line: None) if as_json else click.echo
-    requester = Requester(contracts, signer, say=say)
+    records = _records(data_dir, signer.address)
+    requester = Requester(contracts, signer, say=say, records=records)
     options = JobOptions(
         max_price=parse_tokens(max_price_text) if max_price_text else None,
         auction=Auction[auction.upper()] if auction else None,
@@ -576,15 +618,74 @@ def job_submit(
         reveal_window_s=bid_window,
         challenge_window_s=challenge_window,
     )
-    job_id = requester.submit(bundle, options)
+    job_id = requester.submit(bundle, options, out_dir=output)
     if not wait:
-        emit_json({"job_id": job_id}) if as_json else None
+        if as_json:
+            emit_json({"job_id": job_id})
+        else:
+            click.echo(f"`flopex job follow {job_id}` follows it to its end")
         return
-    outcome = requester.follow(job_id, output or Path(f"results-{job_id}"))
-    if as_json:
-        emit_json(outcome.to_json())
-    if not outcome.ok:  # failed, expired, cancelled, slashed, a dispute lost, refunded, undelivered
-        fail(f"job {job_id} {outcome.status}: {outcome.reason}")
+    _follow_to_the_end(requester, records, job_id, as_json, out_dir=output, timeout_s=3600.0)
+
+
+@job.command("follow")
+@click.argument("job_id", type=click.IntRange(1))
+@chain_options
+@account_options
+@click.option(
+    "-o",
+    "--out",
+    "output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where results go [default: the folder the job was submitted with, else ./results-JOB].",
+)
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The bundle the job was posted with, when its worker lacks it and no record of it is kept here.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(1.0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds to wait for each stage (the lease, the run, the settlement).",
+)
+@_requester_data_dir
+@click.option("--json", "as_json", is_flag=True)
+def job_follow(
+    job_id: int,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    output: Path | None,
+    bundle_dir: Path | None,
+    timeout_s: float,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Pick a job up wherever it stands and follow it to its end, as `job submit --wait` does.
+
+    Open: waits and ends the auction at its deadline (an instant job nobody took is expired and
+    its escrow refunded). Leased: uploads the bundle if the worker lacks it, follows the run,
+    fetches the results, checks them against the chain, accepts or disputes, settles. Disputed:
+    waits for the ruling. Settled: prints the outcome and the bill. Exits non-zero unless the job
+    succeeded.
+    """
+    from marketplace.requester.requester import Requester
+
+    contracts = open_contracts(rpc_url, deployment_path)
+    signer = load_signer(account_address, dev_index, password_file)
+    say = (lambda _line: None) if as_json else click.echo
+    records = _records(data_dir, signer.address)
+    requester = Requester(contracts, signer, say=say, records=records)
+    _follow_to_the_end(requester, records, job_id, as_json, out_dir=output, timeout_s=timeout_s, bundle_dir=bundle_dir)
 
 
 def _job_summary(contracts: Any, job_id: int) -> dict[str, Any]:
@@ -598,8 +699,16 @@ def _job_summary(contracts: Any, job_id: int) -> dict[str, Any]:
 @chain_options
 @click.option("--json", "as_json", is_flag=True)
 def job_status(job_id: int, rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
-    """Where a job stands on chain."""
-    summary = _job_summary(open_contracts(rpc_url, deployment_path), job_id)
+    """Where a job stands on chain, and which command moves it on."""
+    from marketplace.errors import ConfigError
+    from marketplace.requester.requester import next_step
+
+    contracts = open_contracts(rpc_url, deployment_path)
+    count = contracts.market.job_count()
+    if job_id > count:
+        raise ConfigError(f"there is no job {job_id} on the market at {contracts.market.address} ({count} posted)")
+    summary = _job_summary(contracts, job_id)
+    summary["next"] = next_step(contracts, job_id)
     if as_json:
         emit_json(summary)
         return
@@ -609,6 +718,8 @@ def job_status(job_id: int, rpc_url: str | None, deployment_path: Path, as_json:
     for s in summary["slots"]:
         line = f"  slot {s['slot']}: {s['provider']} {s['status']} at {s['price']} units/GPU-h"
         click.echo(line + (f": {s['reason']}" if s["reason"] else ""))
+    if summary["next"]:
+        click.echo(f"  next: {summary['next']}")
 
 
 @job.command("list")

@@ -174,14 +174,25 @@ class Chain:
             sync_tester_clock(self._tester)
 
     def next_timestamp(self) -> int:
-        """The earliest timestamp the next block can have: what deadlines are judged against now.
+        """The time the next transaction is checked at: what deadlines are judged against now.
 
-        Block times strictly increase, so a busy dev chain runs ahead of the wall clock (eth-tester
-        mines a block per transaction, each at least a second after the last); an idle chain's
-        next block takes the wall clock (the embedded chain and ``flopex chain up`` keep their
-        pending block's time up with it).
+        On the embedded chain block times strictly increase, so a busy chain runs ahead of the
+        wall clock (eth-tester mines a block per transaction, each at least a second after the
+        last), and an idle chain's next block takes the wall clock (its pending block's time is
+        kept up with it). On a JSON-RPC node it is the chain's own clock, never the wall clock:
+        the pending block's timestamp, which calls and gas estimates run at (anvil with
+        ``--block-time`` gives it the latest block's timestamp until the next block is mined; an
+        automining node the wall clock), and never before the latest block's.
         """
-        return max(self.now() + 1, int(time.time()))
+        if self._tester is not None:
+            return max(self.now() + 1, int(time.time()))
+        with self.locked():
+            latest = int(self.w3.eth.get_block("latest")["timestamp"])
+            try:
+                pending = int(self.w3.eth.get_block("pending")["timestamp"])
+            except Exception:  # a node without a pending block: the latest one is what it has
+                pending = latest
+        return max(latest, pending)
 
     def block_number(self) -> int:
         """The latest block's number."""

@@ -14,14 +14,17 @@ from marketplace.errors import ContractRevert
 
 __all__ = [
     "BIDDING_CLOSED",
+    "BIDDING_STILL_OPEN",
     "JOB_NOT_LEASED",
     "JOB_NOT_OPEN",
     "REASONS",
+    "REVEAL_STILL_OPEN",
     "SLOT_ALREADY_BOOKED",
     "SLOT_ALREADY_SETTLED",
     "SLOT_CANNOT_SETTLE_YET",
     "already_booked",
     "auction_over",
+    "auction_still_open",
     "is_revert",
     "job_not_open",
     "settled_by_another",
@@ -32,6 +35,10 @@ __all__ = [
 JOB_NOT_OPEN = "market: job is not open"
 #: ``JobMarket``: a sealed commitment or an instant take after the job's bid deadline.
 BIDDING_CLOSED = "market: bidding closed"
+#: ``JobMarket``: finalizing an instant job (or revealing a sealed bid) before its bid deadline.
+BIDDING_STILL_OPEN = "market: bidding still open"
+#: ``JobMarket``: finalizing a sealed auction before its reveal deadline.
+REVEAL_STILL_OPEN = "market: reveal still open"
 #: ``JobMarket``: committing or settling a slot of a job that is not (or no longer) leased.
 JOB_NOT_LEASED = "market: job is not leased"
 #: ``JobMarket``: settling a slot that is already paid, slashed or refunded.
@@ -45,6 +52,8 @@ SLOT_ALREADY_BOOKED = "pool: slot already booked"
 REASONS = (
     JOB_NOT_OPEN,
     BIDDING_CLOSED,
+    BIDDING_STILL_OPEN,
+    REVEAL_STILL_OPEN,
     JOB_NOT_LEASED,
     SLOT_ALREADY_SETTLED,
     SLOT_CANNOT_SETTLE_YET,
@@ -65,6 +74,15 @@ def job_not_open(exc: BaseException) -> bool:
 def auction_over(exc: BaseException) -> bool:
     """No more bids for this job: it is no longer open, or its bid deadline has passed."""
     return is_revert(exc, JOB_NOT_OPEN, BIDDING_CLOSED)
+
+
+def auction_still_open(exc: BaseException) -> bool:
+    """Too early to end the auction: the block the call ran in is before its bid or reveal deadline.
+
+    A node judges a call by its pending block, whose time may trail the wall clock (anvil with
+    ``--block-time`` stamps it with the latest block's time); the next block settles it.
+    """
+    return is_revert(exc, BIDDING_STILL_OPEN, REVEAL_STILL_OPEN)
 
 
 def settled_by_another(exc: BaseException) -> bool:

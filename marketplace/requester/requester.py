@@ -8,6 +8,13 @@ job's events, downloads the results, checks them against the worker's manifest, 
 and the result root it committed on chain, accepts them (when the job has no verifier) and settles.
 The outcome is a :class:`JobOutcome` with the bill.
 
+Deadlines are judged by the chain's clock (:meth:`Chain.next_timestamp`: on a JSON-RPC node the
+time its next call runs at, never the wall clock), and an auction the node still finds open is
+ended again after the next block. With a :class:`~marketplace.requester.records.RecordStore`, the
+requester keeps a record of each job it posts (its bundle archive, output folder and options), and
+:meth:`~Requester.follow` picks a job up wherever it stands — open, leased with nothing uploaded,
+running, committed, disputed or settled — in this process or in a later one after a crash.
+
 A slot held by a provider pool runs on the member its operator assigned: the requester waits for
 the assignment on chain and talks to that member's worker (endpoint and receipt signer from the
 pool), not to the worker the pool's registry offer names.
@@ -24,7 +31,8 @@ import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from enum import Enum
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -39,7 +47,9 @@ from marketplace.errors import ChainError, ConfigError, ContractRevert, Verifica
 from marketplace.market.routing import SlotWorker, slot_worker
 from marketplace.protocol.auth import Domain
 from marketplace.protocol.bundle import Bundle, load_bundle, pack_bundle
+from marketplace.protocol.merkle import EMPTY_ROOT
 from marketplace.requester.client import WorkerClient
+from marketplace.requester.records import JobRecord, RecordStore
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.types import (
     Auction,
@@ -51,7 +61,15 @@ from marketplace.types import (
     format_tokens,
 )
 
-__all__ = ["OUTCOMES", "JobOptions", "JobOutcome", "Requester", "ReservedOutcome", "spec_for_bundle"]
+__all__ = [
+    "OUTCOMES",
+    "JobOptions",
+    "JobOutcome",
+    "Requester",
+    "ReservedOutcome",
+    "next_step",
+    "spec_for_bundle",
+]
 
 MIB = 1 << 20
 
@@ -101,6 +119,8 @@ class JobOutcome:
     reason: str | None = None
     refunded_at_lease: int = 0
     """Escrow returned when the lease started (what the clearing price left of the max price)."""
+    unseen: set[int] = field(default_factory=set)
+    """Slots found settled (or judged) whose run's end their worker no longer tells."""
 
     @property
     def ok(self) -> bool:
@@ -194,37 +214,98 @@ def spec_for_bundle(bundle: Bundle, requester: str, now: int, options: JobOption
     )
 
 
+def next_step(contracts: Contracts, job_id: int) -> str | None:
+    """What moves job ``job_id`` on from where it stands, naming the command; None once it can change no more."""
+    market = contracts.market
+    state = market.job(job_id)
+    follow = f"`flopex job follow {job_id}` (as its requester)"
+    if state.status == JobStatus.OPEN:
+        spec = market.spec(job_id)
+        end = spec.reveal_deadline if spec.auction == Auction.SEALED else spec.bid_deadline
+        if contracts.chain.next_timestamp() >= end:
+            return f"its auction is over but not ended: {follow} ends it (leased, or expired and the escrow refunded)"
+        return f"open until chain time {end}: {follow} waits and ends the auction then"
+    if state.status == JobStatus.LEASED:
+        return (
+            f"leased: {follow} uploads the bundle if the worker lacks it, follows the run, checks the results "
+            "against the chain, accepts or disputes them and settles"
+        )
+    return None
+
+
 class Requester:
     """One requester account: submits jobs and follows them to the end."""
 
-    def __init__(self, contracts: Contracts, account: LocalAccount, *, say: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        contracts: Contracts,
+        account: LocalAccount,
+        *,
+        say: Callable[[str], None] | None = None,
+        records: RecordStore | None = None,
+    ):
         self.contracts = contracts
         self.account = account
         self.say = say or (lambda _line: None)
+        self.records = records
         self.domain = Domain(contracts.chain.chain_id, contracts.market.address)
         self._archives: dict[int, bytes] = {}
 
     def now(self) -> int:
-        """The time deadlines are judged by."""
+        """The time deadlines are judged by: the chain's (see :meth:`Chain.next_timestamp`)."""
         return self.contracts.chain.next_timestamp()
 
-    def submit(self, bundle_dir: str | Path, options: JobOptions = JobOptions()) -> int:
-        """Validate the bundle and post its job with a permit; returns the job id."""
+    def submit(
+        self, bundle_dir: str | Path, options: JobOptions = JobOptions(), *, out_dir: str | Path | None = None
+    ) -> int:
+        """Validate the bundle and post its job with a permit; returns the job id.
+
+        With a record store the bundle archive is kept before the job is posted, and the job's
+        record (naming ``out_dir``, where its results are to go, by default ``./results-ID``) is
+        written right after.
+        """
         bundle = load_bundle(bundle_dir)
         archive = pack_bundle(bundle_dir)
         spec = spec_for_bundle(bundle, self.account.address, self.now(), options)
         balance = self.contracts.token.balance_of(self.account.address)
         if balance < spec.escrow:
             raise ConfigError(f"the escrow needs {spec.escrow} token units; the account holds {balance}")
+        kept = self.records.save_archive(bundle.hash, archive) if self.records is not None else None
         job_id = self.contracts.market.post_job_with_permit(
             self.account, spec, self.contracts.token, deadline=self.now() + 3600
         )
         self._archives[job_id] = archive
+        if self.records is not None:
+            self._keep_record(
+                JobRecord(
+                    job_id=job_id,
+                    chain_id=self.contracts.chain.chain_id,
+                    market=self.contracts.market.address,
+                    requester=self.account.address,
+                    bundle_hash=bundle.hash.hex(),
+                    archive=kept,
+                    bundle_dir=str(Path(bundle_dir).resolve()),
+                    out_dir=str(Path(out_dir if out_dir is not None else f"results-{job_id}").resolve()),
+                    options=_options_json(options),
+                    posted_at=spec.bid_deadline - options.bid_window_s,
+                )
+            )
         self.say(
             f"job {job_id} posted: {spec.auction.name.lower()} auction, max {format_tokens(spec.max_price)} "
             f"FLOP/GPU-h, escrow {format_tokens(spec.escrow)} FLOP"
         )
         return job_id
+
+    def _keep_record(self, record: JobRecord) -> None:
+        """Write a posted job's record; a failure is said, never raised: the job is on chain already."""
+        assert self.records is not None
+        try:
+            self.records.save(record)
+        except ConfigError as exc:
+            self.say(
+                f"job {record.job_id} is posted, but {exc}; `flopex job follow {record.job_id} --bundle DIR` "
+                "picks it up without one"
+            )
 
     def run_reserved(
         self,
@@ -314,11 +395,20 @@ class Requester:
             time.sleep(0.5)
 
     def wait_for_lease(self, job_id: int, *, timeout_s: float = 600.0) -> JobStatus:
-        """Wait for the auction to end, ending it once its deadline passes; returns the job status."""
+        """Wait for the auction to end, ending it once its deadline passes; returns the job status.
+
+        The deadline is judged by the chain's clock. Ending it leases the job to the winners or,
+        with too few asks (an instant job nobody took), expires it and refunds the escrow. A node
+        that still finds the auction open (its pending block trails the clock) is asked again
+        after its next block; a dev chain that makes blocks only for transactions is asked for
+        one once the wall clock is past the deadline and its own clock is not.
+        """
         market = self.contracts.market
         spec = market.spec(job_id)
         end = spec.reveal_deadline if spec.auction == Auction.SEALED else spec.bid_deadline
         deadline = time.monotonic() + timeout_s
+        said = False
+        last_nudge = 0.0
         while time.monotonic() < deadline:
             status = market.job(job_id).status
             if status != JobStatus.OPEN:
@@ -327,30 +417,95 @@ class Requester:
                 try:
                     market.finalize_auction(self.account, job_id)
                 except ContractRevert as exc:
-                    if not reverts.job_not_open(exc):
+                    if reverts.auction_still_open(exc):
+                        self._after_next_block(timeout_s=max(0.0, min(5.0, deadline - time.monotonic())))
+                    elif not reverts.job_not_open(exc):
                         raise
                 continue
+            if not said:
+                self.say(f"job {job_id}: open; its auction ends at chain time {end} (in {end - self.now()} s)")
+                said = True
+            if time.time() >= end + 2 and time.monotonic() - last_nudge >= 2:
+                self._nudge_chain()
+                last_nudge = time.monotonic()
             time.sleep(0.2)
         raise ChainError(f"job {job_id} was not leased within {timeout_s:.0f} s")
 
+    def _nudge_chain(self) -> None:
+        """Ask a dev chain for a block, so its clock catches up; other chains make blocks on their own."""
+        try:
+            self.contracts.chain.mine()
+        except (ChainError, ContractRevert):
+            pass
+
+    def _after_next_block(self, *, timeout_s: float) -> None:
+        """Return once the chain has a block after the latest one (asking a dev chain for it if none comes)."""
+        chain = self.contracts.chain
+        start = chain.block_number()
+        deadline = time.monotonic() + timeout_s
+        nudged = False
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if chain.block_number() > start:
+                return
+            if not nudged and time.monotonic() >= deadline - timeout_s / 2:
+                self._nudge_chain()
+                nudged = True
+
     def follow(
-        self, job_id: int, out_dir: str | Path, *, timeout_s: float = 3600.0, archive: bytes | None = None
+        self,
+        job_id: int,
+        out_dir: str | Path | None = None,
+        *,
+        timeout_s: float = 3600.0,
+        archive: bytes | None = None,
+        bundle_dir: str | Path | None = None,
     ) -> JobOutcome:
-        """Run a posted job to its end: lease, upload, events, results, checks, acceptance, settlement."""
+        """Run a posted job to its end from wherever it stands; returns its outcome and bill.
+
+        Open: waits, and ends the auction at its deadline (leased, or expired and refunded).
+        Leased: per slot, uploads the bundle if its worker lacks it, starts it, follows its
+        events, downloads the results and checks them against the root committed on chain,
+        accepts them (no verifier) or disputes them; then waits for rulings and windows and
+        settles. Settled: reads the bill (and fetches the results still served). The bundle to
+        upload is ``archive``, or the one this requester posted in this process, or the one its
+        record keeps, or ``bundle_dir`` packed (which must be the bundle posted); results go to
+        ``out_dir``, or the folder the record names, or ``./results-ID``.
+
+        Raises :class:`ConfigError` for a job this market does not have, one another account
+        posted, or a bundle that is needed and cannot be found.
+        """
         market = self.contracts.market
+        count = market.job_count()
+        if not 1 <= job_id <= count:
+            raise ConfigError(
+                f"there is no job {job_id} on the market at {market.address} "
+                f"({count} job(s) posted there; is this the right --deployment?)"
+            )
         spec = market.spec(job_id)
+        if spec.requester.lower() != self.account.address.lower():
+            raise ConfigError(f"job {job_id} was posted by {spec.requester}, not by {self.account.address}")
+        record = self._record(job_id, spec.bundle_hash)
+        if out_dir is None:
+            out_dir = record.out_dir if record is not None and record.out_dir else f"results-{job_id}"
+        if bundle_dir is not None:  # given: it must be the bundle posted, and it is the one uploaded
+            archive = self._bundle_for(job_id, spec.bundle_hash, None, bundle_dir)
+        if archive is None:
+            archive = self._archives.get(job_id) or self._bundle_for(job_id, spec.bundle_hash, record, None)
         outcome = JobOutcome(job_id)
-        status = self.wait_for_lease(job_id, timeout_s=timeout_s)
-        if status != JobStatus.LEASED:
+        status = market.job(job_id).status
+        if status == JobStatus.OPEN:
+            status = self.wait_for_lease(job_id, timeout_s=timeout_s)
+        if status in (JobStatus.EXPIRED, JobStatus.CANCELLED, JobStatus.OPEN):
             from marketplace.market.summary import job_reasons
 
             outcome.status = status.name.lower() if status in (JobStatus.EXPIRED, JobStatus.CANCELLED) else "expired"
             outcome.reason = job_reasons(self.contracts, job_id, spec)["reason"] or "never leased; escrow refunded"
             self.say(f"job {job_id} {outcome.status}: {outcome.reason}")
+            credit = market.credits(self.account.address)
+            if credit:
+                self.say(f"{format_tokens(credit)} FLOP of credit to withdraw (`flopex account withdraw`)")
             return outcome
-        archive = archive or self._archives.get(job_id)
-        if archive is None:
-            raise ConfigError(f"job {job_id}: no bundle archive to upload")
         slots = market.slots_of(job_id)
         # The k providers run the job at the same time, each followed on its own thread.
         with ThreadPoolExecutor(max_workers=max(1, len(slots)), thread_name_prefix=f"job-{job_id}") as runner:
@@ -365,7 +520,12 @@ class Requester:
             # committed slot is disputed (a failed download) or left to settlement.
             for slot in market.slots_of(job_id):
                 if slot.status == SlotStatus.COMMITTED and slot.slot in outcome.verified:
-                    market.accept_result(self.account, job_id, slot.slot)
+                    try:
+                        market.accept_result(self.account, job_id, slot.slot)
+                    except ContractRevert:
+                        if market.slot(job_id, slot.slot).status == SlotStatus.COMMITTED:
+                            raise
+                        # the provider settled it (its window over) between the read and the call
         outcome.slots = self.settle(job_id, timeout_s=timeout_s, runs=outcome.runs)
         for leased in market.get_events("JobLeased", market.start_block, job_id=job_id):
             outcome.refunded_at_lease = leased.refunded
@@ -375,8 +535,46 @@ class Requester:
         self.say(f"job {job_id} {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
         return outcome
 
+    def _record(self, job_id: int, bundle_hash: bytes) -> JobRecord | None:
+        """This job's record, when the store has one that matches the job on chain."""
+        if self.records is None:
+            return None
+        record = self.records.load(self.contracts.chain.chain_id, self.contracts.market.address, job_id)
+        if record is None:
+            return None
+        if record.bundle_hash != bundle_hash.hex() or record.requester.lower() != self.account.address.lower():
+            # A record left by an earlier chain at the same market address (a restarted dev chain).
+            self.say(f"job {job_id}: the record in {self.records.root} is of another job; not using it")
+            return None
+        return record
+
+    def _bundle_for(
+        self, job_id: int, bundle_hash: bytes, record: JobRecord | None, bundle_dir: str | Path | None
+    ) -> bytes | None:
+        """The archive of the bundle job ``job_id`` was posted with: given, kept, or packed again; None if none."""
+        if bundle_dir is not None:
+            given = load_bundle(bundle_dir)
+            if given.hash != bundle_hash:
+                raise ConfigError(
+                    f"{bundle_dir} is not the bundle job {job_id} was posted with "
+                    f"(its hash is {given.hash.hex()[:16]}…, the job's {bundle_hash.hex()[:16]}…)"
+                )
+            return pack_bundle(bundle_dir)
+        if record is None or self.records is None:
+            return None
+        kept = self.records.archive(record)
+        if kept is not None:
+            return kept
+        if record.bundle_dir is not None and Path(record.bundle_dir).is_dir():
+            try:
+                if load_bundle(record.bundle_dir).hash == bundle_hash:
+                    return pack_bundle(record.bundle_dir)
+            except ConfigError:
+                pass  # the folder changed since; nothing to upload from it
+        return None
+
     def _follow_slot(
-        self, job_id: int, slot: Any, archive: bytes, out_dir: str | Path, timeout_s: float, outcome: JobOutcome
+        self, job_id: int, slot: Any, archive: bytes | None, out_dir: str | Path, timeout_s: float, outcome: JobOutcome
     ) -> None:
         """Run one slot; a provider that fails or cheats is left to settlement (refund, slash) or disputed."""
         try:
@@ -404,11 +602,20 @@ class Requester:
             self.say(f"job {job_id} slot {slot.slot}: {exc}; waiting for the run deadline to settle")
 
     def _run_slot(
-        self, job_id: int, slot: Any, archive: bytes, out_dir: str | Path, timeout_s: float, outcome: JobOutcome
+        self, job_id: int, slot: Any, archive: bytes | None, out_dir: str | Path, timeout_s: float, outcome: JobOutcome
     ) -> None:
-        """Upload, run, follow and fetch one slot's run, and check it against its commitment."""
+        """Upload, run, follow and fetch one slot's run, and check it against its commitment.
+
+        Picks the run up where it is: the bundle is uploaded only when the worker lacks it
+        (resuming a part-uploaded one), a started job is not started again, and its events are
+        followed from the first. A slot past its commitment (disputed, judged or settled) is only
+        fetched, when its worker still serves the results.
+        """
         price = format_tokens(slot.price)
         self.say(f"job {job_id} slot {slot.slot}: leased to {slot.provider} at {price} FLOP/GPU-h")
+        if slot.status not in (SlotStatus.ASSIGNED, SlotStatus.COMMITTED):
+            self._fetch_settled_slot(job_id, slot, out_dir, outcome)
+            return
         run_deadline = self.contracts.market.job(job_id).lease_start + self.contracts.market.spec(job_id).run_duration
         worker = self.worker_of(
             job_id, slot.slot, slot.provider, timeout_s=max(1.0, min(timeout_s, run_deadline - self.now()))
@@ -416,7 +623,16 @@ class Requester:
         if worker.member is not None:
             self.say(f"job {job_id} slot {slot.slot}: the pool assigned it to member {worker.member}")
         with WorkerClient(worker.endpoint, requester_key=self.account.key, domain=self.domain) as client:
-            client.upload_bundle(job_id, archive)
+            held = _worker_job(client, job_id)
+            if held is None or held.state == pb.JOB_STATE_UPLOADING:
+                if archive is None:
+                    raise ConfigError(
+                        f"job {job_id}: its worker has no bundle yet and none is recorded here; "
+                        "give the bundle it was posted with (--bundle DIR)"
+                    )
+                client.upload_bundle(job_id, archive)
+            else:
+                self.say(f"job {job_id} slot {slot.slot}: the worker holds it ({_job_state(held.state)}); following it")
             client.start_job(job_id, seed=job_id)
             for event in client.watch(job_id, timeout_s=timeout_s):
                 line = _describe(event)
@@ -447,6 +663,36 @@ class Requester:
             root = committed.result_root.hex()[:16]
             outcome.verified.add(slot.slot)
             self.say(f"job {job_id} slot {slot.slot}: the results match the root committed on chain {root}…")
+
+    def _fetch_settled_slot(self, job_id: int, slot: Any, out_dir: str | Path, outcome: JobOutcome) -> None:
+        """A slot past its commitment: how its run ended and its results, if its worker still has them."""
+        try:
+            worker = self.worker_of(job_id, slot.slot, slot.provider, timeout_s=1.0)
+            with WorkerClient(worker.endpoint, requester_key=self.account.key, domain=self.domain) as client:
+                held = _worker_job(client, job_id)
+                if held is None:
+                    raise WorkerError(f"the worker no longer knows job {job_id}")
+                final = client.wait(job_id, timeout_s=30.0)
+                kind = final.WhichOneof("kind")
+                outcome.runs[slot.slot] = {
+                    "state": "succeeded" if kind == "finished" else "failed",
+                    "exit_code": final.finished.exit_code if kind == "finished" else final.failed.exit_code,
+                    "reason": final.failed.reason if kind == "failed" else None,
+                }
+                if slot.result_root == EMPTY_ROOT:
+                    return
+                dest = Path(out_dir) / f"slot-{slot.slot}"
+                results = client.download_results(job_id, dest, provider=worker.signer)
+        except (WorkerError, ChainError, VerificationError) as exc:
+            self.say(f"job {job_id} slot {slot.slot}: {slot.status.name.lower()}; its run and results: {exc}")
+            outcome.unseen.add(slot.slot)
+            return
+        if results.manifest.root != slot.result_root:
+            self.say(f"job {job_id} slot {slot.slot}: the results served now differ from the root committed on chain")
+            return
+        outcome.results.append(dest)
+        outcome.verified.add(slot.slot)
+        self.say(f"job {job_id} slot {slot.slot}: the results match the root committed on chain")
 
     def _download(self, client: WorkerClient, job_id: int, dest: Path, signer: str, attempts: int = 3) -> Any:
         """Download and check results, trying ``attempts`` times; raise :class:`_DownloadFailed` after.
@@ -578,6 +824,10 @@ def _judge(outcome: JobOutcome) -> tuple[str, str | None]:
     for bill in outcome.slots:
         if bill["status"] == "paid" and (bill.get("reason") or "").find("dispute was lost") >= 0:
             return "dispute_lost", f"slot {bill['slot']}: {bill['reason']}"
+    for bill in outcome.slots:
+        if bill.get("reason") and "reported a no-show" in bill["reason"]:
+            # No runnable bundle reached the provider in time (a requester resumed too late, say).
+            return "refunded", f"slot {bill['slot']}: {bill['reason']}"
     for slot, run in sorted(outcome.runs.items()):
         if run["state"] == "failed" or run["exit_code"] != 0:
             why = run["reason"] or f"the job exited with status {run['exit_code']}"
@@ -596,13 +846,32 @@ def _judge(outcome: JobOutcome) -> tuple[str, str | None]:
         if bill["status"] != "paid":
             return "refunded", f"slot {bill['slot']}: {bill.get('reason') or bill['status']}"
     for slot in sorted(by_slot):
-        if slot not in outcome.runs:
+        if slot not in outcome.runs and slot not in outcome.unseen:
             return "failed", f"slot {slot}: the run's end was never seen (the provider failed or vanished)"
+    unseen = sorted(s for s in outcome.unseen if s not in outcome.runs)
+    if unseen:
+        slots = ", ".join(str(s) for s in unseen)
+        return "succeeded", f"paid; how the run of slot(s) {slots} ended was not seen (its worker no longer tells)"
     return "succeeded", None
 
 
 class _DownloadFailed(WorkerError):
     """Raised when a slot's results could not be downloaded after retries."""
+
+
+def _worker_job(client: WorkerClient, job_id: int) -> Any:
+    """The worker's record of a job (``pb.JobStatus``), or None when it has none."""
+    try:
+        return client.get_job(job_id)
+    except WorkerError as exc:
+        if exc.code == "NOT_FOUND":
+            return None
+        raise
+
+
+def _options_json(options: JobOptions) -> dict[str, Any]:
+    """Job options as JSON data (enums by name)."""
+    return {k: (v.name.lower() if isinstance(v, Enum) else v) for k, v in asdict(options).items()}
 
 
 def _job_state(state: int) -> str:

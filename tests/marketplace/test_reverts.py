@@ -70,3 +70,6 @@ def test_the_predicates_match_exactly_their_reasons() -> None:
     assert reverts.already_booked(ContractRevert(reverts.SLOT_ALREADY_BOOKED))
     assert reverts.job_not_open(ContractRevert(reverts.JOB_NOT_OPEN))
     assert not reverts.job_not_open(ValueError(reverts.JOB_NOT_OPEN))
+    assert reverts.auction_still_open(ContractRevert(reverts.REVEAL_STILL_OPEN))
+    assert reverts.auction_still_open(ContractRevert(reverts.BIDDING_STILL_OPEN, function="finalize_auction"))
+    assert not reverts.auction_still_open(ContractRevert(reverts.BIDDING_CLOSED))
