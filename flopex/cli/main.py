@@ -793,9 +793,24 @@ def verifier_start(
 @cli.group(invoke_without_command=True)
 @chain_options
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--probe-timeout",
+    type=click.FloatRange(min=0.1, max=60),
+    default=2.0,
+    show_default=True,
+    help="Seconds each provider's worker gets to answer GetInfo (all are asked at once).",
+)
+@click.option("--no-probe", is_flag=True, help="Do not ask providers' workers whether they answer.")
 @click.pass_context
-def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
-    """Open jobs, providers, and recent clearing prices per device class (and the price index)."""
+def market(
+    ctx: click.Context,
+    rpc_url: str | None,
+    deployment_path: Path,
+    as_json: bool,
+    probe_timeout: float,
+    no_probe: bool,
+) -> None:
+    """Open jobs, providers (and whether their workers answer), and recent clearing prices (and the price index)."""
     if ctx.invoked_subcommand is not None:
         return
     from marketplace.types import DeviceKind, JobStatus, format_tokens
@@ -816,6 +831,7 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
         }
     for address, row in providers.items():
         row["price_floor"] = registry.price_floor(address)  # as posted now (strategies move it)
+    _mark_reachability(list(providers.values()), deployment_path, None if no_probe else probe_timeout)
     prices: dict[str, list[int]] = {}
     for event in m.get_events("SlotLeased", start):
         kind = m.spec(event.job_id).device_kind.name.lower()
@@ -838,11 +854,14 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
     if as_json:
         emit_json(document)
         return
-    click.echo(f"{len(open_jobs)} open job(s), {len(providers)} provider(s)")
+    down = sum(p["reachable"] is False for p in providers.values())
+    click.echo(
+        f"{len(open_jobs)} open job(s), {len(providers)} provider(s)" + (f", {down} not answering" if down else "")
+    )
     for p in providers.values():
         click.echo(
             f"  {p['provider']}  {p['gpus']}x {p['device_kind']}  floor {format_tokens(p['price_floor'])}"
-            f"  {p['endpoint']}"
+            f"  {p['endpoint']}  {_reach_text(p)}"
         )
     for kind, values in prices.items():
         recent = ", ".join(format_tokens(v) for v in values[-5:])
@@ -853,6 +872,50 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
             f"  reservation {r['reservation_id']} for sale: {r['gpus']} device(s) of {r['provider']} from "
             f"{r['start']} for {r['duration']} s at {format_tokens(r['price'])}/GPU-h ({ask} FLOP)"
         )
+
+
+def _mark_reachability(rows: list[dict[str, Any]], deployment_path: Path, timeout_s: float | None) -> None:
+    """Probe each provider row's endpoint (all at once) and add ``reachable``, ``reach_detail``,
+    ``checked_at``, ``latency_ms`` and ``last_answered`` (Unix times; from a book kept next to the
+    deployment file). ``timeout_s`` None: nothing is asked and ``reachable`` is None.
+    """
+    from marketplace.requester.probe import AnswerBook, probe_endpoints
+
+    book = AnswerBook(deployment_path.parent / "market-answers.json")
+    probes = {} if timeout_s is None else probe_endpoints([r["endpoint"] for r in rows], timeout_s)
+    book.record(probes.values())
+    for row in rows:
+        probe = probes.get(row["endpoint"])
+        row["reachable"] = None if probe is None else probe.reachable
+        row["reach_detail"] = "not probed" if probe is None else probe.detail
+        row["checked_at"] = None if probe is None else round(probe.checked_at, 3)
+        row["latency_ms"] = None if probe is None else probe.latency_ms
+        last = book.last_answered(row["endpoint"])
+        row["last_answered"] = None if last is None else round(last, 3)
+
+
+def _reach_text(row: dict[str, Any]) -> str:
+    """One provider's reachability for the text view of ``flopex market``."""
+    import time
+
+    if row["reachable"] is None:
+        return "(not probed)"
+    if row["reachable"]:
+        return f"answers ({row['latency_ms']} ms)"
+    last = row["last_answered"]
+    when = "never answered here" if last is None else f"last answered {_ago(time.time() - last)} ago"
+    return f"NOT ANSWERING ({when}): {row['reach_detail']}"
+
+
+def _ago(seconds: float) -> str:
+    """``seconds`` as a short duration: 40 s, 12 min, 3 h, 2 d."""
+    if seconds < 120:
+        return f"{max(0, int(seconds))} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min"
+    if seconds < 172800:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} d"
 
 
 def _market_contracts(ctx: click.Context, rpc_url: str | None, deployment_path: Path) -> Any:
