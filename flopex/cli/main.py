@@ -530,7 +530,12 @@ def job() -> None:
 )
 @click.option("--redundancy", type=click.IntRange(1, 5), default=None)
 @click.option("--bid-window", type=click.IntRange(1), default=20, show_default=True, help="Seconds of bidding.")
-@click.option("--challenge-window", type=click.IntRange(1), default=60, show_default=True)
+@click.option(
+    "--challenge-window",
+    type=click.IntRange(1),
+    default=None,
+    help="Seconds to accept, dispute or check a result [default: sized from the job's timeout and policy].",
+)
 @click.option("--wait/--no-wait", default=False, help="Follow the job to its end and download the results.")
 @click.option(
     "-o",
@@ -552,7 +557,7 @@ def job_submit(
     policy: str | None,
     redundancy: int | None,
     bid_window: int,
-    challenge_window: int,
+    challenge_window: int | None,
     wait: bool,
     output: Path | None,
     as_json: bool,
@@ -562,10 +567,11 @@ def job_submit(
     from marketplace.requester.requester import JobOptions, Requester
     from marketplace.types import Auction, Policy, parse_tokens
 
-    load_bundle(bundle)  # a bad job.toml is one line before anything touches the chain
+    loaded = load_bundle(bundle)  # a bad job.toml is one line before anything touches the chain
     contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
     say = (lambda _line: None) if as_json else click.echo
+    checks = _preflight(contracts, loaded, policy, redundancy, challenge_window)
     requester = Requester(contracts, signer, say=say)
     options = JobOptions(
         max_price=parse_tokens(max_price_text) if max_price_text else None,
@@ -574,17 +580,34 @@ def job_submit(
         redundancy=redundancy,
         bid_window_s=bid_window,
         reveal_window_s=bid_window,
-        challenge_window_s=challenge_window,
+        challenge_window_s=checks.challenge_window_s,
     )
     job_id = requester.submit(bundle, options)
     if not wait:
-        emit_json({"job_id": job_id}) if as_json else None
+        emit_json({"job_id": job_id, "preflight": checks.to_json()}) if as_json else None
         return
     outcome = requester.follow(job_id, output or Path(f"results-{job_id}"))
     if as_json:
-        emit_json(outcome.to_json())
+        emit_json({**outcome.to_json(), "preflight": checks.to_json()})
     if not outcome.ok:  # failed, expired, cancelled, slashed, a dispute lost, refunded, undelivered
         fail(f"job {job_id} {outcome.status}: {outcome.reason}")
+
+
+def _preflight(contracts: Any, bundle: Any, policy: str | None, redundancy: int | None, window: int | None) -> Any:
+    """The checks before a job's money moves (marketplace.requester.preflight); warnings go to stderr."""
+    from marketplace.requester.preflight import preflight
+    from marketplace.types import Policy
+
+    checks = preflight(
+        contracts,
+        bundle,
+        policy=Policy[policy.upper()] if policy else None,
+        redundancy=redundancy,
+        challenge_window_s=window,
+    )
+    for line in checks.warnings:
+        click.echo(f"warning: {line}", err=True)
+    return checks
 
 
 def _job_summary(contracts: Any, job_id: int) -> dict[str, Any]:
