@@ -204,7 +204,13 @@ def _estimate_on_pending(tester: Any) -> None:
     last transaction: a transaction allowed only after a deadline would be estimated as reverting.
     The pending block holds the same state (every transaction is mined at once) at the wall clock.
     """
-    from eth_tester.backends.pyevm.main import EVMSpoofTransaction
+    from eth_tester.backends.pyevm.main import (
+        EVMInvalidInstruction,
+        EVMRevert,
+        EVMSpoofTransaction,
+        TransactionFailed,
+        replace_exceptions,
+    )
 
     backend = tester.backend
     own = type(backend).estimate_gas
@@ -216,7 +222,10 @@ def _estimate_on_pending(tester: Any) -> None:
         spoofed = EVMSpoofTransaction(unsigned, from_=transaction["from"])
         return int(backend.chain.estimate_gas(spoofed, backend.chain.header))
 
-    backend.estimate_gas = estimate_gas
+    # Reverts become TransactionFailed carrying the reason, as eth-tester's own estimate_gas does.
+    backend.estimate_gas = replace_exceptions({EVMInvalidInstruction: TransactionFailed, EVMRevert: TransactionFailed})(
+        estimate_gas
+    )
 
 
 class JsonRpcChainServer:

@@ -145,6 +145,26 @@ def test_a_polled_idle_chain__mines_nothing_and_contract_code_still_sees_the_wal
         server.httpd.server_close()
 
 
+def test_a_reverting_gas_estimate__answers_the_revert_reason_as_eth_testers_own_estimate(served: Any) -> None:
+    contracts, server, _ = served
+    market = contracts.market
+    stranger = dev_account(3).address
+    data = market.contract.encode_abi("cancel_job", [1, market.spec(1).as_tuple()])
+    call = {"from": stranger, "to": market.address, "data": data}
+    ours = server.handle({"jsonrpc": "2.0", "id": 1, "method": "eth_estimateGas", "params": [call]})
+    backend = server.tester.backend
+    pending_estimate = backend.estimate_gas
+    try:
+        del backend.estimate_gas  # eth-tester's own, on the latest block
+        theirs = server.handle({"jsonrpc": "2.0", "id": 1, "method": "eth_estimateGas", "params": [call]})
+    finally:
+        backend.estimate_gas = pending_estimate
+    assert ours["error"] == theirs["error"]
+    assert ours["error"]["code"] == 3 and ours["error"]["message"].startswith("execution reverted: market: ")
+    fine = {"from": dev_account(2).address, "to": market.address, "data": data}
+    assert _int(_rpc(server, "eth_estimateGas", fine)) > 21000
+
+
 def _int(value: Any) -> int:
     return int(value, 16) if isinstance(value, str) else int(value)
 
