@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MIN_CHALLENGE_WINDOW_S",
+    "PROVIDERS_LONGEST_WINDOW_S",
     "Preflight",
     "active_verifiers",
     "check_estimate_s",
@@ -41,6 +42,8 @@ __all__ = [
 
 MIN_CHALLENGE_WINDOW_S = 60
 """The shortest window sized by default (the window a job of policy ``none`` gets)."""
+PROVIDERS_LONGEST_WINDOW_S = 86_400
+"""The longest challenge window providers bid for by default (``flopex provider start --max-challenge-hours 24``)."""
 QUICK_CHECK_S = 60
 """What a check that does not re-run the job takes at most: downloads, a Freivalds product."""
 NEEDS_VERIFIER = frozenset({Policy.REDUNDANT, Policy.REPLAY, Policy.FREIVALDS, Policy.OPTIMISTIC})
@@ -99,10 +102,11 @@ def check_estimate_s(policy: Policy, timeout_s: int) -> int:
 
 def default_challenge_window(policy: Policy, timeout_s: int, longest: int) -> int:
     """The window a job asks for when the requester gives none: its checks' estimate plus a quarter,
-    at least :data:`MIN_CHALLENGE_WINDOW_S`, at most ``longest`` (the market's bound)."""
+    at least :data:`MIN_CHALLENGE_WINDOW_S`, at most ``longest`` (the market's bound) and
+    :data:`PROVIDERS_LONGEST_WINDOW_S` (what providers bid for by default)."""
     estimate = check_estimate_s(policy, timeout_s)
     wanted = max(MIN_CHALLENGE_WINDOW_S, estimate + estimate // 4)
-    return max(1, min(wanted, longest))
+    return max(1, min(wanted, longest, PROVIDERS_LONGEST_WINDOW_S))
 
 
 def active_verifiers(contracts: Contracts) -> int:
@@ -176,7 +180,8 @@ def preflight(
         )
     if estimate > window:
         cause = (
-            f"this market allows at most {longest} s"
+            f"windows are sized up to {min(longest, PROVIDERS_LONGEST_WINDOW_S)} s, what this market allows and "
+            "providers bid for by default"
             if sized
             else f"give --challenge-window {estimate + estimate // 4} or more, up to {longest}"
         )
@@ -184,6 +189,12 @@ def preflight(
             f"the {name} checks may take up to {estimate} s (the job's timeout of {timeout_s} s and a margin), "
             f"longer than the {window} s challenge window: a result still being checked when it closes is paid "
             f"unchecked ({cause})"
+        )
+    if window > PROVIDERS_LONGEST_WINDOW_S:
+        warnings.append(
+            f"a challenge window of {window} s is longer than providers bid for by default "
+            f"({PROVIDERS_LONGEST_WINDOW_S} s, `flopex provider start --max-challenge-hours 24`): "
+            "the job may draw no bids"
         )
     if policy in COMPARES_FILES and not writes_files(bundle):
         what = f"{k} runs" if policy == Policy.REDUNDANT else "the re-run and the result"

@@ -20,6 +20,7 @@ from marketplace.errors import ConfigError
 from marketplace.protocol.bundle import Bundle, load_bundle
 from marketplace.requester.preflight import (
     MIN_CHALLENGE_WINDOW_S,
+    PROVIDERS_LONGEST_WINDOW_S,
     active_verifiers,
     check_estimate_s,
     default_challenge_window,
@@ -54,6 +55,20 @@ def test_window__is_sized_from_the_timeout_within_the_market_bound() -> None:
     assert default_challenge_window(Policy.REPLAY, 600, 7 * 86400) == 660 + 165
     assert default_challenge_window(Policy.NONE, 600, 7 * 86400) == MIN_CHALLENGE_WINDOW_S
     assert default_challenge_window(Policy.OPTIMISTIC, 600, 300) == 300
+    assert default_challenge_window(Policy.REPLAY, 7 * 86400, 7 * 86400) == PROVIDERS_LONGEST_WINDOW_S
+
+
+def test_a_week_long_job__gets_the_window_providers_bid_for_and_a_warning_that_checks_may_outlast_it(
+    market: Contracts, tmp_path: Path
+) -> None:
+    checks = preflight(market, _bundle(tmp_path / "long", WRITES, timeout_s=7 * 86400))
+    assert checks.challenge_window_s == PROVIDERS_LONGEST_WINDOW_S
+    [no_verifier, window] = checks.warnings
+    assert no_verifier.startswith("the replay policy needs a verifier")
+    assert window.startswith(f"the replay checks may take up to {7 * 86400 + 60} s")
+    assert "providers bid for by default" in window
+    longer = preflight(market, _bundle(tmp_path / "given", WRITES), challenge_window_s=2 * 86400)
+    assert any(w.startswith("a challenge window of 172800 s is longer than providers bid for") for w in longer.warnings)
 
 
 def test_writes_files__finds_the_usual_ways_of_writing_and_not_printing(tmp_path: Path) -> None:
