@@ -531,8 +531,11 @@ def _records(data_dir: Path | None, address: str) -> Any:
     return RecordStore(data_dir or DEFAULT_HOME / f"requester-{address}")
 
 
-def _follow_to_the_end(requester: Any, records: Any, job_id: int, as_json: bool, **follow: Any) -> None:
-    """Follow a job to its end under its lock, print its outcome, and exit non-zero unless it succeeded."""
+def _follow_to_the_end(
+    requester: Any, records: Any, job_id: int, as_json: bool, extra: dict[str, Any] | None = None, **follow: Any
+) -> None:
+    """Follow a job to its end under its lock, print its outcome (``extra`` added to the JSON), and exit
+    non-zero unless it succeeded."""
     contracts = requester.contracts
     try:
         with records.hold(contracts.chain.chain_id, contracts.market.address, job_id):
@@ -545,7 +548,7 @@ def _follow_to_the_end(requester: Any, records: Any, job_id: int, as_json: bool,
         # asked not to do. The job's record is on disk already (written atomically).
         os._exit(130)
     if as_json:
-        emit_json(outcome.to_json())
+        emit_json({**outcome.to_json(), **(extra or {})})
     if not outcome.ok:  # failed, expired, cancelled, slashed, a dispute lost, refunded, undelivered
         fail(f"job {job_id} {outcome.status}: {outcome.reason}")
 
@@ -565,7 +568,12 @@ def _follow_to_the_end(requester: Any, records: Any, job_id: int, as_json: bool,
 )
 @click.option("--redundancy", type=click.IntRange(1, 5), default=None)
 @click.option("--bid-window", type=click.IntRange(1), default=20, show_default=True, help="Seconds of bidding.")
-@click.option("--challenge-window", type=click.IntRange(1), default=60, show_default=True)
+@click.option(
+    "--challenge-window",
+    type=click.IntRange(1),
+    default=None,
+    help="Seconds to accept, dispute or check a result [default: sized from the job's timeout and policy].",
+)
 @click.option("--wait/--no-wait", default=False, help="Follow the job to its end and download the results.")
 @click.option(
     "-o",
@@ -588,7 +596,7 @@ def job_submit(
     policy: str | None,
     redundancy: int | None,
     bid_window: int,
-    challenge_window: int,
+    challenge_window: int | None,
     wait: bool,
     output: Path | None,
     data_dir: Path | None,
@@ -603,10 +611,11 @@ def job_submit(
     from marketplace.requester.requester import JobOptions, Requester
     from marketplace.types import Auction, Policy, parse_tokens
 
-    load_bundle(bundle)  # a bad job.toml is one line before anything touches the chain
+    loaded = load_bundle(bundle)  # a bad job.toml is one line before anything touches the chain
     contracts = open_contracts(rpc_url, deployment_path)
     signer = load_signer(account_address, dev_index, password_file)
     say = (lambda _line: None) if as_json else click.echo
+    checks = _preflight(contracts, loaded, policy, redundancy, challenge_window)
     records = _records(data_dir, signer.address)
     requester = Requester(contracts, signer, say=say, records=records)
     options = JobOptions(
@@ -616,16 +625,18 @@ def job_submit(
         redundancy=redundancy,
         bid_window_s=bid_window,
         reveal_window_s=bid_window,
-        challenge_window_s=challenge_window,
+        challenge_window_s=checks.challenge_window_s,
     )
     job_id = requester.submit(bundle, options, out_dir=output)
     if not wait:
         if as_json:
-            emit_json({"job_id": job_id})
+            emit_json({"job_id": job_id, "preflight": checks.to_json()})
         else:
             click.echo(f"`flopex job follow {job_id}` follows it to its end")
         return
-    _follow_to_the_end(requester, records, job_id, as_json, out_dir=output, timeout_s=3600.0)
+    _follow_to_the_end(
+        requester, records, job_id, as_json, {"preflight": checks.to_json()}, out_dir=output, timeout_s=3600.0
+    )
 
 
 @job.command("follow")
@@ -686,6 +697,23 @@ def job_follow(
     records = _records(data_dir, signer.address)
     requester = Requester(contracts, signer, say=say, records=records)
     _follow_to_the_end(requester, records, job_id, as_json, out_dir=output, timeout_s=timeout_s, bundle_dir=bundle_dir)
+
+
+def _preflight(contracts: Any, bundle: Any, policy: str | None, redundancy: int | None, window: int | None) -> Any:
+    """The checks before a job's money moves (marketplace.requester.preflight); warnings go to stderr."""
+    from marketplace.requester.preflight import preflight
+    from marketplace.types import Policy
+
+    checks = preflight(
+        contracts,
+        bundle,
+        policy=Policy[policy.upper()] if policy else None,
+        redundancy=redundancy,
+        challenge_window_s=window,
+    )
+    for line in checks.warnings:
+        click.echo(f"warning: {line}", err=True)
+    return checks
 
 
 def _job_summary(contracts: Any, job_id: int) -> dict[str, Any]:
@@ -904,9 +932,24 @@ def verifier_start(
 @cli.group(invoke_without_command=True)
 @chain_options
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--probe-timeout",
+    type=click.FloatRange(min=0.1, max=60),
+    default=2.0,
+    show_default=True,
+    help="Seconds each provider's worker gets to answer GetInfo (all are asked at once).",
+)
+@click.option("--no-probe", is_flag=True, help="Do not ask providers' workers whether they answer.")
 @click.pass_context
-def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_json: bool) -> None:
-    """Open jobs, providers, and recent clearing prices per device class (and the price index)."""
+def market(
+    ctx: click.Context,
+    rpc_url: str | None,
+    deployment_path: Path,
+    as_json: bool,
+    probe_timeout: float,
+    no_probe: bool,
+) -> None:
+    """Open jobs, providers (and whether their workers answer), and recent clearing prices (and the price index)."""
     if ctx.invoked_subcommand is not None:
         return
     from marketplace.types import DeviceKind, JobStatus, format_tokens
@@ -927,6 +970,7 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
         }
     for address, row in providers.items():
         row["price_floor"] = registry.price_floor(address)  # as posted now (strategies move it)
+    _mark_reachability(list(providers.values()), deployment_path, None if no_probe else probe_timeout)
     prices: dict[str, list[int]] = {}
     for event in m.get_events("SlotLeased", start):
         kind = m.spec(event.job_id).device_kind.name.lower()
@@ -949,11 +993,14 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
     if as_json:
         emit_json(document)
         return
-    click.echo(f"{len(open_jobs)} open job(s), {len(providers)} provider(s)")
+    down = sum(p["reachable"] is False for p in providers.values())
+    click.echo(
+        f"{len(open_jobs)} open job(s), {len(providers)} provider(s)" + (f", {down} not answering" if down else "")
+    )
     for p in providers.values():
         click.echo(
             f"  {p['provider']}  {p['gpus']}x {p['device_kind']}  floor {format_tokens(p['price_floor'])}"
-            f"  {p['endpoint']}"
+            f"  {p['endpoint']}  {_reach_text(p)}"
         )
     for kind, values in prices.items():
         recent = ", ".join(format_tokens(v) for v in values[-5:])
@@ -964,6 +1011,50 @@ def market(ctx: click.Context, rpc_url: str | None, deployment_path: Path, as_js
             f"  reservation {r['reservation_id']} for sale: {r['gpus']} device(s) of {r['provider']} from "
             f"{r['start']} for {r['duration']} s at {format_tokens(r['price'])}/GPU-h ({ask} FLOP)"
         )
+
+
+def _mark_reachability(rows: list[dict[str, Any]], deployment_path: Path, timeout_s: float | None) -> None:
+    """Probe each provider row's endpoint (all at once) and add ``reachable``, ``reach_detail``,
+    ``checked_at``, ``latency_ms`` and ``last_answered`` (Unix times; from a book kept next to the
+    deployment file). ``timeout_s`` None: nothing is asked and ``reachable`` is None.
+    """
+    from marketplace.requester.probe import AnswerBook, probe_endpoints
+
+    book = AnswerBook(deployment_path.parent / "market-answers.json")
+    probes = {} if timeout_s is None else probe_endpoints([r["endpoint"] for r in rows], timeout_s)
+    book.record(probes.values())
+    for row in rows:
+        probe = probes.get(row["endpoint"])
+        row["reachable"] = None if probe is None else probe.reachable
+        row["reach_detail"] = "not probed" if probe is None else probe.detail
+        row["checked_at"] = None if probe is None else round(probe.checked_at, 3)
+        row["latency_ms"] = None if probe is None else probe.latency_ms
+        last = book.last_answered(row["endpoint"])
+        row["last_answered"] = None if last is None else round(last, 3)
+
+
+def _reach_text(row: dict[str, Any]) -> str:
+    """One provider's reachability for the text view of ``flopex market``."""
+    import time
+
+    if row["reachable"] is None:
+        return "(not probed)"
+    if row["reachable"]:
+        return f"answers ({row['latency_ms']} ms)"
+    last = row["last_answered"]
+    when = "never answered here" if last is None else f"last answered {_ago(time.time() - last)} ago"
+    return f"NOT ANSWERING ({when}): {row['reach_detail']}"
+
+
+def _ago(seconds: float) -> str:
+    """``seconds`` as a short duration: 40 s, 12 min, 3 h, 2 d."""
+    if seconds < 120:
+        return f"{max(0, int(seconds))} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min"
+    if seconds < 172800:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} d"
 
 
 def _market_contracts(ctx: click.Context, rpc_url: str | None, deployment_path: Path) -> Any:

@@ -222,9 +222,8 @@ def _check_stake(pool_: Any, contracts: Any, address: str, stake: int) -> None:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_HOME / "member",
-    show_default=True,
-    help="The worker's data directory (its receipt key).",
+    default=None,
+    help=f"The worker's data directory (its receipt key) [default: {DEFAULT_HOME}/member-ADDRESS].",
 )
 def pool_join(
     pool_address: str,
@@ -238,7 +237,7 @@ def pool_join(
     memory_mb: int,
     endpoint: str,
     signer_address: str | None,
-    data_dir: Path,
+    data_dir: Path | None,
 ) -> None:
     """Join a pool with a stake and a worker that runs elsewhere (`member start` does both)."""
     from marketplace.errors import ConfigError
@@ -253,7 +252,8 @@ def pool_join(
     if signer_address is None:
         from worker.node.config import load_or_create_key
 
-        signer_address = load_or_create_key(data_dir / "receipt.key").address
+        folder = data_dir or DEFAULT_HOME / f"member-{signer.address}"
+        signer_address = load_or_create_key(folder / "receipt.key").address
     contracts.token.approve(signer, pool_.address, stake)
     pool_.join(signer, stake, gpus, memory_mb, signer_address, endpoint)
     click.echo(
@@ -588,11 +588,11 @@ def member_start(
     from worker.testing.cheats import CheatingMember
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    signer = load_signer(account_address, dev_index, password_file)
+    # Each account its own folder by default, and one live daemon per folder (as providers).
+    data_dir = hold_data_dir(data_dir or DEFAULT_HOME / f"member-{signer.address}", "pool member")
     contracts = open_contracts(rpc_url, deployment_path)
     pool_ = _pool(contracts, pool_address)
-    signer = load_signer(account_address, dev_index, password_file)
-    # Each account its own folder by default, and one live daemon per folder.
-    data_dir = hold_data_dir(data_dir or DEFAULT_HOME / f"member-{signer.address}", "pool member")
     stake = _tokens(stake_text)
     if not pool_.member(signer.address).joined:
         _check_stake(pool_, contracts, signer.address, stake)

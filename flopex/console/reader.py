@@ -52,6 +52,7 @@ class _Probe:
     state: str  # "reachable", "unreachable", "checking"
     detail: str
     checked_at: float
+    last_answered: float | None = None  # Unix time of the last answer seen
 
 
 def parse_address(text: str) -> str:
@@ -101,6 +102,7 @@ class MarketReader:
         self._providers: dict[str, dict[str, Any]] = {}
         self._pools: dict[str, Pool | None] = {}
         self._probes: dict[str, _Probe] = {}
+        self._answered: dict[str, float] = {}
         self._probing = ThreadPoolExecutor(max_workers=8, thread_name_prefix="console-probe")
 
     def close(self) -> None:
@@ -211,26 +213,26 @@ class MarketReader:
         with self._lock:
             probe = self._probes.get(endpoint)
             if probe is None or (probe.state != "checking" and now - probe.checked_at > self.probe_ttl_s):
-                self._probes[endpoint] = _Probe("checking", "asking the worker", now)
+                self._probes[endpoint] = _Probe("checking", "asking the worker", now, self._answered.get(endpoint))
                 self._probing.submit(self._probe, endpoint)
                 probe = self._probes[endpoint]
-        return {"reach": probe.state, "reach_detail": probe.detail}
+        return {"reach": probe.state, "reach_detail": probe.detail, "last_answered": probe.last_answered}
 
     def _probe(self, endpoint: str) -> None:
-        from marketplace.requester.client import WorkerClient
+        from marketplace.requester.probe import probe_endpoint
 
-        try:
-            with WorkerClient(endpoint, timeout_s=self.probe_timeout_s, retries=1) as client:
-                info = client.info()
-            probe = _Probe(
-                "reachable", f"worker {info.worker_version}, {len(info.devices)} device(s)", time.monotonic()
-            )
-        except WorkerError as exc:
-            probe = _Probe("unreachable", f"no answer to GetInfo: {exc}", time.monotonic())
-        except Exception as exc:  # a malformed endpoint and the like
-            probe = _Probe("unreachable", f"{type(exc).__name__}: {exc}", time.monotonic())
+        answer = probe_endpoint(endpoint, self.probe_timeout_s)
         with self._lock:
-            self._probes[endpoint] = probe
+            last = answer.checked_at if answer.reachable else self._answered.get(endpoint)
+            if answer.reachable:
+                self._answered[endpoint] = answer.checked_at
+            detail = answer.detail
+            if not answer.reachable:
+                when = datetime.fromtimestamp(last, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if last else None
+                detail += f" (last answered {when})" if when else " (has not answered since the console started)"
+            self._probes[endpoint] = _Probe(
+                "reachable" if answer.reachable else "unreachable", detail, time.monotonic(), last
+            )
 
     def reachability(self) -> dict[str, dict[str, Any]]:
         """Every provider's endpoint probe, by provider."""

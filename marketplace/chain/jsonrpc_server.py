@@ -9,7 +9,13 @@ verifiers) share one chain with zero set-up. Besides the standard ``eth_*`` meth
 block by block, rather than by eth-tester, which walks every block of the range and finds each
 transaction's receipt by scanning the chain: on a chain of hours (a block a second while clients
 poll) that took seconds per query, past the clients' timeout. Blocks without transactions cost a
-header read once; a query costs the logs it returns.
+header read once; a query costs the logs it returns. Transactions are looked up by hash in the same
+index (eth-tester walks the chain back from its head for each receipt).
+
+Contract code sees the wall clock: calls and gas estimates run on the pending block, and
+transactions are mined in it, its time brought up to the wall clock without mining anything. Reads
+of the block number or a block mine nothing, so a chain that daemons poll grows by a block per
+transaction, not a block a second.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import bisect
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,23 +31,15 @@ from eth_abi.abi import encode
 from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
 
-from marketplace.chain.client import sync_tester_clock
-
 __all__ = ["JsonRpcChainServer", "LogIndex"]
 
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 REVERT_PREFIX = "execution reverted: "
-#: Methods whose answer depends on the time: the chain's clock is brought up to the wall clock first.
-CLOCKED = frozenset(
-    {
-        "eth_sendRawTransaction",
-        "eth_sendTransaction",
-        "eth_estimateGas",
-        "eth_call",
-        "eth_getBlockByNumber",
-        "eth_blockNumber",
-    }
-)
+#: Methods that run contract code: it must see the wall clock as ``block.timestamp``. They run on
+#: (or, for a transaction, are mined in) the pending block, its time brought up to the wall clock
+#: without mining anything. Reads of the block number or a block mine nothing, so an idle chain that
+#: clients poll does not grow.
+CLOCKED = frozenset({"eth_call", "eth_estimateGas", "eth_sendRawTransaction", "eth_sendTransaction"})
 ERROR_SELECTOR = bytes.fromhex("08c379a0")
 
 
@@ -76,6 +75,8 @@ class LogIndex:
         self.next_block = 0
         self.logs: list[dict[str, Any]] = []
         self._blocks: list[int] = []  # block number of each entry of ``logs``, for bisecting
+        self.transactions: dict[bytes, tuple[int, int]] = {}
+        """Each mined transaction's hash: (block number, index in the block)."""
 
     def head(self) -> int:
         """The latest mined block's number."""
@@ -95,6 +96,7 @@ class LogIndex:
                 receipts = block.get_receipts(self.chain.chaindb)
                 block_hash = "0x" + bytes(block.hash).hex()
                 for tx_index, (tx, receipt) in enumerate(zip(block.transactions, receipts, strict=True)):
+                    self.transactions[bytes(tx.hash)] = (number, tx_index)
                     for log_index, log in enumerate(receipt.logs):
                         self.logs.append(
                             {
@@ -111,6 +113,46 @@ class LogIndex:
                         )
                         self._blocks.append(number)
             self.next_block = number + 1
+
+    def locate(self, transaction_hash: bytes) -> tuple[Any, Any, int]:
+        """The (py-evm) block, transaction and its index for a hash, the pending block first.
+
+        eth-tester finds a transaction by walking the chain back from its head, a block at a time:
+        on a chain of days a receipt took seconds, and every request waited behind it. Raises
+        eth-tester's ``TransactionNotFound`` for an unknown hash, as its own lookup does.
+        """
+        from eth_tester.exceptions import TransactionNotFound
+
+        pending = self.chain.get_block()
+        for index, tx in enumerate(pending.transactions):
+            if tx.hash == transaction_hash:
+                return pending, tx, index
+        self.update()
+        where = self.transactions.get(bytes(transaction_hash))
+        if where is None:
+            raise TransactionNotFound(f"No transaction found for transaction hash: 0x{bytes(transaction_hash).hex()}")
+        block = self.chain.get_canonical_block_by_number(where[0])
+        return block, block.transactions[where[1]], where[1]
+
+    def install(self) -> None:
+        """Make the tester's backend look transactions up here (:meth:`locate`) instead of walking the chain."""
+        from eth_tester.backends.pyevm.serializers import serialize_transaction, serialize_transaction_receipt
+
+        backend = self.tester.backend
+        chain = self.chain
+
+        def get_transaction_by_hash(transaction_hash: bytes) -> Any:
+            block, tx, index = self.locate(transaction_hash)
+            return serialize_transaction(block, tx, index, block.number == chain.get_block().number)
+
+        def get_transaction_receipt(transaction_hash: bytes) -> Any:
+            block, tx, index = self.locate(transaction_hash)
+            receipts = block.get_receipts(chain.chaindb)
+            pending = block.number == chain.get_block().number
+            return serialize_transaction_receipt(block, receipts, tx, index, pending, chain.get_vm())
+
+        backend.get_transaction_by_hash = get_transaction_by_hash
+        backend.get_transaction_receipt = get_transaction_receipt
 
     def _block(self, tag: Any, default: int) -> int:
         if tag is None:
@@ -155,6 +197,37 @@ class LogIndex:
         return found
 
 
+def _estimate_on_pending(tester: Any) -> None:
+    """Make the tester's gas estimates for ``latest`` run on the pending block, as its calls for ``pending`` do.
+
+    eth-tester estimates on the latest mined block, whose time on an idle chain is the time of its
+    last transaction: a transaction allowed only after a deadline would be estimated as reverting.
+    The pending block holds the same state (every transaction is mined at once) at the wall clock.
+    """
+    from eth_tester.backends.pyevm.main import (
+        EVMInvalidInstruction,
+        EVMRevert,
+        EVMSpoofTransaction,
+        TransactionFailed,
+        replace_exceptions,
+    )
+
+    backend = tester.backend
+    own = type(backend).estimate_gas
+
+    def estimate_gas(transaction: Any, block_number: Any = "latest") -> int:
+        if block_number not in ("latest", "pending"):
+            return int(own(backend, transaction, block_number))
+        unsigned = backend._get_normalized_and_unsigned_evm_transaction({**transaction, "gas": 21000}, "latest")
+        spoofed = EVMSpoofTransaction(unsigned, from_=transaction["from"])
+        return int(backend.chain.estimate_gas(spoofed, backend.chain.header))
+
+    # Reverts become TransactionFailed carrying the reason, as eth-tester's own estimate_gas does.
+    backend.estimate_gas = replace_exceptions({EVMInvalidInstruction: TransactionFailed, EVMRevert: TransactionFailed})(
+        estimate_gas
+    )
+
+
 class JsonRpcChainServer:
     """Serve an eth-tester chain over HTTP JSON-RPC; one request at a time reaches the chain."""
 
@@ -166,6 +239,10 @@ class JsonRpcChainServer:
         self._request = provider.request_func(w3, w3.middleware_onion)
         self._lock = threading.Lock()
         self.logs = LogIndex(tester)
+        self.logs.install()
+        _estimate_on_pending(tester)
+        self.stats: dict[str, list[float]] = {}
+        """Per method: [requests, seconds spent under the lock, seconds waiting for it]; ``flopex_stats`` answers it."""
         # eth-tester wants a sender that can afford gas even for calls; its first account can.
         self.default_sender = tester.get_accounts()[0]
         handler = self._handler_class()
@@ -216,31 +293,59 @@ class JsonRpcChainServer:
         rid = request.get("id")
         method = str(request["method"])
         params = request.get("params") or []
+        if method == "flopex_stats":
+            with self._lock:
+                stats = {
+                    m: {"requests": int(v[0]), "busy_s": round(v[1], 4), "waited_s": round(v[2], 4)}
+                    for m, v in self.stats.items()
+                }
+            return {"jsonrpc": "2.0", "id": rid, "result": {"head": self.logs.head(), "methods": stats}}
+        asked = time.perf_counter()
         with self._lock:
+            began = time.perf_counter()
             try:
-                if method in CLOCKED:
-                    sync_tester_clock(self.tester)
-                if method == "eth_getLogs" and params and isinstance(params[0], dict) and "blockHash" not in params[0]:
-                    return {"jsonrpc": "2.0", "id": rid, "result": self.logs.query(params[0])}
-                if method == "evm_mine":
-                    self.tester.mine_blocks(1)
-                    return {"jsonrpc": "2.0", "id": rid, "result": "0x0"}
-                if method == "evm_setNextBlockTimestamp":
-                    target = params[0]
-                    self.tester.time_travel(int(target, 16) if isinstance(target, str) else int(target))
-                    return {"jsonrpc": "2.0", "id": rid, "result": None}
-                if method in ("eth_call", "eth_estimateGas") and params and isinstance(params[0], dict):
-                    # JSON-RPC lets calls omit the sender; eth-tester wants one.
-                    params = [{"from": self.default_sender, **params[0]}, *params[1:]]
-                response = self._request(method, params)
-            except Exception as exc:
-                return {"jsonrpc": "2.0", "id": rid, "error": _error(str(exc))}
+                return self._handle_locked(rid, method, params)
+            finally:
+                entry = self.stats.setdefault(method, [0, 0.0, 0.0])
+                entry[0] += 1
+                entry[1] += time.perf_counter() - began
+                entry[2] += began - asked
+
+    def _handle_locked(self, rid: Any, method: str, params: Any) -> dict[str, Any]:
+        """Answer one request; the caller holds the lock."""
+        try:
+            if method in CLOCKED:
+                self._clock_pending()
+            if method == "eth_call" and params and (len(params) < 2 or params[1] in (None, "latest", "pending")):
+                params = [params[0], "pending"]
+            if method == "eth_getLogs" and params and isinstance(params[0], dict) and "blockHash" not in params[0]:
+                return {"jsonrpc": "2.0", "id": rid, "result": self.logs.query(params[0])}
+            if method == "evm_mine":
+                self.tester.mine_blocks(1)
+                return {"jsonrpc": "2.0", "id": rid, "result": "0x0"}
+            if method == "evm_setNextBlockTimestamp":
+                target = params[0]
+                self.tester.time_travel(int(target, 16) if isinstance(target, str) else int(target))
+                return {"jsonrpc": "2.0", "id": rid, "result": None}
+            if method in ("eth_call", "eth_estimateGas") and params and isinstance(params[0], dict):
+                # JSON-RPC lets calls omit the sender; eth-tester wants one.
+                params = [{"from": self.default_sender, **params[0]}, *params[1:]]
+            response = self._request(method, params)
+        except Exception as exc:
+            return {"jsonrpc": "2.0", "id": rid, "error": _error(str(exc))}
         body: dict[str, Any] = dict(response)
         body["id"] = rid
         if isinstance(body.get("error"), dict):
             body["error"] = _error(str(body["error"].get("message", "")))
         body.setdefault("jsonrpc", "2.0")
         return body
+
+    def _clock_pending(self) -> None:
+        """Bring the pending block's time up to the wall clock; nothing is mined."""
+        chain = self.tester.backend.chain
+        now = int(time.time())
+        if chain.header.timestamp < now:
+            chain.header = chain.header.copy(timestamp=now)
 
     def serve_forever(self) -> None:
         """Answer requests until :meth:`shutdown`."""

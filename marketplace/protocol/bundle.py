@@ -33,6 +33,7 @@ from typing import Any, Literal, cast, get_args
 from marketplace.errors import BundleError
 
 __all__ = [
+    "ARG_PLACEHOLDERS",
     "MAX_ARGS",
     "MAX_ARGS_BYTES",
     "MAX_ENTRIES",
@@ -57,6 +58,7 @@ __all__ = [
     "VerificationSection",
     "bundle_hash",
     "check_path_length",
+    "expand_args",
     "load_bundle",
     "pack_bundle",
     "parse_job_toml",
@@ -93,6 +95,10 @@ MAX_ARGS = 1024
 """Most ``job.args``."""
 MAX_ARGS_BYTES = 64 << 10
 """Most bytes of ``job.args`` together (UTF-8)."""
+ARG_PLACEHOLDERS = ("input_dir", "output_dir", "checkpoint_dir", "work_dir")
+"""What ``{name}`` in a ``job.args`` entry may name: the folders of ``FLOPEX_INPUT_DIR``,
+``FLOPEX_OUTPUT_DIR``, ``FLOPEX_CHECKPOINT_DIR`` and the working directory, as the job sees them."""
+_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_ENV = 64
 """Most ``job.env`` variables."""
 MAX_ENV_BYTES = 16 << 10
@@ -284,7 +290,34 @@ def _args(value: object) -> tuple[str, ...]:
         raise BundleError(f"job.args: at most {MAX_ARGS_BYTES} bytes in all, got {size}")
     if any("\0" in a for a in args):
         raise BundleError("job.args: an argument holds a NUL character")
+    known = ", ".join(f"{{{name}}}" for name in ARG_PLACEHOLDERS)
+    for i, arg in enumerate(args):
+        for match in _PLACEHOLDER.finditer(arg):
+            name = match.group(2)
+            if name is not None and name not in ARG_PLACEHOLDERS:
+                raise BundleError(
+                    f"job.args[{i}]: unknown placeholder {{{name}}} in {arg!r}; known: {known} "
+                    f"(write {{{{{name}}}}} for a literal {{{name}}})"
+                )
     return args
+
+
+def expand_args(args: tuple[str, ...], folders: Mapping[str, str]) -> tuple[str, ...]:
+    """``args`` with each ``{name}`` of :data:`ARG_PLACEHOLDERS` replaced by ``folders[name]``.
+
+    ``{{name}}`` stands for a literal ``{name}``; braces around anything but a name (JSON, say) are
+    left as they are. An unknown name is a :class:`BundleError` (a bundle that was read has none).
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        literal, name = match.group(1), match.group(2)
+        if literal is not None:
+            return f"{{{literal}}}"
+        if name not in folders:
+            raise BundleError(f"job.args: unknown placeholder {{{name}}}")
+        return folders[name]
+
+    return tuple(_PLACEHOLDER.sub(replace, arg) for arg in args)
 
 
 def check_path_length(where: str, path: str) -> None:

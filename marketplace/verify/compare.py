@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "ANSWER_DIRS",
     "ATOL",
     "RTOL",
     "Comparison",
@@ -153,39 +154,53 @@ def _files(root: Path) -> dict[str, Path]:
     return dict(list_files(root)) if root.is_dir() else {}
 
 
+ANSWER_DIRS = ("output", "work")
+"""The result folders compared as a job's answer: what it wrote to ``FLOPEX_OUTPUT_DIR``, and the
+files it created or changed in its working directory (``work/``; see docs/protocol.md)."""
+
+
 def compare_results(
     got: str | Path,
     want: str | Path,
     *,
-    subdir: str = "output",
+    subdir: str | tuple[str, ...] = ANSWER_DIRS,
     rtol: float = RTOL,
     atol: float = ATOL,
 ) -> Comparison:
-    """Compare the ``subdir`` files of two downloaded results (default: the job's outputs).
+    """Compare the ``subdir`` files of two downloaded results (default: the job's answer, :data:`ANSWER_DIRS`).
 
     ``.safetensors`` files are compared tensor by tensor with the tolerances, every other file
-    exactly. Logs and checkpoints are not part of a job's answer and are not compared here.
+    exactly. Logs and checkpoints are not part of a job's answer and are not compared here. Files
+    are named relative to ``output/``, and with their folder for the other folders (``work/model.pt``).
     """
-    a_files, b_files = _files(Path(got) / subdir), _files(Path(want) / subdir)
+    folders = (subdir,) if isinstance(subdir, str) else subdir
+    # Keyed by (folder index, path): an output file named work/x is not the working directory's x.
+    a_files: dict[tuple[int, str], Path] = {}
+    b_files: dict[tuple[int, str], Path] = {}
+    for i, folder in enumerate(folders):
+        a_files.update({(i, rel): p for rel, p in _files(Path(got) / folder).items()})
+        b_files.update({(i, rel): p for rel, p in _files(Path(want) / folder).items()})
+    names = {key: key[1] if key[0] == 0 else f"{folders[key[0]]}/{key[1]}" for key in {*a_files, *b_files}}
     mismatches: list[Mismatch] = []
     max_abs = max_rel = 0.0
-    for rel in sorted(set(a_files) | set(b_files)):
-        if rel not in a_files or rel not in b_files:
+    for key in sorted(names):
+        rel = names[key]
+        if key not in a_files or key not in b_files:
             mismatches.append(Mismatch(rel, "", "present in only one result"))
             continue
         if rel.endswith(".safetensors"):
             try:
                 cmp = compare_tensors(
-                    _load_safetensors(a_files[rel]), _load_safetensors(b_files[rel]), rtol=rtol, atol=atol, path=rel
+                    _load_safetensors(a_files[key]), _load_safetensors(b_files[key]), rtol=rtol, atol=atol, path=rel
                 )
             except VerificationError as exc:
                 mismatches.append(Mismatch(rel, "", str(exc)))
                 continue
             mismatches.extend(cmp.mismatches)
             max_abs, max_rel = max(max_abs, cmp.max_abs_diff), max(max_rel, cmp.max_rel_diff)
-        elif _sha256(a_files[rel]) != _sha256(b_files[rel]):
+        elif _sha256(a_files[key]) != _sha256(b_files[key]):
             mismatches.append(Mismatch(rel, "", "files differ"))
-    return Comparison(tuple(mismatches), max_abs, max_rel, tuple(sorted(set(a_files) | set(b_files))))
+    return Comparison(tuple(mismatches), max_abs, max_rel, tuple(names[key] for key in sorted(names)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,3 +83,93 @@ def test_after_5000_blocks__job_status_answers_in_under_a_second(served: Any) ->
     assert result.exit_code == 0, result.output
     assert '"status": "open"' in result.output
     assert took < 1.0, f"job status took {took:.2f} s at {contracts.chain.block_number()} blocks"
+
+
+def test_transaction_lookups__come_from_the_index_and_match_eth_testers_walk(served: Any) -> None:
+    _, server, _ = served
+    backend = server.tester.backend
+    walk_receipt = type(backend).get_transaction_receipt
+    walk_transaction = type(backend).get_transaction_by_hash
+    first = _rpc(server, "eth_getBlockByNumber", "0x1", False)["transactions"][0]
+    latest = _rpc(server, "eth_getBlockByNumber", "latest", False)["transactions"][0]
+    for tx in (first, latest):
+        raw = bytes.fromhex(tx[2:])
+        assert backend.get_transaction_receipt(raw) == walk_receipt(backend, raw)
+        assert backend.get_transaction_by_hash(raw) == walk_transaction(backend, raw)
+        receipt = _rpc(server, "eth_getTransactionReceipt", tx)
+        assert receipt["transactionHash"] == tx and _int(receipt["status"]) == 1
+    assert _rpc(server, "eth_getTransactionReceipt", "0x" + "11" * 32) is None
+    assert _rpc(server, "eth_getTransactionByHash", "0x" + "11" * 32) is None
+
+
+@pytest.mark.slow
+def test_after_5000_blocks__a_receipt_and_an_unknown_hash_answer_at_once(served: Any) -> None:
+    _, server, _ = served
+    first = _rpc(server, "eth_getBlockByNumber", "0x1", False)["transactions"][0]
+    server.tester.mine_blocks(5_000)
+    server.logs.update()
+    for tx in (first, "0x" + "22" * 32):
+        started = time.perf_counter()
+        _rpc(server, "eth_getTransactionReceipt", tx)
+        assert time.perf_counter() - started < 0.05, tx  # eth-tester's walk: about 0.4 s here
+
+
+def test_a_polled_idle_chain__mines_nothing_and_contract_code_still_sees_the_wall_clock() -> None:
+    tester = EthereumTester(PyEVMBackend())
+    server = JsonRpcChainServer(EthereumTesterProvider(tester), tester, port=0)
+    sender, receiver = tester.get_accounts()[:2]
+    try:
+        time.sleep(max(0.0, tester.get_block_by_number("pending")["timestamp"] - time.time()) + 1.1)
+        head = server.logs.head()
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:  # what a daemon's poll asks
+            _rpc(server, "eth_blockNumber")
+            _rpc(server, "eth_getBlockByNumber", "latest", False)
+            _rpc(server, "eth_call", {"to": receiver, "data": "0x"}, "latest")
+            time.sleep(0.1)
+        assert server.logs.head() == head
+        assert _int(_rpc(server, "eth_getBlockByNumber", "pending", False)["timestamp"]) >= int(time.time()) - 1
+
+        # A gas estimate runs on the pending block, at the wall clock: nothing is mined for it ...
+        estimate = _rpc(server, "eth_estimateGas", {"from": sender, "to": receiver, "value": "0x1"})
+        assert _int(estimate) == 21000 and server.logs.head() == head
+        # ... and a transaction is mined at the wall clock, in one block.
+        time.sleep(1.1)
+        head, before = server.logs.head(), int(time.time())
+        tx = _rpc(server, "eth_sendTransaction", {"from": sender, "to": receiver, "value": "0x1", "gas": "0x5208"})
+        receipt = _rpc(server, "eth_getTransactionReceipt", tx)
+        assert _int(receipt["blockNumber"]) == head + 1 == server.logs.head()
+        block = _rpc(server, "eth_getBlockByNumber", receipt["blockNumber"], False)
+        assert before <= _int(block["timestamp"]) <= int(time.time()) + 1
+    finally:
+        server.httpd.server_close()
+
+
+def test_a_reverting_gas_estimate__answers_the_revert_reason_as_eth_testers_own_estimate(served: Any) -> None:
+    contracts, server, _ = served
+    market = contracts.market
+    stranger = dev_account(3).address
+    data = market.contract.encode_abi("cancel_job", [1, market.spec(1).as_tuple()])
+    call = {"from": stranger, "to": market.address, "data": data}
+    ours = server.handle({"jsonrpc": "2.0", "id": 1, "method": "eth_estimateGas", "params": [call]})
+    backend = server.tester.backend
+    pending_estimate = backend.estimate_gas
+    try:
+        del backend.estimate_gas  # eth-tester's own, on the latest block
+        theirs = server.handle({"jsonrpc": "2.0", "id": 1, "method": "eth_estimateGas", "params": [call]})
+    finally:
+        backend.estimate_gas = pending_estimate
+    assert ours["error"] == theirs["error"]
+    assert ours["error"]["code"] == 3 and ours["error"]["message"].startswith("execution reverted: market: ")
+    fine = {"from": dev_account(2).address, "to": market.address, "data": data}
+    assert _int(_rpc(server, "eth_estimateGas", fine)) > 21000
+
+
+def _int(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def _rpc(server: JsonRpcChainServer, method: str, *params: Any) -> Any:
+    answer = server.handle({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)})
+    assert "error" not in answer, answer
+    return answer["result"]

@@ -26,7 +26,7 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.errors import BundleError, SandboxError, VerificationError, WorkerError
 from marketplace.protocol.auth import Domain
-from marketplace.protocol.bundle import Bundle, load_bundle, unpack_bundle
+from marketplace.protocol.bundle import Bundle, expand_args, load_bundle, unpack_bundle
 from marketplace.protocol.merkle import EMPTY_ROOT, FileEntry, ResultManifest, bounded_manifest, manifest_of
 from marketplace.protocol.receipts import UsageReceipt, sign_receipt
 from marketplace.rpc import worker_pb2 as pb
@@ -534,7 +534,7 @@ class JobManager:
             name=f"job{job_id}",
             space=space,
             entrypoint=spec.job.entrypoint,
-            args=spec.job.args,
+            args=expand_args(spec.job.args, self.sandbox.job_folders(space)),
             env=env,
             job_env=dict(spec.job.env),
             device_kind=spec.resources.device,
@@ -641,7 +641,7 @@ class JobManager:
     def _logs_only(self, job_id: int) -> ResultManifest:
         """Cut a job's results to its logs (or to nothing when even they cannot be listed); their manifest."""
         folder = self.job_dir(job_id) / "result"
-        for name in ("output", "checkpoints"):
+        for name in ("output", "checkpoints", "work"):
             shutil.rmtree(folder / name, ignore_errors=True)
         try:
             manifest, invalid = bounded_manifest(

@@ -400,6 +400,20 @@ class Sandbox:
             raise
         return space
 
+    def job_folders(self, space: JobSpace) -> dict[str, str]:
+        """The job's folders as the job sees them, by the names ``job.args`` placeholders use
+        (``marketplace.protocol.bundle.ARG_PLACEHOLDERS``): in the sandbox ``/job/...``, without one
+        the host paths of ``space``.
+        """
+        if self.sandboxed:
+            return {"input_dir": INPUT, "output_dir": OUTPUT, "checkpoint_dir": CHECKPOINTS, "work_dir": WORK}
+        return {
+            "input_dir": str(space.bundle),
+            "output_dir": str(space.output),
+            "checkpoint_dir": str(space.checkpoints),
+            "work_dir": str(space.work),
+        }
+
     def argv(self, req: SandboxRequest, seccomp_fd: int | None = None) -> list[str]:
         """The command line that runs ``req`` (``setpriv`` first when the job drops to its own uid)."""
         if self._bwrap is None:

@@ -6,6 +6,8 @@ Everything a sandboxed job may write lives in its :class:`JobSpace`::
     <root>/result/output        /job/output
     <root>/result/checkpoints   /job/checkpoints
     <root>/result/logs          the job's stdout/stderr, written by the worker (not visible to the job)
+                                (the results are these three plus ``work``: the files of the working
+                                directory the job created or changed, see :meth:`JobSpace.export_results`)
     <root>/tmp, <root>/shm      /tmp and /dev/shm (when the worker is root)
     <root>/input                the bundle, bound read-only (when the worker is root)
 
@@ -45,7 +47,7 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,13 +286,14 @@ def _copy_data(src: int, dst: int, size: int) -> None:
     os.ftruncate(dst, size)
 
 
-def _copy_tree(source: Path, dest: Path, budget: int) -> int:
+def _copy_tree(source: Path, dest: Path, budget: int, keep: Callable[[str, os.stat_result], bool] | None = None) -> int:
     """Copy the directories and regular files under ``source`` to ``dest``; return what was left out.
 
     The source is the job's: symbolic links, devices, FIFOs and sockets are never copied or
     followed (every open is ``O_NOFOLLOW`` relative to a directory fd), paths deeper than
     ``_MAX_DEPTH`` or longer than ``_MAX_REL_PATH`` are left out, and the copy stops once the
-    files' sizes add up to ``budget``.
+    files' sizes add up to ``budget``. ``keep(path, stat)`` (``path`` relative, with a leading
+    ``/``) may pass over entries on purpose: they are neither copied nor counted as left out.
     """
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     dest.mkdir(parents=True, exist_ok=True)
@@ -310,6 +313,8 @@ def _copy_tree(source: Path, dest: Path, budget: int) -> int:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         skipped += 1
+                        continue
+                    if keep is not None and not keep(path, st):
                         continue
                     if len(path) > _MAX_REL_PATH or path.count("/") > _MAX_DEPTH:
                         skipped += 1
@@ -337,6 +342,13 @@ def _copy_tree(source: Path, dest: Path, budget: int) -> int:
     return skipped
 
 
+def _prune_empty(root: Path) -> None:
+    """Remove the empty directories under ``root`` (a tree the worker wrote), ``root`` included."""
+    for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda t: t[0].count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)
+
+
 # -- the space -------------------------------------------------------------------------------------
 
 
@@ -359,6 +371,7 @@ class JobSpace:
         self._image = image
         self._input: Path | None = None
         self.bundle: Path | None = None
+        self._work_baseline: dict[str, tuple[int, int]] = {}
         self._baseline = SpaceUsage(0, 0)
         self._released = False
         self._lock = threading.Lock()
@@ -446,6 +459,8 @@ class JobSpace:
                 else:
                     shutil.copyfile(src, dst)
                 self._give(dst)
+                st = os.lstat(dst)
+                self._work_baseline[f"/{rel.as_posix()}"] = (st.st_size, st.st_mtime_ns)
 
     def copy_in(self, source: Path, dest: Path) -> None:
         """Copy a host file to ``dest`` (a path inside the space), owned by the job."""
@@ -492,18 +507,36 @@ class JobSpace:
         """The sizes of the job's output and checkpoint files added up, holes included."""
         return _apparent_size(self.output) + _apparent_size(self.checkpoints)
 
-    def export_results(self, dest: Path) -> int:
-        """Move or copy ``output``, ``checkpoints`` and ``logs`` into ``dest``; return the entries left out.
+    def _work_changed(self, path: str, st: os.stat_result) -> bool:
+        """Whether an entry of the working directory is the job's doing (see :meth:`export_results`)."""
+        if stat.S_ISDIR(st.st_mode):
+            # Dot-folders the bundle did not bring are caches under $HOME (= the working directory).
+            return not (path.count("/") == 1 and path.startswith("/.") and not self._bundle_has_dir(path))
+        return self._work_baseline.get(path) != (st.st_size, st.st_mtime_ns)
 
+    def _bundle_has_dir(self, path: str) -> bool:
+        return any(known.startswith(path + "/") for known in self._work_baseline)
+
+    def export_results(self, dest: Path) -> int:
+        """Move or copy ``output``, ``checkpoints``, ``work`` and ``logs`` into ``dest``; return the entries left out.
+
+        ``work`` holds the files of the working directory the job created or changed (a bundle file
+        of the same size and modification time is not copied; dot-folders at its top that the bundle
+        did not bring, caches under ``$HOME``, are passed over); it is left out when there are none.
         A mounted space is copied (regular files and directories only, holes kept, at most
         ``capacity_bytes`` in all); a directory space on the same filesystem is renamed.
         """
         dest.mkdir(parents=True, exist_ok=True)
         skipped = 0
         budget = self.capacity_bytes
-        for name in ("output", "checkpoints", "logs"):
-            source, target = self.result / name, dest / name
+        for name in ("output", "checkpoints", "logs", "work"):
+            source = self.work if name == "work" else self.result / name
+            target = dest / name
             shutil.rmtree(target, ignore_errors=True)
+            if name == "work":
+                skipped += _copy_tree(source, target, budget, keep=self._work_changed)
+                _prune_empty(target)
+                continue
             if not self.mounted and source.stat().st_dev == dest.stat().st_dev:
                 os.rename(source, target)
                 continue

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-from marketplace.protocol.bundle import load_bundle
+from marketplace.protocol.bundle import expand_args, load_bundle
 from marketplace.sdk import REPLAY_FROM, REPLAY_UNTIL, checkpoint_name
 from worker.sandbox.runner import Limits, Sandbox, SandboxRequest
 
@@ -105,7 +105,7 @@ def run_replay(
             name=f"replay{job_id}-{os.getpid()}-{time.monotonic_ns()}",
             space=space,
             entrypoint=bundle.spec.job.entrypoint,
-            args=bundle.spec.job.args,
+            args=expand_args(bundle.spec.job.args, sandbox.job_folders(space)),
             env=env,
             job_env=dict(bundle.spec.job.env),
             device_kind="cpu",

@@ -1,0 +1,206 @@
+"""What a requester should know before a job's money moves: checks made at submit, before posting.
+
+:func:`preflight` looks at a bundle, the policy it will run under and the market, and returns a
+:class:`Preflight`: the challenge window the job will ask for, and one line per thing that would
+make "verified" mean less than it says:
+
+- the policy needs a verifier (redundant, replay, freivalds, optimistic) and no verifier is
+  registered and staked on this market: results would be paid after the challenge window, unchecked;
+- the checks cannot finish inside the challenge window (estimated from the job's timeout): a result
+  whose check is still running when the window closes is paid on its claim;
+- the job has nothing to compare: its code never writes a file (to ``FLOPEX_OUTPUT_DIR``, its
+  working directory or through the SDK), and verification compares files, not what a job prints.
+
+By default the challenge window is sized from the job's limits: long enough for the checks its
+policy needs (see :func:`check_estimate_s`) plus a margin, within the market's
+``window_bounds()``. A window the requester chose is kept and warned about when it is too short.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from marketplace.errors import ConfigError
+from marketplace.types import Policy
+
+if TYPE_CHECKING:
+    from marketplace.contracts.deployment import Contracts
+    from marketplace.protocol.bundle import Bundle
+
+__all__ = [
+    "MIN_CHALLENGE_WINDOW_S",
+    "PROVIDERS_LONGEST_WINDOW_S",
+    "Preflight",
+    "active_verifiers",
+    "check_estimate_s",
+    "default_challenge_window",
+    "preflight",
+    "writes_files",
+]
+
+MIN_CHALLENGE_WINDOW_S = 60
+"""The shortest window sized by default (the window a job of policy ``none`` gets)."""
+PROVIDERS_LONGEST_WINDOW_S = 86_400
+"""The longest challenge window providers bid for by default (``flopex provider start --max-challenge-hours 24``)."""
+QUICK_CHECK_S = 60
+"""What a check that does not re-run the job takes at most: downloads, a Freivalds product."""
+NEEDS_VERIFIER = frozenset({Policy.REDUNDANT, Policy.REPLAY, Policy.FREIVALDS, Policy.OPTIMISTIC})
+COMPARES_FILES = frozenset({Policy.REDUNDANT, Policy.REPLAY, Policy.OPTIMISTIC})
+_SOURCE_BYTES = 1 << 20
+_SOURCE_FILES = 500
+# What writing a file looks like in a job's Python: the flopex folders and SDK, the usual save
+# calls of torch, safetensors, numpy, pandas, matplotlib and json, and open(...) for writing.
+_WRITES = re.compile(
+    r"FLOPEX_OUTPUT_DIR|FLOPEX_CHECKPOINT_DIR|marketplace\.sdk|from marketplace import sdk|\bsdk\.\w+"
+    r"|torch\.save\(|save_file\(|save_model\(|np\.save[z]?\(|numpy\.save[z]?\(|\.to_(csv|json|parquet)\("
+    r"|savefig\(|json\.dump\(|pickle\.dump\(|\.write_(text|bytes)\("
+    r"|open\([^)\n]*?['\"](w|a|x)b?\+?['\"]|open\([^)\n]*?mode\s*=\s*['\"](w|a|x)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """The result of :func:`preflight`: the window to ask for, the estimate behind it and the warnings."""
+
+    policy: Policy
+    redundancy: int
+    challenge_window_s: int
+    window_sized: bool
+    """True when the window was sized here (the requester gave none)."""
+    check_estimate_s: int
+    active_verifiers: int
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "policy": self.policy.name.lower(),
+            "challenge_window_s": self.challenge_window_s,
+            "window_sized": self.window_sized,
+            "check_estimate_s": self.check_estimate_s,
+            "active_verifiers": self.active_verifiers,
+            "warnings": list(self.warnings),
+        }
+
+
+def check_estimate_s(policy: Policy, timeout_s: int) -> int:
+    """How long after a slot's commit its check may need, from the job's ``timeout_s``.
+
+    A replay may re-run the whole job (a full re-run, or segments adding up to it); an optimistic
+    job's challenger re-runs it before disputing; a redundant job's slots commit as their providers
+    finish, up to a whole run apart, and are compared once all are in. A Freivalds check and a
+    job with no verification need no re-run.
+    """
+    if policy in (Policy.REPLAY, Policy.OPTIMISTIC, Policy.REDUNDANT):
+        return timeout_s + QUICK_CHECK_S
+    if policy == Policy.FREIVALDS:
+        return QUICK_CHECK_S
+    return 0
+
+
+def default_challenge_window(policy: Policy, timeout_s: int, longest: int) -> int:
+    """The window a job asks for when the requester gives none: its checks' estimate plus a quarter,
+    at least :data:`MIN_CHALLENGE_WINDOW_S`, at most ``longest`` (the market's bound) and
+    :data:`PROVIDERS_LONGEST_WINDOW_S` (what providers bid for by default)."""
+    estimate = check_estimate_s(policy, timeout_s)
+    wanted = max(MIN_CHALLENGE_WINDOW_S, estimate + estimate // 4)
+    return max(1, min(wanted, longest, PROVIDERS_LONGEST_WINDOW_S))
+
+
+def active_verifiers(contracts: Contracts) -> int:
+    """How many accounts are registered verifiers with enough stake on this market's registry."""
+    registry = contracts.registry
+    with registry.chain.locked():
+        logs = registry.contract.events.VerifierRegistered().get_logs(from_block=contracts.deployment.start_block)
+    accounts = {str(log["args"]["verifier"]) for log in logs}
+    return sum(1 for account in accounts if registry.is_active_verifier(account))
+
+
+def writes_files(bundle: Bundle) -> bool:
+    """Whether the job looks like it writes a file verification can compare.
+
+    True when an argument names the output or working folder, or a Python file of the bundle uses
+    the flopex folders or SDK, a usual save call or ``open(..., "w")``. A heuristic for a warning:
+    it never refuses a job.
+    """
+    if any("{output_dir}" in arg or "{work_dir}" in arg for arg in bundle.spec.job.args):
+        return True
+    for count, path in enumerate(sorted(bundle.root.rglob("*.py"))):
+        if count >= _SOURCE_FILES:
+            return True  # too many to read: assume it does
+        try:
+            with open(path, "rb") as fh:
+                text = fh.read(_SOURCE_BYTES).decode("utf-8", "replace")
+        except OSError:
+            continue
+        if _WRITES.search(text):
+            return True
+    return False
+
+
+def preflight(
+    contracts: Contracts,
+    bundle: Bundle,
+    *,
+    policy: Policy | None = None,
+    redundancy: int | None = None,
+    challenge_window_s: int | None = None,
+) -> Preflight:
+    """Check ``bundle`` under ``policy`` (default: its job.toml's) on this market before it is posted.
+
+    ``challenge_window_s`` None sizes the window (:func:`default_challenge_window`); a window above
+    the market's bound is a :class:`ConfigError`, since the market would refuse the job.
+    """
+    spec = bundle.spec
+    policy = policy if policy is not None else Policy[spec.verification.policy.upper()]
+    k = redundancy if redundancy is not None else spec.verification.redundancy
+    if policy == Policy.REDUNDANT:
+        k = max(k, 2)
+    timeout_s = spec.resources.timeout_s
+    longest = contracts.market.window_bounds()[2]
+    estimate = check_estimate_s(policy, timeout_s)
+    sized = challenge_window_s is None
+    if challenge_window_s is None:
+        window = default_challenge_window(policy, timeout_s, longest)
+    elif challenge_window_s > longest:
+        raise ConfigError(
+            f"--challenge-window {challenge_window_s} is above this market's longest challenge window of {longest} s"
+        )
+    else:
+        window = challenge_window_s
+    name = policy.name.lower()
+    warnings: list[str] = []
+    verifiers = active_verifiers(contracts) if policy in NEEDS_VERIFIER else 0
+    if policy in NEEDS_VERIFIER and verifiers == 0:
+        warnings.append(
+            f"the {name} policy needs a verifier and none is registered and staked on this market: "
+            f"results will be paid on their claim after the {window} s challenge window, unchecked"
+        )
+    if estimate > window:
+        cause = (
+            f"windows are sized up to {min(longest, PROVIDERS_LONGEST_WINDOW_S)} s, what this market allows and "
+            "providers bid for by default"
+            if sized
+            else f"give --challenge-window {estimate + estimate // 4} or more, up to {longest}"
+        )
+        warnings.append(
+            f"the {name} checks may take up to {estimate} s (the job's timeout of {timeout_s} s and a margin), "
+            f"longer than the {window} s challenge window: a result still being checked when it closes is paid "
+            f"unchecked ({cause})"
+        )
+    if window > PROVIDERS_LONGEST_WINDOW_S:
+        warnings.append(
+            f"a challenge window of {window} s is longer than providers bid for by default "
+            f"({PROVIDERS_LONGEST_WINDOW_S} s, `flopex provider start --max-challenge-hours 24`): "
+            "the job may draw no bids"
+        )
+    if policy in COMPARES_FILES and not writes_files(bundle):
+        what = f"{k} runs" if policy == Policy.REDUNDANT else "the re-run and the result"
+        warnings.append(
+            f"nothing to compare: the job's code writes no file that was found (FLOPEX_OUTPUT_DIR, its working "
+            f"directory, the SDK, a save call) and verification compares {what} by their files, not by what they "
+            f"print; write the answer to FLOPEX_OUTPUT_DIR"
+        )
+    return Preflight(policy, k, window, sized, estimate, verifiers, tuple(warnings))
