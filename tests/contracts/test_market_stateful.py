@@ -745,6 +745,7 @@ class MarketMachine(RuleBasedStateMachine):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1_800)  # 200 examples of 30 steps: about 7 minutes on a quiet 2-core host, 12 on a busy one
 def test_market__random_lifecycles__keep_every_invariant(
     deployment, requester, provider, provider2, provider3, verifier, stranger
 ):
