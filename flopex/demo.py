@@ -231,6 +231,7 @@ class _Stage:
             data_dir=self.home / "verifier",
             poll_interval_s=0.1,
             capacity_n=512,
+            capacity_retry_s=5.0,  # the demo's minutes: a slow first product is measured again soon
             replay_min_samples=3,
             allow_unsandboxed=not self.sandboxed,
         )
