@@ -151,6 +151,10 @@ class VerificationSection:
     redundancy: int = 1
     replay_fraction: float = 0.1
     tolerance: float = 1e-4
+    #: The job's answer: glob patterns over the result's files as verification names them
+    #: (``loss.json`` in the output folder, ``work/model.pt`` in the working directory). Only these
+    #: are compared; none declared: every file of both folders is.
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +393,7 @@ def parse_job_toml(text: str) -> JobSpec:
     )
 
     ver = _table(data, "verification", False)
-    _check_keys("[verification]", ver, {"policy", "redundancy", "replay_fraction", "tolerance"})
+    _check_keys("[verification]", ver, {"policy", "redundancy", "replay_fraction", "tolerance", "outputs"})
     policy = cast(Policy, _choice("verification.policy", ver.get("policy", "none"), get_args(Policy)))
     redundancy = _int(
         "verification.redundancy", ver.get("redundancy", 2 if policy == "redundant" else 1), 1, MAX_REDUNDANCY
@@ -404,6 +408,7 @@ def parse_job_toml(text: str) -> JobSpec:
         redundancy=redundancy,
         replay_fraction=fraction,
         tolerance=_float("verification.tolerance", ver.get("tolerance", 1e-4), 0.0),
+        outputs=_answer_patterns(ver.get("outputs", [])),
     )
 
     mkt = _table(data, "market", True)
@@ -459,6 +464,19 @@ def bundle_hash(directory: str | os.PathLike[str]) -> bytes:
             while block := fh.read(_READ):
                 h.update(block)
     return h.digest()
+
+
+def _answer_patterns(value: Any) -> tuple[str, ...]:
+    """``verification.outputs``: a list of relative glob patterns naming the job's answer."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BundleError('verification.outputs: a list of file patterns, e.g. ["*.safetensors", "work/model.pt"]')
+    for pattern in value:
+        parts = pattern.split("/")
+        if not pattern or pattern.startswith("/") or ".." in parts or len(pattern) > 256:
+            raise BundleError(f"verification.outputs: {pattern!r} is not a relative pattern inside the results")
+    if len(value) > 64:
+        raise BundleError("verification.outputs: at most 64 patterns")
+    return tuple(value)
 
 
 def load_bundle(directory: str | os.PathLike[str]) -> Bundle:

@@ -7,6 +7,7 @@ defaults (:data:`RTOL`, :data:`ATOL`) are calibrated on honest reruns (docs/veri
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -166,12 +167,15 @@ def compare_results(
     subdir: str | tuple[str, ...] = ANSWER_DIRS,
     rtol: float = RTOL,
     atol: float = ATOL,
+    answer: Sequence[str] = (),
 ) -> Comparison:
     """Compare the ``subdir`` files of two downloaded results (default: the job's answer, :data:`ANSWER_DIRS`).
 
     ``.safetensors`` files are compared tensor by tensor with the tolerances, every other file
     exactly. Logs and checkpoints are not part of a job's answer and are not compared here. Files
     are named relative to ``output/``, and with their folder for the other folders (``work/model.pt``).
+    ``answer`` (the bundle's ``verification.outputs``) limits the comparison to the files whose
+    name matches one of its glob patterns; empty: every file.
     """
     folders = (subdir,) if isinstance(subdir, str) else subdir
     # Keyed by (folder index, path): an output file named work/x is not the working directory's x.
@@ -181,6 +185,8 @@ def compare_results(
         a_files.update({(i, rel): p for rel, p in _files(Path(got) / folder).items()})
         b_files.update({(i, rel): p for rel, p in _files(Path(want) / folder).items()})
     names = {key: key[1] if key[0] == 0 else f"{folders[key[0]]}/{key[1]}" for key in {*a_files, *b_files}}
+    if answer:
+        names = {key: name for key, name in names.items() if any(fnmatch.fnmatchcase(name, p) for p in answer)}
     mismatches: list[Mismatch] = []
     max_abs = max_rel = 0.0
     for key in sorted(names):
@@ -234,7 +240,13 @@ class Judgement:
 
 
 def judge_by_reruns(
-    rerun: str | Path, control: str | Path, provided: str | Path, *, rtol: float = RTOL, atol: float = ATOL
+    rerun: str | Path,
+    control: str | Path,
+    provided: str | Path,
+    *,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    answer: Sequence[str] = (),
 ) -> Judgement:
     """Judge the ``provided`` results by the verifier's ``rerun`` and an independent ``control`` re-run.
 
@@ -243,8 +255,8 @@ def judge_by_reruns(
     reproduces; a job that reproduces nothing cannot be judged, which must never cost an honest
     provider its stake.
     """
-    unstable = {m.path for m in compare_results(rerun, control, rtol=rtol, atol=atol).mismatches}
-    against = compare_results(rerun, provided, rtol=rtol, atol=atol)
+    unstable = {m.path for m in compare_results(rerun, control, rtol=rtol, atol=atol, answer=answer).mismatches}
+    against = compare_results(rerun, provided, rtol=rtol, atol=atol, answer=answer)
     decisive = tuple(m for m in against.mismatches if m.path not in unstable)
     checked = tuple(f for f in against.compared_files if f not in unstable)
     verdict = "differs" if decisive else ("match" if checked else "undecidable")
@@ -259,7 +271,9 @@ def _sha256(path: Path) -> bytes:
     return h.digest()
 
 
-def majority(results: Sequence[str | Path], **tolerances: float) -> tuple[list[int] | None, list[list[int]]]:
+def majority(
+    results: Sequence[str | Path], *, answer: Sequence[str] = (), **tolerances: float
+) -> tuple[list[int] | None, list[list[int]]]:
     """Group results by agreement; return ``(winners, groups)``.
 
     Each result joins the first group whose first member it agrees with. ``winners`` is the
@@ -268,7 +282,7 @@ def majority(results: Sequence[str | Path], **tolerances: float) -> tuple[list[i
     groups: list[list[int]] = []
     for i, path in enumerate(results):
         for group in groups:
-            if compare_results(path, results[group[0]], **tolerances).agree:  # type: ignore[arg-type]
+            if compare_results(path, results[group[0]], answer=answer, **tolerances).agree:  # type: ignore[arg-type]
                 group.append(i)
                 break
         else:

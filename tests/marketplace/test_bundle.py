@@ -79,6 +79,14 @@ def test_a_good_job_toml__parses_into_the_spec() -> None:
             '[job]\nentrypoint = "a.py"\n[verification]\npolicy = "magic"\n[market]\nmax_price = "1"',
             "verification.policy",
         ),
+        (
+            '[job]\nentrypoint = "a.py"\n[verification]\noutputs = "model.pt"\n[market]\nmax_price = "1"',
+            "verification.outputs: a list of file patterns",
+        ),
+        (
+            '[job]\nentrypoint = "a.py"\n[verification]\noutputs = ["../x"]\n[market]\nmax_price = "1"',
+            "is not a relative pattern",
+        ),
         ("[job\n", "not valid TOML"),
         ('[extra]\n[job]\nentrypoint = "a.py"\n[market]\nmax_price = "1"', "unknown key"),
     ],
@@ -86,6 +94,13 @@ def test_a_good_job_toml__parses_into_the_spec() -> None:
 def test_a_bad_job_toml__raises_a_clear_bundle_error(text: str, message: str) -> None:
     with pytest.raises(BundleError, match=message.replace("[", r"\[")):
         parse_job_toml(text)
+
+
+def test_verification_outputs__name_the_answer_by_pattern__none_by_default() -> None:
+    assert parse_job_toml(GOOD).verification.outputs == ()
+    text = '[job]\nentrypoint = "a.py"\n[verification]\noutputs = ["*.safetensors", "work/model.pt"]\n'
+    spec = parse_job_toml(text + '[market]\nmax_price = "1"')
+    assert spec.verification.outputs == ("*.safetensors", "work/model.pt")
 
 
 def test_prices__convert_to_18_decimal_token_units() -> None:

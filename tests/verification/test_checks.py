@@ -142,8 +142,9 @@ def test_default_tolerances__hold_for_honest_reruns_and_catch_half_precision_tra
 
 
 def _result(root: Path, files: dict[str, str]) -> Path:
+    """Results whose files are in ``output/``, or in ``work/`` (the working directory) when so named."""
     for name, text in files.items():
-        path = root / "output" / name
+        path = root / name if name.startswith("work/") else root / "output" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return root
@@ -175,3 +176,16 @@ def test_judge_by_reruns__nothing_reproducible__is_undecidable(tmp_path: Path) -
     provided = _result(tmp_path / "p", {"stamp.txt": "3"})
     judged = compare.judge_by_reruns(rerun, control, provided)
     assert judged.verdict == "undecidable" and judged.checked == ()
+
+
+def test_compare_results__with_a_declared_answer__compares_only_those_files(tmp_path: Path) -> None:
+    a = _result(tmp_path / "a", {"loss.txt": "0.125", "plot.pdf": "created 10:00", "work/model.pt": "w1"})
+    b = _result(tmp_path / "b", {"loss.txt": "0.125", "plot.pdf": "created 10:05", "work/model.pt": "w1"})
+    assert not compare.compare_results(a, b, subdir=("output", "work"))
+    answer = ("*.txt", "work/*.pt")
+    agreed = compare.compare_results(a, b, subdir=("output", "work"), answer=answer)
+    assert agreed.agree and "plot.pdf" not in agreed.compared_files
+    wrong = _result(tmp_path / "c", {"loss.txt": "0.5", "plot.pdf": "created 10:05", "work/model.pt": "w1"})
+    assert [m.path for m in compare.compare_results(a, wrong, subdir=("output", "work"), answer=answer).mismatches] == [
+        "loss.txt"
+    ]

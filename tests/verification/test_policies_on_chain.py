@@ -173,13 +173,15 @@ def test_capacity__an_honest_claim_stands_and_a_tenfold_claim_is_flagged(market:
     assert registry.attestation(faker.address)[0] == max(records[faker.address][-1]["measured"])
 
 
-def _stamped_job(tmp_path: Path, reproducible: bool) -> Path:
-    """A job without checkpoints whose outputs carry a timestamp (and a reproducible answer, or not)."""
-    bundle = tmp_path / f"stamped-{reproducible}"
+def _stamped_job(tmp_path: Path, reproducible: bool, declared: bool = False) -> Path:
+    """A job without checkpoints whose outputs carry a timestamp (and a reproducible answer, or not);
+    ``declared``: its job.toml names answer.txt as its answer."""
+    bundle = tmp_path / f"stamped-{reproducible}-{declared}"
     bundle.mkdir()
+    outputs = 'outputs = ["answer.txt"]\n' if declared else ""
     (bundle / "job.toml").write_text(
         '[job]\nentrypoint = "job.py"\n[resources]\ndevice = "cpu"\ntimeout_s = 120\nmax_gpu_hours = 0.05\n'
-        '[verification]\npolicy = "replay"\n[market]\nmax_price = "0.5"\n'
+        f'[verification]\npolicy = "replay"\n{outputs}[market]\nmax_price = "0.5"\n'
     )
     answer = "(out / 'answer.txt').write_text(str(sum(i * i for i in range(1000))))\n" if reproducible else ""
     (bundle / "job.py").write_text(
@@ -209,3 +211,15 @@ def test_replay__outputs_that_differ_between_reruns__never_slash_an_honest_provi
     else:
         # Nothing re-runs identically: the check cannot judge, so it voids (refund, nobody slashed).
         assert verdict.outcome == Outcome.VOID and bill["status"] == "refunded"
+
+
+def test_replay__a_declared_answer__is_all_that_is_compared(market: Market, tmp_path: Path) -> None:
+    # job.toml names answer.txt as the answer: the timestamp file is never compared, so the first
+    # re-run already matches and no second one is needed.
+    market.add_provider(PROVIDERS[0])
+    verifier = market.add_verifier(VERIFIERS[0], full_rerun_rate=1.0)
+    outcome = market.run_job(_stamped_job(tmp_path, True, declared=True), auction=Auction.INSTANT)
+    [bill] = outcome.slots
+    assert attested(market, outcome.job_id)[0].outcome == Outcome.ACCEPT and bill["status"] == "paid"
+    replays = verifier.work / f"job-{outcome.job_id}" / "slot-0" / "replay"
+    assert (replays / "full").is_dir() and not (replays / "full-control").exists()

@@ -490,6 +490,7 @@ class VerifierDaemon(StepLoop):
 
         ckpt_dir = results / "checkpoints"
         entries = read_checkpoint_log(ckpt_dir)
+        answer = _declared_answer(bundle_dir)
         replay_root = self.work / f"job-{job_id}" / f"slot-{slot}" / "replay"
         rtol, atol = self.settings.rtol, self.settings.atol
         limits = Limits(memory_bytes=self.settings.memory_limit_bytes)
@@ -518,10 +519,10 @@ class VerifierDaemon(StepLoop):
                     claimed_gpu_seconds=claimed,
                     reason=f"the job does not re-run here: {full.reason or full.exit_code}",
                 )
-            cmp = compare.compare_results(full.directory, results, rtol=rtol, atol=atol)
+            cmp = compare.compare_results(full.directory, results, rtol=rtol, atol=atol, answer=answer)
             if not cmp:
                 return self._judge_mismatch(
-                    job_id, slot, spec, claimed, results, full, run("full-control"), "full re-run", full.wall_s
+                    job_id, slot, spec, claimed, results, full, run("full-control"), "full re-run", full.wall_s, answer
                 )
             return self._accept(job_id, slot, spec, claimed, "full re-run matches", estimated_seconds=full.wall_s)
 
@@ -577,11 +578,11 @@ class VerifierDaemon(StepLoop):
         startup = tail.wall_s
         per_segment = statistics.mean(max(0.0, t - startup) for t in times) if times else 0.0
         estimate = startup + per_segment * len(steps)
-        cmp = compare.compare_results(tail.directory, results, rtol=rtol, atol=atol)
+        cmp = compare.compare_results(tail.directory, results, rtol=rtol, atol=atol, answer=answer)
         if not cmp:
             control = run("tail-control", start_step=steps[-1], start_checkpoint=ckpt_dir / entries[-1]["file"])
             return self._judge_mismatch(
-                job_id, slot, spec, claimed, results, tail, control, "replay from the last checkpoint", estimate
+                job_id, slot, spec, claimed, results, tail, control, "replay from the last checkpoint", estimate, answer
             )
         return self._accept(
             job_id,
@@ -603,6 +604,7 @@ class VerifierDaemon(StepLoop):
         control: ReplayRun,
         what: str,
         estimate: float,
+        answer: tuple[str, ...] = (),
     ) -> Verdict:
         """Rule on results that differ from a re-run, by a second, independent re-run.
 
@@ -620,7 +622,9 @@ class VerifierDaemon(StepLoop):
                 f"({control.reason or control.exit_code}): cannot judge",
             )
         rtol, atol = self.settings.rtol, self.settings.atol
-        judged = compare.judge_by_reruns(rerun.directory, control.directory, results, rtol=rtol, atol=atol)
+        judged = compare.judge_by_reruns(
+            rerun.directory, control.directory, results, rtol=rtol, atol=atol, answer=answer
+        )
         if judged.verdict == "differs":
             return Verdict(
                 job_id, slot, Outcome.REJECT, claimed_gpu_seconds=claimed, reason=f"{what} differs: {judged.describe()}"
@@ -635,17 +639,23 @@ class VerifierDaemon(StepLoop):
         """Compare every committed slot's results; the strict majority is accepted, the rest rejected."""
         fetched: list[tuple[Any, Path]] = []
         failed: list[Any] = []
+        answer: tuple[str, ...] = ()
         for s in slots:
             if s.status not in (SlotStatus.COMMITTED, SlotStatus.DISPUTED):
                 continue
             try:
-                results, _bundle, _seed = self.fetch(job_id, s.slot, bundle=False)
+                # The bundle once, from the first slot that serves it: it names the job's answer.
+                results, bundle_dir, _seed = self.fetch(job_id, s.slot, bundle=not fetched)
+                if bundle_dir is not None:
+                    answer = _declared_answer(bundle_dir)
                 fetched.append((s, results))
             except (FlopexError, OSError) as exc:
                 log.info("verifier: job %d slot %d: results not available: %s", job_id, s.slot, exc)
                 failed.append(s)
         total = len(fetched) + len(failed)
-        winners, groups = compare.majority([p for _s, p in fetched], rtol=self.settings.rtol, atol=self.settings.atol)
+        winners, groups = compare.majority(
+            [p for _s, p in fetched], answer=answer, rtol=self.settings.rtol, atol=self.settings.atol
+        )
         if winners is None or 2 * len(winners) <= total:
             return [
                 Verdict(
@@ -802,6 +812,14 @@ class VerifierDaemon(StepLoop):
             record["refused"] = exc.reason
         self.capacity_log.append(record)
         return record
+
+
+def _declared_answer(bundle_dir: Path) -> tuple[str, ...]:
+    """The files the bundle declares as its answer (``verification.outputs``); () compares every file."""
+    try:
+        return load_bundle(bundle_dir).spec.verification.outputs
+    except FlopexError:
+        return ()
 
 
 def read_checkpoint_log(ckpt_dir: Path) -> list[dict[str, Any]]:
