@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.print_port:
         print(json.dumps({"port": port, "provider": server.provider_address}), flush=True)
-    stop.wait()
+    while not stop.wait(0.5):  # timed: a signal handed to another thread runs its handler when this one wakes
+        pass
     server.stop()
     return 0
 

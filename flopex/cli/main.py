@@ -156,7 +156,10 @@ def chain_up(port: int, deployment_path: Path, accounts: int) -> None:
     click.echo(f"dev accounts 0..{accounts - 1} funded (0 deploys and mints, 1 is the treasury)", err=False)
     sys.stdout.flush()
     try:
-        stop.wait()
+        # With a timeout: a signal the kernel hands to another thread only runs its Python handler
+        # when the main thread next wakes, and an untimed wait may never wake.
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
