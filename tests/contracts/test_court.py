@@ -87,7 +87,10 @@ def _deploy_court(d: Any, res: Any, owner: str, treasury: str, **overrides: Any)
         "no_show_fine": NO_SHOW_FINE,
     }
     args.update(overrides)
-    with boa.env.prank(owner):
+    # Deployed from an account of its own: boa keys contracts by address, and a court at an address
+    # another module deploys something else to would be shown with the wrong layout on a revert.
+    deployer = boa.env.generate_address("court-deployer")
+    with boa.env.prank(deployer):
         court = load(
             "VerifierCourt",
             d.token.address,
@@ -97,6 +100,7 @@ def _deploy_court(d: Any, res: Any, owner: str, treasury: str, **overrides: Any)
             treasury,
             *args.values(),
         )
+        court.transfer_ownership(owner)
     return court
 
 
