@@ -162,8 +162,6 @@ dispute_bond: public(uint256)
 base_slash: public(uint256)
 # @dev Share of a slash credited to the requester, in basis points.
 slash_requester_bps: public(uint256)
-# @dev The verifier court: the only account whose rulings `attest` takes (set once by the owner).
-court: public(address)
 
 # @dev Window bounds a job must keep: max bid window | max run duration << 64 | max challenge window << 128.
 bounds_word: uint256
@@ -199,6 +197,8 @@ queued_changes: public(HashMap[bytes32, uint256])
 credits: public(HashMap[address, uint256])
 # @dev Sum of all credits, for the solvency invariant.
 total_credits: public(uint256)
+# @dev The verifier court: the only account whose rulings `attest` takes (set once by the owner).
+court: public(address)
 
 
 event JobPosted:

@@ -72,8 +72,8 @@ class CourtParameters:
     ruling_period: int = 300  # seconds a drawn panel has to rule
     appeal_period: int = 15  # seconds in which a ruling may be appealed
     appeal_bond: int = 20 * ONE_TOKEN  # per seat of the next panel
-    vote_stake: int = 50 * ONE_TOKEN  # slashed from a vote against the final ruling
-    no_show_fine: int = 5 * ONE_TOKEN  # slashed from a drawn verifier that does not rule
+    vote_stake: int = 100 * ONE_TOKEN  # slashed from a vote against the final ruling
+    no_show_fine: int = 10 * ONE_TOKEN  # slashed from a drawn verifier that does not rule
 
 
 @dataclass(frozen=True)
