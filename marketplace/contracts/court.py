@@ -173,6 +173,27 @@ class Court(Bound):
         self.transact(account, "withdraw")
         return before
 
+    def decide_alone(
+        self, verifier: LocalAccount, case_id: int, outcome: Outcome, verified_gpu_seconds: int = 0
+    ) -> Any:
+        """On a development chain whose only joined verifier is ``verifier``: draw it, rule, move the
+        chain's clock past the appeal window and close the case, so its ruling reaches the market or the
+        reservations contract. Returns the closing transaction's receipt."""
+        self.draw(verifier, case_id)
+        self.rule(verifier, case_id, outcome, verified_gpu_seconds)
+        self.chain.time_travel(self.parameters().appeal_period)
+        return self.finalize(verifier, case_id)
+
+    def decide_slot_alone(
+        self, verifier: LocalAccount, job_id: int, spec: JobSpec, slot: int, outcome: Outcome, verified: int = 0
+    ) -> Any:
+        """:meth:`decide_alone` on a job slot's case, opened first when there is none."""
+        case_id = self.slot_case(job_id, slot)
+        if not case_id:
+            self.open_slot_case(verifier, job_id, spec, slot)
+            case_id = self.slot_case(job_id, slot)
+        return self.decide_alone(verifier, case_id, outcome, verified)
+
     # -- views
 
     def case(self, case_id: int) -> CaseState:
