@@ -41,6 +41,7 @@ from tests.contracts.contract_helpers import (
     make_spec,
     now,
     one_event,
+    owner_change,
     travel_to,
     value,
 )
@@ -119,12 +120,13 @@ def w(owner, treasury, requester, provider, provider2, provider3, stranger) -> W
             BASE_SLASH,
             SLASH_REQUESTER_BPS,
         )
-        d.registry.set_authorized(res.address, True)
     court = _deploy_court(d, res, owner, treasury)
     with boa.env.prank(owner):
         d.market.set_court(court.address)
         res.set_court(court.address)
-        d.registry.set_authorized(court.address, True)
+    # The registry's market is set: every authorization waits out the owner's change delay.
+    owner_change(d.registry, owner, "set_authorized", res.address, True)
+    owner_change(d.registry, owner, "set_authorized", court.address, True)
     flow = Flow(d)
     for account in (requester, provider, provider2, provider3, stranger):
         fund(d, account)
@@ -701,7 +703,7 @@ def test_appeal__when_the_token_returns_false__reverts(owner, treasury, requeste
     court = _deploy_court(d, type("NoRes", (), {"address": "0x" + "00" * 20})(), owner, treasury)
     with boa.env.prank(owner):
         d.market.set_court(court.address)
-        d.registry.set_authorized(court.address, True)
+    owner_change(d.registry, owner, "set_authorized", court.address, True)
     flow = Flow(d)
     for account in (requester, provider, stranger):
         d.token.mint(account, FUNDS)
@@ -722,3 +724,31 @@ def test_appeal__when_the_token_returns_false__reverts(owner, treasury, requeste
     d.token.set_failing(True)
     with boa.env.prank(stranger), boa.reverts("court: transfer failed"):
         court.appeal(case_id)
+
+
+def test_set_court__after_the_first_job_or_offer__reverts(owner, treasury, requester, provider):
+    # The court is named before anything runs: an owner cannot install a court of its own later.
+    d = deploy(owner, treasury)
+    fund(d, requester)
+    Flow(d).post(make_spec(requester))
+    with boa.env.prank(owner), boa.reverts("market: jobs already posted"):
+        d.market.set_court(owner)
+    with boa.env.prank(owner):
+        res = load(
+            "Reservations",
+            d.token.address,
+            d.registry.address,
+            RES_CHALLENGE,
+            treasury,
+            FEE_BPS,
+            DISPUTE_BOND,
+            BASE_SLASH,
+            SLASH_REQUESTER_BPS,
+        )
+    owner_change(d.registry, owner, "set_authorized", res.address, True)
+    fund(d, provider)
+    Flow(d).register_provider(provider)
+    with boa.env.prank(provider):
+        res.offer(now() + 86_400, 3_600, 1, DEFAULT_PRICE_FLOOR)
+    with boa.env.prank(owner), boa.reverts("reservations: offers already made"):
+        res.set_court(owner)
