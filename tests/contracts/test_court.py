@@ -698,7 +698,8 @@ def test_solvency__bonds_fines_and_credits_are_always_held(w, requester, provide
     assert value(DEFAULT_PRICE_FLOOR, CLAIM) > 0
 
 
-def test_appeal__when_the_token_returns_false__reverts(owner, treasury, requester, provider, stranger):
+def test_appeal__when_the_token_returns_false__reverts(treasury, requester, provider, stranger):
+    owner = boa.env.generate_address("court-false-token-owner")  # its own addresses (see above)
     d = deploy_with_false_token(owner, treasury)
     court = _deploy_court(d, type("NoRes", (), {"address": "0x" + "00" * 20})(), owner, treasury)
     with boa.env.prank(owner):
@@ -726,8 +727,10 @@ def test_appeal__when_the_token_returns_false__reverts(owner, treasury, requeste
         court.appeal(case_id)
 
 
-def test_set_court__after_the_first_job_or_offer__reverts(owner, treasury, requester, provider):
+def test_set_court__after_the_first_job_or_offer__reverts(treasury, requester, provider):
     # The court is named before anything runs: an owner cannot install a court of its own later.
+    # (An owner of its own: boa keys contracts by address, and the suite's owner deploys elsewhere.)
+    owner = boa.env.generate_address("court-test-owner")
     d = deploy(owner, treasury)
     fund(d, requester)
     Flow(d).post(make_spec(requester))
