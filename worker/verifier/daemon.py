@@ -106,6 +106,9 @@ class VerifierSettings:
     reservation_probe_attempts: int = 3
     reservation_probe_interval_s: float = 10.0
     appeal_when_outvoted: bool = True
+    #: Re-check the slots of rulings it did not take part in and appeal those its check contradicts
+    #: (a right appeal returns the bond and earns half the pot): a whistleblower.
+    whistleblow: bool = False
     #: Rule right away (False: never rule; a no-show, for tests and the demo's fined verifier).
     rules: bool = True
     #: Vote this way whatever the check says (None: honestly); a lying verifier, for tests and the demo.
@@ -152,6 +155,7 @@ class VerifierDaemon(StepLoop):
         self.seats: dict[int, int] = {}
         self.my_votes: dict[tuple[int, int], Outcome] = {}
         self.appealed: set[tuple[int, int]] = set()
+        self.rechecked: set[tuple[int, int]] = set()
         self.appeals: list[dict[str, Any]] = []
         self.capacity_log: list[dict[str, Any]] = []
         #: Measurements of a sequential capacity test under way, per provider (GFLOP/s).
@@ -396,18 +400,47 @@ class VerifierDaemon(StepLoop):
                     court.timeout(self.account, case_id)
                 elif case.status == CaseStatus.APPEALABLE:
                     mine = self.my_votes.get((case_id, case.round))
+                    open_to_appeal = now < case.appeal_deadline and (case_id, case.round) not in self.appealed
                     if (
-                        self.settings.appeal_when_outvoted
+                        open_to_appeal
+                        and self.settings.appeal_when_outvoted
                         and mine is not None
                         and case.outcome != mine
-                        and now < case.appeal_deadline
-                        and (case_id, case.round) not in self.appealed
                     ):
+                        self._appeal(case)
+                    elif open_to_appeal and mine is None and self._contradicts(case):
                         self._appeal(case)
                     elif now >= case.appeal_deadline:
                         court.finalize(self.account, case_id)
             except ContractRevert as exc:
                 log.debug("verifier: case %d: %s", case_id, exc.reason)
+
+    def _contradicts(self, case: CaseState) -> bool:
+        """Whistleblowing: whether this verifier's own check of a slot contradicts the case's latest
+        ruling (checked once per round; never on a job it requested or ran)."""
+        if not self.settings.whistleblow or case.kind != CaseKind.SLOT or case.outcome is None:
+            return False
+        key = (case.case_id, case.round)
+        if key in self.rechecked:
+            return False
+        self.rechecked.add(key)
+        market = self.contracts.market
+        spec = market.spec(case.target)
+        if spec.requester == self.address or any(s.provider == self.address for s in market.slots_of(case.target)):
+            return False
+        verdict = self.slot_verdict(case)
+        if verdict is None or verdict.outcome == Outcome.VOID:
+            return False
+        if verdict.outcome != case.outcome:
+            log.info(
+                "verifier: case %d: the round-%d ruling %s contradicts its own check (%s)",
+                case.case_id,
+                case.round,
+                case.outcome.name,
+                verdict.reason,
+            )
+            return True
+        return False
 
     def _appeal(self, case: CaseState) -> None:
         """Appeal a ruling that went against this verifier's vote: a larger panel decides."""
