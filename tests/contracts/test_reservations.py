@@ -716,6 +716,14 @@ def test_set_court__a_second_time__reverts(res, owner, stranger):
         res.set_court(stranger)
 
 
+def test_set_court__after_the_first_offer__reverts(deployment, providers, owner, treasury, provider, stranger):
+    # Named before anything is sold: an owner cannot install a court of its own later.
+    lone = deploy_reservations(deployment.token, deployment.registry, owner, treasury)
+    offer(lone, provider)
+    with boa.env.prank(owner), boa.reverts("reservations: offers already made"):
+        lone.set_court(stranger)
+
+
 def test_set_court__to_the_zero_address__reverts(deployment, owner, treasury):
     lone = deploy_reservations(deployment.token, deployment.registry, owner, treasury)
     with boa.env.prank(owner), boa.reverts("reservations: court is the zero address"):
