@@ -588,19 +588,6 @@ def is_active_verifier(account: address) -> bool:
 
 @external
 @view
-def verifier_stake(account: address) -> uint256:
-    """
-    @notice The stake `account` is drawn for verifier duties with.
-    @param account The account.
-    @return Its active stake when it is an active verifier, else 0.
-    """
-    if self._is_active_verifier(account):
-        return self.stake_words[account].active
-    return 0
-
-
-@external
-@view
 def total_stake(account: address) -> uint256:
     """
     @notice All of `account`'s stake that can still be slashed.

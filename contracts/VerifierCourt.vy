@@ -86,7 +86,8 @@ struct ReservationView:
 
 
 interface IRegistry:
-    def verifier_stake(account: address) -> uint256: view
+    def is_active_verifier(account: address) -> bool: view
+    def free_stake(account: address) -> uint256: view
     def slash(provider: address, amount: uint256) -> uint256: nonpayable
 
 
@@ -375,10 +376,11 @@ def set_parameters(
 def join():
     """
     @notice Enters the caller, an active verifier of the registry, into the draws; it is drawn
-            in proportion to its active stake for as long as it stays an active verifier.
+            in proportion to its free stake (active stake no lease locks) for as long as it stays an
+            active verifier.
     """
     assert self.joined[msg.sender] == 0, "court: already joined"
-    assert staticcall registry.verifier_stake(msg.sender) > 0, "court: not an active verifier"
+    assert staticcall registry.is_active_verifier(msg.sender), "court: not an active verifier"
     assert len(self.verifiers) < MAX_VERIFIERS, "court: too many verifiers"
     self.verifiers.append(msg.sender)
     self.joined[msg.sender] = len(self.verifiers)
@@ -394,7 +396,7 @@ def leave(account: address):
     """
     index: uint256 = self.joined[account]
     assert index > 0, "court: not joined"
-    assert msg.sender == account or staticcall registry.verifier_stake(account) == 0, "court: verifier is still active"
+    assert msg.sender == account or not staticcall registry.is_active_verifier(account), "court: verifier is still active"
     last: address = self.verifiers.pop()
     if last != account:
         self.verifiers[index - 1] = last
@@ -731,8 +733,9 @@ def _fill(case_id: uint256, c: Case, seats: DynArray[uint256, MAX_PANEL], ruling
     total: uint256 = 0
     for v: address in self.verifiers:
         w: uint256 = 0
-        if not self.seated[case_id][v] and not v in parties:
-            w = staticcall registry.verifier_stake(v)
+        if not self.seated[case_id][v] and not v in parties and staticcall registry.is_active_verifier(v):
+            # Its stake that no lease locks: a provider's collateral backs its leases, not its rulings.
+            w = staticcall registry.free_stake(v)
         weights.append(w)
         total += w
     nonce: uint256 = self.draw_nonces[case_id]
