@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.court import Court, deploy_court
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.devmarket import setup_dev_market
 from marketplace.contracts.reservations import (
@@ -33,6 +34,7 @@ PARAMS = ReservationParameters(challenge_period=600, fee_bps=100)
 class World:
     contracts: Contracts
     reservations: Reservations
+    court: Court
 
 
 @pytest.fixture
@@ -45,17 +47,27 @@ def world() -> Iterator[World]:
         provider,
         Offer("NVIDIA H200", DeviceKind.CUDA, 8, 141_000, 60_000, 3 * ONE_TOKEN, "127.0.0.1:7000", provider.address),
     )
-    yield World(
-        contracts,
-        deploy_reservations(
-            contracts.chain,
-            dev_account(DEPLOYER),
-            contracts.token,
-            contracts.registry,
-            treasury=contracts.deployment.treasury,
-            parameters=PARAMS,
-        ),
+    deployer = dev_account(DEPLOYER)
+    reservations = deploy_reservations(
+        contracts.chain,
+        deployer,
+        contracts.token,
+        contracts.registry,
+        treasury=contracts.deployment.treasury,
+        parameters=PARAMS,
     )
+    # A court of its own: the deployment's court rules for the deployment's reservations contract.
+    court = deploy_court(
+        contracts.chain,
+        deployer,
+        token=contracts.token.address,
+        registry=contracts.registry,
+        market=contracts.market.address,
+        reservations=reservations.address,
+        treasury=contracts.deployment.treasury,
+    )
+    reservations.set_court(deployer, court.address)
+    yield World(contracts, reservations, court)
 
 
 def test_offer_buy_resell_serve_and_settle__pays_everyone_their_due(world: World) -> None:
@@ -144,7 +156,7 @@ def test_gas_of_each_step__on_eth_tester(world: World) -> None:
     c.token.approve(verifier, c.registry.address, 100 * ONE_TOKEN)
     c.registry.stake(verifier, 100 * ONE_TOKEN)
     c.registry.register_verifier(verifier)
-    court = c.require_court()
+    court = world.court
     court.join(verifier)
     start = c.chain.now() + 600
     rid = res.offer(provider, start, 3_600, 2, 5 * ONE_TOKEN)
