@@ -179,6 +179,8 @@ class Court(Bound):
         """On a development chain whose only joined verifier is ``verifier``: draw it, rule, move the
         chain's clock past the appeal window and close the case, so its ruling reaches the market or the
         reservations contract. Returns the closing transaction's receipt."""
+        if self.chain.block_number() < self.case(case_id).draw_block:
+            self.chain.mine()  # the draw's block must come first (a node estimates on the latest block)
         self.draw(verifier, case_id)
         self.rule(verifier, case_id, outcome, verified_gpu_seconds)
         self.chain.time_travel(self.parameters().appeal_period)

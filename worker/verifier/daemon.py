@@ -394,8 +394,10 @@ class VerifierDaemon(StepLoop):
             try:
                 if case.status == CaseStatus.CLOSED:
                     self.open_cases.discard(case_id)
-                elif case.status == CaseStatus.DRAWING and block + 1 >= case.draw_block:
+                elif case.status == CaseStatus.DRAWING and block >= case.draw_block:
                     court.draw(self.account, case_id)
+                elif case.status == CaseStatus.DRAWING:
+                    self.nudge_clock()  # a dev chain makes blocks only for transactions
                 elif case.status == CaseStatus.VOTING and now >= case.ruling_deadline:
                     court.timeout(self.account, case_id)
                 elif case.status == CaseStatus.APPEALABLE:
