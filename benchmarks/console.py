@@ -68,6 +68,7 @@ def build_market(
     token.approve(verifier, registry.address, 200 * ONE_TOKEN)
     registry.stake(verifier, 200 * ONE_TOKEN)
     registry.register_verifier(verifier)
+    contracts.require_court().join(verifier)
     requester = dev_account(REQUESTER)
     token.approve(requester, market.address, 10**9 * ONE_TOKEN)
     leased: list[tuple[int, Any]] = []
@@ -129,9 +130,19 @@ def _finish(contracts: Contracts, leased: list[tuple[int, Any]], made: dict[str,
     for job_id, winner in leased:
         # A made-up result root per job (never NO_SHOW_ROOT, which reports a no-show).
         market.commit_result(winner, job_id, 0, b"\xab" + job_id.to_bytes(31, "big"), 600)
+    # The court draws its one verifier for every case; its rulings reach the market after the appeal window.
+    court = contracts.require_court()
+    cases = []
     for job_id, _winner in leased:
         reject = job_id % 10 == 3
-        market.attest(verifier, job_id, 0, Outcome.REJECT if reject else Outcome.ACCEPT, 0 if reject else 540)
+        court.open_slot_case(verifier, job_id, market.spec(job_id), 0)
+        case_id = court.case_count()
+        court.draw(verifier, case_id)
+        court.rule(verifier, case_id, Outcome.REJECT if reject else Outcome.ACCEPT, 0 if reject else 540)
+        cases.append((job_id, case_id, reject))
+    chain.time_travel(court.parameters().appeal_period)
+    for job_id, case_id, reject in cases:
+        court.finalize(verifier, case_id)
         market.settle(requester, job_id, 0)
         made["slashed" if reject else "paid"].append(job_id)
 

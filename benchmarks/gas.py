@@ -1,10 +1,13 @@
-"""Gas of each step of a job's lifecycle, for one bidder and for three.
+"""Gas of each step of a job's lifecycle, for one bidder and for three, and of the verifier court.
 
-``python -m benchmarks.gas`` deploys flopex on the embedded chain, runs a sealed-auction job with
-replay verification from post to withdrawal with 1 and with 3 bidders, and an instant job, and
+``python -m benchmarks.gas`` deploys flopex on the embedded chain, runs a sealed-auction job from
+post to withdrawal with 1 and with 3 bidders, and an instant job, each on the happy path that needs
+no ruling (no verification policy, no dispute: paid on its claim after the challenge window), and
 prints one JSON document: the gas of every step, the total per job, the cost of each extra bidder,
-and the goals (at most 500,000 gas for a one-provider job with verification and settlement, at
-most 80,000 per extra bidder; iExec's minimal workflow is about 1.98 million gas as reference).
+and the goals (at most 500,000 gas for a one-provider job, at most 80,000 per extra bidder; iExec's
+minimal workflow is about 1.98 million gas as reference). The court's figures come apart: a ruling
+(open the case, draw one verifier, rule, close and pass it to the market), an appeal round (appeal,
+draw three, three rulings, close with a slash) and a verifier's reward claim.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from benchmarks._env import environment
 from marketplace.chain.client import Chain, dev_account
+from marketplace.contracts.court import Court
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.devmarket import setup_dev_market
 from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Offer, Outcome, Policy
@@ -24,6 +28,8 @@ GOAL_ONE_PROVIDER = 500_000
 GOAL_PER_EXTRA_BIDDER = 80_000
 IEXEC_REFERENCE = 1_980_000
 REQUESTER, VERIFIER, FIRST_PROVIDER = 2, 3, 4
+#: Accounts of the extra verifiers the appeal round draws from.
+PANEL = (12, 13, 14, 15)
 
 
 def _gas(receipt: Any) -> int:
@@ -31,7 +37,7 @@ def _gas(receipt: Any) -> int:
 
 
 def _setup(bidders: int) -> tuple[Contracts, dict[str, int]]:
-    contracts = setup_dev_market(Chain.embedded(), accounts=FIRST_PROVIDER + bidders)
+    contracts = setup_dev_market(Chain.embedded(), accounts=max(PANEL) + 1)
     one_off: dict[str, int] = {}
     for i in range(bidders):
         provider = dev_account(FIRST_PROVIDER + i)
@@ -61,10 +67,12 @@ def _setup(bidders: int) -> tuple[Contracts, dict[str, int]]:
     contracts.token.approve(verifier, contracts.registry.address, 500 * ONE_TOKEN)
     contracts.registry.stake(verifier, 500 * ONE_TOKEN)
     one_off["verifier_register"] = _gas(contracts.registry.register_verifier(verifier))
+    if contracts.court is not None:
+        one_off["verifier_join_court"] = _gas(contracts.court.join(verifier))
     return contracts, one_off
 
 
-def _spec(contracts: Contracts, auction: Auction) -> JobSpec:
+def _spec(contracts: Contracts, auction: Auction, policy: Policy = Policy.NONE) -> JobSpec:
     now = contracts.chain.now()
     return JobSpec(
         requester=dev_account(REQUESTER).address,
@@ -72,7 +80,7 @@ def _spec(contracts: Contracts, auction: Auction) -> JobSpec:
         device_kind=DeviceKind.CUDA,
         gpus=1,
         min_memory_mb=16_000,
-        policy=Policy.REPLAY,
+        policy=policy,
         auction=auction,
         redundancy=1,
         max_price=5 * ONE_TOKEN,
@@ -85,13 +93,13 @@ def _spec(contracts: Contracts, auction: Auction) -> JobSpec:
 
 
 def _finish(contracts: Contracts, job_id: int, steps: dict[str, int]) -> None:
-    """Commit, attest, settle and withdraw for slot 0 of a leased job."""
+    """Commit, wait out the challenge window, settle and withdraw for slot 0 of a leased job."""
     market, chain = contracts.market, contracts.chain
-    requester, verifier = dev_account(REQUESTER), dev_account(VERIFIER)
+    requester = dev_account(REQUESTER)
     winner = dev_account(FIRST_PROVIDER)
     chain.time_travel(600)
     steps["commit_result"] = _gas(market.commit_result(winner, job_id, 0, b"\x77" * 32, 500))
-    steps["attest"] = _gas(market.attest(verifier, job_id, 0, Outcome.ACCEPT, 500))
+    chain.time_travel(market.spec(job_id).challenge_window)
     steps["settle"] = _gas(market.settle(requester, job_id, 0))
     steps["withdraw_provider"] = _gas(contracts.chain.transact(winner, market.contract.functions.withdraw()))
     steps["withdraw_requester"] = _gas(contracts.chain.transact(requester, market.contract.functions.withdraw()))
@@ -167,11 +175,60 @@ def _instant_steps(contracts: Contracts) -> dict[str, int]:
     return steps
 
 
+def court_steps() -> dict[str, int]:
+    """Gas of a ruling through the court on an instant replay job (second case: steady state), of an
+    appeal round that overturns it, and of a verifier's reward claim."""
+    contracts, _ = _setup(1)
+    court = contracts.require_court()
+    for index in PANEL:
+        account = dev_account(index)
+        contracts.token.approve(account, contracts.registry.address, 500 * ONE_TOKEN)
+        contracts.registry.stake(account, 500 * ONE_TOKEN)
+        contracts.registry.register_verifier(account)
+        court.join(account)
+    _ruling(contracts, court, appeal=False)
+    return _ruling(contracts, court, appeal=True)
+
+
+def _ruling(contracts: Contracts, court: Court, *, appeal: bool) -> dict[str, int]:
+    market, chain = contracts.market, contracts.chain
+    requester, winner = dev_account(REQUESTER), dev_account(FIRST_PROVIDER)
+    spec = _spec(contracts, Auction.INSTANT, Policy.REPLAY)
+    contracts.token.approve(requester, market.address, spec.escrow)
+    chain.transact(requester, market.contract.functions.post_job(spec.as_tuple()))
+    job_id = market.job_count()
+    market._specs[job_id] = spec
+    market.take_job(winner, job_id)
+    chain.time_travel(600)
+    market.commit_result(winner, job_id, 0, b"\x77" * 32, 500)
+    steps = {"open_case": _gas(court.open_slot_case(requester, job_id, spec, 0))}
+    case_id = court.case_count()
+    steps["draw_one"] = _gas(court.draw(requester, case_id))
+    by_address: dict[str, Any] = {str(dev_account(i).address): dev_account(i) for i in (VERIFIER, *PANEL)}
+    (first,) = court.panel(case_id, 0)
+    steps["rule"] = _gas(court.rule(by_address[first], case_id, Outcome.REJECT if appeal else Outcome.ACCEPT, 0))
+    if appeal:
+        bond = court.next_appeal_bond(case_id)
+        contracts.token.approve(winner, court.address, bond)
+        steps["appeal"] = _gas(court.appeal(winner, case_id))
+        steps["draw_three"] = _gas(court.draw(requester, case_id))
+        rulings = [_gas(court.rule(by_address[v], case_id, Outcome.ACCEPT, 500)) for v in court.panel(case_id, 1)]
+        steps["rule_in_a_panel_of_three"] = rulings[0]
+        steps["rule_last_of_three"] = rulings[-1]
+    chain.time_travel(court.parameters().appeal_period)
+    steps["finalize"] = _gas(court.finalize(requester, case_id))
+    if appeal:
+        reward = court.panel(case_id, 1)[0]
+        steps["withdraw_reward"] = _gas(chain.transact(by_address[reward], court.contract.functions.withdraw()))
+    return steps
+
+
 def run() -> dict[str, Any]:
     """Measure everything and compare with the goals."""
     one = sealed_job(1)
     three = sealed_job(3)
     instant = instant_job()
+    court = court_steps()
     per_extra = (three["total"] - one["total"]) // 2
     return {
         "benchmark": "gas",
@@ -180,6 +237,16 @@ def run() -> dict[str, Any]:
         "sealed_three_bidders": three,
         "instant_with_permit": instant,
         "per_extra_bidder": per_extra,
+        "court": {
+            "steps": court,
+            "ruling": court["open_case"] + court["draw_one"] + court["rule"],
+            "appeal_round": court["appeal"]
+            + court["draw_three"]
+            + 2 * court["rule_in_a_panel_of_three"]
+            + court["rule_last_of_three"],
+            "finalize_after_an_appeal": court["finalize"],
+            "reward_claim": court["withdraw_reward"],
+        },
         "goals": {
             "one_provider_job_max": GOAL_ONE_PROVIDER,
             "per_extra_bidder_max": GOAL_PER_EXTRA_BIDDER,

@@ -197,6 +197,8 @@ queued_changes: public(HashMap[bytes32, uint256])
 credits: public(HashMap[address, uint256])
 # @dev Sum of all credits, for the solvency invariant.
 total_credits: public(uint256)
+# @dev The verifier court: the only account whose rulings `attest` takes (set once by the owner).
+court: public(address)
 
 
 event JobPosted:
@@ -403,6 +405,20 @@ def queue_change(change: bytes32):
     eta: uint256 = block.timestamp + CHANGE_DELAY
     self.queued_changes[change] = eta
     log ChangeQueued(change=change, eta=eta)
+
+
+@external
+def set_court(court_: address):
+    """
+    @notice Names the verifier court, whose rulings alone `attest` takes; it can be set only once,
+            before the first job.
+    @param court_ The court's address.
+    """
+    ownable._check_owner()
+    assert self.court == empty(address), "market: court already set"
+    assert self.job_count == 0, "market: jobs already posted"
+    assert court_ != empty(address), "market: court is the zero address"
+    self.court = court_
 
 
 # ---------------------------------------------------------------- post
@@ -763,11 +779,10 @@ def dispute_result(job_id: uint256, spec: JobSpec, slot: uint8):
 @external
 def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified_gpu_seconds: uint64):
     """
-    @notice A staked verifier rules on a committed or disputed result: accept
-            with the verified GPU-seconds (never above the claim), reject
+    @notice The verifier court passes on its final ruling on a committed or disputed result:
+            accept with the verified GPU-seconds (never above the claim), reject
             (refund and slash at settlement) or void (refund, nobody at fault).
-            A verifier may not rule on a job it requested, a slot it runs or a
-            dispute it raised.
+            The court draws who rules, never a party, and hears appeals.
     @param job_id The job.
     @param spec Its terms.
     @param slot The slot.
@@ -775,13 +790,9 @@ def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified
     @param verified_gpu_seconds GPU-seconds the verification supports (accept only).
     """
     self._check_spec(job_id, spec)
-    assert staticcall registry.is_active_verifier(msg.sender), "market: caller is not a verifier"
+    assert msg.sender == self.court, "market: caller is not the court"
     index: uint256 = convert(slot, uint256)
     s: Slot = self._slot(job_id, index)
-    # The provider, the requester and a dispute's challenger are parties: none may rule.
-    assert (
-        msg.sender != s.provider and msg.sender != spec.requester and msg.sender != self.slot_disputers[job_id][index]
-    ), "market: verifier is a party to the job"
     assert outcome <= OUTCOME_VOID, "market: unknown outcome"
     window_end: uint256 = self._window_end(s, spec)
     if s.status == SlotStatus.DISPUTED:

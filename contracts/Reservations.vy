@@ -13,8 +13,8 @@
         credited). During the window the holder's jobs run on the reserved
         devices without an auction; the provider records the GPU-seconds it
         served with a result root per job. The holder may report that it was
-        not served (with a bond; a verifier rules) and a staked verifier may
-        attest a failure directly. After the window and a challenge period
+        not served (with a bond), and anyone may bring the window to the
+        verifier court (`VerifierCourt.vy`), whose final ruling alone is taken. After the window and a challenge period
         anyone settles: normally the whole escrow, used and unused time, goes
         to the provider less the protocol fee; on an attested failure the
         holder is refunded and the provider slashed. Every payment is a credit
@@ -103,6 +103,8 @@ dispute_bond: public(uint256)
 base_slash: public(uint256)
 # @dev Share of a slash credited to the holder, in basis points.
 slash_holder_bps: public(uint256)
+# @dev The verifier court: the only account whose rulings `attest_failure` and `attest_served` take.
+court: public(address)
 
 # @dev Number of offers made; ids start at 1.
 offer_count: public(uint256)
@@ -244,6 +246,20 @@ def __init__(
     registry = registry_
     challenge_period = challenge_period_
     self._set_parameters(treasury_, fee_bps_, dispute_bond_, base_slash_, slash_holder_bps_)
+
+
+@external
+def set_court(court_: address):
+    """
+    @notice Names the verifier court, whose rulings alone `attest_failure` and `attest_served`
+            take; it can be set only once, before the first offer.
+    @param court_ The court's address.
+    """
+    ownable._check_owner()
+    assert self.court == empty(address), "reservations: court already set"
+    assert self.offer_count == 0, "reservations: offers already made"
+    assert court_ != empty(address), "reservations: court is the zero address"
+    self.court = court_
 
 
 @external
@@ -480,11 +496,11 @@ def report_not_served(reservation_id: uint256):
 @external
 def attest_failure(reservation_id: uint256):
     """
-    @notice A staked verifier attests that the provider did not serve the
+    @notice The verifier court rules that the provider did not serve the
             reservation: at settlement the holder is refunded and the provider
             slashed. Possible from the window's start until the end of the
-            challenge period (the second one when disputed). Neither the
-            provider nor the holder may attest.
+            challenge period (the second one when disputed). The court draws
+            who rules, never the provider or the holder.
     @param reservation_id The reservation.
     """
     r: Reservation = self._check_attestable(reservation_id)
@@ -497,7 +513,7 @@ def attest_failure(reservation_id: uint256):
 @external
 def attest_served(reservation_id: uint256):
     """
-    @notice A staked verifier rules a holder's report against it: the
+    @notice The verifier court rules a holder's report against it: the
             provider served. The reservation then settles normally and the
             bond goes to the provider. A later failure may still be attested.
     @param reservation_id The disputed reservation.
@@ -687,10 +703,8 @@ def _check_resellable(r: Reservation):
 @internal
 @view
 def _check_attestable(reservation_id: uint256) -> Reservation:
-    assert staticcall registry.is_active_verifier(msg.sender), "reservations: caller is not a verifier"
-    r: Reservation = self._load(reservation_id)
-    assert msg.sender != r.provider and msg.sender != r.holder, "reservations: verifier is a party"
-    return r
+    assert msg.sender == self.court, "reservations: caller is not the court"
+    return self._load(reservation_id)
 
 
 @internal

@@ -5,9 +5,10 @@ loopback, each with its own worker and sandbox; a verifier stakes and measures t
 
 1. A requester posts a matrix product (``examples/matmul``) to an instant auction checked by
    Freivalds' method, with a max price only the cheapest provider meets. That provider takes it,
-   runs it — and returns a wrong product, consistent with the root it commits. The verifier's
-   Freivalds check rejects it; the provider is slashed, below the minimum stake, and the requester
-   refunded.
+   runs it — and returns a wrong product, consistent with the root it commits. The verifier court
+   draws the verifier by stake-weighted lot; its Freivalds check rejects it, the ruling reaches the
+   market after the appeal window; the provider is slashed, below the minimum stake, and the
+   requester refunded.
 2. The requester posts a real PyTorch training job (``examples/replay_mlp``, 20 checkpointed
    segments) to a sealed auction with replay verification. The two honest providers commit and
    reveal asks; the lowest wins at the second-lowest (reverse Vickrey). The worker runs it in its
@@ -378,6 +379,7 @@ def _matrix_job(contracts: Contracts, requester: Requester, home: Path, step: Ca
         f"job {job_id}: the verifier checked A(Br) = Cr with random r drawn after the commitment: "
         f"{'correct' if verdict == Outcome.ACCEPT else 'WRONG'} → {Outcome(verdict).name.lower()}"
     )
+    step(_court_line(contracts, job_id))
     stake_left = contracts.registry.stakes(leased.provider).active
     step(
         f"job {job_id}: {taker} slashed {format_tokens(bill['slashed'])} FLOP (half to the requester); "
@@ -440,6 +442,7 @@ def _training_job(
     bill = outcome.slots[0]
     verdict = _verdict(contracts, job_id)
     attested = _attestation(contracts, job_id)
+    step(_court_line(contracts, job_id))
     step(
         f"job {job_id}: {winner} won with the lowest ask and is paid the second-lowest, "
         f"{format_tokens(leased.price)} FLOP/GPU-h; results downloaded and matched the root on chain"
@@ -589,6 +592,19 @@ def _job_record(
         "slashed": bill["slashed"],
         "status": bill["status"],
     }
+
+
+def _court_line(contracts: Contracts, job_id: int) -> str:
+    """How the court decided a job's slot 0: who was drawn, and when the ruling reached the market."""
+    court = contracts.require_court()
+    case_id = court.slot_case(job_id, 0)
+    case = court.case(case_id)
+    panel = [_name_of(a) for a in court.panel(case_id, case.round)]
+    return (
+        f"job {job_id}: the verifier court drew {', '.join(panel)} by stake-weighted lot for case {case_id}, from a "
+        f"block after the commitment (no party can be drawn); nobody appealed within "
+        f"{court.parameters().appeal_period} s, so the ruling went to the market"
+    )
 
 
 def _attestation(contracts: Contracts, job_id: int) -> ResultAttested:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTRACT_DIR = ROOT / "contracts"
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 #: The deployable contracts, in deployment order.
-CONTRACTS = ("ComputeToken", "ProviderRegistry", "JobMarket", "ProviderPool", "Reservations")
+CONTRACTS = ("ComputeToken", "ProviderRegistry", "JobMarket", "ProviderPool", "Reservations", "VerifierCourt")
 COMPILER = "vyper"
 COMPILER_VERSION = "0.4.3"
 

@@ -1,7 +1,9 @@
 """Typed bindings for flopex's contracts, and deployment of all of them in one call.
 
-``deploy_all(chain, deployer)`` deploys the token, the registry, the market and the reservations
-contract (reserved capacity, :mod:`marketplace.contracts.reservations`), links them and returns a
+``deploy_all(chain, deployer)`` deploys the token, the registry, the market, the reservations
+contract (reserved capacity, :mod:`marketplace.contracts.reservations`) and the verifier court
+(:mod:`marketplace.contracts.court`, whose rulings alone the market and the reservations take),
+links them and returns a
 :class:`Deployment`, which can be saved to and loaded from a JSON file so other processes find the
 contracts. :class:`Token`, :class:`Registry` and :class:`Market` wrap every
 function the rest of flopex uses; transactions take the sending account first.
@@ -19,6 +21,7 @@ from eth_utils.address import to_checksum_address
 
 from marketplace.chain.client import Chain
 from marketplace.contracts.base import artifact
+from marketplace.contracts.court import Court, CourtParameters, deploy_court, load_court
 from marketplace.contracts.market import Market
 from marketplace.contracts.registry import Registry
 from marketplace.contracts.reservations import (
@@ -66,6 +69,7 @@ class Deployment:
     rpc_url: str | None = None
     format: int = DEPLOYMENT_FORMAT
     reservations: str | None = None  # the reservations contract; None in deployments without one
+    court: str | None = None  # the verifier court; None in deployments made before it existed
 
     def save(self, path: str | Path) -> Path:
         """Write the deployment as JSON; returns the path."""
@@ -103,6 +107,15 @@ class Contracts:
     registry: Registry
     market: Market
     reservations: Reservations | None = None
+    court: Court | None = None
+
+    def require_court(self) -> Court:
+        """The verifier court; a clear error when this deployment has none."""
+        if self.court is None:
+            raise ConfigError(
+                "this deployment has no verifier court; redeploy with `flopex deploy` or `flopex chain up`"
+            )
+        return self.court
 
     def require_reservations(self) -> Reservations:
         """The reservations contract; a clear error when this deployment has none."""
@@ -126,6 +139,9 @@ def load_contracts(chain: Chain, deployment: Deployment) -> Contracts:
     reservations = None
     if deployment.reservations:
         reservations = load_reservations(chain, deployment.reservations, deployment.start_block)
+    court = None
+    if deployment.court:
+        court = load_court(chain, deployment.court, deployment.start_block)
     return Contracts(
         chain=chain,
         deployment=deployment,
@@ -133,6 +149,7 @@ def load_contracts(chain: Chain, deployment: Deployment) -> Contracts:
         registry=Registry(chain, deployment.registry),
         market=Market(chain, deployment.market, deployment.start_block),
         reservations=reservations,
+        court=court,
     )
 
 
@@ -144,8 +161,10 @@ def deploy_all(
     parameters: MarketParameters | None = None,
     reservations: bool = True,
     reservation_parameters: ReservationParameters | None = None,
+    court_parameters: CourtParameters | None = None,
 ) -> Contracts:
-    """Deploy the token, registry and market (and reservations), link them, and return the bound contracts."""
+    """Deploy the token, registry, market, reservations (optional) and court, link them, and return
+    the bound contracts."""
     params = parameters or MarketParameters()
     treasury = to_checksum_address(treasury or deployer.address)
     start_block = chain.block_number()
@@ -190,7 +209,23 @@ def deploy_all(
         )
         bound.start_block = start_block
         contracts.reservations = bound
-        contracts.deployment = replace(deployment, reservations=bound.address)
+        contracts.deployment = replace(contracts.deployment, reservations=bound.address)
+    court = deploy_court(
+        chain,
+        deployer,
+        token=token,
+        registry=contracts.registry,
+        market=market,
+        reservations=contracts.reservations.address if contracts.reservations else None,
+        treasury=treasury,
+        parameters=court_parameters,
+    )
+    court.start_block = start_block
+    contracts.market.set_court(deployer, court.address)
+    if contracts.reservations is not None:
+        contracts.reservations.set_court(deployer, court.address)
+    contracts.court = court
+    contracts.deployment = replace(contracts.deployment, court=court.address)
     # The market last: until it is set the registry's owner authorizes contracts at once, after it
     # every authorization and parameter change waits out the registry's change delay.
     contracts.registry.set_market(deployer, market)

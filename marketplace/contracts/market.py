@@ -135,10 +135,18 @@ class Market(Bound):
     def attest(
         self, account: LocalAccount, job_id: int, slot: int, outcome: Outcome, verified_gpu_seconds: int = 0
     ) -> Any:
-        """A verifier rules on a committed or disputed result."""
+        """The court passes on its final ruling on a committed or disputed result (only the court may)."""
         return self.transact(
             account, "attest", job_id, self.spec(job_id).as_tuple(), slot, int(outcome), verified_gpu_seconds
         )
+
+    def set_court(self, owner: LocalAccount, court: str) -> Any:
+        """Name the verifier court, whose rulings alone ``attest`` takes (once, by the owner)."""
+        return self.transact(owner, "set_court", court)
+
+    def court(self) -> str:
+        """The verifier court's address (the zero address before it is set)."""
+        return str(self.call("court"))
 
     def settle(self, account: LocalAccount, job_id: int, slot: int) -> Any:
         """Settle a slot that can end."""

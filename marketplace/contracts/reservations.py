@@ -243,6 +243,10 @@ class Reservations(Bound):
         """Settle a reservation that can end."""
         return self.transact(account, "settle", reservation_id)
 
+    def set_court(self, owner: LocalAccount, court: str) -> Any:
+        """Name the verifier court, whose rulings alone ``attest_failure``/``attest_served`` take (once)."""
+        return self.transact(owner, "set_court", court)
+
     def withdraw(self, account: LocalAccount) -> TokenAmount:
         """Withdraw all of ``account``'s credit; returns the amount."""
         before = self.credits(account.address)

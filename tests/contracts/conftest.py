@@ -74,7 +74,7 @@ def deployment(
     verifier: str,
     stranger: str,
 ) -> Deployment:
-    d = deploy(owner, treasury)
+    d = deploy(owner, treasury, court=verifier)
     for account in (requester, provider, provider2, provider3, verifier, stranger):
         fund(d, account)
     return d

@@ -305,8 +305,11 @@ class Deployment:
     treasury: str
 
 
-def deploy(owner: str, treasury: str) -> Deployment:
-    """Deploys token, registry and market as ``owner`` and wires the registry to the market."""
+def deploy(owner: str, treasury: str, court: str | None = None) -> Deployment:
+    """Deploys token, registry and market as ``owner`` and wires the registry to the market.
+
+    ``court`` is the account the market takes rulings from: the market's own tests stand an
+    account in for ``VerifierCourt`` (its tests, ``test_court.py``, deploy the real one)."""
     with boa.env.prank(owner):
         token = load("ComputeToken", "Compute", "FLOP", "flopex", "1")
         registry = load(
@@ -327,6 +330,8 @@ def deploy(owner: str, treasury: str) -> Deployment:
             SLASH_REQUESTER_BPS,
         )
         registry.set_market(market.address)
+        if court is not None:
+            market.set_court(court)
     for contract in (token, registry, market):
         assert len(boa.env.get_code(contract.address)) > 0
     return Deployment(token, registry, market, owner, treasury)

@@ -54,7 +54,7 @@ from tests.contracts.test_reservations import (
 
 @pytest.fixture(scope="module")
 def res(deployment, providers, owner, treasury, requester, provider, provider2, verifier, stranger) -> Any:
-    r = deploy_reservations(deployment.token, deployment.registry, owner, treasury)
+    r = deploy_reservations(deployment.token, deployment.registry, owner, treasury, court=verifier)
     for account in (requester, provider, provider2, verifier, stranger):
         with boa.env.prank(account):
             deployment.token.approve(r.address, MAX_UINT)

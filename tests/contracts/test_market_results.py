@@ -18,6 +18,7 @@ from tests.contracts.contract_helpers import (
     SLOT_REJECTED,
     SLOT_VOIDED,
     assert_solvent,
+    deploy,
     make_spec,
     now,
     one_event,
@@ -246,36 +247,26 @@ def test_attest__on_a_disputed_result__rules(market, requester, verifier, commit
     )
 
 
-def test_attest__by_a_stranger__reverts(market, stranger, committed, ispec):
-    with boa.env.prank(stranger), boa.reverts("market: caller is not a verifier"):
-        market.attest(committed, ispec, 0, OUTCOME_ACCEPT, 1)
-
-
-def test_attest__by_an_unstaked_verifier__reverts(market, registry, verifier, committed, ispec):
-    with boa.env.prank(verifier):
-        registry.request_unbond(1)
-        with boa.reverts("market: caller is not a verifier"):
-            market.attest(committed, ispec, 0, OUTCOME_ACCEPT, 1)
-
-
-def test_attest__by_the_slots_provider__reverts(market, providers, provider, committed, ispec):
-    providers.register_verifier(provider, stake=0)
-    with boa.env.prank(provider), boa.reverts("market: verifier is a party to the job"):
-        market.attest(committed, ispec, 0, OUTCOME_ACCEPT, 1)
-
-
-def test_attest__by_the_requester__reverts(market, providers, requester, committed, ispec):
+def test_attest__by_anyone_but_the_court__reverts(market, providers, stranger, provider, requester, committed, ispec):
+    # Staked verifiers, the parties and strangers alike: only the court's final ruling counts.
     providers.register_verifier(requester)
-    with boa.env.prank(requester), boa.reverts("market: verifier is a party to the job"):
-        market.attest(committed, ispec, 0, OUTCOME_REJECT, 0)
-
-
-def test_attest__by_the_verifier_that_disputed__reverts(market, verifier, committed, ispec):
-    # A challenger may not judge its own challenge (it would earn the slash it rules for).
-    with boa.env.prank(verifier):
-        market.dispute_result(committed, ispec, 0)
-        with boa.reverts("market: verifier is a party to the job"):
+    providers.register_verifier(provider, stake=0)
+    for caller in (stranger, requester, provider):
+        with boa.env.prank(caller), boa.reverts("market: caller is not the court"):
             market.attest(committed, ispec, 0, OUTCOME_REJECT, 0)
+
+
+def test_set_court__a_second_time_or_by_a_stranger__reverts(market, owner, stranger):
+    with boa.env.prank(stranger), boa.reverts("ownable: caller is not the owner"):
+        market.set_court(stranger)
+    with boa.env.prank(owner), boa.reverts("market: court already set"):
+        market.set_court(stranger)
+
+
+def test_set_court__to_the_zero_address__reverts(owner, treasury):
+    fresh = deploy(owner, treasury)
+    with boa.env.prank(owner), boa.reverts("market: court is the zero address"):
+        fresh.market.set_court("0x" + "00" * 20)
 
 
 def test_attest__with_an_unknown_outcome__reverts(market, verifier, committed, ispec):

@@ -455,13 +455,8 @@ class MarketMachine(RuleBasedStateMachine):
         end = s.committed_at + spec.challenge_window
         if s.status == SLOT_DISPUTED:
             end += spec.challenge_window
-        ok = (
-            self.registry.is_active_verifier(caller)
-            and caller not in (s.provider, spec.requester, s.disputer)
-            and outcome <= 2
-            and s.status in (SLOT_COMMITTED, SLOT_DISPUTED)
-            and now() < end
-        )
+        # The deployment's court is the verifier's account (the court's own machine draws panels).
+        ok = caller == self.verifier and outcome <= 2 and s.status in (SLOT_COMMITTED, SLOT_DISPUTED) and now() < end
         verified = s.gpu_seconds * share // 10_000
         if self._call(ok, caller, self.market.attest, job_id, spec, slot, outcome, verified, job_id=job_id):
             if outcome == OUTCOME_ACCEPT:

@@ -75,10 +75,10 @@ def _setup_world() -> None:
     _world.clear()
     if not _world:
         owner = boa.env.generate_address("pool-sm-owner")
-        d = deploy(owner, boa.env.generate_address("pool-sm-treasury"))
+        verifier = boa.env.generate_address("pool-sm-verifier")
+        d = deploy(owner, boa.env.generate_address("pool-sm-treasury"), court=verifier)
         operator = boa.env.generate_address("pool-sm-operator")
         requester = boa.env.generate_address("pool-sm-requester")
-        verifier = boa.env.generate_address("pool-sm-verifier")
         members = [boa.env.generate_address(f"pool-sm-member{i}") for i in range(len(GPUS))]
         for a in (requester, verifier, *members):
             fund(d, a)

@@ -51,8 +51,11 @@ ROOT_A, ROOT_B = b"\xaa" * 32, b"\xbb" * 32
 OFFERED, CANCELLED, RESERVED, DISPUTED, SERVED, FAILED, PAID, SLASHED, REFUNDED = (1 << i for i in range(9))
 
 
-def deploy_reservations(token: Any, registry: Any, owner: str, treasury: str, **overrides: Any) -> Any:
-    """Deploys Reservations with the suite's parameters as ``owner`` and authorizes it in ``registry``."""
+def deploy_reservations(
+    token: Any, registry: Any, owner: str, treasury: str, court: str | None = None, **overrides: Any
+) -> Any:
+    """Deploys Reservations with the suite's parameters as ``owner`` and authorizes it in ``registry``;
+    ``court`` (an account standing in for ``VerifierCourt``) is the one whose rulings it takes."""
     args = {
         "challenge_period": CHALLENGE,
         "treasury": treasury,
@@ -64,6 +67,8 @@ def deploy_reservations(token: Any, registry: Any, owner: str, treasury: str, **
     args.update(overrides)
     with boa.env.prank(owner):
         res = load("Reservations", token.address, registry.address, *args.values())
+        if court is not None:
+            res.set_court(court)
     owner_change(registry, owner, "set_authorized", res.address, True)
     return res
 
@@ -80,7 +85,7 @@ def buyer2() -> str:
 def res(deployment, providers, owner, treasury, requester, provider, provider2, verifier, stranger, buyer2) -> Any:
     """Reservations over the suite's deployment; every actor has approved it."""
     fund(deployment, buyer2)
-    r = deploy_reservations(deployment.token, deployment.registry, owner, treasury)
+    r = deploy_reservations(deployment.token, deployment.registry, owner, treasury, court=verifier)
     for account in (requester, provider, provider2, verifier, stranger, buyer2):
         with boa.env.prank(account):
             deployment.token.approve(r.address, MAX_UINT)
@@ -693,19 +698,36 @@ def test_report_not_served__outside_its_period_or_by_a_stranger__reverts(res, pr
 # ---------------------------------------------------------------- attestations
 
 
-def test_attest__by_a_non_verifier_or_a_party__reverts(res, flow, provider, provider2, requester, stranger):
+def test_attest__by_anyone_but_the_court__reverts(res, flow, provider, requester, stranger):
     rid = bought(res, provider, requester)
     travel_to(res.reservations(rid).start)
-    with boa.env.prank(stranger), boa.reverts("reservations: caller is not a verifier"):
-        res.attest_failure(rid)
-    # The provider and the holder may be verifiers too, but not for their own reservation.
+    # Staked verifiers, the parties and strangers alike: only the court's final ruling counts.
     flow.register_verifier(provider, stake=0)
     flow.register_verifier(requester)
-    for party in (provider, requester):
-        with boa.env.prank(party), boa.reverts("reservations: verifier is a party"):
+    for caller in (stranger, provider, requester):
+        with boa.env.prank(caller), boa.reverts("reservations: caller is not the court"):
             res.attest_failure(rid)
-        with boa.env.prank(party), boa.reverts("reservations: verifier is a party"):
+        with boa.env.prank(caller), boa.reverts("reservations: caller is not the court"):
             res.attest_served(rid)
+
+
+def test_set_court__a_second_time__reverts(res, owner, stranger):
+    with boa.env.prank(owner), boa.reverts("reservations: court already set"):
+        res.set_court(stranger)
+
+
+def test_set_court__after_the_first_offer__reverts(deployment, providers, owner, treasury, provider, stranger):
+    # Named before anything is sold: an owner cannot install a court of its own later.
+    lone = deploy_reservations(deployment.token, deployment.registry, owner, treasury)
+    offer(lone, provider)
+    with boa.env.prank(owner), boa.reverts("reservations: offers already made"):
+        lone.set_court(stranger)
+
+
+def test_set_court__to_the_zero_address__reverts(deployment, owner, treasury):
+    lone = deploy_reservations(deployment.token, deployment.registry, owner, treasury)
+    with boa.env.prank(owner), boa.reverts("reservations: court is the zero address"):
+        lone.set_court("0x" + "00" * 20)
 
 
 def test_attest__outside_the_window__reverts(res, provider, requester, verifier):

@@ -76,6 +76,10 @@ def _setup_world() -> None:
             SLASH_REQUESTER_BPS,
         )
         registry.set_authorized(res.address, True)
+    # The verifier's account stands in for the court (tests/contracts/test_court.py draws real panels).
+    verifier = boa.env.generate_address("res-sm-verifier")
+    with boa.env.prank(owner):
+        res.set_court(verifier)
 
     class _D:  # what `fund` needs
         pass
@@ -84,7 +88,6 @@ def _setup_world() -> None:
     d.token, d.registry, d.market, d.owner = token, registry, res, owner  # type: ignore[attr-defined]
     providers = [boa.env.generate_address(f"res-sm-provider{i}") for i in range(2)]
     buyers = [boa.env.generate_address(f"res-sm-buyer{i}") for i in range(2)]
-    verifier = boa.env.generate_address("res-sm-verifier")
     for a in (*providers, *buyers, verifier):
         fund(d, a)  # approves `d.market`, here the reservations contract, and the registry
     for p, gpus in zip(providers, PROVIDER_GPUS, strict=True):

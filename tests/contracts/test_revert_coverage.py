@@ -1,4 +1,4 @@
-"""Every revert reason of the registry and the market is asserted by at least one test."""
+"""Every revert reason of the registry, the market and the court is asserted by at least one test."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import re
 from tests.contracts.contract_helpers import CONTRACTS, ROOT
 
 TESTS = sorted((ROOT / "tests" / "contracts").glob("test_*.py"))
-REASON = re.compile(r'"((?:market|registry): [^"]+)"')
+REASON = re.compile(r'"((?:market|registry|court): [^"]+)"')
 
 
 def _reasons() -> set[str]:
     found: set[str] = set()
-    for name in ("ProviderRegistry.vy", "JobMarket.vy"):
+    for name in ("ProviderRegistry.vy", "JobMarket.vy", "VerifierCourt.vy"):
         found |= set(REASON.findall((CONTRACTS / name).read_text()))
     return found
 

@@ -219,6 +219,7 @@ def test_pool_of_two_member_processes__the_runner_is_paid__the_cheat_is_slashed_
     contracts.token.approve(verifier, contracts.registry.address, 100 * ONE_TOKEN)
     contracts.registry.stake(verifier, 100 * ONE_TOKEN)
     contracts.registry.register_verifier(verifier)
+    contracts.require_court().join(verifier)
 
     # Job 2: member B's turn; it commits a root its worker did not produce. The requester's check
     # fails and it disputes; the verifier rejects; the slot is slashed and the slash booked to B.
@@ -230,7 +231,8 @@ def test_pool_of_two_member_processes__the_runner_is_paid__the_cheat_is_slashed_
         lambda: contracts.market.slot(job2, 0).status == SlotStatus.DISPUTED, timeout=180, poll=0.3
     )
     assert pool.assignment(job2, 0) == cheat
-    contracts.market.attest(verifier, job2, 0, Outcome.REJECT)
+    # The court draws its only verifier, which rejects; the ruling reaches the market after the appeal window.
+    contracts.require_court().decide_slot_alone(verifier, job2, contracts.market.spec(job2), 0, Outcome.REJECT)
     follower.join(timeout=120)
     [bill2] = followed[0].slots
     assert (bill2["provider"], bill2["status"]) == (pool.address, "slashed")

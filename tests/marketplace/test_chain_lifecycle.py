@@ -50,6 +50,7 @@ def world(request: pytest.FixtureRequest) -> Iterator[Contracts]:
     contracts.token.approve(verifier, contracts.registry.address, 100 * ONE_TOKEN)
     contracts.registry.stake(verifier, 100 * ONE_TOKEN)
     contracts.registry.register_verifier(verifier)
+    contracts.require_court().join(verifier)
     yield contracts
 
 
@@ -107,7 +108,7 @@ def test_sealed_job__two_bidders__lowest_wins_at_second_price_and_is_paid_for_ve
     world.chain.time_travel(120)
     # The verifier accepts the whole claim (a cut claim would slash the provider, docs/economics.md item 3).
     market.commit_result(cheap, job_id, 0, b"\x01" * 32, 90)
-    market.attest(verifier, job_id, 0, Outcome.ACCEPT, 90)
+    world.require_court().decide_slot_alone(verifier, job_id, spec, 0, Outcome.ACCEPT, 90)
     settled = [e for e in market.events_in(market.settle(requester, job_id, 0)) if isinstance(e, SlotSettled)]
 
     paid = slot_value(3 * ONE_TOKEN, 90)

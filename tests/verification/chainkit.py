@@ -101,11 +101,11 @@ class Market:
         self.verifiers.append(daemon)
         return daemon
 
-    def run_job(self, bundle: Path, **options: Any) -> JobOutcome:
+    def run_job(self, bundle: Path, *, follow_timeout_s: float = 240, **options: Any) -> JobOutcome:
         requester = _Requester(self.contracts, dev_account(REQUESTER))
         opts = JobOptions(**{"bid_window_s": 30, "challenge_window_s": 600, "run_slack_s": 60, **options})
         job_id = requester.submit(bundle, opts)
-        return requester.follow(job_id, self.home / f"out-{job_id}", timeout_s=240)
+        return requester.follow(job_id, self.home / f"out-{job_id}", timeout_s=follow_timeout_s)
 
     def stop(self) -> None:
         for daemon in [*self.verifiers, *self.providers]:

@@ -143,7 +143,10 @@ def test_optimistic__a_wrong_result_nobody_disputed__is_disputed_by_a_verifier_r
     assert isinstance(dispute, ResultDisputed) and dispute.disputer in verifiers
     challenger = dispute.disputer
     ruling = attested(market, outcome.job_id)[0]
-    assert ruling.outcome == Outcome.REJECT and ruling.verifier == (verifiers - {challenger}).pop()
+    # The ruling reaches the market from the court, which drew the other verifier: a challenger is a party.
+    court = market.contracts.require_court()
+    assert ruling.outcome == Outcome.REJECT and ruling.verifier == court.address
+    assert court.panel(court.slot_case(outcome.job_id, 0), 0) == [(verifiers - {challenger}).pop()]
     assert bill["provider"] == cheater.address and bill["status"] == "slashed"
     # The challenger gets its bond back and the non-requester share of the slash.
     assert m.credits(challenger) - before[challenger] == dispute.bond + bill["slashed"] - bill["slashed"] // 2

@@ -1,33 +1,38 @@
-"""The verifier daemon: watch the market, check results by each job's policy, attest, dispute, prove capacity.
+"""The verifier daemon: bring slots to the verifier court, rule where drawn, appeal, prove capacity.
 
-A :class:`VerifierDaemon` drives one staked verifier account. Each :meth:`~VerifierDaemon.step`:
+A :class:`VerifierDaemon` drives one staked verifier account that joined the court
+(``contracts/VerifierCourt.vy``). Each :meth:`~VerifierDaemon.step`:
 
-1. reads new ``ResultCommitted``, ``ResultDisputed`` and ``ProviderRegistered`` events;
-2. checks committed results by their job's policy and attests on chain before the challenge
-   window closes:
+1. reads new ``ResultCommitted`` and ``ResultDisputed`` events of the market, ``ProviderRegistered``
+   events of the registry and the court's ``CaseOpened``, ``PanelDrawn`` and ``RoundDecided``;
+2. opens a court case for every committed slot whose policy needs a check (``redundant``,
+   ``replay``, ``freivalds``) and for every dispute; re-checks ``optimistic`` results on its own
+   and disputes a wrong one (it is then a party: another verifier is drawn to rule);
+3. rules on the cases whose panel drew it, within the ruling window, by the slot's check:
 
-   - ``redundant``: once every slot has committed (or none can any more: the run deadline passed;
-     or half the earliest commit's challenge window is gone), fetch each slot's results, group them by
-     agreement (tensors with tolerances, other files exactly); the strict majority is accepted,
-     dissenters rejected; no majority voids every slot (refund, nobody slashed);
+   - ``redundant``: once every slot has committed (or half the ruling window is gone), fetch each
+     slot's results, group them by agreement (tensors with tolerances, other files exactly); the
+     strict majority is accepted, dissenters rejected; no majority voids the slot;
    - ``replay``: fetch the slot's bundle and results; draw segments from a seed fixed by the block
      that holds the commitment; re-run each from its committed checkpoint in the sandbox and
      compare with the next committed checkpoint; re-run the tail from the last checkpoint and
      compare with the final outputs. A job without checkpoints is re-run in full;
    - ``freivalds``: check the product with random vectors drawn from the same kind of seed;
-   - ``optimistic``: re-check (a sample of) results by replay; a wrong one is disputed (another
-     verifier rules) or, with ``dispute_optimistic=False``, rejected directly;
-   - a dispute raised by someone else is ruled on by the same check as the job's policy (replay for
-     optimistic jobs);
+   - a dispute (and an ``optimistic`` slot) is ruled by replay, or by comparison for redundant jobs;
 
-   an accepted slot is attested with the verified GPU-seconds: the claim capped by what the
-   verified work and the provider's attested throughput make plausible
+   an accepted slot is ruled with the verified GPU-seconds: the claim capped by what the verified
+   work and the provider's attested throughput make plausible
    (:func:`marketplace.verify.billing.billing_cap`);
-3. sends capacity challenges to newly registered providers (and again every
+4. moves every open case along: draws a panel once its block has come, fines and replaces
+   verifiers that did not rule in time, closes a ruling once its appeal window passed (the court
+   then passes it to the market), and appeals a ruling that went against its own vote: its
+   stake would be slashed if that ruling stood, so it pays the bond for a larger panel;
+5. sends capacity challenges to newly registered providers (and again every
    ``capacity_interval_s``, with jitter), checks them with Freivalds plus row spot checks and
    attests the measured throughput in the registry, which flags claims above 2×;
-4. rules on reservations their holders reported not served (:mod:`worker.verifier.reservations`): a probe of
-   the provider's worker during the window, the usage records on chain after it.
+6. brings reservations their holders reported not served to the court and rules on those it is
+   drawn for (:mod:`worker.verifier.reservations`): a probe of the provider's worker during the
+   window, the usage records on chain after it.
 
 Job code is untrusted: replays run in the worker's bubblewrap sandbox (:mod:`worker.verifier.replay`).
 The CLI runs it with :func:`run_verifier`.
@@ -50,6 +55,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
+from marketplace.contracts.court import CaseKind, CaseState, CaseStatus
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.events import ProviderRegistered, ResultCommitted, ResultDisputed
 from marketplace.errors import ContractRevert, FlopexError, VerificationError, WorkerError
@@ -99,6 +105,14 @@ class VerifierSettings:
     memory_limit_bytes: int = 4 << 30
     reservation_probe_attempts: int = 3
     reservation_probe_interval_s: float = 10.0
+    appeal_when_outvoted: bool = True
+    #: Re-check the slots of rulings it did not take part in and appeal those its check contradicts
+    #: (a right appeal returns the bond and earns half the pot): a whistleblower.
+    whistleblow: bool = False
+    #: Rule right away (False: never rule; a no-show, for tests and the demo's fined verifier).
+    rules: bool = True
+    #: Vote this way whatever the check says (None: honestly); a lying verifier, for tests and the demo.
+    forced_outcome: Outcome | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,15 @@ class VerifierDaemon(StepLoop):
         self.ruled: set[tuple[int, int]] = set()
         self.capacity_due: dict[str, float] = {}
         self.verdicts: list[Verdict] = []
+        #: The court's cases this daemon moves along, the seats it holds (case -> round), its votes
+        #: ((case, round) -> outcome) and the rounds it appealed.
+        self.court = contracts.court
+        self.open_cases: set[int] = set()
+        self.seats: dict[int, int] = {}
+        self.my_votes: dict[tuple[int, int], Outcome] = {}
+        self.appealed: set[tuple[int, int]] = set()
+        self.rechecked: set[tuple[int, int]] = set()
+        self.appeals: list[dict[str, Any]] = []
         self.capacity_log: list[dict[str, Any]] = []
         #: Measurements of a sequential capacity test under way, per provider (GFLOP/s).
         self.capacity_pending: dict[str, list[int]] = {}
@@ -146,6 +169,8 @@ class VerifierDaemon(StepLoop):
                 contracts.reservations,
                 account,
                 self.probe_reservation,
+                court=contracts.court,
+                rule=self._rule_reservation,
                 attempts=settings.reservation_probe_attempts,
                 interval_s=settings.reservation_probe_interval_s,
             )
@@ -161,11 +186,13 @@ class VerifierDaemon(StepLoop):
             registry.stake(self.account, self.settings.stake - active)
         if not registry.is_active_verifier(self.address):
             registry.register_verifier(self.account)
+        if self.court is not None and not self.court.joined(self.address):
+            self.court.join(self.account)
 
     # ------------------------------------------------------------------ one pass
 
     def step(self) -> None:
-        """Read new events, then check what can be checked and challenge who is due."""
+        """Read new events, bring slots to court, rule where drawn, move cases along, challenge who is due."""
         self._read_events()
         for key in sorted(self.disputes):
             if key not in self.ruled:
@@ -173,6 +200,8 @@ class VerifierDaemon(StepLoop):
         jobs = sorted({job for job, _slot in self.pending})
         for job_id in jobs:
             self._handle_job(job_id)
+        self._rule_on_seats()
+        self._drive_cases()
         if self.referee is not None:
             self.referee.step(self.now())
         now = time.time()
@@ -200,6 +229,11 @@ class VerifierDaemon(StepLoop):
                 assert isinstance(event, ProviderRegistered)
                 if event.provider != self.address:
                     self.capacity_due.setdefault(event.provider, 0.0)
+        if self.court is not None:
+            for opened in self.court.history("CaseOpened", start):
+                self.open_cases.add(int(opened.args["case_id"]))
+            for drawn in self.court.history("PanelDrawn", start, verifier=self.address):
+                self.seats[int(drawn.args["case_id"])] = int(drawn.args["round"])
         if self.referee is not None:
             self.referee.scan(start)
         self.last_block = latest
@@ -210,53 +244,36 @@ class VerifierDaemon(StepLoop):
         market = self.contracts.market
         spec = market.spec(job_id)
         keys = [k for k in self.pending if k[0] == job_id]
-        if spec.policy == Policy.NONE or spec.requester == self.address:
+        if spec.policy == Policy.NONE:
             for key in keys:
                 self._finish(key)
             return
         slots = market.slots_of(job_id)
-        if any(s.provider == self.address for s in slots):
-            for key in keys:
-                self._finish(key)
-            return
-        if spec.policy == Policy.REDUNDANT:
-            self._handle_redundant(job_id, spec, slots)
-            return
         for key in keys:
             slot = market.slot(*key)
-            if slot.status != SlotStatus.COMMITTED:
-                self._finish(key)
-                continue
-            if spec.policy == Policy.OPTIMISTIC:
-                self._handle_optimistic(job_id, key[1], spec)
-            else:
-                verdict = self.check_slot(job_id, key[1], spec)
-                self._attest(verdict)
+            if slot.status == SlotStatus.COMMITTED:
+                if spec.policy == Policy.OPTIMISTIC:
+                    # Optimistic: nobody is drawn unless someone disputes; re-check it on our own.
+                    mine = spec.requester == self.address or any(s.provider == self.address for s in slots)
+                    if not mine:
+                        self._handle_optimistic(job_id, key[1], spec)
+                else:
+                    self._open_slot_case(job_id, key[1], spec)
             self._finish(key)
+
+    def _open_slot_case(self, job_id: int, slot: int, spec: JobSpec) -> None:
+        """Bring a slot to the court, unless someone already did."""
+        if self.court is None or self.court.slot_case(job_id, slot):
+            return
+        try:
+            self.court.open_slot_case(self.account, job_id, spec, slot)
+            log.info("verifier: job %d slot %d: brought to the court", job_id, slot)
+        except ContractRevert as exc:
+            log.info("verifier: job %d slot %d: case not opened: %s", job_id, slot, exc.reason)
 
     def _finish(self, key: tuple[int, int]) -> None:
         self.pending.pop(key, None)
         self.done.add(key)
-
-    def _handle_redundant(self, job_id: int, spec: JobSpec, slots: list[Any]) -> None:
-        live = [s for s in slots if s.status != SlotStatus.RELEASED]
-        committed = [s for s in live if s.status == SlotStatus.COMMITTED]
-        waiting = [s for s in live if s.status == SlotStatus.ASSIGNED]
-        if waiting and committed:
-            # Wait for the others until no more can come (the run deadline passed), but not past half
-            # of the earliest commit's window, so that commit is still judged before it can settle.
-            first = min(s.committed_at for s in committed)
-            run_deadline = self.contracts.market.job(job_id).lease_start + spec.run_duration
-            if self.now() <= min(run_deadline, first + spec.challenge_window // 2):
-                return
-        if not committed:
-            for key in [k for k in self.pending if k[0] == job_id]:
-                self._finish(key)
-            return
-        for verdict in self.check_redundant(job_id, spec, committed):
-            self._attest(verdict)
-        for key in [k for k in self.pending if k[0] == job_id]:
-            self._finish(key)
 
     def _handle_optimistic(self, job_id: int, slot: int, spec: JobSpec) -> None:
         seed = self._seed(job_id, slot)
@@ -278,42 +295,165 @@ class VerifierDaemon(StepLoop):
             except ContractRevert as exc:
                 log.info("verifier: job %d slot %d: dispute refused: %s", job_id, slot, exc.reason)
         else:
-            self._attest(verdict)
+            # Without a dispute of its own, it brings the slot to the court, which draws who rules.
+            self._open_slot_case(job_id, slot, spec)
 
     def _handle_dispute(self, event: ResultDisputed) -> None:
         key = (event.job_id, event.slot)
-        market = self.contracts.market
-        slot = market.slot(*key)
-        spec = market.spec(event.job_id)
         self.ruled.add(key)
-        if slot.status != SlotStatus.DISPUTED or self.address in (slot.provider, spec.requester, slot.disputer):
-            return
-        policy = Policy.REPLAY if spec.policy in (Policy.OPTIMISTIC, Policy.NONE) else spec.policy
-        if policy == Policy.REDUNDANT:
-            others = [s for s in market.slots_of(event.job_id) if s.status != SlotStatus.RELEASED]
-            verdicts = [v for v in self.check_redundant(event.job_id, spec, others) if v.slot == event.slot]
-            verdict = verdicts[0] if verdicts else self._void(event.job_id, event.slot, "no result to compare")
-        else:
-            verdict = self.check_slot(event.job_id, event.slot, spec, policy=policy)
-        self._attest(verdict)
+        if self.contracts.market.slot(*key).status == SlotStatus.DISPUTED:
+            self._open_slot_case(event.job_id, event.slot, self.contracts.market.spec(event.job_id))
 
-    def _attest(self, verdict: Verdict) -> None:
+    # ------------------------------------------------------------------ the court
+
+    def _rule_on_seats(self) -> None:
+        """Rule on every case whose current panel drew this verifier."""
+        if self.court is None:
+            return
+        for case_id, round_ in sorted(self.seats.items()):
+            case = self.court.case(case_id)
+            if case.status != CaseStatus.VOTING or case.round != round_ or (case_id, round_) in self.my_votes:
+                self.seats.pop(case_id, None)
+                continue
+            if not self.settings.rules:
+                continue
+            if case.kind == CaseKind.RESERVATION:
+                if self.referee is not None:
+                    self.referee.take_seat(case.target, case_id)
+                self.seats.pop(case_id, None)
+                continue
+            verdict = self.slot_verdict(case)
+            if verdict is not None:
+                self._rule(case, verdict)
+
+    def slot_verdict(self, case: CaseState) -> Verdict | None:
+        """What this verifier rules on a slot's case; None to wait (a redundant job's slots still running)."""
+        market = self.contracts.market
+        job_id, slot = case.target, case.slot
+        spec = market.spec(job_id)
+        state = market.slot(job_id, slot)
+        if state.status not in (SlotStatus.COMMITTED, SlotStatus.DISPUTED):
+            return self._void(job_id, slot, "the slot no longer takes a ruling")
+        if spec.policy == Policy.REDUNDANT:
+            live = [s for s in market.slots_of(job_id) if s.status != SlotStatus.RELEASED]
+            waiting = [s for s in live if s.status == SlotStatus.ASSIGNED]
+            run_deadline = market.job(job_id).lease_start + spec.run_duration
+            half = case.ruling_deadline - self.court.parameters().ruling_period // 2 if self.court else 0
+            if waiting and self.now() <= min(run_deadline, half):
+                return None
+            verdicts = [v for v in self.check_redundant(job_id, spec, live) if v.slot == slot]
+            return verdicts[0] if verdicts else self._void(job_id, slot, "no result to compare")
+        policy = spec.policy
+        if state.status == SlotStatus.DISPUTED or policy in (Policy.OPTIMISTIC, Policy.NONE):
+            policy = Policy.REPLAY if policy in (Policy.OPTIMISTIC, Policy.NONE) else policy
+        return self.check_slot(job_id, slot, spec, policy=policy)
+
+    def _rule(self, case: CaseState, verdict: Verdict) -> None:
+        assert self.court is not None
+        outcome = self.settings.forced_outcome if self.settings.forced_outcome is not None else verdict.outcome
+        verified = verdict.verified_gpu_seconds if outcome == Outcome.ACCEPT else 0
+        if outcome == Outcome.ACCEPT and verdict.outcome != Outcome.ACCEPT:
+            verified = verdict.claimed_gpu_seconds
         self.verdicts.append(verdict)
         try:
-            self.contracts.market.attest(
-                self.account, verdict.job_id, verdict.slot, verdict.outcome, verdict.verified_gpu_seconds
-            )
+            self.court.rule(self.account, case.case_id, outcome, verified)
+            self.my_votes[(case.case_id, case.round)] = outcome
             log.info(
-                "verifier: job %d slot %d: %s, %d of %d GPU-s (%s)",
+                "verifier: case %d (job %d slot %d), round %d: %s, %d of %d GPU-s (%s)",
+                case.case_id,
                 verdict.job_id,
                 verdict.slot,
-                verdict.outcome.name,
-                verdict.verified_gpu_seconds,
+                case.round,
+                outcome.name,
+                verified,
                 verdict.claimed_gpu_seconds,
                 verdict.reason,
             )
         except ContractRevert as exc:
-            log.info("verifier: job %d slot %d: attestation refused: %s", verdict.job_id, verdict.slot, exc.reason)
+            log.info("verifier: case %d: ruling refused: %s", case.case_id, exc.reason)
+        self.seats.pop(case.case_id, None)
+
+    def _rule_reservation(self, case_id: int, outcome: Outcome) -> None:
+        """The referee's ruling on a reservation case it holds a seat in."""
+        assert self.court is not None
+        case = self.court.case(case_id)
+        if self.settings.forced_outcome is not None:
+            outcome = self.settings.forced_outcome
+        self.court.rule(self.account, case_id, outcome, 0)
+        self.my_votes[(case_id, case.round)] = outcome
+
+    def _drive_cases(self) -> None:
+        """Draw, time out, appeal and close the court's open cases: whoever comes first does it."""
+        court = self.court
+        if court is None:
+            return
+        now = self.now()
+        block = self.contracts.chain.block_number()
+        for case_id in sorted(self.open_cases):
+            case = court.case(case_id)
+            try:
+                if case.status == CaseStatus.CLOSED:
+                    self.open_cases.discard(case_id)
+                elif case.status == CaseStatus.DRAWING and block >= case.draw_block:
+                    court.draw(self.account, case_id)
+                elif case.status == CaseStatus.DRAWING:
+                    self.nudge_clock()  # a dev chain makes blocks only for transactions
+                elif case.status == CaseStatus.VOTING and now >= case.ruling_deadline:
+                    court.timeout(self.account, case_id)
+                elif case.status == CaseStatus.APPEALABLE:
+                    mine = self.my_votes.get((case_id, case.round))
+                    open_to_appeal = now < case.appeal_deadline and (case_id, case.round) not in self.appealed
+                    if (
+                        open_to_appeal
+                        and self.settings.appeal_when_outvoted
+                        and mine is not None
+                        and case.outcome != mine
+                    ):
+                        self._appeal(case)
+                    elif open_to_appeal and mine is None and self._contradicts(case):
+                        self._appeal(case)
+                    elif now >= case.appeal_deadline:
+                        court.finalize(self.account, case_id)
+            except ContractRevert as exc:
+                log.debug("verifier: case %d: %s", case_id, exc.reason)
+
+    def _contradicts(self, case: CaseState) -> bool:
+        """Whistleblowing: whether this verifier's own check of a slot contradicts the case's latest
+        ruling (checked once per round; never on a job it requested or ran)."""
+        if not self.settings.whistleblow or case.kind != CaseKind.SLOT or case.outcome is None:
+            return False
+        key = (case.case_id, case.round)
+        if key in self.rechecked:
+            return False
+        self.rechecked.add(key)
+        market = self.contracts.market
+        spec = market.spec(case.target)
+        if spec.requester == self.address or any(s.provider == self.address for s in market.slots_of(case.target)):
+            return False
+        verdict = self.slot_verdict(case)
+        if verdict is None or verdict.outcome == Outcome.VOID:
+            return False
+        if verdict.outcome != case.outcome:
+            log.info(
+                "verifier: case %d: the round-%d ruling %s contradicts its own check (%s)",
+                case.case_id,
+                case.round,
+                case.outcome.name,
+                verdict.reason,
+            )
+            return True
+        return False
+
+    def _appeal(self, case: CaseState) -> None:
+        """Appeal a ruling that went against this verifier's vote: a larger panel decides."""
+        assert self.court is not None
+        self.appealed.add((case.case_id, case.round))
+        bond = self.court.next_appeal_bond(case.case_id)
+        if bond:
+            self.contracts.token.approve(self.account, self.court.address, bond)
+        self.court.appeal(self.account, case.case_id)
+        self.appeals.append({"case_id": case.case_id, "round": case.round, "bond": bond})
+        log.info("verifier: case %d: appealed the round-%d ruling (bond %d)", case.case_id, case.round, bond)
 
     @staticmethod
     def _void(job_id: int, slot: int, reason: str) -> Verdict:

@@ -1,9 +1,11 @@
 """Ruling on reservations reported not served (``Reservations.report_not_served``).
 
 A holder that says its reserved devices did not serve it puts up a bond and the reservation is
-``DISPUTED``; a staked verifier that is neither side rules, or after a second challenge period
-nobody has and the holder is refunded without a slash. :class:`ReservationReferee` is the
-verifier's side, run by the :class:`~worker.verifier.daemon.VerifierDaemon` each step:
+``DISPUTED``; the referee brings it to the verifier court, which draws a panel (never the provider
+or the holder); a drawn verifier rules, and the court's final ruling goes to the reservations
+contract (after a second challenge period with none, the provider is paid and gets the bond).
+:class:`ReservationReferee` is the verifier's side, run by the
+:class:`~worker.verifier.daemon.VerifierDaemon` each step, for the cases its verifier was drawn for:
 
 - **During the window** it probes the provider's worker: it must answer at the offer's endpoint,
   sign as the offer's receipt key, list at least the reserved number of devices of the offer's
@@ -31,8 +33,10 @@ from dataclasses import dataclass
 
 from eth_account.signers.local import LocalAccount
 
+from marketplace.contracts.court import Court
 from marketplace.contracts.reservations import Reservations, ReservationStatus
 from marketplace.errors import ContractRevert, FlopexError
+from marketplace.types import Outcome
 
 __all__ = ["ReservationReferee", "Ruling"]
 
@@ -64,21 +68,38 @@ class ReservationReferee:
         account: LocalAccount,
         probe: Callable[[str, int], None],
         *,
+        court: Court | None,
+        rule: Callable[[int, Outcome], None],
         attempts: int = 3,
         interval_s: float = 10.0,
     ) -> None:
         self.reservations = reservations
         self.account = account
         self.probe = probe
+        self.court = court
+        self.rule = rule
+        #: Reservation -> the case this verifier holds a seat in.
+        self.seats: dict[int, int] = {}
         self.attempts = max(1, attempts)
         self.interval_s = interval_s
         self.reports: dict[int, _Report] = {}
         self.rulings: list[Ruling] = []
 
     def scan(self, from_block: int) -> None:
-        """Take up the reports made since ``from_block``."""
+        """Bring the reports made since ``from_block`` to the court."""
         for event in self.reservations.history("NotServedReported", from_block):
-            self.reports.setdefault(int(event.args["reservation_id"]), _Report())
+            reservation_id = int(event.args["reservation_id"])
+            if self.court is None or self.court.reservation_case(reservation_id):
+                continue
+            try:
+                self.court.open_reservation_case(self.account, reservation_id)
+            except ContractRevert as exc:
+                log.info("verifier: reservation %d: case not opened: %s", reservation_id, exc.reason)
+
+    def take_seat(self, reservation_id: int, case_id: int) -> None:
+        """This verifier was drawn to rule on ``reservation_id``'s case ``case_id``."""
+        self.seats[reservation_id] = case_id
+        self.reports.setdefault(reservation_id, _Report())
 
     def step(self, now: int) -> None:
         """Rule on whatever can be ruled on at chain time ``now``."""
@@ -92,7 +113,8 @@ class ReservationReferee:
     def _handle(self, reservation_id: int, now: int) -> None:
         r = self.reservations.reservation(reservation_id)
         me = self.account.address
-        if r.status != ReservationStatus.DISPUTED or me in (r.provider, r.holder):
+        serving = (ReservationStatus.RESERVED, ReservationStatus.DISPUTED)
+        if r.status not in serving or me in (r.provider, r.holder) or reservation_id not in self.seats:
             self.reports.pop(reservation_id, None)  # ruled on already, settled, or not ours to judge
             return
         report = self.reports[reservation_id]
@@ -127,10 +149,9 @@ class ReservationReferee:
         )
 
     def _rule(self, reservation_id: int, outcome: str, reason: str) -> None:
-        if outcome == "served":
-            self.reservations.attest_served(self.account, reservation_id)
-        elif outcome == "failed":
-            self.reservations.attest_failure(self.account, reservation_id)
+        case_id = self.seats.pop(reservation_id)
+        vote = {"served": Outcome.ACCEPT, "failed": Outcome.REJECT}.get(outcome, Outcome.VOID)
+        self.rule(case_id, vote)
         self.rulings.append(Ruling(reservation_id, outcome, reason))
         self.reports.pop(reservation_id, None)
         log.info("verifier: reservation %d: %s (%s)", reservation_id, outcome, reason)
