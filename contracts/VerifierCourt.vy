@@ -128,6 +128,8 @@ MAX_JOB_SLOTS: constant(uint256) = 5
 MAX_PARTIES: constant(uint256) = 9
 # @dev Longest period the owner may set: 30 days.
 MAX_PERIOD: constant(uint256) = 2_592_000
+# @dev Seconds between queueing an owner's change and making it: two days' notice, as the market's.
+CHANGE_DELAY: public(constant(uint256)) = 172_800
 
 # @dev Market slot states (JobMarket's SlotStatus flag values) the court rules on.
 SLOT_COMMITTED: constant(uint256) = 2
@@ -179,6 +181,8 @@ appeal_bond: public(uint256)
 vote_stake: public(uint256)
 # @dev Slashed from a drawn verifier that does not rule in its window.
 no_show_fine: public(uint256)
+# @dev Owner's changes waiting out CHANGE_DELAY: keccak256 of the change's calldata -> earliest time to make it.
+queued_changes: public(HashMap[bytes32, uint256])
 
 # @dev Verifiers that may be drawn.
 verifiers: public(DynArray[address, MAX_VERIFIERS])
@@ -294,6 +298,11 @@ event Withdrawn:
     amount: uint256
 
 
+event ChangeQueued:
+    change: indexed(bytes32)
+    eta: uint256
+
+
 event ParametersChanged:
     treasury: address
     draw_delay: uint256
@@ -354,7 +363,8 @@ def set_parameters(
     no_show_fine_: uint256,
 ):
     """
-    @notice Changes the court's periods, bonds and penalties (cases under way use the new ones).
+    @notice Changes the court's periods, bonds and penalties (cases under way use the new ones); the
+            change must have been queued CHANGE_DELAY before (`queue_change`), so verifiers see it coming.
     @param treasury_ Who receives unclaimed amounts.
     @param draw_delay_ Blocks between a case opening (or an appeal) and its draw; at least 1.
     @param ruling_period_ Seconds a panel has to rule.
@@ -364,9 +374,26 @@ def set_parameters(
     @param no_show_fine_ Slashed from a drawn verifier that does not rule.
     """
     ownable._check_owner()
+    eta: uint256 = self.queued_changes[keccak256(slice(msg.data, 0, 228))]
+    assert eta != 0, "court: change not queued"
+    assert block.timestamp >= eta, "court: change still delayed"
+    self.queued_changes[keccak256(slice(msg.data, 0, 228))] = 0
     self._set_parameters(
         treasury_, draw_delay_, ruling_period_, appeal_period_, appeal_bond_, vote_stake_, no_show_fine_
     )
+
+
+@external
+def queue_change(change: bytes32):
+    """
+    @notice Announces a `set_parameters` call: the one whose calldata hashes to `change` can be made
+            CHANGE_DELAY from now, once.
+    @param change keccak256 of the change's calldata.
+    """
+    ownable._check_owner()
+    eta: uint256 = block.timestamp + CHANGE_DELAY
+    self.queued_changes[change] = eta
+    log ChangeQueued(change=change, eta=eta)
 
 
 # ---------------------------------------------------------------- verifiers

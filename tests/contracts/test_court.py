@@ -9,6 +9,7 @@ from typing import Any
 
 import boa
 import pytest
+from eth_utils import keccak
 
 from tests.contracts.contract_helpers import (
     AUCTION_INSTANT,
@@ -42,6 +43,7 @@ from tests.contracts.contract_helpers import (
     now,
     one_event,
     owner_change,
+    queue_owner_change,
     travel_to,
     value,
 )
@@ -625,11 +627,27 @@ def test_parameters__owner_only_and_in_range(w, stranger):
         ((w.treasury, 1, RULING, 0), "court: appeal period out of range"),
     ]
     for args, reason in cases:
+        queue_owner_change(w.court, w.owner, "set_parameters", *args, 0, 0, 0)
         with boa.env.prank(w.owner), boa.reverts(reason):
             w.court.set_parameters(*args, 0, 0, 0)
-    with boa.env.prank(w.owner):
-        w.court.set_parameters(w.treasury, 2, RULING, APPEAL, 1, 2, 3)
+    owner_change(w.court, w.owner, "set_parameters", w.treasury, 2, RULING, APPEAL, 1, 2, 3)
     assert w.court.no_show_fine() == 3
+
+
+def test_set_parameters__not_queued_or_before_the_delay__reverts(w):
+    args = (w.treasury, 2, RULING, APPEAL, 1, 2, 3)
+    with boa.env.prank(w.owner), boa.reverts("court: change not queued"):
+        w.court.set_parameters(*args)
+    with boa.env.prank(w.owner):
+        w.court.queue_change(keccak(w.court.set_parameters.prepare_calldata(*args)))
+    boa.env.time_travel(seconds=w.court.CHANGE_DELAY() - 1)
+    with boa.env.prank(w.owner), boa.reverts("court: change still delayed"):
+        w.court.set_parameters(*args)
+    boa.env.time_travel(seconds=1)
+    with boa.env.prank(w.owner):
+        w.court.set_parameters(*args)
+    with boa.env.prank(w.owner), boa.reverts("court: change not queued"):
+        w.court.set_parameters(*args)
 
 
 def test_join__twice_or_without_stake__reverts(w, stranger):
