@@ -787,7 +787,6 @@ def test_market__random_lifecycles__keep_every_invariant(
         "settle: ok",
         "withdraw: ok",
         "slot settled: a no-show",
-        "forfeit_unrevealed: ok",
         "window bounds changed",
     ):
         assert STATS[path] > 0, f"the machine never reached {path}"
