@@ -182,7 +182,9 @@ class Court(Bound):
         if self.chain.block_number() < self.case(case_id).draw_block:
             self.chain.mine()  # the draw's block must come first (a node estimates on the latest block)
         self.draw(verifier, case_id)
-        self.rule(verifier, case_id, outcome, verified_gpu_seconds)
+        ruled = self.rule(verifier, case_id, outcome, verified_gpu_seconds)
+        if self.case(case_id).status == CaseStatus.CLOSED:
+            return ruled  # no appeal could finish inside the slot's window: the ruling went on at once
         self.chain.time_travel(self.parameters().appeal_period)
         return self.finalize(verifier, case_id)
 
