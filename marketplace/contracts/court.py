@@ -24,7 +24,7 @@ from eth_utils.address import to_checksum_address
 from marketplace.chain.client import Chain
 from marketplace.contracts.base import Bound, artifact
 from marketplace.contracts.registry import Registry
-from marketplace.errors import ChainError, ConfigError
+from marketplace.errors import ConfigError
 from marketplace.types import ONE_TOKEN, JobSpec, Outcome
 
 __all__ = [
@@ -310,18 +310,7 @@ def deploy_court(
         params.no_show_fine,
     )
     court = Court(chain, str(receipt["contractAddress"]))
-    if int(registry.market(), 16) != 0:
-        # Next to a live market the authorization waits out the registry's change delay: a dev chain's
-        # clock is moved past it; elsewhere the owner makes it once the delay is over.
-        ready = registry.queue_change(deployer, "set_authorized", court.address, True)
-        try:
-            chain.time_travel(max(0, ready - chain.now()))
-        except ChainError as exc:
-            raise ConfigError(
-                f"court deployed at {court.address}; its authorization in the registry is queued: "
-                f"the registry's owner can make it (set_authorized) at {ready}"
-            ) from exc
-    registry.set_authorized(deployer, court.address, True)
+    registry.authorize(deployer, court.address, "court")
     return court
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from eth_account.signers.local import LocalAccount
 
 from marketplace.contracts.base import Bound
+from marketplace.errors import ChainError, ConfigError
 from marketplace.types import (
     JobSpec,
     Offer,
@@ -138,6 +139,24 @@ class Registry(Bound):
     def set_market(self, owner: LocalAccount, market: str) -> Any:
         """Link the registry to its job market (the owner's, once at deployment)."""
         return self.transact(owner, "set_market", market)
+
+    def authorize(self, owner: LocalAccount, account: str, what: str) -> Any:
+        """Let contract ``account`` (``what`` names it in errors) lock, release and slash stakes.
+
+        Before the market is set this is at once. Next to a live market the authorization waits out
+        the registry's change delay: it is queued, and a dev chain's clock is moved past the delay;
+        on any other chain a :class:`ConfigError` says when the owner can make it.
+        """
+        if int(self.market(), 16) != 0:
+            ready = self.queue_change(owner, "set_authorized", account, True)
+            try:
+                self.chain.time_travel(max(0, ready - self.chain.now()))
+            except ChainError as exc:
+                raise ConfigError(
+                    f"{what} deployed at {account}; its authorization in the registry is queued: "
+                    f"the registry's owner can make it (set_authorized) at {ready}"
+                ) from exc
+        return self.set_authorized(owner, account, True)
 
     def set_authorized(self, owner: LocalAccount, account: str, allowed: bool) -> Any:
         """Let ``account`` lock, release and slash stakes, or stop it (the owner's).

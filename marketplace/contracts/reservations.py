@@ -363,18 +363,7 @@ def deploy_reservations(
         params.slash_holder_bps,
     )
     reservations = Reservations(chain, str(receipt["contractAddress"]))
-    if int(registry.market(), 16) != 0:
-        # Next to a live market the authorization waits out the registry's change delay: a dev chain's
-        # clock is moved past it; elsewhere the owner makes it once the delay is over.
-        ready = registry.queue_change(deployer, "set_authorized", reservations.address, True)
-        try:
-            chain.time_travel(max(0, ready - chain.now()))
-        except ChainError as exc:
-            raise ConfigError(
-                f"reservations deployed at {reservations.address}; its authorization in the registry is queued: "
-                f"the registry's owner can make it (set_authorized) at {ready}"
-            ) from exc
-    registry.set_authorized(deployer, reservations.address, True)
+    registry.authorize(deployer, reservations.address, "reservations")
     return reservations
 
 
