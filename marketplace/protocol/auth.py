@@ -47,8 +47,9 @@ DEFAULT_TTL_S: Final = 300
 
 METHODS: Final = frozenset(
     {"UploadBundle", "QueryUpload", "StartJob", "WatchJob", "DownloadResults", "DownloadBundle", "CancelJob", "GetJob"}
+    | {"PutDataset", "QueryDataset", "ListDatasets", "DatasetFromJob", "DownloadDataset"}
 )
-"""The rpc names a request signature may name."""
+"""The rpc names a request signature may name (the dataset ones: see marketplace/protocol/datasets.py)."""
 
 _DOMAIN_TYPE = [
     {"name": "name", "type": "string"},

@@ -34,8 +34,11 @@ from marketplace.errors import BundleError
 
 __all__ = [
     "ARG_PLACEHOLDERS",
+    "DATASET_NAME",
+    "DATASET_PREFIX",
     "MAX_ARGS",
     "MAX_ARGS_BYTES",
+    "MAX_DATASETS",
     "MAX_ENTRIES",
     "MAX_EXTENDED_HEADER_BYTES",
     "MAX_GPUS",
@@ -61,10 +64,15 @@ __all__ = [
     "expand_args",
     "load_bundle",
     "pack_bundle",
+    "pack_tree",
+    "parse_dataset",
+    "parse_datasets_table",
     "parse_job_toml",
     "parse_price",
+    "regular_files",
     "safe_relpath",
     "unpack_bundle",
+    "unpack_tree",
 ]
 
 TOKEN_DECIMALS = 18
@@ -95,9 +103,10 @@ MAX_ARGS = 1024
 """Most ``job.args``."""
 MAX_ARGS_BYTES = 64 << 10
 """Most bytes of ``job.args`` together (UTF-8)."""
-ARG_PLACEHOLDERS = ("input_dir", "output_dir", "checkpoint_dir", "work_dir")
+ARG_PLACEHOLDERS = ("input_dir", "output_dir", "checkpoint_dir", "work_dir", "data_dir")
 """What ``{name}`` in a ``job.args`` entry may name: the folders of ``FLOPEX_INPUT_DIR``,
-``FLOPEX_OUTPUT_DIR``, ``FLOPEX_CHECKPOINT_DIR`` and the working directory, as the job sees them."""
+``FLOPEX_OUTPUT_DIR``, ``FLOPEX_CHECKPOINT_DIR``, the working directory and ``FLOPEX_DATA_DIR``
+(where each of ``job.datasets`` is a folder), as the job sees them."""
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_ENV = 64
 """Most ``job.env`` variables."""
@@ -130,6 +139,9 @@ class JobSection:
     inputs: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     """``job.env``: environment variables for the job, as (name, value) pairs sorted by name."""
+    datasets: tuple[tuple[str, bytes], ...] = ()
+    """``job.datasets``: (folder name, 32-byte dataset hash) pairs sorted by name, each read-only at
+    ``/job/data/<name>`` (see :mod:`marketplace.protocol.datasets`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +380,7 @@ def parse_job_toml(text: str) -> JobSpec:
     _check_keys("job.toml", data, {"job", "resources", "verification", "market"})
 
     job = _table(data, "job", True)
-    _check_keys("[job]", job, {"entrypoint", "args", "inputs", "env"})
+    _check_keys("[job]", job, {"entrypoint", "args", "inputs", "env", "datasets"})
     if "entrypoint" not in job:
         raise BundleError("job.entrypoint: required (the Python script to run)")
     entry = job["entrypoint"]
@@ -420,7 +432,42 @@ def parse_job_toml(text: str) -> JobSpec:
         auction=cast(Auction, _choice("market.auction", mkt.get("auction", "sealed"), get_args(Auction))),
     )
     env = _env(job.get("env", {}))
-    return JobSpec(JobSection(entry, args, inputs, env), resources, verification, market)
+    datasets = parse_datasets_table(job.get("datasets", {}))
+    return JobSpec(JobSection(entry, args, inputs, env, datasets), resources, verification, market)
+
+
+DATASET_PREFIX = "data:"
+"""What every dataset name starts with."""
+DATASET_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+"""What the key of a ``job.datasets`` entry looks like (its folder's name under ``/job/data``)."""
+MAX_DATASETS = 16
+"""Most datasets one job reads."""
+
+
+def parse_dataset(text: str, where: str = "dataset") -> bytes:
+    """The 32-byte hash a ``data:<64 hex>`` name (or bare 64 hex digits) stands for; one-line error otherwise."""
+    if not isinstance(text, str):
+        raise BundleError(f"{where}: expected a name like data:<64 hex digits>, got {text!r}")
+    hexpart = text.removeprefix(DATASET_PREFIX).removeprefix("0x")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", hexpart):
+        raise BundleError(f"{where}: {text[:80]!r} is not a dataset name (data:<64 hex digits>)")
+    return bytes.fromhex(hexpart)
+
+
+def parse_datasets_table(value: object) -> tuple[tuple[str, bytes], ...]:
+    """``job.datasets``: a table of ``name = "data:<hex>"``; returned sorted by name."""
+    if not isinstance(value, dict):
+        raise BundleError('job.datasets: a table of name = "data:<hex>", e.g. { train = "data:3f0c…" }')
+    if len(value) > MAX_DATASETS:
+        raise BundleError(f"job.datasets: at most {MAX_DATASETS} datasets")
+    out: list[tuple[str, bytes]] = []
+    for name, ref in sorted(value.items()):
+        if not DATASET_NAME.fullmatch(name):
+            raise BundleError(
+                f"job.datasets: {name[:40]!r} is not a dataset folder name (a-z, 0-9, _; a letter first; at most 32)"
+            )
+        out.append((name, parse_dataset(ref, f"job.datasets.{name}")))
+    return tuple(out)
 
 
 def _walk_regular(root: Path) -> list[tuple[str, Path]]:
@@ -452,6 +499,11 @@ def _walk_regular(root: Path) -> list[tuple[str, Path]]:
             found.append((full.relative_to(root).as_posix(), full))
     found.sort(key=lambda item: item[0].encode("utf-8"))
     return found
+
+
+def regular_files(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """The tree's regular files as (relative POSIX path, path), sorted; links and special files refused."""
+    return _walk_regular(Path(directory))
 
 
 def bundle_hash(directory: str | os.PathLike[str]) -> bytes:
@@ -508,8 +560,13 @@ def pack_bundle(directory: str | os.PathLike[str], archive: str | os.PathLike[st
     The archive holds only regular files (mode 0644), sorted, with owner, group and times zeroed,
     so its bytes depend on the tree alone. The directory is validated first.
     """
+    load_bundle(directory)
+    return pack_tree(directory, archive)
+
+
+def pack_tree(directory: str | os.PathLike[str], archive: str | os.PathLike[str] | None = None) -> bytes:
+    """The canonical ``.tar.gz`` of any tree of regular files (what :func:`pack_bundle` writes, unchecked)."""
     root = Path(directory)
-    load_bundle(root)
     raw = io.BytesIO()
     with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz:
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -586,6 +643,19 @@ def unpack_bundle(
     is never trusted). The archive is read as a stream, once. On any error ``dest`` is left partial
     and the caller discards it.
     """
+    unpack_tree(archive, dest, max_bytes=max_bytes, max_files=max_files)
+    return load_bundle(dest)
+
+
+def unpack_tree(
+    archive: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    max_bytes: int,
+    max_files: int = MAX_ENTRIES,
+) -> int:
+    """Extract an untrusted archive into the new directory ``dest`` as :func:`unpack_bundle` does,
+    without reading it as a bundle; return the bytes written."""
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=False)
     total = 0
@@ -637,4 +707,4 @@ def unpack_bundle(
             raise BundleError("bundle archive: extended headers nested too deeply") from None
         except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
             raise BundleError(f"bundle archive: a member clashes with another: {exc.strerror}") from None
-    return load_bundle(out)
+    return total

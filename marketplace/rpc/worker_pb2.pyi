@@ -635,3 +635,146 @@ class ChallengeRowsReply(_message.Message):
     ROWS_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[ChallengeRow]
     def __init__(self, rows: _Optional[_Iterable[_Union[ChallengeRow, _Mapping]]] = ...) -> None: ...
+
+class QueryDatasetRequest(_message.Message):
+    __slots__ = ("dataset_hash", "archive_sha256", "auth")
+    DATASET_HASH_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    dataset_hash: bytes
+    archive_sha256: bytes
+    auth: RequestAuth
+    def __init__(
+        self,
+        dataset_hash: _Optional[bytes] = ...,
+        archive_sha256: _Optional[bytes] = ...,
+        auth: _Optional[_Union[RequestAuth, _Mapping]] = ...,
+    ) -> None: ...
+
+class DatasetStatus(_message.Message):
+    __slots__ = ("dataset_hash", "present", "received_bytes", "size_bytes", "files", "quota_used_bytes", "quota_bytes")
+    DATASET_HASH_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    dataset_hash: bytes
+    present: bool
+    received_bytes: int
+    size_bytes: int
+    files: int
+    quota_used_bytes: int
+    quota_bytes: int
+    def __init__(
+        self,
+        dataset_hash: _Optional[bytes] = ...,
+        present: _Optional[bool] = ...,
+        received_bytes: _Optional[int] = ...,
+        size_bytes: _Optional[int] = ...,
+        files: _Optional[int] = ...,
+        quota_used_bytes: _Optional[int] = ...,
+        quota_bytes: _Optional[int] = ...,
+    ) -> None: ...
+
+class DatasetHeader(_message.Message):
+    __slots__ = ("dataset_hash", "archive_size", "archive_sha256", "offset", "auth")
+    DATASET_HASH_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    dataset_hash: bytes
+    archive_size: int
+    archive_sha256: bytes
+    offset: int
+    auth: RequestAuth
+    def __init__(
+        self,
+        dataset_hash: _Optional[bytes] = ...,
+        archive_size: _Optional[int] = ...,
+        archive_sha256: _Optional[bytes] = ...,
+        offset: _Optional[int] = ...,
+        auth: _Optional[_Union[RequestAuth, _Mapping]] = ...,
+    ) -> None: ...
+
+class DatasetChunk(_message.Message):
+    __slots__ = ("header", "data", "sha256")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    header: DatasetHeader
+    data: bytes
+    sha256: bytes
+    def __init__(
+        self,
+        header: _Optional[_Union[DatasetHeader, _Mapping]] = ...,
+        data: _Optional[bytes] = ...,
+        sha256: _Optional[bytes] = ...,
+    ) -> None: ...
+
+class ListDatasetsRequest(_message.Message):
+    __slots__ = ("auth",)
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    auth: RequestAuth
+    def __init__(self, auth: _Optional[_Union[RequestAuth, _Mapping]] = ...) -> None: ...
+
+class DatasetInfo(_message.Message):
+    __slots__ = ("dataset_hash", "size_bytes", "files", "last_used", "pinned")
+    DATASET_HASH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    dataset_hash: bytes
+    size_bytes: int
+    files: int
+    last_used: float
+    pinned: bool
+    def __init__(
+        self,
+        dataset_hash: _Optional[bytes] = ...,
+        size_bytes: _Optional[int] = ...,
+        files: _Optional[int] = ...,
+        last_used: _Optional[float] = ...,
+        pinned: _Optional[bool] = ...,
+    ) -> None: ...
+
+class DatasetList(_message.Message):
+    __slots__ = ("datasets", "quota_used_bytes", "quota_bytes")
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetInfo]
+    quota_used_bytes: int
+    quota_bytes: int
+    def __init__(
+        self,
+        datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ...,
+        quota_used_bytes: _Optional[int] = ...,
+        quota_bytes: _Optional[int] = ...,
+    ) -> None: ...
+
+class DatasetFromJobRequest(_message.Message):
+    __slots__ = ("job_id", "auth")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    job_id: int
+    auth: RequestAuth
+    def __init__(self, job_id: _Optional[int] = ..., auth: _Optional[_Union[RequestAuth, _Mapping]] = ...) -> None: ...
+
+class DownloadDatasetRequest(_message.Message):
+    __slots__ = ("job_id", "dataset_hash", "auth")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_HASH_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    job_id: int
+    dataset_hash: bytes
+    auth: RequestAuth
+    def __init__(
+        self,
+        job_id: _Optional[int] = ...,
+        dataset_hash: _Optional[bytes] = ...,
+        auth: _Optional[_Union[RequestAuth, _Mapping]] = ...,
+    ) -> None: ...

@@ -93,6 +93,31 @@ class WorkerServiceStub:
                 request_serializer=flopex_dot_v1_dot_worker__pb2.ChallengeRowsRequest.SerializeToString,
                 response_deserializer=flopex_dot_v1_dot_worker__pb2.ChallengeRowsReply.FromString,
                 _registered_method=True)
+        self.QueryDataset = channel.unary_unary(
+                '/flopex.v1.WorkerService/QueryDataset',
+                request_serializer=flopex_dot_v1_dot_worker__pb2.QueryDatasetRequest.SerializeToString,
+                response_deserializer=flopex_dot_v1_dot_worker__pb2.DatasetStatus.FromString,
+                _registered_method=True)
+        self.PutDataset = channel.stream_unary(
+                '/flopex.v1.WorkerService/PutDataset',
+                request_serializer=flopex_dot_v1_dot_worker__pb2.DatasetChunk.SerializeToString,
+                response_deserializer=flopex_dot_v1_dot_worker__pb2.DatasetStatus.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/flopex.v1.WorkerService/ListDatasets',
+                request_serializer=flopex_dot_v1_dot_worker__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=flopex_dot_v1_dot_worker__pb2.DatasetList.FromString,
+                _registered_method=True)
+        self.DatasetFromJob = channel.unary_unary(
+                '/flopex.v1.WorkerService/DatasetFromJob',
+                request_serializer=flopex_dot_v1_dot_worker__pb2.DatasetFromJobRequest.SerializeToString,
+                response_deserializer=flopex_dot_v1_dot_worker__pb2.DatasetStatus.FromString,
+                _registered_method=True)
+        self.DownloadDataset = channel.unary_stream(
+                '/flopex.v1.WorkerService/DownloadDataset',
+                request_serializer=flopex_dot_v1_dot_worker__pb2.DownloadDatasetRequest.SerializeToString,
+                response_deserializer=flopex_dot_v1_dot_worker__pb2.ResultChunk.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -184,6 +209,45 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryDataset(self, request, context):
+        """Says whether the worker holds a dataset, and how much of the signer's upload of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutDataset(self, request_iterator, context):
+        """Streams a dataset's archive (the canonical .tar.gz of its tree) to the worker, resumable from
+        the offset given in the header, as UploadBundle does. When the last byte arrives the worker
+        checks the archive's sha256, unpacks it within its limits and recomputes the dataset hash;
+        a mismatch is refused and nothing is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Lists the datasets the signer put (or registered from a job) on this worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DatasetFromJob(self, request, context):
+        """Registers a finished job's output folder as a dataset (the job's requester only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadDataset(self, request, context):
+        """Streams a dataset a job reads (manifest, then files, as DownloadBundle), for whoever may
+        download that job's bundle: its requester and verifiers of its committed result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +305,31 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.ChallengeRows,
                     request_deserializer=flopex_dot_v1_dot_worker__pb2.ChallengeRowsRequest.FromString,
                     response_serializer=flopex_dot_v1_dot_worker__pb2.ChallengeRowsReply.SerializeToString,
+            ),
+            'QueryDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryDataset,
+                    request_deserializer=flopex_dot_v1_dot_worker__pb2.QueryDatasetRequest.FromString,
+                    response_serializer=flopex_dot_v1_dot_worker__pb2.DatasetStatus.SerializeToString,
+            ),
+            'PutDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutDataset,
+                    request_deserializer=flopex_dot_v1_dot_worker__pb2.DatasetChunk.FromString,
+                    response_serializer=flopex_dot_v1_dot_worker__pb2.DatasetStatus.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=flopex_dot_v1_dot_worker__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=flopex_dot_v1_dot_worker__pb2.DatasetList.SerializeToString,
+            ),
+            'DatasetFromJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DatasetFromJob,
+                    request_deserializer=flopex_dot_v1_dot_worker__pb2.DatasetFromJobRequest.FromString,
+                    response_serializer=flopex_dot_v1_dot_worker__pb2.DatasetStatus.SerializeToString,
+            ),
+            'DownloadDataset': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadDataset,
+                    request_deserializer=flopex_dot_v1_dot_worker__pb2.DownloadDatasetRequest.FromString,
+                    response_serializer=flopex_dot_v1_dot_worker__pb2.ResultChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +630,141 @@ class WorkerService:
             '/flopex.v1.WorkerService/ChallengeRows',
             flopex_dot_v1_dot_worker__pb2.ChallengeRowsRequest.SerializeToString,
             flopex_dot_v1_dot_worker__pb2.ChallengeRowsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flopex.v1.WorkerService/QueryDataset',
+            flopex_dot_v1_dot_worker__pb2.QueryDatasetRequest.SerializeToString,
+            flopex_dot_v1_dot_worker__pb2.DatasetStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/flopex.v1.WorkerService/PutDataset',
+            flopex_dot_v1_dot_worker__pb2.DatasetChunk.SerializeToString,
+            flopex_dot_v1_dot_worker__pb2.DatasetStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flopex.v1.WorkerService/ListDatasets',
+            flopex_dot_v1_dot_worker__pb2.ListDatasetsRequest.SerializeToString,
+            flopex_dot_v1_dot_worker__pb2.DatasetList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DatasetFromJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flopex.v1.WorkerService/DatasetFromJob',
+            flopex_dot_v1_dot_worker__pb2.DatasetFromJobRequest.SerializeToString,
+            flopex_dot_v1_dot_worker__pb2.DatasetStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flopex.v1.WorkerService/DownloadDataset',
+            flopex_dot_v1_dot_worker__pb2.DownloadDatasetRequest.SerializeToString,
+            flopex_dot_v1_dot_worker__pb2.ResultChunk.FromString,
             options,
             channel_credentials,
             insecure,
