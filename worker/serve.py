@@ -19,6 +19,7 @@ from types import FrameType
 from marketplace.errors import FlopexError
 from marketplace.protocol.bundle import parse_price
 from worker.node.config import WorkerConfig
+from worker.node.datasets import DatasetLimits
 from worker.node.leases import LeaseFile
 from worker.node.service import create_server
 from worker.sandbox.runner import Limits
@@ -60,6 +61,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KIND=TOKENS",
         help="price per device-hour, e.g. cpu=0.1 (repeatable)",
     )
+    p.add_argument("--dataset-max-mb", type=int, default=8192, help="largest dataset accepted (unpacked)")
+    p.add_argument(
+        "--dataset-quota-mb", type=int, default=32768, help="datasets one account that ran a job here may hold"
+    )
+    p.add_argument(
+        "--dataset-stranger-quota-mb", type=int, default=1024, help="datasets an account with no job here may hold"
+    )
+    p.add_argument("--dataset-budget-mb", type=int, default=131072, help="disk all datasets may take (LRU eviction)")
+    p.add_argument(
+        "--dataset-stranger-budget-mb",
+        type=int,
+        default=8192,
+        help="disk datasets of accounts with no job here may take",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key (TLS)")
     p.add_argument("--log-level", default="INFO")
@@ -95,6 +110,13 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         prices=prices,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        datasets=DatasetLimits(
+            max_dataset_bytes=args.dataset_max_mb << 20,
+            account_quota_bytes=args.dataset_quota_mb << 20,
+            stranger_quota_bytes=args.dataset_stranger_quota_mb << 20,
+            disk_budget_bytes=args.dataset_budget_mb << 20,
+            stranger_budget_bytes=args.dataset_stranger_budget_mb << 20,
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.errors import ConfigError
 from worker.node.admission import AdmissionLimits
+from worker.node.datasets import DatasetLimits
 from worker.node.leases import LeaseLookup
 from worker.sandbox.runner import Limits
 
@@ -72,6 +73,8 @@ class WorkerConfig:
     """A connection with no call for this long is closed."""
     max_streams_per_connection: int = 64
     """HTTP/2 streams one connection may have open at once."""
+    datasets: DatasetLimits = field(default_factory=DatasetLimits)
+    """What datasets put on this worker may take: per dataset, per account, in all (see docs/datasets.md)."""
 
     def key_path(self) -> Path:
         """Where the receipt key lives."""

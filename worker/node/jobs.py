@@ -32,6 +32,7 @@ from marketplace.protocol.receipts import UsageReceipt, sign_receipt
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.sdk import PROGRESS_PREFIX
 from worker.node.config import WorkerConfig
+from worker.node.datasets import DatasetStore
 from worker.node.devices import DeviceInfo, UtilizationSampler, check_request
 from worker.node.leases import Lease
 from worker.node.store import TERMINAL, JobRecord, JobStore
@@ -125,6 +126,7 @@ class JobManager:
         self.data_dir = config.data_dir
         (self.data_dir / "uploads").mkdir(parents=True, exist_ok=True)
         (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        self.datasets = DatasetStore(self.data_dir / "datasets", config.datasets, is_live=self._job_live)
         self._cond = threading.Condition()
         self._queue: list[int] = []
         self._free = set(range(len(devices)))
@@ -137,6 +139,11 @@ class JobManager:
         threading.Thread(target=self._expire_loop, name="upload-janitor", daemon=True).start()
 
     # -- bookkeeping --------------------------------------------------------------------------
+
+    def _job_live(self, job_id: int) -> bool:
+        """Whether a job may still run (the datasets it reads stay pinned until it ends)."""
+        job = self.store.get(job_id)
+        return job is not None and not job.terminal
 
     def fail_interrupted(self) -> None:
         """Mark jobs that were queued or running when the worker last stopped as failed."""
@@ -331,6 +338,7 @@ class JobManager:
         try:
             bundle = unpack_bundle(part, target, max_bytes=self.config.max_unpacked_bytes)
             self._check_bundle(lease, bundle)
+            self.datasets.admit_job(job_id, lease.requester, bundle.spec.job.datasets, "ENDPOINT")
         except BaseException:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             part.unlink(missing_ok=True)
@@ -511,8 +519,9 @@ class JobManager:
         try:
             # The job's writable space (work, output, checkpoints, logs, tmp): the sandbox makes it,
             # this manager takes the results out of it and releases it.
-            space = self.sandbox.create_space(limits, bundle.root, spec.job.inputs)
-        except SandboxError as exc:
+            trees = self.datasets.trees_for(spec.job.datasets)
+            space = self.sandbox.create_space(limits, bundle.root, spec.job.inputs, trees)
+        except (SandboxError, WorkerError) as exc:
             self._finish_without_run(job_id, str(exc), "failed")
             return
         try:

@@ -61,7 +61,7 @@ MANIFEST_PAGE_BYTES = 1 << 20
 """About how many bytes of file list one download message carries (the list may be far longer)."""
 HEALTH_THREADS = 8
 """Threads of the server's pool beyond every admitted call: health checks and reflection always find one."""
-VERIFIER_METHODS = frozenset({"GetJob", "DownloadResults", "DownloadBundle"})
+VERIFIER_METHODS = frozenset({"GetJob", "DownloadResults", "DownloadBundle", "DownloadDataset"})
 """Read-only rpcs a registered verifier may call for a committed result (see ``_signer``)."""
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -163,6 +163,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self.lookups = TokenBucket(
             lim.lookup_rate_per_peer, lim.lookup_burst_per_peer, lim.lookup_rate, lim.lookup_burst
         )
+        from worker.node.dataset_rpc import DatasetRpcs
+
+        self.dataset_rpcs = DatasetRpcs(self, manager.datasets)
 
     # -- authorization ------------------------------------------------------------------------
 
@@ -458,6 +461,37 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         rows = self.challenges.rows(request.challenge_id, list(request.rows))
         return pb.ChallengeRowsReply(rows=[pb.ChallengeRow(index=i, data=d, proof=p) for i, d, p in rows])
 
+    # -- datasets (worker/node/dataset_rpc.py) --------------------------------------------------
+
+    @_guard
+    def QueryDataset(self, request: pb.QueryDatasetRequest, context: grpc.ServicerContext) -> pb.DatasetStatus:
+        """Whether a dataset is held, and how much of the signer's upload of it."""
+        return self.dataset_rpcs.query(request, context)
+
+    @_guard
+    def PutDataset(
+        self, request_iterator: Iterator[pb.DatasetChunk], context: grpc.ServicerContext
+    ) -> pb.DatasetStatus:
+        """Receive (part of) a dataset archive; the dataset is kept once its hash is checked."""
+        return self.dataset_rpcs.put(request_iterator, context)
+
+    @_guard
+    def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext) -> pb.DatasetList:
+        """The signer's datasets and quota."""
+        return self.dataset_rpcs.list(request, context)
+
+    @_guard
+    def DatasetFromJob(self, request: pb.DatasetFromJobRequest, context: grpc.ServicerContext) -> pb.DatasetStatus:
+        """Keep a succeeded job's output folder as a dataset."""
+        return self.dataset_rpcs.from_job(request, context)
+
+    @_guard
+    def DownloadDataset(
+        self, request: pb.DownloadDatasetRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ResultChunk]:
+        """Stream a dataset a job reads: its manifest, then its files."""
+        yield from self.dataset_rpcs.download(request, context)
+
 
 def _manifest_messages(
     manifest: ResultManifest, state: pb.JobState, receipt: pb.Receipt | None
@@ -545,6 +579,7 @@ class WorkerServer:
         self.manager.shutdown()
         self.server.stop(grace).wait()
         self.manager.store.close()
+        self.manager.datasets.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until the server stops."""

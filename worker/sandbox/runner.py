@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 JOB_UID = 65534
 """The job's uid and gid inside its user namespace."""
 INPUT, WORK, OUTPUT, CHECKPOINTS = "/job/input", "/job/work", "/job/output", "/job/checkpoints"
+DATA = "/job/data"
+"""Where each dataset a job reads is a read-only folder (``job.datasets``)."""
 SDK_ROOT = "/opt/flopex"
 _ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime")
 HOSTNAME = "flopex-job"
@@ -381,7 +383,13 @@ class Sandbox:
         args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
         return args
 
-    def create_space(self, limits: Limits, bundle_root: Path, inputs: Iterable[str] = ()) -> JobSpace:
+    def create_space(
+        self,
+        limits: Limits,
+        bundle_root: Path,
+        inputs: Iterable[str] = (),
+        datasets: Mapping[str, Path] | None = None,
+    ) -> JobSpace:
         """A new space for a job of ``bundle_root``: its filesystem, a copy of the bundle in ``work``
         (``inputs`` become links into /job/input) and the bundle bound read-only for /job/input.
 
@@ -395,6 +403,8 @@ class Sandbox:
             space.fill_work(bundle_root, inputs, INPUT if sandboxed else str(bundle_root))
             if sandboxed and self._mode == "drop":
                 space.attach_input(bundle_root)
+            if datasets:
+                space.attach_datasets(datasets, bind=sandboxed and self._mode == "drop")
         except BaseException:
             space.release()
             raise
@@ -406,8 +416,15 @@ class Sandbox:
         the host paths of ``space``.
         """
         if self.sandboxed:
-            return {"input_dir": INPUT, "output_dir": OUTPUT, "checkpoint_dir": CHECKPOINTS, "work_dir": WORK}
+            return {
+                "input_dir": INPUT,
+                "output_dir": OUTPUT,
+                "checkpoint_dir": CHECKPOINTS,
+                "work_dir": WORK,
+                "data_dir": DATA,
+            }
         return {
+            "data_dir": str(space.data_dir()),
             "input_dir": str(space.bundle),
             "output_dir": str(space.output),
             "checkpoint_dir": str(space.checkpoints),
@@ -433,6 +450,8 @@ class Sandbox:
         args += ["--ro-bind", str(self._source(self._sdk_dir)), f"{SDK_ROOT}/marketplace"]
         if space.input_source is not None:
             args += ["--ro-bind", str(space.input_source), INPUT]
+        for name, tree in space.data_sources.items():
+            args += ["--ro-bind", str(tree), f"{DATA}/{name}"]
         args += ["--bind", str(space.work), WORK]
         args += ["--bind", str(space.output), OUTPUT]
         args += ["--bind", str(space.checkpoints), CHECKPOINTS]
@@ -445,6 +464,7 @@ class Sandbox:
         if seccomp_fd is not None:
             args += ["--seccomp", str(seccomp_fd)]
         env = self._job_env(req, WORK, INPUT, OUTPUT, CHECKPOINTS, SDK_ROOT)
+        env["FLOPEX_DATA_DIR"] = DATA
         for key, value in env.items():
             args += ["--setenv", key, value]
         args += ["--remount-ro", "/", "--chdir", WORK]
@@ -548,6 +568,7 @@ class RunningJob:
                 str(space.checkpoints),
                 str(Path(marketplace.__file__).parent.parent),
             )
+            env["FLOPEX_DATA_DIR"] = str(space.data_dir())
             cwd = str(space.work)
         gate_r, gate_w = os.pipe()
         try:

@@ -47,7 +47,7 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -370,6 +370,8 @@ class JobSpace:
         self._uid = uid
         self._image = image
         self._input: Path | None = None
+        self._data: dict[str, Path] = {}
+        self._data_mounts: list[Path] = []
         self.bundle: Path | None = None
         self._work_baseline: dict[str, tuple[int, int]] = {}
         self._baseline = SpaceUsage(0, 0)
@@ -477,6 +479,37 @@ class JobSpace:
         self._input = target
         return target
 
+    def attach_datasets(self, trees: Mapping[str, Path], bind: bool) -> None:
+        """Give the job the dataset folders ``trees`` (``name -> folder``), read-only.
+
+        ``bind`` (the job has a uid of its own): each is bound read-only at ``<root>/data/<name>``,
+        whence bubblewrap binds it to ``/job/data/<name>``; otherwise the folder is bound as it is.
+        Without a sandbox ``<root>/data`` holds links to them (see :attr:`data_dir`).
+        """
+        for name, tree in sorted(trees.items()):
+            if bind and self._uid is not None:
+                target = self.root / "data" / name
+                target.mkdir(mode=0o755, parents=True, exist_ok=True)
+                _bind_read_only(tree, target)
+                self._data_mounts.append(target)
+                self._data[name] = target
+            else:
+                self._data[name] = tree
+
+    @property
+    def data_sources(self) -> dict[str, Path]:
+        """``name -> folder`` to bind read-only at ``/job/data/<name>``."""
+        return dict(self._data)
+
+    def data_dir(self) -> Path:
+        """A host folder of links to the datasets, for a job run without a sandbox."""
+        folder = self.root / "data-links"
+        if not folder.exists():
+            folder.mkdir(mode=0o755)
+            for name, tree in self._data.items():
+                (folder / name).symlink_to(tree)
+        return folder
+
     @property
     def input_source(self) -> Path | None:
         """The directory to bind at ``/job/input``: the bound copy when there is one, else the bundle."""
@@ -557,6 +590,9 @@ class JobSpace:
         clean = True
         if self._input is not None and _is_mountpoint(self._input):
             clean = _umount(self._input)
+        for mount in self._data_mounts:
+            if _is_mountpoint(mount):
+                clean = _umount(mount) and clean
         if self.mounted and _is_mountpoint(self.root):
             clean = _umount(self.root) and clean
         if clean:
