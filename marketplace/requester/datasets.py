@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ __all__ = [
     "dataset_from_job",
     "download_dataset",
     "ensure_datasets",
+    "fetch_datasets",
     "has_dataset",
     "list_datasets",
     "open_provider",
@@ -272,3 +274,23 @@ def ensure_datasets(
         sent += result.bytes_sent
         say(f"dataset {name} = {result.name[:21]}…: uploaded {result.bytes_sent} bytes from {folder}")
     return sent
+
+
+def fetch_datasets(
+    client: WorkerClient, job_id: int, bundle_dir: str | os.PathLike[str], dest: Path
+) -> dict[str, Path]:
+    """Download every dataset the bundle in ``bundle_dir`` reads into ``dest/<name>``, each checked by its hash.
+
+    What a verifier does before it re-runs job ``job_id``; returns ``name -> folder``.
+    """
+    from marketplace.protocol.bundle import load_bundle
+
+    out: dict[str, Path] = {}
+    for name, digest in load_bundle(bundle_dir).spec.job.datasets:
+        folder = Path(dest) / name
+        if folder.is_dir() and dataset_hash(folder) == digest:
+            out[name] = folder
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        out[name] = download_dataset(client, job_id, digest, folder)
+    return out

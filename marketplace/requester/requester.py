@@ -49,6 +49,7 @@ from marketplace.protocol.auth import Domain
 from marketplace.protocol.bundle import Bundle, load_bundle, pack_bundle
 from marketplace.protocol.merkle import EMPTY_ROOT
 from marketplace.requester.client import WorkerClient
+from marketplace.requester.datasets import DatasetIndex, ensure_datasets
 from marketplace.requester.records import JobRecord, RecordStore
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.types import (
@@ -121,6 +122,8 @@ class JobOutcome:
     """Escrow returned when the lease started (what the clearing price left of the max price)."""
     unseen: set[int] = field(default_factory=set)
     """Slots found settled (or judged) whose run's end their worker no longer tells."""
+    dataset_bytes_uploaded: int = 0
+    """Bytes of ``job.datasets`` put on the job's workers for it (0 when they held them all)."""
 
     @property
     def ok(self) -> bool:
@@ -154,6 +157,7 @@ class JobOutcome:
             "matched_slots": sorted(self.verified),
             "verified_slots": self.ruled,
             "undownloaded_slots": sorted(self.unverified),
+            "dataset_bytes_uploaded": self.dataset_bytes_uploaded,
         }
 
 
@@ -250,6 +254,8 @@ class Requester:
         self.records = records
         self.domain = Domain(contracts.chain.chain_id, contracts.market.address)
         self._archives: dict[int, bytes] = {}
+        self.datasets: DatasetIndex | None = DatasetIndex(records.root) if records is not None else None
+        """Where the folders of datasets put from here are remembered (``flopex data put``)."""
 
     def now(self) -> int:
         """The time deadlines are judged by: the chain's (see :meth:`Chain.next_timestamp`)."""
@@ -352,6 +358,7 @@ class Requester:
         self.say(f"reservation {reservation_id}: job {seq} on {r.provider} ({offer.endpoint})")
         dest = Path(out_dir)
         with WorkerClient(offer.endpoint, requester_key=self.account.key, domain=self.domain) as client:
+            ensure_datasets(client, archive, self.datasets, lambda line: self.say(f"job {job_id}: {line}"))
             client.upload_bundle(job_id, archive)
             client.start_job(job_id, seed=seq)
             events: list[str] = []
@@ -630,6 +637,9 @@ class Requester:
                         f"job {job_id}: its worker has no bundle yet and none is recorded here; "
                         "give the bundle it was posted with (--bundle DIR)"
                     )
+                outcome.dataset_bytes_uploaded += ensure_datasets(
+                    client, archive, self.datasets, lambda line: self.say(f"job {job_id} slot {slot.slot}: {line}")
+                )
                 client.upload_bundle(job_id, archive)
             else:
                 self.say(f"job {job_id} slot {slot.slot}: the worker holds it ({_job_state(held.state)}); following it")

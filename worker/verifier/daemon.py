@@ -63,6 +63,7 @@ from marketplace.protocol.auth import Domain
 from marketplace.protocol.bundle import bundle_hash, load_bundle
 from marketplace.protocol.capacity import challenge_flops, verify_rows
 from marketplace.requester.client import WorkerClient
+from marketplace.requester.datasets import fetch_datasets
 from marketplace.sdk import CHECKPOINT_LOG
 from marketplace.types import ONE_TOKEN, JobSpec, Outcome, Policy, SlotStatus
 from marketplace.verify import billing, compare, freivalds, sampling
@@ -510,6 +511,7 @@ class VerifierDaemon(StepLoop):
                 bundle_dir = base / "bundle"
                 if bundle_hash(bundle_dir) != spec.bundle_hash:
                     raise VerificationError("the bundle does not match the bundle hash posted on chain")
+                fetch_datasets(client, job_id, bundle_dir, base / "datasets")
             seed = int(client.get_job(job_id).seed)
         return base / "results", bundle_dir, seed
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -82,9 +83,16 @@ def run_replay(
     until_step: int | None = None,
     limits: Limits | None = None,
     threads: int | None = None,
+    datasets: Mapping[str, Path] | None = None,
 ) -> ReplayRun:
-    """Run the job of ``bundle_dir`` in ``directory`` (created fresh) and wait for it to end."""
+    """Run the job of ``bundle_dir`` in ``directory`` (created fresh) and wait for it to end.
+
+    The datasets the job reads (``job.datasets``) are ``datasets`` (name -> folder), by default the
+    folders ``<bundle_dir>/../datasets/<name>`` the verifier fetched them to (checked by hash).
+    """
     bundle = load_bundle(bundle_dir)
+    if datasets is None:
+        datasets = {name: Path(bundle_dir).parent / "datasets" / name for name, _ in bundle.spec.job.datasets}
     shutil.rmtree(directory, ignore_errors=True)
     env = {"FLOPEX_SEED": str(seed), "FLOPEX_JOB_ID": str(job_id)}
     if start_step is not None and start_checkpoint is None:
@@ -97,7 +105,7 @@ def run_replay(
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = count
     given = limits or Limits()
     capped = replace(given, timeout_s=min(float(bundle.spec.resources.timeout_s), given.timeout_s))
-    space = sandbox.create_space(capped, bundle.root, bundle.spec.job.inputs)
+    space = sandbox.create_space(capped, bundle.root, bundle.spec.job.inputs, datasets)
     try:
         if start_step is not None and start_checkpoint is not None:
             space.copy_in(start_checkpoint, space.checkpoints / checkpoint_name(start_step))
