@@ -31,6 +31,7 @@ from flopex.cli.common import (
     worker_options,
 )
 from flopex.cli.console import console
+from flopex.cli.data import data
 from flopex.cli.pool import pool
 from flopex.cli.reserve import reserve
 
@@ -1140,6 +1141,7 @@ def market_report(
 
 
 cli.add_command(console)
+cli.add_command(data)
 cli.add_command(pool)
 cli.add_command(reserve)
 
