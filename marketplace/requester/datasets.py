@@ -125,15 +125,20 @@ def put_dataset(
     chunk_size: int = 1 << 20,
     max_attempts: int = 6,
     stop_after: int | None = None,
+    expect: bytes | None = None,
 ) -> PutResult:
     """Upload the dataset in ``directory`` unless the worker holds it; resume after breaks.
 
-    ``stop_after`` ends the first stream after that many bytes (to exercise resumption).
+    With ``expect``, a directory that no longer holds that dataset is a :class:`ConfigError` and
+    nothing is sent. ``stop_after`` ends the first stream after that many bytes (to exercise
+    resumption).
     """
     if not 0 < chunk_size <= 4 << 20:
         raise ValueError("chunk_size must be between 1 byte and 4 MiB")
     started = time.monotonic()
     root, archive = pack_dataset(directory)
+    if expect is not None and root != expect:
+        raise ConfigError(f"{directory} no longer holds {format_dataset(expect)} (it hashes to {format_dataset(root)})")
     sha = hashlib.sha256(archive).digest()
     size = len(archive)
     sent = 0
@@ -237,11 +242,13 @@ class DatasetIndex:
             json.dump(data, fh, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
 
-    def directory(self, dataset: bytes) -> Path | None:
-        """The directory that held ``dataset`` when it was put, if it still does (rehashed)."""
+    def directory(self, dataset: bytes, *, check: bool = True) -> Path | None:
+        """The directory that held ``dataset`` when it was put, if it still does (rehashed unless not ``check``)."""
         found = self._read().get(format_dataset(dataset))
         if found is None or not Path(found).is_dir():
             return None
+        if not check:
+            return Path(found)
         try:
             return Path(found) if dataset_hash(found) == dataset else None
         except BundleError:
@@ -264,13 +271,17 @@ def ensure_datasets(
         if has_dataset(client, digest):
             say(f"dataset {name} = {format_dataset(digest)[:21]}…: the provider holds it; nothing to upload")
             continue
-        folder = index.directory(digest) if index is not None else None
+        folder = index.directory(digest, check=False) if index is not None else None
+        missing = ConfigError(
+            f"job.datasets.{name}: {format_dataset(digest)} is not on the provider and no folder here holds it; "
+            "put it first: flopex data put DIR --provider ENDPOINT"
+        )
         if folder is None:
-            raise ConfigError(
-                f"job.datasets.{name}: {format_dataset(digest)} is not on the provider and no folder here holds it; "
-                "put it first: flopex data put DIR --provider ENDPOINT"
-            )
-        result = put_dataset(client, folder)
+            raise missing
+        try:
+            result = put_dataset(client, folder, expect=digest)  # hashed once, while packed
+        except ConfigError:
+            raise missing from None
         sent += result.bytes_sent
         say(f"dataset {name} = {result.name[:21]}…: uploaded {result.bytes_sent} bytes from {folder}")
     return sent

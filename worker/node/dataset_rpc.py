@@ -93,7 +93,7 @@ class DatasetRpcs:
         return self._status(account, dataset, held)
 
     def put(self, messages: Iterator[pb.DatasetChunk], context: grpc.ServicerContext) -> pb.DatasetStatus:
-        messages = self.servicer._timed(messages, context)  # type: ignore[arg-type]
+        messages = self.servicer._timed(messages, context)
         first = next(messages, None)
         if first is None or not first.HasField("header"):
             raise WorkerError("the first upload message must carry the header", code="INVALID_ARGUMENT")
