@@ -564,11 +564,13 @@ def pack_bundle(directory: str | os.PathLike[str], archive: str | os.PathLike[st
     return pack_tree(directory, archive)
 
 
-def pack_tree(directory: str | os.PathLike[str], archive: str | os.PathLike[str] | None = None) -> bytes:
+def pack_tree(
+    directory: str | os.PathLike[str], archive: str | os.PathLike[str] | None = None, *, compresslevel: int = 6
+) -> bytes:
     """The canonical ``.tar.gz`` of any tree of regular files (what :func:`pack_bundle` writes, unchecked)."""
     root = Path(directory)
     raw = io.BytesIO()
-    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz:
+    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=compresslevel) as gz:
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for rel, full in _walk_regular(root):
                 info = tarfile.TarInfo(rel)
