@@ -69,6 +69,7 @@ def test_the_sandbox_names_every_placeholder_and_no_other(tmp_path: Path) -> Non
         "output_dir": str(space.output),
         "checkpoint_dir": str(space.checkpoints),
         "work_dir": str(space.work),
+        "data_dir": str(space.data_dir()),
     }
     assert set(outside) == set(ARG_PLACEHOLDERS)
 

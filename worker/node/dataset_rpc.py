@@ -12,19 +12,17 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from marketplace.errors import SignatureError, WorkerError
 from marketplace.protocol.auth import SignedRequest, verify_request
 from marketplace.protocol.datasets import dataset_request_digest, format_dataset
+from marketplace.protocol.merkle import ResultManifest
 from marketplace.rpc import worker_pb2 as pb
 from worker.node.datasets import DatasetStore, iter_chunks
 from worker.node.store import NonceReplayed
-
-if TYPE_CHECKING:
-    from worker.node.service import WorkerServicer
 
 __all__ = ["DatasetRpcs"]
 
@@ -34,18 +32,20 @@ _ZERO = b"\0" * 32
 class DatasetRpcs:
     """The dataset rpcs, for a :class:`WorkerServicer` (which routes its methods here)."""
 
-    def __init__(self, servicer: WorkerServicer, store: DatasetStore) -> None:
+    def __init__(self, servicer: Any, store: DatasetStore) -> None:
+        """``servicer``: the :class:`~worker.node.service.WorkerServicer` whose config, domain,
+        nonces and lease authorization these rpcs share."""
         self.servicer = servicer
         self.store = store
 
     def _account(self, method: str, auth: pb.RequestAuth, digest: bytes) -> str:
         """The account that signed a job-less request (job id 0); the nonce is used up."""
-        from worker.node.service import _Unauthenticated
-
         if not auth.signature:
-            raise _Unauthenticated(f"{method} needs a RequestAuth signed by your account (job id 0)")
+            raise WorkerError(f"{method} needs a RequestAuth signed by your account (job id 0)", code="UNAUTHENTICATED")
         if len(auth.signature) != 65 or len(auth.nonce) != 32:
-            raise _Unauthenticated("malformed RequestAuth: a 32-byte nonce and a 65-byte signature are required")
+            raise WorkerError(
+                "malformed RequestAuth: a 32-byte nonce and a 65-byte signature are required", code="UNAUTHENTICATED"
+            )
         req = SignedRequest(0, method, digest, int.from_bytes(auth.nonce, "big"), auth.expiry, auth.signature)
         config = self.servicer.config
         from marketplace.protocol.auth import recover_request_signer
@@ -147,9 +147,9 @@ class DatasetRpcs:
         dataset = self.store.add_tree(lease.requester, folder / "output")
         return self._status(lease.requester, dataset, 0)
 
-    def download(self, request: pb.DownloadDatasetRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+    def download(self, request: pb.DownloadDatasetRequest, context: grpc.ServicerContext) -> tuple[ResultManifest, Any]:
+        """The manifest and folder of a dataset job ``request.job_id`` reads, once the caller may have it."""
         from marketplace.protocol.auth import payload_digest
-        from worker.node.service import _file_chunks, _manifest_messages
 
         dataset = self._hash(request.dataset_hash)
         self.servicer._authorize(
@@ -159,6 +159,4 @@ class DatasetRpcs:
             raise WorkerError(
                 f"job {request.job_id} does not read {format_dataset(dataset)} on this worker", code="NOT_FOUND"
             )
-        manifest = self.store.manifest(dataset)
-        yield from _manifest_messages(manifest, pb.JOB_STATE_SUCCEEDED, None)
-        yield from _file_chunks(manifest, self.store.tree(dataset), context)
+        return self.store.manifest(dataset), self.store.tree(dataset)

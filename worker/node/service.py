@@ -490,7 +490,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self, request: pb.DownloadDatasetRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ResultChunk]:
         """Stream a dataset a job reads: its manifest, then its files."""
-        yield from self.dataset_rpcs.download(request, context)
+        manifest, folder = self.dataset_rpcs.download(request, context)
+        yield from _manifest_messages(manifest, pb.JOB_STATE_SUCCEEDED, None)
+        yield from _file_chunks(manifest, folder, context)
 
 
 def _manifest_messages(
