@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from marketplace.errors import WorkerError
+from marketplace.errors import VerificationError, WorkerError
 from marketplace.protocol.auth import sign_request
 from marketplace.protocol.bundle import load_bundle, pack_bundle
 from marketplace.protocol.datasets import dataset_hash, dataset_request_digest, format_dataset, pack_dataset
@@ -25,7 +28,7 @@ from marketplace.requester.datasets import (
     put_dataset,
 )
 from marketplace.rpc import worker_pb2 as pb
-from tests.worker.workerkit import DOMAIN, WorkerProcess, lease_for, next_job_id, submit
+from tests.worker.workerkit import DOMAIN, REPO, WorkerProcess, lease_for, next_job_id, submit
 
 READER = """
 import json, os, pathlib, sys
@@ -192,3 +195,50 @@ def test_a_stranger__cannot_download_a_jobs_dataset_or_make_one_from_its_outputs
             dataset_from_job(other, 1)
         assert err.value.code == "PERMISSION_DENIED"
         assert list(list_datasets(other).datasets) == []  # the list is per account
+
+
+def test_a_dataset_altered_on_the_worker__is_refused_by_whoever_fetches_it(
+    worker: WorkerProcess, client: WorkerClient, requester: LocalAccount, tmp_path: Path
+) -> None:
+    folder = _dataset(tmp_path, numbers=range(11))
+    digest = put_dataset(client, folder).hash
+    bundle = _reader_bundle(tmp_path, digest)
+    job_id = next_job_id()
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, load_bundle(bundle).hash))
+    assert client.upload_bundle(job_id, pack_bundle(bundle)).complete
+    assert dataset_hash(download_dataset(client, job_id, digest, tmp_path / "good")) == digest
+    numbers = worker.data_dir / "datasets" / "trees" / digest.hex() / "numbers.txt"
+    numbers.chmod(0o644)
+    numbers.write_text("1 2 3")  # a provider serving other data under the name
+    with pytest.raises(VerificationError, match="hash to data:"):
+        download_dataset(client, job_id, digest, tmp_path / "bad")
+
+
+def test_the_data_commands__put_once_then_say_it_is_held(worker: WorkerProcess, tmp_path: Path) -> None:
+    folder = _dataset(tmp_path, numbers=range(13))
+    name = format_dataset(dataset_hash(folder))
+    base = [sys.executable, "-m", "flopex", "data"]
+    where = ["--provider", worker.target, "--dev", "3", "--json"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FLOPEX_HOME": str(tmp_path / "home")}
+
+    def flopex(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+
+    hashed = flopex("hash", str(folder), "--json")
+    assert json.loads(hashed.stdout)["dataset"] == name
+    missing = flopex("has", name, *where)
+    assert missing.returncode == 1 and json.loads(missing.stdout)["present"] is False
+    assert f"flopex data put DIR --provider {worker.target}" in missing.stderr
+    put = flopex("put", str(folder), *where)
+    assert put.returncode == 0, put.stderr
+    first = json.loads(put.stdout)
+    assert first["dataset"] == name and first["bytes_sent"] > 3 << 20 and not first["already_held"]
+    again = json.loads(flopex("put", str(folder), *where).stdout)
+    assert again["already_held"] and again["bytes_sent"] == 0
+    assert json.loads(flopex("has", name, *where).stdout)["present"] is True
+    listed = json.loads(flopex("ls", *where).stdout)
+    assert [d["dataset"] for d in listed["datasets"]] == [name]
+    remembered = json.loads(next((tmp_path / "home").glob("requester-*/datasets.json")).read_text())
+    assert remembered == {name: str(folder.resolve())}
+    bad = flopex("has", "data:zz", *where)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "not a dataset name" in bad.stderr
