@@ -92,6 +92,9 @@ class DatasetLimits:
     """All datasets and uploads of accounts that never ran a job here together."""
     upload_idle_s: float = 24 * 3600.0
     """An unfinished upload untouched this long is deleted."""
+    keep_after_job_s: float = 24 * 3600.0
+    """A dataset stays pinned this long after the last job reading it ended, so that a verifier
+    can still fetch it to re-run the job while its result may be checked."""
 
 
 @dataclass(frozen=True, slots=True)

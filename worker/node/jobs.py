@@ -141,9 +141,15 @@ class JobManager:
     # -- bookkeeping --------------------------------------------------------------------------
 
     def _job_live(self, job_id: int) -> bool:
-        """Whether a job may still run (the datasets it reads stay pinned until it ends)."""
+        """Whether a job may still run or be re-run by a verifier: the datasets it reads stay pinned
+        until it ended ``datasets.keep_after_job_s`` ago."""
         job = self.store.get(job_id)
-        return job is not None and not job.terminal
+        if job is None:
+            return False
+        if not job.terminal:
+            return True
+        ended = job.finished or job.created
+        return time.time() - ended < self.config.datasets.keep_after_job_s
 
     def fail_interrupted(self) -> None:
         """Mark jobs that were queued or running when the worker last stopped as failed."""
