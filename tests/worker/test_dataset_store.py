@@ -13,6 +13,7 @@ from marketplace.protocol.bundle import pack_tree, parse_job_toml
 from marketplace.protocol.datasets import dataset_hash, format_dataset, pack_dataset, parse_dataset
 from marketplace.protocol.merkle import manifest_of
 from worker.node.datasets import DatasetLimits, DatasetStore
+from worker.sandbox.runner import Limits, Sandbox
 
 ALICE = "0x" + "a1" * 20
 BOB = "0x" + "b0" * 20
@@ -179,3 +180,20 @@ def test_a_job_output_folder__becomes_a_dataset_by_its_hash(tmp_path: Path) -> N
     assert digest == dataset_hash(out) and store.info(digest) is not None
     assert store.add_tree(BOB, out) == digest  # the same files: the same dataset, held once
     assert [d.hash for d in store.list(BOB)] == [digest]
+
+
+def test_without_a_sandbox__the_data_folder_links_each_dataset(tmp_path: Path) -> None:
+    bundle = _tree(tmp_path / "bundle", {"main.py": b"", "job.toml": b""})
+    tree = _tree(tmp_path / "tree", {"a.txt": b"data"})
+    bare = Sandbox(bwrap=str(tmp_path / "no-bwrap"), allow_unsandboxed=True, use_cgroups=False)
+    try:
+        space = bare.create_space(Limits(max_disk_bytes=1 << 20), bundle, (), {"train": tree})
+        try:
+            folder = Path(bare.job_folders(space)["data_dir"])
+            assert (folder / "train" / "a.txt").read_bytes() == b"data"
+            assert space.data_sources == {"train": tree}
+        finally:
+            space.release()
+        assert tree.is_dir() and (tree / "a.txt").read_bytes() == b"data"  # released, the dataset stays
+    finally:
+        bare.close()
