@@ -30,7 +30,7 @@ from marketplace.rpc import SERVICE_NAME
 
 __all__ = ["STREAM_METHODS", "Admission", "AdmissionLimits", "TokenBucket", "Watchdog", "method_class", "peer_host"]
 
-STREAM_METHODS = frozenset({"WatchJob", "DownloadResults", "DownloadBundle"})
+STREAM_METHODS = frozenset({"WatchJob", "DownloadResults", "DownloadBundle", "DownloadDataset"})
 CHALLENGE_METHODS = frozenset({"CapacityChallenge", "ChallengeRows"})
 
 
@@ -41,7 +41,7 @@ def method_class(method: str) -> str:
     is signed (the signature is in the first message), so a flood of them leaves watches and
     downloads alone.
     """
-    if method == "UploadBundle":
+    if method in ("UploadBundle", "PutDataset"):
         return "upload"
     if method in STREAM_METHODS:
         return "stream"
