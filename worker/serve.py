@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=8192,
         help="disk datasets of accounts with no job here may take",
     )
+    p.add_argument(
+        "--dataset-keep-after-job-h",
+        type=float,
+        default=24.0,
+        help="keep a job's datasets pinned this long after it ended (cover your longest challenge window)",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key (TLS)")
     p.add_argument("--log-level", default="INFO")
@@ -116,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             stranger_quota_bytes=args.dataset_stranger_quota_mb << 20,
             disk_budget_bytes=args.dataset_budget_mb << 20,
             stranger_budget_bytes=args.dataset_stranger_budget_mb << 20,
+            keep_after_job_s=args.dataset_keep_after_job_h * 3600,
         ),
     )
 
