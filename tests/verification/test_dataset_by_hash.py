@@ -13,7 +13,8 @@ import pytest
 
 from marketplace.chain.client import dev_account
 from marketplace.protocol.datasets import dataset_hash, format_dataset
-from marketplace.requester.datasets import DatasetIndex
+from marketplace.requester.client import WorkerClient
+from marketplace.requester.datasets import DatasetIndex, put_dataset
 from marketplace.requester.requester import JobOptions, JobOutcome
 from marketplace.types import Auction, Outcome
 from tests.verification.chainkit import PROVIDERS, REQUESTER, ROOT, VERIFIERS, Market, _Requester
@@ -67,3 +68,32 @@ def test_a_job_reading_a_dataset_by_hash__is_replayed_by_a_verifier_and_paid_and
     assert second.status == "succeeded", second.reason
     assert second.dataset_bytes_uploaded == 0  # the provider held the data: only the bundle went up
     assert second.slots[0]["status"] == "paid"
+
+
+def test_a_provider_running_a_job_on_other_data_than_named__is_rejected_by_the_verifier_and_slashed(
+    market: Market, tmp_path: Path
+) -> None:
+    cheater = market.add_provider(PROVIDERS[0])
+    market.add_verifier(VERIFIERS[0])
+    requester = _Requester(market.contracts, dev_account(REQUESTER))
+    [server] = market.servers
+    endpoint = f"127.0.0.1:{server.port}"
+    with WorkerClient(endpoint, requester_key=requester.account.key, domain=requester.domain) as client:
+        digest = put_dataset(client, EXAMPLE / "data").hash
+    # the provider swaps the data under the name: the job runs (and succeeds) on other rows
+    points = server.manager.datasets.tree(digest) / "points.csv"
+    points.chmod(0o644)
+    points.write_text("\n".join(points.read_text().splitlines()[:1025]) + "\n")
+    stake = market.contracts.registry.total_stake(cheater.address)
+
+    outcome = _run(market, requester, EXAMPLE / "bundle")
+    assert outcome.dataset_bytes_uploaded == 0  # the provider said it held the data
+    [bill] = outcome.slots
+    verdicts = market.contracts.market.get_events("ResultAttested", 0, job_id=outcome.job_id)
+    assert [v.outcome for v in verdicts] == [Outcome.REJECT]
+    assert bill["status"] == "slashed" and bill["paid"] == 0 and bill["refunded"] > 0
+    assert bill["reason"].startswith("rejected by verifier") and bill["rulings"][0]["outcome"] == "reject"
+    # the verifier refused the data it fetched before running anything on it
+    assert not [p for p in (market.home / f"verifier-{VERIFIERS[0]}").rglob("replay") if any(p.iterdir())]
+    assert market.contracts.registry.total_stake(cheater.address) == stake - bill["slashed"]
+    assert outcome.status == "slashed"
