@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,16 @@ def test_without_a_sandbox__the_data_folder_links_each_dataset(tmp_path: Path) -
         assert tree.is_dir() and (tree / "a.txt").read_bytes() == b"data"  # released, the dataset stays
     finally:
         bare.close()
+
+
+def test_an_unfinished_upload_left_idle__is_deleted_and_frees_the_quota(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path / "store", DatasetLimits(upload_idle_s=3600))
+    digest, archive = pack_dataset(_data(tmp_path, "d", 20_000))
+    sha = hashlib.sha256(archive).digest()
+    store.receive(ALICE, digest, len(archive), sha, 0, _chunks(archive[:5000]))
+    assert store.used(ALICE) == len(archive)  # an upload counts its announced size from its first byte
+    assert store.expire_parts() == 0
+    store.limits = DatasetLimits(upload_idle_s=0)
+    time.sleep(0.01)
+    assert store.expire_parts() == 1
+    assert store.used(ALICE) == 0 and store.held(ALICE, digest, sha) == 0

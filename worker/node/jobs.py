@@ -240,6 +240,7 @@ class JobManager:
                     return
             try:
                 self.expire_uploads()
+                self.datasets.expire_parts()
             except Exception:  # the janitor must outlive a bad directory entry
                 log.exception("expiring uploads failed")
 
