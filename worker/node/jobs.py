@@ -34,6 +34,7 @@ from marketplace.sdk import PROGRESS_PREFIX
 from worker.node.config import WorkerConfig
 from worker.node.devices import DeviceInfo, UtilizationSampler, check_request
 from worker.node.leases import Lease
+from worker.node.receive import StreamingUnpack
 from worker.node.store import TERMINAL, JobRecord, JobStore
 from worker.sandbox.runner import JobSpace, Limits, Sandbox, SandboxRequest
 
@@ -265,7 +266,12 @@ class JobManager:
     def receive_upload(self, lease: Lease, size: int, sha: bytes, offset: int, chunks: Any) -> tuple[JobRecord, int]:
         """Append the ``(data, sha256)`` chunks to the upload from ``offset``; finish it when complete.
 
-        Returns the job and the bytes held. Raises WorkerError with the status code to send.
+        A chunk's sha256 is checked when the client sent one (empty: the archive's digest, checked
+        before anything is used, covers it). An upload that starts at offset 0 is unpacked while it
+        arrives (:class:`~worker.node.receive.StreamingUnpack`) into a staging folder that becomes
+        the job's bundle only once the whole archive matches its sha256; a resumed upload is unpacked
+        from the partial archive at its end. Returns the job and the bytes held. Raises WorkerError
+        with the status code to send.
         """
         job_id = lease.job_id
         if size > self.config.max_bundle_bytes:
@@ -278,6 +284,7 @@ class JobManager:
         lock = self._upload_lock(job_id)
         if not lock.acquire(blocking=False):
             raise WorkerError(f"another upload of job {job_id} is in progress", code="ABORTED")
+        unpacking: StreamingUnpack | None = None
         try:
             existing = self.store.get(job_id)
             if existing is not None and existing.state == "cancelled" and existing.started is None:
@@ -296,9 +303,13 @@ class JobManager:
                     code="FAILED_PRECONDITION",
                 )
             running_hash = hashlib.sha256() if held == 0 else None
+            if held == 0 and size > 0:
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+                self.job_dir(job_id).mkdir(parents=True)
+                unpacking = StreamingUnpack(self._staging(job_id), max_bytes=self.config.max_unpacked_bytes)
             with open(part, "ab") as fh:
                 for data, chunk_sha in chunks:
-                    if hashlib.sha256(data).digest() != chunk_sha:
+                    if chunk_sha and hashlib.sha256(data).digest() != chunk_sha:
                         raise WorkerError(f"chunk at offset {held} does not match its sha256", code="DATA_LOSS")
                     if held + len(data) > size:
                         raise WorkerError(f"upload is larger than the announced {size} bytes", code="INVALID_ARGUMENT")
@@ -307,31 +318,49 @@ class JobManager:
                     held += len(data)
                     if running_hash is not None:
                         running_hash.update(data)
+                    if unpacking is not None:
+                        unpacking.feed(data)
             if held < size:
                 job = self.store.get(job_id)
                 assert job is not None
                 return job, held
-            return self._finish_upload(lease, part, sha, running_hash), held
+            streamed, unpacking = unpacking, None
+            return self._finish_upload(lease, part, sha, running_hash, streamed), held
         finally:
+            if unpacking is not None:  # the stream broke off or was refused: nothing unpacked is kept
+                unpacking.abort()
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             lock.release()
 
-    def _finish_upload(self, lease: Lease, part: Path, sha: bytes, running: Any) -> JobRecord:
+    def _staging(self, job_id: int) -> Path:
+        return self.job_dir(job_id) / "bundle.unpacking"
+
+    def _finish_upload(
+        self, lease: Lease, part: Path, sha: bytes, running: Any, streamed: StreamingUnpack | None = None
+    ) -> JobRecord:
         job_id = lease.job_id
         if running is None:
             running = hashlib.sha256()
             with open(part, "rb") as fh:
                 while block := fh.read(_READ):
                     running.update(block)
-        if running.digest() != sha:
-            part.unlink()
-            raise WorkerError("the archive does not match its sha256; upload it again", code="DATA_LOSS")
         target = self.job_dir(job_id) / "bundle"
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-        self.job_dir(job_id).mkdir(parents=True)
         try:
-            bundle = unpack_bundle(part, target, max_bytes=self.config.max_unpacked_bytes)
+            if running.digest() != sha:
+                part.unlink()
+                raise WorkerError("the archive does not match its sha256; upload it again", code="DATA_LOSS")
+            if streamed is not None:
+                unpacked = streamed.result()
+                self._staging(job_id).rename(target)
+                bundle = Bundle(target, unpacked.spec, unpacked.hash)
+            else:
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+                self.job_dir(job_id).mkdir(parents=True)
+                bundle = unpack_bundle(part, target, max_bytes=self.config.max_unpacked_bytes)
             self._check_bundle(lease, bundle)
         except BaseException:
+            if streamed is not None:
+                streamed.abort()
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             part.unlink(missing_ok=True)
             raise
@@ -379,7 +408,7 @@ class JobManager:
                 )
             if len(self._queue) >= self.config.max_queued:
                 raise WorkerError(f"the queue is full ({self.config.max_queued} jobs)", code="RESOURCE_EXHAUSTED")
-            bundle = load_bundle(self.job_dir(job_id) / "bundle")
+            bundle = self._load_unpacked(job_id, job.bundle_hash)
             res = bundle.spec.resources
             check_request(self.devices, res.device, res.gpus, int(res.min_memory_gb * 2**30))
             if lease is not None and lease.device_group is not None:
@@ -396,6 +425,11 @@ class JobManager:
         self._dispatch()
         return self.get(job_id)
 
+    def _load_unpacked(self, job_id: int, known_hash: bytes | None) -> Bundle:
+        """The job's unpacked bundle, validated; its hash is the one computed from the bytes as they
+        were unpacked (the folder is the worker's own), so the files are not read again."""
+        return load_bundle(self.job_dir(job_id) / "bundle", known_hash=known_hash)
+
     def _pick(self, bundle: Bundle) -> list[int] | None:
         res = bundle.spec.resources
         need = int(res.min_memory_gb * 2**30)
@@ -410,7 +444,8 @@ class JobManager:
                 return
             for job_id in list(self._queue):
                 try:
-                    bundle = load_bundle(self.job_dir(job_id) / "bundle")
+                    record = self.store.get(job_id)
+                    bundle = self._load_unpacked(job_id, record.bundle_hash if record else None)
                 except BundleError as exc:
                     self._queue.remove(job_id)
                     self._finish_without_run(job_id, f"bundle unreadable: {exc}", "failed")
