@@ -27,7 +27,6 @@ block format instead, so packing and unpacking it costs a copy and a CRC32.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import posixpath
@@ -35,7 +34,7 @@ import re
 import tarfile
 import tomllib
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -60,9 +59,9 @@ __all__ = [
     "MAX_PATH_BYTES",
     "MAX_REDUNDANCY",
     "MAX_TIMEOUT_S",
+    "PACK_BLOCK",
     "TOKEN_DECIMALS",
     "Auction",
-    "PACK_BLOCK",
     "Bundle",
     "BundleHasher",
     "Device",
@@ -556,7 +555,7 @@ def load_bundle(directory: str | os.PathLike[str], *, known_hash: bytes | None =
 
 def _stored(data: bytes) -> bytes:
     """``data`` as raw deflate in stored (uncompressed) blocks, the last one final."""
-    parts = []
+    parts: list[bytes | memoryview] = []
     view = memoryview(data)
     for pos in range(0, len(data), 0xFFFF):
         piece = view[pos : pos + 0xFFFF]
@@ -639,7 +638,9 @@ def pack_bundle(
     raw = io.BytesIO()
     with ThreadPoolExecutor(workers, thread_name_prefix="pack") as pool:
         blocks = _BlockWriter(raw, pool, 2 * workers)
-        with tarfile.open(fileobj=blocks, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ) as tar:
+        with tarfile.TarFile(
+            fileobj=cast(IO[bytes], blocks), mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ
+        ) as tar:
             for rel, full in _walk_regular(root):
                 info = tarfile.TarInfo(rel)
                 info.size = full.stat().st_size

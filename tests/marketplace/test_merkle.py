@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import blake3
+import pytest
 from eth_hash.auto import keccak
 from hypothesis import given
 from hypothesis import strategies as st
