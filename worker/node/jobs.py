@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from eth_account.signers.local import LocalAccount
 
@@ -34,7 +34,7 @@ from marketplace.sdk import PROGRESS_PREFIX
 from worker.node.config import WorkerConfig
 from worker.node.devices import DeviceInfo, UtilizationSampler, check_request
 from worker.node.leases import Lease
-from worker.node.receive import StreamingUnpack
+from worker.node.receive import ArchiveReceiver
 from worker.node.store import TERMINAL, JobRecord, JobStore
 from worker.sandbox.runner import JobSpace, Limits, Sandbox, SandboxRequest
 
@@ -267,11 +267,11 @@ class JobManager:
         """Append the ``(data, sha256)`` chunks to the upload from ``offset``; finish it when complete.
 
         A chunk's sha256 is checked when the client sent one (empty: the archive's digest, checked
-        before anything is used, covers it). An upload that starts at offset 0 is unpacked while it
-        arrives (:class:`~worker.node.receive.StreamingUnpack`) into a staging folder that becomes
-        the job's bundle only once the whole archive matches its sha256; a resumed upload is unpacked
-        from the partial archive at its end. Returns the job and the bytes held. Raises WorkerError
-        with the status code to send.
+        before anything is used, covers it). An upload that starts at offset 0 is unpacked as it
+        arrives, in the same pass (:class:`~worker.node.receive.ArchiveReceiver`), into a staging
+        folder that becomes the job's bundle only once the whole archive matches its sha256; a
+        resumed upload is unpacked from the partial archive at its end. Returns the job and the
+        bytes held. Raises WorkerError with the status code to send.
         """
         job_id = lease.job_id
         if size > self.config.max_bundle_bytes:
@@ -284,7 +284,7 @@ class JobManager:
         lock = self._upload_lock(job_id)
         if not lock.acquire(blocking=False):
             raise WorkerError(f"another upload of job {job_id} is in progress", code="ABORTED")
-        unpacking: StreamingUnpack | None = None
+        staged = False
         try:
             existing = self.store.get(job_id)
             if existing is not None and existing.state == "cancelled" and existing.started is None:
@@ -303,32 +303,29 @@ class JobManager:
                     code="FAILED_PRECONDITION",
                 )
             running_hash = hashlib.sha256() if held == 0 else None
-            if held == 0 and size > 0:
-                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-                self.job_dir(job_id).mkdir(parents=True)
-                unpacking = StreamingUnpack(self._staging(job_id), max_bytes=self.config.max_unpacked_bytes)
+            unpacked: Bundle | BundleError | None = None
             with open(part, "ab") as fh:
-                for data, chunk_sha in chunks:
-                    if chunk_sha and hashlib.sha256(data).digest() != chunk_sha:
-                        raise WorkerError(f"chunk at offset {held} does not match its sha256", code="DATA_LOSS")
-                    if held + len(data) > size:
-                        raise WorkerError(f"upload is larger than the announced {size} bytes", code="INVALID_ARGUMENT")
-                    fh.write(data)
-                    fh.flush()
-                    held += len(data)
-                    if running_hash is not None:
-                        running_hash.update(data)
-                    if unpacking is not None:
-                        unpacking.feed(data)
+                receiver = ArchiveReceiver(chunks, fh, running_hash, held, size)
+                if held == 0 and size > 0:
+                    shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+                    self.job_dir(job_id).mkdir(parents=True)
+                    staged = True
+                    try:
+                        unpacked = unpack_bundle(
+                            cast(IO[bytes], receiver), self._staging(job_id), max_bytes=self.config.max_unpacked_bytes
+                        )
+                    except BundleError as exc:  # told once the archive's digest is known to match
+                        unpacked = exc
+                receiver.drain()
+                held = receiver.held
             if held < size:
                 job = self.store.get(job_id)
                 assert job is not None
                 return job, held
-            streamed, unpacking = unpacking, None
-            return self._finish_upload(lease, part, sha, running_hash, streamed), held
+            staged = False
+            return self._finish_upload(lease, part, sha, running_hash, unpacked), held
         finally:
-            if unpacking is not None:  # the stream broke off or was refused: nothing unpacked is kept
-                unpacking.abort()
+            if staged:  # the stream broke off or was refused: nothing unpacked is kept
                 shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             lock.release()
 
@@ -336,8 +333,10 @@ class JobManager:
         return self.job_dir(job_id) / "bundle.unpacking"
 
     def _finish_upload(
-        self, lease: Lease, part: Path, sha: bytes, running: Any, streamed: StreamingUnpack | None = None
+        self, lease: Lease, part: Path, sha: bytes, running: Any, unpacked: Bundle | BundleError | None = None
     ) -> JobRecord:
+        """Check the archive's digest, then keep what was unpacked while it arrived (``unpacked``: the
+        bundle, or the error that stopped it) or, for an upload that resumed, unpack it now."""
         job_id = lease.job_id
         if running is None:
             running = hashlib.sha256()
@@ -349,8 +348,9 @@ class JobManager:
             if running.digest() != sha:
                 part.unlink()
                 raise WorkerError("the archive does not match its sha256; upload it again", code="DATA_LOSS")
-            if streamed is not None:
-                unpacked = streamed.result()
+            if isinstance(unpacked, BundleError):
+                raise unpacked
+            if unpacked is not None:
                 self._staging(job_id).rename(target)
                 bundle = Bundle(target, unpacked.spec, unpacked.hash)
             else:
@@ -359,8 +359,6 @@ class JobManager:
                 bundle = unpack_bundle(part, target, max_bytes=self.config.max_unpacked_bytes)
             self._check_bundle(lease, bundle)
         except BaseException:
-            if streamed is not None:
-                streamed.abort()
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             part.unlink(missing_ok=True)
             raise
