@@ -531,7 +531,12 @@ def load_bundle(directory: str | os.PathLike[str], *, known_hash: bytes | None =
     ``known_hash`` is the bundle hash when the caller computed it from the very bytes it wrote
     (:func:`unpack_bundle` does, while extracting); otherwise the files are hashed here.
     """
-    root = Path(directory)
+    spec, walked = _validate(Path(directory))
+    return Bundle(Path(directory), spec, known_hash if known_hash is not None else _hash_files(walked))
+
+
+def _validate(root: Path) -> tuple[JobSpec, list[tuple[str, Path]]]:
+    """The bundle's spec and its regular files, checked as :func:`load_bundle` describes."""
     if not root.is_dir():
         raise BundleError(f"bundle: not a directory: {root}")
     walked = _walk_regular(root)
@@ -550,7 +555,7 @@ def load_bundle(directory: str | os.PathLike[str], *, known_hash: bytes | None =
     for name in spec.job.inputs:
         if name not in files:
             raise BundleError(f"job.inputs: {name!r} is not a file in the bundle")
-    return Bundle(root, spec, known_hash if known_hash is not None else _hash_files(walked))
+    return spec, walked
 
 
 def _stored(data: bytes) -> bytes:
@@ -633,7 +638,7 @@ def pack_bundle(
     first.
     """
     root = Path(directory)
-    load_bundle(root)
+    _spec, walked = _validate(root)
     workers = max(1, threads or os.cpu_count() or 1)
     raw = io.BytesIO()
     with ThreadPoolExecutor(workers, thread_name_prefix="pack") as pool:
@@ -641,7 +646,7 @@ def pack_bundle(
         with tarfile.TarFile(
             fileobj=cast(IO[bytes], blocks), mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ
         ) as tar:
-            for rel, full in _walk_regular(root):
+            for rel, full in walked:
                 info = tarfile.TarInfo(rel)
                 info.size = full.stat().st_size
                 info.mode = 0o644
