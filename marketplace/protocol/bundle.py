@@ -12,7 +12,7 @@ The *bundle hash* (what the requester posts on chain and the worker recomputes) 
             ‖ for each regular file, in sorted order of its relative POSIX path (UTF-8 bytes):
                   path ‖ b"\\0" ‖ uint64_be(size) ‖ file bytes )
 
-BLAKE3 (32-byte output) is a tree hash, SIMD and multi-threaded over large inputs; the framing is
+BLAKE3 (32-byte output) is a tree hash with a SIMD implementation; the framing is
 the same as the earlier sha256 ``flopex-bundle-v1`` hash. The canonical archive lists its members in
 that same order, so :func:`unpack_bundle` computes the hash while it extracts (:class:`BundleHasher`)
 and never reads the files back.
@@ -482,7 +482,9 @@ class BundleHasher:
     __slots__ = ("_h",)
 
     def __init__(self) -> None:
-        self._h = blake3.blake3(_HASH_DOMAIN, max_threads=blake3.blake3.AUTO)
+        # One thread: BLAKE3's SIMD path alone runs at several GiB/s here, and its multi-threaded
+        # mode waits on preempted helper threads when the cores are busy (several times slower here).
+        self._h = blake3.blake3(_HASH_DOMAIN)
 
     def file(self, rel: str, size: int) -> None:
         """Start the file at relative POSIX path ``rel`` of ``size`` bytes."""
