@@ -1,17 +1,23 @@
 """Bundle upload and result download throughput against a bare gRPC stream of the same bytes.
 
-``python -m benchmarks.transfer [--mib 256]`` starts a worker process and a bare gRPC server
-process on loopback, then measures, in the same run:
+``python -m benchmarks.transfer [--mib 256] [--rounds 5] [--busy]`` starts a worker process and a
+bare gRPC server process on loopback, packs a MIB-sized bundle (timed: ``pack_seconds``), then runs
+``rounds`` interleaved pairs, alternating which of the pair goes first:
 
-- ``upload``: :meth:`WorkerClient.upload_bundle` of a MIB-sized bundle archive (per-chunk sha256
-  on both sides, whole-archive sha256, written to disk) — the timing ends when the worker has the
-  archive, verified; ``upload_with_unpack`` also covers unpacking and re-hashing the bundle;
-- ``download``: :meth:`WorkerClient.download_results` of a job's MIB-sized output (per-file
-  sha256, Merkle root recomputed, receipt signature checked);
-- ``bare_upload`` / ``bare_download``: the same number of bytes in the same chunk size through a
-  gRPC stream with no hashing, no disk and no protobuf (identity serializers).
+- ``upload``: :meth:`WorkerClient.upload_bundle` of the bundle archive to a fresh job, from the call
+  to the worker's answer that the bundle is unpacked and its hash is the lease's (the client's
+  archive sha256, the signed header, the stream, the worker's archive sha256, unpacking while it
+  arrives and the BLAKE3 bundle hash computed while the files are written), paired with
+- ``bare_upload``: the same number of bytes in the same chunk size through a gRPC stream with no
+  hashing, no disk and no protobuf (identity serializers);
+- ``download``: :meth:`WorkerClient.download_results` of a job's MIB-sized output (written to disk,
+  each file's sha256 and the Merkle root over BLAKE3 chunk digests recomputed, receipt signature
+  checked), paired with ``bare_download``.
 
-It prints one JSON document with MiB/s figures, the ratios to the bare stream, and the environment.
+Each ratio (bare seconds / flopex seconds) is reported as the median of its pairs with their
+spread; ``meets_goals`` says whether both medians reach :data:`GOAL_RATIO`. ``--busy`` runs one
+busy-looping process per core for the whole measurement, as on a provider's loaded machine.
+It prints one JSON document, with the environment.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +37,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
+import blake3
 import grpc
 
 _CHUNK = 1 << 20
@@ -70,31 +80,56 @@ def serve_bare() -> None:
     server.stop(0)
 
 
-def _bare(port: int, size: int) -> tuple[float, float]:
-    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 8 << 20)]) as ch:
-        up = ch.stream_unary(_METHOD_UP, request_serializer=_ident, response_deserializer=_ident)
-        down = ch.unary_stream(_METHOD_DOWN, request_serializer=_ident, response_deserializer=_ident)
-        block = os.urandom(_CHUNK)
+GOAL_RATIO = 0.70
+"""Goal for upload and download: at least this fraction of the bare stream's throughput."""
 
-        def chunks() -> Iterator[bytes]:
-            for pos in range(0, size, _CHUNK):
-                yield block[: min(_CHUNK, size - pos)]
 
-        t0 = time.perf_counter()
-        assert int(up(chunks(), timeout=600)) == size
-        t_up = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        got = sum(len(c) for c in down(str(size).encode(), timeout=600))
-        t_down = time.perf_counter() - t0
-        assert got == size
-    return t_up, t_down
+def _busy_loop() -> None:
+    while True:
+        pass
+
+
+def _spin(n: int) -> list[multiprocessing.Process]:
+    procs = [multiprocessing.Process(target=_busy_loop, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def _summary(values: list[float]) -> dict[str, object]:
+    ordered = sorted(values)
+    return {
+        "median": round(statistics.median(ordered), 3),
+        "min": round(ordered[0], 3),
+        "max": round(ordered[-1], 3),
+        "pairs": [round(v, 3) for v in values],
+    }
+
+
+def _bundle_dir(root: Path, mib: int) -> None:
+    root.mkdir()
+    (root / "job.toml").write_text(
+        '[job]\nentrypoint = "main.py"\ninputs = ["blob.bin"]\n[resources]\ndevice = "cpu"\n'
+        'timeout_s = 600\n[market]\nmax_price = "1"\n'
+    )
+    (root / "main.py").write_text(
+        "import os\nout = os.path.join(os.environ['FLOPEX_OUTPUT_DIR'], 'result.bin')\n"
+        f"with open(out, 'wb') as fh:\n    for _ in range({mib}):\n"
+        "        fh.write(os.urandom(1 << 20))\n"
+    )
+    with open(root / "blob.bin", "wb") as fh:
+        for _ in range(mib):
+            fh.write(os.urandom(1 << 20))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.transfer")
     parser.add_argument("--mib", type=int, default=256, help="bundle and output size in MiB")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved pairs of each kind")
     parser.add_argument("--chunk-kib", type=int, default=1024, help="upload chunk size (both streams)")
+    parser.add_argument("--busy", action="store_true", help="one busy-looping process per core while measuring")
+    parser.add_argument("--out", help="also write the JSON to this file")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global _CHUNK
@@ -102,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare_server:
         serve_bare()
         return 0
+    if args.rounds < 1 or args.mib < 1:
+        parser.error("--rounds and --mib must be at least 1")
 
     from eth_account import Account
 
-    from benchmarks._env import environment
+    from benchmarks._env import emit, environment
     from marketplace.protocol.auth import Domain
     from marketplace.protocol.bundle import load_bundle, pack_bundle
     from marketplace.requester.client import WorkerClient
@@ -115,177 +152,251 @@ def main(argv: list[str] | None = None) -> int:
     market = "0x" + "5a" * 20
     domain = Domain(31337, market)
     requester = Account.create()
-    with tempfile.TemporaryDirectory(prefix="flopex-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        key = tmp / "provider.key"
-        key.write_text(Account.create().key.hex())
-        leases = tmp / "leases.json"
-        LeaseFile.write(leases, [])
-        bare = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.transfer", "--bare-server"],
-            cwd=repo,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert bare.stdout is not None and bare.stdin is not None
-        bare_port = int(bare.stdout.readline())
-        mb = str(args.mib * 2 + 64)
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "worker.serve",
-                "--data-dir",
-                str(tmp / "data"),
-                "--leases",
-                str(leases),
-                "--key-file",
-                str(key),
-                "--market",
-                market,
-                "--print-port",
-                "--log-level",
-                "WARNING",
-                "--max-bundle-mb",
-                mb,
-                "--max-file-mb",
-                mb,
-                "--max-disk-mb",
-                mb,
-                "--memory-limit-mb",
-                "2048",
-            ],
-            cwd=repo,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert worker.stdout is not None
-        hello = json.loads(worker.stdout.readline())
-        try:
-            bundle = tmp / "bundle"
-            bundle.mkdir()
-            (bundle / "job.toml").write_text(
-                '[job]\nentrypoint = "main.py"\ninputs = ["blob.bin"]\n[resources]\ndevice = "cpu"\n'
-                'timeout_s = 600\n[market]\nmax_price = "1"\n'
+    busy = _spin(os.cpu_count() or 1) if args.busy else []
+    ups: list[tuple[float, float]] = []
+    downs: list[tuple[float, float]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="flopex-bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            key = tmp / "provider.key"
+            key.write_text(Account.create().key.hex())
+            leases = tmp / "leases.json"
+            LeaseFile.write(leases, [])
+            bare = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.transfer", "--bare-server"],
+                cwd=repo,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
-            (bundle / "main.py").write_text(
-                "import os\nout = os.path.join(os.environ['FLOPEX_OUTPUT_DIR'], 'result.bin')\n"
-                f"with open(out, 'wb') as fh:\n    for _ in range({args.mib}):\n"
-                "        fh.write(os.urandom(1 << 20))\n"
-            )
-            with open(bundle / "blob.bin", "wb") as fh:
-                for _ in range(args.mib):
-                    fh.write(os.urandom(1 << 20))
-            t0 = time.perf_counter()
-            archive = tmp / "bundle.tar.gz"
-            pack_bundle(bundle, archive)
-            pack_s = time.perf_counter() - t0
-            archive_size = archive.stat().st_size
-            bhash = load_bundle(bundle).hash
-            LeaseFile.write(
-                leases,
+            assert bare.stdout is not None and bare.stdin is not None
+            bare_port = int(bare.stdout.readline())
+            mb = str(args.mib * 2 + 64)
+            data_dir = tmp / "data"
+            worker = subprocess.Popen(
                 [
-                    Lease(
-                        1,
-                        requester.address,
-                        (hello["provider"],),
-                        bhash,
-                        int(time.time()) + 3600,
-                        DeviceRequirements("cpu", 1),
-                    )
+                    sys.executable,
+                    "-m",
+                    "worker.serve",
+                    "--data-dir",
+                    str(data_dir),
+                    "--leases",
+                    str(leases),
+                    "--key-file",
+                    str(key),
+                    "--market",
+                    market,
+                    "--print-port",
+                    "--log-level",
+                    "WARNING",
+                    "--max-bundle-mb",
+                    mb,
+                    "--max-file-mb",
+                    mb,
+                    "--max-disk-mb",
+                    mb,
+                    "--memory-limit-mb",
+                    "2048",
                 ],
+                cwd=repo,
+                stdout=subprocess.PIPE,
+                text=True,
             )
-            bare_up, _ = _bare(bare_port, archive_size)
-            with WorkerClient(
-                f"127.0.0.1:{hello['port']}", requester_key=requester.key, domain=domain, timeout_s=60
-            ) as client:
-                stream_s = _upload_all_but_last_byte(client, f"127.0.0.1:{hello['port']}", archive)
+            assert worker.stdout is not None
+            hello = json.loads(worker.stdout.readline())
+            try:
+                bundle = tmp / "bundle"
+                _bundle_dir(bundle, args.mib)
+                archive = tmp / "bundle.tar.gz"
                 t0 = time.perf_counter()
-                status = client.upload_bundle(1, archive, chunk_size=_CHUNK)
-                finish_s = time.perf_counter() - t0
-                assert status.complete and status.bundle_hash == bhash
-                upload_s = stream_s + finish_s
-                client.start_job(1, 0)
-                final = client.wait(1, timeout_s=600)
-                assert final.HasField("finished"), final
-                t0 = time.perf_counter()
-                results = client.download_results(1, tmp / "results", provider=hello["provider"])
-                download_s = time.perf_counter() - t0
-                downloaded = results.manifest.total_bytes
-            bare_down_result = _bare(bare_port, downloaded)[1]
-        finally:
-            worker.terminate()
-            worker.wait(30)
-            bare.stdin.close()
-            bare.wait(30)
-            for pipe in (worker.stdout, bare.stdout):
-                pipe.close()
+                pack_bundle(bundle, archive)
+                pack_s = time.perf_counter() - t0
+                archive_size = archive.stat().st_size
+                single_s = _pack_single_stream(bundle, tmp / "single.tar.gz")
+                bhash = load_bundle(bundle).hash
+                job_ids = list(range(1, args.rounds + 2))
+                LeaseFile.write(
+                    leases,
+                    [
+                        Lease(
+                            j,
+                            requester.address,
+                            (hello["provider"],),
+                            bhash,
+                            int(time.time()) + 3600,
+                            DeviceRequirements("cpu", 1),
+                        )
+                        for j in job_ids
+                    ],
+                )
+                target = f"127.0.0.1:{hello['port']}"
+                with (
+                    WorkerClient(target, requester_key=requester.key, domain=domain, timeout_s=60) as client,
+                    grpc.insecure_channel(
+                        f"127.0.0.1:{bare_port}", options=[("grpc.max_receive_message_length", 8 << 20)]
+                    ) as channel,
+                ):
+                    bare_ch = _BareChannel(channel)
+
+                    def flopex_up(job_id: int) -> float:
+                        t0 = time.perf_counter()
+                        status = client.upload_bundle(job_id, archive, chunk_size=_CHUNK)
+                        elapsed = time.perf_counter() - t0
+                        assert status.complete and status.bundle_hash == bhash
+                        return elapsed
+
+                    # the job whose results are downloaded, uploaded once untimed (it also warms both paths)
+                    flopex_up(job_ids[0])
+                    bare_ch.up(archive_size)
+                    client.start_job(job_ids[0], 0)
+                    final = client.wait(job_ids[0], timeout_s=600)
+                    assert final.HasField("finished"), final
+                    for i, job_id in enumerate(job_ids[1:]):
+                        if i % 2:
+                            up_s = flopex_up(job_id)
+                            bare_s = bare_ch.up(archive_size)
+                        else:
+                            bare_s = bare_ch.up(archive_size)
+                            up_s = flopex_up(job_id)
+                        ups.append((bare_s, up_s))
+                        shutil.rmtree(data_dir / "jobs" / str(job_id), ignore_errors=True)  # disk only
+                    downloaded = 0
+                    for i in range(args.rounds):
+                        dest = tmp / f"results{i}"
+
+                        def flopex_down(dest: Path = dest) -> float:
+                            t0 = time.perf_counter()
+                            results = client.download_results(job_ids[0], dest, provider=hello["provider"])
+                            elapsed = time.perf_counter() - t0
+                            nonlocal downloaded
+                            downloaded = results.manifest.total_bytes
+                            return elapsed
+
+                        if i % 2:
+                            down_s = flopex_down()
+                            bare_s = bare_ch.down(downloaded)
+                        else:
+                            if not downloaded:
+                                flopex_down(tmp / "warm")  # learn the size (and warm the path) first
+                                shutil.rmtree(tmp / "warm")
+                            bare_s = bare_ch.down(downloaded)
+                            down_s = flopex_down()
+                        downs.append((bare_s, down_s))
+                        shutil.rmtree(dest)
+            finally:
+                worker.terminate()
+                worker.wait(30)
+                bare.stdin.close()
+                bare.wait(30)
+                for pipe in (worker.stdout, bare.stdout):
+                    pipe.close()
+    finally:
+        for p in busy:
+            p.terminate()
+            p.join()
 
     def mibs(n: int, s: float) -> float:
         return round(n / (1 << 20) / s, 1)
 
+    up_ratio = _summary([b / f for b, f in ups])
+    down_ratio = _summary([b / f for b, f in downs])
     report = {
         "benchmark": "transfer",
+        "load": f"busy: one busy-looping process per core ({len(busy)})" if busy else "quiet",
+        "rounds": args.rounds,
+        "bundle_mib": args.mib,
         "bundle_archive_mib": round(archive_size / (1 << 20), 1),
         "pack_seconds": round(pack_s, 2),
-        "upload_stream_mib_s": mibs(archive_size, stream_s),
-        "upload_stream_includes": "signed header, per-chunk sha256 on both sides, written to the worker's disk",
-        "upload_mib_s": mibs(archive_size, upload_s),
-        "upload_includes": "the stream, then whole-archive sha256, unpack with limits, bundle hash vs lease",
-        "bare_upload_mib_s": mibs(archive_size, bare_up),
-        "upload_stream_vs_bare": round(bare_up / stream_s, 3),
-        "upload_vs_bare": round(bare_up / upload_s, 3),
+        "pack_single_gzip6_seconds": round(single_s, 2),
+        "pack_single_gzip6_is": "the same tree as one gzip stream at level 6 (the earlier archive format), same run",
+        "upload_mib_s": mibs(archive_size, statistics.median(f for _, f in ups)),
+        "bare_upload_mib_s": mibs(archive_size, statistics.median(b for b, _ in ups)),
+        "upload_vs_bare": up_ratio["median"],
+        "upload_vs_bare_pairs": up_ratio,
+        "upload_includes": "client archive sha256, signed header, stream, worker archive sha256, unpacked while "
+        "arriving with the BLAKE3 bundle hash computed as files are written, hash vs lease",
         "download_mib": round(downloaded / (1 << 20), 1),
-        "download_mib_s": mibs(downloaded, download_s),
-        "download_includes": "per-file sha256, Merkle root recomputed from the files, receipt signature",
-        "bare_download_mib_s": mibs(downloaded, bare_down_result),
-        "download_vs_bare": round(bare_down_result / download_s, 3),
+        "download_mib_s": mibs(downloaded, statistics.median(f for _, f in downs)),
+        "bare_download_mib_s": mibs(downloaded, statistics.median(b for b, _ in downs)),
+        "download_vs_bare": down_ratio["median"],
+        "download_vs_bare_pairs": down_ratio,
+        "download_includes": "written to disk, per-file sha256, Merkle root over BLAKE3 chunk digests, "
+        "receipt signature",
         "upload_chunk_bytes": _CHUNK,
         "download_chunk_bytes": 1 << 20,
-        "goal": "each ratio >= 0.70",
-        "sha256_mib_s": _sha_speed(),
+        "goals": {"upload_vs_bare": f">= {GOAL_RATIO}", "download_vs_bare": f">= {GOAL_RATIO}"},
+        "meets_goals": up_ratio["median"] >= GOAL_RATIO and down_ratio["median"] >= GOAL_RATIO,  # type: ignore[operator]
+        "disk_write_mib_s": _write_speed(),
+        "disk_write_note": "the worker writes every upload byte twice (the partial archive that makes uploads "
+        "resumable, then the bundle's files) and every download byte once; the bare stream touches no disk",
+        "sha256_mib_s": _hash_speed("sha256"),
+        "blake3_mib_s": _hash_speed("blake3"),
         "environment": environment(),
     }
-    print(json.dumps(report, indent=2))
+    emit(report, args.out)
     return 0
 
 
-def _upload_all_but_last_byte(client: object, target: str, archive: Path) -> float:
-    """Stream all but the archive's last byte as UploadBundle does; return the seconds it took."""
-    from marketplace.protocol.auth import payload_digest
-    from marketplace.requester.client import WorkerClient
-    from marketplace.rpc import worker_pb2 as pb
-    from marketplace.rpc import worker_pb2_grpc as pb_grpc
+class _BareChannel:
+    """The bare stream's two calls on one channel, each timed."""
 
-    assert isinstance(client, WorkerClient)
-    size = archive.stat().st_size
-    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
-        stub = pb_grpc.WorkerServiceStub(channel)
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._up = channel.stream_unary(_METHOD_UP, request_serializer=_ident, response_deserializer=_ident)
+        self._down = channel.unary_stream(_METHOD_DOWN, request_serializer=_ident, response_deserializer=_ident)
+        self._block = os.urandom(_CHUNK)
+
+    def up(self, size: int) -> float:
+        block = self._block
+
+        def chunks() -> Iterator[bytes]:
+            for pos in range(0, size, _CHUNK):
+                yield block[: min(_CHUNK, size - pos)]
+
         t0 = time.perf_counter()
-        sha = hashlib.sha256(archive.read_bytes()).digest()
-        auth = client.auth(1, "UploadBundle", payload_digest("UploadBundle", archive_sha256=sha))
-
-        def messages() -> Iterator[pb.UploadChunk]:
-            yield pb.UploadChunk(
-                header=pb.UploadHeader(job_id=1, archive_size=size, archive_sha256=sha, offset=0, auth=auth)
-            )
-            with open(archive, "rb") as fh:
-                left = size - 1
-                while left > 0:
-                    data = fh.read(min(_CHUNK, left))
-                    left -= len(data)
-                    yield pb.UploadChunk(data=data, sha256=hashlib.sha256(data).digest())
-
-        status = stub.UploadBundle(messages(), timeout=600)
-        assert status.received_bytes == size - 1 and not status.complete
+        assert int(self._up(chunks(), timeout=600)) == size
         return time.perf_counter() - t0
 
+    def down(self, size: int) -> float:
+        t0 = time.perf_counter()
+        got = sum(len(c) for c in self._down(str(size).encode(), timeout=600))
+        elapsed = time.perf_counter() - t0
+        assert got == size
+        return elapsed
 
-def _sha_speed() -> float:
+
+def _pack_single_stream(root: Path, archive: Path) -> float:
+    """Seconds to write ``root``'s files as one tar.gz stream at level 6, on one core; the archive is deleted."""
+    import tarfile
+
+    t0 = time.perf_counter()
+    with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=path.relative_to(root).as_posix())
+    elapsed = time.perf_counter() - t0
+    archive.unlink()
+    return elapsed
+
+
+def _write_speed() -> float:
+    """MiB/s of writing 64 MiB to a new file in the temporary folder, 1 MiB at a time (page cache, no fsync)."""
+    block = os.urandom(1 << 20)
+    with tempfile.TemporaryDirectory(prefix="flopex-bench-") as tmp:
+        t0 = time.perf_counter()
+        with open(Path(tmp) / "w.bin", "wb") as fh:
+            for _ in range(64):
+                fh.write(block)
+        return round(64 / (time.perf_counter() - t0), 1)
+
+
+def _hash_speed(name: str) -> float:
+    """MiB/s of one hash over 64 MiB in memory, on one call."""
     block = os.urandom(64 << 20)
     t0 = time.perf_counter()
-    hashlib.sha256(block).digest()
+    if name == "blake3":
+        blake3.blake3(block, max_threads=blake3.blake3.AUTO).digest()
+    else:
+        hashlib.sha256(block).digest()
     return round(64 / (time.perf_counter() - t0), 1)
 
 

@@ -8,15 +8,25 @@ devices, absolute or ``..`` members and anything beyond a byte limit counted whi
 
 The *bundle hash* (what the requester posts on chain and the worker recomputes) is::
 
-    sha256( b"flopex-bundle-v1\\0"
+    blake3( b"flopex-bundle-v2\\0"
             ‖ for each regular file, in sorted order of its relative POSIX path (UTF-8 bytes):
                   path ‖ b"\\0" ‖ uint64_be(size) ‖ file bytes )
+
+BLAKE3 (32-byte output) is a tree hash with a SIMD implementation; the framing is
+the same as the earlier sha256 ``flopex-bundle-v1`` hash. The canonical archive lists its members in
+that same order, so :func:`unpack_bundle` computes the hash while it extracts (:class:`BundleHasher`)
+and never reads the files back.
+
+The canonical archive is a gzip file of several members (RFC 1952 allows any number, and ``tar
+xzf`` reads them as one stream): the tar stream is cut into :data:`PACK_BLOCK` blocks, each its own
+gzip member, compressed in parallel; a block whose sample does not shrink (tensors, safetensors,
+``.pt``, ``.npz``, zip, images: data that is already dense) is *stored* in deflate's uncompressed
+block format instead, so packing and unpacking it costs a copy and a CRC32.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import posixpath
@@ -25,10 +35,13 @@ import tarfile
 import tomllib
 import zlib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, cast, get_args
+from typing import IO, Any, Literal, cast, get_args
+
+import blake3
 
 from marketplace.errors import BundleError
 
@@ -49,9 +62,11 @@ __all__ = [
     "MAX_PATH_BYTES",
     "MAX_REDUNDANCY",
     "MAX_TIMEOUT_S",
+    "PACK_BLOCK",
     "TOKEN_DECIMALS",
     "Auction",
     "Bundle",
+    "BundleHasher",
     "Device",
     "JobSection",
     "JobSpec",
@@ -82,8 +97,14 @@ Device = Literal["cuda", "cpu"]
 Policy = Literal["none", "redundant", "replay", "freivalds", "optimistic"]
 Auction = Literal["sealed", "instant"]
 
-_HASH_DOMAIN = b"flopex-bundle-v1\0"
+_HASH_DOMAIN = b"flopex-bundle-v2\0"
 _READ = 1 << 20
+PACK_BLOCK = 1 << 20
+"""Bytes of the tar stream in one gzip member of a packed archive."""
+_SAMPLE = 16 << 10
+_STORE_RATIO = 0.9
+"""A block whose first :data:`_SAMPLE` bytes deflate (level 1) to more than this fraction is stored."""
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 # Bounds of a job.toml: each is checked at submit (the requester's load_bundle) and again on the
 # worker, and each breach is one BundleError line naming the key.
@@ -506,16 +527,43 @@ def regular_files(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:
     return _walk_regular(Path(directory))
 
 
-def bundle_hash(directory: str | os.PathLike[str]) -> bytes:
-    """Return the 32-byte bundle hash of a bundle directory (see the module docstring)."""
-    h = hashlib.sha256(_HASH_DOMAIN)
-    for rel, full in _walk_regular(Path(directory)):
-        size = full.stat().st_size
-        h.update(rel.encode("utf-8") + b"\0" + size.to_bytes(8, "big"))
+class BundleHasher:
+    """The bundle hash computed incrementally: :meth:`file` opens each file (in sorted order), then
+    :meth:`update` feeds its bytes; :meth:`digest` gives the 32 bytes :func:`bundle_hash` would."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self) -> None:
+        # One thread: BLAKE3's SIMD path alone runs at several GiB/s here, and its multi-threaded
+        # mode waits on preempted helper threads when the cores are busy (several times slower here).
+        self._h = blake3.blake3(_HASH_DOMAIN)
+
+    def file(self, rel: str, size: int) -> None:
+        """Start the file at relative POSIX path ``rel`` of ``size`` bytes."""
+        self._h.update(rel.encode("utf-8") + b"\0" + size.to_bytes(8, "big"))
+
+    def update(self, data: bytes | memoryview) -> None:
+        """Feed the next bytes of the current file."""
+        self._h.update(data)
+
+    def digest(self) -> bytes:
+        """The hash of what was fed so far."""
+        return self._h.digest()
+
+
+def _hash_files(files: list[tuple[str, Path]]) -> bytes:
+    h = BundleHasher()
+    for rel, full in files:
         with open(full, "rb") as fh:
+            h.file(rel, os.fstat(fh.fileno()).st_size)
             while block := fh.read(_READ):
                 h.update(block)
     return h.digest()
+
+
+def bundle_hash(directory: str | os.PathLike[str]) -> bytes:
+    """Return the 32-byte bundle hash of a bundle directory (see the module docstring)."""
+    return _hash_files(_walk_regular(Path(directory)))
 
 
 def _answer_patterns(value: Any) -> tuple[str, ...]:
@@ -531,12 +579,22 @@ def _answer_patterns(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
-    """Parse and validate the bundle directory: its ``job.toml``, entrypoint and inputs, no links."""
-    root = Path(directory)
+def load_bundle(directory: str | os.PathLike[str], *, known_hash: bytes | None = None) -> Bundle:
+    """Parse and validate the bundle directory: its ``job.toml``, entrypoint and inputs, no links.
+
+    ``known_hash`` is the bundle hash when the caller computed it from the very bytes it wrote
+    (:func:`unpack_bundle` does, while extracting); otherwise the files are hashed here.
+    """
+    spec, walked = _validate(Path(directory))
+    return Bundle(Path(directory), spec, known_hash if known_hash is not None else _hash_files(walked))
+
+
+def _validate(root: Path) -> tuple[JobSpec, list[tuple[str, Path]]]:
+    """The bundle's spec and its regular files, checked as :func:`load_bundle` describes."""
     if not root.is_dir():
         raise BundleError(f"bundle: not a directory: {root}")
-    files = dict(_walk_regular(root))
+    walked = _walk_regular(root)
+    files = dict(walked)
     if "job.toml" not in files:
         raise BundleError("bundle: no job.toml at its root")
     if files["job.toml"].stat().st_size > MAX_JOB_TOML_BYTES:
@@ -551,38 +609,177 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     for name in spec.job.inputs:
         if name not in files:
             raise BundleError(f"job.inputs: {name!r} is not a file in the bundle")
-    return Bundle(root, spec, bundle_hash(root))
+    return spec, walked
 
 
-def pack_bundle(directory: str | os.PathLike[str], archive: str | os.PathLike[str] | None = None) -> bytes:
+def _stored(data: bytes) -> bytes:
+    """``data`` as raw deflate in stored (uncompressed) blocks, the last one final."""
+    parts: list[bytes | memoryview] = []
+    view = memoryview(data)
+    for pos in range(0, len(data), 0xFFFF):
+        piece = view[pos : pos + 0xFFFF]
+        n = len(piece)
+        parts.append(b"\x00" + n.to_bytes(2, "little") + (n ^ 0xFFFF).to_bytes(2, "little"))
+        parts.append(piece)
+    parts.append(b"\x01\x00\x00\xff\xff")
+    return b"".join(parts)
+
+
+def _gzip_member(block: bytes, level: int = 6) -> bytes:
+    """One gzip member of ``block``: deflated at ``level``, or stored when a sample of it does not shrink."""
+    sample = block[:_SAMPLE]
+    if len(zlib.compress(sample, 1)) > _STORE_RATIO * len(sample):
+        body = _stored(block)
+    else:
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = deflate.compress(block) + deflate.flush()
+    tail = zlib.crc32(block).to_bytes(4, "little") + (len(block) & 0xFFFFFFFF).to_bytes(4, "little")
+    return b"".join((_GZIP_HEADER, body, tail))
+
+
+class _BlockWriter(io.RawIOBase):
+    """Collects a tar stream and cuts it into :data:`PACK_BLOCK` blocks, compressed by a thread pool."""
+
+    def __init__(self, out: IO[bytes], pool: ThreadPoolExecutor, window: int, level: int = 6) -> None:
+        super().__init__()
+        self._level = level
+        self._out = out
+        self._pool = pool
+        self._window = window
+        self._buf = bytearray()
+        self._pending: list[Any] = []
+        self._written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._written
+
+    def write(self, data: Any) -> int:
+        self._written += len(data)
+        self._buf += data
+        while len(self._buf) >= PACK_BLOCK:
+            self._submit(bytes(self._buf[:PACK_BLOCK]))
+            del self._buf[:PACK_BLOCK]
+        return len(data)
+
+    def _submit(self, block: bytes) -> None:
+        self._pending.append(self._pool.submit(_gzip_member, block, self._level))
+        while len(self._pending) > self._window:
+            self._out.write(self._pending.pop(0).result())
+
+    def finish(self) -> None:
+        if self._buf or not self._pending:
+            self._submit(bytes(self._buf))
+            self._buf.clear()
+        for future in self._pending:
+            self._out.write(future.result())
+        self._pending.clear()
+
+
+def pack_bundle(
+    directory: str | os.PathLike[str],
+    archive: str | os.PathLike[str] | None = None,
+    *,
+    threads: int | None = None,
+) -> bytes:
     """Write the canonical ``.tar.gz`` of a bundle directory; return its bytes.
 
     The archive holds only regular files (mode 0644), sorted, with owner, group and times zeroed,
-    so its bytes depend on the tree alone. The directory is validated first.
+    so its bytes depend on the tree alone (never on ``threads``). The tar stream is compressed in
+    :data:`PACK_BLOCK` blocks, each a gzip member, by ``threads`` threads (default: every core);
+    a block that does not shrink is stored (see the module docstring). The directory is validated
+    first.
     """
-    load_bundle(directory)
-    return pack_tree(directory, archive)
+    _spec, walked = _validate(Path(directory))
+    return _pack_files(walked, archive, threads, 6)
 
 
 def pack_tree(
-    directory: str | os.PathLike[str], archive: str | os.PathLike[str] | None = None, *, compresslevel: int = 6
+    directory: str | os.PathLike[str],
+    archive: str | os.PathLike[str] | None = None,
+    *,
+    compresslevel: int = 6,
+    threads: int | None = None,
 ) -> bytes:
     """The canonical ``.tar.gz`` of any tree of regular files (what :func:`pack_bundle` writes, unchecked)."""
-    root = Path(directory)
+    return _pack_files(_walk_regular(Path(directory)), archive, threads, compresslevel)
+
+
+def _pack_files(
+    walked: list[tuple[str, Path]], archive: str | os.PathLike[str] | None, threads: int | None, level: int
+) -> bytes:
+    workers = max(1, threads or os.cpu_count() or 1)
     raw = io.BytesIO()
-    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=compresslevel) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for rel, full in _walk_regular(root):
+    with ThreadPoolExecutor(workers, thread_name_prefix="pack") as pool:
+        blocks = _BlockWriter(raw, pool, 2 * workers, level)
+        with tarfile.TarFile(
+            fileobj=cast(IO[bytes], blocks), mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ
+        ) as tar:
+            for rel, full in walked:
                 info = tarfile.TarInfo(rel)
                 info.size = full.stat().st_size
                 info.mode = 0o644
                 info.mtime = 0
                 with open(full, "rb") as fh:
                     tar.addfile(info, fh)
+        blocks.finish()
     data = raw.getvalue()
     if archive is not None:
         Path(archive).write_bytes(data)
     return data
+
+
+class _GzipStream(io.RawIOBase):
+    """Decompresses a gzip file of one or more members from ``source``, a little at a time.
+
+    Each member's CRC32 and length are checked by zlib; at most ``_READ`` bytes are inflated per
+    call, so a small input that would expand enormously never sits whole in memory.
+    """
+
+    def __init__(self, source: IO[bytes]) -> None:
+        super().__init__()
+        self._src = source
+        self._d: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._tail = b""
+        self._started = False
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        want = _READ if size is None or size < 0 else min(size, _READ)
+        while not self._ended:
+            if self._d.eof:
+                rest = self._d.unused_data
+                self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._tail = rest
+                if not rest:
+                    rest = self._src.read(_READ)
+                    if not rest:
+                        self._ended = True
+                        break
+                    self._tail = rest
+                continue
+            if not self._tail:
+                self._tail = self._d.unconsumed_tail or self._src.read(_READ)
+                if not self._tail:
+                    raise EOFError("the gzip stream ends inside a member")
+            out = self._d.decompress(self._tail, want)
+            self._tail = self._d.unconsumed_tail
+            self._started = True
+            if out:
+                return bytes(out)
+        if not self._started:
+            raise EOFError("empty archive")
+        return b""
 
 
 _EXTENDED = frozenset(
@@ -629,28 +826,31 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 
 def unpack_bundle(
-    archive: str | os.PathLike[str],
+    archive: str | os.PathLike[str] | IO[bytes],
     dest: str | os.PathLike[str],
     *,
     max_bytes: int,
     max_files: int = MAX_ENTRIES,
 ) -> Bundle:
-    """Extract an untrusted bundle archive into the new directory ``dest`` and validate it.
+    """Extract an untrusted bundle archive (a path, or a binary stream read once) into the new
+    directory ``dest`` and validate it.
 
     Refuses links, devices, FIFOs, sparse files, absolute or ``..`` member names, duplicate
     members, more than ``max_files`` members (directories count), paths longer than
     :data:`MAX_PATH_BYTES` (or a name longer than :data:`MAX_NAME_BYTES`), extended headers over
     :data:`MAX_EXTENDED_HEADER_BYTES` (checked on the header block, before tarfile reads them)
     and more than ``max_bytes`` of content; bytes are counted as they are written (a header's size
-    is never trusted). The archive is read as a stream, once. On any error ``dest`` is left partial
-    and the caller discards it.
+    is never trusted). The archive is read as a stream, once; a gzip file of several members (as
+    :func:`pack_bundle` writes) is read whole. The bundle hash is computed from the bytes as they
+    are written when the members come in canonical (sorted) order, and from the files otherwise.
+    On any error ``dest`` is left partial and the caller discards it.
     """
-    unpack_tree(archive, dest, max_bytes=max_bytes, max_files=max_files)
-    return load_bundle(dest)
+    _total, digest = _open_extract(archive, dest, max_bytes, max_files)
+    return load_bundle(dest, known_hash=digest)
 
 
 def unpack_tree(
-    archive: str | os.PathLike[str],
+    archive: str | os.PathLike[str] | IO[bytes],
     dest: str | os.PathLike[str],
     *,
     max_bytes: int,
@@ -658,13 +858,34 @@ def unpack_tree(
 ) -> int:
     """Extract an untrusted archive into the new directory ``dest`` as :func:`unpack_bundle` does,
     without reading it as a bundle; return the bytes written."""
+    return _open_extract(archive, dest, max_bytes, max_files)[0]
+
+
+def _open_extract(
+    archive: str | os.PathLike[str] | IO[bytes], dest: str | os.PathLike[str], max_bytes: int, max_files: int
+) -> tuple[int, bytes | None]:
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=False)
+    if isinstance(archive, str | os.PathLike):
+        try:
+            source: IO[bytes] = open(archive, "rb")
+        except OSError as exc:
+            raise BundleError(f"bundle archive: not a readable .tar.gz: {exc}") from None
+        with source:
+            return _extract(source, out, max_bytes, max_files)
+    return _extract(archive, out, max_bytes, max_files)
+
+
+def _extract(source: IO[bytes], out: Path, max_bytes: int, max_files: int) -> tuple[int, bytes | None]:
+    """Extract the archive into ``out``; the content bytes written, and the bundle hash when the
+    members came in canonical order (``None`` otherwise)."""
     total = 0
     entries = 0
     seen: set[str] = set()
+    hasher: BundleHasher | None = BundleHasher()
+    previous = b""
     try:
-        tar = tarfile.open(archive, mode="r|gz", tarinfo=_BoundedTarInfo)
+        tar = tarfile.open(fileobj=_GzipStream(source), mode="r|", tarinfo=_BoundedTarInfo, bufsize=_READ)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise BundleError(f"bundle archive: not a readable .tar.gz: {exc}") from None
     except RecursionError:
@@ -689,6 +910,10 @@ def unpack_tree(
                 if name in seen:
                     raise BundleError(f"bundle archive: duplicate member {name!r}")
                 seen.add(name)
+                key = name.encode("utf-8", "surrogateescape")
+                if hasher is not None and key <= previous:
+                    hasher = None  # not in canonical order: hashed from the files at the end
+                previous = key
                 target = out / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 parent = target.parent
@@ -697,16 +922,24 @@ def unpack_tree(
                 src = tar.extractfile(member)
                 if src is None:
                     raise BundleError(f"bundle archive: member {member.name!r} has no content")
+                if hasher is not None:
+                    hasher.file(name, member.size)
+                written = 0
                 with src, open(target, "xb") as fh:
                     while block := src.read(_READ):
                         total += len(block)
+                        written += len(block)
                         if total > max_bytes:
                             raise BundleError(f"bundle archive: content exceeds the limit of {max_bytes} bytes")
                         fh.write(block)
+                        if hasher is not None:
+                            hasher.update(block)
+                if written != member.size:
+                    raise BundleError(f"bundle archive: member {member.name!r} is cut short")
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise BundleError(f"bundle archive: corrupt: {exc}") from None
         except RecursionError:
             raise BundleError("bundle archive: extended headers nested too deeply") from None
         except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
             raise BundleError(f"bundle archive: a member clashes with another: {exc.strerror}") from None
-    return total
+    return total, None if hasher is None else hasher.digest()

@@ -129,6 +129,10 @@ def _prepend(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
+def _chunk(data: bytes, hashed: bool) -> pb.UploadChunk:
+    return pb.UploadChunk(data=data, sha256=hashlib.sha256(data).digest()) if hashed else pb.UploadChunk(data=data)
+
+
 def _sha256_file(path: Path) -> bytes:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -249,9 +253,20 @@ class WorkerClient:
         )
 
     def upload_bundle(
-        self, job_id: int, archive: bytes | str | os.PathLike[str], *, chunk_size: int = 1 << 20, max_attempts: int = 6
+        self,
+        job_id: int,
+        archive: bytes | str | os.PathLike[str],
+        *,
+        chunk_size: int = 1 << 20,
+        max_attempts: int = 6,
+        chunk_hashes: bool = False,
     ) -> pb.UploadStatus:
-        """Upload a bundle archive, resuming from what the worker holds after any break."""
+        """Upload a bundle archive, resuming from what the worker holds after any break.
+
+        The worker checks the whole archive against its sha256 (signed in the header) before it
+        uses any of it; ``chunk_hashes`` also sends each chunk's sha256, for the worker to refuse a
+        damaged chunk at once rather than at the end (a second pass over every byte on each side).
+        """
         if not 0 < chunk_size <= 4 << 20:
             raise ValueError("chunk_size must be between 1 byte and 4 MiB")
         path = None if isinstance(archive, bytes) else Path(archive)
@@ -283,13 +298,12 @@ class WorkerClient:
                     with open(path, "rb") as fh:
                         fh.seek(start)
                         while data := fh.read(chunk_size):
-                            yield pb.UploadChunk(data=data, sha256=hashlib.sha256(data).digest())
+                            yield _chunk(data, chunk_hashes)
                 else:
                     assert isinstance(archive, bytes)
                     view = memoryview(archive)
                     for pos in range(start, size, chunk_size):
-                        data = bytes(view[pos : pos + chunk_size])
-                        yield pb.UploadChunk(data=data, sha256=hashlib.sha256(data).digest())
+                        yield _chunk(bytes(view[pos : pos + chunk_size]), chunk_hashes)
 
             deadline = self.timeout_s + (size - offset) / (2 << 20)
             try:

@@ -149,10 +149,13 @@ class Watchdog:
     def arm(self, seconds: float, action: Callable[[], None]) -> int:
         """Call ``action`` in ``seconds`` unless :meth:`disarm` is called with the returned id."""
         ident = next(self._ids)
+        when = time.monotonic() + seconds
         with self._cond:
             self._actions[ident] = action
-            heapq.heappush(self._heap, (time.monotonic() + seconds, ident))
-            self._cond.notify()
+            earliest = not self._heap or when < self._heap[0][0]
+            heapq.heappush(self._heap, (when, ident))
+            if earliest:  # the thread sleeps until the earliest deadline: wake it only to move that
+                self._cond.notify()
         return ident
 
     def disarm(self, ident: int) -> None:

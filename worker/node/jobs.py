@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from eth_account.signers.local import LocalAccount
 
@@ -35,6 +35,7 @@ from worker.node.config import WorkerConfig
 from worker.node.datasets import DatasetStore
 from worker.node.devices import DeviceInfo, UtilizationSampler, check_request
 from worker.node.leases import Lease
+from worker.node.receive import ArchiveReceiver
 from worker.node.store import TERMINAL, JobRecord, JobStore
 from worker.sandbox.runner import JobSpace, Limits, Sandbox, SandboxRequest
 
@@ -279,7 +280,12 @@ class JobManager:
     def receive_upload(self, lease: Lease, size: int, sha: bytes, offset: int, chunks: Any) -> tuple[JobRecord, int]:
         """Append the ``(data, sha256)`` chunks to the upload from ``offset``; finish it when complete.
 
-        Returns the job and the bytes held. Raises WorkerError with the status code to send.
+        A chunk's sha256 is checked when the client sent one (empty: the archive's digest, checked
+        before anything is used, covers it). An upload that starts at offset 0 is unpacked as it
+        arrives, in the same pass (:class:`~worker.node.receive.ArchiveReceiver`), into a staging
+        folder that becomes the job's bundle only once the whole archive matches its sha256; a
+        resumed upload is unpacked from the partial archive at its end. Returns the job and the
+        bytes held. Raises WorkerError with the status code to send.
         """
         job_id = lease.job_id
         if size > self.config.max_bundle_bytes:
@@ -292,6 +298,7 @@ class JobManager:
         lock = self._upload_lock(job_id)
         if not lock.acquire(blocking=False):
             raise WorkerError(f"another upload of job {job_id} is in progress", code="ABORTED")
+        staged = False
         try:
             existing = self.store.get(job_id)
             if existing is not None and existing.state == "cancelled" and existing.started is None:
@@ -310,40 +317,60 @@ class JobManager:
                     code="FAILED_PRECONDITION",
                 )
             running_hash = hashlib.sha256() if held == 0 else None
+            unpacked: Bundle | BundleError | None = None
             with open(part, "ab") as fh:
-                for data, chunk_sha in chunks:
-                    if hashlib.sha256(data).digest() != chunk_sha:
-                        raise WorkerError(f"chunk at offset {held} does not match its sha256", code="DATA_LOSS")
-                    if held + len(data) > size:
-                        raise WorkerError(f"upload is larger than the announced {size} bytes", code="INVALID_ARGUMENT")
-                    fh.write(data)
-                    fh.flush()
-                    held += len(data)
-                    if running_hash is not None:
-                        running_hash.update(data)
+                receiver = ArchiveReceiver(chunks, fh, running_hash, held, size)
+                if held == 0 and size > 0:
+                    shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+                    self.job_dir(job_id).mkdir(parents=True)
+                    staged = True
+                    try:
+                        unpacked = unpack_bundle(
+                            cast(IO[bytes], receiver), self._staging(job_id), max_bytes=self.config.max_unpacked_bytes
+                        )
+                    except BundleError as exc:  # told once the archive's digest is known to match
+                        unpacked = exc
+                receiver.drain()
+                held = receiver.held
             if held < size:
                 job = self.store.get(job_id)
                 assert job is not None
                 return job, held
-            return self._finish_upload(lease, part, sha, running_hash), held
+            staged = False
+            return self._finish_upload(lease, part, sha, running_hash, unpacked), held
         finally:
+            if staged:  # the stream broke off or was refused: nothing unpacked is kept
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             lock.release()
 
-    def _finish_upload(self, lease: Lease, part: Path, sha: bytes, running: Any) -> JobRecord:
+    def _staging(self, job_id: int) -> Path:
+        return self.job_dir(job_id) / "bundle.unpacking"
+
+    def _finish_upload(
+        self, lease: Lease, part: Path, sha: bytes, running: Any, unpacked: Bundle | BundleError | None = None
+    ) -> JobRecord:
+        """Check the archive's digest, then keep what was unpacked while it arrived (``unpacked``: the
+        bundle, or the error that stopped it) or, for an upload that resumed, unpack it now."""
         job_id = lease.job_id
         if running is None:
             running = hashlib.sha256()
             with open(part, "rb") as fh:
                 while block := fh.read(_READ):
                     running.update(block)
-        if running.digest() != sha:
-            part.unlink()
-            raise WorkerError("the archive does not match its sha256; upload it again", code="DATA_LOSS")
         target = self.job_dir(job_id) / "bundle"
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-        self.job_dir(job_id).mkdir(parents=True)
         try:
-            bundle = unpack_bundle(part, target, max_bytes=self.config.max_unpacked_bytes)
+            if running.digest() != sha:
+                part.unlink()
+                raise WorkerError("the archive does not match its sha256; upload it again", code="DATA_LOSS")
+            if isinstance(unpacked, BundleError):
+                raise unpacked
+            if unpacked is not None:
+                self._staging(job_id).rename(target)
+                bundle = Bundle(target, unpacked.spec, unpacked.hash)
+            else:
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+                self.job_dir(job_id).mkdir(parents=True)
+                bundle = unpack_bundle(part, target, max_bytes=self.config.max_unpacked_bytes)
             self._check_bundle(lease, bundle)
             self.datasets.admit_job(job_id, lease.requester, bundle.spec.job.datasets, "ENDPOINT")
         except BaseException:
@@ -394,7 +421,7 @@ class JobManager:
                 )
             if len(self._queue) >= self.config.max_queued:
                 raise WorkerError(f"the queue is full ({self.config.max_queued} jobs)", code="RESOURCE_EXHAUSTED")
-            bundle = load_bundle(self.job_dir(job_id) / "bundle")
+            bundle = self._load_unpacked(job_id, job.bundle_hash)
             res = bundle.spec.resources
             check_request(self.devices, res.device, res.gpus, int(res.min_memory_gb * 2**30))
             if lease is not None and lease.device_group is not None:
@@ -411,6 +438,11 @@ class JobManager:
         self._dispatch()
         return self.get(job_id)
 
+    def _load_unpacked(self, job_id: int, known_hash: bytes | None) -> Bundle:
+        """The job's unpacked bundle, validated; its hash is the one computed from the bytes as they
+        were unpacked (the folder is the worker's own), so the files are not read again."""
+        return load_bundle(self.job_dir(job_id) / "bundle", known_hash=known_hash)
+
     def _pick(self, bundle: Bundle) -> list[int] | None:
         res = bundle.spec.resources
         need = int(res.min_memory_gb * 2**30)
@@ -425,7 +457,8 @@ class JobManager:
                 return
             for job_id in list(self._queue):
                 try:
-                    bundle = load_bundle(self.job_dir(job_id) / "bundle")
+                    record = self.store.get(job_id)
+                    bundle = self._load_unpacked(job_id, record.bundle_hash if record else None)
                 except BundleError as exc:
                     self._queue.remove(job_id)
                     self._finish_without_run(job_id, f"bundle unreadable: {exc}", "failed")
