@@ -66,7 +66,9 @@ def test_multi_step__an_answer_no_rerun_reproduces__is_voided_never_slashed(mark
     provider = market.add_provider(PROVIDERS[0])
     market.add_verifier(VERIFIERS[0], full_rerun_rate=1.0)
     stake = market.contracts.registry.total_stake(provider.address)
-    bundle = _unseeded(bundle_copy(tmp_path, "multi_step"), "train.py", "torch.manual_seed(seed)")
+    # The answer is the model alone (the data step reproduces: a declared file that does would be judged).
+    only_model = {'outputs = ["model.safetensors", "work/data.safetensors"]': 'outputs = ["model.safetensors"]'}
+    bundle = _unseeded(bundle_copy(tmp_path, "multi_step", only_model), "train.py", "torch.manual_seed(seed)")
     outcome = market.run_job(bundle, auction=Auction.INSTANT)
     [bill] = outcome.slots
     assert attested(market, outcome.job_id)[0].outcome == Outcome.VOID
