@@ -4,16 +4,20 @@ and torchrun on two CPU devices meeting on the sandbox's own loopback."""
 
 from __future__ import annotations
 
+import shutil
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
+import torch
 from eth_account.signers.local import LocalAccount
 
-from marketplace.protocol.bundle import load_bundle, pack_bundle
+from marketplace.protocol.bundle import launcher_steps, load_bundle, pack_bundle
 from marketplace.requester.client import WorkerClient
 from marketplace.rpc import worker_pb2 as pb
 from tests.worker.workerkit import REPO, WorkerProcess, lease_for, next_job_id
+from worker.sandbox.runner import Limits, RunOutcome, Sandbox, SandboxRequest
 
 pytestmark = [pytest.mark.bwrap]
 
@@ -167,3 +171,77 @@ def test_the_torchrun_example__runs_on_two_cpu_devices(
 ) -> None:
     final = _run(worker, client, requester.address, REPO / "examples" / "torchrun_ddp", tmp_path)
     assert final.HasField("finished"), final
+
+
+def _run_in(sandbox: Sandbox, root: Path, *, device: str = "cpu", gpus: tuple[int, ...] = ()) -> tuple[RunOutcome, str]:
+    """Run the bundle at ``root`` in ``sandbox`` directly; its outcome and its standard error."""
+    bundle = load_bundle(root)
+    limits = Limits(timeout_s=120, memory_bytes=8 << 30)
+    space = sandbox.create_space(limits, bundle.root)
+    try:
+        req = SandboxRequest(
+            name=f"steps-{next_job_id()}",
+            space=space,
+            entrypoint=bundle.spec.job.entrypoint,
+            env={"FLOPEX_SEED": "3", "OMP_NUM_THREADS": "1"},
+            device_kind=device,
+            gpu_indices=gpus,
+            limits=limits,
+            steps=launcher_steps(bundle.spec, sandbox.job_folders(space)),
+        )
+        proc = sandbox.start(req)
+        errors: list[bytes] = []
+        reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()))
+        reader.start()
+        proc.stdout.read()
+        outcome = proc.wait()
+        reader.join(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+        return outcome, errors[0].decode(errors="replace") if errors else ""
+    finally:
+        space.release()
+
+
+def test_unsandboxed_workers__run_steps_through_the_same_launcher(tmp_path: Path) -> None:
+    # A worker started with --unsafe-no-sandbox runs the launcher from the SDK's host folder.
+    sandbox = Sandbox(bwrap=str(tmp_path / "no-bwrap-here"), allow_unsandboxed=True, work_root=tmp_path / "spaces")
+    root = _bundle(
+        tmp_path,
+        """
+        [job]
+        [[job.steps]]
+        name = "ok"
+        command = ["python", "step.py", "ok", "0"]
+        [[job.steps]]
+        name = "broken"
+        command = ["python", "step.py", "broken", "5"]
+        """,
+        {"step.py": STEP},
+    )
+    try:
+        assert not sandbox.sandboxed
+        outcome, errors = _run_in(sandbox, root)
+    finally:
+        sandbox.close()
+    assert outcome.exit_code == 5 and outcome.failed_step == "step 2/2 (broken)"
+    assert "flopex: step 2/2 broken exited with status 5; later steps did not run" in errors
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="NCCL across processes needs two GPUs"
+)
+def test_torchrun_ddp__two_gpus__nccl_inside_the_sandbox(tmp_path: Path) -> None:
+    sandbox = Sandbox()
+    source = REPO / "examples" / "torchrun_ddp"
+    root = tmp_path / "ddp"
+    shutil.copytree(source, root)
+    toml = root / "job.toml"
+    toml.write_text(toml.read_text().replace('device = "cpu"', 'device = "cuda"'))
+    try:
+        outcome, errors = _run_in(sandbox, root, device="cuda", gpus=(0, 1))
+    finally:
+        sandbox.close()
+    assert outcome.exit_code == 0, errors[-3000:]
+    assert "on 2 processes (torchrun)" in errors
