@@ -77,8 +77,9 @@ def test_multi_step__an_answer_no_rerun_reproduces__is_voided_never_slashed(mark
 
 
 def test_torchrun_ddp__two_cpu_devices__leased_run_with_gloo_verified_and_paid(market: Market, tmp_path: Path) -> None:
-    # A provider offering two CPU devices takes a gpus = 2 job; torchrun runs it on both, and the
-    # verifier's re-run starts the same two processes.
+    # A provider offering two CPU devices takes a gpus = 2 job (one offering one, cheaper, cannot);
+    # torchrun runs it on both, and the verifier's re-run starts the same two processes.
+    market.add_provider(PROVIDERS[1], price="0.1")
     provider = market.add_provider(PROVIDERS[0], cpu_slots=2)
     verifier = market.add_verifier(VERIFIERS[0], full_rerun_rate=1.0)
     stake = market.contracts.registry.total_stake(provider.address)
@@ -86,6 +87,7 @@ def test_torchrun_ddp__two_cpu_devices__leased_run_with_gloo_verified_and_paid(m
     [bill] = outcome.slots
     verdict = attested(market, outcome.job_id)[0]
     assert verdict.outcome == Outcome.ACCEPT and bill["status"] == "paid"
+    assert bill["provider"] == provider.address
     assert market.contracts.registry.total_stake(provider.address) == stake
     results = tmp_path / f"out-{outcome.job_id}" / "slot-0"
     assert "2 processes" in (results / "output" / "train.log").read_text()
