@@ -1,8 +1,9 @@
 """Runs a job's steps in order inside its sandbox: the process the worker starts for a job with
 ``command``, ``[[job.steps]]`` or more than one device (see :func:`marketplace.protocol.bundle.launch_steps`).
 
-Run as a file by the job's Python (``python -u launch.py [--status-fd N] PLAN``), standard library
-only. ``PLAN`` is JSON: ``{"steps": [{"name": ..., "argv": ["python", ...], "nproc": n}, ...]}``.
+Run as a file by the job's Python (``python -u launch.py [--status-fd N] STEP...``), standard library
+only. Each ``STEP`` is ``NAME NPROC COUNT ARG...``: the step's name, its number of processes and its
+command of ``COUNT`` arguments (``python`` first), each its own argument (never re-quoted).
 ``python`` in a command is this interpreter; a step with ``nproc`` above 1 runs under torchrun
 (``python -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node n ...``), whose
 rendezvous is on the sandbox's own loopback. The steps share the job's folders, limits, timeout
@@ -33,17 +34,40 @@ def command(argv: list[str], nproc: int) -> list[str]:
     return [sys.executable, *launcher, *rest]
 
 
+def plan_args(steps: list[tuple[str, int, list[str]]]) -> list[str]:
+    """The arguments that describe ``steps`` ((name, processes, command) each) to :func:`main`."""
+    out: list[str] = []
+    for name, nproc, argv in steps:
+        out += [name, str(nproc), str(len(argv)), *argv]
+    return out
+
+
+def parse_plan(args: list[str]) -> list[tuple[str, int, list[str]]]:
+    """The steps of :func:`plan_args`' arguments; ValueError when they are malformed."""
+    steps = []
+    i = 0
+    while i < len(args):
+        if i + 3 > len(args):
+            raise ValueError("a step needs NAME NPROC COUNT")
+        name, nproc, count = args[i], int(args[i + 1]), int(args[i + 2])
+        if count < 1 or i + 3 + count > len(args):
+            raise ValueError(f"step {name!r}: {count} arguments announced, fewer given")
+        steps.append((name, nproc, args[i + 3 : i + 3 + count]))
+        i += 3 + count
+    return steps
+
+
 def main(args: list[str]) -> int:
     status_fd = None
     if len(args) >= 2 and args[0] == "--status-fd":
         status_fd, args = int(args[1]), args[2:]
-    if len(args) != 1:
-        print("usage: launch.py [--status-fd N] PLAN", file=sys.stderr)
+    try:
+        steps = parse_plan(args)
+    except ValueError as exc:
+        print(f"usage: launch.py [--status-fd N] (NAME NPROC COUNT ARG...)...: {exc}", file=sys.stderr)
         return 2
-    steps = json.loads(args[0])["steps"]
-    for index, step in enumerate(steps, start=1):
-        name, nproc = step["name"], int(step.get("nproc", 1))
-        argv = command(list(step["argv"]), nproc)
+    for index, (name, nproc, step_argv) in enumerate(steps, start=1):
+        argv = command(step_argv, nproc)
         on = f" on {nproc} processes (torchrun)" if nproc > 1 else ""
         print(f"flopex: step {index}/{len(steps)} {name}{on}", file=sys.stderr, flush=True)
         try:

@@ -64,6 +64,7 @@ from typing import IO
 
 import marketplace
 from marketplace.errors import SandboxError
+from marketplace.launch import plan_args
 from marketplace.protocol.bundle import LaunchStep
 from worker.sandbox.cgroups import JobCgroup
 from worker.sandbox.seccomp import program_fd
@@ -527,9 +528,9 @@ def _program(req: SandboxRequest, entrypoint: str, launcher: str, status_fd: int
     """The job's command line: ``python -u ENTRYPOINT ARGS``, or the launcher with the job's steps."""
     if not req.steps:
         return [sys.executable, "-u", entrypoint, *req.args]
-    plan = json.dumps({"steps": [{"name": s.name, "argv": list(s.argv), "nproc": s.nproc} for s in req.steps]})
     status = [] if status_fd is None else ["--status-fd", str(status_fd)]
-    return [sys.executable, "-u", launcher, *status, plan]
+    plan = plan_args([(step.name, step.nproc, list(step.argv)) for step in req.steps])
+    return [sys.executable, "-u", launcher, *status, *plan]
 
 
 def _write_etc() -> Path:
