@@ -717,6 +717,8 @@ def _preflight(contracts: Any, bundle: Any, policy: str | None, redundancy: int 
     )
     for line in checks.warnings:
         click.echo(f"warning: {line}", err=True)
+    if checks.check is not None and checks.check.degraded:
+        click.echo(f"note: {checks.check.line}", err=True)
     return checks
 
 

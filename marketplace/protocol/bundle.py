@@ -61,6 +61,7 @@ __all__ = [
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
     "MAX_REDUNDANCY",
+    "MAX_STEPS",
     "MAX_TIMEOUT_S",
     "PACK_BLOCK",
     "TOKEN_DECIMALS",
@@ -70,13 +71,17 @@ __all__ = [
     "Device",
     "JobSection",
     "JobSpec",
+    "LaunchStep",
     "MarketSection",
     "Policy",
     "ResourcesSection",
+    "StepSection",
     "VerificationSection",
     "bundle_hash",
     "check_path_length",
     "expand_args",
+    "launch_steps",
+    "launcher_steps",
     "load_bundle",
     "pack_bundle",
     "pack_tree",
@@ -152,8 +157,19 @@ MAX_NAME_BYTES = 255
 
 
 @dataclass(frozen=True, slots=True)
+class StepSection:
+    """One step of a job: its name, its command (``python`` first) and whether torchrun launches it."""
+
+    name: str
+    command: tuple[str, ...]
+    torchrun: bool | None = None
+    """True: launched on every device by torchrun; False: one process; None: torchrun when ``gpus > 1``."""
+
+
+@dataclass(frozen=True, slots=True)
 class JobSection:
-    """``[job]``: what to run. ``entrypoint`` runs as ``python entrypoint *args`` with ``env`` set."""
+    """``[job]``: what to run, with ``env`` set: ``entrypoint`` runs as ``python entrypoint *args``;
+    or ``steps`` run in order (one step for ``command``), and ``entrypoint`` is empty."""
 
     entrypoint: str
     args: tuple[str, ...] = ()
@@ -163,6 +179,10 @@ class JobSection:
     datasets: tuple[tuple[str, bytes], ...] = ()
     """``job.datasets``: (folder name, 32-byte dataset hash) pairs sorted by name, each read-only at
     ``/job/data/<name>`` (see :mod:`marketplace.protocol.datasets`)."""
+    steps: tuple[StepSection, ...] = ()
+    """``job.command`` (one step named ``main``) or ``[[job.steps]]``; empty for an entrypoint job."""
+    torchrun: bool | None = None
+    """``job.torchrun``: whether an entrypoint or command job runs under torchrun (None: when ``gpus > 1``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +359,123 @@ def _args(value: object) -> tuple[str, ...]:
     return args
 
 
+MAX_STEPS = 64
+"""Most ``[[job.steps]]``."""
+PYTHON = "python"
+"""How a command names the job's Python (the only program outside the bundle a command may run)."""
+_STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _command(where: str, value: object) -> tuple[str, ...]:
+    """A checked command: ``python`` or a ``.py`` file of the bundle first (the latter becomes
+    ``python FILE``), then arguments; placeholders as in ``job.args``."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise BundleError(
+            f'{where}: expected a non-empty list of strings, e.g. ["python", "train.py"], got {_short(value)}'
+        )
+    argv = list(value)
+    program = argv[0]
+    if program != PYTHON:
+        if program.endswith(".py") and not program.startswith("/"):
+            argv = [PYTHON, safe_relpath(where, program), *argv[1:]]
+        else:
+            raise BundleError(
+                f"{where}: cannot run {program!r}: a command starts with python (the job's Python) "
+                'or a .py file of the bundle, e.g. ["python", "train.py"]'
+            )
+    try:
+        _args(argv[1:])
+    except BundleError as exc:
+        raise BundleError(str(exc).replace("job.args", where, 1)) from None
+    return tuple(argv)
+
+
+def _script(argv: tuple[str, ...]) -> str | None:
+    """The bundle file a ``python`` command runs (``python [-u] FILE ...``), or None (``-m``, ``-c``)."""
+    for arg in argv[1:]:
+        if arg in ("-u", "-B", "-O", "-OO"):
+            continue
+        if arg.startswith("-") or "{" in arg:
+            return None
+        return safe_relpath("job.command", arg)
+    return None
+
+
+def _steps(job: Mapping[str, Any]) -> tuple[tuple[StepSection, ...], bool | None]:
+    """``job.command`` or ``[[job.steps]]`` (at most one of them, and not with ``entrypoint``/``args``)."""
+    given = [key for key in ("entrypoint", "command", "steps") if key in job]
+    if len(given) > 1:
+        raise BundleError(f"[job]: give one of entrypoint, command or steps, not {' and '.join(given)}")
+    torchrun = job.get("torchrun")
+    if torchrun is not None and not isinstance(torchrun, bool):
+        raise BundleError(f"job.torchrun: expected true or false, got {_short(torchrun)}")
+    if not given or given[0] == "entrypoint":
+        return (), torchrun
+    if "args" in job:
+        raise BundleError(f"job.args: only with job.entrypoint; put the arguments in job.{given[0]}")
+    if given[0] == "command":
+        return (StepSection("main", _command("job.command", job["command"]), torchrun),), torchrun
+    if torchrun is not None:
+        raise BundleError("job.torchrun: with steps, set torchrun on each step")
+    raw = job["steps"]
+    if not isinstance(raw, list) or not raw or not all(isinstance(t, dict) for t in raw):
+        raise BundleError('job.steps: expected [[job.steps]] tables, each with name = "..." and command = [...]')
+    if len(raw) > MAX_STEPS:
+        raise BundleError(f"job.steps: at most {MAX_STEPS} steps, got {len(raw)}")
+    steps: list[StepSection] = []
+    for i, table in enumerate(raw):
+        where = f"job.steps[{i}]"
+        _check_keys(where, table, {"name", "command", "torchrun"})
+        name = table.get("name", f"step{i + 1}")
+        if not isinstance(name, str) or not _STEP_NAME.fullmatch(name):
+            raise BundleError(f"{where}.name: letters, digits, _ . - (at most 64, not first _ . -), got {_short(name)}")
+        if any(step.name == name for step in steps):
+            raise BundleError(f"{where}.name: {name!r} names two steps")
+        if "command" not in table:
+            raise BundleError(f'{where}.command: required, e.g. ["python", "train.py"]')
+        flag = table.get("torchrun")
+        if flag is not None and not isinstance(flag, bool):
+            raise BundleError(f"{where}.torchrun: expected true or false, got {_short(flag)}")
+        steps.append(StepSection(name, _command(f"{where}.command", table["command"]), flag))
+    size = sum(len(a.encode("utf-8", "surrogatepass")) for step in steps for a in step.command)
+    if size > MAX_ARGS_BYTES:
+        raise BundleError(f"job.steps: at most {MAX_ARGS_BYTES} bytes of commands in all, got {size}")
+    return tuple(steps), None
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchStep:
+    """A step as it runs: its name, its command with placeholders expanded (``python`` first), and the
+    number of processes torchrun starts for it (1: no torchrun)."""
+
+    name: str
+    argv: tuple[str, ...]
+    nproc: int = 1
+
+
+def launch_steps(spec: JobSpec, folders: Mapping[str, str]) -> tuple[LaunchStep, ...]:
+    """What runs for ``spec``, in order: its steps (or its entrypoint as one step named ``main``) with
+    placeholders replaced from ``folders``, each under torchrun on ``resources.gpus`` processes when
+    the job has more than one device, unless the step (or ``job.torchrun``) says ``false``."""
+    job = spec.job
+    gpus = spec.resources.gpus
+    sections = job.steps or (StepSection("main", (PYTHON, job.entrypoint, *job.args), job.torchrun),)
+    steps = []
+    for step in sections:
+        distributed = gpus > 1 if step.torchrun is None else step.torchrun
+        steps.append(LaunchStep(step.name, expand_args(step.command, folders), gpus if distributed else 1))
+    return tuple(steps)
+
+
+def launcher_steps(spec: JobSpec, folders: Mapping[str, str]) -> tuple[LaunchStep, ...]:
+    """:func:`launch_steps` when the job needs the launcher (steps, a command, torchrun), else ``()``:
+    an entrypoint job on one device runs as ``python entrypoint *args`` directly."""
+    steps = launch_steps(spec, folders)
+    if spec.job.steps or any(step.nproc > 1 for step in steps):
+        return steps
+    return ()
+
+
 def expand_args(args: tuple[str, ...], folders: Mapping[str, str]) -> tuple[str, ...]:
     """``args`` with each ``{name}`` of :data:`ARG_PLACEHOLDERS` replaced by ``folders[name]``.
 
@@ -401,15 +538,21 @@ def parse_job_toml(text: str) -> JobSpec:
     _check_keys("job.toml", data, {"job", "resources", "verification", "market"})
 
     job = _table(data, "job", True)
-    _check_keys("[job]", job, {"entrypoint", "args", "inputs", "env", "datasets"})
-    if "entrypoint" not in job:
-        raise BundleError("job.entrypoint: required (the Python script to run)")
-    entry = job["entrypoint"]
-    if not isinstance(entry, str):
-        raise BundleError(f"job.entrypoint: expected a string, got {entry!r}")
-    entry = safe_relpath("job.entrypoint", entry)
-    if not entry.endswith(".py"):
-        raise BundleError(f"job.entrypoint: must be a .py file, got {entry!r}")
+    _check_keys("[job]", job, {"entrypoint", "args", "inputs", "env", "datasets", "command", "steps", "torchrun"})
+    steps, torchrun = _steps(job)
+    entry = ""
+    if not steps:
+        if "entrypoint" not in job:
+            raise BundleError(
+                "job.entrypoint: required (the Python script to run), "
+                'or job.command = ["python", ...], or [[job.steps]]'
+            )
+        entry = job["entrypoint"]
+        if not isinstance(entry, str):
+            raise BundleError(f"job.entrypoint: expected a string, got {entry!r}")
+        entry = safe_relpath("job.entrypoint", entry)
+        if not entry.endswith(".py"):
+            raise BundleError(f"job.entrypoint: must be a .py file, got {entry!r}")
     args = _args(job.get("args", []))
     inputs = tuple(safe_relpath("job.inputs", p) for p in _str_list("job.inputs", job.get("inputs", [])))
 
@@ -454,7 +597,9 @@ def parse_job_toml(text: str) -> JobSpec:
     )
     env = _env(job.get("env", {}))
     datasets = parse_datasets_table(job.get("datasets", {}))
-    return JobSpec(JobSection(entry, args, inputs, env, datasets), resources, verification, market)
+    if resources.gpus == 1 and (torchrun or any(step.torchrun for step in steps)):
+        raise BundleError("job.torchrun: torchrun needs resources.gpus of 2 or more")
+    return JobSpec(JobSection(entry, args, inputs, env, datasets, steps, torchrun), resources, verification, market)
 
 
 DATASET_PREFIX = "data:"
@@ -604,8 +749,12 @@ def _validate(root: Path) -> tuple[JobSpec, list[tuple[str, Path]]]:
     except UnicodeDecodeError:
         raise BundleError("job.toml: not UTF-8 text") from None
     spec = parse_job_toml(text)
-    if spec.job.entrypoint not in files:
+    if spec.job.entrypoint and spec.job.entrypoint not in files:
         raise BundleError(f"job.entrypoint: {spec.job.entrypoint!r} is not a file in the bundle")
+    for i, step in enumerate(spec.job.steps):
+        script = _script(step.command)
+        if script is not None and script not in files:
+            raise BundleError(f"job step {i + 1} ({step.name}): {script!r} is not a file in the bundle")
     for name in spec.job.inputs:
         if name not in files:
             raise BundleError(f"job.inputs: {name!r} is not a file in the bundle")

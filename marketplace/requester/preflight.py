@@ -11,6 +11,11 @@ make "verified" mean less than it says:
 - the job has nothing to compare: its code never writes a file (to ``FLOPEX_OUTPUT_DIR``, its
   working directory or through the SDK), and verification compares files, not what a job prints.
 
+It also says what the policy can judge of this job (:func:`policy_check`): a policy whose
+preconditions the job does not meet is refused in one line (Freivalds on a job that claims no
+matrix product) or runs as a stated weaker check (replay of a job that saves no SDK checkpoints is
+a full re-run compared on the declared outputs).
+
 By default the challenge window is sized from the job's limits: long enough for the checks its
 policy needs (see :func:`check_estimate_s`) plus a margin, within the market's
 ``window_bounds()``. A window the requester chose is kept and warned about when it is too short.
@@ -18,7 +23,9 @@ policy needs (see :func:`check_estimate_s`) plus a margin, within the market's
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +39,14 @@ if TYPE_CHECKING:
 __all__ = [
     "MIN_CHALLENGE_WINDOW_S",
     "PROVIDERS_LONGEST_WINDOW_S",
+    "PolicyCheck",
     "Preflight",
     "active_verifiers",
     "check_estimate_s",
     "default_challenge_window",
+    "policy_check",
     "preflight",
+    "saves_sdk_checkpoints",
     "writes_files",
 ]
 
@@ -60,6 +70,31 @@ _WRITES = re.compile(
 )
 
 
+# An SDK checkpoint in a job's Python: sdk.checkpoint(...) or checkpoint imported from marketplace.sdk.
+_SDK_CHECKPOINT = re.compile(
+    r"\bsdk\.checkpoint\(|from\s+marketplace\.sdk\s+import\s[^\n]*\bcheckpoint\b"
+    r"|from\s+marketplace\s+import\s+sdk\b[\s\S]*\bsdk\.checkpoint\("
+)
+_FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+_MAX_HEADER = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyCheck:
+    """What a policy can judge of a job: ``method`` (``segments``, ``full-rerun``, ``compare-runs``,
+    ``freivalds``, ``none``), what it compares, whether it is weaker than the policy promises
+    (``degraded``) and one line saying so."""
+
+    method: str
+    compares: tuple[str, ...]
+    degraded: bool
+    line: str
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {"method": self.method, "compares": list(self.compares), "degraded": self.degraded, "line": self.line}
+
+
 @dataclass(frozen=True, slots=True)
 class Preflight:
     """The result of :func:`preflight`: the window to ask for, the estimate behind it and the warnings."""
@@ -72,6 +107,8 @@ class Preflight:
     check_estimate_s: int
     active_verifiers: int
     warnings: tuple[str, ...] = field(default=())
+    check: PolicyCheck | None = None
+    """What the policy can judge of this job (see :func:`policy_check`)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -82,6 +119,7 @@ class Preflight:
             "check_estimate_s": self.check_estimate_s,
             "active_verifiers": self.active_verifiers,
             "warnings": list(self.warnings),
+            "check": None if self.check is None else self.check.to_json(),
         }
 
 
@@ -125,7 +163,8 @@ def writes_files(bundle: Bundle) -> bool:
     the flopex folders or SDK, a usual save call or ``open(..., "w")``. A heuristic for a warning:
     it never refuses a job.
     """
-    if any("{output_dir}" in arg or "{work_dir}" in arg for arg in bundle.spec.job.args):
+    args = [*bundle.spec.job.args, *(arg for step in bundle.spec.job.steps for arg in step.command)]
+    if any("{output_dir}" in arg or "{work_dir}" in arg for arg in args):
         return True
     for count, path in enumerate(sorted(bundle.root.rglob("*.py"))):
         if count >= _SOURCE_FILES:
@@ -138,6 +177,108 @@ def writes_files(bundle: Bundle) -> bool:
         if _WRITES.search(text):
             return True
     return False
+
+
+def _python_sources(bundle: Bundle) -> list[str]:
+    texts = []
+    for path in sorted(bundle.root.rglob("*.py"))[:_SOURCE_FILES]:
+        try:
+            with open(path, "rb") as fh:
+                texts.append(fh.read(_SOURCE_BYTES).decode("utf-8", "replace"))
+        except OSError:
+            continue
+    return texts
+
+
+def saves_sdk_checkpoints(bundle: Bundle) -> bool:
+    """Whether a Python file of the bundle checkpoints through the SDK (``sdk.checkpoint(state, step)``),
+    which replay needs to re-run sampled segments instead of the whole job."""
+    return any(_SDK_CHECKPOINT.search(text) for text in _python_sources(bundle))
+
+
+def _safetensors_shapes(path: Any) -> dict[str, tuple[str, list[int]]] | None:
+    """The tensors (dtype, shape) named in a safetensors file's header, or None if it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            size = struct.unpack("<Q", fh.read(8))[0]
+            if size > _MAX_HEADER:
+                return None
+            header = json.loads(fh.read(size))
+    except (OSError, struct.error, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    return {
+        k: (str(v.get("dtype")), list(v.get("shape", [])))
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict)
+    }
+
+
+def _matrix_product_problem(bundle: Bundle) -> str | None:
+    """Why the job makes no matrix-product claim Freivalds can check, or None when it does: an
+    entrypoint job whose ``job.inputs`` hold a safetensors file with float matrices ``a`` (n×k)
+    and ``b`` (k×m), the product written as ``c`` in ``product.safetensors`` (see examples/matmul)."""
+    job = bundle.spec.job
+    if job.steps:
+        return "Freivalds checks one matrix-product entrypoint, not commands or steps"
+    inputs = [name for name in job.inputs if name.endswith(".safetensors")]
+    if not inputs:
+        return "no job.inputs .safetensors file holds the matrices a and b"
+    tensors = _safetensors_shapes(bundle.root / inputs[0])
+    if tensors is None:
+        return f"{inputs[0]} is not a readable safetensors file"
+    a, b = tensors.get("a"), tensors.get("b")
+    if a is None or b is None:
+        return f"{inputs[0]} holds no tensors named a and b"
+    if a[0] not in _FLOAT_DTYPES or b[0] not in _FLOAT_DTYPES:
+        return f"{inputs[0]}: a and b are not floating-point matrices"
+    if len(a[1]) != 2 or len(b[1]) != 2 or a[1][1] != b[1][0]:
+        return f"{inputs[0]}: a {a[1]} and b {b[1]} are not matrices that multiply"
+    return None
+
+
+def policy_check(bundle: Bundle, policy: Policy, redundancy: int = 1) -> PolicyCheck:
+    """What ``policy`` can judge of ``bundle``'s job; :class:`ConfigError` (one line) when it cannot judge it at all.
+
+    - freivalds needs a matrix-product claim (:func:`_matrix_product_problem`), else it is refused;
+    - replay re-runs sampled segments between SDK checkpoints; a job that saves none is re-run
+      whole and compared on its declared outputs (``verification.outputs``; none declared: every
+      output file): a weaker, stated check. Either way a file that differs between two re-runs is
+      not judged, and a re-run that cannot decide voids the slot, never slashes;
+    - redundant and optimistic compare runs on the declared outputs (every file when none).
+    """
+    outputs = bundle.spec.verification.outputs
+    compares = outputs or ("every output file",)
+    on = ", ".join(outputs) if outputs else "every output file (declare the answer in [verification] outputs)"
+    if policy == Policy.NONE:
+        return PolicyCheck("none", (), False, "no verification: results are paid on their claim")
+    if policy == Policy.FREIVALDS:
+        problem = _matrix_product_problem(bundle)
+        if problem is not None:
+            raise ConfigError(
+                f"freivalds: the job makes no matrix-product claim ({problem}); use --verify replay or redundant"
+            )
+        return PolicyCheck("freivalds", ("product.safetensors",), False, "Freivalds' check of the product c = a @ b")
+    if policy == Policy.REPLAY:
+        if saves_sdk_checkpoints(bundle):
+            return PolicyCheck(
+                "segments",
+                compares,
+                False,
+                f"replay of sampled segments between SDK checkpoints, then the outputs compared on {on}",
+            )
+        return PolicyCheck(
+            "full-rerun",
+            compares,
+            True,
+            "replay: the job saves no SDK checkpoints (marketplace.sdk.checkpoint), so the verifier re-runs it "
+            f"whole and compares {on}; files that differ between two re-runs are not judged, and a re-run "
+            "that cannot decide voids the slot (docs/porting.md adds checkpoints in a few lines)",
+        )
+    if policy == Policy.REDUNDANT:
+        return PolicyCheck("compare-runs", compares, False, f"{max(2, redundancy)} runs compared on {on}")
+    return PolicyCheck("compare-runs", compares, False, f"a challenger's re-run compared on {on}")
 
 
 def preflight(
@@ -158,6 +299,7 @@ def preflight(
     k = redundancy if redundancy is not None else spec.verification.redundancy
     if policy == Policy.REDUNDANT:
         k = max(k, 2)
+    check = policy_check(bundle, policy, k)
     timeout_s = spec.resources.timeout_s
     longest = contracts.market.window_bounds()[2]
     estimate = check_estimate_s(policy, timeout_s)
@@ -203,4 +345,4 @@ def preflight(
             f"directory, the SDK, a save call) and verification compares {what} by their files, not by what they "
             f"print; write the answer to FLOPEX_OUTPUT_DIR"
         )
-    return Preflight(policy, k, window, sized, estimate, verifiers, tuple(warnings))
+    return Preflight(policy, k, window, sized, estimate, verifiers, tuple(warnings), check)

@@ -54,7 +54,7 @@ class Market:
     verifiers: list[VerifierDaemon] = field(default_factory=list)
 
     def add_provider(
-        self, dev: int, cheat: Cheat | None = None, *, claimed_gflops: int = 0, price: str = "0.2"
+        self, dev: int, cheat: Cheat | None = None, *, claimed_gflops: int = 0, price: str = "0.2", cpu_slots: int = 1
     ) -> ProviderDaemon:
         contracts = self.contracts
         data = self.home / f"provider-{dev}"
@@ -63,6 +63,7 @@ class Market:
             leases=ChainLeases(contracts),
             chain_id=contracts.chain.chain_id,
             market_address=contracts.market.address,
+            cpu_slots=cpu_slots,
         )
         server, port = create_server(config, "127.0.0.1:0")
         devices = server.manager.devices

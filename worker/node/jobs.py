@@ -26,7 +26,7 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.errors import BundleError, SandboxError, VerificationError, WorkerError
 from marketplace.protocol.auth import Domain
-from marketplace.protocol.bundle import Bundle, expand_args, load_bundle, unpack_bundle
+from marketplace.protocol.bundle import Bundle, expand_args, launcher_steps, load_bundle, unpack_bundle
 from marketplace.protocol.merkle import EMPTY_ROOT, FileEntry, ResultManifest, bounded_manifest, manifest_of
 from marketplace.protocol.receipts import UsageReceipt, sign_receipt
 from marketplace.rpc import worker_pb2 as pb
@@ -576,9 +576,12 @@ class JobManager:
         devices = [self.devices[i] for i in run.devices]
         logs = space.logs
         env = {"FLOPEX_SEED": str(job.seed or 0), "FLOPEX_JOB_ID": str(job_id)}
+        steps = launcher_steps(spec, self.sandbox.job_folders(space))
         if spec.resources.device == "cpu":
             threads = max(1, (os.cpu_count() or 1) // max(1, sum(d.kind == "cpu" for d in self.devices)))
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads * len(devices))
+            # torchrun starts a process per device: each gets its device's share.
+            per_process = any(step.nproc > 1 for step in steps)
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads * (1 if per_process else len(devices)))
         req = SandboxRequest(
             name=f"job{job_id}",
             space=space,
@@ -589,6 +592,7 @@ class JobManager:
             device_kind=spec.resources.device,
             gpu_indices=tuple(d.index for d in devices if d.kind == "cuda"),
             limits=limits,
+            steps=steps,
         )
 
         if run.cancelled.is_set():
@@ -647,6 +651,9 @@ class JobManager:
         reasons = [r for r in (outcome.reason, problem) if r]
         if not reasons and outcome.exit_code != 0:
             reasons.append(f"the job exited with status {outcome.exit_code}")
+        if outcome.failed_step is not None and not cancelled:
+            reasons.insert(0, f"{outcome.failed_step} failed with status {outcome.exit_code}; later steps did not run")
+            reasons = [r for r in reasons if not r.startswith("the job exited with status")]
         state = "succeeded" if ok else ("cancelled" if cancelled else "failed")
         self._end(
             run,

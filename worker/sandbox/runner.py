@@ -45,6 +45,7 @@ process in the namespace; with a cgroup, every process left in it is killed as w
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -63,6 +64,8 @@ from typing import IO
 
 import marketplace
 from marketplace.errors import SandboxError
+from marketplace.launch import plan_args
+from marketplace.protocol.bundle import LaunchStep
 from worker.sandbox.cgroups import JobCgroup
 from worker.sandbox.seccomp import program_fd
 from worker.sandbox.space import JOB_UID_BASE, JobSpace, Spaces, lease_uid, probe_mount
@@ -128,7 +131,12 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class SandboxRequest:
-    """What to run: the job's space (from :meth:`Sandbox.create_space`), the entrypoint and its environment."""
+    """What to run: the job's space (from :meth:`Sandbox.create_space`), the entrypoint and its environment.
+
+    ``steps`` (from :func:`marketplace.protocol.bundle.launch_steps`), when given, run instead of the
+    entrypoint: in order, in this one sandbox, through :mod:`marketplace.launch` (torchrun for a step
+    on more than one process); the first that fails ends the job with its status.
+    """
 
     name: str
     space: JobSpace
@@ -140,6 +148,7 @@ class SandboxRequest:
     device_kind: str = "cpu"
     gpu_indices: tuple[int, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    steps: tuple[LaunchStep, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +160,8 @@ class RunOutcome:
     wall_s: float
     cpu_millis: int
     peak_memory_bytes: int
+    failed_step: str | None = None
+    """The step that failed (``step 2/3 (train)``), for a job run as steps; None otherwise."""
 
 
 def _real(path: str | os.PathLike[str]) -> Path:
@@ -431,7 +442,7 @@ class Sandbox:
             "work_dir": str(space.work),
         }
 
-    def argv(self, req: SandboxRequest, seccomp_fd: int | None = None) -> list[str]:
+    def argv(self, req: SandboxRequest, seccomp_fd: int | None = None, status_fd: int | None = None) -> list[str]:
         """The command line that runs ``req`` (``setpriv`` first when the job drops to its own uid)."""
         if self._bwrap is None:
             raise SandboxError("sandbox: bubblewrap is not installed")
@@ -468,7 +479,7 @@ class Sandbox:
         for key, value in env.items():
             args += ["--setenv", key, value]
         args += ["--remount-ro", "/", "--chdir", WORK]
-        args += ["--", sys.executable, "-u", f"{WORK}/{req.entrypoint}", *req.args]
+        args += ["--", *_program(req, f"{WORK}/{req.entrypoint}", f"{SDK_ROOT}/marketplace/launch.py", status_fd)]
         return args
 
     @staticmethod
@@ -501,23 +512,45 @@ class Sandbox:
     def start(self, req: SandboxRequest) -> RunningJob:
         """Start ``req``; raise :class:`SandboxError` when it cannot run safely."""
         fds: tuple[int, ...] = ()
-        if self.sandboxed:
-            if self.seccomp:
-                fds = (program_fd(),)
-            argv = self.argv(req, fds[0] if fds else None)
-        elif self.allow_unsandboxed:
-            log.warning("running job %s WITHOUT a sandbox (allow_unsandboxed is set)", req.name)
-            argv = [sys.executable, "-u", str(req.space.work / req.entrypoint), *req.args]
-        else:
-            raise SandboxError(
-                "sandbox: bubblewrap is not available; this worker refuses untrusted jobs "
-                "(start it with --unsafe-no-sandbox to run them unconfined)"
-            )
+        status_r = status_w = None
+        if req.steps:
+            # The launcher reports which step failed on this pipe (its exit status is the step's).
+            status_r, status_w = os.pipe()
         try:
-            return RunningJob(self, req, argv, fds)
+            if self.sandboxed:
+                if self.seccomp:
+                    fds = (program_fd(),)
+                argv = self.argv(req, fds[0] if fds else None, status_w)
+            elif self.allow_unsandboxed:
+                log.warning("running job %s WITHOUT a sandbox (allow_unsandboxed is set)", req.name)
+                launcher = str(self._sdk_dir / "launch.py")
+                argv = _program(req, str(req.space.work / req.entrypoint), launcher, status_w)
+            else:
+                raise SandboxError(
+                    "sandbox: bubblewrap is not available; this worker refuses untrusted jobs "
+                    "(start it with --unsafe-no-sandbox to run them unconfined)"
+                )
+            if status_w is not None:
+                fds += (status_w,)
+            job = RunningJob(self, req, argv, fds, status_r)
+            status_r = None
+            return job
         finally:
             for fd in fds:
                 os.close(fd)
+            if status_w is not None and status_w not in fds:
+                os.close(status_w)
+            if status_r is not None:
+                os.close(status_r)
+
+
+def _program(req: SandboxRequest, entrypoint: str, launcher: str, status_fd: int | None) -> list[str]:
+    """The job's command line: ``python -u ENTRYPOINT ARGS``, or the launcher with the job's steps."""
+    if not req.steps:
+        return [sys.executable, "-u", entrypoint, *req.args]
+    status = [] if status_fd is None else ["--status-fd", str(status_fd)]
+    plan = plan_args([(step.name, step.nproc, list(step.argv)) for step in req.steps])
+    return [sys.executable, "-u", launcher, *status, *plan]
 
 
 def _write_etc() -> Path:
@@ -539,8 +572,16 @@ def _close_spaces(spaces: list[Spaces]) -> None:
 class RunningJob:
     """A started job: its output pipes, its watchdog and, once it ends, its :class:`RunOutcome`."""
 
-    def __init__(self, sandbox: Sandbox, req: SandboxRequest, argv: list[str], pass_fds: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        req: SandboxRequest,
+        argv: list[str],
+        pass_fds: tuple[int, ...] = (),
+        status_fd: int | None = None,
+    ) -> None:
         self.req = req
+        self._status_fd = status_fd
         self.space = req.space
         self._reason: str | None = None
         self._done = threading.Event()
@@ -585,6 +626,8 @@ class RunningJob:
         except OSError as exc:
             os.close(gate_r)
             os.close(gate_w)
+            if status_fd is not None:
+                os.close(status_fd)
             if cgroup is not None:
                 cgroup.remove()
             raise SandboxError(f"sandbox: cannot start the job: {exc}") from None
@@ -754,4 +797,36 @@ class RunningJob:
             reason = f"file size limit: the job wrote a file larger than {self.req.limits.max_file_bytes} bytes"
         if code > 128 and self._via_bwrap:
             code = -(code - 128)
-        return RunOutcome(exit_code=code, reason=reason, wall_s=wall, cpu_millis=cpu_ms, peak_memory_bytes=peak)
+        return RunOutcome(
+            exit_code=code,
+            reason=reason,
+            wall_s=wall,
+            cpu_millis=cpu_ms,
+            peak_memory_bytes=peak,
+            failed_step=self._failed_step(),
+        )
+
+    def _failed_step(self) -> str | None:
+        """What the launcher reported of the step that failed (``step 2/3 (train)``), or None."""
+        fd, self._status_fd = self._status_fd, None
+        if fd is None:
+            return None
+        try:
+            os.set_blocking(fd, False)
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            report = json.loads(data.decode("utf-8", "replace").splitlines()[-1])
+            index, name = int(report["step"]), str(report["name"])[:64]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+        steps = self.req.steps
+        if not 1 <= index <= len(steps) or steps[index - 1].name != name:
+            return None
+        return f"step {index}/{len(steps)} ({name})"

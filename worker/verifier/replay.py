@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-from marketplace.protocol.bundle import expand_args, load_bundle
+from marketplace.protocol.bundle import expand_args, launcher_steps, load_bundle
 from marketplace.sdk import REPLAY_FROM, REPLAY_UNTIL, checkpoint_name
 from worker.sandbox.runner import Limits, Sandbox, SandboxRequest
 
@@ -118,6 +118,7 @@ def run_replay(
             job_env=dict(bundle.spec.job.env),
             device_kind="cpu",
             limits=capped,
+            steps=launcher_steps(bundle.spec, sandbox.job_folders(space)),
         )
         proc = sandbox.start(req)
         readers = [
