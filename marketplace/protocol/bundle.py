@@ -31,6 +31,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal, cast, get_args
 
 from marketplace.errors import BundleError
+from marketplace.protocol.environment import (
+    EnvironmentSection,
+    check_project,
+    parse_environment,
+    parse_lock,
+    parse_requirements,
+    parse_version_range,
+    torch_pins,
+)
 
 __all__ = [
     "ARG_PLACEHOLDERS",
@@ -50,6 +59,7 @@ __all__ = [
     "Auction",
     "Bundle",
     "Device",
+    "EnvironmentSection",
     "JobSection",
     "JobSpec",
     "MarketSection",
@@ -141,6 +151,10 @@ class ResourcesSection:
     min_memory_gb: float = 0.0
     max_gpu_hours: float = 1.0
     timeout_s: int = 3600
+    python: str = ""
+    """A PEP 440 range the provider's Python must be in (``""``: any)."""
+    torch: str = ""
+    """A PEP 440 range the provider's torch must be in (``""``: any)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +187,8 @@ class JobSpec:
     resources: ResourcesSection
     verification: VerificationSection
     market: MarketSection
+    environment: EnvironmentSection = EnvironmentSection()
+    """``[environment]``: the packages the job needs beyond the provider's Python and torch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +198,8 @@ class Bundle:
     root: Path
     spec: JobSpec
     hash: bytes
+    torch_ranges: tuple[str, ...] = ()
+    """Every range put on torch: ``resources.torch`` and any torch pin of the dependency files."""
 
 
 def parse_price(text: object) -> int:
@@ -365,7 +383,7 @@ def parse_job_toml(text: str) -> JobSpec:
         raise BundleError(f"job.toml: not valid TOML: {exc}") from None
     except RecursionError:
         raise BundleError("job.toml: arrays or tables nested too deeply") from None
-    _check_keys("job.toml", data, {"job", "resources", "verification", "market"})
+    _check_keys("job.toml", data, {"job", "resources", "verification", "market", "environment"})
 
     job = _table(data, "job", True)
     _check_keys("[job]", job, {"entrypoint", "args", "inputs", "env"})
@@ -381,7 +399,9 @@ def parse_job_toml(text: str) -> JobSpec:
     inputs = tuple(safe_relpath("job.inputs", p) for p in _str_list("job.inputs", job.get("inputs", [])))
 
     res = _table(data, "resources", False)
-    _check_keys("[resources]", res, {"device", "gpus", "min_memory_gb", "max_gpu_hours", "timeout_s"})
+    _check_keys(
+        "[resources]", res, {"device", "gpus", "min_memory_gb", "max_gpu_hours", "timeout_s", "python", "torch"}
+    )
     resources = ResourcesSection(
         device=cast(Device, _choice("resources.device", res.get("device", "cuda"), get_args(Device))),
         gpus=_int("resources.gpus", res.get("gpus", 1), 1, MAX_GPUS),
@@ -390,6 +410,8 @@ def parse_job_toml(text: str) -> JobSpec:
             "resources.max_gpu_hours", res.get("max_gpu_hours", 1.0), 0.0, strict=True, maximum=MAX_GPU_HOURS
         ),
         timeout_s=_int("resources.timeout_s", res.get("timeout_s", 3600), 1, MAX_TIMEOUT_S),
+        python=parse_version_range("resources.python", res.get("python", "")),
+        torch=parse_version_range("resources.torch", res.get("torch", "")),
     )
 
     ver = _table(data, "verification", False)
@@ -420,7 +442,8 @@ def parse_job_toml(text: str) -> JobSpec:
         auction=cast(Auction, _choice("market.auction", mkt.get("auction", "sealed"), get_args(Auction))),
     )
     env = _env(job.get("env", {}))
-    return JobSpec(JobSection(entry, args, inputs, env), resources, verification, market)
+    environment = parse_environment(_table(data, "environment", False), safe_relpath)
+    return JobSpec(JobSection(entry, args, inputs, env), resources, verification, market, environment)
 
 
 def _walk_regular(root: Path) -> list[tuple[str, Path]]:
@@ -499,7 +522,26 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     for name in spec.job.inputs:
         if name not in files:
             raise BundleError(f"job.inputs: {name!r} is not a file in the bundle")
-    return Bundle(root, spec, bundle_hash(root))
+    return Bundle(root, spec, bundle_hash(root), _environment_ranges(spec, files))
+
+
+def _environment_ranges(spec: JobSpec, files: Mapping[str, Path]) -> tuple[str, ...]:
+    """Check the ``[environment]`` files (present, readable, well formed); return the bundle's torch ranges."""
+    section = spec.environment
+    data: dict[str, bytes] = {}
+    for key, name in (("requirements", section.requirements), ("lock", section.lock), ("project", section.project)):
+        if name is None:
+            continue
+        if name not in files:
+            raise BundleError(f"environment.{key}: {name!r} is not a file in the bundle")
+        data[name] = files[name].read_bytes()
+    if section.requirements is not None:
+        parse_requirements(f"environment.requirements {section.requirements}", data[section.requirements])
+    if section.lock is not None and section.project is not None:
+        parse_lock(f"environment.lock {section.lock}", data[section.lock])
+        check_project(f"environment.project {section.project}", data[section.project])
+    ranges = torch_pins(section, data)
+    return ((spec.resources.torch,) if spec.resources.torch else ()) + ranges
 
 
 def pack_bundle(directory: str | os.PathLike[str], archive: str | os.PathLike[str] | None = None) -> bytes:
