@@ -187,7 +187,7 @@ class JobSpec:
     resources: ResourcesSection
     verification: VerificationSection
     market: MarketSection
-    environment: EnvironmentSection = EnvironmentSection()
+    environment: EnvironmentSection = EnvironmentSection()  # noqa: RUF009 (frozen: one shared default is safe)
     """``[environment]``: the packages the job needs beyond the provider's Python and torch."""
 
 

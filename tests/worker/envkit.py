@@ -26,7 +26,7 @@ def make_wheel(
     files: dict[str, bytes] = {f"{name.replace('-', '_')}/__init__.py": module.encode()}
     if pad_bytes:
         files[f"{name.replace('-', '_')}/pad.bin"] = bytes(pad_bytes)
-    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     meta += [f"Requires-Dist: {req}" for req in requires]
     files[f"{dist}.dist-info/METADATA"] = ("\n".join(meta) + "\n").encode()
     files[f"{dist}.dist-info/WHEEL"] = (

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from marketplace.errors import WorkerError
 from marketplace.protocol.bundle import Bundle
-from marketplace.protocol.environment import EnvironmentSection, PROVIDED, serves
+from marketplace.protocol.environment import PROVIDED, EnvironmentSection, serves
 from worker.sandbox.runner import Sandbox
 from worker.sandbox.seccomp import program_fd
 from worker.sandbox.space import lease_uid
@@ -288,7 +288,8 @@ class EnvironmentCache:
             size = _tree_bytes(env)
             if size > self.settings.max_env_bytes:
                 raise EnvironmentBuildError(
-                    f"environment: {size} bytes installed, more than this provider's limit of {self.settings.max_env_bytes}"
+                    f"environment: {size} bytes installed, more than this provider's limit of "
+                    f"{self.settings.max_env_bytes}"
                 )
             build_s = time.monotonic() - started
             meta = {
