@@ -12,6 +12,7 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.errors import ConfigError
 from worker.node.admission import AdmissionLimits
+from worker.node.environments import EnvironmentSettings
 from worker.node.leases import LeaseLookup
 from worker.sandbox.runner import Limits
 
@@ -72,6 +73,9 @@ class WorkerConfig:
     """A connection with no call for this long is closed."""
     max_streams_per_connection: int = 64
     """HTTP/2 streams one connection may have open at once."""
+    environments: EnvironmentSettings | None = None
+    """Where declared environments are built and cached, and where their packages come from;
+    None: ``data_dir/environments`` with PyPI as the package index and the default limits."""
 
     def key_path(self) -> Path:
         """Where the receipt key lives."""
