@@ -33,9 +33,9 @@ from marketplace.rpc import worker_pb2 as pb
 from marketplace.sdk import PROGRESS_PREFIX
 from worker.node.config import WorkerConfig
 from worker.node.devices import DeviceInfo, UtilizationSampler, check_request
+from worker.node.environments import Environment, EnvironmentBuildError, EnvironmentCache, EnvironmentSettings
 from worker.node.leases import Lease
 from worker.node.store import TERMINAL, JobRecord, JobStore
-from worker.node.environments import Environment, EnvironmentBuildError, EnvironmentCache, EnvironmentSettings
 from worker.sandbox.runner import JobSpace, Limits, Sandbox, SandboxRequest
 
 __all__ = ["MAX_LOG_EVENTS", "JobManager", "device_proto", "receipt_proto"]
