@@ -61,6 +61,7 @@ __all__ = [
     "EnvironmentCache",
     "EnvironmentSettings",
     "environment_key",
+    "needs_environment",
     "provider_versions",
 ]
 
@@ -79,6 +80,12 @@ class EnvironmentBuildError(WorkerError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="FAILED_PRECONDITION")
+
+
+def needs_environment(bundle: Bundle) -> bool:
+    """Whether a bundle declares packages or a Python or torch range (and so goes through the cache)."""
+    spec = bundle.spec
+    return spec.environment.declared or bool(spec.resources.python) or bool(bundle.torch_ranges)
 
 
 def provider_versions() -> tuple[str, str]:

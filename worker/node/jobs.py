@@ -33,7 +33,13 @@ from marketplace.rpc import worker_pb2 as pb
 from marketplace.sdk import PROGRESS_PREFIX
 from worker.node.config import WorkerConfig
 from worker.node.devices import DeviceInfo, UtilizationSampler, check_request
-from worker.node.environments import Environment, EnvironmentBuildError, EnvironmentCache, EnvironmentSettings
+from worker.node.environments import (
+    Environment,
+    EnvironmentBuildError,
+    EnvironmentCache,
+    EnvironmentSettings,
+    needs_environment,
+)
 from worker.node.leases import Lease
 from worker.node.store import TERMINAL, JobRecord, JobStore
 from worker.sandbox.runner import JobSpace, Limits, Sandbox, SandboxRequest
@@ -369,7 +375,7 @@ class JobManager:
                 code="FAILED_PRECONDITION",
             )
         check_request(self.devices, res.device, res.gpus, int(res.min_memory_gb * 2**30))
-        if res.python or bundle.torch_ranges:
+        if needs_environment(bundle):
             why = self.environments.refusal(bundle)
             if why is not None:
                 raise WorkerError(f"this worker cannot run the bundle: it {why}", code="FAILED_PRECONDITION")
@@ -534,9 +540,9 @@ class JobManager:
             self._finish_without_run(job_id, str(exc), "failed")
             return
         try:
-            needs = spec.environment.declared or spec.resources.python or bundle.torch_ranges
             # A declared environment is built (or found) before the job starts: its time is not the job's.
-            with self.environments.use(bundle) if needs else contextlib.nullcontext() as environment:
+            held = self.environments.use(bundle) if needs_environment(bundle) else contextlib.nullcontext()
+            with held as environment:
                 self._run_in(run, bundle, space, limits, environment)
         except EnvironmentBuildError as exc:
             self._finish_without_run(job_id, exc.message, "failed")

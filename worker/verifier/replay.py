@@ -11,10 +11,15 @@ with the job's seed and:
 
 Neither given is a full re-run. The run is timed; its checkpoints and outputs are left in the
 replay's directory for the caller to compare.
+
+A bundle that declares an environment runs with the environment of the same key
+(:mod:`worker.node.environments`), built in the verifier's own cache from the same files: the
+``environments`` cache must be given for one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -25,6 +30,7 @@ from typing import IO
 
 from marketplace.protocol.bundle import expand_args, load_bundle
 from marketplace.sdk import REPLAY_FROM, REPLAY_UNTIL, checkpoint_name
+from worker.node.environments import EnvironmentBuildError, EnvironmentCache, needs_environment
 from worker.sandbox.runner import Limits, Sandbox, SandboxRequest
 
 __all__ = ["ReplayRun", "run_replay"]
@@ -82,8 +88,49 @@ def run_replay(
     until_step: int | None = None,
     limits: Limits | None = None,
     threads: int | None = None,
+    environments: EnvironmentCache | None = None,
 ) -> ReplayRun:
-    """Run the job of ``bundle_dir`` in ``directory`` (created fresh) and wait for it to end."""
+    """Run the job of ``bundle_dir`` in ``directory`` (created fresh) and wait for it to end.
+
+    Raises :class:`EnvironmentBuildError` when the bundle's environment cannot be built here.
+    """
+    bundle = load_bundle(bundle_dir)
+    if needs_environment(bundle):
+        if environments is None:
+            raise EnvironmentBuildError("environment: the bundle declares one and this replay has no environment cache")
+        held: contextlib.AbstractContextManager[object] = environments.use(bundle)
+    else:
+        held = contextlib.nullcontext()
+    with held as environment:
+        python = getattr(environment, "python", None)
+        return _run(
+            sandbox,
+            bundle_dir,
+            directory,
+            python,
+            seed,
+            job_id,
+            start_step,
+            start_checkpoint,
+            until_step,
+            limits,
+            threads,
+        )
+
+
+def _run(
+    sandbox: Sandbox,
+    bundle_dir: Path,
+    directory: Path,
+    python: Path | None,
+    seed: int,
+    job_id: int,
+    start_step: int | None,
+    start_checkpoint: Path | None,
+    until_step: int | None,
+    limits: Limits | None,
+    threads: int | None,
+) -> ReplayRun:
     bundle = load_bundle(bundle_dir)
     shutil.rmtree(directory, ignore_errors=True)
     env = {"FLOPEX_SEED": str(seed), "FLOPEX_JOB_ID": str(job_id)}
@@ -110,6 +157,7 @@ def run_replay(
             job_env=dict(bundle.spec.job.env),
             device_kind="cpu",
             limits=capped,
+            python=python,
         )
         proc = sandbox.start(req)
         readers = [
