@@ -22,6 +22,7 @@ def make_wheel(
     ``pad_bytes`` adds a data file of that size (to make an environment larger).
     """
     wheelhouse.mkdir(parents=True, exist_ok=True)
+    wheelhouse.chmod(0o755)  # builds run as a job's uid on a root worker: the wheelhouse is readable by all
     dist = f"{name.replace('-', '_')}-{version}"
     files: dict[str, bytes] = {f"{name.replace('-', '_')}/__init__.py": module.encode()}
     if pad_bytes:
@@ -39,4 +40,5 @@ def make_wheel(
     with zipfile.ZipFile(path, "w") as zf:
         for rel, data in files.items():
             zf.writestr(rel, data)
+    path.chmod(0o644)
     return path

@@ -51,7 +51,7 @@ from marketplace.protocol.bundle import Bundle
 from marketplace.protocol.environment import PROVIDED, EnvironmentSection, serves
 from worker.sandbox.runner import Sandbox
 from worker.sandbox.seccomp import program_fd
-from worker.sandbox.space import lease_uid
+from worker.sandbox.space import _MS_BIND, _mount, _umount, lease_uid, reachable_by_others
 
 __all__ = [
     "BUILD_VERSION",
@@ -384,6 +384,7 @@ class EnvironmentCache:
         }
         uid = None
         lease = None
+        bound: Path | None = None
         fds: tuple[int, ...] = ()
         if self.sandbox.sandboxed:
             spaces = self.sandbox._spaces
@@ -391,11 +392,17 @@ class EnvironmentCache:
                 lease = lease_uid(spaces.uid_base, run_root=spaces.run_root)
                 uid = lease.uid
                 _chown_tree(scratch, uid, uid)
+                if not reachable_by_others(scratch):
+                    # bubblewrap resolves binds as the build's uid: give it a path it can reach.
+                    bound = spaces.run_dir / f"env-build-{scratch.name}"
+                    bound.mkdir(mode=0o755)
+                    _mount(str(scratch), bound, None, _MS_BIND)
+                    script = script.replace(str(scratch), str(bound))
             if self.sandbox.seccomp:
                 fds = (program_fd(),)
             argv = self.sandbox.tool_argv(
                 ["/bin/sh", "-c", script],
-                writable=scratch,
+                writable=bound or scratch,
                 readable=self.settings.find_links,
                 network=self.settings.package_index is not None,
                 env=tool_env,
@@ -420,6 +427,10 @@ class EnvironmentCache:
         finally:
             for fd in fds:
                 os.close(fd)
+            if bound is not None:
+                _umount(bound)
+                with contextlib.suppress(OSError):
+                    bound.rmdir()
             if lease is not None:
                 _chown_tree(scratch, 0, 0)
                 lease.release()
