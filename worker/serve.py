@@ -19,6 +19,7 @@ from types import FrameType
 from marketplace.errors import FlopexError
 from marketplace.protocol.bundle import parse_price
 from worker.node.config import WorkerConfig
+from worker.node.environments import EnvironmentSettings
 from worker.node.leases import LeaseFile
 from worker.node.service import create_server
 from worker.sandbox.runner import Limits
@@ -60,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KIND=TOKENS",
         help="price per device-hour, e.g. cpu=0.1 (repeatable)",
     )
+    p.add_argument(
+        "--package-index",
+        default="https://pypi.org/simple",
+        help="package index that declared environments are built from ('none': no network)",
+    )
+    p.add_argument("--find-links", type=Path, action="append", default=[], help="a local folder of wheels (repeatable)")
+    p.add_argument("--env-cache-gb", type=float, default=20.0, help="disk kept for built environments (LRU)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key (TLS)")
     p.add_argument("--log-level", default="INFO")
@@ -95,6 +103,12 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         prices=prices,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        environments=EnvironmentSettings(
+            args.data_dir / "environments",
+            package_index=None if args.package_index.lower() in ("", "none") else args.package_index,
+            find_links=tuple(p.resolve() for p in args.find_links),
+            max_cache_bytes=int(args.env_cache_gb * (1 << 30)),
+        ),
     )
 
 
