@@ -1,0 +1,133 @@
+"""A bundle that needs a package the provider's Python lacks, through the market on the embedded chain.
+
+``examples/extra_package`` imports ``tabulate``; here the provider and the verifier build it from a
+local wheelhouse holding a ``tabulate`` wheel written by this test (no network): the provider builds
+the environment once in the sandbox, runs the job with it and is paid; the verifier rebuilds the
+same environment (the same key) to re-run the job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from marketplace.chain.client import dev_account
+from marketplace.contracts.events import ResultAttested
+from marketplace.market.pricing import strategy_from_spec
+from marketplace.types import ONE_TOKEN, Auction, DeviceKind, Outcome, parse_tokens
+from tests.verification.chainkit import PROVIDERS, VERIFIERS, Market, bundle_copy
+from tests.worker.envkit import make_wheel
+from worker.node.chain_leases import ChainLeases
+from worker.node.config import WorkerConfig
+from worker.node.environments import EnvironmentSettings
+from worker.node.service import WorkerServer, create_server
+from worker.provider.daemon import ProviderDaemon, ProviderSettings
+
+pytestmark = [pytest.mark.slow, pytest.mark.bwrap, pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
+#: A stand-in for tabulate 0.9.0 with the one call the example makes, marked so the test can see it ran.
+FAKE_TABULATE = """\
+def tabulate(rows, headers=(), floatfmt="g"):
+    lines = ["  ".join(str(h) for h in headers)]
+    for row in rows:
+        lines.append("  ".join(format(v, floatfmt) if isinstance(v, float) else str(v) for v in row))
+    return "\\n".join(lines + ["(table by the wheelhouse's tabulate)"])
+"""
+
+
+@pytest.fixture
+def wheelhouse(tmp_path: Path) -> Path:
+    folder = tmp_path / "wheelhouse"
+    make_wheel(folder, "tabulate", "0.9.0", FAKE_TABULATE)
+    return folder
+
+
+def add_provider(market: Market, dev: int, environments: EnvironmentSettings) -> tuple[ProviderDaemon, WorkerServer]:
+    """A provider like chainkit's, whose worker builds environments with ``environments``."""
+    contracts = market.contracts
+    data = market.home / f"provider-{dev}"
+    config = WorkerConfig(
+        data_dir=data,
+        leases=ChainLeases(contracts),
+        chain_id=contracts.chain.chain_id,
+        market_address=contracts.market.address,
+        environments=environments,
+    )
+    server, port = create_server(config, "127.0.0.1:0")
+    devices = server.manager.devices
+    settings = ProviderSettings(
+        endpoint=f"127.0.0.1:{port}",
+        price_floor=parse_tokens("0.2"),
+        strategy=strategy_from_spec("fixed"),
+        stake=200 * ONE_TOKEN,
+        device_model=devices[0].model[:64],
+        device_kind=DeviceKind.CPU,
+        gpu_count=len(devices),
+        memory_mb=min(d.memory_bytes for d in devices) >> 20,
+        poll_interval_s=0.2,
+    )
+    daemon = ProviderDaemon(contracts, dev_account(dev), server, settings, data / "provider-state.json")
+    daemon.ensure_registered()
+    server.start()
+    daemon.start()
+    market.servers.append(server)
+    market.providers.append(daemon)
+    return daemon, server
+
+
+def test_extra_package__built_over_the_providers_torch__replayed_by_the_verifier_and_paid(
+    market: Market, tmp_path: Path, wheelhouse: Path
+) -> None:
+    _provider, server = add_provider(
+        market,
+        PROVIDERS[0],
+        EnvironmentSettings(tmp_path / "provider-envs", package_index=None, find_links=(wheelhouse,)),
+    )
+    verifier = market.add_verifier(
+        VERIFIERS[0],
+        environments=EnvironmentSettings(tmp_path / "verifier-envs", package_index=None, find_links=(wheelhouse,)),
+    )
+    outcome = market.run_job(bundle_copy(tmp_path, "extra_package"), auction=Auction.INSTANT)
+    [bill] = outcome.slots
+    m = market.contracts.market
+    [verdict] = m.get_events("ResultAttested", m.start_block, job_id=outcome.job_id)
+    assert isinstance(verdict, ResultAttested)
+    assert verdict.outcome == Outcome.ACCEPT, bill
+    assert bill["status"] == "paid" and bill["paid"] > 0
+    assert outcome.status == "succeeded"
+    # The job ran with the wheelhouse's package, and the worker timed the build apart from the run.
+    table = next(Path(market.home / f"out-{outcome.job_id}").rglob("training.txt")).read_text()
+    assert "(table by the wheelhouse's tabulate)" in table
+    record = server.manager.store.get(outcome.job_id)
+    assert record is not None and record.metering is not None
+    assert record.metering["env_build_millis"] > 0
+    # The verifier rebuilt the very same environment (same key) for its re-run.
+    provider_keys = {p.name for p in (tmp_path / "provider-envs" / "envs").iterdir()}
+    verifier_keys = {p.name for p in (tmp_path / "verifier-envs" / "envs").iterdir()}
+    assert len(provider_keys) == 1 and provider_keys == verifier_keys
+    assert verifier.settings.environments is not None
+
+
+def test_extra_package__a_package_no_index_has__fails_before_it_runs_and_nothing_is_paid(
+    market: Market, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty-wheelhouse"
+    empty.mkdir(mode=0o755)
+    _provider, server = add_provider(
+        market, PROVIDERS[0], EnvironmentSettings(tmp_path / "provider-envs", package_index=None, find_links=(empty,))
+    )
+    market.add_verifier(
+        VERIFIERS[0],
+        environments=EnvironmentSettings(tmp_path / "verifier-envs", package_index=None, find_links=(empty,)),
+    )
+    outcome = market.run_job(bundle_copy(tmp_path, "extra_package"), auction=Auction.INSTANT)
+    [bill] = outcome.slots
+    record = server.manager.store.get(outcome.job_id)
+    assert record is not None and record.state == "failed"
+    assert record.reason.startswith("environment: uv could not install the packages:")
+    assert "tabulate" in record.reason
+    print("BILL", bill, outcome.status, outcome.reason)
+    assert bill["paid"] == 0, bill
+    assert outcome.status != "succeeded"
+    assert list((tmp_path / "provider-envs" / "envs").iterdir()) == []
