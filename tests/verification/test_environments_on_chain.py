@@ -15,14 +15,17 @@ import pytest
 from marketplace.chain.client import dev_account
 from marketplace.contracts.events import ResultAttested
 from marketplace.market.pricing import strategy_from_spec
-from marketplace.types import ONE_TOKEN, Auction, DeviceKind, Outcome, parse_tokens
-from tests.verification.chainkit import PROVIDERS, VERIFIERS, Market, bundle_copy
-from tests.worker.envkit import make_wheel
+from marketplace.market.summary import job_summary
+from marketplace.requester.client import WorkerClient
+from marketplace.requester.requester import JobOptions, Requester
+from marketplace.types import ONE_TOKEN, Auction, DeviceKind, Outcome, SlotStatus, parse_tokens
+from tests.verification.chainkit import PROVIDERS, REQUESTER, VERIFIERS, Market, bundle_copy
 from worker.node.chain_leases import ChainLeases
 from worker.node.config import WorkerConfig
 from worker.node.environments import EnvironmentSettings
 from worker.node.service import WorkerServer, create_server
 from worker.provider.daemon import ProviderDaemon, ProviderSettings
+from worker.testing.wheels import make_wheel
 
 pytestmark = [pytest.mark.slow, pytest.mark.bwrap, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
@@ -109,25 +112,34 @@ def test_extra_package__built_over_the_providers_torch__replayed_by_the_verifier
     assert verifier.settings.environments is not None
 
 
-def test_extra_package__a_package_no_index_has__fails_before_it_runs_and_nothing_is_paid(
+def test_extra_package__a_package_no_index_has__never_runs__reported_a_no_show__provider_not_slashed(
     market: Market, tmp_path: Path
 ) -> None:
     empty = tmp_path / "empty-wheelhouse"
     empty.mkdir(mode=0o755)
-    _provider, server = add_provider(
+    provider, server = add_provider(
         market, PROVIDERS[0], EnvironmentSettings(tmp_path / "provider-envs", package_index=None, find_links=(empty,))
     )
-    market.add_verifier(
-        VERIFIERS[0],
-        environments=EnvironmentSettings(tmp_path / "verifier-envs", package_index=None, find_links=(empty,)),
-    )
-    outcome = market.run_job(bundle_copy(tmp_path, "extra_package"), auction=Auction.INSTANT)
-    [bill] = outcome.slots
-    record = server.manager.store.get(outcome.job_id)
-    assert record is not None and record.state == "failed"
+    contracts = market.contracts
+    stake = contracts.registry.total_stake(provider.address)
+    requester = Requester(contracts, dev_account(REQUESTER))
+    options = JobOptions(auction=Auction.INSTANT, bid_window_s=30, challenge_window_s=600, run_slack_s=60)
+    job_id = requester.submit(bundle_copy(tmp_path, "extra_package"), options)
+    requester.wait_for_lease(job_id, timeout_s=60)
+    offer = contracts.registry.offer(provider.address)
+    with WorkerClient(offer.endpoint, requester_key=dev_account(REQUESTER).key, domain=requester.domain) as client:
+        client.upload_bundle(job_id, requester._archives[job_id])
+        client.start_job(job_id, seed=1)
+    contracts.chain.wait_until(lambda: server.manager.get(job_id).state == "failed", timeout=120)
+    record = server.manager.get(job_id)
+    assert record.started is None  # it never ran: nothing to bill, nothing to verify
     assert record.reason.startswith("environment: uv could not install the packages:")
-    assert "tabulate" in record.reason
-    print("BILL", bill, outcome.status, outcome.reason)
-    assert bill["paid"] == 0, bill
-    assert outcome.status != "succeeded"
+    assert "tabulate" in record.reason and "\n" not in record.reason
     assert list((tmp_path / "provider-envs" / "envs").iterdir()) == []
+    # The provider reports the bundle as one nobody could run here: the slot settles with the
+    # no-show fee, the requester gets the rest back and the provider keeps its stake.
+    contracts.chain.time_travel(contracts.market.spec(job_id).run_duration // 2 + 1)
+    contracts.chain.wait_until(lambda: contracts.market.slot(job_id, 0).status == SlotStatus.REFUNDED, timeout=90)
+    reason = job_summary(contracts, job_id)["slots"][0]["reason"]
+    assert "no-show" in reason and "nobody slashed" in reason, reason
+    assert contracts.registry.total_stake(provider.address) == stake

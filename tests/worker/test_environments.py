@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from marketplace.protocol.bundle import Bundle, load_bundle
-from tests.worker.envkit import make_wheel
 from tests.worker.workerkit import HAVE_BWRAP
 from worker.node.environments import (
     Environment,
@@ -22,6 +21,7 @@ from worker.node.environments import (
     environment_key,
 )
 from worker.sandbox.runner import Limits, Sandbox, SandboxRequest
+from worker.testing.wheels import make_wheel
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.slow]
 

@@ -44,7 +44,19 @@ from worker.node.leases import Lease
 from worker.node.store import TERMINAL, JobRecord, JobStore
 from worker.sandbox.runner import JobSpace, Limits, Sandbox, SandboxRequest
 
-__all__ = ["MAX_LOG_EVENTS", "JobManager", "device_proto", "receipt_proto"]
+__all__ = ["ENVIRONMENT_FAILED", "MAX_LOG_EVENTS", "JobManager", "device_proto", "receipt_proto", "unbuildable"]
+
+ENVIRONMENT_FAILED = "environment: "
+"""How the reason of a job begins whose declared environment could not be built or served (it never ran)."""
+
+
+def unbuildable(job: JobRecord) -> bool:
+    """Whether a job failed before it ran because its declared environment could not be built here.
+
+    Such a bundle is not runnable on this provider: its provider reports it as a no-show (nothing
+    ran, nothing is claimed, it is not slashed for work nobody could do)."""
+    return job.state == "failed" and job.started is None and (job.reason or "").startswith(ENVIRONMENT_FAILED)
+
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +268,7 @@ class JobManager:
             if job is None:
                 job = self.store.upsert_upload(job_id, "", bytes(32), 0)
             if job.state not in ("uploading", "ready"):
-                return job.state == "cancelled" and job.started is None
+                return (job.state == "cancelled" and job.started is None) or unbuildable(job)
             for part in (self.data_dir / "uploads").glob(f"{job_id}-*.part"):
                 part.unlink(missing_ok=True)
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)

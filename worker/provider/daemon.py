@@ -43,6 +43,7 @@ from marketplace.types import NO_SHOW_ROOT, DeviceKind, JobSpec, JobStatus, Offe
 from worker.node.chain_leases import ChainLeases
 from worker.node.config import WorkerConfig
 from worker.node.environments import EnvironmentSettings
+from worker.node.jobs import unbuildable
 from worker.node.service import WorkerServer, create_server
 from worker.node.store import JobRecord
 from worker.provider.bidding import Bidder, BidTerms, MarketVenue
@@ -344,7 +345,8 @@ class ProviderDaemon(ChainDaemon):
 
 def _no_show(record: JobRecord | None) -> bool:
     """Whether the requester has delivered nothing runnable: no upload, one unfinished or refused
-    (the worker keeps such a job ``uploading``), one never started, or a job it cancelled before it ran."""
+    (the worker keeps such a job ``uploading``), one never started, a job it cancelled before it ran,
+    or one whose declared environment does not build here (it never ran)."""
     if record is None or record.state in NOT_DELIVERED:
         return True
-    return record.state == "cancelled" and record.started is None
+    return (record.state == "cancelled" and record.started is None) or unbuildable(record)

@@ -1,4 +1,7 @@
-"""Helpers for tests of declared environments: tiny wheels written here, served as a local wheelhouse."""
+"""Tiny pure-Python wheels written on the spot, served as a local wheelhouse.
+
+For the tests and benchmarks of declared environments; nothing in the daemons imports it.
+"""
 
 from __future__ import annotations
 
