@@ -225,3 +225,34 @@ def test_concurrent_jobs_build_once(sandbox: Sandbox, wheelhouse: Path, tmp_path
     assert len(got) == 4
     assert sum(not env.cached for env in got) == 1
     assert len({env.path for env in got}) == 1
+
+
+def test_a_uv_lock_is_installed_as_locked(sandbox: Sandbox, wheelhouse: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from uv import find_uv_bin
+
+    folder = tmp_path / "b"
+    (folder / "env").mkdir(parents=True)
+    (folder / "env" / "pyproject.toml").write_text(
+        '[project]\nname = "job"\nversion = "0"\nrequires-python = ">=3.10"\ndependencies = ["flopexdemo<2"]\n'
+    )
+    # The requester's side: `uv lock` against the same wheelhouse, offline.
+    subprocess.run(
+        [find_uv_bin(), "lock", "--no-index", "--find-links", str(wheelhouse), "--project", str(folder / "env")],
+        check=True,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "UV_CACHE_DIR": str(tmp_path / "uvcache")},
+    )
+    (folder / "job.toml").write_text(
+        '[job]\nentrypoint = "main.py"\n[environment]\nlock = "env/uv.lock"\n'
+        '[resources]\ndevice = "cpu"\n[market]\nmax_price = "1"\n'
+    )
+    (folder / "main.py").write_text(PROBE)
+    bundle = load_bundle(folder)
+    assert bundle.spec.environment.files == ("env/pyproject.toml", "env/uv.lock")
+    cache = EnvironmentCache(_settings(tmp_path / "cache", wheelhouse), sandbox)
+    with cache.use(bundle) as env:
+        assert env is not None and not env.cached
+        out = _run_job(sandbox, bundle, env)
+    assert out.split()[0] == "42"  # flopexdemo 1.0, as locked
