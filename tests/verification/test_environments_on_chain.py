@@ -143,3 +143,18 @@ def test_extra_package__a_package_no_index_has__never_runs__reported_a_no_show__
     reason = job_summary(contracts, job_id)["slots"][0]["reason"]
     assert "no-show" in reason and "nobody slashed" in reason, reason
     assert contracts.registry.total_stake(provider.address) == stake
+
+
+def test_preflight__warns_when_no_provider_that_answers_can_serve_the_torch_range(
+    market: Market, tmp_path: Path
+) -> None:
+    from marketplace.protocol.bundle import load_bundle
+    from marketplace.requester.preflight import preflight
+
+    market.add_provider(PROVIDERS[0])
+    fits = load_bundle(bundle_copy(tmp_path / "fits", "extra_package"))
+    assert not [w for w in preflight(market.contracts, fits).warnings if "can run this bundle" in w]
+    too_old = load_bundle(bundle_copy(tmp_path / "too-old", "extra_package", {'torch = ">=2.4"': 'torch = "<1"'}))
+    [line] = [w for w in preflight(market.contracts, too_old).warnings if "can run this bundle" in w]
+    assert line.startswith(f"no provider that answered can run this bundle (provider {market.providers[0].address} ")
+    assert "needs torch <1; the provider has" in line and "refuses it at upload" in line
