@@ -256,3 +256,55 @@ def test_a_uv_lock_is_installed_as_locked(sandbox: Sandbox, wheelhouse: Path, tm
         assert env is not None and not env.cached
         out = _run_job(sandbox, bundle, env)
     assert out.split()[0] == "42"  # flopexdemo 1.0, as locked
+
+
+def test_a_package_with_only_a_source_distribution__is_refused_no_build_script_runs(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    import io
+    import tarfile
+
+    wheelhouse = tmp_path / "sdists"
+    wheelhouse.mkdir(mode=0o755)
+    marker = tmp_path / "setup-ran"
+    setup = f"open({str(marker)!r}, 'w').write('ran')\nfrom setuptools import setup\n"
+    setup += "setup(name='sdistonly', version='1.0')\n"
+    with tarfile.open(wheelhouse / "sdistonly-1.0.tar.gz", "w:gz") as tar:
+        for name, text in {
+            "sdistonly-1.0/setup.py": setup,
+            "sdistonly-1.0/PKG-INFO": "Metadata-Version: 2.1\nName: sdistonly\nVersion: 1.0\n",
+        }.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (wheelhouse / "sdistonly-1.0.tar.gz").chmod(0o644)
+    cache = EnvironmentCache(_settings(tmp_path / "cache", wheelhouse), sandbox)
+    with pytest.raises(EnvironmentBuildError, match="uv could not install the packages") as info:
+        with cache.use(_bundle(tmp_path / "b", "sdistonly==1.0\n")):
+            pass
+    assert "sdistonly" in info.value.message
+    assert not marker.exists()
+    assert list(cache.envs.iterdir()) == []
+
+
+def test_a_real_package_from_pypi__when_pypi_is_reachable(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The example's own requirements from the real index, through the sandbox's network (skipped offline)."""
+    import shutil
+
+    from tests.verification.chainkit import ROOT
+
+    folder = tmp_path / "b"
+    shutil.copytree(ROOT / "examples" / "extra_package", folder)
+    cache = EnvironmentCache(EnvironmentSettings(tmp_path / "cache"), sandbox)
+    try:
+        with cache.use(load_bundle(folder)) as env:
+            assert env is not None
+            site = next(env.path.glob("lib/python*/site-packages"))
+            assert (site / "tabulate").is_dir()
+            assert not (site / "torch").exists()
+    except EnvironmentBuildError as exc:
+        offline = ("connect", "dns", "resolve", "network", "timed out", "certificate", "tls")
+        if any(word in exc.message.lower() for word in offline):
+            pytest.skip(f"PyPI is not reachable from here: {exc.message[:160]}")
+        raise

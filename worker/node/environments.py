@@ -75,6 +75,21 @@ META = ".flopex-env.json"
 """Written last into a complete environment: its key, versions, size and build time."""
 
 
+_NETWORK_ENV = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "all_proxy",
+    "no_proxy",
+)
+"""The worker's variables a build with network keeps: where certificates are, and its proxy."""
+
+
 class EnvironmentBuildError(WorkerError):
     """An environment cannot be built or served; the message is one line for the requester."""
 
@@ -382,6 +397,12 @@ class EnvironmentCache:
             "UV_LINK_MODE": "copy",
             "UV_NO_PROGRESS": "1",
         }
+        if self.settings.package_index is not None:
+            # The host's certificate store (bound read-only) and proxy settings reach the index.
+            tool_env["UV_SYSTEM_CERTS"] = "1"
+            for name in _NETWORK_ENV:
+                if name in os.environ:
+                    tool_env[name] = os.environ[name]
         uid = None
         lease = None
         bound: Path | None = None
