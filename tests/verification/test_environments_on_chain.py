@@ -158,3 +158,28 @@ def test_preflight__warns_when_no_provider_that_answers_can_serve_the_torch_rang
     [line] = [w for w in preflight(market.contracts, too_old).warnings if "can run this bundle" in w]
     assert line.startswith(f"no provider that answered can run this bundle (provider {market.providers[0].address} ")
     assert "needs torch <1; the provider has" in line and "refuses it at upload" in line
+
+
+def test_extra_package__a_verifier_that_cannot_build_the_environment__voids_the_slot_never_slashes(
+    market: Market, tmp_path: Path, wheelhouse: Path
+) -> None:
+    provider, _server = add_provider(
+        market,
+        PROVIDERS[0],
+        EnvironmentSettings(tmp_path / "provider-envs", package_index=None, find_links=(wheelhouse,)),
+    )
+    empty = tmp_path / "empty-wheelhouse"
+    empty.mkdir(mode=0o755)
+    verifier = market.add_verifier(
+        VERIFIERS[0],
+        environments=EnvironmentSettings(tmp_path / "verifier-envs", package_index=None, find_links=(empty,)),
+    )
+    stake = market.contracts.registry.total_stake(provider.address)
+    outcome = market.run_job(bundle_copy(tmp_path, "extra_package"), auction=Auction.INSTANT)
+    [bill] = outcome.slots
+    m = market.contracts.market
+    [verdict] = m.get_events("ResultAttested", m.start_block, job_id=outcome.job_id)
+    assert verdict.outcome == Outcome.VOID and bill["status"] == "refunded", bill
+    assert bill["slashed"] == 0 and market.contracts.registry.total_stake(provider.address) == stake
+    [check] = [v for v in verifier.verdicts if v.job_id == outcome.job_id]
+    assert check.reason.startswith("cannot judge: the job's environment does not build here (environment: uv ")
