@@ -464,12 +464,17 @@ class EnvironmentCache:
                 argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, pass_fds=fds, start_new_session=True
             )
             reason = None
+            next_walk = 0.0
             while proc.poll() is None:
                 time.sleep(0.2)
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     reason = f"took longer than {self.settings.build_timeout_s:g} s"
-                elif _tree_bytes(scratch) > limit + (64 << 20):
-                    reason = f"wrote more than this provider's limit of {limit} bytes"
+                elif now >= next_walk:
+                    if _tree_bytes(scratch) > limit + (64 << 20):
+                        reason = f"wrote more than this provider's limit of {limit} bytes"
+                    # A walk of a large environment costs: pace the next one by what this one took.
+                    next_walk = now + 4 * (time.monotonic() - now)
                 if reason is not None:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(proc.pid, 9)
