@@ -105,11 +105,11 @@ def needs_environment(bundle: Bundle) -> bool:
 
 def provider_versions() -> tuple[str, str]:
     """The Python and torch versions this process offers jobs (torch ``""`` when it has none)."""
-    try:
-        import torch
+    from importlib import metadata
 
-        torch_version = str(torch.__version__)
-    except ImportError:
+    try:  # the installed distribution's version, as GetInfo reports it (no import of torch itself)
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
         torch_version = ""
     return platform.python_version(), torch_version
 
