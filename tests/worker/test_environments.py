@@ -308,3 +308,31 @@ def test_a_real_package_from_pypi__when_pypi_is_reachable(sandbox: Sandbox, tmp_
         if any(word in exc.message.lower() for word in offline):
             pytest.skip(f"PyPI is not reachable from here: {exc.message[:160]}")
         raise
+
+
+def test_without_bubblewrap__builds_only_where_unsandboxed_jobs_are_allowed(wheelhouse: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    bundle = _bundle(tmp_path / "b", "flopexdemo==2.0\n")
+    refusing = Sandbox(bwrap=str(tmp_path / "no-bwrap"))
+    try:
+        cache = EnvironmentCache(_settings(tmp_path / "refusing", wheelhouse), refusing)
+        with pytest.raises(EnvironmentBuildError, match="bubblewrap is not available here"):
+            with cache.use(bundle):
+                pass
+    finally:
+        refusing.close()
+    trusting = Sandbox(bwrap=str(tmp_path / "no-bwrap"), allow_unsandboxed=True)
+    try:
+        cache = EnvironmentCache(_settings(tmp_path / "trusting", wheelhouse), trusting)
+        with cache.use(bundle) as env:
+            assert env is not None and not env.cached
+            done = subprocess.run(
+                [str(env.python), "-c", "import flopexdemo; print(flopexdemo.VALUE)"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        assert done.stdout.strip() == "2"
+    finally:
+        trusting.close()
