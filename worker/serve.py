@@ -20,6 +20,7 @@ from marketplace.errors import FlopexError
 from marketplace.protocol.bundle import parse_price
 from worker.node.config import WorkerConfig
 from worker.node.datasets import DatasetLimits
+from worker.node.environments import EnvironmentSettings
 from worker.node.leases import LeaseFile
 from worker.node.service import create_server
 from worker.sandbox.runner import Limits
@@ -81,6 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=24.0,
         help="keep a job's datasets pinned this long after it ended (cover your longest challenge window)",
     )
+    p.add_argument(
+        "--package-index",
+        default="https://pypi.org/simple",
+        help="package index that declared environments are built from ('none': no network)",
+    )
+    p.add_argument("--find-links", type=Path, action="append", default=[], help="a local folder of wheels (repeatable)")
+    p.add_argument("--env-cache-gb", type=float, default=20.0, help="disk kept for built environments (LRU)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key (TLS)")
     p.add_argument("--log-level", default="INFO")
@@ -123,6 +131,12 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             disk_budget_bytes=args.dataset_budget_mb << 20,
             stranger_budget_bytes=args.dataset_stranger_budget_mb << 20,
             keep_after_job_s=args.dataset_keep_after_job_h * 3600,
+        ),
+        environments=EnvironmentSettings(
+            args.data_dir / "environments",
+            package_index=None if args.package_index.lower() in ("", "none") else args.package_index,
+            find_links=tuple(p.resolve() for p in args.find_links),
+            max_cache_bytes=int(args.env_cache_gb * (1 << 30)),
         ),
     )
 

@@ -21,6 +21,8 @@ __all__ = [
     "account_options",
     "chain_options",
     "emit_json",
+    "environment_options",
+    "environment_settings",
     "fail",
     "hold_data_dir",
     "load_signer",
@@ -72,6 +74,44 @@ def worker_options(fn: Any) -> Any:
         help="CPU devices to offer when there is no GPU.",
     )(fn)
     return fn
+
+
+def environment_options(fn: Any) -> Any:
+    """--package-index, --find-links and --env-cache-gb: where declared environments' packages come from."""
+    fn = click.option(
+        "--env-cache-gb",
+        type=click.FloatRange(0.1),
+        default=20.0,
+        show_default=True,
+        help="Disk kept for built environments; the least recently used are removed beyond it.",
+    )(fn)
+    fn = click.option(
+        "--find-links",
+        "find_links",
+        multiple=True,
+        type=click.Path(file_okay=False, exists=True, path_type=Path),
+        help="A local folder of wheels for declared environments (repeatable; readable by all users).",
+    )(fn)
+    fn = click.option(
+        "--package-index",
+        default="https://pypi.org/simple",
+        show_default=True,
+        help="The package index environment builds may reach ('none': no network, only --find-links).",
+    )(fn)
+    return fn
+
+
+def environment_settings(data_dir: Path, package_index: str, find_links: tuple[Path, ...], env_cache_gb: float) -> Any:
+    """The :class:`~worker.node.environments.EnvironmentSettings` of the options above."""
+    from worker.node.environments import EnvironmentSettings
+
+    index = None if package_index.strip().lower() in ("", "none") else package_index.strip()
+    return EnvironmentSettings(
+        data_dir / "environments",
+        package_index=index,
+        find_links=tuple(p.resolve() for p in find_links),
+        max_cache_bytes=int(env_cache_gb * (1 << 30)),
+    )
 
 
 def serve_options(fn: Any) -> Any:

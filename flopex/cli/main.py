@@ -23,6 +23,8 @@ from flopex.cli.common import (
     account_options,
     chain_options,
     emit_json,
+    environment_options,
+    environment_settings,
     fail,
     hold_data_dir,
     load_signer,
@@ -408,6 +410,7 @@ def provider() -> None:
     help="Bid only for jobs whose challenge window is at most this.",
 )
 @worker_options
+@environment_options
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
@@ -435,6 +438,9 @@ def provider_start(
     cpu_slots: int,
     unsafe_no_sandbox: bool,
     memory_limit_mb: int,
+    package_index: str,
+    find_links: tuple[Path, ...],
+    env_cache_gb: float,
     metrics_port: int | None,
 ) -> None:
     """The provider daemon: stake, register, serve gRPC, bid, run, commit, settle, withdraw.
@@ -464,6 +470,7 @@ def provider_start(
         tls_cert=tls_cert,
         tls_key=tls_key,
         advertise_host=advertise_host,
+        environments=environment_settings(data_dir, package_index, find_links, env_cache_gb),
     )
     terms = device_terms(server)
     settings = ProviderSettings(
@@ -885,6 +892,7 @@ def verifier() -> None:
     help="Seconds between probes of a reported reservation's worker.",
 )
 @click.option("--unsafe-no-sandbox", is_flag=True, help="Replay jobs without bubblewrap (only for code you trust).")
+@environment_options
 def verifier_start(
     rpc_url: str | None,
     deployment_path: Path,
@@ -898,6 +906,9 @@ def verifier_start(
     reservation_probe_attempts: int,
     reservation_probe_interval: float,
     unsafe_no_sandbox: bool,
+    package_index: str,
+    find_links: tuple[Path, ...],
+    env_cache_gb: float,
 ) -> None:
     """The verifier daemon: check results by their policy, attest, dispute, challenge capacity, judge reservations.
 
@@ -920,6 +931,7 @@ def verifier_start(
         allow_unsandboxed=unsafe_no_sandbox,
         reservation_probe_attempts=reservation_probe_attempts,
         reservation_probe_interval_s=reservation_probe_interval,
+        environments=environment_settings(data_dir, package_index, find_links, env_cache_gb),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

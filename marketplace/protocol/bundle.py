@@ -44,6 +44,15 @@ from typing import IO, Any, Literal, cast, get_args
 import blake3
 
 from marketplace.errors import BundleError
+from marketplace.protocol.environment import (
+    EnvironmentSection,
+    check_project,
+    parse_environment,
+    parse_lock,
+    parse_requirements,
+    parse_version_range,
+    torch_pins,
+)
 
 __all__ = [
     "ARG_PLACEHOLDERS",
@@ -69,6 +78,7 @@ __all__ = [
     "Bundle",
     "BundleHasher",
     "Device",
+    "EnvironmentSection",
     "JobSection",
     "JobSpec",
     "LaunchStep",
@@ -194,6 +204,10 @@ class ResourcesSection:
     min_memory_gb: float = 0.0
     max_gpu_hours: float = 1.0
     timeout_s: int = 3600
+    python: str = ""
+    """A PEP 440 range the provider's Python must be in (``""``: any)."""
+    torch: str = ""
+    """A PEP 440 range the provider's torch must be in (``""``: any)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +240,8 @@ class JobSpec:
     resources: ResourcesSection
     verification: VerificationSection
     market: MarketSection
+    environment: EnvironmentSection = EnvironmentSection()  # noqa: RUF009 (frozen: one shared default is safe)
+    """``[environment]``: the packages the job needs beyond the provider's Python and torch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +251,8 @@ class Bundle:
     root: Path
     spec: JobSpec
     hash: bytes
+    torch_ranges: tuple[str, ...] = ()
+    """Every range put on torch: ``resources.torch`` and any torch pin of the dependency files."""
 
 
 def parse_price(text: object) -> int:
@@ -535,7 +553,7 @@ def parse_job_toml(text: str) -> JobSpec:
         raise BundleError(f"job.toml: not valid TOML: {exc}") from None
     except RecursionError:
         raise BundleError("job.toml: arrays or tables nested too deeply") from None
-    _check_keys("job.toml", data, {"job", "resources", "verification", "market"})
+    _check_keys("job.toml", data, {"job", "resources", "verification", "market", "environment"})
 
     job = _table(data, "job", True)
     _check_keys("[job]", job, {"entrypoint", "args", "inputs", "env", "datasets", "command", "steps", "torchrun"})
@@ -557,7 +575,9 @@ def parse_job_toml(text: str) -> JobSpec:
     inputs = tuple(safe_relpath("job.inputs", p) for p in _str_list("job.inputs", job.get("inputs", [])))
 
     res = _table(data, "resources", False)
-    _check_keys("[resources]", res, {"device", "gpus", "min_memory_gb", "max_gpu_hours", "timeout_s"})
+    _check_keys(
+        "[resources]", res, {"device", "gpus", "min_memory_gb", "max_gpu_hours", "timeout_s", "python", "torch"}
+    )
     resources = ResourcesSection(
         device=cast(Device, _choice("resources.device", res.get("device", "cuda"), get_args(Device))),
         gpus=_int("resources.gpus", res.get("gpus", 1), 1, MAX_GPUS),
@@ -566,6 +586,8 @@ def parse_job_toml(text: str) -> JobSpec:
             "resources.max_gpu_hours", res.get("max_gpu_hours", 1.0), 0.0, strict=True, maximum=MAX_GPU_HOURS
         ),
         timeout_s=_int("resources.timeout_s", res.get("timeout_s", 3600), 1, MAX_TIMEOUT_S),
+        python=parse_version_range("resources.python", res.get("python", "")),
+        torch=parse_version_range("resources.torch", res.get("torch", "")),
     )
 
     ver = _table(data, "verification", False)
@@ -599,7 +621,10 @@ def parse_job_toml(text: str) -> JobSpec:
     datasets = parse_datasets_table(job.get("datasets", {}))
     if resources.gpus == 1 and (torchrun or any(step.torchrun for step in steps)):
         raise BundleError("job.torchrun: torchrun needs resources.gpus of 2 or more")
-    return JobSpec(JobSection(entry, args, inputs, env, datasets, steps, torchrun), resources, verification, market)
+    environment = parse_environment(_table(data, "environment", False), safe_relpath)
+    return JobSpec(
+        JobSection(entry, args, inputs, env, datasets, steps, torchrun), resources, verification, market, environment
+    )
 
 
 DATASET_PREFIX = "data:"
@@ -730,12 +755,12 @@ def load_bundle(directory: str | os.PathLike[str], *, known_hash: bytes | None =
     ``known_hash`` is the bundle hash when the caller computed it from the very bytes it wrote
     (:func:`unpack_bundle` does, while extracting); otherwise the files are hashed here.
     """
-    spec, walked = _validate(Path(directory))
-    return Bundle(Path(directory), spec, known_hash if known_hash is not None else _hash_files(walked))
+    spec, walked, torch_ranges = _validate(Path(directory))
+    return Bundle(Path(directory), spec, known_hash if known_hash is not None else _hash_files(walked), torch_ranges)
 
 
-def _validate(root: Path) -> tuple[JobSpec, list[tuple[str, Path]]]:
-    """The bundle's spec and its regular files, checked as :func:`load_bundle` describes."""
+def _validate(root: Path) -> tuple[JobSpec, list[tuple[str, Path]], tuple[str, ...]]:
+    """The bundle's spec, its regular files and its torch ranges, checked as :func:`load_bundle` describes."""
     if not root.is_dir():
         raise BundleError(f"bundle: not a directory: {root}")
     walked = _walk_regular(root)
@@ -758,7 +783,26 @@ def _validate(root: Path) -> tuple[JobSpec, list[tuple[str, Path]]]:
     for name in spec.job.inputs:
         if name not in files:
             raise BundleError(f"job.inputs: {name!r} is not a file in the bundle")
-    return spec, walked
+    return spec, walked, _environment_ranges(spec, files)
+
+
+def _environment_ranges(spec: JobSpec, files: Mapping[str, Path]) -> tuple[str, ...]:
+    """Check the ``[environment]`` files (present, readable, well formed); return the bundle's torch ranges."""
+    section = spec.environment
+    data: dict[str, bytes] = {}
+    for key, name in (("requirements", section.requirements), ("lock", section.lock), ("project", section.project)):
+        if name is None:
+            continue
+        if name not in files:
+            raise BundleError(f"environment.{key}: {name!r} is not a file in the bundle")
+        data[name] = files[name].read_bytes()
+    if section.requirements is not None:
+        parse_requirements(f"environment.requirements {section.requirements}", data[section.requirements])
+    if section.lock is not None and section.project is not None:
+        parse_lock(f"environment.lock {section.lock}", data[section.lock])
+        check_project(f"environment.project {section.project}", data[section.project])
+    ranges = torch_pins(section, data)
+    return ((spec.resources.torch,) if spec.resources.torch else ()) + ranges
 
 
 def _stored(data: bytes) -> bytes:
@@ -841,7 +885,7 @@ def pack_bundle(
     a block that does not shrink is stored (see the module docstring). The directory is validated
     first.
     """
-    _spec, walked = _validate(Path(directory))
+    _spec, walked, _ranges = _validate(Path(directory))
     return _pack_files(walked, archive, threads, 6)
 
 

@@ -9,7 +9,10 @@ make "verified" mean less than it says:
 - the checks cannot finish inside the challenge window (estimated from the job's timeout): a result
   whose check is still running when the window closes is paid on its claim;
 - the job has nothing to compare: its code never writes a file (to ``FLOPEX_OUTPUT_DIR``, its
-  working directory or through the SDK), and verification compares files, not what a job prints.
+  working directory or through the SDK), and verification compares files, not what a job prints;
+- the bundle puts a range on Python or torch (``[resources] python``/``torch``, a torch pin in its
+  requirements) and registered providers whose workers answer cannot serve it: each worker says
+  its versions in ``GetInfo`` and refuses such a bundle at upload (:func:`environment_warnings`).
 
 It also says what the policy can judge of this job (:func:`policy_check`): a policy whose
 preconditions the job does not meet is refused in one line (Freivalds on a job that claims no
@@ -44,6 +47,7 @@ __all__ = [
     "active_verifiers",
     "check_estimate_s",
     "default_challenge_window",
+    "environment_warnings",
     "policy_check",
     "preflight",
     "saves_sdk_checkpoints",
@@ -345,4 +349,59 @@ def preflight(
             f"directory, the SDK, a save call) and verification compares {what} by their files, not by what they "
             f"print; write the answer to FLOPEX_OUTPUT_DIR"
         )
+    if spec.resources.python or bundle.torch_ranges:
+        warnings.extend(environment_warnings(contracts, bundle))
     return Preflight(policy, k, window, sized, estimate, verifiers, tuple(warnings), check)
+
+
+def environment_warnings(contracts: Contracts, bundle: Bundle, timeout_s: float = 2.0) -> list[str]:
+    """Lines about providers that cannot serve the bundle's Python and torch ranges.
+
+    Every registered provider of the job's device kind is asked for ``GetInfo`` (all at once, each
+    within ``timeout_s``); those that do not answer are not judged.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from marketplace.protocol.environment import serves
+    from marketplace.requester.client import WorkerClient
+    from marketplace.types import DeviceKind
+
+    kind = DeviceKind.CUDA if bundle.spec.resources.device == "cuda" else DeviceKind.CPU
+    registry = contracts.registry
+    endpoints = {
+        str(e.provider): str(e.endpoint)
+        for e in registry.get_events("ProviderRegistered", contracts.deployment.start_block)
+        if DeviceKind(e.device_kind) == kind
+    }
+    if not endpoints:
+        return []
+
+    def versions(endpoint: str) -> tuple[str, str] | None:
+        try:
+            with WorkerClient(endpoint, timeout_s=timeout_s, retries=1) as client:
+                info = client.info()
+        except Exception:  # not answering: not judged
+            return None
+        return info.python_version, info.torch_version
+
+    with ThreadPoolExecutor(max_workers=min(16, len(endpoints)), thread_name_prefix="env-probe") as pool:
+        answers = dict(zip(endpoints, pool.map(versions, endpoints.values()), strict=True))
+    spec = bundle.spec
+    refusals = {
+        provider: why
+        for provider, got in answers.items()
+        if got is not None and (why := serves(got[0], got[1], spec.resources.python, bundle.torch_ranges))
+    }
+    answered = sum(got is not None for got in answers.values())
+    if not refusals:
+        return []
+    example = next(iter(refusals.items()))
+    head = (
+        "no provider that answered can run this bundle"
+        if len(refusals) == answered
+        else f"{len(refusals)} of {answered} providers that answered cannot run this bundle"
+    )
+    return [
+        f"{head} (provider {example[0]} {example[1]}); a worker that cannot serve its Python or torch range "
+        "refuses it at upload"
+    ]

@@ -904,7 +904,8 @@ def _describe(event: Any) -> str:
         return f"{event.log.stream}: {event.log.text.rstrip()}"
     if kind == "finished":
         m = event.finished.metering
-        return f"finished: {m.device_millis / 1000:.1f} device-s, {m.cpu_millis / 1000:.1f} CPU-s"
+        built = f", its environment built in {m.env_build_millis / 1000:.1f} s first" if m.env_build_millis else ""
+        return f"finished: {m.device_millis / 1000:.1f} device-s, {m.cpu_millis / 1000:.1f} CPU-s{built}"
     if kind == "failed":
         return f"failed: {event.failed.reason}"
     return ""

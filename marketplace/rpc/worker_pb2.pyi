@@ -250,6 +250,7 @@ class Metering(_message.Message):
         "cpu_millis",
         "peak_memory_bytes",
         "gpu_utilization_percent",
+        "env_build_millis",
     )
     WALL_MILLIS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -257,12 +258,14 @@ class Metering(_message.Message):
     CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPU_UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ENV_BUILD_MILLIS_FIELD_NUMBER: _ClassVar[int]
     wall_millis: int
     device_count: int
     device_millis: int
     cpu_millis: int
     peak_memory_bytes: int
     gpu_utilization_percent: float
+    env_build_millis: int
     def __init__(
         self,
         wall_millis: _Optional[int] = ...,
@@ -271,6 +274,7 @@ class Metering(_message.Message):
         cpu_millis: _Optional[int] = ...,
         peak_memory_bytes: _Optional[int] = ...,
         gpu_utilization_percent: _Optional[float] = ...,
+        env_build_millis: _Optional[int] = ...,
     ) -> None: ...
 
 class Receipt(_message.Message):

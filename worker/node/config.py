@@ -13,6 +13,7 @@ from eth_account.signers.local import LocalAccount
 from marketplace.errors import ConfigError
 from worker.node.admission import AdmissionLimits
 from worker.node.datasets import DatasetLimits
+from worker.node.environments import EnvironmentSettings
 from worker.node.leases import LeaseLookup
 from worker.sandbox.runner import Limits
 
@@ -75,6 +76,9 @@ class WorkerConfig:
     """HTTP/2 streams one connection may have open at once."""
     datasets: DatasetLimits = field(default_factory=DatasetLimits)
     """What datasets put on this worker may take: per dataset, per account, in all (see docs/datasets.md)."""
+    environments: EnvironmentSettings | None = None
+    """Where declared environments are built and cached, and where their packages come from;
+    None: ``data_dir/environments`` with PyPI as the package index and the default limits."""
 
     def key_path(self) -> Path:
         """Where the receipt key lives."""

@@ -34,12 +34,31 @@ from marketplace.sdk import PROGRESS_PREFIX
 from worker.node.config import WorkerConfig
 from worker.node.datasets import DatasetStore
 from worker.node.devices import DeviceInfo, UtilizationSampler, check_request
+from worker.node.environments import (
+    Environment,
+    EnvironmentBuildError,
+    EnvironmentCache,
+    EnvironmentSettings,
+    needs_environment,
+)
 from worker.node.leases import Lease
 from worker.node.receive import ArchiveReceiver
 from worker.node.store import TERMINAL, JobRecord, JobStore
 from worker.sandbox.runner import JobSpace, Limits, Sandbox, SandboxRequest
 
-__all__ = ["MAX_LOG_EVENTS", "JobManager", "device_proto", "receipt_proto"]
+__all__ = ["ENVIRONMENT_FAILED", "MAX_LOG_EVENTS", "JobManager", "device_proto", "receipt_proto", "unbuildable"]
+
+ENVIRONMENT_FAILED = "environment: "
+"""How the reason of a job begins whose declared environment could not be built or served (it never ran)."""
+
+
+def unbuildable(job: JobRecord) -> bool:
+    """Whether a job failed before it ran because its declared environment could not be built here.
+
+    Such a bundle is not runnable on this provider: its provider reports it as a no-show (nothing
+    ran, nothing is claimed, it is not slashed for work nobody could do)."""
+    return job.state == "failed" and job.started is None and (job.reason or "").startswith(ENVIRONMENT_FAILED)
+
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +113,8 @@ def metering_proto(data: dict[str, Any] | None) -> pb.Metering | None:
     )
     if data.get("gpu_utilization_percent") is not None:
         m.gpu_utilization_percent = data["gpu_utilization_percent"]
+    if data.get("env_build_millis"):
+        m.env_build_millis = data["env_build_millis"]
     return m
 
 
@@ -135,6 +156,8 @@ class JobManager:
         self._groups: dict[int, tuple[str, int]] = {}  # job -> (device group, devices the group may hold)
         self._upload_locks: dict[int, threading.Lock] = {}
         self._closed = False
+        self._environments: EnvironmentCache | None = None
+        self._environments_lock = threading.Lock()
         self.fail_interrupted()
         self.expire_uploads()  # what a previous run left behind
         threading.Thread(target=self._expire_loop, name="upload-janitor", daemon=True).start()
@@ -260,7 +283,7 @@ class JobManager:
             if job is None:
                 job = self.store.upsert_upload(job_id, "", bytes(32), 0)
             if job.state not in ("uploading", "ready"):
-                return job.state == "cancelled" and job.started is None
+                return (job.state == "cancelled" and job.started is None) or unbuildable(job)
             for part in (self.data_dir / "uploads").glob(f"{job_id}-*.part"):
                 part.unlink(missing_ok=True)
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
@@ -383,6 +406,15 @@ class JobManager:
         assert job is not None
         return job
 
+    @property
+    def environments(self) -> EnvironmentCache:
+        """The cache of declared environments (made on first use)."""
+        with self._environments_lock:
+            if self._environments is None:
+                settings = self.config.environments or EnvironmentSettings(self.data_dir / "environments")
+                self._environments = EnvironmentCache(settings, self.sandbox)
+            return self._environments
+
     def _check_bundle(self, lease: Lease, bundle: Bundle) -> None:
         if lease.bundle_hash is not None and bundle.hash != lease.bundle_hash:
             raise WorkerError(
@@ -397,6 +429,10 @@ class JobManager:
                 code="FAILED_PRECONDITION",
             )
         check_request(self.devices, res.device, res.gpus, int(res.min_memory_gb * 2**30))
+        if needs_environment(bundle):
+            why = self.environments.refusal(bundle)
+            if why is not None:
+                raise WorkerError(f"this worker cannot run the bundle: it {why}", code="FAILED_PRECONDITION")
 
     # -- the queue ----------------------------------------------------------------------------
 
@@ -565,11 +601,18 @@ class JobManager:
             self._finish_without_run(job_id, str(exc), "failed")
             return
         try:
-            self._run_in(run, bundle, space, limits)
+            # A declared environment is built (or found) before the job starts: its time is not the job's.
+            held = self.environments.use(bundle) if needs_environment(bundle) else contextlib.nullcontext()
+            with held as environment:
+                self._run_in(run, bundle, space, limits, environment)
+        except EnvironmentBuildError as exc:
+            self._finish_without_run(job_id, exc.message, "failed")
         finally:
             space.release()
 
-    def _run_in(self, run: _Running, bundle: Bundle, space: JobSpace, limits: Limits) -> None:
+    def _run_in(
+        self, run: _Running, bundle: Bundle, space: JobSpace, limits: Limits, environment: Environment | None = None
+    ) -> None:
         job_id = run.job_id
         job = self.get(job_id)
         spec = bundle.spec
@@ -593,6 +636,7 @@ class JobManager:
             gpu_indices=tuple(d.index for d in devices if d.kind == "cuda"),
             limits=limits,
             steps=steps,
+            python=None if environment is None else environment.python,
         )
 
         if run.cancelled.is_set():
@@ -665,6 +709,7 @@ class JobManager:
             reason="; ".join(reasons),
             state=state,
             utilization=utilization,
+            env_build_s=0.0 if environment is None else environment.build_s,
         )
 
     def _collect(self, job_id: int, deadline: float) -> tuple[ResultManifest, str | None]:
@@ -726,6 +771,7 @@ class JobManager:
         reason: str,
         state: str,
         utilization: float | None,
+        env_build_s: float = 0.0,
     ) -> None:
         """End a job that ran: save its manifest, meter and sign its run, free its devices, tell watchers."""
         job_id = run.job_id
@@ -739,6 +785,7 @@ class JobManager:
             "cpu_millis": cpu_millis,
             "peak_memory_bytes": peak_memory_bytes,
             "gpu_utilization_percent": utilization,
+            "env_build_millis": int(env_build_s * 1000),
         }
         receipt = UsageReceipt(
             job_id=job_id,

@@ -42,6 +42,8 @@ from marketplace.protocol.tls import ensure_certificate, is_loopback
 from marketplace.types import NO_SHOW_ROOT, DeviceKind, JobSpec, JobStatus, Offer, SlotStatus
 from worker.node.chain_leases import ChainLeases
 from worker.node.config import WorkerConfig
+from worker.node.environments import EnvironmentSettings
+from worker.node.jobs import unbuildable
 from worker.node.service import WorkerServer, create_server
 from worker.node.store import JobRecord
 from worker.provider.bidding import Bidder, BidTerms, MarketVenue
@@ -97,6 +99,7 @@ def chain_worker(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     advertise_host: str | None = None,
+    environments: EnvironmentSettings | None = None,
 ) -> tuple[WorkerServer, str]:
     """A worker whose leases are read from the chain, bound (not yet started); returns it and its endpoint.
 
@@ -130,6 +133,7 @@ def chain_worker(
         limits=Limits() if memory_limit_mb is None else Limits(memory_bytes=memory_limit_mb << 20),
         tls_cert=tls_cert if tls else None,
         tls_key=tls_key if tls else None,
+        environments=environments,
     )
     server, _ = create_server(config, f"{host}:{port}")
     return server, server.endpoint(advertise_host)
@@ -341,7 +345,8 @@ class ProviderDaemon(ChainDaemon):
 
 def _no_show(record: JobRecord | None) -> bool:
     """Whether the requester has delivered nothing runnable: no upload, one unfinished or refused
-    (the worker keeps such a job ``uploading``), one never started, or a job it cancelled before it ran."""
+    (the worker keeps such a job ``uploading``), one never started, a job it cancelled before it ran,
+    or one whose declared environment does not build here (it never ran)."""
     if record is None or record.state in NOT_DELIVERED:
         return True
-    return record.state == "cancelled" and record.started is None
+    return (record.state == "cancelled" and record.started is None) or unbuildable(record)

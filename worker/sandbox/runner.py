@@ -93,6 +93,8 @@ ETC_GENERATED = {
         "  <cachedir>/tmp/.fontconfig-cache</cachedir>\n</fontconfig>\n",
     ),
 }
+_ETC_TOOLS = {"nsswitch-dns.conf": "hosts: files dns\n"}
+"""Generated files only a tool with network sees (see :meth:`Sandbox.tool_argv`)."""
 _GATE = 'read _ || exit 125; exec </dev/null; exec "$@"'
 _GPU_CONTROL = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 _DROP = (
@@ -149,6 +151,10 @@ class SandboxRequest:
     gpu_indices: tuple[int, ...] = ()
     limits: Limits = field(default_factory=Limits)
     steps: tuple[LaunchStep, ...] = ()
+    python: Path | None = None
+    """The interpreter that runs the entrypoint (a built environment's, see
+    :mod:`worker.node.environments`); None: the worker's own. Its environment folder is ``python``'s
+    grandparent, bound read-only at the same path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,8 +484,57 @@ class Sandbox:
         env["FLOPEX_DATA_DIR"] = DATA
         for key, value in env.items():
             args += ["--setenv", key, value]
+        if req.python is not None:
+            env_dir = req.python.parent.parent
+            args += ["--ro-bind", str(self._source(env_dir)), str(env_dir)]
         args += ["--remount-ro", "/", "--chdir", WORK]
         args += ["--", *_program(req, f"{WORK}/{req.entrypoint}", f"{SDK_ROOT}/marketplace/launch.py", status_fd)]
+        return args
+
+    def tool_argv(
+        self,
+        command: Sequence[str],
+        *,
+        writable: Path,
+        readable: Sequence[Path] = (),
+        network: bool = False,
+        env: Mapping[str, str] | None = None,
+        tmp_bytes: int = 256 << 20,
+        uid: int | None = None,
+        seccomp_fd: int | None = None,
+    ) -> list[str]:
+        """The command line that runs a worker's tool (an environment build) in the sandbox.
+
+        The host is read-only as for a job (``/usr``, the Python installation); ``writable`` is the
+        only writable folder (bound at its own path), ``readable`` folders are bound read-only at
+        theirs, ``/tmp`` is a private tmpfs of ``tmp_bytes``. Without ``network`` the tool has no
+        network at all; with it, the host's network and DNS (resolv.conf, CA certificates). ``uid``
+        (a leased host uid, root workers only) is the uid it runs as on the host.
+        """
+        if self._bwrap is None:
+            raise SandboxError("sandbox: bubblewrap is not installed")
+        args = [*self._drop_prefix(uid), self._bwrap, *self._base_args()]
+        if network:
+            args.append("--share-net")
+            resolver = self._source(self._etc_dir) / "nsswitch-dns.conf"
+            args += ["--ro-bind", str(resolver), "/etc/nsswitch.conf"]
+            for name in ("/etc/resolv.conf", "/etc/ssl", "/etc/ca-certificates", "/etc/pki"):
+                if os.path.exists(name):
+                    args += ["--ro-bind", os.path.realpath(name), name]
+        args += ["--size", str(tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+        for root in self._ro_binds:
+            if root.is_relative_to("/tmp"):
+                args += ["--ro-bind", str(self._source(root)), str(root)]
+        for folder in readable:
+            args += ["--ro-bind", str(self._source(_real(folder))), str(folder)]
+        args += ["--bind", str(writable), str(writable)]
+        args += ["--remount-ro", "/dev"]
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
+        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(writable), "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+        for key, value in {**base, **(env or {})}.items():
+            args += ["--setenv", key, value]
+        args += ["--remount-ro", "/", "--chdir", str(writable), "--", *command]
         return args
 
     @staticmethod
@@ -488,7 +543,8 @@ class Sandbox:
         env.update({k: v for k, v in req.env.items() if k.startswith("FLOPEX_")})
         env.update(
             {
-                "PATH": f"{_real(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+                "PATH": f"{req.python.parent if req.python is not None else _real(sys.executable).parent}"
+                ":/usr/local/bin:/usr/bin:/bin",
                 "HOME": work,
                 "TMPDIR": "/tmp",
                 "LANG": "C.UTF-8",
@@ -547,17 +603,18 @@ class Sandbox:
 def _program(req: SandboxRequest, entrypoint: str, launcher: str, status_fd: int | None) -> list[str]:
     """The job's command line: ``python -u ENTRYPOINT ARGS``, or the launcher with the job's steps."""
     if not req.steps:
-        return [sys.executable, "-u", entrypoint, *req.args]
+        return [str(req.python or sys.executable), "-u", entrypoint, *req.args]
     status = [] if status_fd is None else ["--status-fd", str(status_fd)]
     plan = plan_args([(step.name, step.nproc, list(step.argv)) for step in req.steps])
-    return [sys.executable, "-u", launcher, *status, *plan]
+    return [str(req.python or sys.executable), "-u", launcher, *status, *plan]
 
 
 def _write_etc() -> Path:
     """A folder of the files in :data:`ETC_GENERATED`, readable by any uid."""
     folder = Path(tempfile.mkdtemp(prefix="flopex-etc-"))
     folder.chmod(0o755)
-    for name, (_target, text) in ETC_GENERATED.items():
+    generated = {**{name: text for name, (_target, text) in ETC_GENERATED.items()}, **_ETC_TOOLS}
+    for name, text in generated.items():
         (folder / name).write_text(text)
         (folder / name).chmod(0o644)
     return folder

@@ -68,6 +68,12 @@ from marketplace.sdk import CHECKPOINT_LOG
 from marketplace.types import ONE_TOKEN, JobSpec, Outcome, Policy, SlotStatus
 from marketplace.verify import billing, compare, freivalds, sampling
 from worker.daemon import StepLoop
+from worker.node.environments import (
+    EnvironmentBuildError,
+    EnvironmentCache,
+    EnvironmentSettings,
+    needs_environment,
+)
 from worker.sandbox.runner import Limits, Sandbox
 from worker.verifier.replay import ReplayRun, run_replay
 from worker.verifier.reservations import ReservationReferee
@@ -114,6 +120,9 @@ class VerifierSettings:
     rules: bool = True
     #: Vote this way whatever the check says (None: honestly); a lying verifier, for tests and the demo.
     forced_outcome: Outcome | None = None
+    #: Where declared environments are rebuilt for re-runs, and where their packages come from
+    #: (None: ``data_dir/environments`` with PyPI).
+    environments: EnvironmentSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,7 @@ class VerifierDaemon(StepLoop):
         self.sandbox = Sandbox(allow_unsandboxed=settings.allow_unsandboxed, use_cgroups=settings.use_cgroups)
         self.work = settings.data_dir
         self.work.mkdir(parents=True, exist_ok=True)
+        self._environments: EnvironmentCache | None = None
         self.last_block = contracts.market.start_block - 1
         self.pending: dict[tuple[int, int], ResultCommitted] = {}
         self.disputes: dict[tuple[int, int], ResultDisputed] = {}
@@ -621,6 +631,14 @@ class VerifierDaemon(StepLoop):
             estimated_seconds=flops / (self.local_gflops() * 1e9),
         )
 
+    @property
+    def environments(self) -> EnvironmentCache:
+        """The verifier's cache of declared environments (made on first use)."""
+        if self._environments is None:
+            settings = self.settings.environments or EnvironmentSettings(self.work / "environments")
+            self._environments = EnvironmentCache(settings, self.sandbox)
+        return self._environments
+
     def _check_replay(
         self,
         job_id: int,
@@ -650,7 +668,24 @@ class VerifierDaemon(StepLoop):
                 job_id=job_id,
                 limits=limits,
                 threads=self.settings.replay_threads,
+                environments=self.environments,
                 **kw,
+            )
+
+        try:
+            # The job's declared environment, rebuilt here from the same files (the same key): a
+            # verifier that cannot build it cannot judge the slot.
+            held = load_bundle(bundle_dir)
+            if needs_environment(held):
+                with self.environments.use(held):
+                    pass
+        except EnvironmentBuildError as exc:
+            return Verdict(
+                job_id,
+                slot,
+                Outcome.VOID,
+                claimed_gpu_seconds=claimed,
+                reason=f"cannot judge: the job's environment does not build here ({exc.message})",
             )
 
         if not entries:

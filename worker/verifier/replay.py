@@ -11,10 +11,15 @@ with the job's seed and:
 
 Neither given is a full re-run. The run is timed; its checkpoints and outputs are left in the
 replay's directory for the caller to compare.
+
+A bundle that declares an environment runs with the environment of the same key
+(:mod:`worker.node.environments`), built in the verifier's own cache from the same files: the
+``environments`` cache must be given for one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -26,6 +31,7 @@ from typing import IO
 
 from marketplace.protocol.bundle import expand_args, launcher_steps, load_bundle
 from marketplace.sdk import REPLAY_FROM, REPLAY_UNTIL, checkpoint_name
+from worker.node.environments import EnvironmentBuildError, EnvironmentCache, needs_environment
 from worker.sandbox.runner import Limits, Sandbox, SandboxRequest
 
 __all__ = ["ReplayRun", "run_replay"]
@@ -84,12 +90,54 @@ def run_replay(
     limits: Limits | None = None,
     threads: int | None = None,
     datasets: Mapping[str, Path] | None = None,
+    environments: EnvironmentCache | None = None,
 ) -> ReplayRun:
     """Run the job of ``bundle_dir`` in ``directory`` (created fresh) and wait for it to end.
 
     The datasets the job reads (``job.datasets``) are ``datasets`` (name -> folder), by default the
     folders ``<bundle_dir>/../datasets/<name>`` the verifier fetched them to (checked by hash).
+
+    Raises :class:`EnvironmentBuildError` when the bundle's environment cannot be built here.
     """
+    bundle = load_bundle(bundle_dir)
+    if needs_environment(bundle):
+        if environments is None:
+            raise EnvironmentBuildError("environment: the bundle declares one and this replay has no environment cache")
+        held: contextlib.AbstractContextManager[object] = environments.use(bundle)
+    else:
+        held = contextlib.nullcontext()
+    with held as environment:
+        python = getattr(environment, "python", None)
+        return _run(
+            sandbox,
+            bundle_dir,
+            directory,
+            python,
+            seed,
+            job_id,
+            start_step,
+            start_checkpoint,
+            until_step,
+            limits,
+            threads,
+            datasets,
+        )
+
+
+def _run(
+    sandbox: Sandbox,
+    bundle_dir: Path,
+    directory: Path,
+    python: Path | None,
+    seed: int,
+    job_id: int,
+    start_step: int | None,
+    start_checkpoint: Path | None,
+    until_step: int | None,
+    limits: Limits | None,
+    threads: int | None,
+    datasets: Mapping[str, Path] | None,
+) -> ReplayRun:
     bundle = load_bundle(bundle_dir)
     if datasets is None:
         datasets = {name: Path(bundle_dir).parent / "datasets" / name for name, _ in bundle.spec.job.datasets}
@@ -119,6 +167,7 @@ def run_replay(
             device_kind="cpu",
             limits=capped,
             steps=launcher_steps(bundle.spec, sandbox.job_folders(space)),
+            python=python,
         )
         proc = sandbox.start(req)
         readers = [
