@@ -389,7 +389,7 @@ class JobManager:
                 raise unpacked
             if unpacked is not None:
                 self._staging(job_id).rename(target)
-                bundle = Bundle(target, unpacked.spec, unpacked.hash)
+                bundle = replace(unpacked, root=target)
             else:
                 shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
                 self.job_dir(job_id).mkdir(parents=True)
