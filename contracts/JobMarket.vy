@@ -74,6 +74,9 @@ MAX_BASE_SLASH: public(constant(uint256)) = 2**96 - 1
 MASK_64: constant(uint256) = 2**64 - 1
 MASK_96: constant(uint256) = 2**96 - 1
 MASK_160: constant(uint256) = 2**160 - 1
+MASK_255: constant(uint256) = 2**255 - 1
+# @dev Set in every credit word once written (see `credit_words`).
+CREDIT_SEEN: constant(uint256) = 2**255
 # @dev Hard limit of every window bound the owner may set: 30 days.
 MAX_WINDOW: public(constant(uint64)) = 2_592_000
 # @dev Default bounds: bid (and reveal) window 1 day; run duration 8 days (a bundle's longest timeout, 7 days,
@@ -193,8 +196,10 @@ asks: public(HashMap[uint256, HashMap[uint256, uint256]])
 slot_bonds: HashMap[uint256, HashMap[uint256, uint256]]
 # @dev Owner's changes waiting out CHANGE_DELAY: keccak256 of the change's calldata -> earliest time to make it.
 queued_changes: public(HashMap[bytes32, uint256])
-# @dev Tokens each account can withdraw.
-credits: public(HashMap[address, uint256])
+# @dev Each account's credit word: CREDIT_SEEN | the tokens it can withdraw (read them through `credits`).
+# A withdrawal leaves the flag, so the word stays non-zero and the account's next credit rewrites a word
+# (2,900 gas) instead of creating one (20,000).
+credit_words: HashMap[address, uint256]
 # @dev Sum of all credits, for the solvency invariant.
 total_credits: public(uint256)
 # @dev The verifier court: the only account whose rulings `attest` takes (set once by the owner).
@@ -965,10 +970,10 @@ def withdraw() -> uint256:
     @dev Non-reentrant: moves tokens out. The credit is zeroed before the transfer.
     @return The amount withdrawn.
     """
-    amount: uint256 = self.credits[msg.sender]
+    amount: uint256 = self.credit_words[msg.sender] & MASK_255
     assert amount > 0, "market: nothing to withdraw"
-    # First zero the credit, then send the tokens.
-    self.credits[msg.sender] = 0
+    # First zero the credit (the word keeps its flag), then send the tokens.
+    self.credit_words[msg.sender] = CREDIT_SEEN
     self.total_credits -= amount
     log Withdrawn(account=msg.sender, amount=amount)
     assert extcall token.transfer(msg.sender, amount, default_return_value=True), "market: transfer failed"
@@ -1025,6 +1030,17 @@ def jobs(job_id: uint256) -> Job:
     job: Job = self._job(job_id)
     job.spec_hash = self.job_hashes[job_id]
     return job
+
+
+@external
+@view
+def credits(account: address) -> uint256:
+    """
+    @notice Tokens an account can withdraw.
+    @param account The account.
+    @return Its credit, in token units.
+    """
+    return self.credit_words[account] & MASK_255
 
 
 @external
@@ -1249,7 +1265,8 @@ def _check_eligible(provider: address, spec: JobSpec, slot_value: uint256):
 def _credit(account: address, amount: uint256):
     if amount == 0:
         return
-    self.credits[account] += amount
+    # No overflow: every credit is backed by tokens, and a token's supply is far below 2**255.
+    self.credit_words[account] = (self.credit_words[account] + amount) | CREDIT_SEEN
     self.total_credits += amount
 
 

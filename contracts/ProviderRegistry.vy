@@ -33,7 +33,10 @@ DEVICE_CUDA: public(constant(uint8)) = 1
 CAPACITY_FLAG_BPS: public(constant(uint256)) = 20_000
 # @dev Seconds between queueing an owner's change and making it, once the market is set: two days' notice.
 CHANGE_DELAY: public(constant(uint256)) = 172_800
-MASK_64: constant(uint256) = 2**64 - 1
+MASK_63: constant(uint256) = 2**63 - 1
+# @dev Set in a stake's lease word by its first lock and kept: the word never returns to zero, so each
+# later lease rewrites it (2,900 gas) instead of creating it (20,000).
+LEASES_SEEN: constant(uint256) = 2**63
 
 
 struct Offer:
@@ -59,7 +62,7 @@ struct StakeWords:
     active: uint256
     unbonding: uint256
     unbond_at: uint256
-    leases: uint256  # active_jobs | locked << 64: one word, so a lease costs one write
+    leases: uint256  # active_jobs | LEASES_SEEN | locked << 64: one word, so a lease costs one write
 
 
 struct Reputation:
@@ -332,7 +335,7 @@ def withdraw_unbonded():
     s: StakeWords = self.stake_words[msg.sender]
     assert s.unbonding > 0, "registry: nothing unbonding"
     assert block.timestamp >= s.unbond_at, "registry: still unbonding"
-    assert s.leases & MASK_64 == 0, "registry: provider holds leases"
+    assert s.leases & MASK_63 == 0, "registry: provider holds leases"
     amount: uint256 = s.unbonding
     self.stake_words[msg.sender].unbonding = 0
     log StakeWithdrawn(account=msg.sender, amount=amount)
@@ -456,8 +459,8 @@ def lock(provider: address, amount: uint256) -> bool:
     if not self.is_provider[provider] or active < self.min_provider_stake or active - min(locked, active) < amount:
         return False
     locked += amount
-    active_jobs: uint256 = (leases & MASK_64) + 1
-    self.stake_words[provider].leases = active_jobs | (locked << 64)
+    active_jobs: uint256 = (leases & MASK_63) + 1
+    self.stake_words[provider].leases = active_jobs | LEASES_SEEN | (locked << 64)
     log StakeLocked(provider=provider, active_jobs=active_jobs, amount=amount, locked=locked)
     return True
 
@@ -472,9 +475,9 @@ def release(provider: address, amount: uint256, completed: bool):
     """
     self._check_locker()
     leases: uint256 = self.stake_words[provider].leases
-    active_jobs: uint256 = (leases & MASK_64) - 1
+    active_jobs: uint256 = (leases & MASK_63) - 1
     locked: uint256 = (leases >> 64) - amount
-    self.stake_words[provider].leases = active_jobs | (locked << 64)
+    self.stake_words[provider].leases = active_jobs | LEASES_SEEN | (locked << 64)
     if completed:
         self.reputation[provider].completed += 1
     else:
@@ -548,7 +551,7 @@ def stakes(account: address) -> Stake:
     """
     s: StakeWords = self.stake_words[account]
     return Stake(
-        active=s.active, unbonding=s.unbonding, unbond_at=s.unbond_at, active_jobs=s.leases & MASK_64, locked=s.leases >> 64
+        active=s.active, unbonding=s.unbonding, unbond_at=s.unbond_at, active_jobs=s.leases & MASK_63, locked=s.leases >> 64
     )
 
 
