@@ -181,6 +181,9 @@ job_words: HashMap[uint256, uint256]
 slot_heads: HashMap[uint256, HashMap[uint256, uint256]]
 # @dev Each slot's terms: price | gpu_seconds << 96 | base_slash << 160 (the base slash when it was
 # leased: its collateral, value at price + base slash, is what the registry locked and a slash takes).
+# While a sealed auction is open the same words hold its lowest revealed asks, ascending:
+# price | provider << 96 at rank 0..redundancy; a winner's slot is then written over its ask (a word
+# rewritten, 2,900 gas, instead of a new one, 22,100) and the asks left over are cleared.
 slot_terms: HashMap[uint256, HashMap[uint256, uint256]]
 # @dev Each slot's result root.
 slot_roots: HashMap[uint256, HashMap[uint256, bytes32]]
@@ -188,8 +191,6 @@ slot_roots: HashMap[uint256, HashMap[uint256, bytes32]]
 slot_disputers: HashMap[uint256, HashMap[uint256, address]]
 # @dev Sealed-bid commitments: job id -> provider -> keccak256(abi_encode(job_id, provider, price, salt)).
 commitments: public(HashMap[uint256, HashMap[address, bytes32]])
-# @dev Lowest revealed asks, ascending: job id -> rank -> price << 160 | provider.
-asks: public(HashMap[uint256, HashMap[uint256, uint256]])
 # @dev Each slot's dispute bond and over-claim: bond | claim << 160. The bond is the one paid at the
 # dispute (the `dispute_bond` parameter may change before the slot settles); the claim is kept only
 # when a verifier accepted fewer GPU-seconds than it (the slot's GPU-seconds are then the verified ones).
@@ -529,27 +530,26 @@ def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32):
     assert keccak256(abi_encode(job_id, msg.sender, price, salt)) == commitment, "market: reveal does not match commitment"
     assert price > 0, "market: zero ask"
     assert price <= spec.max_price, "market: ask above max price"
-    # Still registered with the minimum stake and the devices; the collateral is locked when the auction ends.
-    assert staticcall registry.is_eligible(
-        msg.sender, spec.device_kind, spec.gpus, spec.min_memory_mb, 0
-    ), "market: provider not eligible"
+    # The registry is asked once per winner, when the auction ends (registration, devices, collateral),
+    # not once per reveal: the bidder was eligible when it committed.
     self.commitments[job_id][msg.sender] = empty(bytes32)
 
     # Insertion into the sorted list of the lowest `redundancy + 1` asks.
     keep: uint256 = convert(spec.redundancy, uint256) + 1
     n: uint256 = convert(job.count, uint256)
-    packed: uint256 = (price << 160) | convert(msg.sender, uint256)
+    # An ask is price | provider << 96 in the slot-terms word of its rank (see `slot_terms`).
+    packed: uint256 = price | (convert(msg.sender, uint256) << 96)
     rank: uint256 = n
     for i: uint256 in range(n, bound=MAX_SLOTS + 1):
-        if price < self.asks[job_id][i] >> 160:
+        if price < self.slot_terms[job_id][i] & MASK_96:
             rank = i
             break
     if rank < keep:
         last: uint256 = min(n, keep - 1)
         for j: uint256 in range(last - rank, bound=MAX_SLOTS + 1):
             k: uint256 = last - j
-            self.asks[job_id][k] = self.asks[job_id][k - 1]
-        self.asks[job_id][rank] = packed
+            self.slot_terms[job_id][k] = self.slot_terms[job_id][k - 1]
+        self.slot_terms[job_id][rank] = packed
         if n < keep:
             job.count = convert(n + 1, uint8)
             self._put_job(job_id, job)
@@ -584,21 +584,27 @@ def finalize_auction(job_id: uint256, spec: JobSpec):
     if spec.auction == AUCTION_SEALED:
         won = 0
     if n >= k and spec.auction == AUCTION_SEALED:
-        # Sealed with k asks: uniform price at the (k+1)-th ask, capped by the max. The winners'
-        # collateral is locked now: a winner that unbonded or deregistered since its reveal is
-        # skipped and the next ask wins in its place, at the same price (never below its ask).
+        # Sealed with k asks: uniform price at the (k+1)-th ask, capped by the max. The winners are
+        # checked and their collateral locked now: a winner that unbonded, deregistered or changed its
+        # devices since its commit is skipped and the next ask wins in its place, at the same price
+        # (never below its ask).
         if n > k:
-            clearing = self.asks[job_id][k] >> 160
+            clearing = self.slot_terms[job_id][k] & MASK_96
         slot_value = self._value(clearing, spec.max_gpu_seconds)
         collateral: uint256 = slot_value + self.base_slash
         for i: uint256 in range(n, bound=MAX_SLOTS + 1):
             if won == k:
                 break
-            provider: address = convert(self.asks[job_id][i] & MASK_160, address)
-            if extcall registry.lock(provider, collateral):
-                self._assign(job_id, won, provider, clearing)
-                log SlotLeased(job_id=job_id, slot=convert(won, uint8), provider=provider, price=clearing)
-                won += 1
+            provider: address = convert(self.slot_terms[job_id][i] >> 96, address)
+            if staticcall registry.is_eligible(provider, spec.device_kind, spec.gpus, spec.min_memory_mb, 0):
+                if extcall registry.lock(provider, collateral):
+                    self._assign(job_id, won, provider, clearing)
+                    log SlotLeased(job_id=job_id, slot=convert(won, uint8), provider=provider, price=clearing)
+                    won += 1
+    if spec.auction == AUCTION_SEALED:
+        # The asks no slot was written over.
+        for i: uint256 in range(won, n, bound=MAX_SLOTS + 1):
+            self.slot_terms[job_id][i] = 0
 
     if won < k:
         # Too few asks (or winners able to lock their collateral): no lease, all back to the requester.
@@ -1045,6 +1051,21 @@ def credits(account: address) -> uint256:
 
 @external
 @view
+def asks(job_id: uint256, rank: uint256) -> uint256:
+    """
+    @notice A sealed auction's kept ask at `rank` (0 the lowest) while the auction is open.
+    @param job_id The job.
+    @param rank The rank, 0 to the job's redundancy.
+    @return price << 160 | provider; 0 when there is none (or the auction has ended).
+    """
+    if self.slot_heads[job_id][rank] != 0:
+        return 0
+    word: uint256 = self.slot_terms[job_id][rank]
+    return ((word & MASK_96) << 160) | (word >> 96)
+
+
+@external
+@view
 def dispute_bonds(job_id: uint256, slot: uint256) -> uint256:
     """
     @notice The bond a slot's dispute paid (held until the slot settles).
@@ -1062,8 +1083,10 @@ def base_slashes(job_id: uint256, slot: uint256) -> uint256:
     @notice The base slash a slot was leased under: its collateral is its value plus this.
     @param job_id The job.
     @param slot The slot index.
-    @return The base slash, in token units.
+    @return The base slash, in token units; 0 for a slot not leased.
     """
+    if self.slot_heads[job_id][slot] == 0:
+        return 0
     return self._slot_base_slash(job_id, slot)
 
 
@@ -1088,6 +1111,9 @@ def slots(job_id: uint256, slot: uint256) -> Slot:
     @param slot The slot index.
     @return Its provider, status, price, result root, GPU-seconds, commit time and disputer.
     """
+    if self.slot_heads[job_id][slot] == 0:
+        # Not leased (an open sealed auction keeps its asks in the same words).
+        return empty(Slot)
     s: Slot = self._slot(job_id, slot)
     s.result_root = self.slot_roots[job_id][slot]
     s.disputer = self.slot_disputers[job_id][slot]

@@ -95,8 +95,10 @@ unbonding_period: public(uint256)
 stake_words: HashMap[address, StakeWords]
 # @dev Offers of registered providers.
 offers: public(HashMap[address, Offer])
-# @dev Whether an account has a registered offer.
-is_provider: public(HashMap[address, bool])
+# @dev What each registered provider's offer has to match a job, in one word: 1 | device_kind << 8 |
+# gpu_count << 16 | memory_mb << 32; 0 when it has no registered offer. A bid's eligibility check then
+# reads one word of the offer, not three (read the offer through `offers`, registration through `is_provider`).
+devices: HashMap[address, uint256]
 # @dev Whether an account has registered as a verifier.
 is_verifier: public(HashMap[address, bool])
 # @dev Reputation counters of providers.
@@ -359,7 +361,12 @@ def register_provider(offer: Offer):
     assert offer.signer != empty(address), "registry: no signer"
     assert len(offer.endpoint) > 0, "registry: no endpoint"
     self.offers[msg.sender] = offer
-    self.is_provider[msg.sender] = True
+    self.devices[msg.sender] = (
+        1
+        | (convert(offer.device_kind, uint256) << 8)
+        | (convert(offer.gpu_count, uint256) << 16)
+        | (convert(offer.memory_mb, uint256) << 32)
+    )
     log ProviderRegistered(
         provider=msg.sender,
         device_kind=offer.device_kind,
@@ -379,7 +386,7 @@ def set_price_floor(price_floor: uint256):
             idle or fill up.
     @param price_floor Token units per GPU-hour; not zero.
     """
-    assert self.is_provider[msg.sender], "registry: not a provider"
+    assert self.devices[msg.sender] != 0, "registry: not a provider"
     assert price_floor > 0, "registry: zero price floor"
     self.offers[msg.sender].price_floor = price_floor
     log PriceFloorChanged(provider=msg.sender, price_floor=price_floor)
@@ -390,8 +397,8 @@ def deregister_provider():
     """
     @notice Withdraws the caller's offer: it can no longer bid. Running leases go on.
     """
-    assert self.is_provider[msg.sender], "registry: not a provider"
-    self.is_provider[msg.sender] = False
+    assert self.devices[msg.sender] != 0, "registry: not a provider"
+    self.devices[msg.sender] = 0
     log ProviderDeregistered(provider=msg.sender)
 
 
@@ -426,7 +433,7 @@ def attest_throughput(provider: address, gflops: uint64):
     """
     assert self._is_active_verifier(msg.sender), "registry: caller is not a verifier"
     assert msg.sender != provider, "registry: verifier cannot attest itself"
-    assert self.is_provider[provider], "registry: not a provider"
+    assert self.devices[provider] != 0, "registry: not a provider"
     claimed: uint64 = self.offers[provider].claimed_gflops
     flagged: bool = convert(claimed, uint256) * 10_000 > convert(gflops, uint256) * CAPACITY_FLAG_BPS
     self.attestations[provider] = Attestation(
@@ -456,7 +463,7 @@ def lock(provider: address, amount: uint256) -> bool:
     active: uint256 = self.stake_words[provider].active
     leases: uint256 = self.stake_words[provider].leases
     locked: uint256 = leases >> 64
-    if not self.is_provider[provider] or active < self.min_provider_stake or active - min(locked, active) < amount:
+    if self.devices[provider] == 0 or active < self.min_provider_stake or active - min(locked, active) < amount:
         return False
     locked += amount
     active_jobs: uint256 = (leases & MASK_63) + 1
@@ -516,6 +523,17 @@ def slash(provider: address, amount: uint256) -> uint256:
 
 @external
 @view
+def is_provider(account: address) -> bool:
+    """
+    @notice Whether an account has a registered offer.
+    @param account The account.
+    @return True when it is a registered provider.
+    """
+    return self.devices[account] != 0
+
+
+@external
+@view
 def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_mb: uint32, collateral: uint256) -> bool:
     """
     @notice Whether `provider` may bid for a job with these requirements and lock `collateral` for it.
@@ -527,17 +545,18 @@ def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_
     @return True when registered, staked with the minimum and `collateral` of free stake,
             and its devices meet the requirements.
     """
-    if not self.is_provider[provider]:
+    word: uint256 = self.devices[provider]
+    if word == 0:
         return False
     # Field by field (two words, not four). Stake locked by running leases backs no new bid.
     active: uint256 = self.stake_words[provider].active
     if active < self.min_provider_stake or active - min(self.stake_words[provider].leases >> 64, active) < collateral:
         return False
-    # Field by field: loading the whole offer would read its strings too (eight more slots).
+    # The offer's devices from their packed word (the whole offer would read its strings too).
     return (
-        self.offers[provider].device_kind == device_kind
-        and self.offers[provider].gpu_count >= gpus
-        and self.offers[provider].memory_mb >= min_memory_mb
+        (word >> 8) & 255 == convert(device_kind, uint256)
+        and (word >> 16) & 65_535 >= convert(gpus, uint256)
+        and (word >> 32) & 4_294_967_295 >= convert(min_memory_mb, uint256)
     )
 
 
