@@ -16,7 +16,8 @@
         the challenge window. Settlement pays verified GPU-seconds at the
         lease price, a fee to the treasury and the rest back to the requester;
         a provider that misses its deadline or is rejected is slashed and the
-        requester refunded. Every payment is a credit withdrawn by its owner.
+        requester refunded. Every payment is a credit withdrawn by its owner, or
+        a transfer at once to an owner that asked for it (`set_direct_payout`).
 @dev To keep gas low a job's immutable terms (`JobSpec`) are stored as one
      hash; every call that needs them takes the spec as an argument and it is
      checked against the hash. The spec is in the `JobPosted` event.
@@ -74,9 +75,11 @@ MAX_BASE_SLASH: public(constant(uint256)) = 2**96 - 1
 MASK_64: constant(uint256) = 2**64 - 1
 MASK_96: constant(uint256) = 2**96 - 1
 MASK_160: constant(uint256) = 2**160 - 1
-MASK_255: constant(uint256) = 2**255 - 1
+MASK_254: constant(uint256) = 2**254 - 1
 # @dev Set in every credit word once written (see `credit_words`).
 CREDIT_SEEN: constant(uint256) = 2**255
+# @dev Set in the credit word of an account paid at once (see `set_direct_payout`).
+CREDIT_DIRECT: constant(uint256) = 2**254
 # @dev Hard limit of every window bound the owner may set: 30 days.
 MAX_WINDOW: public(constant(uint64)) = 2_592_000
 # @dev Default bounds: bid (and reveal) window 1 day; run duration 8 days (a bundle's longest timeout, 7 days,
@@ -197,9 +200,9 @@ commitments: public(HashMap[uint256, HashMap[address, bytes32]])
 slot_bonds: HashMap[uint256, HashMap[uint256, uint256]]
 # @dev Owner's changes waiting out CHANGE_DELAY: keccak256 of the change's calldata -> earliest time to make it.
 queued_changes: public(HashMap[bytes32, uint256])
-# @dev Each account's credit word: CREDIT_SEEN | the tokens it can withdraw (read them through `credits`).
-# A withdrawal leaves the flag, so the word stays non-zero and the account's next credit rewrites a word
-# (2,900 gas) instead of creating one (20,000).
+# @dev Each account's credit word: CREDIT_SEEN | CREDIT_DIRECT if paid at once | the tokens it can
+# withdraw (read them through `credits` and `direct_payout`). A withdrawal leaves the flags, so the word
+# stays non-zero and the account's next credit rewrites a word (2,900 gas) instead of creating one (20,000).
 credit_words: HashMap[address, uint256]
 # @dev Sum of all credits, for the solvency invariant.
 total_credits: public(uint256)
@@ -310,6 +313,11 @@ event ChangeQueued:
 event Withdrawn:
     account: indexed(address)
     amount: uint256
+
+
+event DirectPayoutSet:
+    account: indexed(address)
+    direct: bool
 
 
 event WindowBoundsChanged:
@@ -425,6 +433,23 @@ def set_court(court_: address):
     assert self.job_count == 0, "market: jobs already posted"
     assert court_ != empty(address), "market: court is the zero address"
     self.court = court_
+
+
+@external
+def set_direct_payout(direct: bool):
+    """
+    @notice Chooses how the caller is paid: at once, by a token transfer inside the call that pays it
+            (a settlement, a refund), or as a credit it withdraws (the default). Direct payment saves
+            the withdrawal; a transfer that fails is kept as a credit. Credit already owed stays to withdraw.
+    @param direct True to be paid at once, False to be credited.
+    """
+    word: uint256 = self.credit_words[msg.sender] | CREDIT_SEEN
+    if direct:
+        word |= CREDIT_DIRECT
+    else:
+        word &= ~CREDIT_DIRECT
+    self.credit_words[msg.sender] = word
+    log DirectPayoutSet(account=msg.sender, direct=direct)
 
 
 # ---------------------------------------------------------------- post
@@ -976,10 +1001,11 @@ def withdraw() -> uint256:
     @dev Non-reentrant: moves tokens out. The credit is zeroed before the transfer.
     @return The amount withdrawn.
     """
-    amount: uint256 = self.credit_words[msg.sender] & MASK_255
+    word: uint256 = self.credit_words[msg.sender]
+    amount: uint256 = word & MASK_254
     assert amount > 0, "market: nothing to withdraw"
-    # First zero the credit (the word keeps its flag), then send the tokens.
-    self.credit_words[msg.sender] = CREDIT_SEEN
+    # First zero the credit (the word keeps its flags), then send the tokens.
+    self.credit_words[msg.sender] = word - amount
     self.total_credits -= amount
     log Withdrawn(account=msg.sender, amount=amount)
     assert extcall token.transfer(msg.sender, amount, default_return_value=True), "market: transfer failed"
@@ -1046,7 +1072,18 @@ def credits(account: address) -> uint256:
     @param account The account.
     @return Its credit, in token units.
     """
-    return self.credit_words[account] & MASK_255
+    return self.credit_words[account] & MASK_254
+
+
+@external
+@view
+def direct_payout(account: address) -> bool:
+    """
+    @notice Whether an account is paid at once rather than credited (see `set_direct_payout`).
+    @param account The account.
+    @return True when paid at once.
+    """
+    return self.credit_words[account] & CREDIT_DIRECT != 0
 
 
 @external
@@ -1291,9 +1328,29 @@ def _check_eligible(provider: address, spec: JobSpec, slot_value: uint256):
 def _credit(account: address, amount: uint256):
     if amount == 0:
         return
-    # No overflow: every credit is backed by tokens, and a token's supply is far below 2**255.
-    self.credit_words[account] = (self.credit_words[account] + amount) | CREDIT_SEEN
+    word: uint256 = self.credit_words[account]
+    if word & CREDIT_DIRECT != 0 and self._send(account, amount):
+        # Paid at once, as the account asked.
+        log Withdrawn(account=account, amount=amount)
+        return
+    # No overflow: every credit is backed by tokens, and a token's supply is far below 2**254.
+    self.credit_words[account] = (word + amount) | CREDIT_SEEN
     self.total_credits += amount
+
+
+@internal
+def _send(account: address, amount: uint256) -> bool:
+    # A direct payment: a transfer that fails (a token that refuses the recipient) is not an error,
+    # the payment is then kept as a credit, so that no settlement or refund is blocked by it.
+    ok: bool = False
+    response: Bytes[32] = b""
+    ok, response = raw_call(
+        token.address,
+        abi_encode(account, amount, method_id=method_id("transfer(address,uint256)")),
+        max_outsize=32,
+        revert_on_failure=False,
+    )
+    return ok and (len(response) == 0 or convert(extract32(response, 0), uint256) == 1)
 
 
 @internal
