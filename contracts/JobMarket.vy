@@ -38,6 +38,7 @@ interface IProviderRegistry:
     def price_floor(provider: address) -> uint256: view
     def is_active_verifier(account: address) -> bool: view
     def lock(provider: address, amount: uint256) -> bool: nonpayable
+    def lock_matching(provider: address, amount: uint256, device_kind: uint8, gpus: uint16, min_memory_mb: uint32) -> bool: nonpayable
     def release(provider: address, amount: uint256, completed: bool): nonpayable
     def slash(provider: address, amount: uint256) -> uint256: nonpayable
 
@@ -75,6 +76,10 @@ MAX_BASE_SLASH: public(constant(uint256)) = 2**96 - 1
 MASK_64: constant(uint256) = 2**64 - 1
 MASK_96: constant(uint256) = 2**96 - 1
 MASK_160: constant(uint256) = 2**160 - 1
+MASK_192: constant(uint256) = 2**192 - 1
+# @dev Set in a slot's head when its `slot_bonds` word holds a dispute's bond or a cut claim: a settlement
+# reads that word only then, so the happy path pays nothing for disputes.
+HEAD_FLAGGED: constant(uint256) = 2**240
 MASK_254: constant(uint256) = 2**254 - 1
 # @dev Set in every credit word once written (see `credit_words`).
 CREDIT_SEEN: constant(uint256) = 2**255
@@ -158,22 +163,20 @@ struct Slot:
 token: public(immutable(IERC20))
 # @dev The provider registry: eligibility, stakes, slashing.
 registry: public(immutable(IProviderRegistry))
-# @dev Who receives the protocol fee and the rest of slashes.
-treasury: public(address)
-# @dev Protocol fee on each payment, in basis points.
-fee_bps: public(uint256)
+# @dev Who receives the protocol fee and the rest of slashes, the protocol fee on each payment and the
+# share of a slash credited to the requester (both in basis points), in the one word a settlement reads:
+# treasury | fee_bps << 160 | slash_requester_bps << 176 (read them through `treasury`, `fee_bps` and
+# `slash_requester_bps`).
+fee_word: uint256
 # @dev Bond a challenger puts up to dispute a result.
 dispute_bond: public(uint256)
 # @dev Slashed on top of the slot's value when a provider fails.
 base_slash: public(uint256)
-# @dev Share of a slash credited to the requester, in basis points.
-slash_requester_bps: public(uint256)
 
-# @dev Window bounds a job must keep: max bid window | max run duration << 64 | max challenge window << 128.
+# @dev Window bounds a job must keep, and the number of jobs posted (ids start at 1), in the one word a
+# post reads: max bid window | max run duration << 64 | max challenge window << 128 | job count << 192
+# (read them through `window_bounds` and `job_count`).
 bounds_word: uint256
-
-# @dev Number of jobs posted; job ids start at 1.
-job_count: public(uint256)
 # Jobs and slots are packed into few storage words (read them through `jobs` and `slots`):
 # a job's first write then costs one new word instead of five, a slot's two instead of seven.
 # @dev Each job's spec hash.
@@ -386,8 +389,48 @@ def window_bounds() -> (uint64, uint64, uint64):
     return (
         convert(word & MASK_64, uint64),
         convert((word >> 64) & MASK_64, uint64),
-        convert(word >> 128, uint64),
+        convert((word >> 128) & MASK_64, uint64),
     )
+
+
+@external
+@view
+def job_count() -> uint256:
+    """
+    @notice Number of jobs posted; job ids start at 1.
+    @return The count.
+    """
+    return self.bounds_word >> 192
+
+
+@external
+@view
+def treasury() -> address:
+    """
+    @notice Who receives the protocol fee and the rest of slashes.
+    @return The treasury's address.
+    """
+    return convert(self.fee_word & MASK_160, address)
+
+
+@external
+@view
+def fee_bps() -> uint256:
+    """
+    @notice Protocol fee on each payment.
+    @return The fee, in basis points.
+    """
+    return (self.fee_word >> 160) & 65_535
+
+
+@external
+@view
+def slash_requester_bps() -> uint256:
+    """
+    @notice Share of a slash credited to the requester.
+    @return The share, in basis points.
+    """
+    return self.fee_word >> 176
 
 
 @external
@@ -430,7 +473,7 @@ def set_court(court_: address):
     """
     ownable._check_owner()
     assert self.court == empty(address), "market: court already set"
-    assert self.job_count == 0, "market: jobs already posted"
+    assert self.bounds_word >> 192 == 0, "market: jobs already posted"
     assert court_ != empty(address), "market: court is the zero address"
     self.court = court_
 
@@ -621,11 +664,10 @@ def finalize_auction(job_id: uint256, spec: JobSpec):
             if won == k:
                 break
             provider: address = convert(self.slot_terms[job_id][i] >> 96, address)
-            if staticcall registry.is_eligible(provider, spec.device_kind, spec.gpus, spec.min_memory_mb, 0):
-                if extcall registry.lock(provider, collateral):
-                    self._assign(job_id, won, provider, clearing)
-                    log SlotLeased(job_id=job_id, slot=convert(won, uint8), provider=provider, price=clearing)
-                    won += 1
+            if extcall registry.lock_matching(provider, collateral, spec.device_kind, spec.gpus, spec.min_memory_mb):
+                self._assign(job_id, won, provider, clearing)
+                log SlotLeased(job_id=job_id, slot=convert(won, uint8), provider=provider, price=clearing)
+                won += 1
     if spec.auction == AUCTION_SEALED:
         # The asks no slot was written over.
         for i: uint256 in range(won, n, bound=MAX_SLOTS + 1):
@@ -665,7 +707,7 @@ def forfeit_unrevealed(job_id: uint256, spec: JobSpec, provider: address) -> uin
     assert self.commitments[job_id][provider] != empty(bytes32), "market: no unrevealed bid"
     self.commitments[job_id][provider] = empty(bytes32)
     taken: uint256 = extcall registry.slash(provider, self.base_slash)
-    self._credit(self.treasury, taken)
+    self._credit(convert(self.fee_word & MASK_160, address), taken)
     log BidForfeited(job_id=job_id, provider=provider, amount=taken)
     return taken
 
@@ -692,12 +734,14 @@ def take_job(job_id: uint256, spec: JobSpec) -> uint8:
     assert msg.sender != spec.requester, "market: requester cannot take its own job"
     price: uint256 = staticcall registry.price_floor(msg.sender)
     assert price <= spec.max_price, "market: price floor above max price"
-    self._check_eligible(msg.sender, spec, self._value(price, spec.max_gpu_seconds))
     n: uint256 = convert(job.count, uint256)
     for i: uint256 in range(n, bound=MAX_SLOTS):
         assert self._slot(job_id, i).provider != msg.sender, "market: provider already holds a slot"
     self._assign(job_id, n, msg.sender, price)
-    assert extcall registry.lock(msg.sender, self._value(price, spec.max_gpu_seconds) + self.base_slash), "market: provider not eligible"
+    # Registered, with the minimum stake, the devices and free stake for the lease's collateral.
+    assert extcall registry.lock_matching(
+        msg.sender, self._value(price, spec.max_gpu_seconds) + self.base_slash, spec.device_kind, spec.gpus, spec.min_memory_mb
+    ), "market: provider not eligible"
     log SlotLeased(job_id=job_id, slot=convert(n, uint8), provider=msg.sender, price=price)
     # Escrow above this provider's price is refunded at once.
     # A difference of slot values, so that no rounding dust is left in escrow.
@@ -804,6 +848,7 @@ def dispute_result(job_id: uint256, spec: JobSpec, slot: uint8):
     self._put_slot(job_id, index, s)
     self.slot_disputers[job_id][index] = msg.sender
     self.slot_bonds[job_id][index] = bond
+    self.slot_heads[job_id][index] |= HEAD_FLAGGED
     job: Job = self._job(job_id)
     job.escrow += bond
     self._put_job(job_id, job)
@@ -846,6 +891,7 @@ def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified
         if verified < claimed:
             # An over-claim: the claim is kept for the proportional slash at settlement.
             self.slot_bonds[job_id][index] |= convert(claimed, uint256) << 160
+            self.slot_heads[job_id][index] |= HEAD_FLAGGED
     elif outcome == OUTCOME_REJECT:
         s.status = SlotStatus.REJECTED
     self._put_slot(job_id, index, s)
@@ -899,7 +945,12 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     refunded: uint256 = slot_value
     final: SlotStatus = SlotStatus.REFUNDED
     # The bond this slot's dispute paid (not the current parameter), and a cut claim.
-    packed: uint256 = self.slot_bonds[job_id][index]
+    packed: uint256 = 0
+    if self.slot_heads[job_id][index] & HEAD_FLAGGED != 0:
+        packed = self.slot_bonds[job_id][index]
+    fees: uint256 = self.fee_word
+    treasury: address = convert(fees & MASK_160, address)
+    fee_bps: uint256 = (fees >> 160) & 65_535
     bond: uint256 = packed & MASK_160
     claimed: uint256 = packed >> 160
     disputer: address = empty(address)
@@ -918,10 +969,10 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
         # nobody ruled on by the end of the second window is paid on its claim, like a failed one.
         final = SlotStatus.PAID
         paid = min(self._value(s.price, s.gpu_seconds), slot_value)
-        fee = paid * self.fee_bps // BPS
+        fee = paid * fee_bps // BPS
         refunded = slot_value - paid
         self._credit(s.provider, paid - fee)
-        self._credit(self.treasury, fee)
+        self._credit(treasury, fee)
         if claimed > 0:
             # Over-claimed: the stake pays the collateral in proportion to the cut, and a dispute
             # was right (its bond goes back, below). A cut within the tolerance is metering noise.
@@ -943,10 +994,10 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
         # paid a share of the slot's value for the devices it held ready.
         no_show = True
         paid = slot_value * NO_SHOW_FEE_BPS // BPS
-        fee = paid * self.fee_bps // BPS
+        fee = paid * fee_bps // BPS
         refunded = slot_value - paid
         self._credit(s.provider, paid - fee)
-        self._credit(self.treasury, fee)
+        self._credit(treasury, fee)
     elif s.status == SlotStatus.VOIDED:
         final = SlotStatus.REFUNDED
         if bond > 0:
@@ -967,14 +1018,14 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     if penalty > 0:
         # Interactions: take the stake, then share it out.
         slashed = extcall registry.slash(s.provider, penalty)
-        to_requester: uint256 = slashed * self.slash_requester_bps // BPS
+        to_requester: uint256 = slashed * (fees >> 176) // BPS
         self._credit(spec.requester, to_requester)
         rest: uint256 = slashed - to_requester
         if bond > 0:
             # A successful dispute (a rejection or a cut claim): bond back, and the challenger earns the rest.
             self._credit(disputer, bond + rest)
         else:
-            self._credit(self.treasury, rest)
+            self._credit(treasury, rest)
     # A no-show is the requester's failure, not the provider's.
     extcall registry.release(s.provider, collateral, final == SlotStatus.PAID or no_show)
 
@@ -1182,12 +1233,12 @@ def _post(spec: JobSpec) -> uint256:
     assert spec.run_duration > 0, "market: no run time"
     assert convert(spec.run_duration, uint256) <= (bounds >> 64) & MASK_64, "market: run duration above the maximum"
     assert spec.challenge_window > 0, "market: no challenge window"
-    assert convert(spec.challenge_window, uint256) <= bounds >> 128, "market: challenge window above the maximum"
+    assert convert(spec.challenge_window, uint256) <= (bounds >> 128) & MASK_64, "market: challenge window above the maximum"
     escrow: uint256 = self._escrow_for(spec)
     assert escrow > 0, "market: escrow rounds to zero"
 
-    job_id: uint256 = self.job_count + 1
-    self.job_count = job_id
+    job_id: uint256 = (bounds >> 192) + 1
+    self.bounds_word = (bounds & MASK_192) | (job_id << 192)
     self.job_hashes[job_id] = keccak256(abi_encode(spec))
     self._put_job(job_id, Job(spec_hash=empty(bytes32), status=JobStatus.OPEN, escrow=escrow, count=0, lease_start=0))
     log JobPosted(job_id=job_id, requester=msg.sender, spec=spec, escrow=escrow)
@@ -1280,7 +1331,10 @@ def _slot(job_id: uint256, index: uint256) -> Slot:
 @internal
 def _put_slot(job_id: uint256, index: uint256, s: Slot):
     self.slot_heads[job_id][index] = (
-        convert(s.provider, uint256) | (convert(s.status, uint256) << 160) | (convert(s.committed_at, uint256) << 176)
+        convert(s.provider, uint256)
+        | (convert(s.status, uint256) << 160)
+        | (convert(s.committed_at, uint256) << 176)
+        | (self.slot_heads[job_id][index] & HEAD_FLAGGED)
     )
     self.slot_terms[job_id][index] = (
         s.price | (convert(s.gpu_seconds, uint256) << 96) | ((self.slot_terms[job_id][index] >> 160) << 160)
@@ -1330,8 +1384,7 @@ def _credit(account: address, amount: uint256):
         return
     word: uint256 = self.credit_words[account]
     if word & CREDIT_DIRECT != 0 and self._send(account, amount):
-        # Paid at once, as the account asked.
-        log Withdrawn(account=account, amount=amount)
+        # Paid at once, as the account asked (the token's Transfer and the paying call's event record it).
         return
     # No overflow: every credit is backed by tokens, and a token's supply is far below 2**254.
     self.credit_words[account] = (word + amount) | CREDIT_SEEN
@@ -1374,11 +1427,9 @@ def _set_parameters(
     assert slash_requester_bps_ <= BPS, "market: share above 100%"
     assert dispute_bond_ <= MAX_DISPUTE_BOND, "market: dispute bond too large"
     assert base_slash_ <= MAX_BASE_SLASH, "market: base slash too large"
-    self.treasury = treasury_
-    self.fee_bps = fee_bps_
+    self.fee_word = convert(treasury_, uint256) | (fee_bps_ << 160) | (slash_requester_bps_ << 176)
     self.dispute_bond = dispute_bond_
     self.base_slash = base_slash_
-    self.slash_requester_bps = slash_requester_bps_
     log ParametersChanged(
         treasury=treasury_,
         fee_bps=fee_bps_,
@@ -1393,7 +1444,8 @@ def _set_window_bounds(max_bid_window: uint64, max_run_duration: uint64, max_cha
     for bound: uint64 in [max_bid_window, max_run_duration, max_challenge_window]:
         assert bound >= 1 and bound <= MAX_WINDOW, "market: window bound out of range"
     self.bounds_word = (
-        convert(max_bid_window, uint256)
+        (self.bounds_word & ~MASK_192)
+        | convert(max_bid_window, uint256)
         | (convert(max_run_duration, uint256) << 64)
         | (convert(max_challenge_window, uint256) << 128)
     )
