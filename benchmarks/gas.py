@@ -83,7 +83,7 @@ def _setup(bidders: int, direct: bool = False) -> tuple[Contracts, dict[str, int
             # A pricing strategy moving the posted price before an instant take; posted back after.
             posted = contracts.registry.set_price_floor(provider, offer.price_floor + ONE_TOKEN)
             contracts.registry.set_price_floor(provider, offer.price_floor)
-            one_off = {
+            one_off |= {
                 "provider_stake": _gas(staked),
                 "provider_register": _gas(registered),
                 "provider_set_price_floor": _gas(posted),

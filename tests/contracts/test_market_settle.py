@@ -546,7 +546,14 @@ def test_settle__a_direct_payment_the_token_refuses__is_kept_as_a_credit(owner, 
         token = loads(REFUSING_TOKEN)
         registry = load("ProviderRegistry", token.address, MIN_PROVIDER_STAKE, MIN_VERIFIER_STAKE, UNBONDING_PERIOD)
         market = load(
-            "JobMarket", token.address, registry.address, treasury, FEE_BPS, DISPUTE_BOND, BASE_SLASH, SLASH_REQUESTER_BPS
+            "JobMarket",
+            token.address,
+            registry.address,
+            treasury,
+            FEE_BPS,
+            DISPUTE_BOND,
+            BASE_SLASH,
+            SLASH_REQUESTER_BPS,
         )
         registry.set_market(market.address)
         for account in (provider, requester):
