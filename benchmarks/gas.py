@@ -5,9 +5,13 @@ post to withdrawal with 1 and with 3 bidders, and an instant job, each on the ha
 no ruling (no verification policy, no dispute: paid on its claim after the challenge window), and
 prints one JSON document: the gas of every step, the total per job, the cost of each extra bidder,
 and the goals (at most 500,000 gas for a one-provider job, at most 80,000 per extra bidder; iExec's
-minimal workflow is about 1.98 million gas as reference). The court's figures come apart: a ruling
-(open the case, draw one verifier, rule, close and pass it to the market), an appeal round (appeal,
-draw three, three rulings, close with a slash) and a verifier's reward claim.
+minimal workflow is about 1.98 million gas as reference). Each job is measured twice: with the
+requester and provider credited and each withdrawing its credit (an approve before ``post_job``),
+and with both paid at once (``set_direct_payout``, a one-off call; the job posted with a permit, as
+the requester daemon does), which saves the two withdrawals. The figures measured before the gas
+work are kept beside them (``before``). The court's figures come apart: a ruling (open the case,
+draw one verifier, rule, close and pass it to the market), an appeal round (appeal, draw three,
+three rulings, close with a slash) and a verifier's reward claim.
 """
 
 from __future__ import annotations
@@ -27,6 +31,24 @@ from marketplace.types import ONE_TOKEN, Auction, DeviceKind, JobSpec, Offer, Ou
 GOAL_ONE_PROVIDER = 500_000
 GOAL_PER_EXTRA_BIDDER = 80_000
 IEXEC_REFERENCE = 1_980_000
+#: Measured with this benchmark before the gas work (credits withdrawn, approve + post_job for the
+#: sealed job, a permit for the instant one), steady state.
+BEFORE = {
+    "sealed_one_provider_job": 700_881,
+    "instant_one_provider_job": 536_820,
+    "per_extra_bidder": 149_858,
+    "sealed_steps": {
+        "approve": 45_964,
+        "post_job": 101_598,
+        "commit_bid": 75_317,
+        "reveal_bid": 77_659,
+        "finalize_auction": 123_218,
+        "commit_result": 66_788,
+        "settle": 122_817,
+        "withdraw_provider": 43_760,
+        "withdraw_requester": 43_760,
+    },
+}
 REQUESTER, VERIFIER, FIRST_PROVIDER = 2, 3, 4
 #: Accounts of the extra verifiers the appeal round draws from.
 PANEL = (12, 13, 14, 15)
@@ -36,9 +58,12 @@ def _gas(receipt: Any) -> int:
     return int(receipt["gasUsed"])
 
 
-def _setup(bidders: int) -> tuple[Contracts, dict[str, int]]:
+def _setup(bidders: int, direct: bool = False) -> tuple[Contracts, dict[str, int]]:
     contracts = setup_dev_market(Chain.embedded(), accounts=max(PANEL) + 1)
     one_off: dict[str, int] = {}
+    if direct:
+        for index in (REQUESTER, *range(FIRST_PROVIDER, FIRST_PROVIDER + bidders)):
+            one_off["set_direct_payout"] = _gas(contracts.market.set_direct_payout(dev_account(index)))
     for i in range(bidders):
         provider = dev_account(FIRST_PROVIDER + i)
         contracts.token.approve(provider, contracts.registry.address, 500 * ONE_TOKEN)
@@ -58,7 +83,7 @@ def _setup(bidders: int) -> tuple[Contracts, dict[str, int]]:
             # A pricing strategy moving the posted price before an instant take; posted back after.
             posted = contracts.registry.set_price_floor(provider, offer.price_floor + ONE_TOKEN)
             contracts.registry.set_price_floor(provider, offer.price_floor)
-            one_off = {
+            one_off |= {
                 "provider_stake": _gas(staked),
                 "provider_register": _gas(registered),
                 "provider_set_price_floor": _gas(posted),
@@ -92,8 +117,9 @@ def _spec(contracts: Contracts, auction: Auction, policy: Policy = Policy.NONE) 
     )
 
 
-def _finish(contracts: Contracts, job_id: int, steps: dict[str, int]) -> None:
-    """Commit, wait out the challenge window, settle and withdraw for slot 0 of a leased job."""
+def _finish(contracts: Contracts, job_id: int, steps: dict[str, int], direct: bool = False) -> None:
+    """Commit, wait out the challenge window, settle and (credited, not paid at once) withdraw for
+    slot 0 of a leased job."""
     market, chain = contracts.market, contracts.chain
     requester = dev_account(REQUESTER)
     winner = dev_account(FIRST_PROVIDER)
@@ -101,16 +127,19 @@ def _finish(contracts: Contracts, job_id: int, steps: dict[str, int]) -> None:
     steps["commit_result"] = _gas(market.commit_result(winner, job_id, 0, b"\x77" * 32, 500))
     chain.time_travel(market.spec(job_id).challenge_window)
     steps["settle"] = _gas(market.settle(requester, job_id, 0))
+    if direct:
+        return
     steps["withdraw_provider"] = _gas(contracts.chain.transact(winner, market.contract.functions.withdraw()))
     steps["withdraw_requester"] = _gas(contracts.chain.transact(requester, market.contract.functions.withdraw()))
 
 
-def sealed_job(bidders: int) -> dict[str, Any]:
+def sealed_job(bidders: int, direct: bool = False) -> dict[str, Any]:
     """Gas of every step of a sealed-auction job with ``bidders`` bidders: the actors' first job
-    (storage they touch for the first time costs 20,000 gas a slot) and their second (steady state)."""
-    contracts, one_off = _setup(bidders)
-    first = _sealed_steps(contracts, bidders)
-    second = _sealed_steps(contracts, bidders)
+    (storage they touch for the first time costs 20,000 gas a slot) and their second (steady state).
+    ``direct``: requester and providers paid at once, the job posted with a permit."""
+    contracts, one_off = _setup(bidders, direct)
+    first = _sealed_steps(contracts, bidders, direct)
+    second = _sealed_steps(contracts, bidders, direct)
     return {
         "bidders": bidders,
         "steps": second,
@@ -121,13 +150,17 @@ def sealed_job(bidders: int) -> dict[str, Any]:
     }
 
 
-def _sealed_steps(contracts: Contracts, bidders: int) -> dict[str, int]:
+def _sealed_steps(contracts: Contracts, bidders: int, direct: bool = False) -> dict[str, int]:
     market, chain, token = contracts.market, contracts.chain, contracts.token
     requester = dev_account(REQUESTER)
     spec = _spec(contracts, Auction.SEALED)
-    steps: dict[str, int] = {"approve": _gas(token.approve(requester, market.address, spec.escrow))}
-    receipt = chain.transact(requester, market.contract.functions.post_job(spec.as_tuple()))
-    steps["post_job"] = _gas(receipt)
+    steps: dict[str, int] = {}
+    if direct:
+        steps["post_job_with_permit"] = _post_with_permit(contracts, spec)
+    else:
+        steps["approve"] = _gas(token.approve(requester, market.address, spec.escrow))
+        receipt = chain.transact(requester, market.contract.functions.post_job(spec.as_tuple()))
+        steps["post_job"] = _gas(receipt)
     job_id = market.job_count()
     market._specs[job_id] = spec
     salts = []
@@ -144,15 +177,23 @@ def _sealed_steps(contracts: Contracts, bidders: int) -> dict[str, int]:
         steps[f"reveal_bid_{i + 1}"] = _gas(market.reveal_bid(provider, job_id, price, salt))
     chain.time_travel(300)
     steps["finalize_auction"] = _gas(market.finalize_auction(requester, job_id))
-    _finish(contracts, job_id, steps)
+    _finish(contracts, job_id, steps, direct)
     return steps
 
 
-def instant_job() -> dict[str, Any]:
+def _post_with_permit(contracts: Contracts, spec: JobSpec) -> int:
+    market, chain = contracts.market, contracts.chain
+    requester = dev_account(REQUESTER)
+    v, r, s = contracts.token.sign_permit(requester, market.address, spec.escrow, chain.now() + 600)
+    fn = market.contract.functions.post_job_with_permit(spec.as_tuple(), chain.now() + 600, v, r, s)
+    return _gas(chain.transact(requester, fn))
+
+
+def instant_job(direct: bool = False) -> dict[str, Any]:
     """Gas of every step of an instant job posted with a permit (second job: steady state)."""
-    contracts, _ = _setup(1)
-    first = _instant_steps(contracts)
-    second = _instant_steps(contracts)
+    contracts, _ = _setup(1, direct)
+    first = _instant_steps(contracts, direct)
+    second = _instant_steps(contracts, direct)
     return {
         "bidders": 1,
         "steps": second,
@@ -161,17 +202,14 @@ def instant_job() -> dict[str, Any]:
     }
 
 
-def _instant_steps(contracts: Contracts) -> dict[str, int]:
-    market, chain = contracts.market, contracts.chain
-    requester = dev_account(REQUESTER)
+def _instant_steps(contracts: Contracts, direct: bool = False) -> dict[str, int]:
+    market = contracts.market
     spec = _spec(contracts, Auction.INSTANT)
-    v, r, s = contracts.token.sign_permit(requester, market.address, spec.escrow, chain.now() + 600)
-    fn = market.contract.functions.post_job_with_permit(spec.as_tuple(), chain.now() + 600, v, r, s)
-    steps = {"post_job_with_permit": _gas(chain.transact(requester, fn))}
+    steps = {"post_job_with_permit": _post_with_permit(contracts, spec)}
     job_id = market.job_count()
     market._specs[job_id] = spec
     steps["take_job"] = _gas(market.take_job(dev_account(FIRST_PROVIDER), job_id))
-    _finish(contracts, job_id, steps)
+    _finish(contracts, job_id, steps, direct)
     return steps
 
 
@@ -228,8 +266,12 @@ def run() -> dict[str, Any]:
     one = sealed_job(1)
     three = sealed_job(3)
     instant = instant_job()
+    one_direct = sealed_job(1, direct=True)
+    three_direct = sealed_job(3, direct=True)
+    instant_direct = instant_job(direct=True)
     court = court_steps()
     per_extra = (three["total"] - one["total"]) // 2
+    per_extra_direct = (three_direct["total"] - one_direct["total"]) // 2
     return {
         "benchmark": "gas",
         "unit": "gas",
@@ -237,6 +279,20 @@ def run() -> dict[str, Any]:
         "sealed_three_bidders": three,
         "instant_with_permit": instant,
         "per_extra_bidder": per_extra,
+        "paid_at_once": {
+            "sealed_one_bidder": one_direct,
+            "sealed_three_bidders": three_direct,
+            "instant_with_permit": instant_direct,
+            "per_extra_bidder": per_extra_direct,
+        },
+        "before": BEFORE,
+        "after": {
+            "sealed_one_provider_job": one["total"],
+            "instant_one_provider_job": instant["total"],
+            "per_extra_bidder": per_extra,
+            "sealed_one_provider_job_paid_at_once": one_direct["total"],
+            "instant_one_provider_job_paid_at_once": instant_direct["total"],
+        },
         "court": {
             "steps": court,
             "ruling": court["open_case"] + court["draw_one"] + court["rule"],
@@ -256,6 +312,8 @@ def run() -> dict[str, Any]:
             "sealed_one_provider_job": one["total"] <= GOAL_ONE_PROVIDER,
             "instant_one_provider_job": instant["total"] <= GOAL_ONE_PROVIDER,
             "per_extra_bidder": per_extra <= GOAL_PER_EXTRA_BIDDER,
+            "sealed_one_provider_job_paid_at_once": one_direct["total"] <= GOAL_ONE_PROVIDER,
+            "instant_one_provider_job_paid_at_once": instant_direct["total"] <= GOAL_ONE_PROVIDER,
         },
         "environment": environment(),
     }

@@ -16,7 +16,8 @@
         the challenge window. Settlement pays verified GPU-seconds at the
         lease price, a fee to the treasury and the rest back to the requester;
         a provider that misses its deadline or is rejected is slashed and the
-        requester refunded. Every payment is a credit withdrawn by its owner.
+        requester refunded. Every payment is a credit withdrawn by its owner, or
+        a transfer at once to an owner that asked for it (`set_direct_payout`).
 @dev To keep gas low a job's immutable terms (`JobSpec`) are stored as one
      hash; every call that needs them takes the spec as an argument and it is
      checked against the hash. The spec is in the `JobPosted` event.
@@ -37,6 +38,7 @@ interface IProviderRegistry:
     def price_floor(provider: address) -> uint256: view
     def is_active_verifier(account: address) -> bool: view
     def lock(provider: address, amount: uint256) -> bool: nonpayable
+    def lock_matching(provider: address, amount: uint256, device_kind: uint8, gpus: uint16, min_memory_mb: uint32) -> bool: nonpayable
     def release(provider: address, amount: uint256, completed: bool): nonpayable
     def slash(provider: address, amount: uint256) -> uint256: nonpayable
 
@@ -74,6 +76,15 @@ MAX_BASE_SLASH: public(constant(uint256)) = 2**96 - 1
 MASK_64: constant(uint256) = 2**64 - 1
 MASK_96: constant(uint256) = 2**96 - 1
 MASK_160: constant(uint256) = 2**160 - 1
+MASK_192: constant(uint256) = 2**192 - 1
+# @dev Set in a slot's head when its `slot_bonds` word holds a dispute's bond or a cut claim: a settlement
+# reads that word only then, so the happy path pays nothing for disputes.
+HEAD_FLAGGED: constant(uint256) = 2**240
+MASK_254: constant(uint256) = 2**254 - 1
+# @dev Set in every credit word once written (see `credit_words`).
+CREDIT_SEEN: constant(uint256) = 2**255
+# @dev Set in the credit word of an account paid at once (see `set_direct_payout`).
+CREDIT_DIRECT: constant(uint256) = 2**254
 # @dev Hard limit of every window bound the owner may set: 30 days.
 MAX_WINDOW: public(constant(uint64)) = 2_592_000
 # @dev Default bounds: bid (and reveal) window 1 day; run duration 8 days (a bundle's longest timeout, 7 days,
@@ -152,22 +163,20 @@ struct Slot:
 token: public(immutable(IERC20))
 # @dev The provider registry: eligibility, stakes, slashing.
 registry: public(immutable(IProviderRegistry))
-# @dev Who receives the protocol fee and the rest of slashes.
-treasury: public(address)
-# @dev Protocol fee on each payment, in basis points.
-fee_bps: public(uint256)
+# @dev Who receives the protocol fee and the rest of slashes, the protocol fee on each payment and the
+# share of a slash credited to the requester (both in basis points), in the one word a settlement reads:
+# treasury | fee_bps << 160 | slash_requester_bps << 176 (read them through `treasury`, `fee_bps` and
+# `slash_requester_bps`).
+fee_word: uint256
 # @dev Bond a challenger puts up to dispute a result.
 dispute_bond: public(uint256)
 # @dev Slashed on top of the slot's value when a provider fails.
 base_slash: public(uint256)
-# @dev Share of a slash credited to the requester, in basis points.
-slash_requester_bps: public(uint256)
 
-# @dev Window bounds a job must keep: max bid window | max run duration << 64 | max challenge window << 128.
+# @dev Window bounds a job must keep, and the number of jobs posted (ids start at 1), in the one word a
+# post reads: max bid window | max run duration << 64 | max challenge window << 128 | job count << 192
+# (read them through `window_bounds` and `job_count`).
 bounds_word: uint256
-
-# @dev Number of jobs posted; job ids start at 1.
-job_count: public(uint256)
 # Jobs and slots are packed into few storage words (read them through `jobs` and `slots`):
 # a job's first write then costs one new word instead of five, a slot's two instead of seven.
 # @dev Each job's spec hash.
@@ -178,6 +187,9 @@ job_words: HashMap[uint256, uint256]
 slot_heads: HashMap[uint256, HashMap[uint256, uint256]]
 # @dev Each slot's terms: price | gpu_seconds << 96 | base_slash << 160 (the base slash when it was
 # leased: its collateral, value at price + base slash, is what the registry locked and a slash takes).
+# While a sealed auction is open the same words hold its lowest revealed asks, ascending:
+# price | provider << 96 at rank 0..redundancy; a winner's slot is then written over its ask (a word
+# rewritten, 2,900 gas, instead of a new one, 22,100) and the asks left over are cleared.
 slot_terms: HashMap[uint256, HashMap[uint256, uint256]]
 # @dev Each slot's result root.
 slot_roots: HashMap[uint256, HashMap[uint256, bytes32]]
@@ -185,16 +197,16 @@ slot_roots: HashMap[uint256, HashMap[uint256, bytes32]]
 slot_disputers: HashMap[uint256, HashMap[uint256, address]]
 # @dev Sealed-bid commitments: job id -> provider -> keccak256(abi_encode(job_id, provider, price, salt)).
 commitments: public(HashMap[uint256, HashMap[address, bytes32]])
-# @dev Lowest revealed asks, ascending: job id -> rank -> price << 160 | provider.
-asks: public(HashMap[uint256, HashMap[uint256, uint256]])
 # @dev Each slot's dispute bond and over-claim: bond | claim << 160. The bond is the one paid at the
 # dispute (the `dispute_bond` parameter may change before the slot settles); the claim is kept only
 # when a verifier accepted fewer GPU-seconds than it (the slot's GPU-seconds are then the verified ones).
 slot_bonds: HashMap[uint256, HashMap[uint256, uint256]]
 # @dev Owner's changes waiting out CHANGE_DELAY: keccak256 of the change's calldata -> earliest time to make it.
 queued_changes: public(HashMap[bytes32, uint256])
-# @dev Tokens each account can withdraw.
-credits: public(HashMap[address, uint256])
+# @dev Each account's credit word: CREDIT_SEEN | CREDIT_DIRECT if paid at once | the tokens it can
+# withdraw (read them through `credits` and `direct_payout`). A withdrawal leaves the flags, so the word
+# stays non-zero and the account's next credit rewrites a word (2,900 gas) instead of creating one (20,000).
+credit_words: HashMap[address, uint256]
 # @dev Sum of all credits, for the solvency invariant.
 total_credits: public(uint256)
 # @dev The verifier court: the only account whose rulings `attest` takes (set once by the owner).
@@ -306,6 +318,11 @@ event Withdrawn:
     amount: uint256
 
 
+event DirectPayoutSet:
+    account: indexed(address)
+    direct: bool
+
+
 event WindowBoundsChanged:
     max_bid_window: uint64
     max_run_duration: uint64
@@ -372,8 +389,48 @@ def window_bounds() -> (uint64, uint64, uint64):
     return (
         convert(word & MASK_64, uint64),
         convert((word >> 64) & MASK_64, uint64),
-        convert(word >> 128, uint64),
+        convert((word >> 128) & MASK_64, uint64),
     )
+
+
+@external
+@view
+def job_count() -> uint256:
+    """
+    @notice Number of jobs posted; job ids start at 1.
+    @return The count.
+    """
+    return self.bounds_word >> 192
+
+
+@external
+@view
+def treasury() -> address:
+    """
+    @notice Who receives the protocol fee and the rest of slashes.
+    @return The treasury's address.
+    """
+    return convert(self.fee_word & MASK_160, address)
+
+
+@external
+@view
+def fee_bps() -> uint256:
+    """
+    @notice Protocol fee on each payment.
+    @return The fee, in basis points.
+    """
+    return (self.fee_word >> 160) & 65_535
+
+
+@external
+@view
+def slash_requester_bps() -> uint256:
+    """
+    @notice Share of a slash credited to the requester.
+    @return The share, in basis points.
+    """
+    return self.fee_word >> 176
 
 
 @external
@@ -416,9 +473,26 @@ def set_court(court_: address):
     """
     ownable._check_owner()
     assert self.court == empty(address), "market: court already set"
-    assert self.job_count == 0, "market: jobs already posted"
+    assert self.bounds_word >> 192 == 0, "market: jobs already posted"
     assert court_ != empty(address), "market: court is the zero address"
     self.court = court_
+
+
+@external
+def set_direct_payout(direct: bool):
+    """
+    @notice Chooses how the caller is paid: at once, by a token transfer inside the call that pays it
+            (a settlement, a refund), or as a credit it withdraws (the default). Direct payment saves
+            the withdrawal; a transfer that fails is kept as a credit. Credit already owed stays to withdraw.
+    @param direct True to be paid at once, False to be credited.
+    """
+    word: uint256 = self.credit_words[msg.sender] | CREDIT_SEEN
+    if direct:
+        word |= CREDIT_DIRECT
+    else:
+        word &= ~CREDIT_DIRECT
+    self.credit_words[msg.sender] = word
+    log DirectPayoutSet(account=msg.sender, direct=direct)
 
 
 # ---------------------------------------------------------------- post
@@ -524,27 +598,26 @@ def reveal_bid(job_id: uint256, spec: JobSpec, price: uint256, salt: bytes32):
     assert keccak256(abi_encode(job_id, msg.sender, price, salt)) == commitment, "market: reveal does not match commitment"
     assert price > 0, "market: zero ask"
     assert price <= spec.max_price, "market: ask above max price"
-    # Still registered with the minimum stake and the devices; the collateral is locked when the auction ends.
-    assert staticcall registry.is_eligible(
-        msg.sender, spec.device_kind, spec.gpus, spec.min_memory_mb, 0
-    ), "market: provider not eligible"
+    # The registry is asked once per winner, when the auction ends (registration, devices, collateral),
+    # not once per reveal: the bidder was eligible when it committed.
     self.commitments[job_id][msg.sender] = empty(bytes32)
 
     # Insertion into the sorted list of the lowest `redundancy + 1` asks.
     keep: uint256 = convert(spec.redundancy, uint256) + 1
     n: uint256 = convert(job.count, uint256)
-    packed: uint256 = (price << 160) | convert(msg.sender, uint256)
+    # An ask is price | provider << 96 in the slot-terms word of its rank (see `slot_terms`).
+    packed: uint256 = price | (convert(msg.sender, uint256) << 96)
     rank: uint256 = n
     for i: uint256 in range(n, bound=MAX_SLOTS + 1):
-        if price < self.asks[job_id][i] >> 160:
+        if price < self.slot_terms[job_id][i] & MASK_96:
             rank = i
             break
     if rank < keep:
         last: uint256 = min(n, keep - 1)
         for j: uint256 in range(last - rank, bound=MAX_SLOTS + 1):
             k: uint256 = last - j
-            self.asks[job_id][k] = self.asks[job_id][k - 1]
-        self.asks[job_id][rank] = packed
+            self.slot_terms[job_id][k] = self.slot_terms[job_id][k - 1]
+        self.slot_terms[job_id][rank] = packed
         if n < keep:
             job.count = convert(n + 1, uint8)
             self._put_job(job_id, job)
@@ -579,21 +652,26 @@ def finalize_auction(job_id: uint256, spec: JobSpec):
     if spec.auction == AUCTION_SEALED:
         won = 0
     if n >= k and spec.auction == AUCTION_SEALED:
-        # Sealed with k asks: uniform price at the (k+1)-th ask, capped by the max. The winners'
-        # collateral is locked now: a winner that unbonded or deregistered since its reveal is
-        # skipped and the next ask wins in its place, at the same price (never below its ask).
+        # Sealed with k asks: uniform price at the (k+1)-th ask, capped by the max. The winners are
+        # checked and their collateral locked now: a winner that unbonded, deregistered or changed its
+        # devices since its commit is skipped and the next ask wins in its place, at the same price
+        # (never below its ask).
         if n > k:
-            clearing = self.asks[job_id][k] >> 160
+            clearing = self.slot_terms[job_id][k] & MASK_96
         slot_value = self._value(clearing, spec.max_gpu_seconds)
         collateral: uint256 = slot_value + self.base_slash
         for i: uint256 in range(n, bound=MAX_SLOTS + 1):
             if won == k:
                 break
-            provider: address = convert(self.asks[job_id][i] & MASK_160, address)
-            if extcall registry.lock(provider, collateral):
+            provider: address = convert(self.slot_terms[job_id][i] >> 96, address)
+            if extcall registry.lock_matching(provider, collateral, spec.device_kind, spec.gpus, spec.min_memory_mb):
                 self._assign(job_id, won, provider, clearing)
                 log SlotLeased(job_id=job_id, slot=convert(won, uint8), provider=provider, price=clearing)
                 won += 1
+    if spec.auction == AUCTION_SEALED:
+        # The asks no slot was written over.
+        for i: uint256 in range(won, n, bound=MAX_SLOTS + 1):
+            self.slot_terms[job_id][i] = 0
 
     if won < k:
         # Too few asks (or winners able to lock their collateral): no lease, all back to the requester.
@@ -629,7 +707,7 @@ def forfeit_unrevealed(job_id: uint256, spec: JobSpec, provider: address) -> uin
     assert self.commitments[job_id][provider] != empty(bytes32), "market: no unrevealed bid"
     self.commitments[job_id][provider] = empty(bytes32)
     taken: uint256 = extcall registry.slash(provider, self.base_slash)
-    self._credit(self.treasury, taken)
+    self._credit(convert(self.fee_word & MASK_160, address), taken)
     log BidForfeited(job_id=job_id, provider=provider, amount=taken)
     return taken
 
@@ -656,12 +734,14 @@ def take_job(job_id: uint256, spec: JobSpec) -> uint8:
     assert msg.sender != spec.requester, "market: requester cannot take its own job"
     price: uint256 = staticcall registry.price_floor(msg.sender)
     assert price <= spec.max_price, "market: price floor above max price"
-    self._check_eligible(msg.sender, spec, self._value(price, spec.max_gpu_seconds))
     n: uint256 = convert(job.count, uint256)
     for i: uint256 in range(n, bound=MAX_SLOTS):
         assert self._slot(job_id, i).provider != msg.sender, "market: provider already holds a slot"
     self._assign(job_id, n, msg.sender, price)
-    assert extcall registry.lock(msg.sender, self._value(price, spec.max_gpu_seconds) + self.base_slash), "market: provider not eligible"
+    # Registered, with the minimum stake, the devices and free stake for the lease's collateral.
+    assert extcall registry.lock_matching(
+        msg.sender, self._value(price, spec.max_gpu_seconds) + self.base_slash, spec.device_kind, spec.gpus, spec.min_memory_mb
+    ), "market: provider not eligible"
     log SlotLeased(job_id=job_id, slot=convert(n, uint8), provider=msg.sender, price=price)
     # Escrow above this provider's price is refunded at once.
     # A difference of slot values, so that no rounding dust is left in escrow.
@@ -768,6 +848,7 @@ def dispute_result(job_id: uint256, spec: JobSpec, slot: uint8):
     self._put_slot(job_id, index, s)
     self.slot_disputers[job_id][index] = msg.sender
     self.slot_bonds[job_id][index] = bond
+    self.slot_heads[job_id][index] |= HEAD_FLAGGED
     job: Job = self._job(job_id)
     job.escrow += bond
     self._put_job(job_id, job)
@@ -810,6 +891,7 @@ def attest(job_id: uint256, spec: JobSpec, slot: uint8, outcome: uint8, verified
         if verified < claimed:
             # An over-claim: the claim is kept for the proportional slash at settlement.
             self.slot_bonds[job_id][index] |= convert(claimed, uint256) << 160
+            self.slot_heads[job_id][index] |= HEAD_FLAGGED
     elif outcome == OUTCOME_REJECT:
         s.status = SlotStatus.REJECTED
     self._put_slot(job_id, index, s)
@@ -863,7 +945,12 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     refunded: uint256 = slot_value
     final: SlotStatus = SlotStatus.REFUNDED
     # The bond this slot's dispute paid (not the current parameter), and a cut claim.
-    packed: uint256 = self.slot_bonds[job_id][index]
+    packed: uint256 = 0
+    if self.slot_heads[job_id][index] & HEAD_FLAGGED != 0:
+        packed = self.slot_bonds[job_id][index]
+    fees: uint256 = self.fee_word
+    treasury: address = convert(fees & MASK_160, address)
+    fee_bps: uint256 = (fees >> 160) & 65_535
     bond: uint256 = packed & MASK_160
     claimed: uint256 = packed >> 160
     disputer: address = empty(address)
@@ -882,10 +969,10 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
         # nobody ruled on by the end of the second window is paid on its claim, like a failed one.
         final = SlotStatus.PAID
         paid = min(self._value(s.price, s.gpu_seconds), slot_value)
-        fee = paid * self.fee_bps // BPS
+        fee = paid * fee_bps // BPS
         refunded = slot_value - paid
         self._credit(s.provider, paid - fee)
-        self._credit(self.treasury, fee)
+        self._credit(treasury, fee)
         if claimed > 0:
             # Over-claimed: the stake pays the collateral in proportion to the cut, and a dispute
             # was right (its bond goes back, below). A cut within the tolerance is metering noise.
@@ -907,10 +994,10 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
         # paid a share of the slot's value for the devices it held ready.
         no_show = True
         paid = slot_value * NO_SHOW_FEE_BPS // BPS
-        fee = paid * self.fee_bps // BPS
+        fee = paid * fee_bps // BPS
         refunded = slot_value - paid
         self._credit(s.provider, paid - fee)
-        self._credit(self.treasury, fee)
+        self._credit(treasury, fee)
     elif s.status == SlotStatus.VOIDED:
         final = SlotStatus.REFUNDED
         if bond > 0:
@@ -931,14 +1018,14 @@ def settle(job_id: uint256, spec: JobSpec, slot: uint8):
     if penalty > 0:
         # Interactions: take the stake, then share it out.
         slashed = extcall registry.slash(s.provider, penalty)
-        to_requester: uint256 = slashed * self.slash_requester_bps // BPS
+        to_requester: uint256 = slashed * (fees >> 176) // BPS
         self._credit(spec.requester, to_requester)
         rest: uint256 = slashed - to_requester
         if bond > 0:
             # A successful dispute (a rejection or a cut claim): bond back, and the challenger earns the rest.
             self._credit(disputer, bond + rest)
         else:
-            self._credit(self.treasury, rest)
+            self._credit(treasury, rest)
     # A no-show is the requester's failure, not the provider's.
     extcall registry.release(s.provider, collateral, final == SlotStatus.PAID or no_show)
 
@@ -965,10 +1052,11 @@ def withdraw() -> uint256:
     @dev Non-reentrant: moves tokens out. The credit is zeroed before the transfer.
     @return The amount withdrawn.
     """
-    amount: uint256 = self.credits[msg.sender]
+    word: uint256 = self.credit_words[msg.sender]
+    amount: uint256 = word & MASK_254
     assert amount > 0, "market: nothing to withdraw"
-    # First zero the credit, then send the tokens.
-    self.credits[msg.sender] = 0
+    # First zero the credit (the word keeps its flags), then send the tokens.
+    self.credit_words[msg.sender] = word - amount
     self.total_credits -= amount
     log Withdrawn(account=msg.sender, amount=amount)
     assert extcall token.transfer(msg.sender, amount, default_return_value=True), "market: transfer failed"
@@ -1029,6 +1117,43 @@ def jobs(job_id: uint256) -> Job:
 
 @external
 @view
+def credits(account: address) -> uint256:
+    """
+    @notice Tokens an account can withdraw.
+    @param account The account.
+    @return Its credit, in token units.
+    """
+    return self.credit_words[account] & MASK_254
+
+
+@external
+@view
+def direct_payout(account: address) -> bool:
+    """
+    @notice Whether an account is paid at once rather than credited (see `set_direct_payout`).
+    @param account The account.
+    @return True when paid at once.
+    """
+    return self.credit_words[account] & CREDIT_DIRECT != 0
+
+
+@external
+@view
+def asks(job_id: uint256, rank: uint256) -> uint256:
+    """
+    @notice A sealed auction's kept ask at `rank` (0 the lowest) while the auction is open.
+    @param job_id The job.
+    @param rank The rank, 0 to the job's redundancy.
+    @return price << 160 | provider; 0 when there is none (or the auction has ended).
+    """
+    if self.slot_heads[job_id][rank] != 0:
+        return 0
+    word: uint256 = self.slot_terms[job_id][rank]
+    return ((word & MASK_96) << 160) | (word >> 96)
+
+
+@external
+@view
 def dispute_bonds(job_id: uint256, slot: uint256) -> uint256:
     """
     @notice The bond a slot's dispute paid (held until the slot settles).
@@ -1046,8 +1171,10 @@ def base_slashes(job_id: uint256, slot: uint256) -> uint256:
     @notice The base slash a slot was leased under: its collateral is its value plus this.
     @param job_id The job.
     @param slot The slot index.
-    @return The base slash, in token units.
+    @return The base slash, in token units; 0 for a slot not leased.
     """
+    if self.slot_heads[job_id][slot] == 0:
+        return 0
     return self._slot_base_slash(job_id, slot)
 
 
@@ -1072,6 +1199,9 @@ def slots(job_id: uint256, slot: uint256) -> Slot:
     @param slot The slot index.
     @return Its provider, status, price, result root, GPU-seconds, commit time and disputer.
     """
+    if self.slot_heads[job_id][slot] == 0:
+        # Not leased (an open sealed auction keeps its asks in the same words).
+        return empty(Slot)
     s: Slot = self._slot(job_id, slot)
     s.result_root = self.slot_roots[job_id][slot]
     s.disputer = self.slot_disputers[job_id][slot]
@@ -1103,12 +1233,12 @@ def _post(spec: JobSpec) -> uint256:
     assert spec.run_duration > 0, "market: no run time"
     assert convert(spec.run_duration, uint256) <= (bounds >> 64) & MASK_64, "market: run duration above the maximum"
     assert spec.challenge_window > 0, "market: no challenge window"
-    assert convert(spec.challenge_window, uint256) <= bounds >> 128, "market: challenge window above the maximum"
+    assert convert(spec.challenge_window, uint256) <= (bounds >> 128) & MASK_64, "market: challenge window above the maximum"
     escrow: uint256 = self._escrow_for(spec)
     assert escrow > 0, "market: escrow rounds to zero"
 
-    job_id: uint256 = self.job_count + 1
-    self.job_count = job_id
+    job_id: uint256 = (bounds >> 192) + 1
+    self.bounds_word = (bounds & MASK_192) | (job_id << 192)
     self.job_hashes[job_id] = keccak256(abi_encode(spec))
     self._put_job(job_id, Job(spec_hash=empty(bytes32), status=JobStatus.OPEN, escrow=escrow, count=0, lease_start=0))
     log JobPosted(job_id=job_id, requester=msg.sender, spec=spec, escrow=escrow)
@@ -1201,7 +1331,10 @@ def _slot(job_id: uint256, index: uint256) -> Slot:
 @internal
 def _put_slot(job_id: uint256, index: uint256, s: Slot):
     self.slot_heads[job_id][index] = (
-        convert(s.provider, uint256) | (convert(s.status, uint256) << 160) | (convert(s.committed_at, uint256) << 176)
+        convert(s.provider, uint256)
+        | (convert(s.status, uint256) << 160)
+        | (convert(s.committed_at, uint256) << 176)
+        | (self.slot_heads[job_id][index] & HEAD_FLAGGED)
     )
     self.slot_terms[job_id][index] = (
         s.price | (convert(s.gpu_seconds, uint256) << 96) | ((self.slot_terms[job_id][index] >> 160) << 160)
@@ -1249,8 +1382,28 @@ def _check_eligible(provider: address, spec: JobSpec, slot_value: uint256):
 def _credit(account: address, amount: uint256):
     if amount == 0:
         return
-    self.credits[account] += amount
+    word: uint256 = self.credit_words[account]
+    if word & CREDIT_DIRECT != 0 and self._send(account, amount):
+        # Paid at once, as the account asked (the token's Transfer and the paying call's event record it).
+        return
+    # No overflow: every credit is backed by tokens, and a token's supply is far below 2**254.
+    self.credit_words[account] = (word + amount) | CREDIT_SEEN
     self.total_credits += amount
+
+
+@internal
+def _send(account: address, amount: uint256) -> bool:
+    # A direct payment: a transfer that fails (a token that refuses the recipient) is not an error,
+    # the payment is then kept as a credit, so that no settlement or refund is blocked by it.
+    ok: bool = False
+    response: Bytes[32] = b""
+    ok, response = raw_call(
+        token.address,
+        abi_encode(account, amount, method_id=method_id("transfer(address,uint256)")),
+        max_outsize=32,
+        revert_on_failure=False,
+    )
+    return ok and (len(response) == 0 or convert(extract32(response, 0), uint256) == 1)
 
 
 @internal
@@ -1274,11 +1427,9 @@ def _set_parameters(
     assert slash_requester_bps_ <= BPS, "market: share above 100%"
     assert dispute_bond_ <= MAX_DISPUTE_BOND, "market: dispute bond too large"
     assert base_slash_ <= MAX_BASE_SLASH, "market: base slash too large"
-    self.treasury = treasury_
-    self.fee_bps = fee_bps_
+    self.fee_word = convert(treasury_, uint256) | (fee_bps_ << 160) | (slash_requester_bps_ << 176)
     self.dispute_bond = dispute_bond_
     self.base_slash = base_slash_
-    self.slash_requester_bps = slash_requester_bps_
     log ParametersChanged(
         treasury=treasury_,
         fee_bps=fee_bps_,
@@ -1293,7 +1444,8 @@ def _set_window_bounds(max_bid_window: uint64, max_run_duration: uint64, max_cha
     for bound: uint64 in [max_bid_window, max_run_duration, max_challenge_window]:
         assert bound >= 1 and bound <= MAX_WINDOW, "market: window bound out of range"
     self.bounds_word = (
-        convert(max_bid_window, uint256)
+        (self.bounds_word & ~MASK_192)
+        | convert(max_bid_window, uint256)
         | (convert(max_run_duration, uint256) << 64)
         | (convert(max_challenge_window, uint256) << 128)
     )

@@ -33,6 +33,10 @@ DEVICE_CUDA: public(constant(uint8)) = 1
 CAPACITY_FLAG_BPS: public(constant(uint256)) = 20_000
 # @dev Seconds between queueing an owner's change and making it, once the market is set: two days' notice.
 CHANGE_DELAY: public(constant(uint256)) = 172_800
+MASK_32: constant(uint256) = 2**32 - 1
+MASK_160: constant(uint256) = 2**160 - 1
+# @dev Largest minimum provider stake the owner may set (it is kept in 96 bits).
+MAX_MIN_PROVIDER_STAKE: public(constant(uint256)) = 2**96 - 1
 MASK_64: constant(uint256) = 2**64 - 1
 
 
@@ -59,7 +63,10 @@ struct StakeWords:
     active: uint256
     unbonding: uint256
     unbond_at: uint256
-    leases: uint256  # active_jobs | locked << 64: one word, so a lease costs one write
+    # active_jobs | completed << 32 | failed << 64 | locked << 96: a lease and how it ended are one
+    # word, so locking and releasing each write one word; once a lease has ended the word never
+    # returns to zero, so the next lease rewrites it (2,900 gas) instead of creating it (20,000).
+    leases: uint256
 
 
 struct Reputation:
@@ -77,12 +84,12 @@ struct Attestation:
 
 # @dev The token stakes are held in.
 token: public(immutable(IERC20))
-# @dev The job market: allowed to lock, release and slash.
-market: public(address)
+# @dev The job market (allowed to lock, release and slash) and the least active stake a provider needs to
+# register and bid, in the one word a lock reads: market | min_provider_stake << 160 (read them through
+# `market` and `min_provider_stake`).
+market_word: uint256
 # @dev Other contracts the owner allowed to lock, release and slash (e.g. reservations).
 authorized: public(HashMap[address, bool])
-# @dev Least active stake a provider needs to register and bid.
-min_provider_stake: public(uint256)
 # @dev Least active stake a verifier needs to attest.
 min_verifier_stake: public(uint256)
 # @dev Seconds between asking to unbond and being able to withdraw.
@@ -92,12 +99,15 @@ unbonding_period: public(uint256)
 stake_words: HashMap[address, StakeWords]
 # @dev Offers of registered providers.
 offers: public(HashMap[address, Offer])
-# @dev Whether an account has a registered offer.
-is_provider: public(HashMap[address, bool])
+# @dev What each registered provider's offer has to match a job, in one word: 1 | device_kind << 8 |
+# gpu_count << 16 | memory_mb << 32; 0 when it has no registered offer. A bid's eligibility check then
+# reads one word of the offer, not three (read the offer through `offers`, registration through `is_provider`).
+devices: HashMap[address, uint256]
 # @dev Whether an account has registered as a verifier.
 is_verifier: public(HashMap[address, bool])
-# @dev Reputation counters of providers.
-reputation: public(HashMap[address, Reputation])
+# @dev Times each provider's stake was slashed (its other reputation counters are in its lease word;
+# read them through `reputation`).
+slash_counts: HashMap[address, uint32]
 # @dev Latest capacity attestation of each provider.
 attestations: public(HashMap[address, Attestation])
 # @dev Owner's changes waiting out CHANGE_DELAY: keccak256 of the change's calldata -> earliest time to make it.
@@ -207,7 +217,7 @@ def __init__(token_: IERC20, min_provider_stake_: uint256, min_verifier_stake_: 
     """
     ownable.__init__()
     token = token_
-    self.min_provider_stake = min_provider_stake_
+    self._set_min_provider_stake(min_provider_stake_)
     self.min_verifier_stake = min_verifier_stake_
     self.unbonding_period = unbonding_period_
 
@@ -222,10 +232,10 @@ def set_market(market_: address):
     @param market_ The job market's address.
     """
     ownable._check_owner()
-    assert self.market == empty(address), "registry: market already set"
+    assert self.market_word & MASK_160 == 0, "registry: market already set"
     assert market_ != empty(address), "registry: market is the zero address"
     assert market_ != ownable.owner, "registry: owner cannot slash"
-    self.market = market_
+    self.market_word |= convert(market_, uint256)
     log MarketSet(market=market_)
 
 
@@ -261,7 +271,7 @@ def set_parameters(min_provider_stake_: uint256, min_verifier_stake_: uint256, u
     """
     ownable._check_owner()
     self._take_queued(keccak256(slice(msg.data, 0, 100)))
-    self.min_provider_stake = min_provider_stake_
+    self._set_min_provider_stake(min_provider_stake_)
     self.min_verifier_stake = min_verifier_stake_
     self.unbonding_period = unbonding_period_
     log ParametersChanged(
@@ -314,7 +324,7 @@ def request_unbond(amount: uint256):
     s: StakeWords = self.stake_words[msg.sender]
     assert s.active >= amount, "registry: amount exceeds active stake"
     # Stake locked as collateral for running leases stays until they end.
-    assert s.active - amount >= s.leases >> 64, "registry: amount exceeds free stake"
+    assert s.active - amount >= s.leases >> 96, "registry: amount exceeds free stake"
     s.active -= amount
     s.unbonding += amount
     s.unbond_at = block.timestamp + self.unbonding_period
@@ -332,7 +342,7 @@ def withdraw_unbonded():
     s: StakeWords = self.stake_words[msg.sender]
     assert s.unbonding > 0, "registry: nothing unbonding"
     assert block.timestamp >= s.unbond_at, "registry: still unbonding"
-    assert s.leases & MASK_64 == 0, "registry: provider holds leases"
+    assert s.leases & MASK_32 == 0, "registry: provider holds leases"
     amount: uint256 = s.unbonding
     self.stake_words[msg.sender].unbonding = 0
     log StakeWithdrawn(account=msg.sender, amount=amount)
@@ -348,7 +358,7 @@ def register_provider(offer: Offer):
     @notice Registers the caller as a provider with `offer`, or replaces its offer.
     @param offer Devices, price floor, endpoint and receipt signer.
     """
-    assert self.stake_words[msg.sender].active >= self.min_provider_stake, "registry: stake below minimum"
+    assert self.stake_words[msg.sender].active >= (self.market_word >> 160), "registry: stake below minimum"
     assert offer.device_kind <= DEVICE_CUDA, "registry: unknown device kind"
     assert offer.gpu_count > 0, "registry: no devices"
     assert offer.memory_mb > 0, "registry: no device memory"
@@ -356,7 +366,12 @@ def register_provider(offer: Offer):
     assert offer.signer != empty(address), "registry: no signer"
     assert len(offer.endpoint) > 0, "registry: no endpoint"
     self.offers[msg.sender] = offer
-    self.is_provider[msg.sender] = True
+    self.devices[msg.sender] = (
+        1
+        | (convert(offer.device_kind, uint256) << 8)
+        | (convert(offer.gpu_count, uint256) << 16)
+        | (convert(offer.memory_mb, uint256) << 32)
+    )
     log ProviderRegistered(
         provider=msg.sender,
         device_kind=offer.device_kind,
@@ -376,7 +391,7 @@ def set_price_floor(price_floor: uint256):
             idle or fill up.
     @param price_floor Token units per GPU-hour; not zero.
     """
-    assert self.is_provider[msg.sender], "registry: not a provider"
+    assert self.devices[msg.sender] != 0, "registry: not a provider"
     assert price_floor > 0, "registry: zero price floor"
     self.offers[msg.sender].price_floor = price_floor
     log PriceFloorChanged(provider=msg.sender, price_floor=price_floor)
@@ -387,8 +402,8 @@ def deregister_provider():
     """
     @notice Withdraws the caller's offer: it can no longer bid. Running leases go on.
     """
-    assert self.is_provider[msg.sender], "registry: not a provider"
-    self.is_provider[msg.sender] = False
+    assert self.devices[msg.sender] != 0, "registry: not a provider"
+    self.devices[msg.sender] = 0
     log ProviderDeregistered(provider=msg.sender)
 
 
@@ -423,7 +438,7 @@ def attest_throughput(provider: address, gflops: uint64):
     """
     assert self._is_active_verifier(msg.sender), "registry: caller is not a verifier"
     assert msg.sender != provider, "registry: verifier cannot attest itself"
-    assert self.is_provider[provider], "registry: not a provider"
+    assert self.devices[provider] != 0, "registry: not a provider"
     claimed: uint64 = self.offers[provider].claimed_gflops
     flagged: bool = convert(claimed, uint256) * 10_000 > convert(gflops, uint256) * CAPACITY_FLAG_BPS
     self.attestations[provider] = Attestation(
@@ -450,16 +465,26 @@ def lock(provider: address, amount: uint256) -> bool:
     @return Whether the stake was locked.
     """
     self._check_locker()
-    active: uint256 = self.stake_words[provider].active
-    leases: uint256 = self.stake_words[provider].leases
-    locked: uint256 = leases >> 64
-    if not self.is_provider[provider] or active < self.min_provider_stake or active - min(locked, active) < amount:
+    return self._lock(provider, amount)
+
+
+@external
+def lock_matching(provider: address, amount: uint256, device_kind: uint8, gpus: uint16, min_memory_mb: uint32) -> bool:
+    """
+    @notice `lock`, for a provider whose offer also has the devices a job needs: the market checks and
+            locks a winner in one call.
+    @dev Returns False and changes nothing when `lock` would, or when the devices do not match.
+    @param provider The leased provider.
+    @param amount Token units to lock.
+    @param device_kind Device kind the job needs.
+    @param gpus Devices the job needs.
+    @param min_memory_mb Memory per device the job needs.
+    @return Whether the stake was locked.
+    """
+    self._check_locker()
+    if not self._has_devices(provider, device_kind, gpus, min_memory_mb):
         return False
-    locked += amount
-    active_jobs: uint256 = (leases & MASK_64) + 1
-    self.stake_words[provider].leases = active_jobs | (locked << 64)
-    log StakeLocked(provider=provider, active_jobs=active_jobs, amount=amount, locked=locked)
-    return True
+    return self._lock(provider, amount)
 
 
 @external
@@ -472,13 +497,15 @@ def release(provider: address, amount: uint256, completed: bool):
     """
     self._check_locker()
     leases: uint256 = self.stake_words[provider].leases
-    active_jobs: uint256 = (leases & MASK_64) - 1
-    locked: uint256 = (leases >> 64) - amount
-    self.stake_words[provider].leases = active_jobs | (locked << 64)
+    active_jobs: uint256 = (leases & MASK_32) - 1
+    locked: uint256 = (leases >> 96) - amount
+    # The counter of how it ended, in the same word (32 bits each: far more leases than a provider ends).
+    counted: uint256 = leases & (MASK_64 << 32)
     if completed:
-        self.reputation[provider].completed += 1
+        counted += 1 << 32
     else:
-        self.reputation[provider].failed += 1
+        counted += 1 << 64
+    self.stake_words[provider].leases = active_jobs | counted | (locked << 96)
     log StakeReleased(provider=provider, completed=completed, active_jobs=active_jobs, amount=amount, locked=locked)
 
 
@@ -501,7 +528,7 @@ def slash(provider: address, amount: uint256) -> uint256:
     s.active -= from_active
     s.unbonding -= taken - from_active
     self.stake_words[provider] = s
-    self.reputation[provider].slashed += 1
+    self.slash_counts[provider] += 1
     log StakeSlashed(provider=provider, amount=taken)
     if taken > 0:
         assert extcall token.transfer(msg.sender, taken, default_return_value=True), "registry: transfer failed"
@@ -509,6 +536,37 @@ def slash(provider: address, amount: uint256) -> uint256:
 
 
 # ---------------------------------------------------------------- views
+
+
+@external
+@view
+def market() -> address:
+    """
+    @notice The job market: allowed to lock, release and slash.
+    @return Its address (the zero address before it is set).
+    """
+    return convert(self.market_word & MASK_160, address)
+
+
+@external
+@view
+def min_provider_stake() -> uint256:
+    """
+    @notice Least active stake a provider needs to register and bid.
+    @return The stake, in token units.
+    """
+    return self.market_word >> 160
+
+
+@external
+@view
+def is_provider(account: address) -> bool:
+    """
+    @notice Whether an account has a registered offer.
+    @param account The account.
+    @return True when it is a registered provider.
+    """
+    return self.devices[account] != 0
 
 
 @external
@@ -524,17 +582,29 @@ def is_eligible(provider: address, device_kind: uint8, gpus: uint16, min_memory_
     @return True when registered, staked with the minimum and `collateral` of free stake,
             and its devices meet the requirements.
     """
-    if not self.is_provider[provider]:
+    word: uint256 = self.devices[provider]
+    if word == 0:
         return False
     # Field by field (two words, not four). Stake locked by running leases backs no new bid.
     active: uint256 = self.stake_words[provider].active
-    if active < self.min_provider_stake or active - min(self.stake_words[provider].leases >> 64, active) < collateral:
+    if active < (self.market_word >> 160) or active - min(self.stake_words[provider].leases >> 96, active) < collateral:
         return False
-    # Field by field: loading the whole offer would read its strings too (eight more slots).
-    return (
-        self.offers[provider].device_kind == device_kind
-        and self.offers[provider].gpu_count >= gpus
-        and self.offers[provider].memory_mb >= min_memory_mb
+    return self._has_devices(provider, device_kind, gpus, min_memory_mb)
+
+
+@external
+@view
+def reputation(provider: address) -> Reputation:
+    """
+    @notice A provider's reputation counters.
+    @param provider The provider.
+    @return Leases settled with pay, leases that ended otherwise, and times its stake was slashed.
+    """
+    leases: uint256 = self.stake_words[provider].leases
+    return Reputation(
+        completed=convert((leases >> 32) & MASK_32, uint32),
+        failed=convert((leases >> 64) & MASK_32, uint32),
+        slashed=self.slash_counts[provider],
     )
 
 
@@ -548,7 +618,7 @@ def stakes(account: address) -> Stake:
     """
     s: StakeWords = self.stake_words[account]
     return Stake(
-        active=s.active, unbonding=s.unbonding, unbond_at=s.unbond_at, active_jobs=s.leases & MASK_64, locked=s.leases >> 64
+        active=s.active, unbonding=s.unbonding, unbond_at=s.unbond_at, active_jobs=s.leases & MASK_32, locked=s.leases >> 96
     )
 
 
@@ -561,7 +631,7 @@ def free_stake(account: address) -> uint256:
     @return Active less locked stake (zero when slashes took locked stake).
     """
     s: StakeWords = self.stake_words[account]
-    return s.active - min(s.leases >> 64, s.active)
+    return s.active - min(s.leases >> 96, s.active)
 
 
 @external
@@ -604,9 +674,15 @@ def _is_active_verifier(account: address) -> bool:
 
 
 @internal
+def _set_min_provider_stake(amount: uint256):
+    assert amount <= MAX_MIN_PROVIDER_STAKE, "registry: minimum stake too large"
+    self.market_word = (self.market_word & MASK_160) | (amount << 160)
+
+
+@internal
 def _take_queued(change: bytes32):
     # Before the market is set the owner configures freely: nobody can have been leased yet.
-    if self.market == empty(address):
+    if self.market_word & MASK_160 == 0:
         return
     eta: uint256 = self.queued_changes[change]
     assert eta != 0, "registry: change not queued"
@@ -615,7 +691,34 @@ def _take_queued(change: bytes32):
 
 
 @internal
+def _lock(provider: address, amount: uint256) -> bool:
+    active: uint256 = self.stake_words[provider].active
+    leases: uint256 = self.stake_words[provider].leases
+    locked: uint256 = leases >> 96
+    if self.devices[provider] == 0 or active < (self.market_word >> 160) or active - min(locked, active) < amount:
+        return False
+    locked += amount
+    active_jobs: uint256 = (leases & MASK_32) + 1
+    self.stake_words[provider].leases = active_jobs | (leases & (MASK_64 << 32)) | (locked << 96)
+    log StakeLocked(provider=provider, active_jobs=active_jobs, amount=amount, locked=locked)
+    return True
+
+
+@internal
+@view
+def _has_devices(provider: address, device_kind: uint8, gpus: uint16, min_memory_mb: uint32) -> bool:
+    # The offer's devices from their packed word (the whole offer would read its strings too).
+    word: uint256 = self.devices[provider]
+    return (
+        word != 0
+        and (word >> 8) & 255 == convert(device_kind, uint256)
+        and (word >> 16) & 65_535 >= convert(gpus, uint256)
+        and (word >> 32) & MASK_32 >= convert(min_memory_mb, uint256)
+    )
+
+
+@internal
 @view
 def _check_locker():
     # The market first: its calls then pay for no second storage read.
-    assert msg.sender == self.market or self.authorized[msg.sender], "registry: caller may not lock or slash"
+    assert msg.sender == convert(self.market_word & MASK_160, address) or self.authorized[msg.sender], "registry: caller may not lock or slash"

@@ -158,7 +158,16 @@ class Market(Bound):
         self.transact(account, "withdraw")
         return before
 
+    def set_direct_payout(self, account: LocalAccount, direct: bool = True) -> Any:
+        """Have ``account`` paid at once, by a token transfer inside the settlement or refund that pays
+        it, instead of credited (False: back to credits; a transfer that fails is kept as a credit)."""
+        return self.transact(account, "set_direct_payout", direct)
+
     # --------------------------------------------------------------- views
+
+    def direct_payout(self, account: str) -> bool:
+        """Whether ``account`` is paid at once rather than credited."""
+        return bool(self.call("direct_payout", account))
 
     def job(self, job_id: int) -> JobState:
         """Job ``job_id``'s state."""

@@ -189,14 +189,62 @@ def test_reveal__at_exactly_the_max_price__is_kept(market, providers, provider, 
     assert market.slots(job_id, 0).price == spec.max_price
 
 
-def test_reveal__after_deregistering__reverts(market, registry, providers, provider, spec):
+def test_reveal__after_deregistering__is_kept__and_the_auction_passes_over_it(
+    market, registry, providers, provider, provider2, spec
+):
+    # A reveal asks the registry nothing: the bid was checked when committed, and the auction's end
+    # checks each winner again. A deregistered bidder's reveal is kept (no reveal bond to forfeit),
+    # and the next ask wins at the same clearing price.
     job_id = providers.post(spec)
     providers.commit(job_id, spec, provider, 5 * E18)
+    providers.commit(job_id, spec, provider2, 6 * E18)
     with boa.env.prank(provider):
         registry.deregister_provider()
     travel_to(spec.bid_deadline)
-    with boa.env.prank(provider), boa.reverts("market: provider not eligible"):
-        market.reveal_bid(job_id, spec, 5 * E18, salt_for(provider, 5 * E18))
+    providers.reveal(job_id, spec, provider, 5 * E18)
+    providers.reveal(job_id, spec, provider2, 6 * E18)
+    assert market.asks(job_id, 0) == (5 * E18 << 160) | int(provider, 16)
+    assert market.commitments(job_id, provider) == b"\x00" * 32
+    travel_to(spec.reveal_deadline)
+    providers.finalize(job_id, spec)
+    s = market.slots(job_id, 0)
+    assert (s.provider, s.price, s.status) == (provider2, 6 * E18, SLOT_ASSIGNED)
+    assert registry.stakes(provider).active_jobs == 0
+
+
+def test_finalize__winner_whose_devices_shrank_since_its_commit__is_passed_over(
+    market, registry, providers, provider, provider2, spec
+):
+    job_id = providers.post(spec)
+    providers.commit(job_id, spec, provider, 5 * E18)
+    providers.commit(job_id, spec, provider2, 6 * E18)
+    with boa.env.prank(provider):
+        registry.register_provider(make_offer(provider, memory_mb=spec.min_memory_mb - 1))
+    travel_to(spec.bid_deadline)
+    providers.reveal(job_id, spec, provider, 5 * E18)
+    providers.reveal(job_id, spec, provider2, 6 * E18)
+    travel_to(spec.reveal_deadline)
+    providers.finalize(job_id, spec)
+    assert market.slots(job_id, 0).provider == provider2
+    assert registry.stakes(provider).locked == 0
+
+
+def test_asks__live_in_the_slot_words_while_open__and_are_cleared_when_the_auction_ends(
+    market, providers, provider, provider2, spec
+):
+    job_id = providers.post(spec)
+    providers.sealed_auction(job_id, spec, [(provider, 5 * E18), (provider2, 6 * E18)], finalize=False)
+    # Open: the kept asks read through `asks`; no slot is leased yet.
+    assert market.asks(job_id, 1) == (6 * E18 << 160) | int(provider2, 16)
+    empty = market.slots(job_id, 0)
+    assert (empty.provider, empty.price, empty.gpu_seconds) == ("0x" + "00" * 20, 0, 0)
+    assert market.base_slashes(job_id, 1) == 0
+    providers.finalize(job_id, spec)
+    # Ended: the winner's slot was written over its ask, the clearing ask was cleared.
+    assert market.slots(job_id, 0).provider == provider
+    assert (market.asks(job_id, 0), market.asks(job_id, 1)) == (0, 0)
+    assert market.slots(job_id, 1).provider == "0x" + "00" * 20
+    assert market.base_slashes(job_id, 1) == 0
 
 
 def test_reveal__on_an_instant_job__reverts(market, providers, provider, requester):

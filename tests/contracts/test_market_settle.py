@@ -457,3 +457,133 @@ def test_instant_job__with_the_longest_windows__can_still_be_committed_and_settl
     providers.settle(job_id, spec, 0)
     assert market.jobs(job_id).status == JOB_CLOSED
     assert_solvent(market, token, [job_id])
+
+
+# ---------------------------------------------------------------- paid at once
+
+
+def test_settle__accounts_paid_at_once__receive_tokens_in_the_settlement__and_no_credit(
+    market, token, providers, provider, requester, treasury, leased, ispec
+):
+    for account in (provider, requester):
+        with boa.env.prank(account):
+            market.set_direct_payout(True)
+        log = one_event(market, "DirectPayoutSet")
+        assert (log.account, log.direct) == (account, True)
+        assert market.direct_payout(account)
+    boa.env.time_travel(seconds=1_800)
+    providers.commit_result(leased, ispec, 0, 1_800)
+    provider_before, requester_before = token.balanceOf(provider), token.balanceOf(requester)
+    credits_before = market.total_credits()
+    travel_to(window_end(market, leased, ispec))
+    providers.settle(leased, ispec, 0)
+    paid = value(PRICE, 1_800)
+    fee = paid * FEE_BPS // 10_000
+    assert token.balanceOf(provider) - provider_before == paid - fee
+    assert token.balanceOf(requester) - requester_before == SLOT_VALUE - paid
+    # The refund credited at the take, before the requester opted in, stays to withdraw.
+    assert (market.credits(provider), market.credits(requester)) == (0, EARLY_REFUND)
+    # The treasury is credited as before; nothing else was.
+    assert market.total_credits() - credits_before == fee
+    assert token.balanceOf(market.address) == market.total_credits()
+    with boa.env.prank(provider), boa.reverts("market: nothing to withdraw"):
+        market.withdraw()
+
+
+def test_set_direct_payout__off_again__credits_the_account(market, providers, provider, committed, ispec):
+    with boa.env.prank(provider):
+        market.set_direct_payout(True)
+        market.set_direct_payout(False)
+    assert not market.direct_payout(provider)
+    travel_to(window_end(market, committed, ispec))
+    providers.settle(committed, ispec, 0)
+    paid = value(PRICE, 1_800)
+    assert market.credits(provider) == paid - paid * FEE_BPS // 10_000
+
+
+REFUSING_TOKEN = """
+# pragma version ~=0.4.3
+# A token that refuses transfers to the accounts it lists, as tokens with a blocklist do.
+from snekmate.auth import ownable
+from snekmate.tokens import erc20
+
+initializes: ownable
+initializes: erc20[ownable := ownable]
+
+exports: (erc20.balanceOf, erc20.allowance, erc20.approve, erc20.transferFrom, erc20.mint, erc20.totalSupply)
+
+refused: public(HashMap[address, bool])
+
+
+@deploy
+def __init__():
+    ownable.__init__()
+    erc20.__init__("Refusing", "RFS", 18, "Refusing", "1")
+
+
+@external
+def refuse(account: address, refused_: bool):
+    self.refused[account] = refused_
+
+
+@external
+def transfer(to: address, amount: uint256) -> bool:
+    assert not self.refused[to], "token: recipient refused"
+    erc20._transfer(msg.sender, to, amount)
+    return True
+"""
+
+
+def test_settle__a_direct_payment_the_token_refuses__is_kept_as_a_credit(owner, treasury, requester, provider):
+    from tests.contracts.contract_helpers import (
+        MIN_VERIFIER_STAKE,
+        SLASH_REQUESTER_BPS,
+        load,
+        loads,
+    )
+
+    with boa.env.prank(owner):
+        token = loads(REFUSING_TOKEN)
+        registry = load("ProviderRegistry", token.address, MIN_PROVIDER_STAKE, MIN_VERIFIER_STAKE, UNBONDING_PERIOD)
+        market = load(
+            "JobMarket",
+            token.address,
+            registry.address,
+            treasury,
+            FEE_BPS,
+            DISPUTE_BOND,
+            BASE_SLASH,
+            SLASH_REQUESTER_BPS,
+        )
+        registry.set_market(market.address)
+        for account in (provider, requester):
+            token.mint(account, 10_000 * E18)
+    with boa.env.prank(provider):
+        token.approve(registry.address, MIN_PROVIDER_STAKE)
+        registry.stake(MIN_PROVIDER_STAKE)
+        registry.register_provider(make_offer(provider))
+        market.set_direct_payout(True)
+    token.refuse(provider, True)
+    spec = make_spec(requester, auction=AUCTION_INSTANT)
+    with boa.env.prank(requester):
+        token.approve(market.address, market.escrow_for(spec))
+        job_id = market.post_job(spec)
+    with boa.env.prank(provider):
+        market.take_job(job_id, spec)
+    boa.env.time_travel(seconds=1_800)
+    with boa.env.prank(provider):
+        market.commit_result(job_id, spec, 0, b"\x77" * 32, 1_800)
+    travel_to(market.slots(job_id, 0).committed_at + spec.challenge_window)
+    balance_before = token.balanceOf(provider)
+    with boa.env.prank(requester):
+        market.settle(job_id, spec, 0)
+    # The settlement went through; the refused payment waits as a credit, and the books still balance.
+    paid = value(PRICE, 1_800)
+    assert settled(market).status == SLOT_PAID
+    assert token.balanceOf(provider) == balance_before
+    assert market.credits(provider) == paid - paid * FEE_BPS // 10_000
+    assert token.balanceOf(market.address) == market.total_credits()
+    token.refuse(provider, False)
+    with boa.env.prank(provider):
+        assert market.withdraw() == paid - paid * FEE_BPS // 10_000
+    assert token.balanceOf(provider) == balance_before + paid - paid * FEE_BPS // 10_000

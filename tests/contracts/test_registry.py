@@ -23,6 +23,7 @@ from tests.contracts.contract_helpers import (
     now,
     one_event,
     owner_change,
+    queue_owner_change,
 )
 
 # ---------------------------------------------------------------- owner
@@ -68,6 +69,15 @@ def test_set_parameters__by_the_owner__changes_them__and_logs(registry, owner):
     assert registry.min_provider_stake() == 2 * E18
     assert registry.min_verifier_stake() == 3 * E18
     assert registry.unbonding_period() == 60
+
+
+def test_set_parameters__with_a_minimum_stake_beyond_its_packed_96_bits__reverts(registry, owner):
+    queue_owner_change(registry, owner, "set_parameters", 2**96, 3 * E18, 60)
+    with boa.env.prank(owner), boa.reverts("registry: minimum stake too large"):
+        registry.set_parameters(2**96, 3 * E18, 60)
+    owner_change(registry, owner, "set_parameters", 2**96 - 1, 3 * E18, 60)
+    assert registry.min_provider_stake() == 2**96 - 1
+    assert registry.market() != "0x" + "00" * 20
 
 
 def test_set_parameters__by_a_stranger__reverts(registry, stranger):
