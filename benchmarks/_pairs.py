@@ -12,12 +12,13 @@ a pair together, so the median ratio stays put while the absolute times wander.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["PairStats", "interleaved_pairs", "pair_stats", "spread", "wilson_interval"]
+__all__ = ["PairStats", "busy_processes", "interleaved_pairs", "pair_stats", "spread", "wilson_interval"]
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float:
@@ -120,3 +121,24 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     centre = (p + z * z / (2 * trials)) / denom
     half = z * ((p * (1 - p) / trials + z * z / (4 * trials * trials)) ** 0.5) / denom
     return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[int]:
+    """Keep ``count`` processes spinning on the CPU for the ``with`` block (one per core is "busy")."""
+    import multiprocessing
+
+    procs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(max(0, count))]
+    for proc in procs:
+        proc.start()
+    try:
+        yield len(procs)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.join()
