@@ -230,8 +230,8 @@ def capacity_study(
     """The capacity rule quiet and with ``busy`` processes spinning, single-product and the test.
 
     The provider's real throughput is its own benchmark on the quiet host (the best of forty
-    products at unpredictable moments: what an honest offer claims, its peak); the busy runs then measure the same provider while
-    other work takes the CPU. Returns the decision rows and the measured quiet fractions.
+    products at unpredictable moments: what an honest offer claims, its peak); the busy runs then
+    measure the same provider while other work takes the CPU. Returns the decision rows and the measured quiet fractions.
     """
     flops = challenge_flops(n)
     real = 0.0
