@@ -231,7 +231,8 @@ def capacity_study(
 
     The provider's real throughput is its own benchmark on the quiet host (the best of forty
     products at unpredictable moments: what an honest offer claims, its peak); the busy runs then
-    measure the same provider while other work takes the CPU. Returns the decision rows and the measured quiet fractions.
+    measure the same provider while other work takes the CPU.
+    Returns the decision rows and the measured quiet fractions.
     """
     flops = challenge_flops(n)
     real = 0.0
