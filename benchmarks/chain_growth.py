@@ -18,6 +18,7 @@ Goal: p99 of every call under 1 s at every checkpoint (``meets_goals``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -195,6 +196,8 @@ def run(jobs: int, at: list[int], probes: int) -> dict[str, Any]:
                         }
                     )
                     window = defaultdict(list)
+                    # each checkpoint as it is reached, so that a run cut short still says something
+                    print(json.dumps(checkpoints[-1]), file=sys.stderr, flush=True)
             return {"url": url, "checkpoints": checkpoints, "seconds": round(time.perf_counter() - started, 1)}
         finally:
             proc.terminate()
