@@ -122,11 +122,3 @@ def test_spread_and_interval() -> None:
     assert lo == 0.0 and 0.03 < hi < 0.04
     lo, hi = wilson_interval(100, 100)
     assert hi == 1.0 and 0.96 < lo < 0.97
-
-
-def test_a_cpu_device_reports_its_threads_cpu_time_never_more_than_the_wall_time() -> None:
-    from worker.node.challenges import device_seconds
-
-    assert device_seconds(1.0, 1.0, threads=2) == 0.5  # two threads each busy half of a stretched second
-    assert device_seconds(0.3, 2.0, threads=2) == 0.3  # other busy threads never lift it above the wall
-    assert device_seconds(0.4, 0.4, threads=1) == 0.4

@@ -18,7 +18,7 @@ from marketplace.errors import WorkerError
 from marketplace.protocol.capacity import challenge_flops, challenge_matrices, row_leaves, row_proof, rows_root
 from worker.node.devices import DeviceInfo
 
-__all__ = ["ChallengeResult", "ChallengeRunner", "device_seconds"]
+__all__ = ["ChallengeResult", "ChallengeRunner"]
 
 _BLOCK_ROWS = 512
 _KEEP = 4
@@ -34,20 +34,6 @@ class ChallengeResult:
     flops: int
     device: DeviceInfo
     n: int
-
-
-def device_seconds(wall_s: float, cpu_s: float, threads: int | None = None) -> float:
-    """The time a CPU device worked on a product: the CPU time its threads spent, per thread.
-
-    On a host where other work takes the cores, a product's wall time stretches while the CPU time
-    it needs does not; as CUDA events do for a GPU, this reports the device's own time. Never more
-    than the wall time (other busy threads of the process only ever make it larger, never smaller
-    than the work took); the verifier bounds it from below by half the wall time it saw.
-    """
-    import torch
-
-    count = max(1, threads or torch.get_num_threads())
-    return min(wall_s, cpu_s / count)
 
 
 class ChallengeRunner:
@@ -82,13 +68,11 @@ class ChallengeRunner:
             for start in range(0, n, _BLOCK_ROWS):
                 if cancelled.is_set():
                     raise WorkerError("the challenge was cancelled", code="CANCELLED")
-                t0, c0 = time.perf_counter(), time.process_time()
+                t0 = time.perf_counter()
                 block = a[start : start + _BLOCK_ROWS] @ b
                 if kind == "cuda":
                     torch.cuda.synchronize(target)
-                    elapsed += time.perf_counter() - t0
-                else:
-                    elapsed += device_seconds(time.perf_counter() - t0, time.process_time() - c0)
+                elapsed += time.perf_counter() - t0
                 blocks.append(block.cpu())
             c = torch.cat(blocks)
             leaves = row_leaves(c)
