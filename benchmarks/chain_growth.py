@@ -12,7 +12,8 @@ chain's first job, ``eth_blockNumber``, and one more transaction sent and waited
 
     python -m benchmarks.chain_growth [--jobs 300] [--at 10 100 300] [--probes 20] [--busy N] [--out FILE]
 
-Goal: p99 of every call under 1 s at every checkpoint (``meets_goals``).
+Goal: p99 of every call under 1 s at every checkpoint (``meets_goals``); the ruling (four calls)
+and the whole job are reported beside them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from benchmarks._pairs import busy_processes, spread
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_P99_S = 1.0
+#: Timed steps made of several calls (the court's ruling: open the case, rule, move the clock past
+#: the appeal window, pass it on; a whole job): reported, but the goal is per call.
+COMPOSITE = frozenset({"ruling", "whole job"})
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     worst: dict[str, float] = {}
     for cp in result["checkpoints"]:
         for name, s in [*cp["job_calls_since_last_checkpoint"].items(), *cp["probes"].items()]:
-            if name != "whole job":
+            if name not in COMPOSITE:
                 worst[name] = max(worst.get(name, 0.0), s["p99_s"])
     document = {
         "benchmark": "chain_growth",
