@@ -149,17 +149,19 @@ class Market:
         timed("ruling", court.decide_slot_alone, self.verifier, job_id, spec, 0, Outcome.ACCEPT, 90)
         timed("settle", market.settle, self.requester, job_id, 0)
         timed("eth_call job", market.job, job_id)
-        return job_id
+        return int(job_id)
 
     def probe(self, job_id: int, rounds: int) -> dict[str, dict[str, Any]]:
         """The calls daemons and the CLI make most, ``rounds`` times each, interleaved."""
         w3 = self.chain.w3
         market = self.contracts.market
+        from hexbytes import HexBytes
+
         everything: Any = {"fromBlock": 0, "toBlock": "latest", "address": market.address}
         calls: dict[str, Any] = {
             "eth_call": lambda: market.job(job_id),
             "eth_getLogs_all": lambda: w3.eth.get_logs(everything),
-            "eth_getTransactionReceipt_first": lambda: w3.eth.get_transaction_receipt(self.first_tx),
+            "eth_getTransactionReceipt_first": lambda: w3.eth.get_transaction_receipt(HexBytes(self.first_tx or b"")),
             "eth_blockNumber": lambda: w3.eth.block_number,
             "send_tx_and_receipt": lambda: self.contracts.token.approve(self.requester, market.address, 1),
         }

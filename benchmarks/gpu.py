@@ -72,7 +72,9 @@ def section_nvml() -> dict[str, Any]:
 def _fields(obj: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
-    return asdict(obj) if is_dataclass(obj) else {"repr": repr(obj)}
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    return {"repr": repr(obj)}
 
 
 def section_capacity(device: str, n: int) -> dict[str, Any]:
@@ -216,7 +218,8 @@ def section_metering(device: str, epochs: int) -> dict[str, Any]:
     y = torch.randn(65536, 1, generator=gen).to(dev)
     model = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1)).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
     torch.cuda.synchronize(dev)
     wall0 = time.perf_counter()
     start.record()
@@ -224,7 +227,7 @@ def section_metering(device: str, epochs: int) -> dict[str, Any]:
         for i in range(0, x.shape[0], 4096):
             loss = nn.functional.mse_loss(model(x[i : i + 4096]), y[i : i + 4096])
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
     end.record()
     torch.cuda.synchronize(dev)

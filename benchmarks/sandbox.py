@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -177,7 +178,7 @@ def _main(args: argparse.Namespace) -> int:
             worker.stdout.close()
 
     plain_ms = _median_ms(plain)
-    per_kind = {}
+    per_kind: dict[str, dict[str, Any]] = {}
     for name, samples in boxed.items():
         if samples:
             median = _median_ms(samples)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = {"nvml", "capacity", "freivalds", "metering", "replay", "market_job"}
 
 
-def _run(*args: str) -> tuple[int, dict, str]:
+def _run(*args: str) -> tuple[int, dict[str, Any], str]:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu", *args],
         cwd=ROOT,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -96,7 +98,7 @@ def test_pairs_alternate_and_report_the_median_ratio() -> None:
     def clock() -> float:
         return float(next(ticks))
 
-    def make(name: str) -> object:
+    def make(name: str) -> Callable[[], None]:
         def run() -> None:
             order.append(name)
             if name == "a":
@@ -108,7 +110,7 @@ def test_pairs_alternate_and_report_the_median_ratio() -> None:
     stats = interleaved_pairs(make("a"), make("b"), rounds=4, warmup=0, clock=clock)
     assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert stats.ratios == [3.0, 3.0, 3.0, 3.0]
-    out = stats.as_json()
+    out: dict[str, Any] = stats.as_json()
     assert out["pairs"] == 4 and out["ratio"]["median"] == 3.0
 
 
