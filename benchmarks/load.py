@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hostile", type=int, default=500)
     p.add_argument("--watchers", type=int, default=200)
     p.add_argument("--mib", type=int, default=32)
+    p.add_argument("--upload-rounds", type=int, default=3, help="interleaved (TLS, plaintext) upload pairs")
     p.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     from benchmarks._env import environment
+    from benchmarks._pairs import pair_stats
 
     attacker_cpus: set[int] | None = None
     if args.pin:
@@ -295,12 +297,24 @@ def main(argv: list[str] | None = None) -> int:
             attacked["flood_calls_refused"] = flood.refused
         finally:
             server.stop(grace=0)
-        (root / "tls").mkdir()
-        (root / "plain").mkdir()
+        # TLS against plaintext as interleaved pairs (the order alternating), the ratio per pair.
+        tls_rates: list[float] = []
+        plain_rates: list[float] = []
+        for i in range(args.upload_rounds):
+            order = (True, False) if i % 2 == 0 else (False, True)
+            for tls in order:
+                where = root / f"{'tls' if tls else 'plain'}{i}"
+                where.mkdir()
+                rate = _upload_rate(where, tls, args.mib, requester.key, requester.address)
+                (tls_rates if tls else plain_rates).append(rate)
+        # seconds per MiB, so that the pair's ratio is TLS time over plaintext time
+        pairs = pair_stats([1 / r for r in tls_rates], [1 / r for r in plain_rates])
         upload = {
             "mib": args.mib,
-            "tls_mib_s": _upload_rate(root / "tls", True, args.mib, requester.key, requester.address),
-            "plaintext_mib_s": _upload_rate(root / "plain", False, args.mib, requester.key, requester.address),
+            "rounds": args.upload_rounds,
+            "tls_mib_s": round(statistics.median(tls_rates), 1),
+            "plaintext_mib_s": round(statistics.median(plain_rates), 1),
+            "tls_time_over_plaintext": pairs.as_json()["ratio"],
         }
     p99_ratio = attacked["p99_ms"] / idle["p99_ms"] if idle.get("p99_ms") else None
     result = {

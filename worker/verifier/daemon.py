@@ -952,13 +952,13 @@ class VerifierDaemon(StepLoop):
         self.capacity_due[provider] = (
             (time.time() + interval * (0.5 + self._rng.random())) if interval > 0 else math.inf
         )
-        # A sequential test over time: one slow product on a busy host says little. While the best
-        # measurement so far would flag the claim, the verifier does not attest: it challenges again
-        # later (fresh, unpredictable seed, `capacity_retry_s` with jitter: the worker's rate limit
-        # allows a challenge per 10 s after a burst of 3), up to `capacity_attempts` times, and then
-        # attests the best. An honest provider is flagged only when every attempt is slow (rate
-        # p^attempts for a per-attempt rate p); load only ever slows a product down, so a liar's best
-        # stays below its claim and it is flagged after the attempts. A failed attempt counts as 0.
+        # A sequential test over time: one slow product on a busy host says little. The verifier
+        # attests once billing.capacity_decision decides: at the first measurement that meets the
+        # claim (load only slows a product), or after enough challenges that none did for an honest
+        # provider to be that unlucky at most CAPACITY_FALSE_FLAG_RATE of the time (a one-sided
+        # sign test, capped at `capacity_attempts`). Between tries it waits `capacity_retry_s` with
+        # jitter (fresh, unpredictable seed; the worker's rate limit allows a challenge per 10 s
+        # after a burst of 3). It attests the best rate; a failed attempt counts as 0.
         claimed = registry.offer(provider).claimed_gflops
         measured = self.capacity_pending.setdefault(provider, [])
         try:
@@ -968,9 +968,10 @@ class VerifierDaemon(StepLoop):
             one = 0
             record.update(ok=False, reason=str(exc))
         measured.append(one)
-        gflops = max(measured)
-        record.update(gflops=gflops, attempts=len(measured), measured=list(measured))
-        if billing.capacity_flagged(claimed, gflops) and len(measured) < self.settings.capacity_attempts:
+        decision = billing.capacity_decision(claimed, measured, max_attempts=self.settings.capacity_attempts)
+        gflops = decision.attest
+        record.update(gflops=gflops, attempts=len(measured), measured=list(measured), p_value=decision.p_value)
+        if not decision.decided:
             retry = self.settings.capacity_retry_s * (0.5 + self._rng.random())
             self.capacity_due[provider] = time.time() + retry
             record["deferred"] = True
