@@ -368,6 +368,40 @@ def account_withdraw(
     click.echo(f"{signer.address} now holds {format_tokens(wallet)} FLOP in its wallet")
 
 
+@account.command("payout")
+@click.argument("mode", required=False, type=click.Choice(["direct", "credit"]))
+@chain_options
+@account_options
+@click.option("--json", "as_json", is_flag=True)
+def account_payout(
+    mode: str | None,
+    rpc_url: str | None,
+    deployment_path: Path,
+    account_address: str | None,
+    dev_index: int | None,
+    password_file: Path | None,
+    as_json: bool,
+) -> None:
+    """How the market pays the account: ``direct`` (a transfer when a job settles, no withdrawal; about
+    110k gas less per job for a provider and its requester) or ``credit`` (kept until ``account
+    withdraw``, the default). Without MODE, shows the current one. A transfer the token refuses is
+    kept as a credit, so settling never blocks."""
+    contracts = open_contracts(rpc_url, deployment_path)
+    signer = load_signer(account_address, dev_index, password_file)
+    if mode is not None and contracts.market.direct_payout(signer.address) != (mode == "direct"):
+        contracts.market.set_direct_payout(signer, mode == "direct")
+    current = "direct" if contracts.market.direct_payout(signer.address) else "credit"
+    credit = contracts.market.credits(signer.address)
+    if as_json:
+        emit_json({"address": signer.address, "payout": current, "credits": credit})
+        return
+    click.echo(f"{signer.address} is paid by {current}" + (" (at settlement)" if current == "direct" else ""))
+    if credit:
+        from marketplace.types import format_tokens
+
+        click.echo(f"it still holds {format_tokens(credit)} FLOP of credit: flopex account withdraw")
+
+
 # ---------------------------------------------------------------------- provider
 
 

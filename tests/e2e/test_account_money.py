@@ -119,3 +119,25 @@ def test_withdraw__without_an_account__is_one_line(market: Any) -> None:
     result = _run(deployment, "account", "withdraw")
     assert result.exit_code == 1
     assert result.stderr == "error: no account: give --account ADDRESS (a keystore key) or --dev N on a dev chain\n"
+
+
+def test_payout__direct_then_credit__is_set_on_chain_and_shown(market: Any) -> None:
+    contracts, deployment, _ = market
+    address = dev_account(PROVIDER).address
+    assert not contracts.market.direct_payout(address)
+    shown = _run(deployment, "account", "payout", "--dev", str(PROVIDER), "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == {"address": address, "payout": "credit", "credits": 0}
+    direct = _run(deployment, "account", "payout", "direct", "--dev", str(PROVIDER), "--json")
+    assert direct.exit_code == 0, direct.output
+    assert json.loads(direct.stdout)["payout"] == "direct" and contracts.market.direct_payout(address)
+    text = _run(deployment, "account", "payout", "credit", "--dev", str(PROVIDER))
+    assert text.exit_code == 0 and text.stdout == f"{address} is paid by credit\n"
+    assert not contracts.market.direct_payout(address)
+
+
+def test_payout__an_unknown_mode__is_refused_and_changes_nothing(market: Any) -> None:
+    contracts, deployment, _ = market
+    result = _run(deployment, "account", "payout", "instant", "--dev", str(PROVIDER))
+    assert result.exit_code == 2 and "'instant' is not one of 'direct', 'credit'" in result.output
+    assert not contracts.market.direct_payout(dev_account(PROVIDER).address)
