@@ -1,7 +1,10 @@
 """The loop every daemon of one account on the market runs: the provider's, the pool's, the verifier's.
 
-A daemon says what one :meth:`StepLoop.step` does; the loop calls it every ``poll_interval_s``
-until stopped. A step that fails on a condition of the market (a :class:`FlopexError`: a revert, an
+A daemon says what one :meth:`StepLoop.step` does; the loop calls it until stopped, each time
+something may have changed: a new block on the chain (:meth:`~marketplace.chain.client.Chain.add_block_listener`),
+a :meth:`StepLoop.wake` from what the daemon serves (its worker ending a job), or at the latest
+``poll_interval_s`` after the last step (deadlines pass with the clock, not only with blocks).
+A step that fails on a condition of the market (a :class:`FlopexError`: a revert, an
 unreachable node) is logged and tried again on the next pass; a chain that no longer has the market
 (a dev chain that was restarted) or an unexpected error stops the daemon with the reason in
 :attr:`StepLoop.fatal`, rather than leaving a dead thread in a process that looks alive.
@@ -43,6 +46,7 @@ class StepLoop:
         self.log = log
         self.join_timeout_s = join_timeout_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         #: Why the daemon stopped by itself, if it did.
         self.fatal: str | None = None
@@ -56,6 +60,10 @@ class StepLoop:
         """Do everything that can be done now."""
         raise NotImplementedError
 
+    def wake(self) -> None:
+        """Step again now (after the step under way, if one is): something it acts on changed."""
+        self._wake.set()
+
     def start(self) -> None:
         """Run :meth:`step` in a background thread until :meth:`stop`."""
         name = f"{self.role.replace(' ', '-')}-{self.address[:8]}"
@@ -64,7 +72,16 @@ class StepLoop:
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Step until stopped (by :meth:`stop`, or by ``stop`` when given); see the module's docs."""
+        chain = self.contracts.chain
+        chain.add_block_listener(self._wake.set)
+        try:
+            self._loop(stop)
+        finally:
+            chain.remove_block_listener(self._wake.set)
+
+    def _loop(self, stop: threading.Event | None) -> None:
         while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+            self._wake.clear()  # what happens from here on is seen by this step or wakes the next
             try:
                 self.step()
             except FlopexError as exc:
@@ -81,12 +98,13 @@ class StepLoop:
                 self.log.exception("%s %s: unexpected error", self.role, self.address)
                 self._fail(f"unexpected error: {type(exc).__name__}: {exc}")
                 break
-            (stop or self._stop).wait(self.poll_interval_s)
+            self._wake.wait(self.poll_interval_s)
 
     def _fail(self, reason: str) -> None:
         self.fatal = reason
         self.log.error("%s %s: %s", self.role, self.address, reason)
         self._stop.set()
+        self._wake.set()
 
     def _market_gone(self) -> bool:
         """True when the chain answers but has no code at the market's address."""
@@ -104,6 +122,7 @@ class StepLoop:
     def stop(self) -> None:
         """Stop the loop and wait for its thread."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.join_timeout_s)
 
