@@ -39,6 +39,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
+from marketplace.contracts import events as ev
 from marketplace.contracts import reverts
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.events import SlotSettled
@@ -281,6 +282,7 @@ class Requester:
         self.domain = Domain(contracts.chain.chain_id, contracts.market.address)
         self._archives: dict[int, bytes] = {}
         self._posted: dict[int, dict[str, float]] = {}  # job -> when it was submitted and posted, from here
+        self._settled_events: dict[int, dict[str, list[Any]]] = {}  # job -> its events once settled
 
     def now(self) -> int:
         """The time deadlines are judged by: the chain's (see :meth:`Chain.next_timestamp`)."""
@@ -569,7 +571,8 @@ class Requester:
                         # the provider settled it (its window over) between the read and the call
         outcome.slots = self.settle(job_id, timeout_s=timeout_s, runs=outcome.runs)
         outcome.mark("settled")
-        for leased in market.get_events("JobLeased", market.start_block, job_id=job_id):
+        events = self._settled_events.pop(job_id, None) or self.job_events(job_id)
+        for leased in events.get("JobLeased", []):
             outcome.refunded_at_lease = leased.refunded
         outcome.status, outcome.reason = _judge(outcome)
         if outcome.refunded_at_lease:
@@ -807,19 +810,20 @@ class Requester:
 
         Each slot's bill carries the reason it ended as it did (from the chain's events) and, with
         ``runs`` (how each slot's run ended, from its worker), the run's state and exit status.
+        The job's events are read once, when every slot has ended.
         """
         market = self.contracts.market
         spec = market.spec(job_id)
         deadline = time.monotonic() + timeout_s
-        bills: dict[int, dict[str, Any]] = {}
+        ended: set[int] = set()
         chain = self.contracts.chain
-        while len(bills) < spec.redundancy and time.monotonic() < deadline:
+        while len(ended) < spec.redundancy and time.monotonic() < deadline:
             seen = chain.blocks_seen
             for slot in market.slots_of(job_id):
-                if slot.slot in bills:
+                if slot.slot in ended:
                     continue
                 if slot.status.terminal:
-                    bills[slot.slot] = self._bill(job_id, slot.slot)
+                    ended.add(slot.slot)
                     continue
                 try:
                     market.settle(self.account, job_id, slot.slot)
@@ -830,12 +834,14 @@ class Requester:
                         continue
                     else:
                         raise
-                bills[slot.slot] = self._bill(job_id, slot.slot)
-            if len(bills) < spec.redundancy:
+                ended.add(slot.slot)
+            if len(ended) < spec.redundancy:
                 chain.wait_for_block(seen, 0.3)  # a ruling or a window's end: a block, or the clock
         from marketplace.market.summary import job_reasons
 
-        reasons = job_reasons(self.contracts, job_id, spec)["slots"]
+        found = self._settled_events[job_id] = self.job_events(job_id)
+        bills = {slot: self._bill(job_id, slot, found.get("SlotSettled", [])) for slot in ended}
+        reasons = job_reasons(self.contracts, job_id, spec, lambda name: found.get(name, []))["slots"]
         for bill in bills.values():
             why = reasons.get(bill["slot"], {"reason": None, "rulings": []})
             bill["reason"] = why["reason"]
@@ -855,8 +861,28 @@ class Requester:
             )
         return [bills[k] for k in sorted(bills)]
 
-    def _bill(self, job_id: int, slot: int) -> dict[str, Any]:
-        for event in self.contracts.market.get_events("SlotSettled", self.contracts.market.start_block, job_id=job_id):
+    def job_events(self, job_id: int) -> dict[str, list[Any]]:
+        """The market's decoded events of job ``job_id``, by event name, read from the chain at once.
+
+        On the embedded chain the market's logs are read in one pass over the blocks (eth-tester's
+        own log filter walks the chain again for every query); a JSON-RPC node is asked per kind of
+        event, filtered on the job by the node.
+        """
+        market = self.contracts.market
+        chain = self.contracts.chain
+        found: dict[str, list[Any]] = {}
+        if chain.is_embedded:
+            logs = chain.logs([market.address], market.start_block, chain.block_number())
+            for event in map(ev.decode, market.logs_in({"logs": logs})):
+                if event is not None and getattr(event, "job_id", None) == job_id:
+                    found.setdefault(type(event).__name__, []).append(event)
+            return found
+        for name in _JOB_EVENTS:
+            found[name] = market.get_events(name, market.start_block, job_id=job_id)
+        return found
+
+    def _bill(self, job_id: int, slot: int, settled: list[Any]) -> dict[str, Any]:
+        for event in settled:
             if isinstance(event, SlotSettled) and event.slot == slot:
                 return {
                     "slot": slot,
@@ -870,6 +896,19 @@ class Requester:
                     "slashed": event.slashed,
                 }
         raise ChainError(f"job {job_id} slot {slot} has no settlement event")
+
+
+#: The market's events about a job that its outcome is read from.
+_JOB_EVENTS = (
+    "JobLeased",
+    "JobExpired",
+    "JobCancelled",
+    "ResultCommitted",
+    "ResultAccepted",
+    "ResultDisputed",
+    "ResultAttested",
+    "SlotSettled",
+)
 
 
 def _judge(outcome: JobOutcome) -> tuple[str, str | None]:
