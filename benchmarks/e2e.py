@@ -168,6 +168,8 @@ class Market:
         if not outcome.ok:
             raise RuntimeError(f"job {job_id} did not succeed: {outcome.status}: {outcome.reason}")
         marks = outcome.phases
+        if "accepted" not in marks:  # the provider settled first (the window ended): no acceptance
+            marks = {**marks, "accepted": marks["verified"]}
         phases = {name: marks[b] - marks[a] for name, a, b in PHASE_SPANS if a in marks and b in marks}
         run_s = phases.get("run", 0.0)
         return {
