@@ -13,14 +13,23 @@ unreachable node) is logged and tried again on the next pass; a chain that no lo
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 
 from eth_account.signers.local import LocalAccount
 
 from marketplace.contracts.deployment import Contracts
 from marketplace.errors import FlopexError
 
-__all__ = ["StepLoop"]
+__all__ = ["NUDGE_GAP_S", "STEP_GAP_S", "StepLoop"]
+
+#: The shortest wall-clock gap between two blocks one daemon asks a dev chain for (at most its
+#: ``poll_interval_s``): its clock moves by about a second a block, whatever wakes the daemon.
+NUDGE_GAP_S = 1.0
+#: The shortest gap between the starts of two steps (at most ``poll_interval_s``): a burst of blocks
+#: (a dev chain asked for many, other daemons' transactions) is seen a few steps at a time.
+STEP_GAP_S = 0.1
 
 
 class StepLoop:
@@ -47,6 +56,8 @@ class StepLoop:
         self.join_timeout_s = join_timeout_s
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._last_nudge = -math.inf
+        self._step_again_at = math.inf  # a nudge put off by the gap: step again then
         self._thread: threading.Thread | None = None
         #: Why the daemon stopped by itself, if it did.
         self.fatal: str | None = None
@@ -80,8 +91,14 @@ class StepLoop:
             chain.remove_block_listener(self._wake.set)
 
     def _loop(self, stop: threading.Event | None) -> None:
+        last_step = -math.inf
         while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+            early = last_step + min(self.poll_interval_s, STEP_GAP_S) - time.monotonic()
+            if early > 0 and self._stop.wait(early):
+                break
+            last_step = time.monotonic()
             self._wake.clear()  # what happens from here on is seen by this step or wakes the next
+            self._step_again_at = math.inf
             try:
                 self.step()
             except FlopexError as exc:
@@ -98,7 +115,7 @@ class StepLoop:
                 self.log.exception("%s %s: unexpected error", self.role, self.address)
                 self._fail(f"unexpected error: {type(exc).__name__}: {exc}")
                 break
-            self._wake.wait(self.poll_interval_s)
+            self._wake.wait(max(0.0, min(self.poll_interval_s, self._step_again_at - time.monotonic())))
 
     def _fail(self, reason: str) -> None:
         self.fatal = reason
@@ -131,7 +148,19 @@ class StepLoop:
         return self.contracts.chain.next_timestamp()
 
     def nudge_clock(self) -> None:
-        """Ask a dev chain for a block, so its clock catches up; other chains make blocks on their own."""
+        """Ask a dev chain for a block, so its clock catches up; other chains make blocks on their own.
+
+        At most one every ``min(poll_interval_s, NUDGE_GAP_S)`` seconds of wall clock: the block wakes
+        every daemon on the chain, this one too, and a daemon that nudged on every wake would run the
+        chain's clock ahead by a second a block as fast as blocks can be made. One put off makes the
+        loop step again when it is due.
+        """
+        now = time.monotonic()
+        gap = min(self.poll_interval_s, NUDGE_GAP_S)
+        if now - self._last_nudge < gap:
+            self._step_again_at = min(self._step_again_at, self._last_nudge + gap)
+            return
+        self._last_nudge = now
         try:
             self.contracts.chain.mine()
         except FlopexError:
