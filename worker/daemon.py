@@ -24,8 +24,9 @@ from marketplace.errors import FlopexError
 
 __all__ = ["NUDGE_GAP_S", "STEP_GAP_S", "StepLoop"]
 
-#: The shortest wall-clock gap between two blocks one daemon asks a dev chain for (at most its
-#: ``poll_interval_s``): its clock moves by about a second a block, whatever wakes the daemon.
+#: The shortest wall-clock gap between two blocks one daemon asks a dev chain for: its clock moves
+#: by about a second a block, so a daemon's nudges keep it near the wall clock's pace, however
+#: often other daemons' blocks wake it.
 NUDGE_GAP_S = 1.0
 #: The shortest gap between the starts of two steps (at most ``poll_interval_s``): a burst of blocks
 #: (a dev chain asked for many, other daemons' transactions) is seen a few steps at a time.
@@ -150,15 +151,14 @@ class StepLoop:
     def nudge_clock(self) -> None:
         """Ask a dev chain for a block, so its clock catches up; other chains make blocks on their own.
 
-        At most one every ``min(poll_interval_s, NUDGE_GAP_S)`` seconds of wall clock: the block wakes
+        At most one every ``NUDGE_GAP_S`` seconds of wall clock: the block wakes
         every daemon on the chain, this one too, and a daemon that nudged on every wake would run the
         chain's clock ahead by a second a block as fast as blocks can be made. One put off makes the
         loop step again when it is due.
         """
         now = time.monotonic()
-        gap = min(self.poll_interval_s, NUDGE_GAP_S)
-        if now - self._last_nudge < gap:
-            self._step_again_at = min(self._step_again_at, self._last_nudge + gap)
+        if now - self._last_nudge < NUDGE_GAP_S:
+            self._step_again_at = min(self._step_again_at, self._last_nudge + NUDGE_GAP_S)
             return
         self._last_nudge = now
         try:
