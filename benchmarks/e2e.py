@@ -137,7 +137,7 @@ class Market:
             memory_mb=4096,
             # It steps on each new block and when its worker ends a job; this is only the longest
             # it waits when nothing happens.
-            poll_interval_s=1.0,
+            poll_interval_s=5.0,
         )
         self.daemon = ProviderDaemon(self.contracts, dev_account(4), self.server, settings, workdir / "provider.json")
         self.daemon.ensure_registered()
