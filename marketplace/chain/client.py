@@ -291,6 +291,7 @@ class Chain:
                 if not self._listeners:
                     self._watcher = None
                     return
+            number: int | None
             try:
                 number = int(self.w3.eth.block_number)
             except Exception:  # an unreachable node: its listeners' own calls say so
