@@ -13,6 +13,14 @@ still runs out of gas is sent again, estimated afresh, with at least twice the l
 
 All access to the connection goes through one lock: the embedded chain is not thread-safe, and a
 single lock keeps each account's nonces in order when several threads share a client.
+
+Whoever waits for the chain to move (a daemon between steps, a requester waiting for its lease or
+a commitment) is woken by a new block rather than polling on a fixed interval:
+:meth:`Chain.add_block_listener` and :meth:`Chain.wait_for_block`. On the embedded chain every
+block is made through this client, which tells its listeners at once; on a JSON-RPC node one
+watcher thread per client asks for the block number, every ``BLOCK_POLL_MIN_S`` for a while after
+a new block and backing off to ``BLOCK_POLL_MAX_S`` while the chain is quiet, and only while
+someone listens.
 """
 
 from __future__ import annotations
@@ -32,7 +40,15 @@ from web3.exceptions import ContractLogicError, TimeExhausted
 
 from marketplace.errors import ChainError, ConfigError, ContractRevert, FlopexError
 
-__all__ = ["DEFAULT_GAS_PRICE_CAP", "Chain", "dev_account", "gas_limit", "map_revert", "sync_tester_clock"]
+__all__ = [
+    "DEFAULT_GAS_PRICE_CAP",
+    "Chain",
+    "dev_account",
+    "gas_limit",
+    "map_revert",
+    "one_pass_gas_estimate",
+    "sync_tester_clock",
+]
 
 T = TypeVar("T")
 
@@ -47,11 +63,17 @@ GAS_EXTRA = 25_000
 #: Times a transaction that ran out of gas is sent again, each with at least twice the last limit.
 OUT_OF_GAS_RETRIES = 2
 
+#: How often a client's block watcher asks a JSON-RPC node for its block number: every
+#: ``BLOCK_POLL_MIN_S`` right after a new block, backing off by ``BLOCK_POLL_BACKOFF`` to ``BLOCK_POLL_MAX_S``.
+BLOCK_POLL_MIN_S = 0.05
+BLOCK_POLL_MAX_S = 0.25
+BLOCK_POLL_BACKOFF = 1.5
+
 _REASON = re.compile(r"execution reverted:?\s*(.*)", re.DOTALL)
 
 
-def sync_tester_clock(tester: Any) -> None:
-    """Bring an eth-tester chain's clock up to the wall clock.
+def sync_tester_clock(tester: Any) -> bool:
+    """Bring an eth-tester chain's clock up to the wall clock; returns whether it mined a block.
 
     eth-tester stamps its pending block when the previous block is mined, so on an idle chain the
     next transaction would see an old time and a deadline that has passed would not have, for it.
@@ -60,6 +82,31 @@ def sync_tester_clock(tester: Any) -> None:
     now = int(time.time())
     if tester.get_block_by_number("pending")["timestamp"] < now:
         tester.time_travel(now)
+        return True
+    return False
+
+
+def one_pass_gas_estimate(state: Any, transaction: Any) -> int:
+    """py-evm gas estimator that runs a transaction once, at the block's gas limit: the gas it needs.
+
+    py-evm's default estimator searches for the smallest limit that does not run out of gas, about
+    thirteen runs of the transaction for each estimate; on the embedded chain that was most of the
+    time a transaction took. One run's gas before refunds (what the transaction's peak use needs) is
+    the estimate; :func:`gas_limit`'s margin covers the 1/64 of gas each call keeps back, and a
+    transaction that still runs out is sent again with twice the limit (:meth:`Chain.transact`).
+    A transaction that fails raises the VM's error, as the default estimator does.
+    """
+    from eth.vm.spoof import SpoofTransaction
+
+    at_limit = SpoofTransaction(transaction, gas=state.gas_limit, gas_price=0)
+    snapshot = state.snapshot()
+    try:
+        computation = state.apply_transaction(at_limit)
+        if computation.is_error:
+            raise computation.error
+        return int(state.gas_limit - computation.get_gas_remaining())
+    finally:
+        state.revert(snapshot)
 
 
 def gas_limit(estimate: int, block_limit: int | None = None) -> int:
@@ -118,6 +165,14 @@ class Chain:
         self._nonces: dict[str, int] = {}
         self._gas_cap: int | None = None
         self.chain_id: int = w3.eth.chain_id
+        # New blocks: a counter bumped for each one this client learns of, and who to tell.
+        self._blocks = threading.Condition()
+        self._blocks_seen = 0
+        self._listeners: list[Callable[[], None]] = []
+        self._watcher: threading.Thread | None = None
+        backend_chain = getattr(getattr(embedded_tester, "backend", None), "chain", None)
+        if backend_chain is not None and hasattr(backend_chain, "gas_estimator"):
+            backend_chain.gas_estimator = one_pass_gas_estimate
 
     # ------------------------------------------------------------------ constructors
 
@@ -170,8 +225,85 @@ class Chain:
             return int(self.w3.eth.get_block("latest")["timestamp"])
 
     def _sync_clock(self) -> None:
+        # The empty block this may mine only moves the clock up to the wall clock's: it wakes nobody
+        # (every reader of the clock would otherwise wake every daemon once a second, each of
+        # whose steps reads the clock); whoever waits on a deadline waits on the clock as well.
         if self._tester is not None:
             sync_tester_clock(self._tester)
+
+    # ------------------------------------------------------------------ new blocks
+
+    def _new_block(self) -> None:
+        """Count a new block and tell whoever waits for one."""
+        with self._blocks:
+            self._blocks_seen += 1
+            listeners = list(self._listeners)
+            self._blocks.notify_all()
+        for listener in listeners:
+            listener()
+
+    @property
+    def blocks_seen(self) -> int:
+        """How many new blocks this client has learnt of: compare two readings to know if one came."""
+        with self._blocks:
+            return self._blocks_seen
+
+    def add_block_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (on the thread that learnt of it; keep it short) for every new block.
+
+        On a JSON-RPC node this starts the client's block watcher, which runs while anyone listens.
+        """
+        with self._blocks:
+            self._listeners.append(listener)
+            if self._tester is None and (self._watcher is None or not self._watcher.is_alive()):
+                self._watcher = threading.Thread(target=self._watch_blocks, name="chain-blocks", daemon=True)
+                self._watcher.start()
+
+    def remove_block_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (a listener never added is ignored)."""
+        with self._blocks:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def wait_for_block(self, seen: int, timeout: float) -> int:
+        """Wait until this client learns of a block after reading ``seen`` from :attr:`blocks_seen`,
+        or ``timeout`` seconds pass; returns :attr:`blocks_seen` then."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        wake = threading.Event()
+        self.add_block_listener(wake.set)
+        try:
+            while self.blocks_seen == seen:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                wake.wait(remaining)
+                wake.clear()
+        finally:
+            self.remove_block_listener(wake.set)
+        return self.blocks_seen
+
+    def _watch_blocks(self) -> None:
+        """Ask a JSON-RPC node for its block number while anyone listens; tell them of each new one."""
+        last: int | None = None
+        pause = BLOCK_POLL_MIN_S
+        while True:
+            with self._blocks:
+                if not self._listeners:
+                    self._watcher = None
+                    return
+            number: int | None
+            try:
+                number = int(self.w3.eth.block_number)
+            except Exception:  # an unreachable node: its listeners' own calls say so
+                number = last
+                pause = BLOCK_POLL_MAX_S
+            if last is not None and number is not None and number > last:
+                self._new_block()
+                pause = BLOCK_POLL_MIN_S
+            else:
+                pause = min(BLOCK_POLL_MAX_S, pause * BLOCK_POLL_BACKOFF)
+            last = number
+            time.sleep(pause)
 
     def next_timestamp(self) -> int:
         """The time the next transaction is checked at: what deadlines are judged against now.
@@ -251,6 +383,7 @@ class Chain:
             target = self.now() + seconds
             if self._tester is not None:
                 self._tester.time_travel(target)
+                self._new_block()
             else:
                 try:
                     self.w3.provider.make_request("evm_setNextBlockTimestamp", [target])  # type: ignore[arg-type]
@@ -267,6 +400,7 @@ class Chain:
         with self.locked():
             if self._tester is not None:
                 self._tester.mine_blocks(1)
+                self._new_block()
                 return
             response = self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
             if isinstance(response, dict) and response.get("error"):
@@ -280,6 +414,7 @@ class Chain:
             if self._tester is not None:
                 source = self.w3.eth.accounts[0]
                 self._tester.send_transaction({"from": source, "to": address, "value": amount, "gas": 21_000})
+                self._new_block()
                 return
             try:
                 self.w3.provider.make_request("anvil_setBalance", [address, hex(amount)])  # type: ignore[arg-type]
@@ -372,6 +507,7 @@ class Chain:
             receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.05)
         except TimeExhausted as exc:
             raise ChainError(f"{name}: no receipt for {tx_hash.hex()} after 120 s") from exc
+        self._new_block()  # the receipt is in a block: tell who waits for one at once
         if check and receipt["status"] != 1:
             raise ContractRevert(self._replay_reason(tx, receipt), function=name)
         return receipt

@@ -39,6 +39,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
+from marketplace.contracts import events as ev
 from marketplace.contracts import reverts
 from marketplace.contracts.deployment import Contracts
 from marketplace.contracts.events import SlotSettled
@@ -93,6 +94,28 @@ class JobOptions:
 OUTCOMES = ("succeeded", "failed", "expired", "cancelled", "slashed", "dispute_lost", "refunded", "undelivered")
 
 
+#: The steps of a job a requester follows, in order, as :attr:`JobOutcome.phases` names them:
+#: ``submitted`` (the bundle is being packed), ``posted`` (the job is on chain), ``leased`` (seen
+#: leased), ``worker`` (the slot's worker found), ``uploaded`` (the worker holds the bundle),
+#: ``started`` (the worker says it started the run), ``finished`` (the run ended), ``downloaded``
+#: (results fetched and checked against the worker's receipt), ``committed`` (the provider's
+#: commitment seen on chain), ``verified`` (results matched to it), ``accepted``, ``settled``.
+PHASES = (
+    "submitted",
+    "posted",
+    "leased",
+    "worker",
+    "uploaded",
+    "started",
+    "finished",
+    "downloaded",
+    "committed",
+    "verified",
+    "accepted",
+    "settled",
+)
+
+
 @dataclass
 class JobOutcome:
     """What a job came to: its outcome and why, and per slot its provider, run, price, seconds and money.
@@ -124,6 +147,9 @@ class JobOutcome:
     """Slots found settled (or judged) whose run's end their worker no longer tells."""
     dataset_bytes_uploaded: int = 0
     """Bytes of ``job.datasets`` put on the job's workers for it (0 when they held them all)."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """When each step of the job was seen from here (unix seconds), by :data:`PHASES` name; a slot's
+    steps are its first slot's to reach them."""
 
     @property
     def ok(self) -> bool:
@@ -158,7 +184,12 @@ class JobOutcome:
             "verified_slots": self.ruled,
             "undownloaded_slots": sorted(self.unverified),
             "dataset_bytes_uploaded": self.dataset_bytes_uploaded,
+            "phases": {k: round(v, 3) for k, v in sorted(self.phases.items(), key=lambda kv: kv[1])},
         }
+
+    def mark(self, phase: str, at: float | None = None) -> None:
+        """Note that ``phase`` was reached now (or at ``at``), unless it already was."""
+        self.phases.setdefault(phase, time.time() if at is None else at)
 
 
 @dataclass
@@ -256,6 +287,8 @@ class Requester:
         self._archives: dict[int, bytes] = {}
         self.datasets: DatasetIndex | None = DatasetIndex(records.root) if records is not None else None
         """Where the folders of datasets put from here are remembered (``flopex data put``)."""
+        self._posted: dict[int, dict[str, float]] = {}  # job -> when it was submitted and posted, from here
+        self._settled_events: dict[int, dict[str, list[Any]]] = {}  # job -> its events once settled
 
     def now(self) -> int:
         """The time deadlines are judged by: the chain's (see :meth:`Chain.next_timestamp`)."""
@@ -270,6 +303,7 @@ class Requester:
         record (naming ``out_dir``, where its results are to go, by default ``./results-ID``) is
         written right after.
         """
+        submitted = time.time()
         bundle = load_bundle(bundle_dir)
         archive = pack_bundle(bundle_dir)
         spec = spec_for_bundle(bundle, self.account.address, self.now(), options)
@@ -281,6 +315,7 @@ class Requester:
             self.account, spec, self.contracts.token, deadline=self.now() + 3600
         )
         self._archives[job_id] = archive
+        self._posted[job_id] = {"submitted": submitted, "posted": time.time()}
         if self.records is not None:
             self._keep_record(
                 JobRecord(
@@ -416,7 +451,9 @@ class Requester:
         deadline = time.monotonic() + timeout_s
         said = False
         last_nudge = 0.0
+        chain = self.contracts.chain
         while time.monotonic() < deadline:
+            seen = chain.blocks_seen
             status = market.job(job_id).status
             if status != JobStatus.OPEN:
                 return status
@@ -435,7 +472,7 @@ class Requester:
             if time.time() >= end + 2 and time.monotonic() - last_nudge >= 2:
                 self._nudge_chain()
                 last_nudge = time.monotonic()
-            time.sleep(0.2)
+            chain.wait_for_block(seen, 0.2)  # a take leases an instant job in a block: woken by it
         raise ChainError(f"job {job_id} was not leased within {timeout_s:.0f} s")
 
     def _nudge_chain(self) -> None:
@@ -451,8 +488,9 @@ class Requester:
         start = chain.block_number()
         deadline = time.monotonic() + timeout_s
         nudged = False
+        seen = chain.blocks_seen
         while time.monotonic() < deadline:
-            time.sleep(0.2)
+            seen = chain.wait_for_block(seen, 0.2)
             if chain.block_number() > start:
                 return
             if not nudged and time.monotonic() >= deadline - timeout_s / 2:
@@ -500,9 +538,13 @@ class Requester:
         if archive is None:
             archive = self._archives.get(job_id) or self._bundle_for(job_id, spec.bundle_hash, record, None)
         outcome = JobOutcome(job_id)
+        for phase, at in self._posted.get(job_id, {}).items():
+            outcome.mark(phase, at)
         status = market.job(job_id).status
         if status == JobStatus.OPEN:
             status = self.wait_for_lease(job_id, timeout_s=timeout_s)
+        if status == JobStatus.LEASED:
+            outcome.mark("leased")
         if status in (JobStatus.EXPIRED, JobStatus.CANCELLED, JobStatus.OPEN):
             from marketplace.market.summary import job_reasons
 
@@ -529,12 +571,15 @@ class Requester:
                 if slot.status == SlotStatus.COMMITTED and slot.slot in outcome.verified:
                     try:
                         market.accept_result(self.account, job_id, slot.slot)
+                        outcome.mark("accepted")
                     except ContractRevert:
                         if market.slot(job_id, slot.slot).status == SlotStatus.COMMITTED:
                             raise
                         # the provider settled it (its window over) between the read and the call
         outcome.slots = self.settle(job_id, timeout_s=timeout_s, runs=outcome.runs)
-        for leased in market.get_events("JobLeased", market.start_block, job_id=job_id):
+        outcome.mark("settled")
+        events = self._settled_events.pop(job_id, None) or self.job_events(job_id)
+        for leased in events.get("JobLeased", []):
             outcome.refunded_at_lease = leased.refunded
         outcome.status, outcome.reason = _judge(outcome)
         if outcome.refunded_at_lease:
@@ -627,6 +672,7 @@ class Requester:
         worker = self.worker_of(
             job_id, slot.slot, slot.provider, timeout_s=max(1.0, min(timeout_s, run_deadline - self.now()))
         )
+        outcome.mark("worker")
         if worker.member is not None:
             self.say(f"job {job_id} slot {slot.slot}: the pool assigned it to member {worker.member}")
         with WorkerClient(worker.endpoint, requester_key=self.account.key, domain=self.domain) as client:
@@ -641,6 +687,7 @@ class Requester:
                     client, archive, self.datasets, lambda line: self.say(f"job {job_id} slot {slot.slot}: {line}")
                 )
                 client.upload_bundle(job_id, archive)
+                outcome.mark("uploaded")
             else:
                 self.say(f"job {job_id} slot {slot.slot}: the worker holds it ({_job_state(held.state)}); following it")
             client.start_job(job_id, seed=job_id)
@@ -650,6 +697,10 @@ class Requester:
                     outcome.events.append(line)
                     self.say(f"job {job_id}: {line}")
                 kind = event.WhichOneof("kind")
+                if kind == "started":
+                    outcome.mark("started", event.time_unix_ms / 1000)
+                if kind in ("finished", "failed"):
+                    outcome.mark("finished", event.time_unix_ms / 1000)
                 if kind == "finished":
                     outcome.runs[slot.slot] = {
                         "state": "succeeded",
@@ -664,14 +715,17 @@ class Requester:
                     }
             dest = Path(out_dir) / f"slot-{slot.slot}"
             results = self._download(client, job_id, dest, worker.signer)
+            outcome.mark("downloaded")
             outcome.results.append(dest)
             committed = self._wait_commit(job_id, slot.slot, timeout_s)
+            outcome.mark("committed")
             if committed.result_root != results.manifest.root:
                 raise VerificationError(
                     f"job {job_id}: the results do not match the root the provider committed on chain"
                 )
             root = committed.result_root.hex()[:16]
             outcome.verified.add(slot.slot)
+            outcome.mark("verified")
             self.say(f"job {job_id} slot {slot.slot}: the results match the root committed on chain {root}…")
 
     def _fetch_settled_slot(self, job_id: int, slot: Any, out_dir: str | Path, outcome: JobOutcome) -> None:
@@ -727,7 +781,9 @@ class Requester:
         Waits (up to ``timeout_s``) for a pool's operator to assign the slot on chain.
         """
         deadline = time.monotonic() + timeout_s
+        chain = self.contracts.chain
         while True:
+            seen = chain.blocks_seen
             worker = slot_worker(self.contracts, job_id, slot, provider)
             if worker is not None:
                 return worker
@@ -735,7 +791,7 @@ class Requester:
                 raise ChainError(
                     f"job {job_id} slot {slot}: the pool {provider} assigned it to no member within {timeout_s:.0f} s"
                 )
-            time.sleep(0.2)
+            chain.wait_for_block(seen, 0.2)
 
     def dispute(self, job_id: int, slot: int) -> None:
         """Dispute a committed result, putting up the market's dispute bond."""
@@ -748,11 +804,13 @@ class Requester:
     def _wait_commit(self, job_id: int, slot: int, timeout_s: float) -> Any:
         market = self.contracts.market
         deadline = time.monotonic() + timeout_s
+        chain = self.contracts.chain
         while time.monotonic() < deadline:
+            seen = chain.blocks_seen
             state = market.slot(job_id, slot)
             if state.status not in (SlotStatus.ASSIGNED, SlotStatus.NONE):
                 return state
-            time.sleep(0.2)
+            chain.wait_for_block(seen, 0.2)  # the commitment comes in a block: woken by it
         raise ChainError(f"job {job_id}: the provider did not commit a result within {timeout_s:.0f} s")
 
     def settle(
@@ -762,17 +820,20 @@ class Requester:
 
         Each slot's bill carries the reason it ended as it did (from the chain's events) and, with
         ``runs`` (how each slot's run ended, from its worker), the run's state and exit status.
+        The job's events are read once, when every slot has ended.
         """
         market = self.contracts.market
         spec = market.spec(job_id)
         deadline = time.monotonic() + timeout_s
-        bills: dict[int, dict[str, Any]] = {}
-        while len(bills) < spec.redundancy and time.monotonic() < deadline:
+        ended: set[int] = set()
+        chain = self.contracts.chain
+        while len(ended) < spec.redundancy and time.monotonic() < deadline:
+            seen = chain.blocks_seen
             for slot in market.slots_of(job_id):
-                if slot.slot in bills:
+                if slot.slot in ended:
                     continue
                 if slot.status.terminal:
-                    bills[slot.slot] = self._bill(job_id, slot.slot)
+                    ended.add(slot.slot)
                     continue
                 try:
                     market.settle(self.account, job_id, slot.slot)
@@ -783,12 +844,14 @@ class Requester:
                         continue
                     else:
                         raise
-                bills[slot.slot] = self._bill(job_id, slot.slot)
-            if len(bills) < spec.redundancy:
-                time.sleep(0.3)
+                ended.add(slot.slot)
+            if len(ended) < spec.redundancy:
+                chain.wait_for_block(seen, 0.3)  # a ruling or a window's end: a block, or the clock
         from marketplace.market.summary import job_reasons
 
-        reasons = job_reasons(self.contracts, job_id, spec)["slots"]
+        found = self._settled_events[job_id] = self.job_events(job_id)
+        bills = {slot: self._bill(job_id, slot, found.get("SlotSettled", [])) for slot in ended}
+        reasons = job_reasons(self.contracts, job_id, spec, lambda name: found.get(name, []))["slots"]
         for bill in bills.values():
             why = reasons.get(bill["slot"], {"reason": None, "rulings": []})
             bill["reason"] = why["reason"]
@@ -808,8 +871,28 @@ class Requester:
             )
         return [bills[k] for k in sorted(bills)]
 
-    def _bill(self, job_id: int, slot: int) -> dict[str, Any]:
-        for event in self.contracts.market.get_events("SlotSettled", self.contracts.market.start_block, job_id=job_id):
+    def job_events(self, job_id: int) -> dict[str, list[Any]]:
+        """The market's decoded events of job ``job_id``, by event name, read from the chain at once.
+
+        On the embedded chain the market's logs are read in one pass over the blocks (eth-tester's
+        own log filter walks the chain again for every query); a JSON-RPC node is asked per kind of
+        event, filtered on the job by the node.
+        """
+        market = self.contracts.market
+        chain = self.contracts.chain
+        found: dict[str, list[Any]] = {}
+        if chain.is_embedded:
+            logs = chain.logs([market.address], market.start_block, chain.block_number())
+            for event in map(ev.decode, market.logs_in({"logs": logs})):
+                if event is not None and getattr(event, "job_id", None) == job_id:
+                    found.setdefault(type(event).__name__, []).append(event)
+            return found
+        for name in _JOB_EVENTS:
+            found[name] = market.get_events(name, market.start_block, job_id=job_id)
+        return found
+
+    def _bill(self, job_id: int, slot: int, settled: list[Any]) -> dict[str, Any]:
+        for event in settled:
             if isinstance(event, SlotSettled) and event.slot == slot:
                 return {
                     "slot": slot,
@@ -823,6 +906,19 @@ class Requester:
                     "slashed": event.slashed,
                 }
         raise ChainError(f"job {job_id} slot {slot} has no settlement event")
+
+
+#: The market's events about a job that its outcome is read from.
+_JOB_EVENTS = (
+    "JobLeased",
+    "JobExpired",
+    "JobCancelled",
+    "ResultCommitted",
+    "ResultAccepted",
+    "ResultDisputed",
+    "ResultAttested",
+    "SlotSettled",
+)
 
 
 def _judge(outcome: JobOutcome) -> tuple[str, str | None]:

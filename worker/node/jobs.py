@@ -158,6 +158,7 @@ class JobManager:
         self._closed = False
         self._environments: EnvironmentCache | None = None
         self._environments_lock = threading.Lock()
+        self._end_listeners: list[Callable[[int], None]] = []
         self.fail_interrupted()
         self.expire_uploads()  # what a previous run left behind
         threading.Thread(target=self._expire_loop, name="upload-janitor", daemon=True).start()
@@ -190,6 +191,23 @@ class JobManager:
         self.store.add_event(job_id, make)
         with self._cond:
             self._cond.notify_all()
+            listeners = list(self._end_listeners) if ("finished" in kind or "failed" in kind) else []
+        for listener in listeners:
+            listener(job_id)
+
+    def add_end_listener(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(job_id)`` each time a job ends (its final event is stored); keep it short.
+
+        A provider daemon wakes on it, so it commits a result the moment the run ends.
+        """
+        with self._cond:
+            self._end_listeners.append(listener)
+
+    def remove_end_listener(self, listener: Callable[[int], None]) -> None:
+        """Stop calling ``listener`` (one never added is ignored)."""
+        with self._cond:
+            if listener in self._end_listeners:
+                self._end_listeners.remove(listener)
 
     def job_dir(self, job_id: int) -> Path:
         """The job's directory in the data dir."""

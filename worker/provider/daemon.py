@@ -21,12 +21,15 @@ server that runs the jobs). Each :meth:`~ProviderDaemon.step`:
    job's run.
 
 Its memory (last block read, bids, slots) lives in a JSON file in the worker's data directory, and
-its loop is :class:`~worker.provider.loop.ChainDaemon`'s.
+its loop is :class:`~worker.provider.loop.ChainDaemon`'s: it steps on each new block and the moment
+its worker ends a job (so the result is committed at once), and at the latest every
+``poll_interval_s``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -196,6 +199,18 @@ class ProviderDaemon(ChainDaemon):
         )
         #: Bids at the market for the worker's devices.
         self.bidder = Bidder(contracts, account, self.memory, terms, MarketVenue(contracts, account), self, role=role)
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Step until stopped, also woken the moment the worker ends a job (to commit its result)."""
+        manager = self.worker.manager
+        manager.add_end_listener(self._job_ended)
+        try:
+            super().run(stop)
+        finally:
+            manager.remove_end_listener(self._job_ended)
+
+    def _job_ended(self, _job_id: int) -> None:
+        self.wake()
 
     @property
     def holder(self) -> str:
