@@ -332,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         "resumable, then the bundle's files) and every download byte once; the bare stream touches no disk",
         "sha256_mib_s": _hash_speed("sha256"),
         "blake3_mib_s": _hash_speed("blake3"),
+        "request_signature_ms": _signature_ms(),
+        "request_signature_note": "each upload signs and the worker checks two requests (QueryUpload, "
+        "UploadBundle), each download one: a fixed cost per transfer, paid in Python by eth-keys' backend",
         "environment": environment(),
     }
     emit(report, args.out)
@@ -399,6 +402,33 @@ def _hash_speed(name: str) -> float:
     else:
         hashlib.sha256(block).digest()
     return round(64 / (time.perf_counter() - t0), 1)
+
+
+def _signature_ms() -> dict[str, object]:
+    """Milliseconds to sign one request and to recover its signer, median of 20, and eth-keys' backend."""
+    import eth_keys
+    from eth_account import Account
+
+    from marketplace.protocol.auth import Domain, payload_digest, recover_request_signer, sign_request
+
+    account = Account.create()
+    domain = Domain(31337, "0x" + "5a" * 20)
+    digest = payload_digest("UploadBundle", archive_sha256=bytes(32))
+    signs: list[float] = []
+    recovers: list[float] = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        signed = sign_request(account.key, domain, 1, "UploadBundle", digest)
+        t1 = time.perf_counter()
+        signer = recover_request_signer(domain, signed)
+        recovers.append(time.perf_counter() - t1)
+        signs.append(t1 - t0)
+        assert signer == account.address
+    return {
+        "sign": round(statistics.median(signs) * 1000, 2),
+        "recover": round(statistics.median(recovers) * 1000, 2),
+        "backend": type(eth_keys.KeyAPI().backend).__name__,
+    }
 
 
 if __name__ == "__main__":
