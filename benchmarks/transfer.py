@@ -406,8 +406,8 @@ def _hash_speed(name: str) -> float:
 
 def _signature_ms() -> dict[str, object]:
     """Milliseconds to sign one request and to recover its signer, median of 20, and eth-keys' backend."""
-    import eth_keys
     from eth_account import Account
+    from eth_keys.main import KeyAPI
 
     from marketplace.protocol.auth import Domain, payload_digest, recover_request_signer, sign_request
 
@@ -427,7 +427,7 @@ def _signature_ms() -> dict[str, object]:
     return {
         "sign": round(statistics.median(signs) * 1000, 2),
         "recover": round(statistics.median(recovers) * 1000, 2),
-        "backend": type(eth_keys.KeyAPI().backend).__name__,
+        "backend": type(KeyAPI().backend).__name__,
     }
 
 
