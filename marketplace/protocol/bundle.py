@@ -27,6 +27,7 @@ block format instead, so packing and unpacking it costs a copy and a CRC32.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import posixpath
@@ -83,6 +84,7 @@ __all__ = [
     "JobSpec",
     "LaunchStep",
     "MarketSection",
+    "PackedArchive",
     "Policy",
     "ResourcesSection",
     "StepSection",
@@ -830,6 +832,23 @@ def _gzip_member(block: bytes, level: int = 6) -> bytes:
     return b"".join((_GZIP_HEADER, body, tail))
 
 
+class PackedArchive(bytes):
+    """A packed archive's bytes with their sha256 (:attr:`sha256`), hashed while packing.
+
+    It is ``bytes`` everywhere bytes are expected; :meth:`WorkerClient.upload_bundle
+    <marketplace.requester.client.WorkerClient.upload_bundle>` takes the digest from it instead of
+    hashing the archive again.
+    """
+
+    sha256: bytes
+
+
+def _packed(data: Any, sha256: bytes) -> PackedArchive:
+    packed = PackedArchive(data)
+    packed.sha256 = sha256
+    return packed
+
+
 class _BlockWriter(io.RawIOBase):
     """Collects a tar stream and cuts it into :data:`PACK_BLOCK` blocks, compressed by a thread pool."""
 
@@ -842,6 +861,8 @@ class _BlockWriter(io.RawIOBase):
         self._buf = bytearray()
         self._pending: list[Any] = []
         self._written = 0
+        self.sha256 = hashlib.sha256()
+        """The archive's running sha256 (each member hashed as it is written, while others compress)."""
 
     def writable(self) -> bool:
         return True
@@ -860,14 +881,18 @@ class _BlockWriter(io.RawIOBase):
     def _submit(self, block: bytes) -> None:
         self._pending.append(self._pool.submit(_gzip_member, block, self._level))
         while len(self._pending) > self._window:
-            self._out.write(self._pending.pop(0).result())
+            self._emit(self._pending.pop(0).result())
+
+    def _emit(self, member: bytes) -> None:
+        self.sha256.update(member)
+        self._out.write(member)
 
     def finish(self) -> None:
         if self._buf or not self._pending:
             self._submit(bytes(self._buf))
             self._buf.clear()
         for future in self._pending:
-            self._out.write(future.result())
+            self._emit(future.result())
         self._pending.clear()
 
 
@@ -876,14 +901,15 @@ def pack_bundle(
     archive: str | os.PathLike[str] | None = None,
     *,
     threads: int | None = None,
-) -> bytes:
+) -> PackedArchive:
     """Write the canonical ``.tar.gz`` of a bundle directory; return its bytes.
 
     The archive holds only regular files (mode 0644), sorted, with owner, group and times zeroed,
     so its bytes depend on the tree alone (never on ``threads``). The tar stream is compressed in
     :data:`PACK_BLOCK` blocks, each a gzip member, by ``threads`` threads (default: every core);
     a block that does not shrink is stored (see the module docstring). The directory is validated
-    first.
+    first. The bytes returned are a :class:`PackedArchive`: they carry their sha256, hashed while
+    packing.
     """
     _spec, walked, _ranges = _validate(Path(directory))
     return _pack_files(walked, archive, threads, 6)
@@ -895,14 +921,14 @@ def pack_tree(
     *,
     compresslevel: int = 6,
     threads: int | None = None,
-) -> bytes:
+) -> PackedArchive:
     """The canonical ``.tar.gz`` of any tree of regular files (what :func:`pack_bundle` writes, unchecked)."""
     return _pack_files(_walk_regular(Path(directory)), archive, threads, compresslevel)
 
 
 def _pack_files(
     walked: list[tuple[str, Path]], archive: str | os.PathLike[str] | None, threads: int | None, level: int
-) -> bytes:
+) -> PackedArchive:
     workers = max(1, threads or os.cpu_count() or 1)
     raw = io.BytesIO()
     with ThreadPoolExecutor(workers, thread_name_prefix="pack") as pool:
@@ -918,7 +944,7 @@ def _pack_files(
                 with open(full, "rb") as fh:
                     tar.addfile(info, fh)
         blocks.finish()
-    data = raw.getvalue()
+    data = _packed(raw.getbuffer(), blocks.sha256.digest())
     if archive is not None:
         Path(archive).write_bytes(data)
     return data

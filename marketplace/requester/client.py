@@ -260,22 +260,30 @@ class WorkerClient:
         chunk_size: int = 1 << 20,
         max_attempts: int = 6,
         chunk_hashes: bool = False,
+        archive_sha256: bytes | None = None,
     ) -> pb.UploadStatus:
         """Upload a bundle archive, resuming from what the worker holds after any break.
 
         The worker checks the whole archive against its sha256 (signed in the header) before it
         uses any of it; ``chunk_hashes`` also sends each chunk's sha256, for the worker to refuse a
         damaged chunk at once rather than at the end (a second pass over every byte on each side).
+        The archive's sha256 is ``archive_sha256`` when given, the one :func:`pack_bundle
+        <marketplace.protocol.bundle.pack_bundle>` hashed while packing when ``archive`` is its
+        result, and is hashed here otherwise (a digest that does not match the bytes sent is
+        refused by the worker as DATA_LOSS, keeping nothing).
         """
         if not 0 < chunk_size <= 4 << 20:
             raise ValueError("chunk_size must be between 1 byte and 4 MiB")
+        if archive_sha256 is not None and len(archive_sha256) != 32:
+            raise ValueError("archive_sha256 must be 32 bytes")
+        sha = archive_sha256 or getattr(archive, "sha256", None)
         path = None if isinstance(archive, bytes) else Path(archive)
         if path is not None:
             size = path.stat().st_size
-            sha = _sha256_file(path)
+            sha = sha or _sha256_file(path)
         else:
             assert isinstance(archive, bytes)
-            size, sha = len(archive), hashlib.sha256(archive).digest()
+            size, sha = len(archive), sha or hashlib.sha256(archive).digest()
         digest = payload_digest("UploadBundle", archive_sha256=sha)
         last: WorkerError | None = None
         for attempt in range(max_attempts):

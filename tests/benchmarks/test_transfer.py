@@ -37,3 +37,5 @@ def test_a_small_run__reports_pairs_medians_and_whether_the_goals_are_met(tmp_pa
     assert doc["download_mib"] == 2.0 and doc["pack_seconds"] > 0
     expected = doc["upload_vs_bare"] >= GOAL_RATIO and doc["download_vs_bare"] >= GOAL_RATIO
     assert doc["meets_goals"] is expected
+    signature = doc["request_signature_ms"]
+    assert signature["sign"] > 0 and signature["recover"] > 0 and signature["backend"].endswith("ECCBackend")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import tarfile
@@ -80,6 +81,16 @@ def test_the_packed_archive__is_the_same_bytes_for_any_thread_count_and_a_standa
         for name, data in files.items():
             member = tar.extractfile(name)
             assert member is not None and member.read() == data
+
+
+def test_the_packed_archive__carries_the_sha256_of_its_bytes_hashed_while_packing(tmp_path: Path) -> None:
+    root = _bundle(tmp_path / "b", {"dense.bin": os.urandom(3 * PACK_BLOCK + 7), "text.txt": b"abc\n" * 300_000})
+    for threads in (1, 3):
+        packed = pack_bundle(root, tmp_path / f"a{threads}.tar.gz", threads=threads)
+        assert isinstance(packed, bytes) and packed == (tmp_path / f"a{threads}.tar.gz").read_bytes()
+        assert packed.sha256 == hashlib.sha256(packed).digest()
+    (root / "text.txt").write_bytes(b"abd\n" * 300_000)
+    assert pack_bundle(root).sha256 != packed.sha256
 
 
 def test_unpacking__hashes_while_writing_and_reads_a_stream_once(tmp_path: Path) -> None:

@@ -139,3 +139,37 @@ def test_a_chunk_hash_when_sent__is_still_checked(
     with WorkerClient(worker.target, requester_key=requester.key, domain=DOMAIN, timeout_s=20) as c:
         status = c.upload_bundle(job_id, archive, chunk_hashes=True)
     assert status.complete and status.bundle_hash == bhash
+
+
+def test_the_digest_hashed_while_packing__is_what_the_client_sends_and_the_worker_checks(
+    worker: WorkerProcess, requester: LocalAccount, make_bundle: BundleFactory, client: WorkerClient
+) -> None:
+    from marketplace.protocol.bundle import pack_bundle
+
+    archive, bhash = make_bundle("print(1)\n", files=_payload())
+    packed = pack_bundle(archive.with_suffix("").with_suffix(""))
+    assert packed == archive.read_bytes() and packed.sha256 == hashlib.sha256(packed).digest()
+    job_id = next_job_id()
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
+    status = client.upload_bundle(job_id, packed)
+    assert status.complete and status.bundle_hash == bhash
+
+
+def test_a_given_digest_that_does_not_match_the_archive__is_data_loss_and_nothing_is_kept(
+    worker: WorkerProcess, requester: LocalAccount, make_bundle: BundleFactory, client: WorkerClient
+) -> None:
+    from marketplace.errors import WorkerError
+
+    archive, bhash = make_bundle("print(1)\n", files=_payload())
+    job_id = next_job_id()
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
+    with pytest.raises(WorkerError) as exc:
+        client.upload_bundle(job_id, archive, archive_sha256=hashlib.sha256(b"another archive").digest())
+    assert exc.value.code == "DATA_LOSS"
+    assert not (_job_dir(worker, job_id) / "bundle").exists()
+    assert not (_job_dir(worker, job_id) / "bundle.unpacking").exists()
+    assert not list((worker.data_dir / "uploads").glob(f"{job_id}-*"))
+    with pytest.raises(ValueError, match="32 bytes"):
+        client.upload_bundle(job_id, archive, archive_sha256=b"short")
+    status = client.upload_bundle(job_id, archive, archive_sha256=hashlib.sha256(archive.read_bytes()).digest())
+    assert status.complete and status.bundle_hash == bhash
