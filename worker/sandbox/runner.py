@@ -95,6 +95,16 @@ ETC_GENERATED = {
 }
 _ETC_TOOLS = {"nsswitch-dns.conf": "hosts: files dns\n"}
 """Generated files only a tool with network sees (see :meth:`Sandbox.tool_argv`)."""
+OMP_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""How a job's OpenMP threads wait, unless its ``job.env`` sets it: asleep, not spinning.
+
+A job gets as many OpenMP threads as its device's share of cores, and the worker, its provider
+daemon and the chain run on the same cores. With libgomp's or Intel OpenMP's default (spin at
+every barrier, then yield), one thread preempted for a time slice keeps the others spinning until
+it comes back: a small-batch CPU job took 10-20 times as long, burning the cores it waited for,
+whenever any other process was runnable. Passive waiting costs a few microseconds per parallel
+region and nothing of the job's results (see docs/performance.md).
+"""
 _GATE = 'read _ || exit 125; exec </dev/null; exec "$@"'
 _GPU_CONTROL = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 _DROP = (
@@ -563,6 +573,9 @@ class Sandbox:
         for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG"):
             if key in req.env:
                 env[key] = req.env[key]
+        # OpenMP threads that wait at a barrier sleep rather than spin (unless the job's env says otherwise).
+        for key, value in OMP_WAIT.items():
+            env.setdefault(key, value)
         return env
 
     def start(self, req: SandboxRequest) -> RunningJob:
