@@ -133,6 +133,7 @@ def test_a_job__cannot_read_keys_or_host_files_reach_the_network_or_write_outsid
             "PWD",
             "OMP_NUM_THREADS",
             "MKL_NUM_THREADS",
+            "OMP_WAIT_POLICY",
             "LC_CTYPE",
         }
         for name in report["env"]
