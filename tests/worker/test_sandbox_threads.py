@@ -10,6 +10,7 @@ import json
 import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ JOB = textwrap.dedent(
 )
 
 
-def _run(sandbox: Sandbox, tmp_path: Path, job_env: Mapping[str, str]) -> dict[str, object]:
+def _run(sandbox: Sandbox, tmp_path: Path, job_env: Mapping[str, str]) -> dict[str, Any]:
     bundle = tmp_path / "bundle"
     bundle.mkdir(exist_ok=True)
     (bundle / "main.py").write_text(JOB)
@@ -69,7 +70,8 @@ def _run(sandbox: Sandbox, tmp_path: Path, job_env: Mapping[str, str]) -> dict[s
         job.stdout.close()
         job.stderr.close()
         assert outcome.exit_code == 0, errors.decode(errors="replace")
-        return json.loads((space.output / "threads.json").read_text())
+        report: dict[str, Any] = json.loads((space.output / "threads.json").read_text())
+        return report
     finally:
         space.release()
 
@@ -85,11 +87,14 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def test_job_env__has_the_passive_wait_policy_and_the_job_may_override_it() -> None:
-    paths = ["/job/work", "/job/input", "/job/output", "/job/checkpoints"]
     plain = SandboxRequest("j", None, "m.py", env={"OMP_NUM_THREADS": "2"})  # type: ignore[arg-type]
-    assert Sandbox._job_env(plain, *paths, None)["OMP_WAIT_POLICY"] == "PASSIVE" == OMP_WAIT["OMP_WAIT_POLICY"]
+    assert (
+        Sandbox._job_env(plain, "/w", "/i", "/o", "/c", None)["OMP_WAIT_POLICY"]
+        == "PASSIVE"
+        == OMP_WAIT["OMP_WAIT_POLICY"]
+    )
     own = SandboxRequest("j", None, "m.py", job_env={"OMP_WAIT_POLICY": "ACTIVE"})  # type: ignore[arg-type]
-    assert Sandbox._job_env(own, *paths, None)["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert Sandbox._job_env(own, "/w", "/i", "/o", "/c", None)["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 @pytest.mark.slow
