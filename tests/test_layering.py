@@ -24,6 +24,7 @@ LIBRARY = {
     "marketplace.errors",
     "marketplace.types",
     "marketplace.sdk",
+    "marketplace.launch",
     "marketplace.rpc",
     "marketplace.protocol",
     "marketplace.verify",
@@ -41,6 +42,7 @@ ALLOWED: dict[str, set[str]] = {
     "marketplace.errors": set(),
     "marketplace.types": {"marketplace.errors"},
     "marketplace.sdk": set(),  # imported by job code inside the sandbox: stays light
+    "marketplace.launch": set(),  # runs a job's steps inside the sandbox: standard library only
     "marketplace.rpc": set(),  # generated gRPC code
     "marketplace.protocol": BASE,
     "marketplace.verify": BASE | {"marketplace.protocol"},
@@ -50,7 +52,13 @@ ALLOWED: dict[str, set[str]] = {
     "marketplace.requester": LIBRARY - {"marketplace.requester"},
     "worker": set(),
     "worker.daemon": LIBRARY,  # the step loop every daemon runs
-    "worker.sandbox": {"marketplace", "marketplace.errors", "marketplace.sdk"},
+    "worker.sandbox": {
+        "marketplace",
+        "marketplace.errors",
+        "marketplace.sdk",
+        "marketplace.launch",
+        "marketplace.protocol",
+    },
     "worker.node": LIBRARY | {"worker.sandbox"},
     "worker.provider": LIBRARY | {"worker.daemon", "worker.sandbox", "worker.node"},
     "worker.pool": LIBRARY | {"worker.daemon", "worker.sandbox", "worker.node", "worker.provider"},
