@@ -17,6 +17,7 @@ from marketplace.requester.requester import JobOptions, JobOutcome, Requester
 from marketplace.types import ONE_TOKEN, DeviceKind, parse_tokens
 from worker.node.chain_leases import ChainLeases
 from worker.node.config import WorkerConfig
+from worker.node.environments import EnvironmentSettings
 from worker.node.service import WorkerServer, create_server
 from worker.provider.daemon import ProviderDaemon, ProviderSettings
 from worker.testing.cheats import Cheat, CheatingProvider
@@ -54,7 +55,14 @@ class Market:
     verifiers: list[VerifierDaemon] = field(default_factory=list)
 
     def add_provider(
-        self, dev: int, cheat: Cheat | None = None, *, claimed_gflops: int = 0, price: str = "0.2", cpu_slots: int = 1
+        self,
+        dev: int,
+        cheat: Cheat | None = None,
+        *,
+        claimed_gflops: int = 0,
+        price: str = "0.2",
+        cpu_slots: int = 1,
+        environments: EnvironmentSettings | None = None,
     ) -> ProviderDaemon:
         contracts = self.contracts
         data = self.home / f"provider-{dev}"
@@ -64,6 +72,7 @@ class Market:
             chain_id=contracts.chain.chain_id,
             market_address=contracts.market.address,
             cpu_slots=cpu_slots,
+            environments=environments,
         )
         server, port = create_server(config, "127.0.0.1:0")
         devices = server.manager.devices

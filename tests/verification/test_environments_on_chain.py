@@ -14,17 +14,12 @@ import pytest
 
 from marketplace.chain.client import dev_account
 from marketplace.contracts.events import ResultAttested
-from marketplace.market.pricing import strategy_from_spec
 from marketplace.market.summary import job_summary
 from marketplace.requester.client import WorkerClient
 from marketplace.requester.requester import JobOptions, Requester
-from marketplace.types import ONE_TOKEN, Auction, DeviceKind, Outcome, SlotStatus, parse_tokens
+from marketplace.types import Auction, Outcome, SlotStatus
 from tests.verification.chainkit import PROVIDERS, REQUESTER, VERIFIERS, Market, bundle_copy
-from worker.node.chain_leases import ChainLeases
-from worker.node.config import WorkerConfig
 from worker.node.environments import EnvironmentSettings
-from worker.node.service import WorkerServer, create_server
-from worker.provider.daemon import ProviderDaemon, ProviderSettings
 from worker.testing.wheels import make_wheel
 
 pytestmark = [pytest.mark.slow, pytest.mark.bwrap, pytest.mark.filterwarnings("ignore::ResourceWarning")]
@@ -46,47 +41,13 @@ def wheelhouse(tmp_path: Path) -> Path:
     return folder
 
 
-def add_provider(market: Market, dev: int, environments: EnvironmentSettings) -> tuple[ProviderDaemon, WorkerServer]:
-    """A provider like chainkit's, whose worker builds environments with ``environments``."""
-    contracts = market.contracts
-    data = market.home / f"provider-{dev}"
-    config = WorkerConfig(
-        data_dir=data,
-        leases=ChainLeases(contracts),
-        chain_id=contracts.chain.chain_id,
-        market_address=contracts.market.address,
-        environments=environments,
-    )
-    server, port = create_server(config, "127.0.0.1:0")
-    devices = server.manager.devices
-    settings = ProviderSettings(
-        endpoint=f"127.0.0.1:{port}",
-        price_floor=parse_tokens("0.2"),
-        strategy=strategy_from_spec("fixed"),
-        stake=200 * ONE_TOKEN,
-        device_model=devices[0].model[:64],
-        device_kind=DeviceKind.CPU,
-        gpu_count=len(devices),
-        memory_mb=min(d.memory_bytes for d in devices) >> 20,
-        poll_interval_s=0.2,
-    )
-    daemon = ProviderDaemon(contracts, dev_account(dev), server, settings, data / "provider-state.json")
-    daemon.ensure_registered()
-    server.start()
-    daemon.start()
-    market.servers.append(server)
-    market.providers.append(daemon)
-    return daemon, server
-
-
 def test_extra_package__built_over_the_providers_torch__replayed_by_the_verifier_and_paid(
     market: Market, tmp_path: Path, wheelhouse: Path
 ) -> None:
-    _provider, server = add_provider(
-        market,
+    server = market.add_provider(
         PROVIDERS[0],
-        EnvironmentSettings(tmp_path / "provider-envs", package_index=None, find_links=(wheelhouse,)),
-    )
+        environments=EnvironmentSettings(tmp_path / "provider-envs", package_index=None, find_links=(wheelhouse,)),
+    ).worker
     verifier = market.add_verifier(
         VERIFIERS[0],
         environments=EnvironmentSettings(tmp_path / "verifier-envs", package_index=None, find_links=(wheelhouse,)),
@@ -117,9 +78,11 @@ def test_extra_package__a_package_no_index_has__never_runs__reported_a_no_show__
 ) -> None:
     empty = tmp_path / "empty-wheelhouse"
     empty.mkdir(mode=0o755)
-    provider, server = add_provider(
-        market, PROVIDERS[0], EnvironmentSettings(tmp_path / "provider-envs", package_index=None, find_links=(empty,))
+    provider = market.add_provider(
+        PROVIDERS[0],
+        environments=EnvironmentSettings(tmp_path / "provider-envs", package_index=None, find_links=(empty,)),
     )
+    server = provider.worker
     contracts = market.contracts
     stake = contracts.registry.total_stake(provider.address)
     requester = Requester(contracts, dev_account(REQUESTER))
@@ -163,10 +126,9 @@ def test_preflight__warns_when_no_provider_that_answers_can_serve_the_torch_rang
 def test_extra_package__a_verifier_that_cannot_build_the_environment__voids_the_slot_never_slashes(
     market: Market, tmp_path: Path, wheelhouse: Path
 ) -> None:
-    provider, _server = add_provider(
-        market,
+    provider = market.add_provider(
         PROVIDERS[0],
-        EnvironmentSettings(tmp_path / "provider-envs", package_index=None, find_links=(wheelhouse,)),
+        environments=EnvironmentSettings(tmp_path / "provider-envs", package_index=None, find_links=(wheelhouse,)),
     )
     empty = tmp_path / "empty-wheelhouse"
     empty.mkdir(mode=0o755)
