@@ -15,7 +15,10 @@ bare gRPC server process on loopback, packs a MIB-sized bundle (timed: ``pack_se
   checked), paired with ``bare_download``.
 
 Each ratio (bare seconds / flopex seconds) is reported as the median of its pairs with their
-spread; ``meets_goals`` says whether both medians reach :data:`GOAL_RATIO`. ``--busy`` runs one
+spread. Where the time goes is measured in the same run: the worker's CPU seconds per upload and
+the bare server's (``/proc``), the client's CPU seconds per download, the ceilings these put on the
+ratios (``upload_ceiling_vs_bare``: bare seconds over the worker's CPU seconds), and each pass the
+worker makes over an upload's bytes timed alone (``upload_passes_ms``); ``meets_goals`` says whether both medians reach :data:`GOAL_RATIO`. ``--busy`` runs one
 busy-looping process per core for the whole measurement, as on a provider's loaded machine.
 It prints one JSON document, with the environment.
 """
@@ -33,9 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import IO, cast
 
 import blake3
 import grpc
@@ -94,6 +98,12 @@ def _spin(n: int) -> list[multiprocessing.Process]:
     for p in procs:
         p.start()
     return procs
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _summary(values: list[float]) -> dict[str, object]:
@@ -155,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     busy = _spin(os.cpu_count() or 1) if args.busy else []
     ups: list[tuple[float, float]] = []
     downs: list[tuple[float, float]] = []
+    cpu: dict[str, list[float]] = {"worker_upload": [], "bare_server_upload": [], "client_download": []}
     try:
         with tempfile.TemporaryDirectory(prefix="flopex-bench-") as tmp_name:
             tmp = Path(tmp_name)
@@ -239,10 +250,18 @@ def main(argv: list[str] | None = None) -> int:
                     bare_ch = _BareChannel(channel)
 
                     def flopex_up(job_id: int) -> float:
+                        c0 = _cpu_s(worker.pid)
                         t0 = time.perf_counter()
                         status = client.upload_bundle(job_id, archive, chunk_size=_CHUNK, archive_sha256=packed.sha256)
                         elapsed = time.perf_counter() - t0
+                        cpu["worker_upload"].append(_cpu_s(worker.pid) - c0)
                         assert status.complete and status.bundle_hash == bhash
+                        return elapsed
+
+                    def bare_up() -> float:
+                        c0 = _cpu_s(bare.pid)
+                        elapsed = bare_ch.up(archive_size)
+                        cpu["bare_server_upload"].append(_cpu_s(bare.pid) - c0)
                         return elapsed
 
                     # the job whose results are downloaded, uploaded once untimed (it also warms both paths)
@@ -254,9 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                     for i, job_id in enumerate(job_ids[1:]):
                         if i % 2:
                             up_s = flopex_up(job_id)
-                            bare_s = bare_ch.up(archive_size)
+                            bare_s = bare_up()
                         else:
-                            bare_s = bare_ch.up(archive_size)
+                            bare_s = bare_up()
                             up_s = flopex_up(job_id)
                         ups.append((bare_s, up_s))
                         shutil.rmtree(data_dir / "jobs" / str(job_id), ignore_errors=True)  # disk only
@@ -265,9 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                         dest = tmp / f"results{i}"
 
                         def flopex_down(dest: Path = dest) -> float:
+                            c0 = time.process_time()
                             t0 = time.perf_counter()
                             results = client.download_results(job_ids[0], dest, provider=hello["provider"])
                             elapsed = time.perf_counter() - t0
+                            cpu["client_download"].append(time.process_time() - c0)
                             nonlocal downloaded
                             downloaded = results.manifest.total_bytes
                             return elapsed
@@ -279,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                             if not downloaded:
                                 flopex_down(tmp / "warm")  # learn the size (and warm the path) first
                                 shutil.rmtree(tmp / "warm")
+                                cpu["client_download"].pop()
                             bare_s = bare_ch.down(downloaded)
                             down_s = flopex_down()
                         downs.append((bare_s, down_s))
@@ -298,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     def mibs(n: int, s: float) -> float:
         return round(n / (1 << 20) / s, 1)
 
+    passes = _upload_passes(args.mib)
+    worker_cpu = statistics.median(cpu["worker_upload"])
+    bare_cpu = statistics.median(cpu["bare_server_upload"])
+    bare_up_s = statistics.median(b for b, _ in ups)
     up_ratio = _summary([b / f for b, f in ups])
     down_ratio = _summary([b / f for b, f in downs])
     report = {
@@ -323,6 +349,19 @@ def main(argv: list[str] | None = None) -> int:
         "download_vs_bare_pairs": down_ratio,
         "download_includes": "written to disk, per-file sha256, Merkle root over BLAKE3 chunk digests, "
         "receipt signature",
+        "worker_cpu_s_per_upload": round(worker_cpu, 3),
+        "bare_server_cpu_s_per_upload": round(bare_cpu, 3),
+        "upload_ceiling_vs_bare": round(bare_up_s / worker_cpu, 3),
+        "upload_ceiling_is": "the bare stream's median seconds over the worker's median CPU seconds per upload: the "
+        "ratio the upload would reach if the worker's own CPU time were the only cost (it runs on one core: the "
+        "unpacking waits for each message, and the client's process holds the other core)",
+        "client_cpu_s_per_download": round(statistics.median(cpu["client_download"]), 3),
+        "download_ceiling_vs_bare": round(
+            statistics.median(b for b, _ in downs) / statistics.median(cpu["client_download"]), 3
+        ),
+        "upload_passes_ms": passes,
+        "upload_passes_are": "each pass the worker makes over an upload's bytes, timed alone in this process on the "
+        "same bundle (best of 3): what one upload costs the worker's core before any transport",
         "upload_chunk_bytes": _CHUNK,
         "download_chunk_bytes": 1 << 20,
         "goals": {"upload_vs_bare": f">= {GOAL_RATIO}", "download_vs_bare": f">= {GOAL_RATIO}"},
@@ -366,6 +405,55 @@ class _BareChannel:
         elapsed = time.perf_counter() - t0
         assert got == size
         return elapsed
+
+
+def _upload_passes(mib: int) -> dict[str, float]:
+    """Milliseconds of each pass the worker makes over a ``mib`` MiB upload, timed alone (best of 3)."""
+    import io
+
+    from marketplace.protocol.bundle import pack_bundle, unpack_bundle
+    from marketplace.rpc import worker_pb2 as pb
+    from worker.node.receive import ArchiveReceiver
+
+    def best(f: Callable[[], object]) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return round(min(times) * 1000, 1)
+
+    with tempfile.TemporaryDirectory(prefix="flopex-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        _bundle_dir(tmp / "b", mib)
+        data = bytes(pack_bundle(tmp / "b"))
+        wire = [pb.UploadChunk(data=data[i : i + _CHUNK]).SerializeToString() for i in range(0, len(data), _CHUNK)]
+        runs = iter(range(1 << 20))
+
+        def write_part() -> None:
+            with open(tmp / "part", "wb") as fh:
+                for i in range(0, len(data), _CHUNK):
+                    fh.write(data[i : i + _CHUNK])
+
+        def unpack() -> None:
+            unpack_bundle(io.BytesIO(data), tmp / f"u{next(runs)}", max_bytes=1 << 40)
+
+        def whole() -> None:
+            chunks = ((m.data, m.sha256) for m in map(pb.UploadChunk.FromString, wire))
+            with open(tmp / "part", "wb") as fh:
+                receiver = ArchiveReceiver(chunks, fh, hashlib.sha256(), 0, len(data))
+                unpack_bundle(cast(IO[bytes], receiver), tmp / f"u{next(runs)}", max_bytes=1 << 40)
+                receiver.drain()
+
+        passes = {
+            "message_parse_and_data": best(lambda: [pb.UploadChunk.FromString(w).data for w in wire]),
+            "archive_sha256": best(lambda: hashlib.sha256(data).digest()),
+            "partial_archive_write": best(write_part),
+            "inflate_untar_write_blake3": best(unpack),
+            "blake3_alone": best(lambda: blake3.blake3(data).digest()),
+            "whole_worker_path_no_grpc": best(whole),
+        }
+        return passes
 
 
 def _pack_single_stream(root: Path, archive: Path) -> float:

@@ -1001,6 +1001,73 @@ class _GzipStream(io.RawIOBase):
         return b""
 
 
+class _ForwardReader:
+    """The tar stream of an archive as :mod:`tarfile` reads it (``read``, ``tell``, forward ``seek``),
+    with members' content taken out by :meth:`blocks` as the inflated blocks themselves.
+
+    tarfile's own stream reader joins and slices its buffer for every read (three copies of each
+    byte, and two more through ``extractfile``); headers still go through tarfile here, while a
+    member's bytes are handed on as (views of) the blocks :class:`_GzipStream` produced. Only forward
+    seeks are served: tarfile asks for nothing else when each member's content is read before the
+    next header.
+    """
+
+    def __init__(self, source: _GzipStream) -> None:
+        self._src = source
+        self._buf = b""
+        self._off = 0
+        self._pos = 0  # position in the tar stream of self._buf[0]
+
+    def _fill(self) -> bool:
+        block = self._src.read(_READ)
+        if not block:
+            return False
+        rest = self._buf[self._off :]  # a header's bytes split across blocks: under 512 bytes, as a rule
+        self._pos += self._off
+        self._buf, self._off = (rest + block if rest else block), 0
+        return True
+
+    def tell(self) -> int:
+        return self._pos + self._off
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            size = len(self._buf) - self._off
+        while len(self._buf) - self._off < size and self._fill():
+            pass
+        data = self._buf[self._off : self._off + size]
+        self._off += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or pos < self.tell():
+            raise io.UnsupportedOperation("a bundle archive is read forward only")
+        skip = pos - self.tell()
+        while skip:
+            if self._off >= len(self._buf) and not self._fill():
+                break  # past the end: the read that follows finds nothing
+            step = min(skip, len(self._buf) - self._off)
+            self._off += step
+            skip -= step
+        return self.tell()
+
+    def blocks(self, size: int) -> Any:
+        """The stream's next ``size`` bytes as bytes or memoryviews (fewer at the stream's end)."""
+        while size > 0:
+            if self._off >= len(self._buf) and not self._fill():
+                return
+            n = min(size, len(self._buf) - self._off)
+            if self._off == 0 and n == len(self._buf):
+                piece: bytes | memoryview = self._buf
+            else:
+                piece = memoryview(self._buf)[self._off : self._off + n]
+            self._off += n
+            size -= n
+            yield piece
+
+
 _EXTENDED = frozenset(
     {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
 )
@@ -1104,7 +1171,8 @@ def _extract(source: IO[bytes], out: Path, max_bytes: int, max_files: int) -> tu
     hasher: BundleHasher | None = BundleHasher()
     previous = b""
     try:
-        tar = tarfile.open(fileobj=_GzipStream(source), mode="r|", tarinfo=_BoundedTarInfo, bufsize=_READ)
+        reader = _ForwardReader(_GzipStream(source))
+        tar = tarfile.open(fileobj=cast(IO[bytes], reader), mode="r:", tarinfo=_BoundedTarInfo)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise BundleError(f"bundle archive: not a readable .tar.gz: {exc}") from None
     except RecursionError:
@@ -1138,14 +1206,12 @@ def _extract(source: IO[bytes], out: Path, max_bytes: int, max_files: int) -> tu
                 parent = target.parent
                 if not parent.resolve().is_relative_to(out.resolve()):
                     raise BundleError(f"bundle archive: member {member.name!r} escapes the bundle")
-                src = tar.extractfile(member)
-                if src is None:
-                    raise BundleError(f"bundle archive: member {member.name!r} has no content")
                 if hasher is not None:
                     hasher.file(name, member.size)
                 written = 0
-                with src, open(target, "xb") as fh:
-                    while block := src.read(_READ):
+                reader.seek(member.offset_data)
+                with open(target, "xb") as fh:
+                    for block in reader.blocks(member.size):
                         total += len(block)
                         written += len(block)
                         if total > max_bytes:

@@ -157,3 +157,68 @@ def test_a_stored_block__is_valid_raw_deflate(tmp_path: Path) -> None:
     for size in (0, 1, 0xFFFF, 0xFFFF + 1, 3 * 0xFFFF + 7):
         data = os.urandom(size)
         assert zlib.decompress(_stored(data), -zlib.MAX_WBITS) == data
+
+
+class _Trickle(io.RawIOBase):
+    """A source that hands out at most a few odd-sized bytes per read, as a slow network would."""
+
+    def __init__(self, data: bytes, sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        self._data = memoryview(data)
+        self._pos = 0
+        self._sizes = sizes
+        self._turn = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        step = self._sizes[self._turn % len(self._sizes)]
+        self._turn += 1
+        n = step if size is None or size < 0 else min(size, step)
+        piece = bytes(self._data[self._pos : self._pos + n])
+        self._pos += len(piece)
+        return piece
+
+
+@pytest.mark.parametrize("pack", ["flopex", "one_gzip_stream"])
+def test_members_split_anywhere_across_reads__unpack_byte_for_byte(tmp_path: Path, pack: str) -> None:
+    """Members' content taken out block by block: sizes around tar's 512-byte blocks and the packer's
+    blocks, many small files in one block and one file over several, read from a stream whose reads
+    end at odd offsets: every file and the bundle hash come out as packed."""
+    sizes = [0, 1, 511, 512, 513, 4095, PACK_BLOCK - 1, PACK_BLOCK, PACK_BLOCK + 1, 3 * PACK_BLOCK + 7]
+    files = {f"d/f{i:02d}.bin": os.urandom(n) for i, n in enumerate(sizes)}
+    files.update({f"small/s{i:03d}.txt": os.urandom(i * 37 % 700) for i in range(120)})
+    root = _bundle(tmp_path / "b", files)
+    if pack == "flopex":
+        archive = bytes(pack_bundle(root))
+    else:
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                tar.add(path, arcname=path.relative_to(root).as_posix())
+        archive = raw.getvalue()
+    for reads in ((PACK_BLOCK,), (7, 511, 333, 1_000, 65_539)):
+        out = tmp_path / f"u-{len(reads)}"
+        unpacked = unpack_bundle(_Trickle(archive, reads), out, max_bytes=1 << 30)
+        assert unpacked.hash == bundle_hash(root)
+        for name, data in files.items():
+            assert (out / name).read_bytes() == data
+
+
+def test_a_member_longer_than_what_follows__is_cut_short_not_padded(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in (("job.toml", TOML.encode()), ("main.py", b"print(1)\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("z.bin")
+        info.size = 10_000
+        tar.addfile(info, io.BytesIO(bytes(10_000)))
+    body = raw.getvalue()
+    cut = body[: body.index(bytes(10_000)) + 3_000]  # the header says 10,000 bytes; 3,000 follow
+    path = tmp_path / "cut.tar.gz"
+    path.write_bytes(gzip.compress(cut))
+    with pytest.raises(BundleError, match="cut short"):
+        unpack_bundle(path, tmp_path / "u", max_bytes=1 << 30)
