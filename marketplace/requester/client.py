@@ -493,11 +493,12 @@ class WorkerClient:
                 chunk = message.chunk
                 if message.WhichOneof("kind") != "chunk":
                     raise VerificationError("results: a manifest page after the file chunks")
-                if chunk.path not in expected:
-                    raise VerificationError(f"results: unexpected file {chunk.path!r}")
-                fh = handle if position >= 0 and order[position] == chunk.path else advance_to(chunk.path)
-                fh.write(chunk.data)
-                verifier.feed(chunk.path, chunk.data)
+                path, data = chunk.path, chunk.data  # each read of a bytes field is a copy
+                if path not in expected:
+                    raise VerificationError(f"results: unexpected file {path!r}")
+                fh = handle if position >= 0 and order[position] == path else advance_to(path)
+                fh.write(data)
+                verifier.feed(path, data)
             if position < len(order) - 1:
                 advance_to(order[-1])  # the files no chunk was sent for (empty ones) exist too
         finally:
