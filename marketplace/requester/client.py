@@ -359,9 +359,9 @@ class WorkerClient:
         archive's digest, signed in the header, before it keeps anything). A stream broken off by
         UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED or CANCELLED is retried after a backoff; any other
         error raises at once. ``stop_after`` ends the first stream after that many bytes (to exercise
-        resumption). Returns the final status, the bytes sent, and whether that status
-        came from a stream (False: from ``query``). Raises the last error, or ``failed`` as
-        UNAVAILABLE, when no attempt completes the upload.
+        resumption). Returns the final status, the bytes sent, and whether that status came from a
+        stream (False: from ``query``). Raises the last error, or ``failed`` as UNAVAILABLE, when no
+        attempt completes the upload.
         """
         sent = 0
         last: WorkerError | None = None
