@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from eth_account import Account
 
-    from benchmarks._env import emit, environment
+    from benchmarks._env import emit, environment, worker_process
     from marketplace.protocol.auth import Domain
     from marketplace.protocol.bundle import load_bundle, pack_bundle
     from marketplace.protocol.datasets import dataset_hash, format_dataset
@@ -67,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     from marketplace.requester.datasets import DatasetIndex, ensure_datasets
     from worker.node.leases import DeviceRequirements, Lease, LeaseFile
 
-    repo = Path(__file__).resolve().parent.parent
     market = "0x" + "5a" * 20
     requester = Account.create()
     ids = itertools.count(1)
@@ -78,29 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         leases_path = tmp / "leases.json"
         LeaseFile.write(leases_path, [])
         mb = str(args.mib * 3 + 64)
-        worker = subprocess.Popen(
-            [
-                *(
-                    sys.executable,
-                    "-m",
-                    "worker.serve",
-                    "--data-dir",
-                    str(tmp / "worker"),
-                    "--leases",
-                    str(leases_path),
-                ),
-                *("--key-file", str(key), "--market", market, "--print-port", "--log-level", "WARNING"),
-                *("--max-bundle-mb", mb, "--max-disk-mb", mb, "--max-file-mb", mb, "--memory-limit-mb", "2048"),
-                *("--dataset-stranger-quota-mb", mb),
-            ],
-            cwd=repo,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert worker.stdout is not None
-        hello = json.loads(worker.stdout.readline())
         leases: list[Lease] = []
-        try:
+        with worker_process(
+            tmp / "worker",
+            leases_path,
+            key,
+            market,
+            *("--max-bundle-mb", mb, "--max-disk-mb", mb, "--max-file-mb", mb, "--memory-limit-mb", "2048"),
+            *("--dataset-stranger-quota-mb", mb),
+        ) as (_worker, hello):
             data = tmp / "data"
             data.mkdir()
             for i in range(4):
@@ -161,9 +143,6 @@ def main(argv: list[str] | None = None) -> int:
             inline_run = run(inline)
             first = run(by_hash)
             repeat = run(by_hash)
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
     # every run read the same bytes (the same part files in the same order): the digests agree
     same = inline_run["data_sha256"] == first["data_sha256"] == repeat["data_sha256"]
     goals = {

@@ -52,7 +52,7 @@ def _main(args: argparse.Namespace) -> int:
 
     from eth_account import Account
 
-    from benchmarks._env import environment
+    from benchmarks._env import environment, worker_process
     from benchmarks._pairs import pair_stats, spread
     from marketplace.protocol.auth import Domain
     from marketplace.protocol.bundle import load_bundle, pack_bundle
@@ -60,7 +60,6 @@ def _main(args: argparse.Namespace) -> int:
     from worker.node.leases import DeviceRequirements, Lease, LeaseFile
     from worker.sandbox.runner import Limits, Sandbox, SandboxRequest
 
-    repo = Path(__file__).resolve().parent.parent
     plain: list[float] = []
     kinds = {
         "small_disk_limit": Limits(timeout_s=60, max_disk_bytes=64 << 20),
@@ -112,32 +111,9 @@ def _main(args: argparse.Namespace) -> int:
         key.write_text(Account.create().key.hex())
         leases = tmp / "leases.json"
         LeaseFile.write(leases, [])
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "worker.serve",
-                "--data-dir",
-                str(tmp / "data"),
-                "--leases",
-                str(leases),
-                "--key-file",
-                str(key),
-                "--market",
-                market,
-                "--print-port",
-                "--log-level",
-                "WARNING",
-            ]
-            + ([] if sandboxed else ["--unsafe-no-sandbox"]),
-            cwd=repo,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert worker.stdout is not None
-        hello = json.loads(worker.stdout.readline())
         first_line: list[float] = []
-        try:
+        flags = [] if sandboxed else ["--unsafe-no-sandbox"]
+        with worker_process(tmp / "data", leases, key, market, *flags) as (_worker, hello):
             with WorkerClient(
                 f"127.0.0.1:{hello['port']}", requester_key=requester.key, domain=Domain(31337, market)
             ) as client:
@@ -172,10 +148,6 @@ def _main(args: argparse.Namespace) -> int:
                             first_line.append(time.perf_counter() - t0)
                             break
                     client.wait(job_id)
-        finally:
-            worker.terminate()
-            worker.wait(30)
-            worker.stdout.close()
 
     plain_ms = _median_ms(plain)
     per_kind: dict[str, dict[str, Any]] = {}

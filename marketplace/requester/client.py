@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -36,7 +36,19 @@ from marketplace.rpc import worker_pb2_grpc as pb_grpc
 __all__ = ["DownloadedResults", "WorkerClient", "receipt_from_proto"]
 
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# an upload stream broken off by one of these resumes from what the worker holds
+_RESUMABLE = _RETRYABLE | {grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED}
 _T = TypeVar("_T")
+
+
+class _UploadStatus(Protocol):
+    """What UploadStatus and DatasetStatus share: the bytes of the upload the worker holds."""
+
+    @property
+    def received_bytes(self) -> int: ...
+
+
+_S = TypeVar("_S", bound=_UploadStatus)
 MAX_MESSAGE_BYTES = 8 << 20
 
 
@@ -129,8 +141,22 @@ def _prepend(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
-def _chunk(data: bytes, hashed: bool) -> pb.UploadChunk:
-    return pb.UploadChunk(data=data, sha256=hashlib.sha256(data).digest()) if hashed else pb.UploadChunk(data=data)
+def _check_chunk_size(chunk_size: int) -> None:
+    if not 0 < chunk_size <= 4 << 20:
+        raise ValueError("chunk_size must be between 1 byte and 4 MiB")
+
+
+def _pieces(source: bytes | Path, start: int, size: int, chunk_size: int) -> Iterator[bytes]:
+    """``source``'s bytes from ``start`` in pieces of ``chunk_size`` (a file: to its end)."""
+    if isinstance(source, bytes):
+        view = memoryview(source)
+        for pos in range(start, size, chunk_size):
+            yield bytes(view[pos : pos + chunk_size])
+        return
+    with open(source, "rb") as fh:
+        fh.seek(start)
+        while data := fh.read(chunk_size):
+            yield data
 
 
 def _sha256_file(path: Path) -> bytes:
@@ -272,59 +298,103 @@ class WorkerClient:
         result, and is hashed here otherwise (a digest that does not match the bytes sent is
         refused by the worker as DATA_LOSS, keeping nothing).
         """
-        if not 0 < chunk_size <= 4 << 20:
-            raise ValueError("chunk_size must be between 1 byte and 4 MiB")
+        _check_chunk_size(chunk_size)
         if archive_sha256 is not None and len(archive_sha256) != 32:
             raise ValueError("archive_sha256 must be 32 bytes")
         sha = archive_sha256 or getattr(archive, "sha256", None)
-        path = None if isinstance(archive, bytes) else Path(archive)
-        if path is not None:
-            size = path.stat().st_size
-            sha = sha or _sha256_file(path)
+        source: bytes | Path
+        if isinstance(archive, bytes):
+            source, size = archive, len(archive)
+            sha = sha or hashlib.sha256(archive).digest()
         else:
-            assert isinstance(archive, bytes)
-            size, sha = len(archive), sha or hashlib.sha256(archive).digest()
+            source = Path(archive)
+            size = source.stat().st_size
+            sha = sha or _sha256_file(source)
         digest = payload_digest("UploadBundle", archive_sha256=sha)
+
+        def header(offset: int) -> pb.UploadChunk:
+            auth = self.auth(job_id, "UploadBundle", digest)
+            return pb.UploadChunk(
+                header=pb.UploadHeader(job_id=job_id, archive_size=size, archive_sha256=sha, offset=offset, auth=auth)
+            )
+
+        status, _sent, _streamed = self._resumable_upload(
+            lambda messages, timeout: self._stub.UploadBundle(messages, timeout=timeout),
+            lambda: self.query_upload(job_id, sha),
+            lambda status: bool(status.complete),
+            header,
+            pb.UploadChunk,
+            source,
+            size,
+            chunk_size=chunk_size,
+            max_attempts=max_attempts,
+            chunk_hashes=chunk_hashes,
+            failed=f"upload of job {job_id} did not complete",
+        )
+        return status
+
+    def _resumable_upload(
+        self,
+        rpc: Callable[[Iterator[Any], float], _S],
+        query: Callable[[], _S],
+        complete: Callable[[_S], bool],
+        header: Callable[[int], Any],
+        chunk: Callable[..., Any],
+        source: bytes | Path,
+        size: int,
+        *,
+        chunk_size: int,
+        max_attempts: int,
+        chunk_hashes: bool,
+        failed: str,
+        stop_after: int | None = None,
+    ) -> tuple[_S, int, bool]:
+        """Stream ``source`` (``size`` bytes) with ``rpc``, resuming from what the worker holds after any break.
+
+        Each of up to ``max_attempts`` attempts asks ``query`` for the upload's status (returned
+        as it is when ``complete``), then calls ``rpc(messages, deadline)`` with ``header(offset)``
+        (built as the stream starts, so each stream is signed afresh) and the bytes from the offset
+        the status reports, as ``chunk(data=...)`` messages of ``chunk_size`` bytes, with
+        ``sha256=`` each chunk's digest only when ``chunk_hashes`` (the worker checks the whole
+        archive's digest, signed in the header, before it keeps anything). A stream broken off by
+        UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED or CANCELLED is retried after a backoff; any other
+        error raises at once. ``stop_after`` ends the first stream after that many bytes (to exercise
+        resumption). Returns the final status, the bytes sent, and whether that status came from a
+        stream (False: from ``query``). Raises the last error, or ``failed`` as UNAVAILABLE, when no
+        attempt completes the upload.
+        """
+        sent = 0
         last: WorkerError | None = None
         for attempt in range(max_attempts):
-            status = self.query_upload(job_id, sha)
-            if status.complete:
-                return status
-            offset = status.received_bytes
+            status = query()
+            if complete(status):
+                return status, sent, False
+            offset = int(status.received_bytes)
 
-            def messages(start: int = offset) -> Iterator[pb.UploadChunk]:
-                yield pb.UploadChunk(
-                    header=pb.UploadHeader(
-                        job_id=job_id,
-                        archive_size=size,
-                        archive_sha256=sha,
-                        offset=start,
-                        auth=self.auth(job_id, "UploadBundle", digest),
-                    )
-                )
-                if path is not None:
-                    with open(path, "rb") as fh:
-                        fh.seek(start)
-                        while data := fh.read(chunk_size):
-                            yield _chunk(data, chunk_hashes)
-                else:
-                    assert isinstance(archive, bytes)
-                    view = memoryview(archive)
-                    for pos in range(start, size, chunk_size):
-                        yield _chunk(bytes(view[pos : pos + chunk_size]), chunk_hashes)
+            def messages(start: int = offset, limit: int | None = stop_after) -> Iterator[Any]:
+                nonlocal sent
+                yield header(start)
+                streamed = 0
+                for data in _pieces(source, start, size, chunk_size):
+                    if limit is not None and streamed >= limit:
+                        return
+                    streamed += len(data)
+                    sent += len(data)
+                    yield chunk(data=data, sha256=hashlib.sha256(data).digest()) if chunk_hashes else chunk(data=data)
 
             deadline = self.timeout_s + (size - offset) / (2 << 20)
             try:
-                result: pb.UploadStatus = self._stub.UploadBundle(messages(), timeout=deadline)
+                result = rpc(messages(), deadline)
             except grpc.RpcError as exc:
                 last = _error(exc)
-                if exc.code() in _RETRYABLE | {grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED}:
+                if exc.code() in _RESUMABLE:
                     self._sleep(min(attempt, 4))
                     continue
                 raise last from None
-            if result.complete:
-                return result
-        raise last or WorkerError(f"upload of job {job_id} did not complete", code="UNAVAILABLE")
+            stop_after = None  # only the first stream is cut short
+            if complete(result):
+                return result, sent, True
+        raise last or WorkerError(failed, code="UNAVAILABLE")
 
     def start_job(self, job_id: int, seed: int = 0) -> pb.JobStatus:
         """Queue an uploaded job with ``seed``."""

@@ -16,14 +16,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from marketplace.errors import BundleError, ConfigError, VerificationError, WorkerError
+from marketplace.errors import BundleError, ConfigError, VerificationError
 from marketplace.protocol.auth import Domain, payload_digest
 from marketplace.protocol.datasets import (
     dataset_hash,
@@ -32,7 +30,7 @@ from marketplace.protocol.datasets import (
     format_dataset,
     pack_dataset,
 )
-from marketplace.requester.client import _RETRYABLE, WorkerClient, _error
+from marketplace.requester.client import WorkerClient, _check_chunk_size
 from marketplace.rpc import worker_pb2 as pb
 
 __all__ = [
@@ -124,63 +122,49 @@ def put_dataset(
     *,
     chunk_size: int = 1 << 20,
     max_attempts: int = 6,
+    chunk_hashes: bool = False,
     stop_after: int | None = None,
     expect: bytes | None = None,
 ) -> PutResult:
     """Upload the dataset in ``directory`` unless the worker holds it; resume after breaks.
 
-    With ``expect``, a directory that no longer holds that dataset is a :class:`ConfigError` and
-    nothing is sent. ``stop_after`` ends the first stream after that many bytes (to exercise
-    resumption).
+    The worker checks the whole archive against its sha256 (signed in the header) before it keeps
+    any of it; ``chunk_hashes`` also sends each chunk's sha256, for the worker to refuse a damaged
+    chunk at once rather than at the end. With ``expect``, a directory that no longer holds that
+    dataset is a :class:`ConfigError` and nothing is sent. ``stop_after`` ends the first stream
+    after that many bytes (to exercise resumption).
     """
-    if not 0 < chunk_size <= 4 << 20:
-        raise ValueError("chunk_size must be between 1 byte and 4 MiB")
+    _check_chunk_size(chunk_size)
     started = time.monotonic()
     root, archive = pack_dataset(directory)
     if expect is not None and root != expect:
         raise ConfigError(f"{directory} no longer holds {format_dataset(expect)} (it hashes to {format_dataset(root)})")
     sha = hashlib.sha256(archive).digest()
     size = len(archive)
-    sent = 0
-    last: WorkerError | None = None
-    for attempt in range(max_attempts):
-        status = query_dataset(client, root, sha)
-        if status.present:
-            return PutResult(root, sent, size, status.size_bytes, status.files, time.monotonic() - started, sent == 0)
-        offset = int(status.received_bytes)
+    digest = dataset_request_digest(root, sha)
 
-        def messages(start: int = offset, limit: int | None = stop_after) -> Iterator[pb.DatasetChunk]:
-            nonlocal sent
-            header = pb.DatasetHeader(
-                dataset_hash=root,
-                archive_size=size,
-                archive_sha256=sha,
-                offset=start,
-                auth=client.auth(0, "PutDataset", dataset_request_digest(root, sha)),
-            )
-            yield pb.DatasetChunk(header=header)
-            view = memoryview(archive)
-            for pos in range(start, size, chunk_size):
-                end = min(pos + chunk_size, size)
-                if limit is not None and pos - start >= limit:
-                    return
-                data = bytes(view[pos:end])
-                sent += len(data)
-                yield pb.DatasetChunk(data=data, sha256=hashlib.sha256(data).digest())
+    def header(offset: int) -> pb.DatasetChunk:
+        auth = client.auth(0, "PutDataset", digest)
+        return pb.DatasetChunk(
+            header=pb.DatasetHeader(dataset_hash=root, archive_size=size, archive_sha256=sha, offset=offset, auth=auth)
+        )
 
-        deadline = client.timeout_s + (size - offset) / (2 << 20)
-        try:
-            result: pb.DatasetStatus = client._stub.PutDataset(messages(), timeout=deadline)
-        except grpc.RpcError as exc:
-            last = _error(exc)
-            if exc.code() in _RETRYABLE | {grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED}:
-                client._sleep(min(attempt, 4))
-                continue
-            raise last from None
-        stop_after = None  # only the first stream is cut short
-        if result.present:
-            return PutResult(root, sent, size, result.size_bytes, result.files, time.monotonic() - started, False)
-    raise last or WorkerError(f"the upload of {format_dataset(root)} did not complete", code="UNAVAILABLE")
+    status, sent, streamed = client._resumable_upload(
+        lambda messages, timeout: client._stub.PutDataset(messages, timeout=timeout),
+        lambda: query_dataset(client, root, sha),
+        lambda status: bool(status.present),
+        header,
+        pb.DatasetChunk,
+        archive,
+        size,
+        chunk_size=chunk_size,
+        max_attempts=max_attempts,
+        chunk_hashes=chunk_hashes,
+        failed=f"the upload of {format_dataset(root)} did not complete",
+        stop_after=stop_after,
+    )
+    already_held = not streamed and sent == 0
+    return PutResult(root, sent, size, status.size_bytes, status.files, time.monotonic() - started, already_held)
 
 
 def dataset_from_job(client: WorkerClient, job_id: int) -> bytes:

@@ -26,6 +26,7 @@ from marketplace.requester.datasets import (
     has_dataset,
     list_datasets,
     put_dataset,
+    query_dataset,
 )
 from marketplace.rpc import worker_pb2 as pb
 from tests.worker.workerkit import DOMAIN, REPO, WorkerProcess, lease_for, next_job_id, submit
@@ -105,6 +106,39 @@ def test_put_of_files_under_another_name__is_refused(client: WorkerClient, tmp_p
     assert err.value.code() == grpc.StatusCode.DATA_LOSS
     assert "nothing was kept" in (err.value.details() or "")
     assert not has_dataset(client, claimed)
+
+
+def test_a_damaged_put_without_chunk_hashes__is_data_loss_and_nothing_is_kept(
+    worker: WorkerProcess, client: WorkerClient, tmp_path: Path
+) -> None:
+    folder = _dataset(tmp_path, numbers=range(13))
+    digest, archive = pack_dataset(folder)
+    sha = hashlib.sha256(archive).digest()
+    damaged = bytearray(archive)
+    damaged[len(archive) // 2] ^= 0x01  # inside the random file
+    used = list_datasets(client).quota_used_bytes
+    auth = client.auth(0, "PutDataset", dataset_request_digest(digest, sha))
+    head = pb.DatasetHeader(dataset_hash=digest, archive_size=len(archive), archive_sha256=sha, auth=auth)
+    step = 256 << 10
+    messages = [pb.DatasetChunk(header=head)]
+    messages += [pb.DatasetChunk(data=bytes(damaged[i : i + step])) for i in range(0, len(damaged), step)]
+    with pytest.raises(grpc.RpcError) as err:
+        client._stub.PutDataset(iter(messages), timeout=30)
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "dataset archive does not match its sha256" in (err.value.details() or "")
+    assert not has_dataset(client, digest)
+    assert query_dataset(client, digest, sha).received_bytes == 0
+    assert list_datasets(client).quota_used_bytes == used
+    store = worker.data_dir / "datasets"
+    assert not list((store / "parts").glob(f"*{digest.hex()}*"))
+    assert not (store / "trees" / digest.hex()).exists()
+    # the right bytes (put without chunk hashes, the default) are kept; with them, too
+    put = put_dataset(client, folder)
+    assert put.hash == digest and not put.already_held and has_dataset(client, digest)
+    hashed = put_dataset(
+        client, _dataset(tmp_path, "hashed"), chunk_size=256 << 10, stop_after=1 << 20, chunk_hashes=True
+    )
+    assert hashed.bytes_sent == hashed.archive_bytes and has_dataset(client, hashed.hash)
 
 
 def test_an_unsigned_or_replayed_put__is_refused(client: WorkerClient, tmp_path: Path) -> None:

@@ -110,6 +110,25 @@ def test_files_that_are_not_the_named_dataset__are_refused_and_nothing_is_kept(t
         store.receive(ALICE, claimed, len(archive), sha, 0, [(archive, b"\0" * 32)])
 
 
+def test_chunks_without_their_sha256__are_kept_and_the_whole_archive_is_checked_before_anything_is(
+    tmp_path: Path,
+) -> None:
+    store = DatasetStore(tmp_path / "store", DatasetLimits())
+    digest, archive = pack_dataset(_data(tmp_path, "d", 50_000))
+    sha = hashlib.sha256(archive).digest()
+    damaged = bytearray(archive)
+    damaged[len(archive) // 2] ^= 0x01
+    bare = [(data, b"") for data, _ in _chunks(bytes(damaged))]
+    with pytest.raises(WorkerError, match="dataset archive does not match its sha256") as err:
+        store.receive(ALICE, digest, len(archive), sha, 0, bare)
+    assert err.value.code == "DATA_LOSS"
+    assert store.info(digest) is None and store.used(ALICE) == 0 and store.held(ALICE, digest, sha) == 0
+    assert list((store.root / "trees").iterdir()) == [] and list((store.root / "parts").iterdir()) == []
+    # the right bytes without chunk hashes are kept, as with them
+    present, held = store.receive(ALICE, digest, len(archive), sha, 0, [(d, b"") for d, _ in _chunks(archive)])
+    assert present and held == len(archive) and store.info(digest) is not None
+
+
 def test_the_quota__binds_one_account_and_a_stranger_gets_less(tmp_path: Path) -> None:
     limits = DatasetLimits(account_quota_bytes=300_000, stranger_quota_bytes=120_000, disk_budget_bytes=10**9)
     store = DatasetStore(tmp_path / "store", limits)

@@ -8,13 +8,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
+from benchmarks._env import start_worker_process
 from marketplace.protocol.auth import Domain
 from marketplace.requester.client import WorkerClient
 from worker.node.leases import DeviceRequirements, Lease, LeaseFile
@@ -101,37 +102,16 @@ class WorkerProcess:
 
 def start_worker(data_dir: Path, key_file: Path, leases_path: Path, extra: list[str] | None = None) -> WorkerProcess:
     """Start a worker process on a free loopback port and wait until it serves."""
-    args = [
-        sys.executable,
-        "-m",
-        "worker.serve",
-        "--data-dir",
-        str(data_dir),
-        "--leases",
-        str(leases_path),
-        "--key-file",
-        str(key_file),
-        "--chain-id",
-        str(CHAIN_ID),
-        "--market",
-        MARKET,
-        "--print-port",
-        "--log-level",
-        "WARNING",
-        *(extra or []),
-    ]
     log_path = data_dir.parent / f"{data_dir.name}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    flags = ["--chain-id", str(CHAIN_ID), *(extra or [])]
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, env=env)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(timeout=10)
-        proc.stdout.close()
-        raise RuntimeError(f"worker did not start: {log_path.read_text()[-3000:]}")
-    hello = json.loads(line)
+        try:
+            proc, hello = start_worker_process(data_dir, leases_path, key_file, MARKET, *flags, stderr=log, env=env)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {log_path.read_text()[-3000:]}") from None
     leases = [Lease.from_json(x) for x in json.loads(leases_path.read_text())] if leases_path.exists() else []
+    args = cast(list[str], proc.args)  # the command start_worker_process built
     return WorkerProcess(
         data_dir, leases_path, key_file, hello["provider"], hello["port"], proc, args, leases, log_path
     )

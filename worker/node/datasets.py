@@ -312,7 +312,9 @@ class DatasetStore:
     ) -> tuple[bool, int]:
         """Append ``(data, sha256)`` chunks of ``account``'s upload from ``offset``; finish it when complete.
 
-        Returns (whether the dataset is held now, bytes of the upload held).
+        A chunk's sha256 is checked when the client sent one (empty: the archive's digest, checked
+        before anything is kept, covers it). Returns (whether the dataset is held now, bytes of the
+        upload held).
         """
         if len(dataset) != 32 or len(sha) != 32:
             raise WorkerError("dataset_hash and archive_sha256 must be 32 bytes", code="INVALID_ARGUMENT")
@@ -346,7 +348,7 @@ class DatasetStore:
                 )
             with open(part, "ab") as fh:
                 for data, chunk_sha in chunks:
-                    if hashlib.sha256(data).digest() != chunk_sha:
+                    if chunk_sha and hashlib.sha256(data).digest() != chunk_sha:
                         raise WorkerError(f"chunk at offset {held} does not match its sha256", code="DATA_LOSS")
                     if held + len(data) > size:
                         raise WorkerError(f"upload is larger than the announced {size} bytes", code="INVALID_ARGUMENT")
