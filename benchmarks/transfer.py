@@ -18,16 +18,16 @@ Each ratio (bare seconds / flopex seconds) is reported as the median of its pair
 spread. Where the time goes is measured in the same run: the worker's CPU seconds per upload and
 the bare server's (``/proc``), the client's CPU seconds per download, the ceilings these put on the
 ratios (``upload_ceiling_vs_bare``: bare seconds over the worker's CPU seconds), and each pass the
-worker makes over an upload's bytes timed alone (``upload_passes_ms``); ``meets_goals`` says whether both medians reach :data:`GOAL_RATIO`. ``--busy`` runs one
-busy-looping process per core for the whole measurement, as on a provider's loaded machine.
-It prints one JSON document, with the environment.
+worker makes over an upload's bytes timed alone (``upload_passes_ms``). ``meets_goals`` says
+whether both medians reach :data:`GOAL_RATIO`. ``--busy`` runs one busy-looping process per core
+for the whole measurement, as on a provider's loaded machine. It prints one JSON document, with
+the environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from eth_account import Account
 
-    from benchmarks._env import emit, environment
+    from benchmarks._env import emit, environment, start_worker_process
     from marketplace.protocol.auth import Domain
     from marketplace.protocol.bundle import load_bundle, pack_bundle
     from marketplace.requester.client import WorkerClient
@@ -184,37 +184,13 @@ def main(argv: list[str] | None = None) -> int:
             bare_port = int(bare.stdout.readline())
             mb = str(args.mib * 2 + 64)
             data_dir = tmp / "data"
-            worker = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "worker.serve",
-                    "--data-dir",
-                    str(data_dir),
-                    "--leases",
-                    str(leases),
-                    "--key-file",
-                    str(key),
-                    "--market",
-                    market,
-                    "--print-port",
-                    "--log-level",
-                    "WARNING",
-                    "--max-bundle-mb",
-                    mb,
-                    "--max-file-mb",
-                    mb,
-                    "--max-disk-mb",
-                    mb,
-                    "--memory-limit-mb",
-                    "2048",
-                ],
-                cwd=repo,
-                stdout=subprocess.PIPE,
-                text=True,
+            worker, hello = start_worker_process(
+                data_dir,
+                leases,
+                key,
+                market,
+                *("--max-bundle-mb", mb, "--max-file-mb", mb, "--max-disk-mb", mb, "--memory-limit-mb", "2048"),
             )
-            assert worker.stdout is not None
-            hello = json.loads(worker.stdout.readline())
             try:
                 bundle = tmp / "bundle"
                 _bundle_dir(bundle, args.mib)
@@ -311,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 bare.stdin.close()
                 bare.wait(30)
                 for pipe in (worker.stdout, bare.stdout):
-                    pipe.close()
+                    if pipe is not None:
+                        pipe.close()
     finally:
         for p in busy:
             p.terminate()
@@ -323,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     passes = _upload_passes(args.mib)
     worker_cpu = statistics.median(cpu["worker_upload"])
     bare_cpu = statistics.median(cpu["bare_server_upload"])
+    client_cpu = statistics.median(cpu["client_download"])
     bare_up_s = statistics.median(b for b, _ in ups)
     up_ratio = _summary([b / f for b, f in ups])
     down_ratio = _summary([b / f for b, f in downs])
@@ -351,14 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         "receipt signature",
         "worker_cpu_s_per_upload": round(worker_cpu, 3),
         "bare_server_cpu_s_per_upload": round(bare_cpu, 3),
-        "upload_ceiling_vs_bare": round(bare_up_s / worker_cpu, 3),
+        "upload_ceiling_vs_bare": round(bare_up_s / worker_cpu, 3) if worker_cpu else None,
         "upload_ceiling_is": "the bare stream's median seconds over the worker's median CPU seconds per upload: the "
         "ratio the upload would reach if the worker's own CPU time were the only cost (it runs on one core: the "
         "unpacking waits for each message, and the client's process holds the other core)",
-        "client_cpu_s_per_download": round(statistics.median(cpu["client_download"]), 3),
-        "download_ceiling_vs_bare": round(
-            statistics.median(b for b, _ in downs) / statistics.median(cpu["client_download"]), 3
-        ),
+        "client_cpu_s_per_download": round(client_cpu, 3),
+        "download_ceiling_vs_bare": round(statistics.median(b for b, _ in downs) / client_cpu, 3)
+        if client_cpu
+        else None,
         "upload_passes_ms": passes,
         "upload_passes_are": "each pass the worker makes over an upload's bytes, timed alone in this process on the "
         "same bundle (best of 3): what one upload costs the worker's core before any transport",

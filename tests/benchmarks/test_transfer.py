@@ -37,5 +37,12 @@ def test_a_small_run__reports_pairs_medians_and_whether_the_goals_are_met(tmp_pa
     assert doc["download_mib"] == 2.0 and doc["pack_seconds"] > 0
     expected = doc["upload_vs_bare"] >= GOAL_RATIO and doc["download_vs_bare"] >= GOAL_RATIO
     assert doc["meets_goals"] is expected
+    passes = doc["upload_passes_ms"]
+    assert set(passes) >= {"archive_sha256", "inflate_untar_write_blake3", "whole_worker_path_no_grpc"}
+    assert all(ms > 0 for ms in passes.values())
+    assert doc["worker_cpu_s_per_upload"] >= 0 and doc["client_cpu_s_per_download"] > 0
+    if doc["worker_cpu_s_per_upload"]:  # /proc counts in clock ticks: a 2 MiB upload may take none
+        assert doc["upload_ceiling_vs_bare"] > 0
+    assert doc["download_ceiling_vs_bare"] > 0
     signature = doc["request_signature_ms"]
     assert signature["sign"] > 0 and signature["recover"] > 0 and signature["backend"].endswith("ECCBackend")
