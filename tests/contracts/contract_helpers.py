@@ -312,6 +312,16 @@ def deploy(owner: str, treasury: str, court: str | None = None) -> Deployment:
     account in for ``VerifierCourt`` (its tests, ``test_court.py``, deploy the real one)."""
     with boa.env.prank(owner):
         token = load("ComputeToken", "Compute", "FLOP", "flopex", "1")
+    d = deploy_over(token, owner, treasury, court)
+    for contract in (d.token, d.registry, d.market):
+        assert len(boa.env.get_code(contract.address)) > 0
+    return d
+
+
+def deploy_over(token: Any, owner: str, treasury: str, court: str | None = None) -> Deployment:
+    """A registry and a market over ``token`` (any ERC-20-like contract), deployed and wired as
+    :func:`deploy` does."""
+    with boa.env.prank(owner):
         registry = load(
             "ProviderRegistry",
             token.address,
@@ -332,8 +342,6 @@ def deploy(owner: str, treasury: str, court: str | None = None) -> Deployment:
         registry.set_market(market.address)
         if court is not None:
             market.set_court(court)
-    for contract in (token, registry, market):
-        assert len(boa.env.get_code(contract.address)) > 0
     return Deployment(token, registry, market, owner, treasury)
 
 
@@ -474,22 +482,4 @@ def deploy_with_false_token(owner: str, treasury: str) -> Deployment:
     """Registry and market over a token whose transfers can be made to return False."""
     with boa.env.prank(owner):
         token = loads(FALSE_TOKEN_SOURCE)
-        registry = load(
-            "ProviderRegistry",
-            token.address,
-            MIN_PROVIDER_STAKE,
-            MIN_VERIFIER_STAKE,
-            UNBONDING_PERIOD,
-        )
-        market = load(
-            "JobMarket",
-            token.address,
-            registry.address,
-            treasury,
-            FEE_BPS,
-            DISPUTE_BOND,
-            BASE_SLASH,
-            SLASH_REQUESTER_BPS,
-        )
-        registry.set_market(market.address)
-    return Deployment(token, registry, market, owner, treasury)
+    return deploy_over(token, owner, treasury)

@@ -535,29 +535,14 @@ def transfer(to: address, amount: uint256) -> bool:
 
 
 def test_settle__a_direct_payment_the_token_refuses__is_kept_as_a_credit(owner, treasury, requester, provider):
-    from tests.contracts.contract_helpers import (
-        MIN_VERIFIER_STAKE,
-        SLASH_REQUESTER_BPS,
-        load,
-        loads,
-    )
+    from tests.contracts.contract_helpers import deploy_over, loads
 
     with boa.env.prank(owner):
         token = loads(REFUSING_TOKEN)
-        registry = load("ProviderRegistry", token.address, MIN_PROVIDER_STAKE, MIN_VERIFIER_STAKE, UNBONDING_PERIOD)
-        market = load(
-            "JobMarket",
-            token.address,
-            registry.address,
-            treasury,
-            FEE_BPS,
-            DISPUTE_BOND,
-            BASE_SLASH,
-            SLASH_REQUESTER_BPS,
-        )
-        registry.set_market(market.address)
         for account in (provider, requester):
             token.mint(account, 10_000 * E18)
+    d = deploy_over(token, owner, treasury)
+    registry, market = d.registry, d.market
     with boa.env.prank(provider):
         token.approve(registry.address, MIN_PROVIDER_STAKE)
         registry.stake(MIN_PROVIDER_STAKE)
