@@ -28,6 +28,8 @@
 from ethereum.ercs import IERC20
 from snekmate.auth import ownable
 
+from . import market_terms
+
 initializes: ownable
 
 exports: (ownable.owner, ownable.transfer_ownership)
@@ -93,11 +95,11 @@ DEFAULT_MAX_BID_WINDOW: constant(uint64) = 86_400
 DEFAULT_MAX_RUN_DURATION: constant(uint64) = 691_200
 DEFAULT_MAX_CHALLENGE_WINDOW: constant(uint64) = 604_800
 # @dev Share of a slot's value a requester that never delivered a runnable bundle pays its provider.
-NO_SHOW_FEE_BPS: public(constant(uint256)) = 1_000
+NO_SHOW_FEE_BPS: public(constant(uint256)) = market_terms.NO_SHOW_FEE_BPS
 # @dev The result root a provider commits, with 0 GPU-seconds, to report that the requester delivered no runnable bundle.
-NO_SHOW_ROOT: public(constant(bytes32)) = 0x0000000000000000000000000000000000000000000000000000000000000001
+NO_SHOW_ROOT: public(constant(bytes32)) = market_terms.NO_SHOW_ROOT
 # @dev Cuts of a claim up to this share are billing noise: paid on the verified GPU-seconds, not penalised.
-OVER_CLAIM_TOLERANCE_BPS: public(constant(uint256)) = 500
+OVER_CLAIM_TOLERANCE_BPS: public(constant(uint256)) = market_terms.OVER_CLAIM_TOLERANCE_BPS
 # @dev Seconds between queueing an owner's change and making it: two days' notice.
 CHANGE_DELAY: public(constant(uint256)) = 172_800
 

@@ -26,6 +26,8 @@
 
 from ethereum.ercs import IERC20
 
+from . import market_terms
+
 
 # ---------------------------------------------------------------- the registry and market, as the pool sees them
 
@@ -129,10 +131,10 @@ SLOT_ASSIGNED: constant(uint256) = 1
 SLOT_PAID: constant(uint256) = 64
 SLOT_SLASHED: constant(uint256) = 128
 SLOT_REFUNDED: constant(uint256) = 256
-# @dev JobMarket's NO_SHOW_FEE_BPS, OVER_CLAIM_TOLERANCE_BPS and NO_SHOW_ROOT.
-NO_SHOW_FEE_BPS: constant(uint256) = 1_000
-OVER_CLAIM_TOLERANCE_BPS: constant(uint256) = 500
-NO_SHOW_ROOT: constant(bytes32) = 0x0000000000000000000000000000000000000000000000000000000000000001
+# @dev JobMarket's NO_SHOW_FEE_BPS, OVER_CLAIM_TOLERANCE_BPS and NO_SHOW_ROOT (one source: market_terms.vy).
+NO_SHOW_FEE_BPS: constant(uint256) = market_terms.NO_SHOW_FEE_BPS
+OVER_CLAIM_TOLERANCE_BPS: constant(uint256) = market_terms.OVER_CLAIM_TOLERANCE_BPS
+NO_SHOW_ROOT: constant(bytes32) = market_terms.NO_SHOW_ROOT
 SLOT_RELEASED: constant(uint256) = 512
 SLOT_FINAL: constant(uint256) = SLOT_PAID | SLOT_SLASHED | SLOT_REFUNDED | SLOT_RELEASED
 
