@@ -130,6 +130,7 @@ def _window(
     leases.add(_lease(job_id, address, server.provider_address, bhash))
     refused = 0
     samples: list[float] = []
+    loadavg = os.getloadavg()[0]
     with WorkerClient(endpoint, requester_key=key, domain=DOMAIN, timeout_s=30, retries=1) as client:
         started = time.perf_counter()
         client.upload_bundle(job_id, archive)
@@ -153,6 +154,7 @@ def _window(
         "calls": len(samples) + refused,
         "refused": refused,
         "samples": samples,
+        "loadavg_1min": loadavg,
     }
 
 
@@ -294,7 +296,7 @@ class FloodProcess:
         self.drain_max_s = drain_max_s
         self.opened = self.refused = self.threads_left = 0
         self.exitcode: int | None = None
-        self.settle_s = self.drain_s = 0.0
+        self.settle_s = self.drain_s = self.stop_s = 0.0
         self.settled = self.drained = False
         self.rate_at_start = 0.0
         self._measuring: tuple[float, int] = (0.0, 0)
@@ -328,6 +330,7 @@ class FloodProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        stopping = time.perf_counter()
         t0, n0 = self._measuring
         self.rate_while_measured = (self._ended() - n0) / max(time.perf_counter() - t0, 1e-9)
         self.until.set()
@@ -341,6 +344,7 @@ class FloodProcess:
             self.exitcode = self.process.exitcode
             self.report.close()
         t1 = time.perf_counter()
+        self.stop_s = t1 - stopping
         while _slots(self.server) != (0, 0) and time.perf_counter() - t1 < self.drain_max_s:
             time.sleep(0.05)
         self.drained = _slots(self.server) == (0, 0)
@@ -355,6 +359,7 @@ class FloodProcess:
             "flood_calls_refused": self.refused,
             "flood_threads_left": self.threads_left,
             "flood_exitcode": self.exitcode,
+            "stop_s": round(self.stop_s, 2),
             "drained": self.drained,
             "drain_s": round(self.drain_s, 2),
         }
@@ -378,7 +383,9 @@ def _window_json(w: dict[str, Any]) -> dict[str, Any]:
         "job_wall_s": round(w["job_wall_s"], 3),
         "calls": w["calls"],
         "refused": w["refused"],
+        "loadavg_1min": round(w["loadavg_1min"], 2),
         **_percentiles(w["samples"]),
+        "slowest_ms": [round(x * 1000, 1) for x in sorted(w["samples"])[-3:][::-1]],
     }
 
 
@@ -464,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     requester = Account.create()
     attacker = Account.create()
     started = time.perf_counter()
+    loadavg_start = os.getloadavg()
     # The spinning processes start before the pinning below, so they spin on every CPU.
     with busy_processes(args.busy) as spinning, tempfile.TemporaryDirectory(prefix="flopex-load-") as tmp:
         attacker_cpus: set[int] | None = None
@@ -556,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "upload": upload,
         "seconds": round(time.perf_counter() - started, 1),
+        # The flood's own threads count in the host's load average during attack windows.
+        "loadavg_start": [round(x, 2) for x in loadavg_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "environment": environment(),
     }
     emit(result, args.out)
