@@ -131,6 +131,7 @@ def _window(
     refused = 0
     samples: list[float] = []
     loadavg = os.getloadavg()[0]
+    cpu0, wall0 = os.times(), time.perf_counter()
     with WorkerClient(endpoint, requester_key=key, domain=DOMAIN, timeout_s=30, retries=1) as client:
         started = time.perf_counter()
         client.upload_bundle(job_id, archive)
@@ -148,6 +149,7 @@ def _window(
                 refused += 1
                 continue
             samples.append(time.perf_counter() - t0)
+    cpu1, wall1 = os.times(), time.perf_counter()
     return {
         "job_wall_s": wall,
         "job_finished": final.HasField("finished"),
@@ -155,6 +157,8 @@ def _window(
         "refused": refused,
         "samples": samples,
         "loadavg_1min": loadavg,
+        # CPU seconds per second of this process (the worker and the requester, its CPUs pinned)
+        "process_cpu_per_s": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (wall1 - wall0),
     }
 
 
@@ -374,6 +378,7 @@ def _pooled(windows: list[dict[str, Any]]) -> dict[str, Any]:
         "job_finished": all(w["job_finished"] for w in windows),
         "calls": sum(w["calls"] for w in windows),
         "refused": sum(w["refused"] for w in windows),
+        "process_cpu_per_s": round(statistics.median(w["process_cpu_per_s"] for w in windows), 2),
         **_percentiles(samples),
     }
 
@@ -384,6 +389,7 @@ def _window_json(w: dict[str, Any]) -> dict[str, Any]:
         "calls": w["calls"],
         "refused": w["refused"],
         "loadavg_1min": round(w["loadavg_1min"], 2),
+        "process_cpu_per_s": round(w["process_cpu_per_s"], 2),
         **_percentiles(w["samples"]),
         "slowest_ms": [round(x * 1000, 1) for x in sorted(w["samples"])[-3:][::-1]],
     }
@@ -447,7 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the measurements and print one JSON document."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__)
     p.add_argument("--rounds", type=int, default=5, help="interleaved (idle, attack) pairs")
-    p.add_argument("--calls", type=int, default=100, help="signed GetJob calls per window")
+    p.add_argument(
+        "--calls",
+        type=int,
+        default=100,
+        help="signed GetJob calls per window (each is a lease look-up: past the worker's per-peer "
+        "look-up bucket, 200 then 50/s, the worker refuses the requester, flood or not)",
+    )
     p.add_argument("--window-s", type=float, default=60.0, help="a window stops calling after this long")
     p.add_argument("--hostile", type=int, default=500)
     p.add_argument("--watchers", type=int, default=200)
