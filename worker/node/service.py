@@ -555,6 +555,8 @@ class WorkerServer:
         """sha256 of the TLS certificate's public key (what an offer's endpoint pins), None in plaintext."""
 
     servicer: WorkerServicer | None = None
+    admission: Admission | None = None
+    """The admission interceptor: its ``slots.in_use(cls)`` counts the calls of a class now admitted."""
 
     def advertise(self, provider: str, prices: dict[str, int]) -> None:
         """Say in GetInfo which staked account this worker serves and the prices it registered."""
@@ -669,4 +671,5 @@ def create_server(config: WorkerConfig, address: str = "127.0.0.1:0") -> tuple[W
     worker = WorkerServer(server, manager, health_servicer, port)
     worker.tls_pin = pin
     worker.servicer = servicer
+    worker.admission = admission
     return worker, port
