@@ -12,8 +12,11 @@ What one trial does (all real code, in-process, so that hundreds of trials fit o
   a fresh verification seed draws ``replay_samples(segments)`` segments
   (:func:`marketplace.verify.sampling.sample_segments`); each is re-run from its committed predecessor and
   compared with :func:`marketplace.verify.compare.compare_tensors` at the default tolerances. Detected =
-  any sampled segment differs. Cost = replayed segments' time / the run's time (process start-up,
-  which a sandboxed replay adds once per segment, is not counted; see docs/verification.md);
+  any sampled segment differs. Cost = the median over interleaved pairs (a segment's replay and
+  comparison, the same segment of the honest run trained from its honest predecessor, back to back)
+  × the share of the run's segments a trial replays (process start-up, which a sandboxed replay
+  adds once per segment, is not counted; see docs/verification.md); ``unpaired_cost_fraction`` is
+  the former figure, all replays' time over the runs' time, measured at different moments;
 - freivalds: a fresh ``n×n`` float32 product (honest, computed in half precision, or random), checked
   with :func:`marketplace.verify.freivalds.freivalds_check` and ``--freivalds-rounds`` fresh random vectors;
   cost = the median over interleaved (check, product) pairs, at the same thread count, quiet and busy;
@@ -376,7 +379,8 @@ def main() -> None:
             "replay": "one of `runs` real training runs of examples/replay_mlp in-process (honest or cheating, "
             "fresh seed and fresh skipped segments per run); per trial replay_samples(segments) segments "
             "drawn from a fresh seed, each re-run from its committed "
-            f"checkpoint and compared at rtol={compare.RTOL:g} atol={compare.ATOL:g}",
+            f"checkpoint and compared at rtol={compare.RTOL:g} atol={compare.ATOL:g}; cost = median over "
+            "interleaved (replay, the same segment of the honest run) pairs x the share of segments replayed",
             "freivalds": "fresh n x n float32 product (honest, rounded through float16, or random), checked with "
             f"{args.freivalds_rounds} fresh random vector(s); cost = median over interleaved (check, product) "
             "pairs, same thread count, quiet and busy",

@@ -66,8 +66,8 @@ def freivalds_tolerance(dtype: torch.dtype, inner: int, *, factor: float = 8.0) 
 #: rise and fall by at most a strip's terms, which the terms' root sum of squares covers while a
 #: strip holds at most ~16·sqrt(k) of them.
 FREIVALDS_STRIPS = 8
-#: Entries of the pieces :func:`freivalds_check` reads its matrices in (1 MiB in float32): a block
-#: of rows of ``b`` or ``c``, a strip of a block of rows of ``a``. A piece stays in cache for all
+#: Entries of the blocks of rows :func:`freivalds_check` reads its matrices in (1 MiB in float32,
+#: fewer rows when a BLAS call would exceed :data:`_BLAS_CALL_MAX`). A block stays in cache for all
 #: the products formed from it, so each matrix is read from memory once.
 FREIVALDS_BLOCK = 1 << 18
 #: Largest magnitude of a Freivalds vector's entries (they are uniform in ±[1, 2)).
@@ -327,15 +327,17 @@ def freivalds_check(
       columns (offsets of alternating sign cancel in ``b·1``, and ``r``'s random signs may all
       but cancel them in ``b·r``). It covers rows whose partial sums rise and cancel again.
 
-    The check runs in float32 (float64 for float64 products). Cost: ``c`` and ``b`` are read once,
-    block by block of rows (:func:`_row_pass`), for BLAS mat-vecs (``c·r``, ``b·r``, ``b·1``,
-    ``1·b``; the first two have terms of random signs, so the order they are summed in does not
-    matter) and numpy's squared norms, and ``b`` once more for ``b·μ``; ``a`` by blocks of rows for
-    ``(a∘a)·w`` and again, from cache when it fits, in strips for ``a·x`` (:func:`_check_strips`).
-    ``S``, ``C`` and the common part of ``P`` serve every round. No n×n temporary is allocated
-    (but for inputs in another dtype), and no op over a matrix is split among torch's threads: on
-    a loaded host each such op waits for the slowest thread's time slice (4-8 ms here), the BLAS's
-    mat-vecs and numpy do not. Products far
+    The check runs in float32 (float64 for float64 products). Cost: each matrix is read from
+    memory once, block by block of rows, and ``b`` once more for ``b·μ``: ``c`` and ``b`` for one
+    BLAS product of the block with all the vectors (``c·r``; ``b·r``, ``b·1``: terms of random
+    signs, so the order they are summed in does not matter), their rows' squared norms (a BLAS dot
+    per row) and ``1·b`` (:func:`_row_pass`); ``a`` for ``(a∘a)·w`` and ``a·x`` strip by strip
+    while the block is in cache (:func:`_check_strips`). ``S``, ``C`` and the common part of ``P``
+    serve every round. No n×n temporary is allocated (but for inputs in another dtype; strided
+    inputs are copied a block at a time), and no call is split among threads: every BLAS call is
+    small enough (:data:`_BLAS_CALL_MAX`) that numpy's OpenBLAS runs it on the calling thread; on a
+    loaded host an op split among threads waits for the slowest thread's time slice (4-8 ms here).
+    Products far
     from 1 in size (``c·r`` beyond ``2**±32`` in float32) are checked on ``a``, ``b`` and ``c``
     rescaled by powers of two, which changes no rounding but keeps squared norms in range; below
     the smallest normal number an absolute allowance covers the subnormal steps. NaN or infinity
