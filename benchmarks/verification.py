@@ -12,8 +12,11 @@ What one trial does (all real code, in-process, so that hundreds of trials fit o
   a fresh verification seed draws ``replay_samples(segments)`` segments
   (:func:`marketplace.verify.sampling.sample_segments`); each is re-run from its committed predecessor and
   compared with :func:`marketplace.verify.compare.compare_tensors` at the default tolerances. Detected =
-  any sampled segment differs. Cost = replayed segments' time / the run's time (process start-up,
-  which a sandboxed replay adds once per segment, is not counted; see docs/verification.md);
+  any sampled segment differs. Cost = the median over interleaved pairs (a segment's replay and
+  comparison, the same segment of the honest run trained from its honest predecessor, back to back)
+  × the share of the run's segments a trial replays (process start-up, which a sandboxed replay
+  adds once per segment, is not counted; see docs/verification.md); ``unpaired_cost_fraction`` is
+  the former figure, all replays' time over the runs' time, measured at different moments;
 - freivalds: a fresh ``n×n`` float32 product (honest, computed in half precision, or random), checked
   with :func:`marketplace.verify.freivalds.freivalds_check` and ``--freivalds-rounds`` fresh random vectors;
   cost = the median over interleaved (check, product) pairs, at the same thread count, quiet and busy;
@@ -44,42 +47,96 @@ from marketplace.verify import billing, compare, freivalds, sampling
 from worker.testing.cheats import Cheat, cheat_run, honest_run, load_replay_mlp
 
 
+def _segment_pair(
+    mlp: Any,
+    before: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
+    committed: dict[str, torch.Tensor],
+    index: int,
+    seed: int,
+    data: tuple[torch.Tensor, torch.Tensor],
+    steps: int,
+    *,
+    replay_first: bool,
+) -> tuple[bool, float, float]:
+    """One pair: segment ``index`` trained from the honest predecessor (``before[0]``, the job's own
+    compute) and replayed from the committed one (``before[1]``) and compared with ``committed``,
+    back to back in the given order. Returns (differs, replay seconds, training seconds)."""
+
+    def replay() -> bool:
+        again = mlp.run_segment(before[1], index, seed, data, steps=steps)
+        return not compare.compare_tensors(again, committed).agree
+
+    def train() -> None:
+        mlp.run_segment(before[0], index, seed, data, steps=steps)
+
+    def timed(fn: Any) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        result = fn()
+        return result, time.perf_counter() - t0
+
+    if replay_first:
+        (differs, replay_s), (_, train_s) = timed(replay), timed(train)
+    else:
+        (_, train_s), (differs, replay_s) = timed(train), timed(replay)
+    return differs, replay_s, train_s
+
+
 def replay_trials(
     cheat: Cheat, trials: int, runs: int, segments: int, steps: int, rng: random.Random
 ) -> dict[str, Any]:
-    """``trials`` verifications spread over ``runs`` real training runs (fresh segment draws each)."""
+    """``trials`` verifications spread over ``runs`` real training runs (fresh segment draws each).
+
+    The cost is measured as interleaved pairs: each segment a trial replays (the first time it is
+    drawn) is timed back to back with the same segment of the honest run (from the honest
+    predecessor), the order alternating from pair to pair, so load that comes and goes slows both
+    alike. The cost per job is the median per-pair ratio (replay and comparison / the segment's
+    training) times the fraction of the run's segments a trial replays on average (all
+    ``replay_samples`` for honest work, fewer when a differing segment ends the check early).
+    """
     mlp = load_replay_mlp()
     samples = sampling.replay_samples(segments)
     detected = 0
     job_s = check_s = 0.0
+    replayed_per_trial: list[int] = []
+    replay_pair_s: list[float] = []  # the replay (and comparison) of a segment...
+    segment_pair_s: list[float] = []  # ...and the honest run's training of the same segment
     per_run = [trials // runs + (1 if i < trials % runs else 0) for i in range(runs)]
     for count in per_run:
         seed = rng.randrange(1 << 30)
         t0 = time.perf_counter()
-        honest_run(seed, segments, steps)
+        honest = honest_run(seed, segments, steps)
         run_s = time.perf_counter() - t0  # the honest job's compute: what the check is weighed against
-        ckpts = cheat_run(seed, segments, steps, cheat, rng) if cheat.kind != "none" else None
-        if ckpts is None:
-            ckpts = honest_run(seed, segments, steps)
+        ckpts = cheat_run(seed, segments, steps, cheat, rng) if cheat.kind != "none" else honest
         data = mlp.make_data(seed)
+        start = mlp.init_state(seed)
         replayed: dict[int, tuple[bool, float]] = {}  # segment -> (differs, seconds to replay it)
         for _ in range(count):
             caught = False
+            replays = 0
             for index in sampling.sample_segments(rng.randrange(1 << 62), segments, samples):
                 if index not in replayed:
-                    t0 = time.perf_counter()
-                    before = ckpts[index - 1] if index > 0 else mlp.init_state(seed)
-                    again = mlp.run_segment(before, index, seed, data, steps=steps)
-                    differs = not compare.compare_tensors(again, ckpts[index]).agree
-                    replayed[index] = (differs, time.perf_counter() - t0)
+                    first = len(replay_pair_s) % 2 == 0  # alternate which half of the pair goes first
+                    before = (honest[index - 1], ckpts[index - 1]) if index > 0 else (start, start)
+                    differs, replay_s, segment_s = _segment_pair(
+                        mlp, before, ckpts[index], index, seed, data, steps, replay_first=first
+                    )
+                    replay_pair_s.append(replay_s)
+                    segment_pair_s.append(segment_s)
+                    replayed[index] = (differs, replay_s)
                 differs, seconds = replayed[index]
                 check_s += seconds
+                replays += 1
                 if differs:
                     caught = True
                     break
             job_s += run_s
             detected += caught
+            replayed_per_trial.append(replays)
     f = cheat.fraction if cheat.kind == "skip" else (1.0 if cheat.kind in ("random", "half") else 0.0)
+    pairs = pair_stats(replay_pair_s, segment_pair_s)
+    replayed_fraction = sum(replayed_per_trial) / (len(replayed_per_trial) * segments)
+    ratio = pairs.as_json()["ratio"]
+    assert isinstance(ratio, dict)
     out: dict[str, Any] = {
         "cheat": cheat.label if cheat.kind != "none" else "honest",
         "trials": trials,
@@ -88,7 +145,13 @@ def replay_trials(
         "samples": samples,
         "detected": detected,
         "detection_rate": detected / trials,
-        "verifier_cost_fraction": round(check_s / job_s, 4),
+        # median per-pair ratio (replay / the same segment's training) x the share of segments replayed
+        "verifier_cost_fraction": round(pairs.median_ratio * replayed_fraction, 4),
+        "verifier_cost_fraction_spread": {k: round(v * replayed_fraction, 4) for k, v in ratio.items()},
+        "replayed_fraction": round(replayed_fraction, 4),
+        "cost_pairs": pairs.as_json(),
+        # the former figure: all replays' time over the runs' time, measured at different moments
+        "unpaired_cost_fraction": round(check_s / job_s, 4),
     }
     if cheat.kind == "skip":
         out["theoretical_1_minus_(1-f)^s"] = round(sampling.theoretical_detection(f, samples), 4)
@@ -316,7 +379,8 @@ def main() -> None:
             "replay": "one of `runs` real training runs of examples/replay_mlp in-process (honest or cheating, "
             "fresh seed and fresh skipped segments per run); per trial replay_samples(segments) segments "
             "drawn from a fresh seed, each re-run from its committed "
-            f"checkpoint and compared at rtol={compare.RTOL:g} atol={compare.ATOL:g}",
+            f"checkpoint and compared at rtol={compare.RTOL:g} atol={compare.ATOL:g}; cost = median over "
+            "interleaved (replay, the same segment of the honest run) pairs x the share of segments replayed",
             "freivalds": "fresh n x n float32 product (honest, rounded through float16, or random), checked with "
             f"{args.freivalds_rounds} fresh random vector(s); cost = median over interleaved (check, product) "
             "pairs, same thread count, quiet and busy",
