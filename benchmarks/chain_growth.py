@@ -29,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks._env import emit, environment
+from benchmarks._env import emit, environment, stop_process
 from benchmarks._pairs import busy_processes, spread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,11 +206,7 @@ def run(jobs: int, at: list[int], probes: int) -> dict[str, Any]:
                     print(json.dumps(checkpoints[-1]), file=sys.stderr, flush=True)
             return {"url": url, "checkpoints": checkpoints, "seconds": round(time.perf_counter() - started, 1)}
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, timeout_s=20)
 
 
 def main(argv: list[str] | None = None) -> None:
