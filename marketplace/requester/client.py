@@ -290,13 +290,14 @@ class WorkerClient:
     ) -> pb.UploadStatus:
         """Upload a bundle archive, resuming from what the worker holds after any break.
 
-        The worker checks the whole archive against its sha256 (signed in the header) before it
-        uses any of it; ``chunk_hashes`` also sends each chunk's sha256, for the worker to refuse a
-        damaged chunk at once rather than at the end (a second pass over every byte on each side).
-        The archive's sha256 is ``archive_sha256`` when given, the one :func:`pack_bundle
+        The worker uses nothing before it is proven: by the bundle hash the lease names, or by the
+        archive's sha256 (signed in the header) when the lease names none; a damaged archive is
+        refused as DATA_LOSS either way, keeping nothing. ``chunk_hashes`` also sends each chunk's
+        sha256, for the worker to refuse a damaged chunk at once rather than at the end (a second
+        pass over every byte on each side). The archive's sha256, which also names the partial
+        archive an upload resumes, is ``archive_sha256`` when given, the one :func:`pack_bundle
         <marketplace.protocol.bundle.pack_bundle>` hashed while packing when ``archive`` is its
-        result, and is hashed here otherwise (a digest that does not match the bytes sent is
-        refused by the worker as DATA_LOSS, keeping nothing).
+        result, and is hashed here otherwise.
         """
         _check_chunk_size(chunk_size)
         if archive_sha256 is not None and len(archive_sha256) != 32:

@@ -155,14 +155,14 @@ def test_the_digest_hashed_while_packing__is_what_the_client_sends_and_the_worke
     assert status.complete and status.bundle_hash == bhash
 
 
-def test_a_given_digest_that_does_not_match_the_archive__is_data_loss_and_nothing_is_kept(
+def test_a_given_digest_that_does_not_match_the_archive__is_data_loss_when_the_lease_names_no_bundle_hash(
     worker: WorkerProcess, requester: LocalAccount, make_bundle: BundleFactory, client: WorkerClient
 ) -> None:
     from marketplace.errors import WorkerError
 
     archive, bhash = make_bundle("print(1)\n", files=_payload())
     job_id = next_job_id()
-    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, None))  # nothing to hold the bundle to
     with pytest.raises(WorkerError) as exc:
         client.upload_bundle(job_id, archive, archive_sha256=hashlib.sha256(b"another archive").digest())
     assert exc.value.code == "DATA_LOSS"
@@ -172,4 +172,38 @@ def test_a_given_digest_that_does_not_match_the_archive__is_data_loss_and_nothin
     with pytest.raises(ValueError, match="32 bytes"):
         client.upload_bundle(job_id, archive, archive_sha256=b"short")
     status = client.upload_bundle(job_id, archive, archive_sha256=hashlib.sha256(archive.read_bytes()).digest())
+    assert status.complete and status.bundle_hash == bhash
+
+
+def test_with_the_bundle_hash_in_the_lease__the_unpacked_bundle_proves_the_bytes_whatever_digest_was_given(
+    worker: WorkerProcess, requester: LocalAccount, make_bundle: BundleFactory, client: WorkerClient
+) -> None:
+    """The bundle hash covers every byte kept, so the archive's sha256 is not read on success: a
+    mistaken digest costs nothing when the bytes are the lease's bundle, and a damaged archive
+    (other tests) is still DATA_LOSS."""
+    archive, bhash = make_bundle("print(1)\n", files=_payload())
+    job_id = next_job_id()
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
+    status = client.upload_bundle(job_id, archive, archive_sha256=hashlib.sha256(b"another archive").digest())
+    assert status.complete and status.bundle_hash == bhash
+    bundle = _job_dir(worker, job_id) / "bundle"
+    assert (bundle / "main.py").read_text() == "print(1)\n"
+    assert not list((worker.data_dir / "uploads").glob(f"{job_id}-*"))
+
+
+def test_another_intact_bundle__is_refused_as_not_the_leases_not_as_damaged(
+    worker: WorkerProcess, requester: LocalAccount, make_bundle: BundleFactory, client: WorkerClient
+) -> None:
+    from marketplace.errors import WorkerError
+
+    archive, bhash = make_bundle("print(1)\n", files=_payload())
+    other, _ = make_bundle("print(2)\n")
+    job_id = next_job_id()
+    worker.add_lease(lease_for(job_id, requester.address, worker.provider, bhash))
+    with pytest.raises(WorkerError) as exc:
+        client.upload_bundle(job_id, other)
+    assert exc.value.code == "PERMISSION_DENIED" and "not the lease's" in str(exc.value)
+    assert not (_job_dir(worker, job_id) / "bundle").exists()
+    assert not list((worker.data_dir / "uploads").glob(f"{job_id}-*"))
+    status = client.upload_bundle(job_id, archive)
     assert status.complete and status.bundle_hash == bhash

@@ -141,7 +141,7 @@ def lease_for(
     job_id: int,
     requester: str,
     provider: str,
-    bundle_hash: bytes,
+    bundle_hash: bytes | None,
     *,
     kind: str = "cpu",
     count: int = 1,

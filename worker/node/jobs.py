@@ -67,6 +67,7 @@ MAX_LOG_EVENTS = 5000
 MAX_LINE = 4096
 """Longest log line sent to watchers, in bytes; the rest of a longer line is only in the log file."""
 _READ = 1 << 20
+_DAMAGED = "the archive does not match its sha256; upload it again"
 _PIPE_READ = 64 << 10
 
 
@@ -357,7 +358,9 @@ class JobManager:
                     "resume from QueryUpload's received_bytes",
                     code="FAILED_PRECONDITION",
                 )
-            running_hash = hashlib.sha256() if held == 0 else None
+            # With a bundle hash in the lease, the BLAKE3 hash of what is unpacked proves the bytes:
+            # the archive's sha256 is read only when something fails (see _finish_upload).
+            running_hash = hashlib.sha256() if held == 0 and lease.bundle_hash is None else None
             unpacked: Bundle | BundleError | None = None
             with open(part, "ab") as fh:
                 receiver = ArchiveReceiver(chunks, fh, running_hash, held, size)
@@ -390,19 +393,20 @@ class JobManager:
     def _finish_upload(
         self, lease: Lease, part: Path, sha: bytes, running: Any, unpacked: Bundle | BundleError | None = None
     ) -> JobRecord:
-        """Check the archive's digest, then keep what was unpacked while it arrived (``unpacked``: the
-        bundle, or the error that stopped it) or, for an upload that resumed, unpack it now."""
+        """Check the archive, then keep what was unpacked while it arrived (``unpacked``: the bundle,
+        or the error that stopped it) or, for an upload that resumed, unpack it now.
+
+        A lease that names the bundle hash is checked against the hash of what was unpacked, which
+        covers every byte that is kept; the archive's sha256 is then read only when the bundle is
+        refused, to tell a damaged upload (DATA_LOSS: upload it again) from another bundle. A lease
+        without one (no hash to hold the bundle to) has the archive checked against its sha256 first.
+        """
         job_id = lease.job_id
-        if running is None:
-            running = hashlib.sha256()
-            with open(part, "rb") as fh:
-                while block := fh.read(_READ):
-                    running.update(block)
+        proven = lease.bundle_hash is not None
         target = self.job_dir(job_id) / "bundle"
         try:
-            if running.digest() != sha:
-                part.unlink()
-                raise WorkerError("the archive does not match its sha256; upload it again", code="DATA_LOSS")
+            if not proven and (running.digest() if running is not None else _file_sha256(part)) != sha:
+                raise WorkerError(_DAMAGED, code="DATA_LOSS")
             if isinstance(unpacked, BundleError):
                 raise unpacked
             if unpacked is not None:
@@ -414,9 +418,12 @@ class JobManager:
                 bundle = unpack_bundle(part, target, max_bytes=self.config.max_unpacked_bytes)
             self._check_bundle(lease, bundle)
             self.datasets.admit_job(job_id, lease.requester, bundle.spec.job.datasets, "ENDPOINT")
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            damaged = proven and isinstance(exc, BundleError | WorkerError) and _file_sha256(part) != sha
             part.unlink(missing_ok=True)
+            if damaged:
+                raise WorkerError(_DAMAGED, code="DATA_LOSS") from None
             raise
         part.unlink(missing_ok=True)
         self.store.update(job_id, state="ready", bundle_hash=bundle.hash)
@@ -1009,3 +1016,12 @@ class JobManager:
                 run.kill("the worker is shutting down")
         with self._cond:
             self._cond.wait_for(lambda: not self._running, timeout=30)
+
+
+def _file_sha256(path: Path) -> bytes:
+    """The sha256 of the file at ``path``, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_READ):
+            digest.update(block)
+    return digest.digest()
