@@ -41,6 +41,7 @@ __all__ = [
     "chunk_digest",
     "chunk_leaf",
     "file_leaves",
+    "file_sha256",
     "list_files",
     "manifest_of",
     "merkle_root",
@@ -157,6 +158,15 @@ def list_files(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:
             found.append((full.relative_to(base).as_posix(), full))
     found.sort(key=lambda item: item[0].encode("utf-8"))
     return found
+
+
+def file_sha256(path: str | os.PathLike[str]) -> bytes:
+    """The sha256 of the file at ``path``, read in blocks of :data:`CHUNK_SIZE`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK_SIZE):
+            digest.update(block)
+    return digest.digest()
 
 
 def file_leaves(rel_path: str, path: str | os.PathLike[str]) -> Iterator[tuple[bytes, bytes]]:

@@ -27,7 +27,7 @@ from marketplace.errors import BundleError, VerificationError, WorkerError
 from marketplace.protocol.auth import Domain, payload_digest, sign_request
 from marketplace.protocol.bundle import safe_relpath
 from marketplace.protocol.capacity import verify_rows
-from marketplace.protocol.merkle import CHUNK_SIZE, FileEntry, ResultManifest, chunk_leaf, merkle_root
+from marketplace.protocol.merkle import CHUNK_SIZE, FileEntry, ResultManifest, chunk_leaf, file_sha256, merkle_root
 from marketplace.protocol.receipts import SignedReceipt, UsageReceipt, verify_receipt
 from marketplace.protocol.tls import worker_channel
 from marketplace.rpc import worker_pb2 as pb
@@ -157,14 +157,6 @@ def _pieces(source: bytes | Path, start: int, size: int, chunk_size: int) -> Ite
         fh.seek(start)
         while data := fh.read(chunk_size):
             yield data
-
-
-def _sha256_file(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.digest()
 
 
 class WorkerClient:
@@ -310,7 +302,7 @@ class WorkerClient:
         else:
             source = Path(archive)
             size = source.stat().st_size
-            sha = sha or _sha256_file(source)
+            sha = sha or file_sha256(source)
         digest = payload_digest("UploadBundle", archive_sha256=sha)
 
         def header(offset: int) -> pb.UploadChunk:

@@ -8,7 +8,6 @@ defaults (:data:`RTOL`, :data:`ATOL`) are calibrated on honest reruns (docs/veri
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +176,8 @@ def compare_results(
     ``answer`` (the bundle's ``verification.outputs``) limits the comparison to the files whose
     name matches one of its glob patterns; empty: every file.
     """
+    from marketplace.protocol.merkle import file_sha256
+
     folders = (subdir,) if isinstance(subdir, str) else subdir
     # Keyed by (folder index, path): an output file named work/x is not the working directory's x.
     a_files: dict[tuple[int, str], Path] = {}
@@ -204,7 +205,7 @@ def compare_results(
                 continue
             mismatches.extend(cmp.mismatches)
             max_abs, max_rel = max(max_abs, cmp.max_abs_diff), max(max_rel, cmp.max_rel_diff)
-        elif _sha256(a_files[key]) != _sha256(b_files[key]):
+        elif file_sha256(a_files[key]) != file_sha256(b_files[key]):
             mismatches.append(Mismatch(rel, "", "files differ"))
     return Comparison(tuple(mismatches), max_abs, max_rel, tuple(names[key] for key in sorted(names)))
 
@@ -261,14 +262,6 @@ def judge_by_reruns(
     checked = tuple(f for f in against.compared_files if f not in unstable)
     verdict = "differs" if decisive else ("match" if checked else "undecidable")
     return Judgement(verdict, decisive, tuple(sorted(unstable)), checked)
-
-
-def _sha256(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.digest()
 
 
 def majority(

@@ -35,7 +35,7 @@ from pathlib import Path
 from marketplace.errors import BundleError, WorkerError
 from marketplace.protocol.bundle import MAX_ENTRIES, unpack_tree
 from marketplace.protocol.datasets import format_dataset
-from marketplace.protocol.merkle import ResultManifest, manifest_of
+from marketplace.protocol.merkle import ResultManifest, file_sha256, manifest_of
 
 __all__ = ["DatasetInfo", "DatasetLimits", "DatasetStore"]
 
@@ -375,11 +375,7 @@ class DatasetStore:
             )
 
     def _finish(self, account: str, dataset: bytes, part: Path, sha: bytes) -> None:
-        running = hashlib.sha256()
-        with open(part, "rb") as fh:
-            while block := fh.read(_READ):
-                running.update(block)
-        if running.digest() != sha:
+        if file_sha256(part) != sha:
             self._drop_part(account, dataset, sha)
             raise WorkerError("the dataset archive does not match its sha256; upload it again", code="DATA_LOSS")
         staging = self.root / "staging" / f"{account}-{dataset.hex()}"

@@ -27,7 +27,14 @@ from eth_account.signers.local import LocalAccount
 from marketplace.errors import BundleError, SandboxError, VerificationError, WorkerError
 from marketplace.protocol.auth import Domain
 from marketplace.protocol.bundle import Bundle, expand_args, launcher_steps, load_bundle, unpack_bundle
-from marketplace.protocol.merkle import EMPTY_ROOT, FileEntry, ResultManifest, bounded_manifest, manifest_of
+from marketplace.protocol.merkle import (
+    EMPTY_ROOT,
+    FileEntry,
+    ResultManifest,
+    bounded_manifest,
+    file_sha256,
+    manifest_of,
+)
 from marketplace.protocol.receipts import UsageReceipt, sign_receipt
 from marketplace.rpc import worker_pb2 as pb
 from marketplace.sdk import PROGRESS_PREFIX
@@ -405,7 +412,7 @@ class JobManager:
         proven = lease.bundle_hash is not None
         target = self.job_dir(job_id) / "bundle"
         try:
-            if not proven and (running.digest() if running is not None else _file_sha256(part)) != sha:
+            if not proven and (running.digest() if running is not None else file_sha256(part)) != sha:
                 raise WorkerError(_DAMAGED, code="DATA_LOSS")
             if isinstance(unpacked, BundleError):
                 raise unpacked
@@ -420,7 +427,7 @@ class JobManager:
             self.datasets.admit_job(job_id, lease.requester, bundle.spec.job.datasets, "ENDPOINT")
         except BaseException as exc:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-            damaged = proven and isinstance(exc, BundleError | WorkerError) and _file_sha256(part) != sha
+            damaged = proven and isinstance(exc, BundleError | WorkerError) and file_sha256(part) != sha
             part.unlink(missing_ok=True)
             if damaged:
                 raise WorkerError(_DAMAGED, code="DATA_LOSS") from None
@@ -1016,12 +1023,3 @@ class JobManager:
                 run.kill("the worker is shutting down")
         with self._cond:
             self._cond.wait_for(lambda: not self._running, timeout=30)
-
-
-def _file_sha256(path: Path) -> bytes:
-    """The sha256 of the file at ``path``, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_READ):
-            digest.update(block)
-    return digest.digest()
